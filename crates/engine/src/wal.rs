@@ -1,0 +1,448 @@
+//! The write-ahead log: every batch is appended here before it is applied to
+//! the memtable, so a restart can rebuild the memtable.
+//!
+//! ```text
+//! Format: WAL segment file `NNNNNNNNNN.wal` = a sequence of records
+//! +--------------+--------------+--------------------+
+//! | crc32c u32LE | length u32LE | payload (length B) |   crc covers length ++ payload
+//! +--------------+--------------+--------------------+
+//! Format: payload = one write batch
+//! +--------------------+------------+-----------------------------------+
+//! | first seq u64 LE   | count u32LE| count × operation                 |
+//! +--------------------+------------+-----------------------------------+
+//! operation: kind u8 | varint key length | key | varint value length | stored value
+//! (operation i has sequence first_seq + i; the stored value is format.rs's encoding)
+//! ```
+//!
+//! Group commit: appenders copy their record into a shared buffer (under the
+//! database's write lock, so buffer order is sequence order). Whoever needs
+//! the bytes on disk takes the I/O lock, swaps the buffer out, writes it and,
+//! for `always`, fsyncs once for every record in it; writers waiting behind
+//! find their sequence already covered. A failed write or fsync poisons the
+//! log: the kernel may have dropped the dirty pages, so no later write may
+//! pretend otherwise.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::format::{self, Kind};
+
+/// Bytes of a record header (crc + length).
+pub(crate) const RECORD_HEADER_BYTES: usize = 8;
+/// Largest record payload accepted when reading; larger lengths are corruption.
+/// A batch is bounded by the largest value plus some keys, so 1 GiB is ample.
+const RECORD_BYTES_MAX: usize = 1 << 30;
+/// Buffered bytes past which an appender writes the buffer out itself, so a
+/// caller that never syncs cannot grow it without bound.
+const BUFFER_BYTES_MAX: usize = 4 << 20;
+
+/// Name of WAL segment `number` in `dir`.
+pub(crate) fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:010}.wal"))
+}
+
+/// One operation decoded from a WAL record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WalOp<'a> {
+    pub seq: u64,
+    pub kind: Kind,
+    pub key: &'a [u8],
+    pub stored_value: &'a [u8],
+}
+
+/// Encodes a batch record (header included) onto `out`.
+pub(crate) fn encode_record<'a>(
+    out: &mut Vec<u8>,
+    first_seq: u64,
+    ops: impl Iterator<Item = (Kind, &'a [u8], &'a [u8])>,
+    count: u32,
+) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    let mut written = 0u32;
+    for (kind, key, stored_value) in ops {
+        out.push(kind as u8);
+        format::put_varint(out, key.len() as u64);
+        out.extend_from_slice(key);
+        format::put_varint(out, stored_value.len() as u64);
+        out.extend_from_slice(stored_value);
+        written += 1;
+    }
+    assert_eq!(written, count, "WAL record count must match its operations");
+    let length = (out.len() - start - RECORD_HEADER_BYTES) as u32;
+    out[start + 4..start + 8].copy_from_slice(&length.to_le_bytes());
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes a record payload into its operations.
+pub(crate) fn decode_payload(payload: &[u8]) -> Option<Vec<WalOp<'_>>> {
+    let first_seq = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    let count = u32::from_le_bytes(payload.get(8..12)?.try_into().ok()?);
+    let mut at = 12;
+    // Each operation takes at least 3 bytes, which bounds the allocation.
+    let mut ops = Vec::with_capacity((count as usize).min(payload.len() / 3));
+    for i in 0..count as u64 {
+        let kind = Kind::from_u8(*payload.get(at)?)?;
+        at += 1;
+        let (key_len, used) = format::get_varint(payload.get(at..)?)?;
+        at += used;
+        let key = payload.get(at..at.checked_add(key_len as usize)?)?;
+        at += key_len as usize;
+        let (value_len, used) = format::get_varint(payload.get(at..)?)?;
+        at += used;
+        let stored_value = payload.get(at..at.checked_add(value_len as usize)?)?;
+        at += value_len as usize;
+        ops.push(WalOp {
+            seq: first_seq.checked_add(i)?,
+            kind,
+            key,
+            stored_value,
+        });
+    }
+    (at == payload.len()).then_some(ops)
+}
+
+/// What reading a segment found.
+#[derive(Debug)]
+pub(crate) struct SegmentRead {
+    /// Every intact record payload, in order.
+    pub payloads: Vec<(u64, Vec<u8>)>,
+    /// Offset of the first byte that is not part of an intact record.
+    pub valid_bytes: u64,
+    /// Total size of the file.
+    pub file_bytes: u64,
+}
+
+/// Reads every intact record of a segment, stopping at the first torn or
+/// corrupt one (whose offset is `valid_bytes`).
+pub(crate) fn read_segment(path: &Path) -> Result<SegmentRead> {
+    let data = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut payloads = Vec::new();
+    let mut at = 0usize;
+    while data.len() - at >= RECORD_HEADER_BYTES {
+        let crc = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+        let length = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        if length > RECORD_BYTES_MAX || data.len() - at - RECORD_HEADER_BYTES < length {
+            break;
+        }
+        let end = at + RECORD_HEADER_BYTES + length;
+        if crc32c::crc32c(&data[at + 4..end]) != crc {
+            break;
+        }
+        let payload = &data[at + RECORD_HEADER_BYTES..end];
+        if decode_payload(payload).is_none() {
+            break;
+        }
+        payloads.push((at as u64, payload.to_vec()));
+        at = end;
+    }
+    Ok(SegmentRead {
+        payloads,
+        valid_bytes: at as u64,
+        file_bytes: data.len() as u64,
+    })
+}
+
+/// Bytes appended but not yet written, and the segment they belong to.
+#[derive(Debug)]
+struct Pending {
+    segment: Arc<Segment>,
+    bytes: Vec<u8>,
+    last_seq: u64,
+    /// Buffers of segments rotated away before they were written out.
+    retired: Vec<(Arc<Segment>, Vec<u8>)>,
+}
+
+/// An open segment file.
+#[derive(Debug)]
+struct Segment {
+    number: u64,
+    path: PathBuf,
+    file: File,
+}
+
+/// The write-ahead log of one database.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    dir: PathBuf,
+    pending: Mutex<Pending>,
+    /// Held by whoever writes buffered bytes to the file; orders file writes.
+    io: Mutex<()>,
+    written_seq: AtomicU64,
+    synced_seq: AtomicU64,
+    bytes_written: AtomicU64,
+    syncs: AtomicU64,
+    sync_micros_total: AtomicU64,
+    poisoned: Mutex<Option<String>>,
+}
+
+/// Counters of the log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalStats {
+    /// Bytes written to segment files since open.
+    pub bytes_written: u64,
+    /// fsync calls since open.
+    pub syncs: u64,
+    /// Total time spent in fsync, in microseconds.
+    pub sync_micros_total: u64,
+    /// Highest sequence handed to the OS.
+    pub written_seq: u64,
+    /// Highest sequence known to be on disk.
+    pub synced_seq: u64,
+}
+
+impl Wal {
+    /// Starts a new segment `number` in `dir`; `last_seq` is already durable.
+    pub fn create(dir: &Path, number: u64, last_seq: u64) -> Result<Wal> {
+        let segment = Arc::new(open_segment(dir, number)?);
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            pending: Mutex::new(Pending {
+                segment,
+                bytes: Vec::with_capacity(64 << 10),
+                last_seq,
+                retired: Vec::new(),
+            }),
+            io: Mutex::new(()),
+            written_seq: AtomicU64::new(last_seq),
+            synced_seq: AtomicU64::new(last_seq),
+            bytes_written: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            sync_micros_total: AtomicU64::new(0),
+            poisoned: Mutex::new(None),
+        })
+    }
+
+    /// The first failure, if the log is poisoned.
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().clone()
+    }
+
+    /// Appends an encoded record whose last sequence is `last_seq`.
+    /// Must be called in sequence order (the caller holds the write lock).
+    /// Returns true when the buffer has grown past its bound and the caller
+    /// should write it out.
+    pub fn append(&self, record: &[u8], last_seq: u64) -> bool {
+        let mut pending = self.pending.lock();
+        debug_assert!(last_seq > pending.last_seq);
+        pending.bytes.extend_from_slice(record);
+        pending.last_seq = last_seq;
+        pending.bytes.len() >= BUFFER_BYTES_MAX
+    }
+
+    /// Switches appends to a new segment `number` (caller holds the write lock).
+    pub fn rotate(&self, number: u64) -> Result<()> {
+        let segment = Arc::new(open_segment(&self.dir, number)?);
+        let mut pending = self.pending.lock();
+        let old = std::mem::replace(&mut pending.segment, segment);
+        let bytes = std::mem::take(&mut pending.bytes);
+        pending.retired.push((old, bytes));
+        Ok(())
+    }
+
+    /// Number of the segment appends go to.
+    pub fn current_number(&self) -> u64 {
+        self.pending.lock().segment.number
+    }
+
+    /// Makes every record up to `seq` reach the OS, and the disk when `fsync`.
+    pub fn sync_to(&self, seq: u64, fsync: bool) -> Result<()> {
+        if self.covered(seq, fsync) {
+            return Ok(());
+        }
+        let _io = self.io.lock();
+        if self.covered(seq, fsync) {
+            return Ok(());
+        }
+        self.write_out(fsync)
+    }
+
+    fn covered(&self, seq: u64, fsync: bool) -> bool {
+        let done = if fsync {
+            &self.synced_seq
+        } else {
+            &self.written_seq
+        };
+        done.load(Ordering::Acquire) >= seq
+    }
+
+    /// Writes all buffered bytes (caller holds the I/O lock).
+    fn write_out(&self, fsync: bool) -> Result<()> {
+        if let Some(reason) = self.poisoned() {
+            return Err(Error::Poisoned { reason });
+        }
+        let (segment, bytes, last_seq, retired) = {
+            let mut pending = self.pending.lock();
+            let bytes = std::mem::take(&mut pending.bytes);
+            let retired = std::mem::take(&mut pending.retired);
+            (pending.segment.clone(), bytes, pending.last_seq, retired)
+        };
+        let result = self.write_segments(&segment, &bytes, retired, fsync);
+        if let Err(error) = result {
+            let mut poisoned = self.poisoned.lock();
+            if poisoned.is_none() {
+                tracing::error!(%error, "write-ahead log failed; refusing writes until restart");
+                *poisoned = Some(error.to_string());
+            }
+            return Err(error);
+        }
+        // Give the allocation back to the buffer for reuse.
+        {
+            let mut pending = self.pending.lock();
+            if pending.bytes.is_empty() && pending.bytes.capacity() < bytes.capacity() {
+                let mut reuse = bytes;
+                reuse.clear();
+                pending.bytes = reuse;
+            }
+        }
+        self.written_seq.fetch_max(last_seq, Ordering::AcqRel);
+        if fsync {
+            self.synced_seq.fetch_max(last_seq, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn write_segments(
+        &self,
+        segment: &Segment,
+        bytes: &[u8],
+        retired: Vec<(Arc<Segment>, Vec<u8>)>,
+        fsync: bool,
+    ) -> Result<()> {
+        for (old, old_bytes) in retired {
+            self.write_file(&old, &old_bytes)?;
+            // A rotated segment is complete: make it durable whatever the
+            // policy, so the boundary between segments is never torn.
+            self.fsync_file(&old)?;
+        }
+        self.write_file(segment, bytes)?;
+        if fsync {
+            self.fsync_file(segment)?;
+        }
+        Ok(())
+    }
+
+    fn write_file(&self, segment: &Segment, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        (&segment.file)
+            .write_all(bytes)
+            .map_err(|e| Error::io(&segment.path, e))?;
+        self.bytes_written
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn fsync_file(&self, segment: &Segment) -> Result<()> {
+        let started = std::time::Instant::now();
+        segment
+            .file
+            .sync_data()
+            .map_err(|e| Error::io(&segment.path, e))?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_micros_total
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> WalStats {
+        WalStats {
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+            sync_micros_total: self.sync_micros_total.load(Ordering::Relaxed),
+            written_seq: self.written_seq.load(Ordering::Relaxed),
+            synced_seq: self.synced_seq.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn open_segment(dir: &Path, number: u64) -> Result<Segment> {
+    let path = segment_path(dir, number);
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    sync_dir(dir)?;
+    Ok(Segment { number, path, file })
+}
+
+/// fsyncs a directory so a file created or renamed in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_record(&mut out, seq, std::iter::once((Kind::Put, key, value)), 1);
+        out
+    }
+
+    #[test]
+    fn records_round_trip_and_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::create(dir.path(), 1, 0).unwrap();
+        for seq in 1..=10u64 {
+            wal.append(&record(seq, format!("k{seq}").as_bytes(), b"v"), seq);
+        }
+        wal.sync_to(10, true).unwrap();
+        let path = segment_path(dir.path(), 1);
+        let full = read_segment(&path).unwrap();
+        assert_eq!(full.payloads.len(), 10);
+        assert_eq!(full.valid_bytes, full.file_bytes);
+        let ops = decode_payload(&full.payloads[9].1).unwrap();
+        assert_eq!(ops[0].seq, 10);
+        assert_eq!(ops[0].key, b"k10");
+
+        // Tear the last record in half.
+        let len = fs::metadata(&path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len - 5).unwrap();
+        let torn = read_segment(&path).unwrap();
+        assert_eq!(torn.payloads.len(), 9);
+        assert_eq!(torn.valid_bytes, full.payloads[9].0);
+    }
+
+    #[test]
+    fn flipped_byte_stops_the_read_at_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::create(dir.path(), 7, 0).unwrap();
+        for seq in 1..=5u64 {
+            wal.append(&record(seq, b"key", b"value"), seq);
+        }
+        wal.sync_to(5, false).unwrap();
+        let path = segment_path(dir.path(), 7);
+        let mut data = fs::read(&path).unwrap();
+        let third = read_segment(&path).unwrap().payloads[2].0 as usize;
+        data[third + 12] ^= 0x40;
+        fs::write(&path, &data).unwrap();
+        let read = read_segment(&path).unwrap();
+        assert_eq!(read.payloads.len(), 2);
+        assert_eq!(read.valid_bytes as usize, third);
+    }
+
+    #[test]
+    fn garbage_payloads_do_not_decode() {
+        assert!(decode_payload(&[]).is_none());
+        let mut bad = vec![0u8; 12];
+        bad[8] = 0xff; // count = 255 with no operations
+        assert!(decode_payload(&bad).is_none());
+    }
+}
