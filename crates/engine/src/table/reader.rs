@@ -1,0 +1,281 @@
+//! An open table: footer, filter, properties and index are read and
+//! validated at open and held in memory; data blocks are read on demand with
+//! positional reads (no lock) through the shared [`BlockCache`].
+
+use super::block::{Block, BlockIter};
+use super::filter::Filter;
+use super::{
+    clamp_seq, corruption, decode_stored_block, BlockCache, BlockHandle, Footer, TableMeta,
+    FOOTER_LEN,
+};
+use crate::error::{Error, Result};
+use crate::format;
+use bytes::Bytes;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An open, immutable table. `Send + Sync`: reads use `read_exact_at`.
+pub(crate) struct Table {
+    /// The file.
+    file: File,
+    /// Its path, for errors.
+    path: PathBuf,
+    /// Identifies the table's blocks in the cache.
+    file_number: u64,
+    /// Shared cache of decompressed data blocks.
+    cache: Arc<BlockCache>,
+    /// Properties (with the file's size).
+    meta: TableMeta,
+    /// The index block: last key of each data block -> its handle.
+    index: Block,
+    /// Offset of the index block, for errors.
+    index_offset: u64,
+    /// The Bloom filter over user keys.
+    filter: Filter,
+    /// Data blocks occupy `0..data_end` (where the filter block starts).
+    data_end: u64,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("path", &self.path)
+            .field("file_number", &self.file_number)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+impl Table {
+    /// Opens and validates footer, index, filter and properties (checksums,
+    /// and that the blocks tile the file). `file_number` identifies the
+    /// table in the block cache and must not be reused for another file
+    /// while the cache lives.
+    pub fn open(path: &Path, file_number: u64, cache: Arc<BlockCache>) -> Result<Table> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if file_size < FOOTER_LEN as u64 {
+            return Err(corruption(path, 0, "file shorter than a table footer"));
+        }
+        let footer_offset = file_size - FOOTER_LEN as u64;
+        let mut footer_bytes = [0u8; FOOTER_LEN];
+        read_at(&file, path, &mut footer_bytes, footer_offset)?;
+        let footer = Footer::decode(&footer_bytes, footer_offset)
+            .map_err(|what| corruption(path, footer_offset, what))?;
+
+        let filter_bytes = read_block(&file, path, footer.filter)?;
+        let filter = Filter::parse(filter_bytes)
+            .map_err(|what| corruption(path, footer.filter.offset, what))?;
+        let properties_bytes = read_block(&file, path, footer.properties)?;
+        let meta = TableMeta::decode(&properties_bytes, file_size)
+            .map_err(|what| corruption(path, footer.properties.offset, what))?;
+        let index_bytes = read_block(&file, path, footer.index)?;
+        let index = Block::parse(index_bytes)
+            .map_err(|what| corruption(path, footer.index.offset, what))?;
+
+        let table = Table {
+            file,
+            path: path.to_path_buf(),
+            file_number,
+            cache,
+            meta,
+            index,
+            index_offset: footer.index.offset,
+            filter,
+            data_end: footer.filter.offset,
+        };
+        table
+            .check_index()
+            .map_err(|what| corruption(path, footer.index.offset, what))?;
+        Ok(table)
+    }
+
+    /// Checks that the index's handles tile the data region in order, its
+    /// keys increase, and its last key is the table's largest key.
+    fn check_index(&self) -> std::result::Result<(), &'static str> {
+        let mut iter = BlockIter::new(self.index.clone());
+        iter.seek_to_first()?;
+        let mut expected_offset = 0u64;
+        let mut previous_key: Option<Vec<u8>> = None;
+        while iter.valid() {
+            let handle = BlockHandle::decode_varints(iter.value_bytes())?;
+            let fits = handle.offset == expected_offset
+                && handle
+                    .size
+                    .checked_add(super::BLOCK_TRAILER_LEN as u64)
+                    .is_some_and(|stored| stored <= self.data_end - handle.offset);
+            if !fits {
+                return Err("index: data block handles do not tile the data region");
+            }
+            expected_offset = handle.end();
+            if let Some(previous) = &previous_key {
+                if format::compare_internal(previous, iter.key()).is_ge() {
+                    return Err("index: keys out of order");
+                }
+            }
+            previous_key = Some(iter.key().to_vec());
+            iter.next()?;
+        }
+        if expected_offset != self.data_end {
+            return Err("index: data block handles do not reach the filter block");
+        }
+        let last = previous_key.unwrap_or_default();
+        if last != self.meta.largest {
+            return Err("index: last key differs from the table's largest key");
+        }
+        Ok(())
+    }
+
+    /// The table's properties.
+    pub fn meta(&self) -> &TableMeta {
+        &self.meta
+    }
+
+    /// The table's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The number identifying the table in the block cache.
+    pub fn file_number(&self) -> u64 {
+        self.file_number
+    }
+
+    /// Bloom check on the user key: false only when the table certainly
+    /// holds no version of it. Does not allocate.
+    pub fn may_contain(&self, user_key: &[u8]) -> bool {
+        self.filter.may_contain(user_key)
+    }
+
+    /// True when `user_key` lies within the table's smallest..=largest user keys.
+    fn in_key_range(&self, user_key: &[u8]) -> bool {
+        self.meta.entries > 0
+            && user_key >= format::user_key(&self.meta.smallest)
+            && user_key <= format::user_key(&self.meta.largest)
+    }
+
+    /// Newest entry for `user_key` with sequence <= `seq`: (internal key,
+    /// stored value). Consults the key range and the Bloom filter first.
+    pub fn get(&self, user_key: &[u8], seq: u64) -> Result<Option<(Bytes, Bytes)>> {
+        if !self.in_key_range(user_key) || !self.filter.may_contain(user_key) {
+            return Ok(None);
+        }
+        // Every version of user_key with sequence <= seq sorts at or after
+        // (user_key, seq, highest kind).
+        let trailer = (clamp_seq(seq) << 8) | 0xff;
+        let mut index_iter = BlockIter::new(self.index.clone());
+        index_iter
+            .seek(user_key, trailer)
+            .map_err(|what| self.index_corruption(what))?;
+        while index_iter.valid() {
+            let handle = self.data_handle(&index_iter)?;
+            let mut data_iter = BlockIter::new(self.read_data_block(handle)?);
+            data_iter
+                .seek(user_key, trailer)
+                .map_err(|what| corruption(&self.path, handle.offset, what))?;
+            if data_iter.valid() {
+                if format::user_key(data_iter.key()) != user_key {
+                    return Ok(None);
+                }
+                return Ok(Some((
+                    Bytes::copy_from_slice(data_iter.key()),
+                    data_iter.value(),
+                )));
+            }
+            // Only reachable if an index key were not its block's last key.
+            index_iter
+                .next()
+                .map_err(|what| self.index_corruption(what))?;
+        }
+        Ok(None)
+    }
+
+    /// Memory held by index + filter (for stats).
+    pub fn resident_bytes(&self) -> usize {
+        self.index.len() + self.filter.len() + self.meta.smallest.len() + self.meta.largest.len()
+    }
+
+    /// The index block (iterators start from a cheap clone of it).
+    pub(super) fn index(&self) -> &Block {
+        &self.index
+    }
+
+    /// A corruption error in the index block.
+    pub(super) fn index_corruption(&self, what: &str) -> Error {
+        corruption(&self.path, self.index_offset, what)
+    }
+
+    /// A corruption error at `offset`.
+    pub(super) fn corruption_at(&self, offset: u64, what: &str) -> Error {
+        corruption(&self.path, offset, what)
+    }
+
+    /// Decodes the data block handle under an index cursor.
+    pub(super) fn data_handle(&self, index_iter: &BlockIter) -> Result<BlockHandle> {
+        let handle = BlockHandle::decode_varints(index_iter.value_bytes())
+            .map_err(|what| self.index_corruption(what))?;
+        // Validated at open; re-checked because a wrong handle would read
+        // another block's bytes.
+        if handle.end() > self.data_end {
+            return Err(self.index_corruption("index: data block handle past the data region"));
+        }
+        Ok(handle)
+    }
+
+    /// The data block at `handle`, from the cache or from disk (checksum
+    /// verified, decompressed, restart array validated, then cached).
+    pub(super) fn read_data_block(&self, handle: BlockHandle) -> Result<Block> {
+        if let Some(block) = self.cache.get(self.file_number, handle.offset) {
+            return Ok(block);
+        }
+        let bytes = read_block(&self.file, &self.path, handle)?;
+        let block =
+            Block::parse(bytes).map_err(|what| corruption(&self.path, handle.offset, what))?;
+        self.cache
+            .insert(self.file_number, handle.offset, block.clone());
+        Ok(block)
+    }
+
+    /// Handles of every data block, in order (tests aim damage with them).
+    #[cfg(test)]
+    pub(super) fn data_block_handles(&self) -> Vec<BlockHandle> {
+        let mut iter = BlockIter::new(self.index.clone());
+        iter.seek_to_first().unwrap();
+        let mut handles = Vec::new();
+        while iter.valid() {
+            handles.push(self.data_handle(&iter).unwrap());
+            iter.next().unwrap();
+        }
+        handles
+    }
+
+    /// Offset of the index block.
+    #[cfg(test)]
+    pub(super) fn index_offset(&self) -> u64 {
+        self.index_offset
+    }
+}
+
+/// Reads `buf.len()` bytes at `offset`; reading past the end is corruption
+/// (the file is shorter than its own handles say).
+fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    file.read_exact_at(buf, offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            corruption(path, offset, "block extends past the end of the file")
+        } else {
+            Error::io(path, e)
+        }
+    })
+}
+
+/// Reads the stored block at `handle` (validated to lie inside the file),
+/// verifies its checksum and decompresses it.
+fn read_block(file: &File, path: &Path, handle: BlockHandle) -> Result<Bytes> {
+    let stored_len = usize::try_from(handle.size + super::BLOCK_TRAILER_LEN as u64)
+        .map_err(|_| corruption(path, handle.offset, "block larger than memory"))?;
+    let mut stored = vec![0u8; stored_len];
+    read_at(file, path, &mut stored, handle.offset)?;
+    decode_stored_block(stored).map_err(|what| corruption(path, handle.offset, what))
+}

@@ -1,0 +1,1 @@
+//! Tests of whole tables on real files.
