@@ -19,8 +19,9 @@ pub struct Limits {
     pub bulk_bytes_max: usize,
     /// Most arguments in one request (the `*N` count).
     pub args_max: usize,
-    /// Longest inline command line, and longest `*`/`$` count line, in bytes
-    /// (Redis' `PROTO_INLINE_MAX_SIZE`).
+    /// Longest inline command line (counting its CR, not its LF) and longest `*`/`$` count
+    /// line (counting its type byte, not its CRLF), in bytes (Redis' `PROTO_INLINE_MAX_SIZE`:
+    /// Redis gives up once this many bytes arrived with no line ending).
     pub inline_bytes_max: usize,
 }
 

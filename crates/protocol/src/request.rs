@@ -53,44 +53,50 @@ fn find_line_end(buf: &[u8], start: usize, terminator: u8, bytes_max: usize) -> 
     }
 }
 
-/// Reads the count line `<tag><digits>\r\n` at `start`: the number (not yet range-checked) and
-/// where the next line starts. `invalid` is the error for a malformed number, `too_long` for a
-/// line with no CR in sight.
-fn read_count(
-    buf: &[u8],
+/// Reads the count line `<tag><digits>\r\n` at `start`: the digits and where the next line
+/// starts. `too_long` is the error for a line with no CR in sight.
+fn read_count_line<'a>(
+    buf: &'a [u8],
     start: usize,
     limits: &Limits,
-    invalid: ProtocolError,
     too_long: ProtocolError,
-) -> Result<Option<(i64, usize)>, ProtocolError> {
+) -> Result<Option<(&'a [u8], usize)>, ProtocolError> {
     let cr = match find_line_end(buf, start, b'\r', limits.inline_bytes_max) {
         LineEnd::At(cr) => cr,
         LineEnd::Incomplete => return Ok(None),
         LineEnd::TooLong => return Err(too_long),
     };
-    match buf.get(cr + 1) {
-        None => Ok(None),
-        Some(b'\n') => {
-            let count = parse_i64_strict(&buf[start + 1..cr]).ok_or(invalid)?;
-            Ok(Some((count, cr + 2)))
-        }
-        Some(_) => Err(invalid),
+    if cr + 1 == buf.len() {
+        // Redis waits for the byte after CR too.
+        return Ok(None);
     }
+    // The CR may be the type byte itself (`\r\n` where `$` was expected): no digits then.
+    let digits_start = (start + 1).min(cr);
+    Ok(Some((&buf[digits_start..cr], cr + 1)))
+}
+
+/// Parses the digits of a count line whose CR is followed by `buf[lf]`, which must be LF.
+fn parse_count(
+    buf: &[u8],
+    digits: &[u8],
+    lf: usize,
+    invalid: ProtocolError,
+) -> Result<i64, ProtocolError> {
+    if buf[lf] != b'\n' {
+        return Err(invalid);
+    }
+    parse_i64_strict(digits).ok_or(invalid)
 }
 
 /// First pass over a multibulk request (`buf[0] == b'*'`).
 fn scan_multibulk(buf: &[u8], limits: &Limits) -> Result<Scan, ProtocolError> {
     // Format: *<argc>\r\n then argc times $<len>\r\n<len bytes>\r\n
-    let Some((argc, mut next)) = read_count(
-        buf,
-        0,
-        limits,
-        ProtocolError::InvalidMultibulkLength,
-        ProtocolError::TooBigMultibulkCount,
-    )?
+    let Some((digits, lf)) = read_count_line(buf, 0, limits, ProtocolError::TooBigMultibulkCount)?
     else {
         return Ok(Scan::Incomplete);
     };
+    let argc = parse_count(buf, digits, lf, ProtocolError::InvalidMultibulkLength)?;
+    let mut next = lf + 1;
     if argc == -1 || argc == 0 {
         return Ok(Scan::Multibulk {
             length: next,
@@ -105,20 +111,17 @@ fn scan_multibulk(buf: &[u8], limits: &Limits) -> Result<Scan, ProtocolError> {
         let Some(&tag) = buf.get(next) else {
             return Ok(Scan::Incomplete);
         };
-        let Some((length, payload_start)) = read_count(
-            buf,
-            next,
-            limits,
-            ProtocolError::InvalidBulkLength,
-            ProtocolError::TooBigBulkCount,
-        )?
+        let Some((digits, lf)) =
+            read_count_line(buf, next, limits, ProtocolError::TooBigBulkCount)?
         else {
             return Ok(Scan::Incomplete);
         };
-        // Redis checks the '$' once the whole length line is there; so do we.
+        // Redis checks the '$' once the whole length line is there, before its number.
         if tag != b'$' {
             return Err(ProtocolError::ExpectedDollar(tag));
         }
+        let length = parse_count(buf, digits, lf, ProtocolError::InvalidBulkLength)?;
+        let payload_start = lf + 1;
         let length = usize::try_from(length)
             .ok()
             .filter(|&length| length <= limits.bulk_bytes_max)
