@@ -435,6 +435,7 @@ mod tests {
         Block::parse(Bytes::copy_from_slice(builder.finish())).expect("valid block")
     }
 
+    /// Seeks land on the first key >= target for several restart intervals.
     #[test]
     fn seek_and_scan_across_restart_points() {
         let keys: Vec<Vec<u8>> = (0..100u32)
@@ -469,6 +470,7 @@ mod tests {
         }
     }
 
+    /// An empty block has no entry to land on.
     #[test]
     fn empty_block_is_never_valid() {
         let mut builder = BlockBuilder::new(16);

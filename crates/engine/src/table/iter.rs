@@ -20,12 +20,23 @@ pub(crate) struct TableIter {
     data_iter: BlockIter,
     /// The current data block, for errors.
     data_handle: Option<BlockHandle>,
+    /// Whether blocks read from disk are added to the block cache.
+    fill_cache: bool,
 }
 
 impl TableIter {
-    /// A cursor over `table`, not yet positioned (not valid).
+    /// A cursor over `table`, not yet positioned (not valid). Blocks it
+    /// reads from disk are added to the block cache.
     pub fn new(table: Arc<Table>) -> TableIter {
+        TableIter::with_cache_fill(table, true)
+    }
+
+    /// A cursor that adds the blocks it reads from disk to the block cache
+    /// only when `fill_cache`. Compaction passes false: it reads every block
+    /// once, and caching them would evict the blocks reads keep using.
+    pub fn with_cache_fill(table: Arc<Table>, fill_cache: bool) -> TableIter {
         TableIter {
+            fill_cache,
             index_iter: BlockIter::new(table.index().clone()),
             // A placeholder until the first seek loads a data block.
             data_iter: BlockIter::new(empty_block()),
@@ -125,7 +136,7 @@ impl TableIter {
             return Ok(false);
         }
         let handle = self.table.data_handle(&self.index_iter)?;
-        let block = self.table.read_data_block(handle)?;
+        let block = self.table.read_data_block(handle, self.fill_cache)?;
         self.data_iter.reset(block);
         self.data_handle = Some(handle);
         Ok(true)

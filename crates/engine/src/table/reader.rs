@@ -171,7 +171,7 @@ impl Table {
             .map_err(|what| self.index_corruption(what))?;
         while index_iter.valid() {
             let handle = self.data_handle(&index_iter)?;
-            let mut data_iter = BlockIter::new(self.read_data_block(handle)?);
+            let mut data_iter = BlockIter::new(self.read_data_block(handle, true)?);
             data_iter
                 .seek(user_key, trailer)
                 .map_err(|what| corruption(&self.path, handle.offset, what))?;
@@ -225,16 +225,19 @@ impl Table {
     }
 
     /// The data block at `handle`, from the cache or from disk (checksum
-    /// verified, decompressed, restart array validated, then cached).
-    pub(super) fn read_data_block(&self, handle: BlockHandle) -> Result<Block> {
+    /// verified, decompressed, restart array validated, then cached when
+    /// `fill_cache`).
+    pub(super) fn read_data_block(&self, handle: BlockHandle, fill_cache: bool) -> Result<Block> {
         if let Some(block) = self.cache.get(self.file_number, handle.offset) {
             return Ok(block);
         }
         let bytes = read_block(&self.file, &self.path, handle)?;
         let block =
             Block::parse(bytes).map_err(|what| corruption(&self.path, handle.offset, what))?;
-        self.cache
-            .insert(self.file_number, handle.offset, block.clone());
+        if fill_cache {
+            self.cache
+                .insert(self.file_number, handle.offset, block.clone());
+        }
         Ok(block)
     }
 
