@@ -154,6 +154,8 @@ impl TableBuilder {
     }
 
     /// True when no entry was added.
+    // Part of the table API the engine is being wired to; not every caller exists yet.
+    #[allow(dead_code)]
     pub fn is_empty(&self) -> bool {
         self.meta.entries == 0
     }
