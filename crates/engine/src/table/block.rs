@@ -267,6 +267,20 @@ impl BlockIter {
         }
     }
 
+    /// A cursor over `block` that reuses the allocation of `key_buffer`
+    /// (see [`BlockIter::into_key_buffer`]).
+    pub(super) fn with_key_buffer(block: Block, mut key_buffer: Vec<u8>) -> BlockIter {
+        key_buffer.clear();
+        let mut iter = BlockIter::new(block);
+        iter.key = key_buffer;
+        iter
+    }
+
+    /// Gives back the key buffer for reuse by another cursor.
+    pub(super) fn into_key_buffer(self) -> Vec<u8> {
+        self.key
+    }
+
     /// Switches to another block, keeping the key buffer's allocation.
     pub(super) fn reset(&mut self, block: Block) {
         let end = block.restarts_offset;

@@ -11,10 +11,19 @@ use super::{
 use crate::error::{Error, Result};
 use crate::format;
 use bytes::Bytes;
+use std::cell::Cell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+thread_local! {
+    /// Key buffers of the index and data cursors of [`Table::get`], kept per
+    /// thread so that a point read does not allocate them each time. Their
+    /// size is bounded by the largest key read (keys are at most
+    /// `KEY_BYTES_MAX`).
+    static GET_KEY_BUFFERS: Cell<(Vec<u8>, Vec<u8>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
 
 /// An open, immutable table. `Send + Sync`: reads use `read_exact_at`.
 pub(crate) struct Table {
@@ -98,7 +107,8 @@ impl Table {
         let mut iter = BlockIter::new(self.index.clone());
         iter.seek_to_first()?;
         let mut expected_offset = 0u64;
-        let mut previous_key: Option<Vec<u8>> = None;
+        // Empty until the first entry: a real key is at least a trailer long.
+        let mut previous_key: Vec<u8> = Vec::new();
         while iter.valid() {
             let handle = BlockHandle::decode_varints(iter.value_bytes())?;
             let fits = handle.offset == expected_offset
@@ -110,19 +120,19 @@ impl Table {
                 return Err("index: data block handles do not tile the data region");
             }
             expected_offset = handle.end();
-            if let Some(previous) = &previous_key {
-                if format::compare_internal(previous, iter.key()).is_ge() {
-                    return Err("index: keys out of order");
-                }
+            if !previous_key.is_empty()
+                && format::compare_internal(&previous_key, iter.key()).is_ge()
+            {
+                return Err("index: keys out of order");
             }
-            previous_key = Some(iter.key().to_vec());
+            previous_key.clear();
+            previous_key.extend_from_slice(iter.key());
             iter.next()?;
         }
         if expected_offset != self.data_end {
             return Err("index: data block handles do not reach the filter block");
         }
-        let last = previous_key.unwrap_or_default();
-        if last != self.meta.largest {
+        if previous_key != self.meta.largest {
             return Err("index: last key differs from the table's largest key");
         }
         Ok(())
@@ -166,24 +176,50 @@ impl Table {
         // Every version of user_key with sequence <= seq sorts at or after
         // (user_key, seq, highest kind).
         let trailer = (clamp_seq(seq) << 8) | 0xff;
-        let mut index_iter = BlockIter::new(self.index.clone());
+        let (index_buffer, data_buffer) = GET_KEY_BUFFERS.take();
+        let mut index_iter = BlockIter::with_key_buffer(self.index.clone(), index_buffer);
+        let mut data_buffer = Some(data_buffer);
+        let found = self.get_from(&mut index_iter, &mut data_buffer, user_key, trailer);
+        GET_KEY_BUFFERS.set((
+            index_iter.into_key_buffer(),
+            data_buffer.unwrap_or_default(),
+        ));
+        found
+    }
+
+    /// [`Table::get`] after the filter, with the cursors' key buffers
+    /// supplied by the caller.
+    fn get_from(
+        &self,
+        index_iter: &mut BlockIter,
+        data_buffer: &mut Option<Vec<u8>>,
+        user_key: &[u8],
+        trailer: u64,
+    ) -> Result<Option<(Bytes, Bytes)>> {
         index_iter
             .seek(user_key, trailer)
             .map_err(|what| self.index_corruption(what))?;
         while index_iter.valid() {
-            let handle = self.data_handle(&index_iter)?;
-            let mut data_iter = BlockIter::new(self.read_data_block(handle, true)?);
+            let handle = self.data_handle(index_iter)?;
+            let block = self.read_data_block(handle, true)?;
+            let mut data_iter =
+                BlockIter::with_key_buffer(block, data_buffer.take().unwrap_or_default());
             data_iter
                 .seek(user_key, trailer)
                 .map_err(|what| corruption(&self.path, handle.offset, what))?;
-            if data_iter.valid() {
-                if format::user_key(data_iter.key()) != user_key {
-                    return Ok(None);
-                }
-                return Ok(Some((
+            let found = if !data_iter.valid() {
+                None
+            } else if format::user_key(data_iter.key()) == user_key {
+                Some(Some((
                     Bytes::copy_from_slice(data_iter.key()),
                     data_iter.value(),
-                )));
+                )))
+            } else {
+                Some(None)
+            };
+            *data_buffer = Some(data_iter.into_key_buffer());
+            if let Some(found) = found {
+                return Ok(found);
             }
             // Only reachable if an index key were not its block's last key.
             index_iter
