@@ -9,6 +9,8 @@
 //! It does not touch sockets, commands or storage: no I/O, no tokio, no engine. Callers hand
 //! it bytes and get values back (or the reverse); what a request *means* is the server's job.
 
+#![warn(missing_docs)]
+
 mod error;
 mod frame;
 mod inline;
