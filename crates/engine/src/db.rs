@@ -1,46 +1,90 @@
-//! The database: ties the WAL, memtables, tables and background work
-//! together behind the public API.
+//! The database: ties the WAL, memtables, tables, manifest and background
+//! work together behind the public API.
+//!
+//! Threads: callers write under one short write lock (sequence numbers, WAL
+//! buffer, memtable insert); readers take no lock beyond cloning an `Arc`.
+//! Background: `ringkv-flush` writes frozen memtables to level-0 tables,
+//! `ringkv-compact` runs leveled compaction, `ringkv-wal-sync` fsyncs the
+//! WAL once a second under `everysec`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fs4::fs_std::FileExt;
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::batch::{BatchOp, WriteBatch};
+use crate::compaction::{self, Compaction, RunContext};
 use crate::error::{Error, Result};
 use crate::format::{self, Kind};
 use crate::iter::{self, Entry, MemSource, MergingIter, RangeIter, Source};
 use crate::memtable::Memtable;
 use crate::options::{FsyncPolicy, Options};
+use crate::table::{TableBuilder, TableIter, TableOptions};
+use crate::version::{
+    self, table_path, Manifest, TableCache, TableFile, Version, VersionEdit, LEVELS,
+};
 use crate::wal::{self, Wal, WalStats};
 
 /// What a reader needs to see the whole database at one moment: the active
-/// memtable, the frozen ones waiting for flush (newest first).
+/// memtable, the frozen ones waiting for flush (newest first), the tables.
 #[derive(Debug)]
 pub(crate) struct SuperVersion {
     pub mem: Arc<Memtable>,
     pub frozen: Vec<Arc<Memtable>>,
+    pub version: Arc<Version>,
 }
 
-/// State guarded by the write lock: sequence assignment and the encode buffer.
+/// State guarded by the write lock.
 #[derive(Debug)]
 struct WriteState {
     last_seq: u64,
     record: Vec<u8>,
-    next_file_number: u64,
 }
 
-/// Snapshot sequences in use, with how many snapshots hold each.
+/// Manifest and compaction bookkeeping, guarded by one lock.
+#[derive(Debug)]
+struct VersionState {
+    manifest: Manifest,
+    cursors: Vec<Vec<u8>>,
+}
+
+/// Flags that wake the background threads.
 #[derive(Debug, Default)]
-struct SnapshotList {
-    held: BTreeMap<u64, usize>,
+struct BackgroundFlags {
+    flush: bool,
+    compact: bool,
+    shutdown: bool,
+}
+
+#[derive(Debug, Default)]
+struct Background {
+    flags: Mutex<BackgroundFlags>,
+    wake: Condvar,
+}
+
+impl Background {
+    fn signal(&self, set: impl FnOnce(&mut BackgroundFlags)) {
+        set(&mut self.flags.lock());
+        self.wake.notify_all();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    flushes: AtomicU64,
+    flush_bytes: AtomicU64,
+    compactions: AtomicU64,
+    compaction_bytes_read: AtomicU64,
+    compaction_bytes_written: AtomicU64,
+    stall_micros: AtomicU64,
+    slowdowns: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -49,14 +93,37 @@ pub(crate) struct Inner {
     options: Options,
     _lock_file: File,
     write: Mutex<WriteState>,
+    /// Signalled when a flush or compaction finishes (stalled writers wait).
+    progress: Condvar,
     visible_seq: AtomicU64,
     current: RwLock<Arc<SuperVersion>>,
+    versions: Mutex<VersionState>,
+    /// Held while a compaction picks, runs and installs.
+    compaction_lock: Mutex<()>,
+    tables: TableCache,
+    next_file: AtomicU64,
     wal: Wal,
-    snapshots: Mutex<SnapshotList>,
+    snapshots: Mutex<BTreeMap<u64, usize>>,
     closed: AtomicBool,
-    background: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    shutdown: (Mutex<bool>, Condvar),
-    recovered_ops: u64,
+    background: Arc<Background>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// First failure of a background flush or compaction.
+    failed: Mutex<Option<String>>,
+    counters: Counters,
+    recovery: Recovery,
+}
+
+/// What happened at open.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Recovery {
+    /// Operations replayed from the WAL.
+    pub wal_ops: u64,
+    /// WAL bytes replayed.
+    pub wal_bytes: u64,
+    /// Bytes cut off a torn or corrupt WAL tail.
+    pub wal_bytes_dropped: u64,
+    /// Time the open took, in milliseconds.
+    pub duration_ms: u64,
 }
 
 /// An open database. Cheap to clone; `Send + Sync`, shared by many threads.
@@ -72,165 +139,236 @@ pub struct Stats {
     pub last_sequence: u64,
     /// Bytes in the active memtable.
     pub memtable_bytes: usize,
-    /// Frozen memtables waiting for flush, and their bytes.
+    /// Frozen memtables waiting for flush.
     pub frozen_memtables: usize,
     /// Bytes held by frozen memtables.
     pub frozen_memtable_bytes: usize,
+    /// Tables per level.
+    pub level_tables: Vec<usize>,
+    /// Bytes per level.
+    pub level_bytes: Vec<u64>,
+    /// Block cache: bytes used, capacity, hits, misses.
+    pub block_cache_bytes: usize,
+    /// Block cache capacity.
+    pub block_cache_capacity: usize,
+    /// Block cache hits.
+    pub block_cache_hits: u64,
+    /// Block cache misses.
+    pub block_cache_misses: u64,
+    /// Index and filter bytes of open tables.
+    pub table_index_filter_bytes: usize,
+    /// Open table files.
+    pub open_tables: usize,
+    /// Memtable flushes since open, and bytes written by them.
+    pub flushes: u64,
+    /// Bytes written by flushes.
+    pub flush_bytes: u64,
+    /// Compactions since open.
+    pub compactions: u64,
+    /// Bytes read by compactions.
+    pub compaction_bytes_read: u64,
+    /// Bytes written by compactions.
+    pub compaction_bytes_written: u64,
+    /// Time writers spent stalled, in microseconds.
+    pub stall_micros: u64,
+    /// Writes delayed by level-0 slowdown.
+    pub slowdowns: u64,
     /// WAL counters.
     pub wal: WalStats,
-    /// Operations replayed from the WAL at open.
-    pub recovered_ops: u64,
+    /// What the open recovered.
+    pub recovery: Recovery,
+    /// The reason writes are refused, if they are.
+    pub write_error: Option<String>,
 }
 
 impl Db {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
+        let started = Instant::now();
         let dir = dir.as_ref().to_path_buf();
         if options.create_if_missing {
             fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        } else if !dir.join("CURRENT").exists() {
+            return Err(Error::InvalidArgument(format!(
+                "no database in {} and create_if_missing is off",
+                dir.display()
+            )));
         }
-        let lock_path = dir.join("LOCK");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, e))?;
-        match lock_file.try_lock_exclusive() {
-            Ok(true) => {}
-            Ok(false) => return Err(Error::Locked { path: dir }),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(Error::Locked { path: dir })
-            }
-            Err(e) => return Err(Error::io(&lock_path, e)),
-        }
+        let lock_file = lock_directory(&dir)?;
+        let recovered = Manifest::recover(&dir)?;
+        let listing = list_files(&dir)?;
+        let (mut version, log_number, manifest_next, manifest_seq) = match recovered {
+            Some(r) => (r.version, r.log_number, r.next_file_number, r.last_seq),
+            None => (Version::default(), 0, 1, 0),
+        };
+        let mut next_file = manifest_next.max(listing.max_number + 1);
+        let mut last_seq = version
+            .levels
+            .iter()
+            .flatten()
+            .map(|t| t.meta.seq_max)
+            .fold(manifest_seq, u64::max);
 
-        // Replay every WAL segment, oldest first.
-        let mut segments = list_segments(&dir)?;
-        segments.sort_unstable();
+        // Replay the WAL segments not yet flushed, oldest first.
+        let mut recovery = Recovery::default();
+        let replay: Vec<u64> = listing
+            .wal
+            .iter()
+            .copied()
+            .filter(|&n| n >= log_number)
+            .collect();
         let mem = Arc::new(Memtable::new(0));
-        let mut last_seq = 0u64;
-        let mut recovered_ops = 0u64;
-        for (i, &number) in segments.iter().enumerate() {
+        for (i, &number) in replay.iter().enumerate() {
             let path = wal::segment_path(&dir, number);
             let read = wal::read_segment(&path)?;
             for (_, payload) in &read.payloads {
                 let ops = wal::decode_payload(payload).expect("validated by read_segment");
                 for op in ops {
-                    mem.insert(op.key, op.seq, op.kind, Bytes::copy_from_slice(op.stored_value));
+                    mem.insert(
+                        op.key,
+                        op.seq,
+                        op.kind,
+                        Bytes::copy_from_slice(op.stored_value),
+                    );
                     last_seq = last_seq.max(op.seq);
-                    recovered_ops += 1;
+                    recovery.wal_ops += 1;
                 }
             }
+            recovery.wal_bytes += read.valid_bytes;
             if read.valid_bytes < read.file_bytes {
-                let is_last = i + 1 == segments.len();
-                if !is_last {
+                if i + 1 != replay.len() {
                     return Err(Error::corruption(
                         &path,
                         read.valid_bytes,
-                        "corrupt WAL record before the last segment",
+                        "corrupt WAL record in a segment that is not the last; \
+                         later segments would be lost",
                     ));
                 }
+                recovery.wal_bytes_dropped = read.file_bytes - read.valid_bytes;
                 tracing::warn!(
                     file = %path.display(),
                     offset = read.valid_bytes,
-                    dropped_bytes = read.file_bytes - read.valid_bytes,
+                    dropped_bytes = recovery.wal_bytes_dropped,
                     "torn or corrupt WAL tail cut off"
                 );
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| Error::io(&path, e))?;
-                file.set_len(read.valid_bytes)
-                    .and_then(|_| file.sync_all())
-                    .map_err(|e| Error::io(&path, e))?;
             }
         }
-        let next_number = segments.last().copied().unwrap_or(0) + 1;
-        let wal = Wal::create(&dir, next_number, last_seq)?;
+        // Write what the WAL held to a level-0 table, so the new manifest
+        // can retire every old segment.
+        let table_options = TableOptions::from_options(&options);
+        if !mem.is_empty() {
+            let number = next_file;
+            next_file += 1;
+            let file = write_memtable(&dir, number, &mem, &table_options)?;
+            version = version.apply(&VersionEdit {
+                added: vec![(0, Arc::new(file))],
+                ..VersionEdit::default()
+            });
+        }
+        let wal_number = next_file;
+        let manifest_number = next_file + 1;
+        next_file += 2;
+        let wal = Wal::create(&dir, wal_number, last_seq)?;
+        let manifest = Manifest::create(
+            &dir,
+            manifest_number,
+            &version,
+            wal_number,
+            next_file,
+            last_seq,
+        )?;
+        // Everything the new manifest does not name is an orphan.
+        let live: std::collections::HashSet<u64> =
+            version.levels.iter().flatten().map(|t| t.number).collect();
+        for number in listing.tables.iter().filter(|n| !live.contains(n)) {
+            remove_quietly(&table_path(&dir, *number));
+        }
+        for number in listing.wal.iter().filter(|&&n| n < wal_number) {
+            remove_quietly(&wal::segment_path(&dir, *number));
+        }
+        for number in listing.manifests.iter().filter(|&&n| n != manifest_number) {
+            remove_quietly(&dir.join(format!("MANIFEST-{number:010}")));
+        }
 
+        let tables = TableCache::new(options.open_files_max, options.block_cache_bytes);
+        recovery.duration_ms = started.elapsed().as_millis() as u64;
         let inner = Arc::new(Inner {
             dir,
-            options,
             _lock_file: lock_file,
             write: Mutex::new(WriteState {
                 last_seq,
                 record: Vec::new(),
-                next_file_number: next_number + 1,
             }),
+            progress: Condvar::new(),
             visible_seq: AtomicU64::new(last_seq),
             current: RwLock::new(Arc::new(SuperVersion {
-                mem: Arc::new(Memtable::new(next_number)),
-                frozen: if mem.is_empty() { vec![] } else { vec![mem] },
+                mem: Arc::new(Memtable::new(wal_number)),
+                frozen: Vec::new(),
+                version: Arc::new(version),
             })),
+            versions: Mutex::new(VersionState {
+                manifest,
+                cursors: vec![Vec::new(); LEVELS],
+            }),
+            compaction_lock: Mutex::new(()),
+            tables,
+            next_file: AtomicU64::new(next_file),
             wal,
-            snapshots: Mutex::new(SnapshotList::default()),
+            snapshots: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
-            background: Mutex::new(Vec::new()),
-            shutdown: (Mutex::new(false), Condvar::new()),
-            recovered_ops,
+            background: Arc::new(Background::default()),
+            threads: Mutex::new(Vec::new()),
+            failed: Mutex::new(None),
+            counters: Counters::default(),
+            recovery,
+            options,
         });
+        tracing::info!(
+            dir = %inner.dir.display(),
+            wal_ops = recovery.wal_ops,
+            wal_bytes = recovery.wal_bytes,
+            duration_ms = recovery.duration_ms,
+            "database opened"
+        );
         let db = Db { inner };
         db.start_background();
+        db.inner.background.signal(|f| f.compact = true);
         Ok(db)
     }
 
     fn start_background(&self) {
-        if self.inner.options.fsync == FsyncPolicy::Always {
-            return;
+        let mut threads = self.inner.threads.lock();
+        let spawn = |name: &str, body: fn(&Inner, &Background) -> bool| {
+            let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+            let background = self.inner.background.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || background_loop(weak, background, body))
+                .expect("spawn background thread")
+        };
+        threads.push(spawn("ringkv-flush", flush_step));
+        threads.push(spawn("ringkv-compact", compaction_step));
+        if self.inner.options.fsync != FsyncPolicy::Always {
+            threads.push(spawn("ringkv-wal-sync", wal_sync_step));
         }
-        let weak = Arc::downgrade(&self.inner);
-        let handle = std::thread::Builder::new()
-            .name("ringkv-wal-sync".into())
-            .spawn(move || loop {
-                let Some(inner) = weak.upgrade() else { return };
-                {
-                    let (lock, condvar) = &inner.shutdown;
-                    let mut stop = lock.lock();
-                    if !*stop {
-                        condvar.wait_for(&mut stop, Duration::from_secs(1));
-                    }
-                    if *stop {
-                        return;
-                    }
-                }
-                let seq = inner.visible_seq.load(Ordering::Acquire);
-                let fsync = inner.options.fsync == FsyncPolicy::EverySec;
-                if let Err(error) = inner.wal.sync_to(seq, fsync) {
-                    tracing::error!(%error, "background WAL sync failed");
-                }
-            })
-            .expect("spawn WAL sync thread");
-        self.inner.background.lock().push(handle);
     }
 
     /// The live value of `key`, or `None` when absent, deleted or expired.
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         let seq = self.inner.visible_seq.load(Ordering::Acquire);
         let current = self.inner.current.read().clone();
-        self.get_at(&current, key, seq)
-    }
-
-    fn get_at(&self, current: &SuperVersion, key: &[u8], seq: u64) -> Result<Option<Entry>> {
-        let now_ms = self.inner.options.clock.now_ms();
-        let found = std::iter::once(&current.mem)
-            .chain(current.frozen.iter())
-            .find_map(|mem| mem.get(key, seq));
-        match found {
-            None => Ok(None),
-            Some((internal_key, stored)) => match iter::live_entry(&internal_key, stored, now_ms) {
-                None => Ok(None),
-                Some(Ok(entry)) => Ok(Some(entry)),
-                Some(Err(what)) => Err(Error::corruption(&self.inner.dir, 0, what)),
-            },
-        }
+        self.inner.get_at(&current, key, seq)
     }
 
     /// Sets `key` to `value`, expiring at `expires_at_ms` (Unix ms) if given.
     /// Returns the write's sequence number (the key's new version).
     pub fn put(&self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>) -> Result<u64> {
         let mut batch = WriteBatch::with_capacity(1);
-        batch.put(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value), expires_at_ms);
+        batch.put(
+            Bytes::copy_from_slice(key),
+            Bytes::copy_from_slice(value),
+            expires_at_ms,
+        );
         self.write(batch)
     }
 
@@ -254,14 +392,15 @@ impl Db {
     /// before acknowledging the write to anyone (servers do this once per
     /// pipeline of requests, so one fsync covers many writes).
     pub fn write_deferred(&self, batch: WriteBatch) -> Result<u64> {
-        self.check_writable()?;
+        self.inner.check_writable()?;
         self.validate(&batch)?;
         let inner = &self.inner;
         let mut state = inner.write.lock();
+        inner.make_room(&mut state)?;
         if !batch.expectations.is_empty() {
             let current = inner.current.read().clone();
             for (key, expected) in &batch.expectations {
-                let found = self.get_at(&current, key, state.last_seq)?;
+                let found = inner.get_at(&current, key, state.last_seq)?;
                 if found.map(|e| e.version) != *expected {
                     return Err(Error::Conflict);
                 }
@@ -275,27 +414,7 @@ impl Db {
         assert!(last_seq <= format::SEQ_MAX, "sequence numbers exhausted");
 
         // Encode stored values once; they go both to the WAL and the memtable.
-        let stored: Vec<(Kind, Bytes)> = batch
-            .ops
-            .iter()
-            .map(|op| match op {
-                BatchOp::Put {
-                    value,
-                    expires_at_ms: None,
-                    ..
-                } => (Kind::Put, value.clone()),
-                BatchOp::Put {
-                    value,
-                    expires_at_ms,
-                    ..
-                } => {
-                    let mut out = Vec::with_capacity(value.len() + 8);
-                    let kind = format::encode_value(&mut out, value, *expires_at_ms);
-                    (kind, Bytes::from(out))
-                }
-                BatchOp::Delete { .. } => (Kind::Delete, Bytes::new()),
-            })
-            .collect();
+        let stored: Vec<(Kind, Bytes)> = batch.ops.iter().map(stored_value).collect();
         let mut record = std::mem::take(&mut state.record);
         record.clear();
         wal::encode_record(
@@ -310,11 +429,9 @@ impl Db {
         );
         let must_write = inner.wal.append(&record, last_seq);
         state.record = record;
-        let current = inner.current.read().clone();
-        for (i, (op, (kind, value))) in batch.ops.into_iter().zip(stored).enumerate() {
-            current
-                .mem
-                .insert(op.key(), first_seq + i as u64, kind, value);
+        let mem = inner.current.read().mem.clone();
+        for (i, (op, (kind, value))) in batch.ops.iter().zip(stored).enumerate() {
+            mem.insert(op.key(), first_seq + i as u64, kind, value);
         }
         state.last_seq = last_seq;
         inner.visible_seq.store(last_seq, Ordering::Release);
@@ -336,16 +453,6 @@ impl Db {
     pub fn sync_all(&self) -> Result<()> {
         let seq = self.inner.visible_seq.load(Ordering::Acquire);
         self.inner.wal.sync_to(seq, true)
-    }
-
-    fn check_writable(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        if let Some(reason) = self.inner.wal.poisoned() {
-            return Err(Error::Poisoned { reason });
-        }
-        Ok(())
     }
 
     fn validate(&self, batch: &WriteBatch) -> Result<()> {
@@ -374,7 +481,7 @@ impl Db {
     /// A consistent read view as of now.
     pub fn snapshot(&self) -> Snapshot {
         let seq = self.inner.visible_seq.load(Ordering::Acquire);
-        *self.inner.snapshots.lock().held.entry(seq).or_insert(0) += 1;
+        *self.inner.snapshots.lock().entry(seq).or_insert(0) += 1;
         let current = self.inner.current.read().clone();
         Snapshot {
             guard: Arc::new(SnapshotGuard {
@@ -386,8 +493,18 @@ impl Db {
     }
 
     /// Ordered iterator over live keys in `range`, at a snapshot taken now.
-    pub fn range<R: RangeBounds<[u8]>>(&self, range: R) -> RangeIter {
+    /// Bounds may be `&[u8]`, `Vec<u8>`, `Bytes`…: `db.range(b"a".as_slice()..b"b")`.
+    pub fn range<K, R>(&self, range: R) -> RangeIter
+    where
+        K: AsRef<[u8]> + ?Sized,
+        R: RangeBounds<K>,
+    {
         self.snapshot().range(range)
+    }
+
+    /// Ordered iterator over every live key, at a snapshot taken now.
+    pub fn iter(&self) -> RangeIter {
+        self.snapshot().iter()
     }
 
     /// Sequence number of the last write visible to readers.
@@ -395,58 +512,622 @@ impl Db {
         self.inner.visible_seq.load(Ordering::Acquire)
     }
 
-    /// Counters and gauges.
-    pub fn stats(&self) -> Stats {
-        let current = self.inner.current.read().clone();
-        Stats {
-            last_sequence: self.last_sequence(),
-            memtable_bytes: current.mem.approximate_bytes(),
-            frozen_memtables: current.frozen.len(),
-            frozen_memtable_bytes: current.frozen.iter().map(|m| m.approximate_bytes()).sum(),
-            wal: self.inner.wal.stats(),
-            recovered_ops: self.inner.recovered_ops,
-        }
-    }
-
     /// The database directory.
     pub fn path(&self) -> &Path {
         &self.inner.dir
     }
 
-    /// Writes memtables out to tables and waits until they are durable.
-    pub fn flush(&self) -> Result<()> {
-        self.sync_all()
+    /// The options the database was opened with.
+    pub fn options(&self) -> &Options {
+        &self.inner.options
     }
 
-    /// Closes the database: makes every write durable and stops background
-    /// threads. Other clones of this `Db` see [`Error::Closed`] on writes.
-    pub fn close(self) -> Result<()> {
+    /// Counters and gauges.
+    pub fn stats(&self) -> Stats {
+        let inner = &self.inner;
+        let current = inner.current.read().clone();
+        let c = &inner.counters;
+        let blocks = &inner.tables.blocks;
+        Stats {
+            last_sequence: self.last_sequence(),
+            memtable_bytes: current.mem.approximate_bytes(),
+            frozen_memtables: current.frozen.len(),
+            frozen_memtable_bytes: current.frozen.iter().map(|m| m.approximate_bytes()).sum(),
+            level_tables: current.version.levels.iter().map(Vec::len).collect(),
+            level_bytes: (0..LEVELS)
+                .map(|l| current.version.level_bytes(l))
+                .collect(),
+            block_cache_bytes: blocks.used_bytes(),
+            block_cache_capacity: blocks.capacity_bytes(),
+            block_cache_hits: blocks.hits(),
+            block_cache_misses: blocks.misses(),
+            table_index_filter_bytes: inner.tables.resident_bytes(),
+            open_tables: inner.tables.open_count(),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            flush_bytes: c.flush_bytes.load(Ordering::Relaxed),
+            compactions: c.compactions.load(Ordering::Relaxed),
+            compaction_bytes_read: c.compaction_bytes_read.load(Ordering::Relaxed),
+            compaction_bytes_written: c.compaction_bytes_written.load(Ordering::Relaxed),
+            stall_micros: c.stall_micros.load(Ordering::Relaxed),
+            slowdowns: c.slowdowns.load(Ordering::Relaxed),
+            wal: inner.wal.stats(),
+            recovery: inner.recovery,
+            write_error: inner.write_error(),
+        }
+    }
+
+    /// Writes every memtable out to level-0 tables and waits for it.
+    /// Returns the sequence number up to which everything is in tables.
+    pub fn flush(&self) -> Result<u64> {
+        let inner = &self.inner;
+        let seq = {
+            let mut state = inner.write.lock();
+            let current = inner.current.read().clone();
+            if !current.mem.is_empty() {
+                inner.freeze(&mut state)?;
+            }
+            state.last_seq
+        };
+        loop {
+            if let Some(reason) = inner.failed.lock().clone() {
+                return Err(Error::Poisoned { reason });
+            }
+            if inner.current.read().frozen.is_empty() {
+                return Ok(seq);
+            }
+            let mut state = inner.write.lock();
+            inner
+                .progress
+                .wait_for(&mut state, Duration::from_millis(50));
+        }
+    }
+
+    /// Flushes, then compacts every level down into the last one, dropping
+    /// all deleted, overwritten and expired data no snapshot needs.
+    pub fn compact(&self) -> Result<()> {
         self.flush()?;
-        self.inner.closed.store(true, Ordering::Release);
-        self.stop_background();
+        let inner = &self.inner;
+        let _compacting = inner.compaction_lock.lock();
+        for level in 0..LEVELS - 1 {
+            let version = inner.current.read().version.clone();
+            if version.levels[level].is_empty() {
+                continue;
+            }
+            let inputs = version.levels[level].clone();
+            let start = inputs
+                .iter()
+                .map(|t| t.smallest_user_key())
+                .min()
+                .unwrap_or_default();
+            let end = inputs
+                .iter()
+                .map(|t| t.largest_user_key())
+                .max()
+                .unwrap_or_default();
+            let overlaps = version.overlapping(level + 1, start, end);
+            inner.run_compaction(Compaction {
+                level,
+                output_level: level + 1,
+                inputs,
+                overlaps,
+                reason: "manual",
+            })?;
+        }
         Ok(())
     }
 
-    fn stop_background(&self) {
-        {
-            let (lock, condvar) = &self.inner.shutdown;
-            *lock.lock() = true;
-            condvar.notify_all();
+    /// Writes a consistent copy of the database into `target` (which must
+    /// not exist): tables are hard-linked (copied across filesystems), a
+    /// fresh manifest names them. Returns the sequence number the copy holds
+    /// everything up to. Writes continue meanwhile; they pause at most for
+    /// the memtable freeze.
+    pub fn checkpoint(&self, target: impl AsRef<Path>) -> Result<u64> {
+        let target = target.as_ref();
+        if target.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "checkpoint target {} already exists",
+                target.display()
+            )));
         }
-        let handles = std::mem::take(&mut *self.inner.background.lock());
-        for handle in handles {
-            if handle.thread().id() != std::thread::current().id() {
-                let _ = handle.join();
+        self.flush()?;
+        // Pin the version: its tables cannot be deleted while we hold it.
+        let version = self.inner.current.read().version.clone();
+        let seq = version
+            .levels
+            .iter()
+            .flatten()
+            .map(|t| t.meta.seq_max)
+            .max()
+            .unwrap_or(0);
+        let building = target.with_extension("checkpoint-tmp");
+        let _ = fs::remove_dir_all(&building);
+        fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
+        let mut copied = Version::default();
+        for (level, tables) in version.levels.iter().enumerate() {
+            for table in tables {
+                let to = table_path(&building, table.number);
+                if fs::hard_link(&table.path, &to).is_err() {
+                    fs::copy(&table.path, &to).map_err(|e| Error::io(&to, e))?;
+                    File::open(&to)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|e| Error::io(&to, e))?;
+                }
+                copied.levels[level].push(Arc::new(TableFile::new(
+                    &building,
+                    table.number,
+                    table.meta.clone(),
+                )));
+            }
+        }
+        let next_file = self.inner.next_file.load(Ordering::Acquire);
+        Manifest::create(
+            &building,
+            next_file,
+            &copied,
+            next_file + 1,
+            next_file + 2,
+            seq,
+        )?;
+        wal::sync_dir(&building)?;
+        fs::rename(&building, target).map_err(|e| Error::io(target, e))?;
+        if let Some(parent) = target.parent() {
+            wal::sync_dir(parent)?;
+        }
+        tracing::info!(target = %target.display(), seq, "checkpoint written");
+        Ok(seq)
+    }
+
+    /// Closes the database: flushes memtables to tables (so the next open
+    /// replays nothing), syncs, and stops background threads. Other clones
+    /// of this `Db` see [`Error::Closed`] afterwards.
+    pub fn close(self) -> Result<()> {
+        let flushed = self.flush();
+        let synced = self.sync_all();
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.background.signal(|f| f.shutdown = true);
+        let threads = std::mem::take(&mut *self.inner.threads.lock());
+        for thread in threads {
+            let _ = thread.join();
+        }
+        flushed?;
+        synced
+    }
+}
+
+impl Inner {
+    fn check_writable(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        match self.write_error() {
+            Some(reason) => Err(Error::Poisoned { reason }),
+            None => Ok(()),
+        }
+    }
+
+    fn write_error(&self) -> Option<String> {
+        self.wal.poisoned().or_else(|| self.failed.lock().clone())
+    }
+
+    fn get_at(&self, current: &SuperVersion, key: &[u8], seq: u64) -> Result<Option<Entry>> {
+        let found = match std::iter::once(&current.mem)
+            .chain(current.frozen.iter())
+            .find_map(|mem| mem.get(key, seq))
+        {
+            Some(found) => Some(found),
+            None => self.get_from_tables(&current.version, key, seq)?,
+        };
+        let Some((internal_key, stored)) = found else {
+            return Ok(None);
+        };
+        match iter::live_entry(&internal_key, stored, self.options.clock.now_ms()) {
+            None => Ok(None),
+            Some(Ok(entry)) => Ok(Some(entry)),
+            Some(Err(what)) => Err(Error::corruption(&self.dir, 0, what)),
+        }
+    }
+
+    fn get_from_tables(
+        &self,
+        version: &Version,
+        key: &[u8],
+        seq: u64,
+    ) -> Result<Option<(Bytes, Bytes)>> {
+        for file in &version.levels[0] {
+            if file.smallest_user_key() <= key && key <= file.largest_user_key() {
+                if let Some(found) = self.tables.get(file)?.get(key, seq)? {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        for level in 1..LEVELS {
+            if let Some(file) = version.find_in_level(level, key) {
+                if let Some(found) = self.tables.get(file)?.get(key, seq)? {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Before a write: freeze a full memtable, and hold writers back while
+    /// flushes or level-0 compaction fall behind.
+    fn make_room(&self, state: &mut MutexGuard<'_, WriteState>) -> Result<()> {
+        let options = &self.options;
+        let mut slowed = false;
+        loop {
+            let current = self.current.read().clone();
+            let level0 = current.version.levels[0].len();
+            if current.mem.approximate_bytes() >= options.memtable_bytes_max {
+                if current.frozen.len() >= options.frozen_memtables_max {
+                    self.stall(state, "frozen memtables waiting for flush")?;
+                    continue;
+                }
+                self.freeze(state)?;
+                continue;
+            }
+            if level0 >= options.l0_stop_trigger {
+                self.background.signal(|f| f.compact = true);
+                self.stall(state, "too many level-0 tables")?;
+                continue;
+            }
+            if level0 >= options.l0_slowdown_trigger && !slowed {
+                slowed = true;
+                self.counters.slowdowns.fetch_add(1, Ordering::Relaxed);
+                MutexGuard::unlocked(state, || std::thread::sleep(Duration::from_millis(1)));
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    fn stall(&self, state: &mut MutexGuard<'_, WriteState>, why: &str) -> Result<()> {
+        if let Some(reason) = self.write_error() {
+            return Err(Error::Poisoned { reason });
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        tracing::debug!(why, "write stalled");
+        let started = Instant::now();
+        self.progress.wait_for(state, Duration::from_millis(100));
+        self.counters
+            .stall_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes the active memtable immutable and starts a new one with a new
+    /// WAL segment (caller holds the write lock).
+    fn freeze(&self, _state: &mut MutexGuard<'_, WriteState>) -> Result<()> {
+        let number = self.next_file.fetch_add(1, Ordering::AcqRel);
+        self.wal.rotate(number)?;
+        let mut current = self.current.write();
+        let mut frozen = Vec::with_capacity(current.frozen.len() + 1);
+        frozen.push(current.mem.clone());
+        frozen.extend(current.frozen.iter().cloned());
+        *current = Arc::new(SuperVersion {
+            mem: Arc::new(Memtable::new(number)),
+            frozen,
+            version: current.version.clone(),
+        });
+        drop(current);
+        self.background.signal(|f| f.flush = true);
+        Ok(())
+    }
+
+    /// Writes the oldest frozen memtable to a level-0 table and installs it.
+    /// Returns false when there was nothing to flush.
+    fn flush_oldest(&self) -> Result<bool> {
+        let Some(mem) = self.current.read().frozen.last().cloned() else {
+            return Ok(false);
+        };
+        let number = self.next_file.fetch_add(1, Ordering::AcqRel);
+        let table = if mem.is_empty() {
+            None
+        } else {
+            let file = write_memtable(
+                &self.dir,
+                number,
+                &mem,
+                &TableOptions::from_options(&self.options),
+            )?;
+            self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .flush_bytes
+                .fetch_add(file.meta.file_size, Ordering::Relaxed);
+            tracing::debug!(
+                table = number,
+                bytes = file.meta.file_size,
+                "memtable flushed"
+            );
+            Some(Arc::new(file))
+        };
+        let log_number = {
+            let mut versions = self.versions.lock();
+            let mut current = self.current.write();
+            // WAL segments older than every remaining memtable are obsolete.
+            let remaining = &current.frozen[..current.frozen.len() - 1];
+            let log_number = remaining
+                .iter()
+                .map(|m| m.wal_number)
+                .chain(std::iter::once(current.mem.wal_number))
+                .min()
+                .expect("the active memtable remains");
+            let edit = VersionEdit {
+                log_number: Some(log_number),
+                next_file_number: Some(self.next_file.load(Ordering::Acquire)),
+                last_seq: Some(mem.max_seq()),
+                added: table.into_iter().map(|t| (0, t)).collect(),
+                deleted: Vec::new(),
+            };
+            versions.manifest.append(&edit)?;
+            let version = Arc::new(current.version.apply(&edit));
+            *current = Arc::new(SuperVersion {
+                mem: current.mem.clone(),
+                frozen: remaining.to_vec(),
+                version,
+            });
+            self.maybe_rewrite_manifest(&mut versions, &current.version, log_number)?;
+            log_number
+        };
+        for number in list_files(&self.dir)?.wal {
+            if number < log_number {
+                remove_quietly(&wal::segment_path(&self.dir, number));
+            }
+        }
+        self.progress.notify_all();
+        self.background.signal(|f| f.compact = true);
+        Ok(true)
+    }
+
+    fn maybe_rewrite_manifest(
+        &self,
+        versions: &mut VersionState,
+        version: &Version,
+        log_number: u64,
+    ) -> Result<()> {
+        if !versions.manifest.needs_rewrite() {
+            return Ok(());
+        }
+        let old = versions.manifest.path().to_path_buf();
+        let number = self.next_file.fetch_add(1, Ordering::AcqRel);
+        let last_seq = self.visible_seq.load(Ordering::Acquire);
+        versions.manifest = Manifest::create(
+            &self.dir,
+            number,
+            version,
+            log_number,
+            self.next_file.load(Ordering::Acquire),
+            last_seq,
+        )?;
+        remove_quietly(&old);
+        Ok(())
+    }
+
+    /// Picks and runs one compaction. Returns false when none is due.
+    fn compact_once(&self) -> Result<bool> {
+        let _compacting = self.compaction_lock.lock();
+        let version = self.current.read().version.clone();
+        let cursors = self.versions.lock().cursors.clone();
+        let now_ms = self.options.clock.now_ms();
+        match compaction::pick(&version, &self.options, &cursors, now_ms) {
+            None => Ok(false),
+            Some(decision) => {
+                self.run_compaction(decision)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Carries out `decision` and installs its result (caller holds the
+    /// compaction lock).
+    fn run_compaction(&self, decision: Compaction) -> Result<()> {
+        let started = Instant::now();
+        let version = self.current.read().version.clone();
+        let oldest_snapshot = self
+            .snapshots
+            .lock()
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(u64::MAX)
+            .min(self.visible_seq.load(Ordering::Acquire));
+        let next_file = || self.next_file.fetch_add(1, Ordering::AcqRel);
+        let context = RunContext {
+            options: &self.options,
+            dir: &self.dir,
+            tables: &self.tables,
+            version: &version,
+            oldest_snapshot,
+            now_ms: self.options.clock.now_ms(),
+            next_file_number: &next_file,
+        };
+        let (edit, stats) = compaction::run(&context, &decision)?;
+        {
+            let mut versions = self.versions.lock();
+            let mut current = self.current.write();
+            let mut edit = edit;
+            edit.next_file_number = Some(self.next_file.load(Ordering::Acquire));
+            versions.manifest.append(&edit)?;
+            let next = Arc::new(current.version.apply(&edit));
+            *current = Arc::new(SuperVersion {
+                mem: current.mem.clone(),
+                frozen: current.frozen.clone(),
+                version: next,
+            });
+            if let Some(last) = decision.inputs.iter().map(|t| t.largest_user_key()).max() {
+                versions.cursors[decision.level] = last.to_vec();
+            }
+            let log_number = current
+                .frozen
+                .iter()
+                .map(|m| m.wal_number)
+                .chain(std::iter::once(current.mem.wal_number))
+                .min()
+                .expect("active memtable");
+            self.maybe_rewrite_manifest(&mut versions, &current.version, log_number)?;
+        }
+        for file in decision.inputs.iter().chain(&decision.overlaps) {
+            file.mark_obsolete();
+            self.tables.evict(file.number);
+        }
+        self.counters.compactions.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .compaction_bytes_read
+            .fetch_add(stats.bytes_read, Ordering::Relaxed);
+        self.counters
+            .compaction_bytes_written
+            .fetch_add(stats.bytes_written, Ordering::Relaxed);
+        tracing::debug!(
+            reason = decision.reason,
+            level = decision.level,
+            inputs = decision.inputs.len() + decision.overlaps.len(),
+            bytes_read = stats.bytes_read,
+            bytes_written = stats.bytes_written,
+            dropped = stats.entries_dropped,
+            millis = started.elapsed().as_millis() as u64,
+            "compaction finished"
+        );
+        self.progress.notify_all();
+        Ok(())
+    }
+
+    fn record_failure(&self, what: &str, error: &Error) {
+        let mut failed = self.failed.lock();
+        if failed.is_none() {
+            tracing::error!(%error, "{what} failed; refusing writes until restart");
+            *failed = Some(format!("{what} failed: {error}"));
+        }
+        self.progress.notify_all();
+    }
+}
+
+/// Runs `step` whenever the background is woken (or once a second), holding
+/// the database only while working, until shutdown or the database is gone.
+fn background_loop(
+    weak: Weak<Inner>,
+    background: Arc<Background>,
+    step: fn(&Inner, &Background) -> bool,
+) {
+    loop {
+        {
+            let mut flags = background.flags.lock();
+            if flags.shutdown {
+                return;
+            }
+            background.wake.wait_for(&mut flags, Duration::from_secs(1));
+            if flags.shutdown {
+                return;
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        while step(&inner, &background) {
+            if background.flags.lock().shutdown {
+                return;
             }
         }
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let (lock, condvar) = &self.shutdown;
-        *lock.lock() = true;
-        condvar.notify_all();
+fn flush_step(inner: &Inner, _background: &Background) -> bool {
+    background_flag_take(&inner.background, |f| &mut f.flush);
+    if inner.failed.lock().is_some() {
+        return false;
+    }
+    match inner.flush_oldest() {
+        Ok(more) => more,
+        Err(error) => {
+            inner.record_failure("memtable flush", &error);
+            false
+        }
+    }
+}
+
+fn compaction_step(inner: &Inner, _background: &Background) -> bool {
+    background_flag_take(&inner.background, |f| &mut f.compact);
+    if inner.failed.lock().is_some() {
+        return false;
+    }
+    match inner.compact_once() {
+        Ok(more) => more,
+        Err(error) => {
+            inner.record_failure("compaction", &error);
+            false
+        }
+    }
+}
+
+fn wal_sync_step(inner: &Inner, _background: &Background) -> bool {
+    let seq = inner.visible_seq.load(Ordering::Acquire);
+    let fsync = inner.options.fsync == FsyncPolicy::EverySec;
+    if let Err(error) = inner.wal.sync_to(seq, fsync) {
+        tracing::error!(%error, "background WAL sync failed");
+    }
+    false
+}
+
+fn background_flag_take(
+    background: &Background,
+    flag: impl FnOnce(&mut BackgroundFlags) -> &mut bool,
+) {
+    let mut flags = background.flags.lock();
+    *flag(&mut flags) = false;
+}
+
+fn stored_value(op: &BatchOp) -> (Kind, Bytes) {
+    match op {
+        BatchOp::Put {
+            value,
+            expires_at_ms: None,
+            ..
+        } => (Kind::Put, value.clone()),
+        BatchOp::Put {
+            value,
+            expires_at_ms,
+            ..
+        } => {
+            let mut out = Vec::with_capacity(value.len() + 8);
+            let kind = format::encode_value(&mut out, value, *expires_at_ms);
+            (kind, Bytes::from(out))
+        }
+        BatchOp::Delete { .. } => (Kind::Delete, Bytes::new()),
+    }
+}
+
+/// Writes every entry of `mem` to table `number`.
+fn write_memtable(
+    dir: &Path,
+    number: u64,
+    mem: &Memtable,
+    options: &TableOptions,
+) -> Result<TableFile> {
+    let path = table_path(dir, number);
+    let mut builder = TableBuilder::create(&path, options)?;
+    for (key, value) in mem.entries() {
+        builder.add(&key, &value)?;
+    }
+    let meta = builder.finish()?;
+    Ok(TableFile::new(dir, number, meta))
+}
+
+fn lock_directory(dir: &Path) -> Result<File> {
+    let lock_path = dir.join("LOCK");
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    match lock_file.try_lock_exclusive() {
+        Ok(true) => Ok(lock_file),
+        Ok(false) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) => Err(Error::io(&lock_path, e)),
     }
 }
 
@@ -459,11 +1140,11 @@ struct SnapshotGuard {
 
 impl Drop for SnapshotGuard {
     fn drop(&mut self) {
-        let mut list = self.db.inner.snapshots.lock();
-        if let Some(count) = list.held.get_mut(&self.seq) {
+        let mut held = self.db.inner.snapshots.lock();
+        if let Some(count) = held.get_mut(&self.seq) {
             *count -= 1;
             if *count == 0 {
-                list.held.remove(&self.seq);
+                held.remove(&self.seq);
             }
         }
     }
@@ -478,7 +1159,9 @@ pub struct Snapshot {
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("seq", &self.guard.seq).finish()
+        f.debug_struct("Snapshot")
+            .field("seq", &self.guard.seq)
+            .finish()
     }
 }
 
@@ -490,49 +1173,175 @@ impl Snapshot {
 
     /// The value of `key` as of the snapshot.
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
-        self.guard.db.get_at(&self.guard.current, key, self.guard.seq)
+        self.guard
+            .db
+            .inner
+            .get_at(&self.guard.current, key, self.guard.seq)
+    }
+
+    /// Ordered iterator over every live key as of the snapshot.
+    pub fn iter(&self) -> RangeIter {
+        self.range::<[u8], _>(..)
     }
 
     /// Ordered iterator over live keys in `range` as of the snapshot.
-    pub fn range<R: RangeBounds<[u8]>>(&self, range: R) -> RangeIter {
+    pub fn range<K, R>(&self, range: R) -> RangeIter
+    where
+        K: AsRef<[u8]> + ?Sized,
+        R: RangeBounds<K>,
+    {
         let current = &self.guard.current;
+        let inner = &self.guard.db.inner;
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         sources.push(Box::new(MemSource::new(current.mem.clone())));
         for frozen in &current.frozen {
             sources.push(Box::new(MemSource::new(frozen.clone())));
         }
-        let start = owned_bound(range.start_bound());
-        let end = owned_bound(range.end_bound());
+        for file in &current.version.levels[0] {
+            sources.push(Box::new(LevelSource::new(
+                vec![file.clone()],
+                self.guard.clone(),
+            )));
+        }
+        for level in 1..LEVELS {
+            if !current.version.levels[level].is_empty() {
+                sources.push(Box::new(LevelSource::new(
+                    current.version.levels[level].clone(),
+                    self.guard.clone(),
+                )));
+            }
+        }
         RangeIter::new(
             MergingIter::new(sources),
             self.guard.seq,
-            self.guard.db.inner.options.clock.now_ms(),
-            start,
-            end,
+            inner.options.clock.now_ms(),
+            owned_bound(range.start_bound()),
+            owned_bound(range.end_bound()),
             Some(self.guard.clone() as Arc<dyn Send + Sync>),
         )
     }
 }
 
-fn owned_bound(bound: Bound<&[u8]>) -> Bound<Vec<u8>> {
+/// A cursor over a sorted run of tables, opening each only when reached.
+struct LevelSource {
+    files: Vec<Arc<TableFile>>,
+    index: usize,
+    iter: Option<TableIter>,
+    guard: Arc<SnapshotGuard>,
+}
+
+impl LevelSource {
+    fn new(files: Vec<Arc<TableFile>>, guard: Arc<SnapshotGuard>) -> LevelSource {
+        LevelSource {
+            files,
+            index: 0,
+            iter: None,
+            guard,
+        }
+    }
+
+    fn open(&mut self, index: usize) -> Result<()> {
+        self.index = index;
+        self.iter = match self.files.get(index) {
+            Some(file) => Some(TableIter::new(self.guard.db.inner.tables.get(file)?)),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// Moves to the next table's first entry while the current one is spent.
+    fn skip_exhausted(&mut self) -> Result<()> {
+        while matches!(&self.iter, Some(iter) if !iter.valid()) {
+            self.open(self.index + 1)?;
+            if let Some(iter) = &mut self.iter {
+                iter.seek_to_first()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Source for LevelSource {
+    fn seek(&mut self, target: &[u8]) -> Result<()> {
+        let at = self
+            .files
+            .partition_point(|f| format::compare_internal(&f.meta.largest, target).is_lt());
+        self.open(at)?;
+        if let Some(iter) = &mut self.iter {
+            iter.seek(target)?;
+        }
+        self.skip_exhausted()
+    }
+    fn seek_to_first(&mut self) -> Result<()> {
+        self.open(0)?;
+        if let Some(iter) = &mut self.iter {
+            iter.seek_to_first()?;
+        }
+        self.skip_exhausted()
+    }
+    fn valid(&self) -> bool {
+        self.iter.as_ref().is_some_and(TableIter::valid)
+    }
+    fn key(&self) -> &[u8] {
+        self.iter.as_ref().expect("valid cursor").key()
+    }
+    fn value(&self) -> Bytes {
+        self.iter.as_ref().expect("valid cursor").value()
+    }
+    fn next(&mut self) -> Result<()> {
+        if let Some(iter) = &mut self.iter {
+            iter.next()?;
+        }
+        self.skip_exhausted()
+    }
+}
+
+fn owned_bound<K: AsRef<[u8]> + ?Sized>(bound: Bound<&K>) -> Bound<Vec<u8>> {
     match bound {
-        Bound::Included(key) => Bound::Included(key.to_vec()),
-        Bound::Excluded(key) => Bound::Excluded(key.to_vec()),
+        Bound::Included(key) => Bound::Included(key.as_ref().to_vec()),
+        Bound::Excluded(key) => Bound::Excluded(key.as_ref().to_vec()),
         Bound::Unbounded => Bound::Unbounded,
     }
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
-    let mut numbers = Vec::new();
+/// Files of a database directory, by kind.
+#[derive(Debug, Default)]
+struct Listing {
+    wal: Vec<u64>,
+    tables: Vec<u64>,
+    manifests: Vec<u64>,
+    max_number: u64,
+}
+
+fn list_files(dir: &Path) -> Result<Listing> {
+    let mut listing = Listing::default();
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if let Some(stem) = name.strip_suffix(".wal") {
-            if let Ok(number) = stem.parse::<u64>() {
-                numbers.push(number);
-            }
+        let (list, number) = if let Some(stem) = name.strip_suffix(".wal") {
+            (&mut listing.wal, stem.parse::<u64>().ok())
+        } else if let Some(stem) = name.strip_suffix(".sst") {
+            (&mut listing.tables, stem.parse::<u64>().ok())
+        } else if let Some(number) = version::manifest_number(&name) {
+            (&mut listing.manifests, Some(number))
+        } else {
+            continue;
+        };
+        if let Some(number) = number {
+            list.push(number);
+            listing.max_number = listing.max_number.max(number);
         }
     }
-    Ok(numbers)
+    listing.wal.sort_unstable();
+    listing.tables.sort_unstable();
+    Ok(listing)
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(error) = fs::remove_file(path) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(file = %path.display(), %error, "could not remove obsolete file");
+        }
+    }
 }

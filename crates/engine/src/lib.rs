@@ -24,7 +24,7 @@
 //! let mut batch = WriteBatch::new();
 //! batch.put(&b"user:2"[..], &b"grace"[..], None).delete(&b"user:1"[..]);
 //! db.write(batch).unwrap();
-//! let keys: Vec<_> = db.range(..).map(|e| e.unwrap().key).collect();
+//! let keys: Vec<_> = db.iter().map(|e| e.unwrap().key).collect();
 //! assert_eq!(keys, vec![&b"user:2"[..]]);
 //! let entry = db.get(b"user:2").unwrap().unwrap();
 //! assert_eq!(&entry.value[..], b"grace");
@@ -34,16 +34,19 @@
 #![warn(missing_docs)]
 
 mod batch;
+mod compaction;
 mod db;
 mod error;
 pub mod format;
 mod iter;
 mod memtable;
 mod options;
+mod table;
+mod version;
 mod wal;
 
 pub use batch::{BatchOp, WriteBatch};
-pub use db::{Db, Snapshot, Stats};
+pub use db::{Db, Recovery, Snapshot, Stats};
 pub use error::{Error, Result};
 pub use iter::{Entry, RangeIter};
 pub use options::{

@@ -6,7 +6,7 @@
 
 use std::cmp::Ordering;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 
 use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
@@ -37,6 +37,8 @@ impl PartialOrd for InternalKey {
 pub(crate) struct Memtable {
     map: SkipMap<InternalKey, Bytes>,
     bytes: AtomicUsize,
+    /// Highest sequence inserted.
+    max_seq: AtomicU64,
     /// Number of the WAL segment holding this memtable's records.
     pub wal_number: u64,
 }
@@ -46,6 +48,7 @@ impl Memtable {
         Memtable {
             map: SkipMap::new(),
             bytes: AtomicUsize::new(0),
+            max_seq: AtomicU64::new(0),
             wal_number,
         }
     }
@@ -58,6 +61,12 @@ impl Memtable {
             AtomicOrdering::Relaxed,
         );
         self.map.insert(InternalKey(Bytes::from(key)), stored_value);
+        self.max_seq.fetch_max(seq, AtomicOrdering::Release);
+    }
+
+    /// Highest sequence inserted (0 when empty).
+    pub fn max_seq(&self) -> u64 {
+        self.max_seq.load(AtomicOrdering::Acquire)
     }
 
     /// The newest entry for `user_key` with a sequence ≤ `seq`:
@@ -102,9 +111,5 @@ impl Memtable {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
     }
 }

@@ -122,9 +122,29 @@ pub(crate) struct SegmentRead {
     pub file_bytes: u64,
 }
 
-/// Reads every intact record of a segment, stopping at the first torn or
-/// corrupt one (whose offset is `valid_bytes`).
+/// Appends `payload` framed as a record (crc, length, payload) to `out`.
+pub(crate) fn frame_record(out: &mut Vec<u8>, payload: &[u8]) {
+    let length = (payload.len() as u32).to_le_bytes();
+    let mut crc = crc32c::crc32c(&length);
+    crc = crc32c::crc32c_append(crc, payload);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&length);
+    out.extend_from_slice(payload);
+}
+
+/// Reads every intact framed record of a file, stopping at the first torn
+/// or corrupt one (whose offset is `valid_bytes`).
+pub(crate) fn read_records(path: &Path) -> Result<SegmentRead> {
+    read_records_checked(path, |_| true)
+}
+
+/// Reads every intact record of a WAL segment; a record whose payload does
+/// not decode as a batch counts as corrupt.
 pub(crate) fn read_segment(path: &Path) -> Result<SegmentRead> {
+    read_records_checked(path, |payload| decode_payload(payload).is_some())
+}
+
+fn read_records_checked(path: &Path, valid: impl Fn(&[u8]) -> bool) -> Result<SegmentRead> {
     let data = fs::read(path).map_err(|e| Error::io(path, e))?;
     let mut payloads = Vec::new();
     let mut at = 0usize;
@@ -139,7 +159,7 @@ pub(crate) fn read_segment(path: &Path) -> Result<SegmentRead> {
             break;
         }
         let payload = &data[at + RECORD_HEADER_BYTES..end];
-        if decode_payload(payload).is_none() {
+        if !valid(payload) {
             break;
         }
         payloads.push((at as u64, payload.to_vec()));
@@ -165,7 +185,6 @@ struct Pending {
 /// An open segment file.
 #[derive(Debug)]
 struct Segment {
-    number: u64,
     path: PathBuf,
     file: File,
 }
@@ -247,11 +266,6 @@ impl Wal {
         let bytes = std::mem::take(&mut pending.bytes);
         pending.retired.push((old, bytes));
         Ok(())
-    }
-
-    /// Number of the segment appends go to.
-    pub fn current_number(&self) -> u64 {
-        self.pending.lock().segment.number
     }
 
     /// Makes every record up to `seq` reach the OS, and the disk when `fsync`.
@@ -375,7 +389,7 @@ fn open_segment(dir: &Path, number: u64) -> Result<Segment> {
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
     sync_dir(dir)?;
-    Ok(Segment { number, path, file })
+    Ok(Segment { path, file })
 }
 
 /// fsyncs a directory so a file created or renamed in it survives a crash.
