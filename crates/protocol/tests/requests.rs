@@ -429,3 +429,17 @@ fn huge_declared_lengths_with_few_bytes_buffered_wait() {
         ProtocolError::InvalidBulkLength
     );
 }
+
+/// Regression: a CR where `$` was expected made the digits slice start after its end (panic).
+#[test]
+fn cr_where_dollar_was_expected_is_an_error_not_a_panic() {
+    for bytes in [&b"*1\r\n\r\n"[..], b"*2\r\n$1\r\na\r\n\r\nrest"] {
+        assert_eq!(
+            first_error(bytes, &Limits::default()),
+            ProtocolError::ExpectedDollar(b'\r')
+        );
+    }
+    // The CR alone is not enough to decide, as in Redis: the byte after it must arrive.
+    let mut buf = BytesMut::from(&b"*1\r\n\r"[..]);
+    assert_eq!(parse_request(&mut buf, &Limits::default()), Ok(None));
+}
