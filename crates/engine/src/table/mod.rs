@@ -43,8 +43,12 @@
 //! ```
 //!
 //! A block is stored compressed only when that saves at least 1/8 of its
-//! bytes. The checksum covers the bytes as stored (compressed or not) and is
-//! verified on every read from disk, before decompression.
+//! bytes (stored size <= raw size - floor(raw size / 8)). The same rule
+//! applies to every kind of block; the diagrams below show block contents
+//! after decompression. The checksum covers the bytes as stored (compressed
+//! or not) and is verified on every read from disk, before decompression.
+//! A stated uncompressed length above `255 * compressed + 64` bytes (more
+//! than LZ4 can expand) is rejected before anything is allocated.
 //!
 //! ## Data and index blocks
 //!
@@ -68,7 +72,7 @@
 //! increasing and the first is 0; an empty block has no entries and a
 //! restart count of 0. Varints are LEB128 ([`format::put_varint`]).
 //!
-//! In a data block the key is an internal key ([`format`]: user key ++
+//! In a data block the key is an internal key ([`format`](mod@crate::format): user key ++
 //! 8-byte big-endian `seq << 8 | kind`) and the value is the stored value
 //! (empty for a delete, 8-byte big-endian expiry ++ user value for
 //! `PutExpiring`). Data blocks are cut once they reach about `block_bytes`
@@ -118,19 +122,33 @@
 //!
 //! ```text
 //! Format: footer (64 bytes, the last bytes of the file)
-//! +-----------------------------+-------------------------------+----------------------------+
-//! | filter offset, size: u64 LE | properties offset, size: u64 LE | index offset, size: u64 LE |
-//! +-----------------------------+-------------------------------+----------------------------+
-//! 0                             16                              32                           48
-//! +--------------------------+-----------------------------+-------------------------------+
-//! | format version: u32 LE   | crc32c(bytes 0..52): u32 LE | magic: u64 LE = TABLE_MAGIC   |
-//! +--------------------------+-----------------------------+-------------------------------+
-//! 48                         52                            56                              64
+//! +-----------------------+-----------------------+-----------------------+
+//! | filter handle         | properties handle     | index handle          |
+//! | offset u64 LE, size   | offset u64 LE, size   | offset u64 LE, size   |
+//! | u64 LE                | u64 LE                | u64 LE                |
+//! +-----------------------+-----------------------+-----------------------+
+//! 0                       16                      32                      48
+//! +------------------------+------------------------------+--------------------------+
+//! | format version u32 LE  | crc32c(footer[0..52]) u32 LE | magic u64 LE = TABLE_MAGIC |
+//! +------------------------+------------------------------+--------------------------+
+//! 48                       52                             56                         64
 //! ```
 //!
 //! [`TABLE_MAGIC`] is the ASCII string `"ringkvT1"` read as a little-endian
 //! `u64` (so the file literally ends with the bytes `ringkvT1`).
 //! [`TABLE_FORMAT_VERSION`] is 1.
+//!
+//! # Validation
+//!
+//! [`Table::open`] reads the footer (magic, then checksum, then version),
+//! checks that the filter, properties and index handles tile the bytes
+//! before it, reads those three blocks (checksums), and checks that the
+//! index's data-block handles tile `0..filter offset` in order, that its
+//! keys increase, and that its last key is the properties' `largest`. Data
+//! blocks are checked when first read (checksum, then the restart array;
+//! every entry length is bounds-checked while decoding). Any failure is
+//! [`Error::Corruption`] naming the file and the offset of the damaged block
+//! (of the footer for footer damage), never a panic or a wrong value.
 //!
 //! # Format versions
 //!

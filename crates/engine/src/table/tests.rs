@@ -559,6 +559,15 @@ fn damaged_index_filter_properties_or_footer_fail_open_at_their_offset() {
         flip_byte(&path, damage_at);
         assert_corruption(open(&path), &path, reported_at);
     }
+    // A footer with a valid checksum whose handles overlap or leave gaps.
+    for shift in [1u64, u64::MAX] {
+        let mut bad = footer;
+        bad.index.size = bad.index.size.wrapping_add(shift);
+        let mut bytes = clean.clone();
+        bytes[footer_offset as usize..].copy_from_slice(&bad.encode());
+        std::fs::write(&path, &bytes).unwrap();
+        assert_corruption(open(&path), &path, footer_offset);
+    }
 }
 
 /// A truncated table is corruption, at an offset inside the file.
@@ -704,5 +713,32 @@ proptest! {
                 prop_assert_eq!(found.as_ref(), model_get(&entries, user_key, seq));
             }
         }
+    }
+}
+
+proptest! {
+    /// Decoders of the footer, properties and index values never panic on
+    /// arbitrary bytes (as if a checksum had been bypassed).
+    #[test]
+    fn metadata_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128), footer_offset in any::<u64>()) {
+        let _ = TableMeta::decode(&bytes, 0);
+        let _ = BlockHandle::decode_varints(&bytes);
+        let _ = filter::Filter::parse(Bytes::from(bytes.clone()));
+        let _ = decode_stored_block(bytes.clone());
+        if let Ok(footer) = <[u8; FOOTER_LEN]>::try_from(&bytes[..bytes.len().min(FOOTER_LEN)]) {
+            let _ = Footer::decode(&footer, footer_offset);
+        }
+    }
+
+    /// A stored LZ4 block whose checksum is right but whose stated length is
+    /// absurd is rejected without allocating that length.
+    #[test]
+    fn absurd_lz4_length_is_rejected(length in 1_000_000u32.., body in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let mut stored = length.to_le_bytes().to_vec();
+        stored.extend_from_slice(&body);
+        stored.push(COMPRESSION_LZ4);
+        let crc = crc32c::crc32c(&stored);
+        stored.extend_from_slice(&crc.to_le_bytes());
+        prop_assert!(decode_stored_block(stored).is_err());
     }
 }
