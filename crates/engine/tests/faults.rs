@@ -1,0 +1,248 @@
+//! The engine on a bad day: damaged tables, torn WAL tails, a second
+//! process, a disk that refuses writes. Each must give a clear error or a
+//! clean recovery, never a panic, a wrong value or silent loss.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ringkv_engine::{Db, Error, FsyncPolicy, Options};
+
+fn options() -> Options {
+    Options {
+        fsync: FsyncPolicy::Always,
+        compression: ringkv_engine::Compression::None,
+        ..Options::default()
+    }
+}
+
+fn key(i: u32) -> Vec<u8> {
+    format!("key-{i:06}").into_bytes()
+}
+
+fn value(i: u32) -> Vec<u8> {
+    format!("value-{i}-").repeat(8).into_bytes()
+}
+
+fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn corrupt_table_block_is_an_error_naming_the_file_never_a_wrong_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    for i in 0..2000 {
+        db.put(&key(i), &value(i), None).unwrap();
+    }
+    db.close().unwrap();
+    let tables = files_with_suffix(dir.path(), ".sst");
+    assert_eq!(tables.len(), 1, "close flushes the memtable into one table");
+    let table = &tables[0];
+    let mut bytes = fs::read(table).unwrap();
+    // A byte inside the data blocks (they start at offset 0).
+    bytes[5000] ^= 0x5a;
+    fs::write(table, &bytes).unwrap();
+
+    let db = Db::open(dir.path(), options()).unwrap();
+    let mut errors = 0;
+    for i in 0..2000 {
+        match db.get(&key(i)) {
+            Ok(Some(entry)) => assert_eq!(entry.value.as_ref(), value(i).as_slice()),
+            Ok(None) => panic!("key {i} silently missing"),
+            Err(Error::Corruption { path, .. }) => {
+                assert_eq!(&path, table);
+                errors += 1;
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert!(errors > 0, "the damaged block must be reported");
+    let scan: Result<Vec<_>, _> = db.iter().collect();
+    match scan {
+        Err(Error::Corruption { path, .. }) => assert_eq!(&path, table),
+        other => panic!(
+            "scan over a damaged block must fail, got {:?}",
+            other.map(|v| v.len())
+        ),
+    }
+    let message = db
+        .get(&key(1000))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(message.is_empty() || message.contains(".sst"), "{message}");
+}
+
+#[test]
+fn corrupt_table_footer_refuses_to_serve_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    for i in 0..100 {
+        db.put(&key(i), &value(i), None).unwrap();
+    }
+    db.close().unwrap();
+    let table = files_with_suffix(dir.path(), ".sst").remove(0);
+    let mut bytes = fs::read(&table).unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 0xff;
+    fs::write(&table, &bytes).unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    match db.get(&key(7)) {
+        Err(error @ Error::Corruption { .. }) => {
+            assert!(error.to_string().contains(&table.display().to_string()))
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn torn_wal_tail_is_cut_off_and_the_prefix_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let db = Db::open(&live, options()).unwrap();
+    for i in 0..100 {
+        db.put(&key(i), &value(i), None).unwrap();
+    }
+    // Copy the directory as a crash would leave it: the WAL holds every
+    // acknowledged write, nothing was flushed.
+    let crashed = dir.path().join("crashed");
+    fs::create_dir(&crashed).unwrap();
+    for entry in fs::read_dir(&live).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, crashed.join(path.file_name().unwrap())).unwrap();
+    }
+    db.close().unwrap();
+    let segment = files_with_suffix(&crashed, ".wal").pop().unwrap();
+    let length = fs::metadata(&segment).unwrap().len();
+    let file = fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    file.set_len(length - 10).unwrap();
+    drop(file);
+
+    let db = Db::open(&crashed, options()).unwrap();
+    let stats = db.stats();
+    assert_eq!(
+        stats.recovery.wal_ops, 99,
+        "the torn last record is dropped"
+    );
+    assert!(stats.recovery.wal_bytes_dropped > 0);
+    for i in 0..99 {
+        assert_eq!(
+            db.get(&key(i)).unwrap().unwrap().value.as_ref(),
+            value(i).as_slice()
+        );
+    }
+    assert!(db.get(&key(99)).unwrap().is_none());
+    // New writes after recovery get fresh, higher versions.
+    let seq = db.put(b"after", b"recovery", None).unwrap();
+    assert!(seq > db.get(&key(98)).unwrap().unwrap().version);
+    db.close().unwrap();
+    let db = Db::open(&crashed, options()).unwrap();
+    assert_eq!(db.iter().count(), 100);
+    db.close().unwrap();
+}
+
+#[test]
+fn a_second_opener_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    match Db::open(dir.path(), options()) {
+        Err(error @ Error::Locked { .. }) => {
+            assert!(
+                error.to_string().contains("locked by another process"),
+                "{error}"
+            )
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    db.close().unwrap();
+    // Released on close.
+    Db::open(dir.path(), options()).unwrap().close().unwrap();
+}
+
+const FULL_DISK_CHILD: &str = "RINGKV_FULL_DISK_CHILD_DIR";
+
+/// Child: the OS refuses to let any file grow past 1 MiB (RLIMIT_FSIZE,
+/// writes fail with EFBIG as on a full disk). Writes until the engine
+/// reports the error, then checks reads still work.
+#[test]
+fn full_disk_child_entry() {
+    let Ok(dir) = std::env::var(FULL_DISK_CHILD) else {
+        return;
+    };
+    // SAFETY: plain libc calls with valid arguments; ignoring SIGXFSZ turns
+    // the over-limit write into an EFBIG error instead of killing us, and the
+    // limit only affects this child process.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let limit = libc::rlimit {
+            rlim_cur: 1 << 20,
+            rlim_max: 1 << 20,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+    let db = Db::open(&dir, options()).unwrap();
+    let mut acked = 0u32;
+    let error = loop {
+        match db.put(&key(acked), &value(acked), None) {
+            Ok(_) => acked += 1,
+            Err(error) => break error,
+        }
+        assert!(acked < 1_000_000, "the file size limit never hit");
+    };
+    assert!(
+        error.is_disk_full(),
+        "expected a disk-full error, got {error}"
+    );
+    // Further writes are refused, reads still served.
+    assert!(db.put(b"more", b"data", None).is_err());
+    assert_eq!(
+        db.get(&key(0)).unwrap().unwrap().value.as_ref(),
+        value(0).as_slice()
+    );
+    println!("\nacked {acked}");
+}
+
+#[test]
+fn full_disk_is_an_error_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "full_disk_child_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FULL_DISK_CHILD, dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let acked: u32 = stdout
+        .lines()
+        .find_map(|l| l.split("acked ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("child reports its acknowledged writes")
+        .parse()
+        .unwrap();
+    assert!(acked > 1000);
+    let db = Db::open(dir.path(), options()).unwrap();
+    for i in 0..acked {
+        assert_eq!(
+            db.get(&key(i)).unwrap().unwrap().value.as_ref(),
+            value(i).as_slice(),
+            "key {i}"
+        );
+    }
+    db.close().unwrap();
+}
