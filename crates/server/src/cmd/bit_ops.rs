@@ -5,7 +5,7 @@
 //! Bits are numbered as Redis numbers them: bit 0 is the most significant bit of byte 0.
 //! Everything mirrors Redis 7 `bitops.c`; the comments name the function each piece follows.
 
-use super::string_ops::{parse_i64, STRING_BYTES_MAX};
+use super::string_ops::parse_i64;
 
 /// "ERR bit offset is not an integer or out of range".
 pub(crate) const BIT_OFFSET_ERROR: &str = "ERR bit offset is not an integer or out of range";
@@ -25,8 +25,8 @@ pub(crate) const BITOP_NOT_ERROR: &str = "ERR BITOP NOT must be called with a si
 
 /// Parses a bit offset as Redis' `getBitOffsetFromArgument`: a `string2ll` integer, or with
 /// `#n` (BITFIELD only, `hash_multiplier` = the field width) `n × width`; negative offsets and
-/// offsets at or past 512 MiB × 8 are refused.
-pub(crate) fn parse_bit_offset(text: &[u8], hash_multiplier: Option<u32>) -> Option<u64> {
+/// offsets at or past `bytes_max` × 8 (`proto-max-bulk-len`, 512 MiB by default) are refused.
+pub(crate) fn parse_bit_offset(text: &[u8], hash_multiplier: Option<u32>, bytes_max: u64) -> Option<u64> {
     let (digits, multiplier) = match (text, hash_multiplier) {
         ([b'#', rest @ ..], Some(bits)) if !rest.is_empty() => (rest, Some(bits)),
         _ => (text, None),
@@ -38,7 +38,7 @@ pub(crate) fn parse_bit_offset(text: &[u8], hash_multiplier: Option<u32>) -> Opt
         offset = offset.wrapping_mul(i64::from(bits));
     }
     let offset = u64::try_from(offset).ok()?;
-    if (offset >> 3) >= STRING_BYTES_MAX {
+    if (offset >> 3) >= bytes_max {
         return None;
     }
     Some(offset)
@@ -327,7 +327,7 @@ pub(crate) struct BitfieldPlan {
 
 /// Parses the arguments after `BITFIELD key`, as Redis' `bitfieldGeneric`. The error is the
 /// full error text to reply with.
-pub(crate) fn parse_bitfield<A: AsRef<[u8]>>(args: &[A]) -> Result<BitfieldPlan, &'static str> {
+pub(crate) fn parse_bitfield<A: AsRef<[u8]>>(args: &[A], bytes_max: u64) -> Result<BitfieldPlan, &'static str> {
     const SYNTAX_ERROR: &str = "ERR syntax error";
     const INTEGER_ERROR: &str = "ERR value is not an integer or out of range";
     let mut ops = Vec::new();
@@ -366,7 +366,7 @@ pub(crate) fn parse_bitfield<A: AsRef<[u8]>>(args: &[A]) -> Result<BitfieldPlan,
             return Err(SYNTAX_ERROR);
         };
         let field = FieldType::parse(args[index + 1].as_ref()).ok_or(BITFIELD_TYPE_ERROR)?;
-        let offset = parse_bit_offset(args[index + 2].as_ref(), Some(field.bits)).ok_or(BIT_OFFSET_ERROR)?;
+        let offset = parse_bit_offset(args[index + 2].as_ref(), Some(field.bits), bytes_max).ok_or(BIT_OFFSET_ERROR)?;
         let action = match kind {
             Kind::Get => FieldAction::Get,
             Kind::Set | Kind::IncrBy => {
@@ -537,19 +537,20 @@ pub(crate) fn bitfield_apply(value: &mut [u8], op: &FieldOp) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::string_ops::STRING_BYTES_MAX;
     use super::*;
 
     #[test]
     fn offsets_follow_redis() {
-        assert_eq!(parse_bit_offset(b"7", None), Some(7));
-        assert_eq!(parse_bit_offset(b"4294967295", None), Some(4_294_967_295));
+        assert_eq!(parse_bit_offset(b"7", None, STRING_BYTES_MAX), Some(7));
+        assert_eq!(parse_bit_offset(b"4294967295", None, STRING_BYTES_MAX), Some(4_294_967_295));
         // Redis 7.0.15: 2^32 is past 512 MiB of bits.
-        assert_eq!(parse_bit_offset(b"4294967296", None), None);
-        assert_eq!(parse_bit_offset(b"-1", None), None);
-        assert_eq!(parse_bit_offset(b"#1", None), None, "# only for BITFIELD");
-        assert_eq!(parse_bit_offset(b"#3", Some(8)), Some(24));
-        assert_eq!(parse_bit_offset(b"#", Some(8)), None);
-        assert_eq!(parse_bit_offset(b"#9223372036854775807", Some(8)), None);
+        assert_eq!(parse_bit_offset(b"4294967296", None, STRING_BYTES_MAX), None);
+        assert_eq!(parse_bit_offset(b"-1", None, STRING_BYTES_MAX), None);
+        assert_eq!(parse_bit_offset(b"#1", None, STRING_BYTES_MAX), None, "# only for BITFIELD");
+        assert_eq!(parse_bit_offset(b"#3", Some(8), STRING_BYTES_MAX), Some(24));
+        assert_eq!(parse_bit_offset(b"#", Some(8), STRING_BYTES_MAX), None);
+        assert_eq!(parse_bit_offset(b"#9223372036854775807", Some(8), STRING_BYTES_MAX), None);
         assert_eq!(parse_bit_value(b"1"), Some(true));
         assert_eq!(parse_bit_value(b"0"), Some(false));
         assert_eq!(parse_bit_value(b"2"), None);
@@ -621,7 +622,7 @@ mod tests {
 
     #[test]
     fn bitfield_parsing_errors() {
-        let parse = |words: &[&str]| parse_bitfield(words).map(|plan| plan.ops.len());
+        let parse = |words: &[&str]| parse_bitfield(words, STRING_BYTES_MAX).map(|plan| plan.ops.len());
         assert_eq!(parse(&["GET", "u8", "0", "set", "i8", "#1", "-3"]), Ok(2));
         assert_eq!(parse(&[]), Ok(0));
         assert_eq!(parse(&["GET", "u8"]), Err("ERR syntax error"));
@@ -631,13 +632,13 @@ mod tests {
         assert_eq!(parse(&["GET", "u64", "0"]), Err(BITFIELD_TYPE_ERROR));
         assert_eq!(parse(&["GET", "u8", "-1"]), Err(BIT_OFFSET_ERROR));
         assert_eq!(parse(&["SET", "u8", "0", "x"]), Err("ERR value is not an integer or out of range"));
-        let plan = parse_bitfield(&["incrby", "u2", "100", "1", "GET", "u4", "0"]).expect("valid");
+        let plan = parse_bitfield(&["incrby", "u2", "100", "1", "GET", "u4", "0"], STRING_BYTES_MAX).expect("valid");
         assert_eq!(plan.highest_write_bit, Some(101));
-        assert_eq!(parse_bitfield(&["get", "i5", "3"]).expect("valid").highest_write_bit, None);
+        assert_eq!(parse_bitfield(&["get", "i5", "3"], STRING_BYTES_MAX).expect("valid").highest_write_bit, None);
     }
 
     fn run(value: &mut Vec<u8>, words: &[&str]) -> Vec<Option<i64>> {
-        let plan = parse_bitfield(words).expect("valid");
+        let plan = parse_bitfield(words, STRING_BYTES_MAX).expect("valid");
         if let Some(bit) = plan.highest_write_bit {
             let needed = (bit >> 3) as usize + 1;
             if value.len() < needed {
@@ -687,6 +688,6 @@ mod tests {
         assert_eq!(run(&mut value, &["OVERFLOW", "SAT", "INCRBY", "u63", "1", "5"]), [Some(i64::MAX)]);
         assert_eq!(run(&mut value, &["INCRBY", "u63", "1", "1"]), [Some(0)]);
         assert_eq!(run(&mut value, &["OVERFLOW", "SAT", "INCRBY", "u63", "1", "-1"]), [Some(0)]);
-        assert_eq!(bitfield_get(None, &parse_bitfield(&["GET", "i8", "0"]).expect("valid").ops[0]), 0);
+        assert_eq!(bitfield_get(None, &parse_bitfield(&["GET", "i8", "0"], STRING_BYTES_MAX).expect("valid").ops[0]), 0);
     }
 }

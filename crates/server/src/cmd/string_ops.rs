@@ -268,10 +268,10 @@ pub(crate) fn check_setrange_offset(offset: i64) -> Result<u64, RangeError> {
 }
 
 /// Redis' `checkStringLength`: the value `offset + added` bytes long must not exceed
-/// [`STRING_BYTES_MAX`].
-pub(crate) fn check_string_length(offset: u64, added: u64) -> Result<usize, RangeError> {
+/// `bytes_max` (`proto-max-bulk-len`, [`STRING_BYTES_MAX`] by default).
+pub(crate) fn check_string_length(offset: u64, added: u64, bytes_max: u64) -> Result<usize, RangeError> {
     match offset.checked_add(added) {
-        Some(total) if total <= STRING_BYTES_MAX => Ok(total as usize),
+        Some(total) if total <= bytes_max => Ok(total as usize),
         _ => Err(RangeError::TooLong),
     }
 }
@@ -853,11 +853,6 @@ impl BigUint {
 // LCS
 // ---------------------------------------------------------------------------------------------
 
-/// Largest LCS table Redis builds: `(len(a)+1) × (len(b)+1)` 4-byte cells must fit in
-/// `proto-max-bulk-len`, else "ERR Insufficient memory, transient memory for LCS exceeds
-/// proto-max-bulk-len".
-pub(crate) const LCS_TABLE_BYTES_MAX: u64 = STRING_BYTES_MAX;
-
 /// One IDX match: inclusive byte ranges in `a` and `b`, and their length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LcsMatch {
@@ -878,10 +873,12 @@ pub(crate) struct LcsResult {
     pub matches: Vec<LcsMatch>,
 }
 
-/// Whether the LCS table for `a` and `b` fits the limit Redis sets.
-pub(crate) fn lcs_fits(a_length: usize, b_length: usize) -> bool {
+/// Whether the LCS table for `a` and `b` fits the limit Redis sets: `(len(a)+1) × (len(b)+1)`
+/// 4-byte cells must fit in `bytes_max` (`proto-max-bulk-len`), else "ERR Insufficient
+/// memory, transient memory for LCS exceeds proto-max-bulk-len".
+pub(crate) fn lcs_fits(a_length: usize, b_length: usize, bytes_max: u64) -> bool {
     let cells = (a_length as u64 + 1).checked_mul(b_length as u64 + 1);
-    matches!(cells.and_then(|cells| cells.checked_mul(4)), Some(bytes) if bytes <= LCS_TABLE_BYTES_MAX)
+    matches!(cells.and_then(|cells| cells.checked_mul(4)), Some(bytes) if bytes <= bytes_max)
 }
 
 /// The longest common subsequence of `a` and `b`, with the match ranges exactly as Redis'
@@ -1085,9 +1082,9 @@ mod tests {
         assert_eq!(check_setrange_offset(-1), Err(RangeError::OffsetOutOfRange));
         assert_eq!(check_setrange_offset(5), Ok(5));
         // Redis 7.0.15: offset 536870911 with 1 byte is fine, 2 bytes are too long.
-        assert_eq!(check_string_length(536_870_911, 1), Ok(536_870_912));
-        assert_eq!(check_string_length(536_870_911, 2), Err(RangeError::TooLong));
-        assert_eq!(check_string_length(u64::MAX, 2), Err(RangeError::TooLong));
+        assert_eq!(check_string_length(536_870_911, 1, STRING_BYTES_MAX), Ok(536_870_912));
+        assert_eq!(check_string_length(536_870_911, 2, STRING_BYTES_MAX), Err(RangeError::TooLong));
+        assert_eq!(check_string_length(u64::MAX, 2, STRING_BYTES_MAX), Err(RangeError::TooLong));
         assert_eq!(apply_setrange(b"Hello World", 6, b"Redis"), b"Hello Redis");
         assert_eq!(apply_setrange(b"", 3, b"ab"), b"\0\0\0ab");
         assert_eq!(apply_setrange(b"abcdef", 1, b"X"), b"aXcdef");
@@ -1168,7 +1165,7 @@ mod tests {
 
     #[test]
     fn lcs_limit() {
-        assert!(lcs_fits(1000, 1000));
-        assert!(!lcs_fits(12000, 12000), "Redis 7.0.15 refuses two 12000-byte strings");
+        assert!(lcs_fits(1000, 1000, STRING_BYTES_MAX));
+        assert!(!lcs_fits(12000, 12000, STRING_BYTES_MAX), "Redis 7.0.15 refuses two 12000-byte strings");
     }
 }
