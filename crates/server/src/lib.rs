@@ -1,1 +1,282 @@
-//! placeholder
+//! # ringkv-server
+//!
+//! The Redis-protocol server of ringkv: TCP connections (tokio), the command
+//! table, and the Redis data model (16 databases, typed values, expiry, key
+//! counts) mapped onto the ringkv engine's ordered key space.
+//!
+//! **Owns:** connections and pipelining, command semantics and Redis' error
+//! texts, the key layout in the engine (`keys.rs`), the active expiry sweep,
+//! transactions (MULTI/EXEC/WATCH).
+//! **Must not touch:** bytes on disk (the engine's), RESP framing (the
+//! protocol crate's), cluster placement.
+//!
+//! Entry point: [`run`] serves a [`Config`] until SHUTDOWN or
+//! [`ShutdownHandle::shutdown`]. The design notes are in `docs/server.md`.
+
+// The shared helpers (args, errors, Ctx) are written ahead of the command families that use
+// them; remove once every family is in.
+#![allow(dead_code)]
+
+mod args;
+mod client;
+mod cmd;
+mod config;
+mod connection;
+mod errors;
+mod glob;
+mod keys;
+mod keyspace;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use config::{Config, MAXCLIENTS_DEFAULT, QUERY_BUFFER_BYTES_MAX_DEFAULT};
+pub use ringkv_engine::FsyncPolicy;
+
+use crate::server::{ClientHandle, ClientInfo, Server};
+
+/// The Redis version ringkv reports (INFO, HELLO), so clients' and tools' version checks pass.
+pub const REDIS_VERSION: &str = "7.2.0";
+
+/// ringkv's own version.
+pub const RINGKV_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Period of the active expiry sweep (Redis' `hz 10`).
+const EXPIRE_PERIOD: Duration = Duration::from_millis(100);
+
+/// Longest one expiry cycle may run (Redis' slow cycle uses 25% of a tick).
+const EXPIRE_CYCLE_BUDGET: Duration = Duration::from_millis(25);
+
+/// How long shutdown waits for connections to finish their current batch.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Errors that stop the server from starting or stopping cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The engine could not open or close the data directory.
+    #[error("storage: {0}")]
+    Engine(#[from] ringkv_engine::Error),
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Stops a running server from outside (signal handlers, tests).
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    server: Arc<Server>,
+}
+
+impl ShutdownHandle {
+    /// Asks the server to stop; [`run`] returns once it has.
+    pub fn shutdown(&self) {
+        self.server.request_shutdown();
+    }
+}
+
+/// A server that is listening but not yet serving: lets callers learn the bound address and
+/// get a [`ShutdownHandle`] before [`Bound::serve`].
+pub struct Bound {
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+}
+
+impl Bound {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle that stops the server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            server: self.server.clone(),
+        }
+    }
+
+    /// Serves until shutdown, then saves the key counts and closes the engine.
+    pub async fn serve(self) -> Result<(), ServerError> {
+        let Bound { server, listener } = self;
+        let background = [
+            tokio::spawn(expire_task(server.clone())),
+            tokio::spawn(drop_task(server.clone())),
+        ];
+        let mut shutdown = server.shutdown.subscribe();
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let (stream, addr) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            server
+                .stats
+                .total_connections_received
+                .fetch_add(1, Ordering::Relaxed);
+            let maxclients = server.config.read().maxclients;
+            if server.clients.lock().len() >= maxclients {
+                server
+                    .stats
+                    .rejected_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ = stream
+                        .write_all(b"-ERR max number of clients reached\r\n")
+                        .await;
+                });
+                continue;
+            }
+            let laddr = stream.local_addr().unwrap_or(addr);
+            let id = server.next_client_id.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
+            let handle = Arc::new(ClientHandle {
+                id,
+                info: parking_lot::Mutex::new(ClientInfo {
+                    addr,
+                    laddr,
+                    name: bytes::Bytes::new(),
+                    db: 0,
+                    resp: ringkv_protocol::RespVersion::Resp2,
+                    created: now,
+                    last_command: now,
+                    last_command_name: String::new(),
+                    multi: -1,
+                    lib_name: bytes::Bytes::new(),
+                    lib_ver: bytes::Bytes::new(),
+                }),
+                killed: std::sync::atomic::AtomicBool::new(false),
+                kill: tokio::sync::Notify::new(),
+            });
+            server.clients.lock().insert(id, handle.clone());
+            connections.spawn(connection::serve(server.clone(), stream, handle));
+        }
+        drop(listener);
+        tracing::info!("shutting down: closing connections");
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        connections.abort_all();
+        for task in background {
+            let _ = task.await;
+        }
+        let closing = server.clone();
+        tokio::task::spawn_blocking(move || {
+            let _exclusive = closing.exec_lock.write();
+            closing.keyspace.close()
+        })
+        .await
+        .expect("close task")?;
+        tracing::info!("ringkv is now ready to exit, bye bye...");
+        Ok(())
+    }
+}
+
+/// Opens the data directory and binds the listening socket.
+pub async fn bind(config: Config) -> Result<Bound, ServerError> {
+    let mut options = ringkv_engine::Options {
+        fsync: config.appendfsync,
+        memtable_bytes_max: config.memtable_bytes_max,
+        block_cache_bytes: config.block_cache_bytes,
+        ..ringkv_engine::Options::default()
+    };
+    options.value_bytes_max = options.value_bytes_max.max(config.proto_max_bulk_len + 1);
+    let dir = config.dir.clone();
+    let keyspace = tokio::task::spawn_blocking(move || {
+        let engine = ringkv_engine::Db::open(&dir, options)?;
+        keyspace::Keyspace::open(engine)
+    })
+    .await
+    .expect("open task")?;
+    let addr = format!("{}:{}", config.bind, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let server = Arc::new(Server::new(keyspace, config));
+    if let Ok(local) = listener.local_addr() {
+        server
+            .bound_port
+            .store(u64::from(local.port()), Ordering::Relaxed);
+        tracing::info!(addr = %local, "Ready to accept connections tcp");
+    }
+    Ok(Bound { server, listener })
+}
+
+/// Serves `config` until shutdown.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    bind(config).await?.serve().await
+}
+
+/// The active expiry sweep: every [`EXPIRE_PERIOD`], removes due keys for at most
+/// [`EXPIRE_CYCLE_BUDGET`].
+async fn expire_task(server: Arc<Server>) {
+    let mut shutdown = server.shutdown.subscribe();
+    let mut interval = tokio::time::interval(EXPIRE_PERIOD);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if !server.keyspace.active_expire() {
+            continue;
+        }
+        let sweeping = server.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _shared = sweeping.exec_lock.read();
+            let (removed, seq) = sweeping
+                .keyspace
+                .expire_cycle(Instant::now() + EXPIRE_CYCLE_BUDGET)?;
+            if seq > 0 {
+                sweeping.keyspace.engine().sync(seq)?;
+            }
+            Ok::<u64, errors::CmdError>(removed)
+        })
+        .await;
+        if let Ok(Err(error)) = result {
+            tracing::error!(?error, "active expiry cycle failed");
+        }
+    }
+}
+
+/// Clears the namespaces FLUSHDB/FLUSHALL let go, in the background.
+async fn drop_task(server: Arc<Server>) {
+    let mut shutdown = server.shutdown.subscribe();
+    loop {
+        if server.keyspace.has_pending_drops() {
+            let dropping = server.clone();
+            let result =
+                tokio::task::spawn_blocking(move || dropping.keyspace.drop_pending()).await;
+            if let Ok(Err(error)) = result {
+                tracing::error!(?error, "clearing flushed databases failed; retrying later");
+            }
+        }
+        tokio::select! {
+            _ = server.drop_wakeup.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}

@@ -26,7 +26,11 @@ pub(crate) const BITOP_NOT_ERROR: &str = "ERR BITOP NOT must be called with a si
 /// Parses a bit offset as Redis' `getBitOffsetFromArgument`: a `string2ll` integer, or with
 /// `#n` (BITFIELD only, `hash_multiplier` = the field width) `n × width`; negative offsets and
 /// offsets at or past `bytes_max` × 8 (`proto-max-bulk-len`, 512 MiB by default) are refused.
-pub(crate) fn parse_bit_offset(text: &[u8], hash_multiplier: Option<u32>, bytes_max: u64) -> Option<u64> {
+pub(crate) fn parse_bit_offset(
+    text: &[u8],
+    hash_multiplier: Option<u32>,
+    bytes_max: u64,
+) -> Option<u64> {
     let (digits, multiplier) = match (text, hash_multiplier) {
         ([b'#', rest @ ..], Some(bits)) if !rest.is_empty() => (rest, Some(bits)),
         _ => (text, None),
@@ -94,8 +98,16 @@ fn resolve_range(length: usize, start: i64, end: i64, bit_mode: bool) -> ByteRan
     if bit_mode {
         total <<= 3;
     }
-    let mut start = if start < 0 { total.saturating_add(start) } else { start };
-    let mut end = if end < 0 { total.saturating_add(end) } else { end };
+    let mut start = if start < 0 {
+        total.saturating_add(start)
+    } else {
+        start
+    };
+    let mut end = if end < 0 {
+        total.saturating_add(end)
+    } else {
+        end
+    };
     start = start.max(0);
     end = end.max(0);
     if end >= total {
@@ -108,7 +120,12 @@ fn resolve_range(length: usize, start: i64, end: i64, bit_mode: bool) -> ByteRan
         start >>= 3;
         end >>= 3;
     }
-    ByteRange { first: start, last: end, first_outside, last_outside }
+    ByteRange {
+        first: start,
+        last: end,
+        first_outside,
+        last_outside,
+    }
 }
 
 /// BITCOUNT over `start..=end` (bytes, or bits in BIT mode), or the whole value when `range`
@@ -133,7 +150,11 @@ pub(crate) fn bitcount(value: &[u8], range: Option<(i64, i64, bool)>) -> i64 {
 
 fn popcount(bytes: &[u8]) -> i64 {
     let chunks = bytes.chunks_exact(8);
-    let tail: u64 = chunks.remainder().iter().map(|b| u64::from(b.count_ones())).sum();
+    let tail: u64 = chunks
+        .remainder()
+        .iter()
+        .map(|b| u64::from(b.count_ones()))
+        .sum();
     let words: u64 = chunks
         .map(|chunk| u64::from(u64::from_ne_bytes(chunk.try_into().expect("8 bytes")).count_ones()))
         .sum();
@@ -160,13 +181,28 @@ fn first_bit(bytes: &[u8], bit: bool) -> i64 {
 /// mode) bits. Looking for a clear bit with no explicit `end`, the value counts as padded
 /// with zeros to the right (so all ones answers the first bit past the end); with an explicit
 /// `end` it does not (answers -1).
-pub(crate) fn bitpos(value: &[u8], bit: bool, start: Option<i64>, end: Option<i64>, bit_mode: bool) -> i64 {
+pub(crate) fn bitpos(
+    value: &[u8],
+    bit: bool,
+    start: Option<i64>,
+    end: Option<i64>,
+    bit_mode: bool,
+) -> i64 {
     let length = value.len() as i64;
     let end_given = end.is_some();
     let range = match start {
-        None => ByteRange { first: 0, last: length - 1, first_outside: 0, last_outside: 0 },
+        None => ByteRange {
+            first: 0,
+            last: length - 1,
+            first_outside: 0,
+            last_outside: 0,
+        },
         Some(start) => {
-            let end = end.unwrap_or(if bit_mode { (length << 3) + 7 } else { length - 1 });
+            let end = end.unwrap_or(if bit_mode {
+                (length << 3) + 7
+            } else {
+                length - 1
+            });
             resolve_range(value.len(), start, end, bit_mode)
         }
     };
@@ -178,9 +214,17 @@ pub(crate) fn bitpos(value: &[u8], bit: bool, start: Option<i64>, end: Option<i6
     let position;
     'search: {
         if range.first_outside != 0 {
-            let mut byte = if bit { value[first] & !range.first_outside } else { value[first] | range.first_outside };
+            let mut byte = if bit {
+                value[first] & !range.first_outside
+            } else {
+                value[first] | range.first_outside
+            };
             if range.last_outside != 0 && bytes == 1 {
-                byte = if bit { byte & !range.last_outside } else { byte | range.last_outside };
+                byte = if bit {
+                    byte & !range.last_outside
+                } else {
+                    byte | range.last_outside
+                };
             }
             let found = first_bit(&[byte], bit);
             if bytes == 1 || (found != -1 && found != 8) {
@@ -200,7 +244,11 @@ pub(crate) fn bitpos(value: &[u8], bit: bool, start: Option<i64>, end: Option<i6
             first += whole;
             bytes -= whole;
         }
-        let byte = if bit { value[last] & !range.last_outside } else { value[last] | range.last_outside };
+        let byte = if bit {
+            value[last] & !range.last_outside
+        } else {
+            value[last] | range.last_outside
+        };
         position = first_bit(&[byte], bit);
     }
     if end_given && !bit && position == (bytes as i64) * 8 {
@@ -225,10 +273,15 @@ pub(crate) enum BitOp {
 impl BitOp {
     /// AND, OR, XOR or NOT in any case; anything else is "ERR syntax error".
     pub(crate) fn parse(text: &[u8]) -> Option<BitOp> {
-        [(b"AND".as_slice(), BitOp::And), (b"OR", BitOp::Or), (b"XOR", BitOp::Xor), (b"NOT", BitOp::Not)]
-            .into_iter()
-            .find(|(name, _)| text.eq_ignore_ascii_case(name))
-            .map(|(_, op)| op)
+        [
+            (b"AND".as_slice(), BitOp::And),
+            (b"OR", BitOp::Or),
+            (b"XOR", BitOp::Xor),
+            (b"NOT", BitOp::Not),
+        ]
+        .into_iter()
+        .find(|(name, _)| text.eq_ignore_ascii_case(name))
+        .map(|(_, op)| op)
     }
 }
 
@@ -296,7 +349,10 @@ impl FieldType {
         if !(1..=max).contains(&bits) {
             return None;
         }
-        Some(FieldType { signed, bits: bits as u32 })
+        Some(FieldType {
+            signed,
+            bits: bits as u32,
+        })
     }
 }
 
@@ -327,7 +383,10 @@ pub(crate) struct BitfieldPlan {
 
 /// Parses the arguments after `BITFIELD key`, as Redis' `bitfieldGeneric`. The error is the
 /// full error text to reply with.
-pub(crate) fn parse_bitfield<A: AsRef<[u8]>>(args: &[A], bytes_max: u64) -> Result<BitfieldPlan, &'static str> {
+pub(crate) fn parse_bitfield<A: AsRef<[u8]>>(
+    args: &[A],
+    bytes_max: u64,
+) -> Result<BitfieldPlan, &'static str> {
     const SYNTAX_ERROR: &str = "ERR syntax error";
     const INTEGER_ERROR: &str = "ERR value is not an integer or out of range";
     let mut ops = Vec::new();
@@ -366,7 +425,8 @@ pub(crate) fn parse_bitfield<A: AsRef<[u8]>>(args: &[A], bytes_max: u64) -> Resu
             return Err(SYNTAX_ERROR);
         };
         let field = FieldType::parse(args[index + 1].as_ref()).ok_or(BITFIELD_TYPE_ERROR)?;
-        let offset = parse_bit_offset(args[index + 2].as_ref(), Some(field.bits), bytes_max).ok_or(BIT_OFFSET_ERROR)?;
+        let offset = parse_bit_offset(args[index + 2].as_ref(), Some(field.bits), bytes_max)
+            .ok_or(BIT_OFFSET_ERROR)?;
         let action = match kind {
             Kind::Get => FieldAction::Get,
             Kind::Set | Kind::IncrBy => {
@@ -380,10 +440,22 @@ pub(crate) fn parse_bitfield<A: AsRef<[u8]>>(args: &[A], bytes_max: u64) -> Resu
                 }
             }
         };
-        ops.push(FieldOp { action, field, offset, overflow });
-        index += if matches!(action, FieldAction::Get) { 3 } else { 4 };
+        ops.push(FieldOp {
+            action,
+            field,
+            offset,
+            overflow,
+        });
+        index += if matches!(action, FieldAction::Get) {
+            3
+        } else {
+            4
+        };
     }
-    Ok(BitfieldPlan { ops, highest_write_bit })
+    Ok(BitfieldPlan {
+        ops,
+        highest_write_bit,
+    })
 }
 
 /// The unsigned field of `bits` bits at `offset` (bits past the end of `value` read as 0).
@@ -444,7 +516,11 @@ fn unsigned_overflow(value: u64, increment: i64, bits: u32, overflow: Overflow) 
 
 /// Redis' `checkSignedBitfieldOverflow`.
 fn signed_overflow(value: i64, increment: i64, bits: u32, overflow: Overflow) -> Option<i64> {
-    let max: i64 = if bits == 64 { i64::MAX } else { (1i64 << (bits - 1)) - 1 };
+    let max: i64 = if bits == 64 {
+        i64::MAX
+    } else {
+        (1i64 << (bits - 1)) - 1
+    };
     let min = -max - 1;
     let max_increment = (max as u64).wrapping_sub(value as u64) as i64;
     let min_increment = min.wrapping_sub(value);
@@ -461,7 +537,9 @@ fn signed_overflow(value: i64, increment: i64, bits: u32, overflow: Overflow) ->
             sum as i64
         }
     };
-    if value > max || (bits != 64 && increment > max_increment) || (value >= 0 && increment > 0 && increment > max_increment)
+    if value > max
+        || (bits != 64 && increment > max_increment)
+        || (value >= 0 && increment > 0 && increment > max_increment)
     {
         Some(match overflow {
             Overflow::Wrap => wrapped(),
@@ -493,7 +571,12 @@ pub(crate) fn bitfield_get(value: Option<&[u8]>, op: &FieldOp) -> i64 {
 /// Runs one op on `value`, which the caller grew to cover
 /// [`BitfieldPlan::highest_write_bit`]. `None` = FAIL overflow (reply nil, nothing written).
 pub(crate) fn bitfield_apply(value: &mut [u8], op: &FieldOp) -> Option<i64> {
-    let FieldOp { action, field, offset, overflow } = *op;
+    let FieldOp {
+        action,
+        field,
+        offset,
+        overflow,
+    } = *op;
     let bits = field.bits;
     let (write, reply, overflowed) = match action {
         FieldAction::Get => return Some(bitfield_get(Some(value), op)),
@@ -543,14 +626,27 @@ mod tests {
     #[test]
     fn offsets_follow_redis() {
         assert_eq!(parse_bit_offset(b"7", None, STRING_BYTES_MAX), Some(7));
-        assert_eq!(parse_bit_offset(b"4294967295", None, STRING_BYTES_MAX), Some(4_294_967_295));
+        assert_eq!(
+            parse_bit_offset(b"4294967295", None, STRING_BYTES_MAX),
+            Some(4_294_967_295)
+        );
         // Redis 7.0.15: 2^32 is past 512 MiB of bits.
-        assert_eq!(parse_bit_offset(b"4294967296", None, STRING_BYTES_MAX), None);
+        assert_eq!(
+            parse_bit_offset(b"4294967296", None, STRING_BYTES_MAX),
+            None
+        );
         assert_eq!(parse_bit_offset(b"-1", None, STRING_BYTES_MAX), None);
-        assert_eq!(parse_bit_offset(b"#1", None, STRING_BYTES_MAX), None, "# only for BITFIELD");
+        assert_eq!(
+            parse_bit_offset(b"#1", None, STRING_BYTES_MAX),
+            None,
+            "# only for BITFIELD"
+        );
         assert_eq!(parse_bit_offset(b"#3", Some(8), STRING_BYTES_MAX), Some(24));
         assert_eq!(parse_bit_offset(b"#", Some(8), STRING_BYTES_MAX), None);
-        assert_eq!(parse_bit_offset(b"#9223372036854775807", Some(8), STRING_BYTES_MAX), None);
+        assert_eq!(
+            parse_bit_offset(b"#9223372036854775807", Some(8), STRING_BYTES_MAX),
+            None
+        );
         assert_eq!(parse_bit_value(b"1"), Some(true));
         assert_eq!(parse_bit_value(b"0"), Some(false));
         assert_eq!(parse_bit_value(b"2"), None);
@@ -613,16 +709,34 @@ mod tests {
 
     #[test]
     fn bitfield_types() {
-        assert_eq!(FieldType::parse(b"i64"), Some(FieldType { signed: true, bits: 64 }));
-        assert_eq!(FieldType::parse(b"U63"), Some(FieldType { signed: false, bits: 63 }));
+        assert_eq!(
+            FieldType::parse(b"i64"),
+            Some(FieldType {
+                signed: true,
+                bits: 64
+            })
+        );
+        assert_eq!(
+            FieldType::parse(b"U63"),
+            Some(FieldType {
+                signed: false,
+                bits: 63
+            })
+        );
         for bad in [&b"u64"[..], b"i65", b"i0", b"x8", b"i", b"i+8", b"i08", b""] {
-            assert_eq!(FieldType::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                FieldType::parse(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn bitfield_parsing_errors() {
-        let parse = |words: &[&str]| parse_bitfield(words, STRING_BYTES_MAX).map(|plan| plan.ops.len());
+        let parse =
+            |words: &[&str]| parse_bitfield(words, STRING_BYTES_MAX).map(|plan| plan.ops.len());
         assert_eq!(parse(&["GET", "u8", "0", "set", "i8", "#1", "-3"]), Ok(2));
         assert_eq!(parse(&[]), Ok(0));
         assert_eq!(parse(&["GET", "u8"]), Err("ERR syntax error"));
@@ -631,10 +745,22 @@ mod tests {
         assert_eq!(parse(&["OVERFLOW"]), Err("ERR syntax error"));
         assert_eq!(parse(&["GET", "u64", "0"]), Err(BITFIELD_TYPE_ERROR));
         assert_eq!(parse(&["GET", "u8", "-1"]), Err(BIT_OFFSET_ERROR));
-        assert_eq!(parse(&["SET", "u8", "0", "x"]), Err("ERR value is not an integer or out of range"));
-        let plan = parse_bitfield(&["incrby", "u2", "100", "1", "GET", "u4", "0"], STRING_BYTES_MAX).expect("valid");
+        assert_eq!(
+            parse(&["SET", "u8", "0", "x"]),
+            Err("ERR value is not an integer or out of range")
+        );
+        let plan = parse_bitfield(
+            &["incrby", "u2", "100", "1", "GET", "u4", "0"],
+            STRING_BYTES_MAX,
+        )
+        .expect("valid");
         assert_eq!(plan.highest_write_bit, Some(101));
-        assert_eq!(parse_bitfield(&["get", "i5", "3"], STRING_BYTES_MAX).expect("valid").highest_write_bit, None);
+        assert_eq!(
+            parse_bitfield(&["get", "i5", "3"], STRING_BYTES_MAX)
+                .expect("valid")
+                .highest_write_bit,
+            None
+        );
     }
 
     fn run(value: &mut Vec<u8>, words: &[&str]) -> Vec<Option<i64>> {
@@ -645,49 +771,146 @@ mod tests {
                 value.resize(needed, 0);
             }
         }
-        plan.ops.iter().map(|op| bitfield_apply(value, op)).collect()
+        plan.ops
+            .iter()
+            .map(|op| bitfield_apply(value, op))
+            .collect()
     }
 
     #[test]
     fn bitfield_redis_doc_examples() {
         // BITFIELD mykey INCRBY i5 100 1 GET u4 0 → 1, 0
         let mut value = Vec::new();
-        assert_eq!(run(&mut value, &["INCRBY", "i5", "100", "1", "GET", "u4", "0"]), [Some(1), Some(0)]);
+        assert_eq!(
+            run(&mut value, &["INCRBY", "i5", "100", "1", "GET", "u4", "0"]),
+            [Some(1), Some(0)]
+        );
         // Overflow examples from the docs: u2 at 102 incremented by 1 four times.
         let mut value = Vec::new();
         let mut wrap = Vec::new();
         let mut sat = Vec::new();
         for _ in 0..4 {
-            let replies = run(&mut value, &["incrby", "u2", "100", "1", "OVERFLOW", "SAT", "incrby", "u2", "102", "1"]);
+            let replies = run(
+                &mut value,
+                &[
+                    "incrby", "u2", "100", "1", "OVERFLOW", "SAT", "incrby", "u2", "102", "1",
+                ],
+            );
             wrap.push(replies[0]);
             sat.push(replies[1]);
         }
         assert_eq!(wrap, [Some(1), Some(2), Some(3), Some(0)]);
         assert_eq!(sat, [Some(1), Some(2), Some(3), Some(3)]);
         let mut value = Vec::new();
-        assert_eq!(run(&mut value, &["OVERFLOW", "FAIL", "incrby", "u2", "102", "4"]), [None]);
+        assert_eq!(
+            run(
+                &mut value,
+                &["OVERFLOW", "FAIL", "incrby", "u2", "102", "4"]
+            ),
+            [None]
+        );
     }
 
     #[test]
     fn bitfield_signed_and_unsigned_edges() {
         let mut value = Vec::new();
-        assert_eq!(run(&mut value, &["SET", "i8", "0", "-100", "GET", "i8", "0", "GET", "u8", "0"]), [Some(0), Some(-100), Some(156)]);
-        assert_eq!(run(&mut value, &["SET", "u8", "0", "-1", "GET", "u8", "0"]), [Some(156), Some(255)]);
-        assert_eq!(run(&mut value, &["OVERFLOW", "SAT", "SET", "i8", "0", "1000", "GET", "i8", "0"]), [Some(-1), Some(127)]);
-        assert_eq!(run(&mut value, &["OVERFLOW", "SAT", "INCRBY", "i8", "0", "-1000"]), [Some(-128)]);
-        assert_eq!(run(&mut value, &["INCRBY", "i8", "0", "-1"]), [Some(127)], "wraps");
-        assert_eq!(run(&mut value, &["OVERFLOW", "FAIL", "INCRBY", "i8", "0", "1", "GET", "i8", "0"]), [None, Some(127)]);
+        assert_eq!(
+            run(
+                &mut value,
+                &["SET", "i8", "0", "-100", "GET", "i8", "0", "GET", "u8", "0"]
+            ),
+            [Some(0), Some(-100), Some(156)]
+        );
+        assert_eq!(
+            run(&mut value, &["SET", "u8", "0", "-1", "GET", "u8", "0"]),
+            [Some(156), Some(255)]
+        );
+        assert_eq!(
+            run(
+                &mut value,
+                &["OVERFLOW", "SAT", "SET", "i8", "0", "1000", "GET", "i8", "0"]
+            ),
+            [Some(-1), Some(127)]
+        );
+        assert_eq!(
+            run(
+                &mut value,
+                &["OVERFLOW", "SAT", "INCRBY", "i8", "0", "-1000"]
+            ),
+            [Some(-128)]
+        );
+        assert_eq!(
+            run(&mut value, &["INCRBY", "i8", "0", "-1"]),
+            [Some(127)],
+            "wraps"
+        );
+        assert_eq!(
+            run(
+                &mut value,
+                &["OVERFLOW", "FAIL", "INCRBY", "i8", "0", "1", "GET", "i8", "0"]
+            ),
+            [None, Some(127)]
+        );
         let mut value = Vec::new();
         assert_eq!(
-            run(&mut value, &["SET", "i64", "0", "9223372036854775807", "INCRBY", "i64", "0", "1"]),
+            run(
+                &mut value,
+                &[
+                    "SET",
+                    "i64",
+                    "0",
+                    "9223372036854775807",
+                    "INCRBY",
+                    "i64",
+                    "0",
+                    "1"
+                ]
+            ),
             [Some(0), Some(i64::MIN)]
         );
-        assert_eq!(run(&mut value, &["OVERFLOW", "SAT", "INCRBY", "i64", "0", "-1", "INCRBY", "i64", "0", "-9223372036854775808"]), [Some(i64::MIN), Some(i64::MIN)]);
+        assert_eq!(
+            run(
+                &mut value,
+                &[
+                    "OVERFLOW",
+                    "SAT",
+                    "INCRBY",
+                    "i64",
+                    "0",
+                    "-1",
+                    "INCRBY",
+                    "i64",
+                    "0",
+                    "-9223372036854775808"
+                ]
+            ),
+            [Some(i64::MIN), Some(i64::MIN)]
+        );
         let mut value = Vec::new();
-        assert_eq!(run(&mut value, &["SET", "u63", "1", "9223372036854775807", "GET", "u63", "1"]), [Some(0), Some(i64::MAX)]);
-        assert_eq!(run(&mut value, &["OVERFLOW", "SAT", "INCRBY", "u63", "1", "5"]), [Some(i64::MAX)]);
+        assert_eq!(
+            run(
+                &mut value,
+                &["SET", "u63", "1", "9223372036854775807", "GET", "u63", "1"]
+            ),
+            [Some(0), Some(i64::MAX)]
+        );
+        assert_eq!(
+            run(&mut value, &["OVERFLOW", "SAT", "INCRBY", "u63", "1", "5"]),
+            [Some(i64::MAX)]
+        );
         assert_eq!(run(&mut value, &["INCRBY", "u63", "1", "1"]), [Some(0)]);
-        assert_eq!(run(&mut value, &["OVERFLOW", "SAT", "INCRBY", "u63", "1", "-1"]), [Some(0)]);
-        assert_eq!(bitfield_get(None, &parse_bitfield(&["GET", "i8", "0"], STRING_BYTES_MAX).expect("valid").ops[0]), 0);
+        assert_eq!(
+            run(&mut value, &["OVERFLOW", "SAT", "INCRBY", "u63", "1", "-1"]),
+            [Some(0)]
+        );
+        assert_eq!(
+            bitfield_get(
+                None,
+                &parse_bitfield(&["GET", "i8", "0"], STRING_BYTES_MAX)
+                    .expect("valid")
+                    .ops[0]
+            ),
+            0
+        );
     }
 }

@@ -212,7 +212,11 @@ pub(crate) enum ExpiryError {
 /// seconds must not overflow when multiplied by 1000, and a relative time must not overflow
 /// when added to `now_ms`. A deadline already in the past is valid (the key then expires
 /// at once).
-pub(crate) fn resolve_expiry(unit: ExpireUnit, text: &[u8], now_ms: i64) -> Result<i64, ExpiryError> {
+pub(crate) fn resolve_expiry(
+    unit: ExpireUnit,
+    text: &[u8],
+    now_ms: i64,
+) -> Result<i64, ExpiryError> {
     let amount = parse_i64(text).ok_or(ExpiryError::NotInteger)?;
     let in_seconds = matches!(unit, ExpireUnit::Seconds | ExpireUnit::UnixSeconds);
     if amount <= 0 || (in_seconds && amount > i64::MAX / 1000) {
@@ -238,7 +242,11 @@ pub(crate) fn resolve_expiry(unit: ExpireUnit, text: &[u8], now_ms: i64) -> Resu
 
 /// The byte range GETRANGE returns for `start..=end` (negative = from the end) over a value
 /// of `length` bytes, as Redis' `getrangeCommand`; `None` = the empty string.
-pub(crate) fn getrange_bounds(start: i64, end: i64, length: usize) -> Option<std::ops::Range<usize>> {
+pub(crate) fn getrange_bounds(
+    start: i64,
+    end: i64,
+    length: usize,
+) -> Option<std::ops::Range<usize>> {
     let length = i64::try_from(length).expect("a value held in memory is shorter than i64::MAX");
     if start < 0 && end < 0 && start > end {
         return None;
@@ -269,7 +277,11 @@ pub(crate) fn check_setrange_offset(offset: i64) -> Result<u64, RangeError> {
 
 /// Redis' `checkStringLength`: the value `offset + added` bytes long must not exceed
 /// `bytes_max` (`proto-max-bulk-len`, [`STRING_BYTES_MAX`] by default).
-pub(crate) fn check_string_length(offset: u64, added: u64, bytes_max: u64) -> Result<usize, RangeError> {
+pub(crate) fn check_string_length(
+    offset: u64,
+    added: u64,
+    bytes_max: u64,
+) -> Result<usize, RangeError> {
     match offset.checked_add(added) {
         Some(total) if total <= bytes_max => Ok(total as usize),
         _ => Err(RangeError::TooLong),
@@ -340,11 +352,21 @@ pub(crate) struct LongDouble {
 
 impl LongDouble {
     const fn zero(negative: bool) -> LongDouble {
-        LongDouble { negative, significand: 0, exponent: 0, infinite: false }
+        LongDouble {
+            negative,
+            significand: 0,
+            exponent: 0,
+            infinite: false,
+        }
     }
 
     const fn infinity(negative: bool) -> LongDouble {
-        LongDouble { negative, significand: 0, exponent: 0, infinite: true }
+        LongDouble {
+            negative,
+            significand: 0,
+            exponent: 0,
+            infinite: true,
+        }
     }
 
     fn is_finite(self) -> bool {
@@ -383,7 +405,11 @@ impl LongDouble {
     pub(crate) fn add(self, other: LongDouble) -> LongDouble {
         if self.infinite || other.infinite {
             // inf + -inf is NaN; both are refused by the caller, so report infinity.
-            let negative = if self.infinite { self.negative } else { other.negative };
+            let negative = if self.infinite {
+                self.negative
+            } else {
+                other.negative
+            };
             return LongDouble::infinity(negative);
         }
         if other.significand == 0 {
@@ -395,7 +421,11 @@ impl LongDouble {
         if self.significand == 0 {
             return other;
         }
-        let (large, small) = if self.exponent >= other.exponent { (self, other) } else { (other, self) };
+        let (large, small) = if self.exponent >= other.exponent {
+            (self, other)
+        } else {
+            (other, self)
+        };
         const GUARD_BITS: u32 = 62;
         let large_bits = u128::from(large.significand) << GUARD_BITS;
         let shift = large.exponent - small.exponent;
@@ -414,8 +444,12 @@ impl LongDouble {
         }
         match large_bits.cmp(&small_bits) {
             Ordering::Equal => LongDouble::zero(false),
-            Ordering::Greater => round_long_double(large.negative, large_bits - small_bits, false, exponent),
-            Ordering::Less => round_long_double(small.negative, small_bits - large_bits, false, exponent),
+            Ordering::Greater => {
+                round_long_double(large.negative, large_bits - small_bits, false, exponent)
+            }
+            Ordering::Less => {
+                round_long_double(small.negative, small_bits - large_bits, false, exponent)
+            }
         }
     }
 
@@ -434,8 +468,16 @@ impl LongDouble {
             integral = number.to_decimal();
         } else {
             let shift = (-self.exponent) as u64;
-            let whole = if shift >= 64 { 0 } else { self.significand >> shift };
-            let part = if shift >= 64 { self.significand } else { self.significand & ((1u64 << shift) - 1) };
+            let whole = if shift >= 64 {
+                0
+            } else {
+                self.significand >> shift
+            };
+            let part = if shift >= 64 {
+                self.significand
+            } else {
+                self.significand & ((1u64 << shift) - 1)
+            };
             // part / 2^shift < 1; scaled by 10^17 it fits in 121 bits.
             let scaled = u128::from(part) * u128::from(FRACTION_SCALE);
             let (mut digits, round_up) = if shift >= 122 {
@@ -498,7 +540,11 @@ fn round_long_double(negative: bool, value: u128, sticky: bool, exponent: i64) -
     } else {
         let shift = shift as u32;
         let kept = if shift == 128 { 0 } else { value >> shift };
-        let rest = if shift == 128 { value } else { value & ((1u128 << shift) - 1) };
+        let rest = if shift == 128 {
+            value
+        } else {
+            value & ((1u128 << shift) - 1)
+        };
         let half = 1u128 << (shift - 1);
         let round_up = rest > half || (rest == half && (sticky || kept & 1 == 1));
         let mut kept = kept + u128::from(round_up);
@@ -521,7 +567,12 @@ fn round_long_double(negative: bool, value: u128, sticky: bool, exponent: i64) -
         significand <<= zeros;
         target -= i64::from(zeros);
     }
-    LongDouble { negative, significand, exponent: target, infinite: false }
+    LongDouble {
+        negative,
+        significand,
+        exponent: target,
+        infinite: false,
+    }
 }
 
 /// Decimal `digits[.digits][e[+-]digits]` (as strtold reads it) to the nearest value.
@@ -636,7 +687,9 @@ fn parse_hexadecimal(text: &[u8]) -> Option<Parsed> {
             index += 1;
             continue;
         }
-        let Some(digit) = (byte as char).to_digit(16) else { break };
+        let Some(digit) = (byte as char).to_digit(16) else {
+            break;
+        };
         any_digit = true;
         if value >> 120 == 0 {
             value = value << 4 | u128::from(digit);
@@ -704,7 +757,9 @@ impl BigUint {
     }
 
     fn from_u64(value: u64) -> BigUint {
-        let mut number = BigUint { limbs: vec![value as u32, (value >> 32) as u32] };
+        let mut number = BigUint {
+            limbs: vec![value as u32, (value >> 32) as u32],
+        };
         number.trim();
         number
     }
@@ -762,7 +817,8 @@ impl BigUint {
             }
         }
         if limb_shift != 0 {
-            self.limbs.splice(0..0, std::iter::repeat(0).take(limb_shift));
+            self.limbs
+                .splice(0..0, std::iter::repeat(0).take(limb_shift));
         }
     }
 
@@ -935,12 +991,20 @@ pub(crate) fn lcs(a: &[u8], b: &[u8], min_match_length: u64) -> LcsResult {
             if let Some((a_start, a_end, b_start, b_end)) = range.take() {
                 let match_length = a_end - a_start + 1;
                 if min_match_length == 0 || match_length as u64 >= min_match_length {
-                    matches.push(LcsMatch { a: (a_start, a_end), b: (b_start, b_end), length: match_length });
+                    matches.push(LcsMatch {
+                        a: (a_start, a_end),
+                        b: (b_start, b_end),
+                        length: match_length,
+                    });
                 }
             }
         }
     }
-    LcsResult { length, text, matches }
+    LcsResult {
+        length,
+        text,
+        matches,
+    }
 }
 
 #[cfg(test)]
@@ -985,8 +1049,13 @@ mod tests {
     }
 
     fn options(words: &[&'static str]) -> Result<SetOptions<'static>, ()> {
-        let leaked: &'static [&'static [u8]] =
-            Box::leak(words.iter().map(|word| word.as_bytes()).collect::<Vec<_>>().into_boxed_slice());
+        let leaked: &'static [&'static [u8]] = Box::leak(
+            words
+                .iter()
+                .map(|word| word.as_bytes())
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        );
         parse_set_options(leaked, OptionsFor::Set)
     }
 
@@ -1030,8 +1099,18 @@ mod tests {
     #[test]
     fn getex_options() {
         let words: [&[u8]; 1] = [b"persist"];
-        assert!(parse_set_options(&words, OptionsFor::Getex).expect("valid").persist);
-        for words in [&[&b"NX"[..]][..], &[b"GET"], &[b"KEEPTTL"], &[b"PERSIST", b"EX", b"1"], &[b"IFEQ", b"x"]] {
+        assert!(
+            parse_set_options(&words, OptionsFor::Getex)
+                .expect("valid")
+                .persist
+        );
+        for words in [
+            &[&b"NX"[..]][..],
+            &[b"GET"],
+            &[b"KEEPTTL"],
+            &[b"PERSIST", b"EX", b"1"],
+            &[b"IFEQ", b"x"],
+        ] {
             assert_eq!(parse_set_options(words, OptionsFor::Getex), Err(()));
         }
     }
@@ -1039,12 +1118,27 @@ mod tests {
     #[test]
     fn expiry_resolution_matches_redis() {
         let now = 1_700_000_000_000;
-        assert_eq!(resolve_expiry(ExpireUnit::Seconds, b"10", now), Ok(now + 10_000));
-        assert_eq!(resolve_expiry(ExpireUnit::Milliseconds, b"10", now), Ok(now + 10));
+        assert_eq!(
+            resolve_expiry(ExpireUnit::Seconds, b"10", now),
+            Ok(now + 10_000)
+        );
+        assert_eq!(
+            resolve_expiry(ExpireUnit::Milliseconds, b"10", now),
+            Ok(now + 10)
+        );
         assert_eq!(resolve_expiry(ExpireUnit::UnixSeconds, b"1", now), Ok(1000));
-        assert_eq!(resolve_expiry(ExpireUnit::UnixMilliseconds, b"1", now), Ok(1));
-        assert_eq!(resolve_expiry(ExpireUnit::Seconds, b"x", now), Err(ExpiryError::NotInteger));
-        assert_eq!(resolve_expiry(ExpireUnit::Seconds, b"+1", now), Err(ExpiryError::NotInteger));
+        assert_eq!(
+            resolve_expiry(ExpireUnit::UnixMilliseconds, b"1", now),
+            Ok(1)
+        );
+        assert_eq!(
+            resolve_expiry(ExpireUnit::Seconds, b"x", now),
+            Err(ExpiryError::NotInteger)
+        );
+        assert_eq!(
+            resolve_expiry(ExpireUnit::Seconds, b"+1", now),
+            Err(ExpiryError::NotInteger)
+        );
         // Checked against Redis 7.0.15: each is "invalid expire time in 'set' command".
         for (unit, text) in [
             (ExpireUnit::Seconds, &b"0"[..]),
@@ -1055,9 +1149,16 @@ mod tests {
             (ExpireUnit::UnixSeconds, b"9223372036854775807"),
             (ExpireUnit::UnixMilliseconds, b"0"),
         ] {
-            assert_eq!(resolve_expiry(unit, text, now), Err(ExpiryError::Invalid), "{unit:?} {text:?}");
+            assert_eq!(
+                resolve_expiry(unit, text, now),
+                Err(ExpiryError::Invalid),
+                "{unit:?} {text:?}"
+            );
         }
-        assert_eq!(resolve_expiry(ExpireUnit::UnixMilliseconds, b"9223372036854775807", now), Ok(i64::MAX));
+        assert_eq!(
+            resolve_expiry(ExpireUnit::UnixMilliseconds, b"9223372036854775807", now),
+            Ok(i64::MAX)
+        );
     }
 
     #[test]
@@ -1072,7 +1173,11 @@ mod tests {
         assert_eq!(getrange_bounds(-1, -5, length), None);
         assert_eq!(getrange_bounds(5, 3, length), None);
         assert_eq!(getrange_bounds(11, 20, length), None);
-        assert_eq!(getrange_bounds(0, -100, length), Some(0..1), "end clamps to 0, like Redis");
+        assert_eq!(
+            getrange_bounds(0, -100, length),
+            Some(0..1),
+            "end clamps to 0, like Redis"
+        );
         assert_eq!(getrange_bounds(0, -1, 0), None);
         assert_eq!(getrange_bounds(i64::MIN, i64::MAX, length), Some(0..11));
     }
@@ -1082,9 +1187,18 @@ mod tests {
         assert_eq!(check_setrange_offset(-1), Err(RangeError::OffsetOutOfRange));
         assert_eq!(check_setrange_offset(5), Ok(5));
         // Redis 7.0.15: offset 536870911 with 1 byte is fine, 2 bytes are too long.
-        assert_eq!(check_string_length(536_870_911, 1, STRING_BYTES_MAX), Ok(536_870_912));
-        assert_eq!(check_string_length(536_870_911, 2, STRING_BYTES_MAX), Err(RangeError::TooLong));
-        assert_eq!(check_string_length(u64::MAX, 2, STRING_BYTES_MAX), Err(RangeError::TooLong));
+        assert_eq!(
+            check_string_length(536_870_911, 1, STRING_BYTES_MAX),
+            Ok(536_870_912)
+        );
+        assert_eq!(
+            check_string_length(536_870_911, 2, STRING_BYTES_MAX),
+            Err(RangeError::TooLong)
+        );
+        assert_eq!(
+            check_string_length(u64::MAX, 2, STRING_BYTES_MAX),
+            Err(RangeError::TooLong)
+        );
         assert_eq!(apply_setrange(b"Hello World", 6, b"Redis"), b"Hello Redis");
         assert_eq!(apply_setrange(b"", 3, b"ab"), b"\0\0\0ab");
         assert_eq!(apply_setrange(b"abcdef", 1, b"X"), b"aXcdef");
@@ -1098,14 +1212,20 @@ mod tests {
         assert_eq!(incr_float("5.0e3", "0").as_deref(), Ok("5000"));
         assert_eq!(incr_float("10", "-5").as_deref(), Ok("5"));
         assert_eq!(incr_float("0", "0.1").as_deref(), Ok("0.1"));
-        assert_eq!(incr_float("9223372036854775807", "1").as_deref(), Ok("9223372036854775808"));
+        assert_eq!(
+            incr_float("9223372036854775807", "1").as_deref(),
+            Ok("9223372036854775808")
+        );
         assert_eq!(incr_float("1", "-1").as_deref(), Ok("0"));
         assert_eq!(incr_float("-0", "0").as_deref(), Ok("0"));
         assert_eq!(incr_float("0x10", "0x1p-1").as_deref(), Ok("16.5"));
         assert_eq!(incr_float("1.5e-4950", "0").as_deref(), Ok("0"));
         assert_eq!(incr_float("+.5", "1.").as_deref(), Ok("1.5"));
         assert_eq!(incr_float("0.1", "0.2").as_deref(), Ok("0.3"));
-        assert_eq!(incr_float("1", "0.00000000000000001").as_deref(), Ok("1.00000000000000001"));
+        assert_eq!(
+            incr_float("1", "0.00000000000000001").as_deref(),
+            Ok("1.00000000000000001")
+        );
         assert_eq!(incr_float("1", "1e-18").as_deref(), Ok("1"));
     }
 
@@ -1113,19 +1233,25 @@ mod tests {
     fn incrbyfloat_huge_values_print_every_digit() {
         // `INCRBYFLOAT f 1e4932` from 5000 prints the exact binary value (Redis 7.0.15).
         let text = incr_float("5000", "1e4932").expect("finite");
-        assert!(text.starts_with("1000000000000000000006018949387963891323837774254533114773785041352533"));
+        assert!(text
+            .starts_with("1000000000000000000006018949387963891323837774254533114773785041352533"));
         assert!(text.ends_with("6538418113791886622720"));
         assert_eq!(text.len(), 4933);
     }
 
     #[test]
     fn incrbyfloat_errors() {
-        for bad in ["", " 1", "1 ", "abc", "1e", "1e+", ".", "nan", "1e5000", "1e-5000", "1\0x", "--1"] {
+        for bad in [
+            "", " 1", "1 ", "abc", "1e", "1e+", ".", "nan", "1e5000", "1e-5000", "1\0x", "--1",
+        ] {
             assert_eq!(incr_float(bad, "1"), Err(FloatError::NotAFloat), "{bad:?}");
             assert_eq!(incr_float("1", bad), Err(FloatError::NotAFloat), "{bad:?}");
         }
         assert_eq!(incr_float("1", "inf"), Err(FloatError::NanOrInfinity));
-        assert_eq!(incr_float("1e4932", "1e4932"), Err(FloatError::NanOrInfinity));
+        assert_eq!(
+            incr_float("1e4932", "1e4932"),
+            Err(FloatError::NanOrInfinity)
+        );
         assert_eq!(incr_float("-inf", "inf"), Err(FloatError::NanOrInfinity));
         let long = "1".repeat(FLOAT_TEXT_BYTES_MAX);
         assert_eq!(incr_float(&long, "1"), Err(FloatError::NotAFloat));
@@ -1135,13 +1261,23 @@ mod tests {
     fn long_double_parse_is_correctly_rounded() {
         // 0.1 in 80-bit: 0xCCCCCCCCCCCCCCCD × 2^-67.
         let tenth = LongDouble::parse(b"0.1").expect("valid");
-        assert_eq!((tenth.significand, tenth.exponent), (0xCCCC_CCCC_CCCC_CCCD, -67));
+        assert_eq!(
+            (tenth.significand, tenth.exponent),
+            (0xCCCC_CCCC_CCCC_CCCD, -67)
+        );
         let one = LongDouble::parse(b"1").expect("valid");
         assert_eq!((one.significand, one.exponent), (1 << 63, -63));
         let max = LongDouble::parse(b"1.18973149535723176502e+4932").expect("LDBL_MAX");
-        assert_eq!((max.significand, max.exponent), (u64::MAX, LONG_DOUBLE_EXPONENT_MAX));
-        let min_subnormal = LongDouble::parse(b"3.64519953188247460253e-4951").expect("denormal min");
-        assert_eq!((min_subnormal.significand, min_subnormal.exponent), (1, LONG_DOUBLE_EXPONENT_MIN));
+        assert_eq!(
+            (max.significand, max.exponent),
+            (u64::MAX, LONG_DOUBLE_EXPONENT_MAX)
+        );
+        let min_subnormal =
+            LongDouble::parse(b"3.64519953188247460253e-4951").expect("denormal min");
+        assert_eq!(
+            (min_subnormal.significand, min_subnormal.exponent),
+            (1, LONG_DOUBLE_EXPONENT_MIN)
+        );
     }
 
     #[test]
@@ -1153,12 +1289,27 @@ mod tests {
         assert_eq!(
             result.matches,
             vec![
-                LcsMatch { a: (4, 7), b: (5, 8), length: 4 },
-                LcsMatch { a: (2, 3), b: (0, 1), length: 2 },
+                LcsMatch {
+                    a: (4, 7),
+                    b: (5, 8),
+                    length: 4
+                },
+                LcsMatch {
+                    a: (2, 3),
+                    b: (0, 1),
+                    length: 2
+                },
             ]
         );
         let result = lcs(b"ohmytext", b"mynewtext", 4);
-        assert_eq!(result.matches, vec![LcsMatch { a: (4, 7), b: (5, 8), length: 4 }]);
+        assert_eq!(
+            result.matches,
+            vec![LcsMatch {
+                a: (4, 7),
+                b: (5, 8),
+                length: 4
+            }]
+        );
         assert_eq!(lcs(b"", b"abc", 0).length, 0);
         assert_eq!(lcs(b"abc", b"xyz", 0).matches, vec![]);
     }
@@ -1166,6 +1317,9 @@ mod tests {
     #[test]
     fn lcs_limit() {
         assert!(lcs_fits(1000, 1000, STRING_BYTES_MAX));
-        assert!(!lcs_fits(12000, 12000, STRING_BYTES_MAX), "Redis 7.0.15 refuses two 12000-byte strings");
+        assert!(
+            !lcs_fits(12000, 12000, STRING_BYTES_MAX),
+            "Redis 7.0.15 refuses two 12000-byte strings"
+        );
     }
 }

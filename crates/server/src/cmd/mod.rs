@@ -1,0 +1,467 @@
+//! Commands: one table of [`CommandSpec`]s built from one slice per family,
+//! and [`execute`], which looks a request up, checks arity, authentication
+//! and MULTI state, takes the right lock and runs the handler.
+//!
+//! # Contract for command families
+//!
+//! Each family is a file `cmd/<family>.rs` exporting
+//! `pub(crate) const COMMANDS: &[CommandSpec]`, listed once in [`registry`].
+//! Adding a command touches its family file only.
+//!
+//! * A handler is `fn(&mut Ctx<'_>, &[Bytes]) -> Frame`. `args[0]` is the
+//!   command name as the client sent it; the arity of the spec was checked
+//!   before the call (Redis convention: `arity` counts the name; negative means
+//!   "at least -arity").
+//! * Replies are [`Frame`]s; errors are `Frame::error("ERR …")` with Redis'
+//!   exact text. Shared texts and [`CmdError`](crate::errors::CmdError) (with
+//!   `into_frame()`) live in `crate::errors`; argument parsing with Redis'
+//!   rules (`string2ll`, `strtod`, case-insensitive options) in `crate::args`.
+//!   A handler body is typically `run(ctx, args).unwrap_or_else(CmdError::into_frame)`
+//!   over an inner `fn run(..) -> CmdResult<Frame>`.
+//! * Data goes through [`Ctx`]'s helpers, which use the selected database:
+//!   `ctx.get_string(key)`, `ctx.set_string(key, data, expires_at_ms)`,
+//!   `ctx.write_strings(&[(key, data, expires)])` (MSET: one atomic batch),
+//!   `ctx.delete(key)`, `ctx.exists(key)`, and `ctx.lock_keys(&[key, …])`,
+//!   which read-modify-write commands (INCR, APPEND, SETRANGE, SETBIT, GETSET,
+//!   SET with GET/NX/XX/IFEQ, MSETNX, GETDEL, GETEX …) must hold from their read
+//!   to their write so concurrent clients never lose an update (locks are
+//!   reentrant: the write helpers lock again safely). `ctx.keyspace` offers
+//!   the same functions with an explicit db index.
+//! * Expiry times are absolute Unix milliseconds (`Option<u64>`); `ctx.now_ms`
+//!   is the time of this command. An expiry not in the future deletes the key.
+//!   Values come back with `expires_at_ms` and `version`.
+//! * Durability: a command whose spec has the `"write"` flag gets
+//!   `ctx.last_write_seq` raised automatically after it runs; the connection
+//!   calls `Db::sync` once per pipeline batch before replying. Handlers never
+//!   sync themselves.
+//! * Flags and key positions are those of Redis' `COMMAND INFO` (they are
+//!   what `COMMAND` returns; `"write"` also drives the sync above).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ringkv_protocol::{Frame, RespVersion};
+
+use crate::client::Client;
+use crate::errors::{self, CmdResult};
+use crate::keyspace::{KeyGuard, Keyspace, StrValue};
+use crate::server::Server;
+
+pub(crate) mod bit_ops;
+pub(crate) mod bitmap;
+pub(crate) mod connection;
+pub(crate) mod keyspace;
+pub(crate) mod server;
+pub(crate) mod string;
+pub(crate) mod string_ops;
+pub(crate) mod transaction;
+pub(crate) mod ttl;
+
+/// A command handler; see the module doc.
+pub(crate) type Handler = fn(&mut Ctx<'_>, &[Bytes]) -> Frame;
+
+/// Static description of a command, as `COMMAND INFO` shows it, plus its handler.
+#[derive(Debug)]
+pub(crate) struct CommandSpec {
+    /// Lower-case name.
+    pub name: &'static str,
+    /// Argument count including the name; negative: at least `-arity`.
+    pub arity: i32,
+    /// COMMAND INFO flags: "write", "readonly", "denyoom", "fast", "admin", "noscript",
+    /// "loading", "stale", "no_auth", "no_multi", …
+    pub flags: &'static [&'static str],
+    /// Position of the first key argument (0: none).
+    pub first_key: i32,
+    /// Position of the last key argument (-1: the last argument).
+    pub last_key: i32,
+    /// Step between key arguments.
+    pub step: i32,
+    /// ACL categories without the `@`: "keyspace", "read", "write", "string", "fast", …
+    pub acl_categories: &'static [&'static str],
+    /// One line for COMMAND DOCS.
+    pub summary: &'static str,
+    /// Redis version that introduced it, for COMMAND DOCS.
+    pub since: &'static str,
+    /// The handler.
+    pub handler: Handler,
+}
+
+impl CommandSpec {
+    /// True if the spec has `flag`.
+    pub(crate) fn has_flag(&self, flag: &str) -> bool {
+        self.flags.contains(&flag)
+    }
+
+    fn arity_ok(&self, argc: usize) -> bool {
+        let argc = argc as i64;
+        let arity = i64::from(self.arity);
+        if arity >= 0 {
+            argc == arity
+        } else {
+            argc >= -arity
+        }
+    }
+}
+
+/// Everything a handler may use while it runs.
+pub(crate) struct Ctx<'a> {
+    /// Shared server state (config, clients, stats).
+    pub server: &'a Server,
+    /// The data.
+    pub keyspace: &'a Keyspace,
+    /// The calling connection.
+    pub client: &'a mut Client,
+    /// Wall-clock time of this command, Unix ms.
+    pub now_ms: u64,
+    /// Highest engine sequence this command wrote; synced before the reply is sent.
+    pub last_write_seq: u64,
+}
+
+impl<'a> Ctx<'a> {
+    /// Selected logical database.
+    pub(crate) fn db(&self) -> usize {
+        self.client.db()
+    }
+
+    /// Protocol version of the reply.
+    pub(crate) fn resp(&self) -> RespVersion {
+        self.client.resp()
+    }
+
+    /// Notes a write at `seq` (0 = nothing written).
+    pub(crate) fn wrote(&mut self, seq: u64) {
+        self.last_write_seq = self.last_write_seq.max(seq);
+    }
+
+    /// See [`Keyspace::lock_keys`].
+    pub(crate) fn lock_keys(&self, keys: &[&[u8]]) -> KeyGuard<'a> {
+        self.keyspace.lock_keys(keys)
+    }
+
+    /// See [`Keyspace::get_string`].
+    pub(crate) fn get_string(&self, key: &[u8]) -> CmdResult<Option<StrValue>> {
+        self.keyspace.get_string(self.db(), key)
+    }
+
+    /// See [`Keyspace::set_string`].
+    pub(crate) fn set_string(
+        &mut self,
+        key: &[u8],
+        data: &[u8],
+        expires_at_ms: Option<u64>,
+    ) -> CmdResult<u64> {
+        let seq = self
+            .keyspace
+            .set_string(self.db(), key, data, expires_at_ms)?;
+        self.wrote(seq);
+        Ok(seq)
+    }
+
+    /// See [`Keyspace::write_strings`].
+    pub(crate) fn write_strings(
+        &mut self,
+        items: &[(Bytes, Bytes, Option<u64>)],
+    ) -> CmdResult<u64> {
+        let seq = self.keyspace.write_strings(self.db(), items)?;
+        self.wrote(seq);
+        Ok(seq)
+    }
+
+    /// See [`Keyspace::delete`].
+    pub(crate) fn delete(&mut self, key: &[u8]) -> CmdResult<bool> {
+        self.keyspace.delete(self.db(), key)
+    }
+
+    /// See [`Keyspace::exists`].
+    pub(crate) fn exists(&self, key: &[u8]) -> CmdResult<bool> {
+        self.keyspace.exists(self.db(), key)
+    }
+
+    /// Largest string value allowed (`proto-max-bulk-len`).
+    pub(crate) fn string_bytes_max(&self) -> usize {
+        self.server.config.read().proto_max_bulk_len
+    }
+}
+
+/// The command table, built once.
+pub(crate) struct Registry {
+    specs: Vec<&'static CommandSpec>,
+    by_name: HashMap<&'static [u8], usize>,
+}
+
+impl Registry {
+    /// Number of commands.
+    pub(crate) fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    /// Every command with its index.
+    pub(crate) fn specs(&self) -> &[&'static CommandSpec] {
+        &self.specs
+    }
+
+    /// Looks a command up by name, any case.
+    pub(crate) fn lookup(&self, name: &[u8]) -> Option<(usize, &'static CommandSpec)> {
+        const NAME_BYTES_MAX: usize = 32;
+        if name.len() > NAME_BYTES_MAX {
+            return None;
+        }
+        let mut lower = [0u8; NAME_BYTES_MAX];
+        for (out, byte) in lower.iter_mut().zip(name) {
+            *out = byte.to_ascii_lowercase();
+        }
+        let index = *self.by_name.get(&lower[..name.len()])?;
+        Some((index, self.specs[index]))
+    }
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let families: &[&[CommandSpec]] = &[
+        string::COMMANDS,
+        bitmap::COMMANDS,
+        keyspace::COMMANDS,
+        ttl::COMMANDS,
+        connection::COMMANDS,
+        server::COMMANDS,
+        transaction::COMMANDS,
+    ];
+    let mut specs = Vec::new();
+    let mut by_name = HashMap::new();
+    for family in families {
+        for spec in family.iter() {
+            assert_eq!(
+                spec.name,
+                spec.name.to_ascii_lowercase(),
+                "command names are lower case"
+            );
+            let previous = by_name.insert(spec.name.as_bytes(), specs.len());
+            assert!(previous.is_none(), "command {} registered twice", spec.name);
+            specs.push(spec);
+        }
+    }
+    Registry { specs, by_name }
+});
+
+/// The command table.
+pub(crate) fn registry() -> &'static Registry {
+    &REGISTRY
+}
+
+/// Commands that run with the server to themselves (the exec lock held exclusive).
+fn is_exclusive(name: &str) -> bool {
+    matches!(name, "exec" | "flushdb" | "flushall" | "swapdb")
+}
+
+/// Commands run at once inside MULTI instead of being queued.
+fn runs_inside_multi(name: &str) -> bool {
+    matches!(
+        name,
+        "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
+    )
+}
+
+/// Commands allowed before AUTH.
+fn allowed_without_auth(spec: &CommandSpec) -> bool {
+    spec.has_flag("no_auth")
+}
+
+/// `ERR unknown command 'name', with args beginning with: 'a' 'b' ` as Redis words it.
+fn unknown_command(args: &[Bytes]) -> String {
+    let mut listed = String::new();
+    for arg in &args[1..] {
+        if listed.len() >= 128 {
+            break;
+        }
+        let room = 128 - listed.len();
+        listed.push('\'');
+        listed.push_str(&errors::printable(arg, room));
+        listed.push_str("' ");
+    }
+    format!(
+        "ERR unknown command '{}', with args beginning with: {}",
+        errors::printable(&args[0], 128),
+        listed
+    )
+}
+
+/// Runs one request. `None` for an empty request (an empty inline line), which Redis ignores.
+pub(crate) fn execute(server: &Server, client: &mut Client, args: Vec<Bytes>) -> Option<Frame> {
+    if args.is_empty() {
+        return None;
+    }
+    server
+        .stats
+        .total_commands_processed
+        .fetch_add(1, Ordering::Relaxed);
+    let Some((index, spec)) = registry().lookup(&args[0]) else {
+        return Some(reject(server, client, None, unknown_command(&args)));
+    };
+    if !spec.arity_ok(args.len()) {
+        return Some(reject(
+            server,
+            client,
+            Some(index),
+            errors::wrong_arity(spec.name),
+        ));
+    }
+    if !client.authenticated && !allowed_without_auth(spec) {
+        return Some(reject(
+            server,
+            client,
+            Some(index),
+            errors::NOAUTH.to_string(),
+        ));
+    }
+    {
+        let mut info = client.handle.info.lock();
+        info.last_command = Instant::now();
+        if info.last_command_name != spec.name {
+            info.last_command_name = spec.name.to_string();
+        }
+    }
+    if let Some(queue) = client.multi.as_mut() {
+        if !runs_inside_multi(spec.name) {
+            queue.push(args);
+            let queued = queue.len() as i64;
+            client.handle.info.lock().multi = queued;
+            return Some(Frame::simple("QUEUED"));
+        }
+    }
+    let reply = if is_exclusive(spec.name) {
+        let _exclusive = server.exec_lock.write();
+        invoke(server, client, index, spec, &args)
+    } else {
+        let _shared = server.exec_lock.read();
+        invoke(server, client, index, spec, &args)
+    };
+    Some(reply)
+}
+
+fn reject(server: &Server, client: &mut Client, index: Option<usize>, text: String) -> Frame {
+    if let Some(index) = index {
+        server.command_stats[index]
+            .rejected_calls
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    server
+        .stats
+        .total_error_replies
+        .fetch_add(1, Ordering::Relaxed);
+    if client.multi.is_some() {
+        client.multi_failed = true;
+    }
+    Frame::error(text)
+}
+
+/// Calls the handler (locks already taken), with statistics and the write bookkeeping.
+pub(crate) fn invoke(
+    server: &Server,
+    client: &mut Client,
+    index: usize,
+    spec: &CommandSpec,
+    args: &[Bytes],
+) -> Frame {
+    let started = Instant::now();
+    let keyspace = &server.keyspace;
+    let mut ctx = Ctx {
+        server,
+        keyspace,
+        now_ms: keyspace.now_ms(),
+        client,
+        last_write_seq: 0,
+    };
+    let reply = (spec.handler)(&mut ctx, args);
+    if spec.has_flag("write") {
+        ctx.wrote(keyspace.engine().last_sequence());
+    }
+    let seq = ctx.last_write_seq;
+    client.pending_sync_seq = client.pending_sync_seq.max(seq);
+    let stats = &server.command_stats[index];
+    stats.calls.fetch_add(1, Ordering::Relaxed);
+    stats
+        .usec
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    if matches!(reply, Frame::Error(_)) {
+        stats.failed_calls.fetch_add(1, Ordering::Relaxed);
+        server
+            .stats
+            .total_error_replies
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    reply
+}
+
+/// Looks up and runs a queued command inside EXEC (arity was checked when it was queued).
+pub(crate) fn invoke_queued(server: &Server, client: &mut Client, args: &[Bytes]) -> Frame {
+    match registry().lookup(&args[0]) {
+        Some((index, spec)) => invoke(server, client, index, spec, args),
+        None => Frame::error(unknown_command(args)),
+    }
+}
+
+/// Shorthand for a spec in a family table.
+#[allow(clippy::too_many_arguments)]
+pub(crate) const fn spec(
+    name: &'static str,
+    arity: i32,
+    flags: &'static [&'static str],
+    first_key: i32,
+    last_key: i32,
+    step: i32,
+    acl_categories: &'static [&'static str],
+    summary: &'static str,
+    since: &'static str,
+    handler: Handler,
+) -> CommandSpec {
+    CommandSpec {
+        name,
+        arity,
+        flags,
+        first_key,
+        last_key,
+        step,
+        acl_categories,
+        summary,
+        since,
+        handler,
+    }
+}
+
+/// `Ok(frame)` or the error's frame.
+pub(crate) fn reply(result: CmdResult<Frame>) -> Frame {
+    result.unwrap_or_else(crate::errors::CmdError::into_frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_has_unique_lower_case_names() {
+        let registry = registry();
+        assert!(registry.len() > 0);
+        assert!(registry.lookup(b"PiNg").is_some());
+        assert!(registry.lookup(b"nosuchcommand").is_none());
+    }
+
+    #[test]
+    fn unknown_command_text_matches_redis() {
+        let args = vec![
+            Bytes::from_static(b"foo"),
+            Bytes::from_static(b"a"),
+            Bytes::from_static(b"b"),
+        ];
+        assert_eq!(
+            unknown_command(&args),
+            "ERR unknown command 'foo', with args beginning with: 'a' 'b' "
+        );
+        let args = vec![Bytes::from_static(b"foo")];
+        assert_eq!(
+            unknown_command(&args),
+            "ERR unknown command 'foo', with args beginning with: "
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! One client connection: read bytes, parse every complete request, run
+//! them, make their writes durable with one sync, answer with one write.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use ringkv_engine::FsyncPolicy;
+use ringkv_protocol::{parse_request, Frame, Limits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::client::Client;
+use crate::cmd;
+use crate::server::{ClientHandle, Server};
+
+/// Replies buffered before they are written out even if more requests are waiting, so a long
+/// pipeline of large replies does not hold them all in memory.
+const OUTPUT_FLUSH_BYTES: usize = 4 << 20;
+
+/// Initial size of the input buffer; it grows as requests need.
+const INPUT_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Removes the client from the server's table however the task ends.
+struct Registration {
+    server: Arc<Server>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.server.clients.lock().remove(&self.id);
+    }
+}
+
+/// Serves one connection until the client leaves, is killed, errs, or the server stops.
+pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<ClientHandle>) {
+    let _registration = Registration {
+        server: server.clone(),
+        id: handle.id,
+    };
+    let _ = stream.set_nodelay(true);
+    let (limits, query_buffer_bytes_max, authenticated) = {
+        let config = server.config.read();
+        (
+            Limits {
+                bulk_bytes_max: config.proto_max_bulk_len,
+                args_max: config.args_max,
+                inline_bytes_max: ringkv_protocol::INLINE_BYTES_MAX_DEFAULT,
+            },
+            config.query_buffer_bytes_max,
+            config.requirepass.is_none(),
+        )
+    };
+    let always = server.config.read().appendfsync == FsyncPolicy::Always;
+    let mut client = Client::new(handle.clone(), authenticated);
+    let mut shutdown = server.shutdown.subscribe();
+    let (mut reader, mut writer) = stream.into_split();
+    let mut input = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
+    let mut output = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
+    loop {
+        let read = tokio::select! {
+            read = reader.read_buf(&mut input) => read,
+            _ = handle.kill.notified() => break,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                server
+                    .stats
+                    .total_net_input_bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        if handle.killed.load(Ordering::Acquire) {
+            break;
+        }
+        let mut close = false;
+        loop {
+            match parse_request(&mut input, &limits) {
+                Ok(Some(args)) => {
+                    if let Some(reply) = cmd::execute(&server, &mut client, args) {
+                        reply.encode(client.resp(), &mut output);
+                    }
+                    if client.close_after_reply {
+                        close = true;
+                        break;
+                    }
+                    if output.len() >= OUTPUT_FLUSH_BYTES {
+                        if !flush(&server, &mut client, &mut writer, &mut output, always).await {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    // The stream cannot be resynchronised: answer and close, as Redis does.
+                    server
+                        .stats
+                        .total_error_replies
+                        .fetch_add(1, Ordering::Relaxed);
+                    Frame::error(format!("ERR {error}")).encode(client.resp(), &mut output);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if !flush(&server, &mut client, &mut writer, &mut output, always).await || close {
+            break;
+        }
+        if input.len() > query_buffer_bytes_max {
+            tracing::warn!(
+                client = handle.id,
+                bytes = input.len(),
+                "closing client that exceeded the query buffer limit"
+            );
+            break;
+        }
+        if input.capacity() > 4 * INPUT_BUFFER_BYTES && input.is_empty() {
+            input = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Makes the batch's writes durable, then writes the replies. False if the connection must
+/// close.
+async fn flush(
+    server: &Arc<Server>,
+    client: &mut Client,
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    output: &mut BytesMut,
+    always: bool,
+) -> bool {
+    let seq = std::mem::take(&mut client.pending_sync_seq);
+    if seq > 0 {
+        let engine = server.keyspace.engine().clone();
+        let synced = if always {
+            tokio::task::spawn_blocking(move || engine.sync(seq))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(ringkv_engine::Error::Poisoned {
+                        reason: e.to_string(),
+                    })
+                })
+        } else {
+            engine.sync(seq)
+        };
+        if let Err(error) = synced {
+            // The replies promise writes the disk did not take: replace them by the error.
+            tracing::error!(%error, "WAL sync failed");
+            output.clear();
+            crate::errors::engine_error_frame(&error).encode(client.resp(), output);
+            let _ = writer.write_all(output).await;
+            return false;
+        }
+    }
+    if output.is_empty() {
+        return true;
+    }
+    server
+        .stats
+        .total_net_output_bytes
+        .fetch_add(output.len() as u64, Ordering::Relaxed);
+    let written = writer.write_all(output).await.is_ok();
+    output.clear();
+    if output.capacity() > OUTPUT_FLUSH_BYTES * 2 {
+        *output = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
+    }
+    written
+}

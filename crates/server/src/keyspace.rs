@@ -1,0 +1,959 @@
+//! The Redis data model on the engine: 16 logical databases, typed values,
+//! expiry bookkeeping and exact key counts.
+//!
+//! Every write goes through this module, under the stripe lock of each key it
+//! touches, so it knows whether a key existed before and can keep
+//! [`Keyspace::dbsize`] exact. The invariant, per namespace:
+//!
+//! ```text
+//! count = (live keys without an expiry) + (entries of the expiry index)
+//! ```
+//!
+//! A key with an expiry has exactly one index entry while it lives; a key that
+//! expired keeps its index entry (and so its unit of count) until the active
+//! sweep removes both, as Redis counts not-yet-reclaimed expired keys in DBSIZE.
+//! A writer that overwrites a live key with an expiry deletes the old index
+//! entry in the same batch; one that finds the key absent (maybe expired) does
+//! not know the old entry, which stays and is counted until swept. See
+//! docs/server.md for the layout and the restart rules.
+//!
+//! Format of a stored value: `[u8 type tag][payload]`; see [`ValueType`].
+
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::{Mutex, ReentrantMutex, ReentrantMutexGuard};
+use ringkv_engine::{Clock, Db, Entry, SystemClock, WriteBatch};
+
+use crate::errors::{CmdError, CmdResult};
+use crate::keys::{self, Namespace};
+
+/// Logical databases, as Redis' default `databases 16`.
+pub(crate) const DATABASES: usize = 16;
+
+/// Stripes of the key lock table. Contention between unrelated keys is
+/// 1/STRIPES per pair; 4096 mutexes cost a few tens of KiB.
+const LOCK_STRIPES: usize = 4096;
+
+/// Namespace ids are u16: 65536 possible namespaces.
+const NAMESPACES: usize = 1 << 16;
+
+/// Keys deleted per engine batch when a flushed namespace is cleared.
+const DROP_BATCH_KEYS: usize = 1024;
+
+/// Index entries read per step of the expiry sweep.
+const SWEEP_BATCH_KEYS: usize = 128;
+
+/// Type of a stored value; the first byte of every value in the data family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum ValueType {
+    /// A Redis string.
+    String = 1,
+}
+
+impl ValueType {
+    /// The tag byte.
+    pub(crate) fn tag(self) -> u8 {
+        self as u8
+    }
+
+    /// The type for a tag byte, `None` for an unknown tag (corruption or a newer format).
+    pub(crate) fn from_tag(tag: u8) -> Option<ValueType> {
+        match tag {
+            1 => Some(ValueType::String),
+            _ => None,
+        }
+    }
+
+    /// Name as TYPE and SCAN … TYPE spell it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ValueType::String => "string",
+        }
+    }
+}
+
+/// A live string value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StrValue {
+    /// The string.
+    pub data: Bytes,
+    /// Absolute expiry in Unix ms.
+    pub expires_at_ms: Option<u64>,
+    /// Engine version (sequence of the write that set it).
+    pub version: u64,
+}
+
+/// A live value of any type.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredValue {
+    /// Its type.
+    pub value_type: ValueType,
+    /// The whole stored value, tag included (what RENAME/COPY/MOVE carry over).
+    pub raw: Bytes,
+    /// Absolute expiry in Unix ms.
+    pub expires_at_ms: Option<u64>,
+    /// Engine version.
+    pub version: u64,
+}
+
+impl StoredValue {
+    /// The value without its tag.
+    pub(crate) fn payload(&self) -> Bytes {
+        self.raw.slice(1..)
+    }
+
+    fn from_entry(entry: Entry) -> CmdResult<StoredValue> {
+        let tag = *entry
+            .value
+            .first()
+            .ok_or_else(|| corrupt("empty stored value"))?;
+        let value_type =
+            ValueType::from_tag(tag).ok_or_else(|| corrupt("unknown value type tag"))?;
+        Ok(StoredValue {
+            value_type,
+            raw: entry.value,
+            expires_at_ms: entry.expires_at_ms,
+            version: entry.version,
+        })
+    }
+}
+
+fn corrupt(what: &str) -> CmdError {
+    CmdError::msg(format!("ERR storage error: {what}"))
+}
+
+/// Encodes `[tag][payload]`.
+pub(crate) fn encode_value(value_type: ValueType, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + payload.len());
+    out.put_u8(value_type.tag());
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// Locks held on keys; dropping it releases them.
+pub(crate) struct KeyGuard<'a> {
+    _guards: Vec<ReentrantMutexGuard<'a, ()>>,
+}
+
+/// Outcome of RENAME / RENAMENX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RenameOutcome {
+    /// The key was renamed.
+    Renamed,
+    /// The source does not exist.
+    NoSuchKey,
+    /// RENAMENX: the destination exists.
+    DestinationExists,
+}
+
+/// A write being assembled: the engine batch plus the count changes it makes.
+struct Change {
+    batch: WriteBatch,
+    deltas: Vec<(Namespace, i64)>,
+}
+
+impl Change {
+    fn new() -> Change {
+        Change {
+            batch: WriteBatch::new(),
+            deltas: Vec::new(),
+        }
+    }
+
+    fn delta(&mut self, ns: Namespace, delta: i64) {
+        if delta != 0 {
+            self.deltas.push((ns, delta));
+        }
+    }
+
+    /// Removes the key whose live entry is `old`.
+    fn remove(&mut self, ns: Namespace, key: &[u8], old: &Entry) {
+        self.batch.delete(keys::data_key(ns, key));
+        if let Some(at) = old.expires_at_ms {
+            self.batch.delete(keys::expiry_key(at, ns, key));
+        }
+        self.delta(ns, -1);
+    }
+
+    /// Sets the key (live entry `old`, if any) to `raw` expiring at `expires_at_ms`.
+    fn put(
+        &mut self,
+        ns: Namespace,
+        key: &[u8],
+        old: Option<&Entry>,
+        raw: Bytes,
+        expires_at_ms: Option<u64>,
+    ) {
+        if let Some(old) = old {
+            if let Some(at) = old.expires_at_ms {
+                if Some(at) != expires_at_ms {
+                    self.batch.delete(keys::expiry_key(at, ns, key));
+                }
+            }
+            self.delta(ns, -1);
+        }
+        self.batch.put(keys::data_key(ns, key), raw, expires_at_ms);
+        if let Some(at) = expires_at_ms {
+            if old.and_then(|o| o.expires_at_ms) != Some(at) {
+                self.batch
+                    .put(keys::expiry_key(at, ns, key), Bytes::new(), None);
+            }
+        }
+        self.delta(ns, 1);
+    }
+}
+
+/// Background-work bookkeeping: namespace allocation and pending drops.
+struct Admin {
+    next_namespace: Namespace,
+    dropping: Vec<Namespace>,
+}
+
+/// The keyspace: see the module doc.
+pub(crate) struct Keyspace {
+    engine: Db,
+    map: [AtomicU16; DATABASES],
+    counts: Box<[AtomicI64]>,
+    stripes: Box<[ReentrantMutex<()>]>,
+    admin: Mutex<Admin>,
+    /// Serialises the expiry sweep and namespace drops (both delete in bulk).
+    maintenance: Mutex<()>,
+    active_expire: AtomicBool,
+    expired_keys: AtomicU64,
+    clock: SystemClock,
+}
+
+impl std::fmt::Debug for Keyspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyspace").finish_non_exhaustive()
+    }
+}
+
+impl Keyspace {
+    /// Loads (or initialises) the database map and the key counts.
+    pub(crate) fn open(engine: Db) -> Result<Keyspace, ringkv_engine::Error> {
+        let keyspace = Keyspace {
+            engine,
+            map: std::array::from_fn(|i| AtomicU16::new(i as u16)),
+            counts: (0..NAMESPACES).map(|_| AtomicI64::new(0)).collect(),
+            stripes: (0..LOCK_STRIPES).map(|_| ReentrantMutex::new(())).collect(),
+            admin: Mutex::new(Admin {
+                next_namespace: DATABASES as Namespace,
+                dropping: Vec::new(),
+            }),
+            maintenance: Mutex::new(()),
+            active_expire: AtomicBool::new(true),
+            expired_keys: AtomicU64::new(0),
+            clock: SystemClock,
+        };
+        keyspace.load_meta()?;
+        Ok(keyspace)
+    }
+
+    fn load_meta(&self) -> Result<(), ringkv_engine::Error> {
+        let engine = &self.engine;
+        let mut fresh = WriteBatch::new();
+        for logical in 0..DATABASES {
+            match engine.get(&keys::meta_db_map(logical as u8))? {
+                Some(entry) if entry.value.len() == 2 => {
+                    let ns = u16::from_be_bytes([entry.value[0], entry.value[1]]);
+                    self.map[logical].store(ns, Ordering::Release);
+                }
+                _ => {
+                    fresh.put(
+                        keys::meta_db_map(logical as u8),
+                        (logical as u16).to_be_bytes().to_vec(),
+                        None,
+                    );
+                }
+            }
+        }
+        let mut admin = self.admin.lock();
+        if let Some(entry) = engine.get(&keys::meta_next_namespace())? {
+            if entry.value.len() == 2 {
+                admin.next_namespace = u16::from_be_bytes([entry.value[0], entry.value[1]]);
+            }
+        }
+        let drop_end = {
+            let mut end = keys::META_DROP_PREFIX.to_vec();
+            end.push(0xff);
+            end.push(0xff);
+            end.push(0xff);
+            end
+        };
+        for entry in engine.range::<[u8], _>(span(keys::META_DROP_PREFIX, &drop_end)) {
+            let entry = entry?;
+            if entry.key.len() == keys::META_DROP_PREFIX.len() + 2 {
+                let n = keys::META_DROP_PREFIX.len();
+                admin
+                    .dropping
+                    .push(u16::from_be_bytes([entry.key[n], entry.key[n + 1]]));
+            }
+        }
+        drop(admin);
+        if !fresh.is_empty() {
+            engine.write(fresh)?;
+        }
+        let saved = engine.get(&keys::meta_counts())?;
+        let clean = matches!(&saved, Some(entry) if entry.version == engine.last_sequence());
+        if clean {
+            let value = saved.expect("checked").value;
+            let mut at = 0;
+            while at + 10 <= value.len() {
+                let ns = u16::from_be_bytes([value[at], value[at + 1]]);
+                let count = i64::from_be_bytes(value[at + 2..at + 10].try_into().expect("8 bytes"));
+                self.counts[usize::from(ns)].store(count, Ordering::Relaxed);
+                at += 10;
+            }
+            tracing::info!("key counts loaded from the clean-shutdown record");
+        } else {
+            let started = Instant::now();
+            self.recount()?;
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "key counts rebuilt by a full scan (no clean-shutdown record)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every namespace's count from the data and expiry families (start-up after a
+    /// crash): O(keys), reading keys and values.
+    fn recount(&self) -> Result<(), ringkv_engine::Error> {
+        let engine = &self.engine;
+        let data_start = [keys::FAMILY_DATA];
+        let data_end = [keys::FAMILY_DATA + 1];
+        for entry in engine.range::<[u8], _>(span(&data_start, &data_end)) {
+            let entry = entry?;
+            if entry.expires_at_ms.is_none() && entry.key.len() >= keys::DATA_HEADER_BYTES {
+                let ns = u16::from_be_bytes([entry.key[1], entry.key[2]]);
+                self.counts[usize::from(ns)].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let index_start = [keys::FAMILY_EXPIRY];
+        let index_end = [keys::FAMILY_EXPIRY + 1];
+        for entry in engine.range::<[u8], _>(span(&index_start, &index_end)) {
+            let entry = entry?;
+            if let Some((_, ns, _)) = keys::decode_expiry_key(&entry.key) {
+                self.counts[usize::from(ns)].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the counts of mapped namespaces with the engine sequence they match, then closes
+    /// the engine. Called once at clean shutdown, after connections and background tasks stop.
+    pub(crate) fn close(&self) -> Result<(), ringkv_engine::Error> {
+        let _maintenance = self.maintenance.lock();
+        let mut value = Vec::with_capacity(DATABASES * 10);
+        for logical in 0..DATABASES {
+            let ns = self.namespace(logical);
+            value.extend_from_slice(&ns.to_be_bytes());
+            value.extend_from_slice(
+                &self.counts[usize::from(ns)]
+                    .load(Ordering::Relaxed)
+                    .to_be_bytes(),
+            );
+        }
+        let mut batch = WriteBatch::with_capacity(1);
+        batch.put(keys::meta_counts(), value, None);
+        self.engine.write(batch)?;
+        self.engine.clone().close()
+    }
+
+    /// The engine.
+    pub(crate) fn engine(&self) -> &Db {
+        &self.engine
+    }
+
+    /// Current Unix time in ms, from the same clock the engine expires with.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The namespace logical database `db` maps to.
+    pub(crate) fn namespace(&self, db: usize) -> Namespace {
+        assert!(db < DATABASES, "logical db {db} out of range");
+        self.map[db].load(Ordering::Acquire)
+    }
+
+    fn stripe(key: &[u8]) -> usize {
+        // FNV-1a: fast, and good enough to spread keys over stripes.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &byte in key {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (hash % LOCK_STRIPES as u64) as usize
+    }
+
+    /// Locks `keys` (in any database) until the guard drops. Read-modify-write commands hold it
+    /// across their read and their write so concurrent clients never lose an update. Stripes
+    /// are taken in ascending order (no deadlock between multi-key commands) and are
+    /// reentrant, so the keyspace's own write functions can lock again on the same thread.
+    pub(crate) fn lock_keys(&self, keys: &[&[u8]]) -> KeyGuard<'_> {
+        let mut stripes: Vec<usize> = keys.iter().map(|k| Self::stripe(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        KeyGuard {
+            _guards: stripes
+                .into_iter()
+                .map(|s| self.stripes[s].lock())
+                .collect(),
+        }
+    }
+
+    fn read(&self, ns: Namespace, key: &[u8]) -> CmdResult<Option<Entry>> {
+        Ok(self.engine.get(&keys::data_key(ns, key))?)
+    }
+
+    fn commit(&self, change: Change) -> CmdResult<u64> {
+        if change.batch.is_empty() {
+            return Ok(0);
+        }
+        let seq = self.engine.write_deferred(change.batch)?;
+        for (ns, delta) in change.deltas {
+            self.counts[usize::from(ns)].fetch_add(delta, Ordering::Relaxed);
+        }
+        Ok(seq)
+    }
+
+    /// The live value of `key` in `db`, any type.
+    pub(crate) fn get(&self, db: usize, key: &[u8]) -> CmdResult<Option<StoredValue>> {
+        match self.read(self.namespace(db), key)? {
+            None => Ok(None),
+            Some(entry) => StoredValue::from_entry(entry).map(Some),
+        }
+    }
+
+    /// The live string at `key`; [`CmdError::WrongType`] if it holds another type.
+    pub(crate) fn get_string(&self, db: usize, key: &[u8]) -> CmdResult<Option<StrValue>> {
+        match self.get(db, key)? {
+            None => Ok(None),
+            Some(value) if value.value_type == ValueType::String => Ok(Some(StrValue {
+                data: value.payload(),
+                expires_at_ms: value.expires_at_ms,
+                version: value.version,
+            })),
+            Some(_) => Err(CmdError::WrongType),
+        }
+    }
+
+    /// Sets `key` to the string `data` (whatever it held before), expiring at
+    /// `expires_at_ms`. An expiry not in the future deletes the key, as Redis does. Returns the
+    /// write's sequence (0 when nothing was written).
+    pub(crate) fn set_string(
+        &self,
+        db: usize,
+        key: &[u8],
+        data: &[u8],
+        expires_at_ms: Option<u64>,
+    ) -> CmdResult<u64> {
+        self.set_raw(
+            db,
+            key,
+            encode_value(ValueType::String, data),
+            expires_at_ms,
+        )
+    }
+
+    /// Sets `key` to an encoded value (`[tag][payload]`).
+    pub(crate) fn set_raw(
+        &self,
+        db: usize,
+        key: &[u8],
+        raw: Bytes,
+        expires_at_ms: Option<u64>,
+    ) -> CmdResult<u64> {
+        let _guard = self.lock_keys(&[key]);
+        let ns = self.namespace(db);
+        let old = self.read(ns, key)?;
+        let mut change = Change::new();
+        self.put_or_expire(&mut change, ns, key, old.as_ref(), raw, expires_at_ms);
+        self.commit(change)
+    }
+
+    fn put_or_expire(
+        &self,
+        change: &mut Change,
+        ns: Namespace,
+        key: &[u8],
+        old: Option<&Entry>,
+        raw: Bytes,
+        expires_at_ms: Option<u64>,
+    ) {
+        match expires_at_ms {
+            Some(at) if at <= self.now_ms() => {
+                if let Some(old) = old {
+                    change.remove(ns, key, old);
+                }
+            }
+            _ => change.put(ns, key, old, raw, expires_at_ms),
+        }
+    }
+
+    /// Sets several strings at once, all or nothing (MSET): one engine batch. A key given twice
+    /// takes its last value.
+    pub(crate) fn write_strings(
+        &self,
+        db: usize,
+        items: &[(Bytes, Bytes, Option<u64>)],
+    ) -> CmdResult<u64> {
+        let key_refs: Vec<&[u8]> = items.iter().map(|(k, _, _)| &k[..]).collect();
+        let _guard = self.lock_keys(&key_refs);
+        let ns = self.namespace(db);
+        let mut last: std::collections::HashMap<&[u8], usize> =
+            std::collections::HashMap::with_capacity(items.len());
+        for (i, (key, _, _)) in items.iter().enumerate() {
+            last.insert(&key[..], i);
+        }
+        let mut change = Change::new();
+        for (i, (key, data, expires_at_ms)) in items.iter().enumerate() {
+            if last[&key[..]] != i {
+                continue;
+            }
+            let old = self.read(ns, key)?;
+            self.put_or_expire(
+                &mut change,
+                ns,
+                key,
+                old.as_ref(),
+                encode_value(ValueType::String, data),
+                *expires_at_ms,
+            );
+        }
+        self.commit(change)
+    }
+
+    /// Deletes `key`; true if it existed.
+    pub(crate) fn delete(&self, db: usize, key: &[u8]) -> CmdResult<bool> {
+        Ok(self.delete_many(db, &[key])? == 1)
+    }
+
+    /// Deletes `keys` in one batch; the number that existed (a key named twice counts once).
+    pub(crate) fn delete_many(&self, db: usize, keys_to_delete: &[&[u8]]) -> CmdResult<i64> {
+        let _guard = self.lock_keys(keys_to_delete);
+        let ns = self.namespace(db);
+        let mut change = Change::new();
+        let mut seen = std::collections::HashSet::with_capacity(keys_to_delete.len());
+        let mut deleted = 0;
+        for &key in keys_to_delete {
+            if !seen.insert(key) {
+                continue;
+            }
+            if let Some(old) = self.read(ns, key)? {
+                change.remove(ns, key, &old);
+                deleted += 1;
+            }
+        }
+        self.commit(change)?;
+        Ok(deleted)
+    }
+
+    /// True if `key` holds a live value.
+    pub(crate) fn exists(&self, db: usize, key: &[u8]) -> CmdResult<bool> {
+        Ok(self.read(self.namespace(db), key)?.is_some())
+    }
+
+    /// The engine version of `key` (None when absent or expired): what WATCH remembers.
+    pub(crate) fn version(&self, db: usize, key: &[u8]) -> CmdResult<Option<u64>> {
+        Ok(self.read(self.namespace(db), key)?.map(|e| e.version))
+    }
+
+    /// Changes the expiry of a live key (None = persist). An expiry not in the future deletes
+    /// it. False when the key does not exist. `decide` sees the current expiry and says whether
+    /// to go on (EXPIRE's NX/XX/GT/LT), all under the key's lock.
+    pub(crate) fn update_expiry(
+        &self,
+        db: usize,
+        key: &[u8],
+        decide: impl FnOnce(Option<u64>) -> Option<Option<u64>>,
+    ) -> CmdResult<bool> {
+        let _guard = self.lock_keys(&[key]);
+        let ns = self.namespace(db);
+        let Some(old) = self.read(ns, key)? else {
+            return Ok(false);
+        };
+        let Some(expires_at_ms) = decide(old.expires_at_ms) else {
+            return Ok(false);
+        };
+        let mut change = Change::new();
+        self.put_or_expire(
+            &mut change,
+            ns,
+            key,
+            Some(&old),
+            old.value.clone(),
+            expires_at_ms,
+        );
+        self.commit(change)?;
+        Ok(true)
+    }
+
+    /// RENAME / RENAMENX (`only_if_absent`): moves the value and its expiry in one batch.
+    pub(crate) fn rename(
+        &self,
+        db: usize,
+        from: &[u8],
+        to: &[u8],
+        only_if_absent: bool,
+    ) -> CmdResult<RenameOutcome> {
+        let _guard = self.lock_keys(&[from, to]);
+        let ns = self.namespace(db);
+        let Some(source) = self.read(ns, from)? else {
+            return Ok(RenameOutcome::NoSuchKey);
+        };
+        if from == to {
+            return Ok(if only_if_absent {
+                RenameOutcome::DestinationExists
+            } else {
+                RenameOutcome::Renamed
+            });
+        }
+        let target = self.read(ns, to)?;
+        if only_if_absent && target.is_some() {
+            return Ok(RenameOutcome::DestinationExists);
+        }
+        let mut change = Change::new();
+        change.remove(ns, from, &source);
+        change.put(
+            ns,
+            to,
+            target.as_ref(),
+            source.value.clone(),
+            source.expires_at_ms,
+        );
+        self.commit(change)?;
+        Ok(RenameOutcome::Renamed)
+    }
+
+    /// COPY: true if copied. Same key in the same db is the caller's error to report.
+    pub(crate) fn copy(
+        &self,
+        from_db: usize,
+        from: &[u8],
+        to_db: usize,
+        to: &[u8],
+        replace: bool,
+    ) -> CmdResult<bool> {
+        let _guard = self.lock_keys(&[from, to]);
+        let from_ns = self.namespace(from_db);
+        let to_ns = self.namespace(to_db);
+        let Some(source) = self.read(from_ns, from)? else {
+            return Ok(false);
+        };
+        let target = self.read(to_ns, to)?;
+        if target.is_some() && !replace {
+            return Ok(false);
+        }
+        let mut change = Change::new();
+        change.put(
+            to_ns,
+            to,
+            target.as_ref(),
+            source.value.clone(),
+            source.expires_at_ms,
+        );
+        self.commit(change)?;
+        Ok(true)
+    }
+
+    /// MOVE: true if `key` moved from `from_db` to `to_db` (absent in the source or present in
+    /// the target: false).
+    pub(crate) fn move_key(&self, from_db: usize, to_db: usize, key: &[u8]) -> CmdResult<bool> {
+        let _guard = self.lock_keys(&[key]);
+        let from_ns = self.namespace(from_db);
+        let to_ns = self.namespace(to_db);
+        let Some(source) = self.read(from_ns, key)? else {
+            return Ok(false);
+        };
+        if self.read(to_ns, key)?.is_some() {
+            return Ok(false);
+        }
+        let mut change = Change::new();
+        change.remove(from_ns, key, &source);
+        change.put(to_ns, key, None, source.value.clone(), source.expires_at_ms);
+        self.commit(change)?;
+        Ok(true)
+    }
+
+    /// Keys in `db` (expired ones not yet swept included, as Redis' DBSIZE).
+    pub(crate) fn dbsize(&self, db: usize) -> i64 {
+        self.counts[usize::from(self.namespace(db))]
+            .load(Ordering::Relaxed)
+            .max(0)
+    }
+
+    /// Keys with an expiry in `db`, for INFO keyspace: not tracked per namespace, so this is
+    /// only computed on demand by scanning the index (bounded by `limit`).
+    pub(crate) fn expiring_keys(&self, db: usize, limit: usize) -> CmdResult<u64> {
+        let ns = self.namespace(db);
+        let start = [keys::FAMILY_EXPIRY];
+        let end = [keys::FAMILY_EXPIRY + 1];
+        let mut count = 0;
+        for entry in self.engine.range::<[u8], _>(span(&start, &end)).take(limit) {
+            let entry = entry?;
+            if matches!(keys::decode_expiry_key(&entry.key), Some((_, n, _)) if n == ns) {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Live entries of `db` between two user-key bounds, in order, at a snapshot taken now.
+    /// Items are (user key, entry).
+    pub(crate) fn range(
+        &self,
+        db: usize,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+    ) -> impl Iterator<Item = CmdResult<(Bytes, Entry)>> {
+        let ns = self.namespace(db);
+        let start_key = match start {
+            Bound::Included(k) => Bound::Included(keys::data_key(ns, k).to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(keys::data_key(ns, k).to_vec()),
+            Bound::Unbounded => Bound::Included(keys::data_prefix(ns).to_vec()),
+        };
+        let end_key = match end {
+            Bound::Included(k) => Bound::Included(keys::data_key(ns, k).to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(keys::data_key(ns, k).to_vec()),
+            Bound::Unbounded => Bound::Excluded(keys::data_prefix_end(ns)),
+        };
+        let bounds: (Bound<&[u8]>, Bound<&[u8]>) =
+            (as_ref_bound(&start_key), as_ref_bound(&end_key));
+        self.engine.range::<[u8], _>(bounds).map(|item| match item {
+            Ok(entry) => Ok((keys::user_key_of_data(&entry.key), entry)),
+            Err(error) => Err(CmdError::Engine(error)),
+        })
+    }
+
+    /// FLUSHDB: points `db` at a fresh namespace at once; the old one's keys are deleted by
+    /// [`Keyspace::drop_pending`] in the background. Returns the dropped namespace.
+    pub(crate) fn flush_db(&self, db: usize) -> CmdResult<()> {
+        self.flush(&[db])
+    }
+
+    /// FLUSHALL: [`Keyspace::flush_db`] for every database in one batch.
+    pub(crate) fn flush_all(&self) -> CmdResult<()> {
+        let all: Vec<usize> = (0..DATABASES).collect();
+        self.flush(&all)
+    }
+
+    fn flush(&self, dbs: &[usize]) -> CmdResult<()> {
+        let mut admin = self.admin.lock();
+        let mut batch = WriteBatch::new();
+        let mut remap = Vec::with_capacity(dbs.len());
+        let mut taken: Vec<Namespace> = (0..DATABASES).map(|d| self.namespace(d)).collect();
+        taken.extend_from_slice(&admin.dropping);
+        for &db in dbs {
+            let old = self.namespace(db);
+            if self.counts[usize::from(old)].load(Ordering::Relaxed) == 0
+                && self.is_namespace_empty(old)?
+            {
+                continue; // nothing to drop: keep the namespace
+            }
+            let mut candidate = admin.next_namespace;
+            let mut tries = 0;
+            while taken.contains(&candidate) {
+                candidate = candidate.wrapping_add(1);
+                tries += 1;
+                if tries > NAMESPACES {
+                    return Err(CmdError::msg(
+                        "ERR too many flushed databases still being deleted, retry later",
+                    ));
+                }
+            }
+            taken.push(candidate);
+            admin.next_namespace = candidate.wrapping_add(1);
+            batch.put(
+                keys::meta_db_map(db as u8),
+                candidate.to_be_bytes().to_vec(),
+                None,
+            );
+            batch.put(keys::meta_drop(old), Bytes::new(), None);
+            remap.push((db, old, candidate));
+        }
+        if remap.is_empty() {
+            return Ok(());
+        }
+        batch.put(
+            keys::meta_next_namespace(),
+            admin.next_namespace.to_be_bytes().to_vec(),
+            None,
+        );
+        self.engine.write(batch)?;
+        for (db, old, new) in remap {
+            self.counts[usize::from(new)].store(0, Ordering::Relaxed);
+            self.map[db].store(new, Ordering::Release);
+            admin.dropping.push(old);
+        }
+        Ok(())
+    }
+
+    fn is_namespace_empty(&self, ns: Namespace) -> CmdResult<bool> {
+        let start = keys::data_prefix(ns);
+        let end = keys::data_prefix_end(ns);
+        let bounds = span(&start, &end);
+        Ok(self
+            .engine
+            .range::<[u8], _>(bounds)
+            .next()
+            .transpose()?
+            .is_none())
+    }
+
+    /// SWAPDB: exchanges two map entries in one batch.
+    pub(crate) fn swap_db(&self, a: usize, b: usize) -> CmdResult<()> {
+        let _admin = self.admin.lock();
+        let ns_a = self.namespace(a);
+        let ns_b = self.namespace(b);
+        let mut batch = WriteBatch::new();
+        batch.put(
+            keys::meta_db_map(a as u8),
+            ns_b.to_be_bytes().to_vec(),
+            None,
+        );
+        batch.put(
+            keys::meta_db_map(b as u8),
+            ns_a.to_be_bytes().to_vec(),
+            None,
+        );
+        self.engine.write(batch)?;
+        self.map[a].store(ns_b, Ordering::Release);
+        self.map[b].store(ns_a, Ordering::Release);
+        Ok(())
+    }
+
+    /// True while flushed namespaces wait to be cleared.
+    pub(crate) fn has_pending_drops(&self) -> bool {
+        !self.admin.lock().dropping.is_empty()
+    }
+
+    /// Deletes every key of the namespaces FLUSHDB/FLUSHALL let go, then frees them for reuse.
+    /// Blocking; run it off the async runtime.
+    pub(crate) fn drop_pending(&self) -> CmdResult<()> {
+        let _maintenance = self.maintenance.lock();
+        let dropping = self.admin.lock().dropping.clone();
+        if dropping.is_empty() {
+            return Ok(());
+        }
+        for &ns in &dropping {
+            let start = keys::data_prefix(ns);
+            let end = keys::data_prefix_end(ns);
+            loop {
+                let bounds = span(&start, &end);
+                let mut batch = WriteBatch::with_capacity(DROP_BATCH_KEYS);
+                for entry in self.engine.range::<[u8], _>(bounds).take(DROP_BATCH_KEYS) {
+                    batch.delete(entry?.key);
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                self.engine.write_deferred(batch)?;
+            }
+        }
+        let index_start = [keys::FAMILY_EXPIRY];
+        let index_end = [keys::FAMILY_EXPIRY + 1];
+        let mut batch = WriteBatch::with_capacity(DROP_BATCH_KEYS);
+        for entry in self.engine.range::<[u8], _>(span(&index_start, &index_end)) {
+            let entry = entry?;
+            if matches!(keys::decode_expiry_key(&entry.key), Some((_, ns, _)) if dropping.contains(&ns))
+            {
+                batch.delete(entry.key);
+                if batch.len() >= DROP_BATCH_KEYS {
+                    self.engine.write_deferred(std::mem::take(&mut batch))?;
+                }
+            }
+        }
+        for &ns in &dropping {
+            batch.delete(keys::meta_drop(ns));
+        }
+        self.engine.write(batch)?;
+        let mut admin = self.admin.lock();
+        admin.dropping.retain(|ns| !dropping.contains(ns));
+        for &ns in &dropping {
+            self.counts[usize::from(ns)].store(0, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Whether the active expiry sweep runs (`DEBUG SET-ACTIVE-EXPIRE`).
+    pub(crate) fn active_expire(&self) -> bool {
+        self.active_expire.load(Ordering::Relaxed)
+    }
+
+    /// Turns the active expiry sweep on or off.
+    pub(crate) fn set_active_expire(&self, on: bool) {
+        self.active_expire.store(on, Ordering::Relaxed);
+    }
+
+    /// Keys the sweep found expired and deleted since start (INFO `expired_keys`).
+    pub(crate) fn expired_keys(&self) -> u64 {
+        self.expired_keys.load(Ordering::Relaxed)
+    }
+
+    /// One active-expiry cycle: removes index entries due by now, and the keys they expired,
+    /// until none is due or `deadline` passes. Returns (entries removed, highest sequence
+    /// written); the caller syncs that sequence. Blocking.
+    pub(crate) fn expire_cycle(&self, deadline: Instant) -> CmdResult<(u64, u64)> {
+        let _maintenance = self.maintenance.lock();
+        let mut removed = 0;
+        let mut last_seq = 0;
+        let start = [keys::FAMILY_EXPIRY];
+        loop {
+            let now = self.now_ms();
+            let end = keys::expiry_bound(now.saturating_add(1));
+            let bounds = span(&start, &end);
+            let due: Vec<Bytes> = self
+                .engine
+                .range::<[u8], _>(bounds)
+                .take(SWEEP_BATCH_KEYS)
+                .map(|e| e.map(|e| e.key))
+                .collect::<Result<_, _>>()?;
+            let full = due.len() == SWEEP_BATCH_KEYS;
+            for index_key in due {
+                let Some((at, ns, key)) = keys::decode_expiry_key(&index_key) else {
+                    continue;
+                };
+                let _guard = self.lock_keys(&[&key]);
+                let current = self.read(ns, &key)?;
+                let mut change = Change::new();
+                match current {
+                    Some(entry) if entry.expires_at_ms == Some(at) => continue, // clocks disagree: later
+                    Some(_) => {
+                        // Rewritten since: only the stale index entry (and its unit) goes.
+                        change.batch.delete(index_key);
+                    }
+                    None => {
+                        change.batch.delete(index_key);
+                        change.batch.delete(keys::data_key(ns, &key));
+                        self.expired_keys.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                change.delta(ns, -1);
+                last_seq = last_seq.max(self.commit(change)?);
+                removed += 1;
+            }
+            if !full || Instant::now() >= deadline {
+                return Ok((removed, last_seq));
+            }
+        }
+    }
+}
+
+/// `[start, end)` as engine range bounds.
+fn span<'k>(start: &'k [u8], end: &'k [u8]) -> (Bound<&'k [u8]>, Bound<&'k [u8]>) {
+    (Bound::Included(start), Bound::Excluded(end))
+}
+
+fn as_ref_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}

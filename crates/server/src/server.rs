@@ -1,0 +1,205 @@
+//! State shared by every connection: the keyspace, settings that CONFIG SET
+//! changes, the client table, statistics, SCAN cursors, and the lock that lets
+//! EXEC run alone.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use ringkv_protocol::RespVersion;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::keyspace::Keyspace;
+
+/// Most SCAN cursors remembered; the oldest are forgotten first.
+pub(crate) const SCAN_CURSORS_MAX: usize = 10_000;
+/// Most key bytes held by remembered SCAN cursors (keys may be up to 512 KiB each).
+pub(crate) const SCAN_CURSOR_BYTES_MAX: usize = 64 << 20;
+
+/// Counters of one command, for INFO commandstats.
+#[derive(Debug, Default)]
+pub(crate) struct CommandStats {
+    pub calls: AtomicU64,
+    pub usec: AtomicU64,
+    pub rejected_calls: AtomicU64,
+    pub failed_calls: AtomicU64,
+}
+
+/// Server-wide counters for INFO stats.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub total_connections_received: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    pub total_commands_processed: AtomicU64,
+    pub total_error_replies: AtomicU64,
+    pub total_net_input_bytes: AtomicU64,
+    pub total_net_output_bytes: AtomicU64,
+    pub keyspace_hits: AtomicU64,
+    pub keyspace_misses: AtomicU64,
+}
+
+/// What CLIENT LIST shows about a connection, updated by its task.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientInfo {
+    pub addr: SocketAddr,
+    pub laddr: SocketAddr,
+    pub name: Bytes,
+    pub db: usize,
+    pub resp: RespVersion,
+    pub created: Instant,
+    pub last_command: Instant,
+    pub last_command_name: String,
+    pub multi: i64,
+    pub lib_name: Bytes,
+    pub lib_ver: Bytes,
+}
+
+/// A connection as the rest of the server sees it.
+#[derive(Debug)]
+pub(crate) struct ClientHandle {
+    pub id: u64,
+    pub info: Mutex<ClientInfo>,
+    /// Set by CLIENT KILL; the connection closes at its next wake-up.
+    pub killed: AtomicBool,
+    pub kill: Notify,
+}
+
+impl ClientHandle {
+    /// Asks the connection to close.
+    pub(crate) fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill.notify_one();
+    }
+}
+
+/// Where a SCAN cursor resumes.
+#[derive(Debug, Clone)]
+pub(crate) struct ScanPosition {
+    pub db: usize,
+    pub last_key: Bytes,
+}
+
+/// Bounded map cursor id → position, forgetting the oldest first.
+#[derive(Debug)]
+pub(crate) struct ScanCursors {
+    next_id: u64,
+    positions: HashMap<u64, ScanPosition>,
+    order: VecDeque<u64>,
+    key_bytes: usize,
+}
+
+impl ScanCursors {
+    fn new() -> ScanCursors {
+        // Ids start at a random point so a cursor from before a restart is unlikely to name a
+        // live one; they stay below 2^53 so clients that parse numbers as doubles keep them exact.
+        let start = rand::random::<u64>() % (1 << 40) + 1;
+        ScanCursors {
+            next_id: start,
+            positions: HashMap::new(),
+            order: VecDeque::new(),
+            key_bytes: 0,
+        }
+    }
+
+    /// Remembers `position`; the new cursor id (never 0).
+    pub(crate) fn insert(&mut self, position: ScanPosition) -> u64 {
+        let id = self.next_id;
+        self.next_id = if self.next_id >= (1 << 53) - 1 {
+            1
+        } else {
+            self.next_id + 1
+        };
+        self.key_bytes += position.last_key.len();
+        self.positions.insert(id, position);
+        self.order.push_back(id);
+        while self.order.len() > SCAN_CURSORS_MAX || self.key_bytes > SCAN_CURSOR_BYTES_MAX {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.positions.remove(&oldest) {
+                self.key_bytes -= old.last_key.len();
+            }
+        }
+        id
+    }
+
+    /// The position of cursor `id`, if still remembered. Cursors are kept after use so a client
+    /// that repeats a page (a retry) gets the same continuation.
+    pub(crate) fn get(&self, id: u64) -> Option<ScanPosition> {
+        self.positions.get(&id).cloned()
+    }
+}
+
+/// Everything connections share.
+pub struct Server {
+    pub(crate) keyspace: Keyspace,
+    pub(crate) config: RwLock<Config>,
+    /// Ordinary commands hold it shared; EXEC, FLUSHDB, FLUSHALL and SWAPDB hold it exclusive.
+    pub(crate) exec_lock: RwLock<()>,
+    pub(crate) clients: Mutex<BTreeMap<u64, Arc<ClientHandle>>>,
+    pub(crate) next_client_id: AtomicU64,
+    pub(crate) stats: Stats,
+    pub(crate) command_stats: Vec<CommandStats>,
+    pub(crate) scan_cursors: Mutex<ScanCursors>,
+    pub(crate) started: Instant,
+    pub(crate) started_unix_ms: u64,
+    pub(crate) run_id: String,
+    pub(crate) last_save_unix: AtomicU64,
+    pub(crate) bound_port: AtomicU64,
+    /// Becomes true when SHUTDOWN (or a signal) asks the server to stop.
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// Wakes the background task that clears flushed namespaces.
+    pub(crate) drop_wakeup: Notify,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+/// Unix time in seconds.
+pub(crate) fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Server {
+    pub(crate) fn new(keyspace: Keyspace, config: Config) -> Server {
+        let run_id: String = (0..40)
+            .map(|_| char::from(b"0123456789abcdef"[rand::random::<usize>() % 16]))
+            .collect();
+        Server {
+            started_unix_ms: keyspace.now_ms(),
+            keyspace,
+            config: RwLock::new(config),
+            exec_lock: RwLock::new(()),
+            clients: Mutex::new(BTreeMap::new()),
+            next_client_id: AtomicU64::new(1),
+            stats: Stats::default(),
+            command_stats: (0..crate::cmd::registry().len())
+                .map(|_| CommandStats::default())
+                .collect(),
+            scan_cursors: Mutex::new(ScanCursors::new()),
+            started: Instant::now(),
+            run_id,
+            last_save_unix: AtomicU64::new(unix_seconds()),
+            bound_port: AtomicU64::new(0),
+            shutdown: tokio::sync::watch::channel(false).0,
+            drop_wakeup: Notify::new(),
+        }
+    }
+
+    /// Asks the server to stop (SHUTDOWN, a signal): listeners stop, connections close, the
+    /// keyspace is saved and the engine closed.
+    pub fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}

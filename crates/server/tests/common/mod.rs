@@ -1,0 +1,304 @@
+//! Test helper shared by every integration test (`mod common;`): starts the real `ringkv`
+//! binary on a free port in a temporary directory, kills it on drop, and offers clients:
+//! the `redis` crate, raw TCP bytes, and `redis-cli`.
+//!
+//! The binary is `$RINGKV_BIN` if set, else `target/debug/ringkv`, built once per test process
+//! with `cargo build -p ringkv` so tests never run a stale server.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `ringkv` binary to test.
+pub fn binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("RINGKV_BIN") {
+                return PathBuf::from(path);
+            }
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace.join("target"));
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "ringkv", "--bin", "ringkv"])
+                .current_dir(&workspace)
+                .status()
+                .expect("run cargo build -p ringkv");
+            assert!(status.success(), "cargo build -p ringkv failed");
+            target.join("debug").join("ringkv")
+        })
+        .clone()
+}
+
+/// A running `ringkv` process with its own data directory.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    dir: Arc<tempfile::TempDir>,
+    extra_args: Vec<String>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts a server with default settings.
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts a server with extra command-line flags (e.g. `["--appendfsync", "always"]`).
+    pub fn start_with(extra_args: &[&str]) -> Server {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut server = Server {
+            child: None,
+            port: 0,
+            dir,
+            extra_args,
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(binary())
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--loglevel",
+                "info",
+                "--dir",
+            ])
+            .arg(self.dir.path().join("data"))
+            .args(&self.extra_args)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringkv");
+        let stderr = child.stderr.take().expect("stderr");
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            let mut sent = false;
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if !sent && line.contains("Ready to accept connections") {
+                    if let Some(port) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| p.trim().parse::<u16>().ok())
+                    {
+                        let _ = port_tx.send(port);
+                        sent = true;
+                    }
+                }
+                log.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let port = match port_rx.recv_timeout(START_TIMEOUT) {
+            Ok(port) => port,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ringkv did not start; log:\n{}", self.log.lock().unwrap());
+            }
+        };
+        self.port = port;
+        self.child = Some(child);
+    }
+
+    /// `redis://127.0.0.1:port/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A `redis` crate connection (RESP2).
+    pub fn client(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).expect("client");
+        let connection = client.get_connection().expect("connect");
+        connection
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        connection
+    }
+
+    /// A raw TCP connection with a read timeout.
+    pub fn raw(&self) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Raw { stream }
+    }
+
+    /// Runs `redis-cli -p port args…` and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli (install redis-tools)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Kills the process with SIGKILL (no clean shutdown) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit on its own (after SHUTDOWN) and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ringkv did not exit; log:\n{}", self.log.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().expect("wait").is_none(),
+            None => false,
+        }
+    }
+
+    /// Starts the server again on the same data directory (after [`Server::kill`] or a
+    /// shutdown); the port changes.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A raw TCP client: send bytes, read replies.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    /// Sends bytes as they are.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads until `expected` bytes arrived (or the timeout) and returns them.
+    pub fn read_exact_len(&mut self, expected: usize) -> Vec<u8> {
+        let mut out = vec![0u8; expected];
+        self.stream.read_exact(&mut out).expect("read reply");
+        out
+    }
+
+    /// Sends `request` and reads exactly `expected.len()` bytes, returning them as text.
+    pub fn roundtrip(&mut self, request: &[u8], expected_len: usize) -> String {
+        self.send(request);
+        String::from_utf8_lossy(&self.read_exact_len(expected_len)).into_owned()
+    }
+
+    /// Sends `request` and asserts the reply is exactly `expected`.
+    pub fn expect(&mut self, request: &[u8], expected: &str) {
+        let got = self.roundtrip(request, expected.len());
+        assert_eq!(
+            got,
+            expected,
+            "reply to {:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+
+    /// Reads whatever arrives until the server closes the connection (or the timeout).
+    pub fn read_to_close(&mut self) -> (String, bool) {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return (String::from_utf8_lossy(&out).into_owned(), true),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+            }
+        }
+    }
+}
+
+/// Encodes a command as a RESP array of bulk strings.
+pub fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Runs a command with the `redis` crate and returns the raw reply value.
+pub fn run(con: &mut redis::Connection, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(con)
+}
+
+/// The error text (code and message, as the server sent it) of a command that must fail.
+pub fn err(con: &mut redis::Connection, args: &[&str]) -> String {
+    match run(con, args) {
+        Ok(value) => panic!("{args:?} succeeded with {value:?}"),
+        Err(error) => error_text(&error),
+    }
+}
+
+/// "CODE message" of a server error as redis-rs reports it.
+pub fn error_text(error: &redis::RedisError) -> String {
+    match (error.code(), error.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => error.to_string(),
+    }
+}
