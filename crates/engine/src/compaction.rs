@@ -193,10 +193,31 @@ pub(crate) fn run(
     context: &RunContext<'_>,
     compaction: &Compaction,
 ) -> Result<(VersionEdit, RunStats)> {
+    let mut outputs = Vec::new();
+    let result = merge_into_tables(context, compaction, &mut outputs);
+    if result.is_err() {
+        // Nothing names the partial outputs yet: remove them.
+        for number in outputs {
+            let _ = std::fs::remove_file(table_path(context.dir, number));
+        }
+    } else {
+        crate::wal::sync_dir(context.dir)?;
+    }
+    result
+}
+
+fn merge_into_tables(
+    context: &RunContext<'_>,
+    compaction: &Compaction,
+    outputs: &mut Vec<u64>,
+) -> Result<(VersionEdit, RunStats)> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     for file in compaction.inputs.iter().chain(&compaction.overlaps) {
         let table = context.tables.get(file)?;
-        sources.push(Box::new(TableSource(TableIter::new(table))));
+        // One-off reads: keep them out of the block cache's hot set.
+        sources.push(Box::new(TableSource(TableIter::with_cache_fill(
+            table, false,
+        ))));
     }
     let mut merge = MergingIter::new(sources);
     merge.seek_to_first()?;
@@ -259,6 +280,7 @@ pub(crate) fn run(
             Keep::AsIs | Keep::AsDelete => {
                 if builder.is_none() {
                     let number = (context.next_file_number)();
+                    outputs.push(number);
                     let path = table_path(context.dir, number);
                     builder = Some((number, TableBuilder::create(&path, &table_options)?));
                 }

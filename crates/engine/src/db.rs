@@ -1103,12 +1103,23 @@ fn write_memtable(
     options: &TableOptions,
 ) -> Result<TableFile> {
     let path = table_path(dir, number);
-    let mut builder = TableBuilder::create(&path, options)?;
-    for (key, value) in mem.entries() {
-        builder.add(&key, &value)?;
+    let written = (|| {
+        let mut builder = TableBuilder::create(&path, options)?;
+        for (key, value) in mem.entries() {
+            builder.add(&key, &value)?;
+        }
+        builder.finish()
+    })();
+    match written {
+        Ok(meta) => {
+            wal::sync_dir(dir)?;
+            Ok(TableFile::new(dir, number, meta))
+        }
+        Err(error) => {
+            remove_quietly(&path);
+            Err(error)
+        }
     }
-    let meta = builder.finish()?;
-    Ok(TableFile::new(dir, number, meta))
 }
 
 fn lock_directory(dir: &Path) -> Result<File> {

@@ -38,7 +38,9 @@ pub enum Error {
     /// A previous write or fsync failed; the engine refuses writes until it is
     /// reopened, because the kernel may have dropped the dirty pages and what
     /// is on disk is no longer known.
-    #[error("database refuses writes after an earlier failure: {reason}; restart to recover from disk")]
+    #[error(
+        "database refuses writes after an earlier failure: {reason}; restart to recover from disk"
+    )]
     Poisoned {
         /// The first failure.
         reason: String,

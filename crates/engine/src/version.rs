@@ -181,7 +181,7 @@ impl Version {
             next.levels[*level].push(table.clone());
         }
         // Level 0: newest first (file numbers grow with time).
-        next.levels[0].sort_by(|a, b| b.number.cmp(&a.number));
+        next.levels[0].sort_by_key(|t| std::cmp::Reverse(t.number));
         for level in 1..LEVELS {
             next.levels[level].sort_by(|a, b| compare_internal(&a.meta.smallest, &b.meta.smallest));
             debug_assert!(next.levels[level]

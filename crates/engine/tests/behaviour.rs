@@ -1,0 +1,209 @@
+//! Engine behaviour that the model test cannot see: space reclaimed by
+//! compaction, snapshots pinning old versions, many threads at once,
+//! checkpoints, and back-pressure bounding level 0.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ringkv_engine::{Clock, Db, Options, WriteBatch};
+
+#[derive(Debug, Default)]
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn small(clock: Arc<ManualClock>) -> Options {
+    Options {
+        memtable_bytes_max: 256 << 10,
+        table_target_bytes: 256 << 10,
+        level_base_bytes: 1 << 20,
+        clock,
+        ..Options::default()
+    }
+}
+
+fn total_bytes(db: &Db) -> u64 {
+    db.stats().level_bytes.iter().sum()
+}
+
+#[test]
+fn expired_and_deleted_data_is_reclaimed_by_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000)));
+    let db = Db::open(dir.path(), small(clock.clone())).unwrap();
+    let value = vec![7u8; 200];
+    for i in 0..20_000u32 {
+        let expires = (i % 2 == 0).then_some(5_000);
+        db.put(format!("k{i:08}").as_bytes(), &value, expires)
+            .unwrap();
+    }
+    db.compact().unwrap();
+    let before = total_bytes(&db);
+    assert_eq!(db.iter().count(), 20_000);
+
+    clock.0.store(10_000, Ordering::SeqCst);
+    assert_eq!(
+        db.iter().count(),
+        10_000,
+        "expired keys are invisible at once"
+    );
+    for i in (1..20_000u32).step_by(2).filter(|i| i % 4 == 1) {
+        db.delete(format!("k{i:08}").as_bytes()).unwrap();
+    }
+    db.compact().unwrap();
+    let after = total_bytes(&db);
+    assert_eq!(db.iter().count(), 5_000);
+    assert!(
+        after * 3 < before,
+        "3/4 of the data is dead, so the tables must shrink a lot: {before} -> {after}"
+    );
+    let stats = db.stats();
+    assert!(stats.compactions > 0 && stats.flushes > 0);
+    db.close().unwrap();
+}
+
+#[test]
+fn a_snapshot_keeps_its_versions_through_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000)));
+    let db = Db::open(dir.path(), small(clock)).unwrap();
+    for i in 0..5_000u32 {
+        db.put(format!("k{i:06}").as_bytes(), b"old", None).unwrap();
+    }
+    let snapshot = db.snapshot();
+    for i in 0..5_000u32 {
+        if i % 2 == 0 {
+            db.delete(format!("k{i:06}").as_bytes()).unwrap();
+        } else {
+            db.put(format!("k{i:06}").as_bytes(), b"new", None).unwrap();
+        }
+    }
+    db.compact().unwrap();
+    assert!(snapshot.iter().all(|e| e.unwrap().value.as_ref() == b"old"));
+    assert_eq!(snapshot.iter().count(), 5_000);
+    assert_eq!(
+        snapshot.get(b"k000002").unwrap().unwrap().value.as_ref(),
+        b"old"
+    );
+    assert!(db.get(b"k000002").unwrap().is_none());
+    assert_eq!(db.iter().count(), 2_500);
+    assert!(db.iter().all(|e| e.unwrap().value.as_ref() == b"new"));
+    drop(snapshot);
+    db.close().unwrap();
+}
+
+#[test]
+fn many_threads_read_and_write_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000)));
+    let db = Db::open(dir.path(), small(clock)).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..4u32 {
+            let db = db.clone();
+            scope.spawn(move || {
+                for i in 0..5_000u32 {
+                    let key = format!("t{t}-{i:06}");
+                    db.put(key.as_bytes(), key.as_bytes(), None).unwrap();
+                    if i % 10 == 0 {
+                        let mut batch = WriteBatch::new();
+                        batch.put(format!("t{t}-batch-a-{i}"), "a", None).put(
+                            format!("t{t}-batch-b-{i}"),
+                            "b",
+                            None,
+                        );
+                        db.write(batch).unwrap();
+                    }
+                }
+            });
+        }
+        for _ in 0..2 {
+            let db = db.clone();
+            scope.spawn(move || {
+                for _ in 0..50 {
+                    // Each scan sees a consistent state: batch pairs together.
+                    let keys: Vec<_> = db.iter().map(|e| e.unwrap().key).collect();
+                    let a = keys
+                        .iter()
+                        .filter(|k| k.windows(9).any(|w| w == b"batch-a-"))
+                        .count();
+                    let b = keys
+                        .iter()
+                        .filter(|k| k.windows(9).any(|w| w == b"batch-b-"))
+                        .count();
+                    assert_eq!(a, b, "a batch was seen half-applied");
+                    assert!(keys.windows(2).all(|w| w[0] < w[1]), "scan out of order");
+                }
+            });
+        }
+    });
+    assert_eq!(db.iter().count(), 4 * (5_000 + 2 * 500));
+    db.close().unwrap();
+}
+
+#[test]
+fn a_checkpoint_opens_as_an_identical_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000)));
+    let db = Db::open(dir.path().join("db"), small(clock.clone())).unwrap();
+    for i in 0..10_000u32 {
+        db.put(
+            format!("k{i:06}").as_bytes(),
+            format!("v{i}").as_bytes(),
+            None,
+        )
+        .unwrap();
+    }
+    let seq = db.checkpoint(dir.path().join("backup")).unwrap();
+    assert_eq!(seq, db.last_sequence());
+    // Writes after the checkpoint do not reach it.
+    db.put(b"later", b"x", None).unwrap();
+    let copy = Db::open(dir.path().join("backup"), small(clock)).unwrap();
+    assert_eq!(copy.iter().count(), 10_000);
+    assert!(copy.get(b"later").unwrap().is_none());
+    assert_eq!(
+        copy.get(b"k004242").unwrap().unwrap().value.as_ref(),
+        b"v4242"
+    );
+    // Versions continue above the checkpoint's.
+    assert!(copy.put(b"new", b"y", None).unwrap() > seq);
+    copy.close().unwrap();
+    assert!(
+        db.checkpoint(dir.path().join("backup")).is_err(),
+        "target must not exist"
+    );
+    db.close().unwrap();
+}
+
+#[test]
+fn back_pressure_bounds_level_zero_under_a_write_flood() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000)));
+    let options = Options {
+        memtable_bytes_max: 32 << 10,
+        l0_compaction_trigger: 2,
+        l0_slowdown_trigger: 4,
+        l0_stop_trigger: 6,
+        ..small(clock)
+    };
+    let db = Db::open(dir.path(), options).unwrap();
+    let value = vec![1u8; 100];
+    let mut level0_max = 0;
+    for i in 0..60_000u32 {
+        db.put(
+            format!("{:08}", (i * 7919) % 60_000).as_bytes(),
+            &value,
+            None,
+        )
+        .unwrap();
+        if i % 500 == 0 {
+            level0_max = level0_max.max(db.stats().level_tables[0]);
+        }
+    }
+    assert!(level0_max <= 7, "level 0 grew to {level0_max} tables");
+    assert_eq!(db.iter().count(), 60_000);
+    db.close().unwrap();
+}
