@@ -33,6 +33,8 @@ pub(crate) struct Client {
     pub watched: Vec<Watched>,
     /// Close the connection once the replies so far are written (QUIT, CLIENT KILL of self).
     pub close_after_reply: bool,
+    /// Send no reply for the last command (SHUTDOWN closes the connection silently).
+    pub no_reply: bool,
     /// Highest engine sequence written by this connection's commands since the last sync.
     pub pending_sync_seq: u64,
 }
@@ -48,6 +50,7 @@ impl Client {
             multi_failed: false,
             watched: Vec::new(),
             close_after_reply: false,
+            no_reply: false,
             pending_sync_seq: 0,
         }
     }

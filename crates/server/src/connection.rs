@@ -81,7 +81,9 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
             match parse_request(&mut input, &limits) {
                 Ok(Some(args)) => {
                     if let Some(reply) = cmd::execute(&server, &mut client, args) {
-                        reply.encode(client.resp(), &mut output);
+                        if !client.no_reply {
+                            reply.encode(client.resp(), &mut output);
+                        }
                     }
                     if client.close_after_reply {
                         close = true;

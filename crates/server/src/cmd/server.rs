@@ -1,6 +1,933 @@
-//! The server command family.
+//! Server commands: INFO CONFIG COMMAND TIME SAVE BGSAVE LASTSAVE SHUTDOWN DEBUG.
 
-use super::CommandSpec;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_protocol::{Frame, RespVersion};
+
+use super::keyspace::help_frame;
+use super::{registry, reply, spec, CommandSpec, Ctx};
+use crate::args::{self, is};
+use crate::errors::{self, CmdError, CmdResult};
+use crate::glob;
+use crate::keyspace::DATABASES;
+use crate::server::unix_seconds;
+
+/// Most index entries INFO keyspace reads to count keys with an expiry per database.
+const INFO_EXPIRES_SCAN_MAX: usize = 1_000_000;
 
 /// The server commands.
-pub(crate) const COMMANDS: &[CommandSpec] = &[];
+pub(crate) const COMMANDS: &[CommandSpec] = &[
+    spec(
+        "info",
+        -1,
+        &["loading", "stale", "sentinel"],
+        0,
+        0,
+        0,
+        &["slow", "dangerous"],
+        "Returns information and statistics about the server.",
+        "1.0.0",
+        info,
+    ),
+    spec(
+        "config",
+        -2,
+        &[],
+        0,
+        0,
+        0,
+        &["slow"],
+        "A container for server configuration commands.",
+        "2.0.0",
+        config,
+    ),
+    spec(
+        "command",
+        -1,
+        &["loading", "stale", "sentinel"],
+        0,
+        0,
+        0,
+        &["slow", "connection"],
+        "Returns detailed information about all commands.",
+        "2.8.13",
+        command,
+    ),
+    spec(
+        "time",
+        1,
+        &["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        &["fast"],
+        "Returns the server time.",
+        "2.6.0",
+        time,
+    ),
+    spec(
+        "save",
+        1,
+        &["admin", "noscript", "no_async_loading", "no_multi"],
+        0,
+        0,
+        0,
+        &["admin", "slow", "dangerous"],
+        "Synchronously saves the database(s) to disk.",
+        "1.0.0",
+        save,
+    ),
+    spec(
+        "bgsave",
+        -1,
+        &["admin", "noscript", "no_async_loading"],
+        0,
+        0,
+        0,
+        &["admin", "slow", "dangerous"],
+        "Asynchronously saves the database(s) to disk.",
+        "1.0.0",
+        bgsave,
+    ),
+    spec(
+        "lastsave",
+        1,
+        &["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        &["admin", "fast", "dangerous"],
+        "Returns the Unix timestamp of the last successful save to disk.",
+        "1.0.0",
+        lastsave,
+    ),
+    spec(
+        "shutdown",
+        -1,
+        &[
+            "admin",
+            "noscript",
+            "loading",
+            "stale",
+            "no_multi",
+            "sentinel",
+            "allow_busy",
+        ],
+        0,
+        0,
+        0,
+        &["admin", "slow", "dangerous"],
+        "Synchronously saves the database(s) to disk and shuts down the Redis server.",
+        "1.0.0",
+        shutdown,
+    ),
+    spec(
+        "debug",
+        -2,
+        &["admin", "noscript", "loading", "stale", "protected"],
+        0,
+        0,
+        0,
+        &["admin", "slow", "dangerous"],
+        "A container for debugging commands.",
+        "1.0.0",
+        debug,
+    ),
+];
+
+fn time(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
+    let _ = ctx;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Frame::Array(vec![
+        Frame::bulk(now.as_secs().to_string()),
+        Frame::bulk(now.subsec_micros().to_string()),
+    ])
+}
+
+fn flush_engine(ctx: &Ctx<'_>) -> CmdResult<()> {
+    let engine = ctx.keyspace.engine().clone();
+    super::keyspace::blocking(move || engine.flush())?;
+    ctx.server
+        .last_save_unix
+        .store(unix_seconds(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// SAVE: the engine has no snapshot file to write; it flushes memtables to sorted tables and
+/// fsyncs, which is what "saved" means here (checkpoints come with the engine's checkpoint API).
+fn save(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
+    reply(flush_engine(ctx).map(|()| Frame::ok()))
+}
+
+fn bgsave(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    if args.len() > 2 || (args.len() == 2 && !is(&args[1], "schedule")) {
+        return Frame::error(errors::SYNTAX);
+    }
+    let engine = ctx.keyspace.engine().clone();
+    let started = std::thread::Builder::new()
+        .name("ringkv-bgsave".into())
+        .spawn(move || {
+            if let Err(error) = engine.flush() {
+                tracing::error!(%error, "BGSAVE flush failed");
+            }
+        });
+    if started.is_err() {
+        return Frame::error("ERR could not start background save");
+    }
+    ctx.server
+        .last_save_unix
+        .store(unix_seconds(), Ordering::Relaxed);
+    Frame::simple("Background saving started")
+}
+
+fn lastsave(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
+    Frame::Integer(ctx.server.last_save_unix.load(Ordering::Relaxed) as i64)
+}
+
+fn shutdown(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let mut abort = false;
+    for arg in &args[1..] {
+        if is(arg, "abort") {
+            abort = true;
+        } else if !(is(arg, "nosave") || is(arg, "save") || is(arg, "now") || is(arg, "force")) {
+            return Frame::error(errors::SYNTAX);
+        }
+    }
+    if abort {
+        return Frame::error("ERR No shutdown in progress.");
+    }
+    tracing::info!("User requested shutdown...");
+    ctx.server.request_shutdown();
+    ctx.client.close_after_reply = true;
+    ctx.client.no_reply = true;
+    Frame::ok()
+}
+
+fn debug(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(debug_run(ctx, args))
+}
+
+fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
+    let sub = args::lower(&args[1]);
+    match sub.as_str() {
+        "sleep" if args.len() == 3 => {
+            let seconds = args::f64_arg(&args[2])?;
+            if seconds > 0.0 {
+                let duration = Duration::from_secs_f64(seconds.min(3600.0));
+                super::keyspace::blocking(|| std::thread::sleep(duration));
+            }
+            Ok(Frame::ok())
+        }
+        "set-active-expire" if args.len() == 3 => {
+            let on = args::i64_arg(&args[2])?;
+            ctx.keyspace.set_active_expire(on != 0);
+            Ok(Frame::ok())
+        }
+        "object" if args.len() == 3 => {
+            let Some(value) = ctx.keyspace.get(ctx.db(), &args[2])? else {
+                return Err(CmdError::msg(errors::NO_SUCH_KEY));
+            };
+            Ok(Frame::simple(format!(
+                "Value at:0x0 refcount:1 encoding:{} serializedlength:{} lru:0 lru_seconds_idle:0",
+                match value.value_type {
+                    crate::keyspace::ValueType::String => {
+                        let data = value.payload();
+                        if data.len() <= 20 && args::parse_i64(&data).is_some() {
+                            "int"
+                        } else if data.len() <= 44 {
+                            "embstr"
+                        } else {
+                            "raw"
+                        }
+                    }
+                },
+                value.raw.len() - 1
+            )))
+        }
+        "reload" => {
+            flush_engine(ctx)?;
+            Ok(Frame::ok())
+        }
+        "help" => Ok(help_frame(&[
+            "DEBUG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "OBJECT <key>",
+            "    Show low level info about the key and associated value.",
+            "RELOAD",
+            "    Flush the engine to disk (ringkv has no RDB to reload).",
+            "SET-ACTIVE-EXPIRE <0|1>",
+            "    Setting it to 0 disables expiring keys in background when they are not",
+            "    accessed (otherwise the Redis behavior). Setting it to 1 reenables back the",
+            "    default.",
+            "SLEEP <seconds>",
+            "    Stop the server for <seconds>. Decimals allowed.",
+            "HELP",
+            "    Print this help.",
+        ])),
+        _ => Err(CmdError::msg(errors::unknown_subcommand("debug", &args[1]))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CONFIG
+
+/// A setting CONFIG GET shows, and whether CONFIG SET may change it.
+struct Param {
+    name: &'static str,
+    mutable: bool,
+}
+
+const PARAMS: &[Param] = &[
+    Param {
+        name: "bind",
+        mutable: false,
+    },
+    Param {
+        name: "port",
+        mutable: false,
+    },
+    Param {
+        name: "dir",
+        mutable: false,
+    },
+    Param {
+        name: "appendonly",
+        mutable: false,
+    },
+    Param {
+        name: "appendfsync",
+        mutable: false,
+    },
+    Param {
+        name: "databases",
+        mutable: false,
+    },
+    Param {
+        name: "save",
+        mutable: true,
+    },
+    Param {
+        name: "requirepass",
+        mutable: true,
+    },
+    Param {
+        name: "proto-max-bulk-len",
+        mutable: true,
+    },
+    Param {
+        name: "maxclients",
+        mutable: true,
+    },
+    Param {
+        name: "client-query-buffer-limit",
+        mutable: true,
+    },
+    Param {
+        name: "maxmemory",
+        mutable: true,
+    },
+    Param {
+        name: "maxmemory-policy",
+        mutable: true,
+    },
+    Param {
+        name: "timeout",
+        mutable: true,
+    },
+    Param {
+        name: "tcp-keepalive",
+        mutable: true,
+    },
+    Param {
+        name: "hz",
+        mutable: true,
+    },
+    Param {
+        name: "loglevel",
+        mutable: true,
+    },
+];
+
+fn param_value(ctx: &Ctx<'_>, name: &str) -> String {
+    let config = ctx.server.config.read();
+    match name {
+        "bind" => config.bind.clone(),
+        "port" => ctx.server.bound_port.load(Ordering::Relaxed).to_string(),
+        "dir" => std::fs::canonicalize(&config.dir)
+            .unwrap_or_else(|_| config.dir.clone())
+            .display()
+            .to_string(),
+        "appendonly" => "yes".into(),
+        "appendfsync" => config.appendfsync.to_string(),
+        "databases" => DATABASES.to_string(),
+        "save" => String::new(),
+        "requirepass" => config.requirepass.clone().unwrap_or_default(),
+        "proto-max-bulk-len" => config.proto_max_bulk_len.to_string(),
+        "maxclients" => config.maxclients.to_string(),
+        "client-query-buffer-limit" => config.query_buffer_bytes_max.to_string(),
+        "maxmemory" => "0".into(),
+        "maxmemory-policy" => "noeviction".into(),
+        "timeout" => "0".into(),
+        "tcp-keepalive" => "300".into(),
+        "hz" => "10".into(),
+        "loglevel" => config.loglevel.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Redis' `memtoll`: an integer with an optional k/kb/m/mb/g/gb suffix (any case).
+fn parse_memory(text: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(text).ok()?.to_ascii_lowercase();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let multiplier: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(multiplier)
+}
+
+fn set_param(ctx: &Ctx<'_>, name: &str, value: &[u8]) -> Result<(), String> {
+    let mut config = ctx.server.config.write();
+    let integer = || {
+        parse_memory(value).ok_or_else(|| "argument couldn't be parsed into an integer".to_string())
+    };
+    match name {
+        "requirepass" => {
+            let text = String::from_utf8_lossy(value).into_owned();
+            config.requirepass = (!text.is_empty()).then_some(text);
+        }
+        "proto-max-bulk-len" => {
+            let v = integer()?;
+            if v < 1024 * 1024 {
+                return Err(
+                    "argument must be between 1048576 and 9223372036854775807 inclusive".into(),
+                );
+            }
+            config.proto_max_bulk_len = v as usize;
+        }
+        "maxclients" => {
+            let v = integer()?;
+            if v < 1 {
+                return Err("argument must be between 1 and 4294967295 inclusive".into());
+            }
+            config.maxclients = v as usize;
+        }
+        "client-query-buffer-limit" => {
+            let v = integer()?;
+            if v < 1024 * 1024 {
+                return Err(
+                    "argument must be between 1048576 and 9223372036854775807 inclusive".into(),
+                );
+            }
+            config.query_buffer_bytes_max = v as usize;
+        }
+        "loglevel" => {
+            let text = String::from_utf8_lossy(value).to_ascii_lowercase();
+            if !matches!(
+                text.as_str(),
+                "debug" | "verbose" | "notice" | "warning" | "nothing"
+            ) {
+                return Err("argument(s) must be one of the following: debug, verbose, notice, warning, nothing".into());
+            }
+            config.loglevel = text;
+        }
+        "maxmemory" | "timeout" | "tcp-keepalive" | "hz" => {
+            integer()?;
+        }
+        // Accepted and ignored: ringkv persists through its WAL, not snapshots, and never evicts.
+        _ => {}
+    }
+    Ok(())
+}
+
+fn config(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(config_run(ctx, args))
+}
+
+fn config_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
+    let sub = args::lower(&args[1]);
+    let arity = || CmdError::msg(errors::wrong_arity(&format!("config|{sub}")));
+    match sub.as_str() {
+        "get" => {
+            if args.len() < 3 {
+                return Err(arity());
+            }
+            let mut pairs = Vec::new();
+            for param in PARAMS {
+                if args[2..]
+                    .iter()
+                    .any(|p| glob::matches(p, param.name.as_bytes(), true))
+                {
+                    pairs.push((
+                        Frame::bulk(param.name),
+                        Frame::bulk(param_value(ctx, param.name)),
+                    ));
+                }
+            }
+            Ok(Frame::Map(pairs))
+        }
+        "set" => {
+            if args.len() < 4 || args.len() % 2 != 0 {
+                return Err(arity());
+            }
+            for pair in args[2..].chunks(2) {
+                let name = args::lower(&pair[0]);
+                let Some(param) = PARAMS.iter().find(|p| p.name == name) else {
+                    return Err(CmdError::msg(format!(
+                        "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
+                        errors::printable(&pair[0], 128)
+                    )));
+                };
+                if !param.mutable {
+                    return Err(CmdError::msg(format!(
+                        "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
+                    )));
+                }
+                set_param(ctx, param.name, &pair[1]).map_err(|why| {
+                    CmdError::msg(format!(
+                        "ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"
+                    ))
+                })?;
+            }
+            Ok(Frame::ok())
+        }
+        "resetstat" => {
+            if args.len() != 2 {
+                return Err(arity());
+            }
+            for stats in &ctx.server.command_stats {
+                stats.calls.store(0, Ordering::Relaxed);
+                stats.usec.store(0, Ordering::Relaxed);
+                stats.rejected_calls.store(0, Ordering::Relaxed);
+                stats.failed_calls.store(0, Ordering::Relaxed);
+            }
+            let s = &ctx.server.stats;
+            for counter in [
+                &s.total_commands_processed,
+                &s.total_connections_received,
+                &s.rejected_connections,
+                &s.total_error_replies,
+                &s.total_net_input_bytes,
+                &s.total_net_output_bytes,
+                &s.keyspace_hits,
+                &s.keyspace_misses,
+            ] {
+                counter.store(0, Ordering::Relaxed);
+            }
+            Ok(Frame::ok())
+        }
+        "rewrite" => Err(CmdError::msg(
+            "ERR The server is running without a config file",
+        )),
+        "help" => Ok(help_frame(&[
+            "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GET <pattern>",
+            "    Return parameters matching the glob-like <pattern> and their values.",
+            "SET <directive> <value>",
+            "    Set the configuration <directive> to <value>.",
+            "RESETSTAT",
+            "    Reset statistics reported by the INFO command.",
+            "REWRITE",
+            "    Rewrite the configuration file.",
+            "HELP",
+            "    Print this help.",
+        ])),
+        _ => Err(CmdError::msg(errors::unknown_subcommand(
+            "config", &args[1],
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// COMMAND
+
+/// The Redis command group of a spec, for COMMAND DOCS.
+fn group(spec: &CommandSpec) -> &'static str {
+    for (category, group) in [
+        ("string", "string"),
+        ("bitmap", "bitmap"),
+        ("transaction", "transactions"),
+        ("connection", "connection"),
+        ("keyspace", "generic"),
+    ] {
+        if spec.acl_categories.contains(&category) {
+            return group;
+        }
+    }
+    "server"
+}
+
+fn command_info(spec: &CommandSpec) -> Frame {
+    Frame::Array(vec![
+        Frame::bulk(spec.name),
+        Frame::Integer(i64::from(spec.arity)),
+        Frame::Set(spec.flags.iter().map(|f| Frame::simple(*f)).collect()),
+        Frame::Integer(i64::from(spec.first_key)),
+        Frame::Integer(i64::from(spec.last_key)),
+        Frame::Integer(i64::from(spec.step)),
+        Frame::Set(
+            spec.acl_categories
+                .iter()
+                .map(|c| Frame::simple(format!("@{c}")))
+                .collect(),
+        ),
+        Frame::Set(Vec::new()),
+        Frame::Array(Vec::new()),
+        Frame::Array(Vec::new()),
+    ])
+}
+
+fn command_docs(spec: &CommandSpec) -> Frame {
+    Frame::Map(vec![
+        (Frame::bulk("summary"), Frame::bulk(spec.summary)),
+        (Frame::bulk("since"), Frame::bulk(spec.since)),
+        (Frame::bulk("group"), Frame::bulk(group(spec))),
+    ])
+}
+
+fn command(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let _ = ctx;
+    let registry = registry();
+    if args.len() == 1 {
+        return Frame::Array(registry.specs().iter().map(|s| command_info(s)).collect());
+    }
+    let sub = args::lower(&args[1]);
+    match sub.as_str() {
+        "count" if args.len() == 2 => Frame::Integer(registry.len() as i64),
+        "info" => {
+            if args.len() == 2 {
+                return Frame::Array(registry.specs().iter().map(|s| command_info(s)).collect());
+            }
+            Frame::Array(
+                args[2..]
+                    .iter()
+                    .map(|name| {
+                        registry
+                            .lookup(name)
+                            .map_or(Frame::NullArray, |(_, s)| command_info(s))
+                    })
+                    .collect(),
+            )
+        }
+        "docs" => {
+            let specs: Vec<&CommandSpec> = if args.len() == 2 {
+                registry.specs().to_vec()
+            } else {
+                args[2..]
+                    .iter()
+                    .filter_map(|name| registry.lookup(name).map(|(_, s)| s))
+                    .collect()
+            };
+            Frame::Map(
+                specs
+                    .into_iter()
+                    .map(|s| (Frame::bulk(s.name), command_docs(s)))
+                    .collect(),
+            )
+        }
+        "list" => Frame::Array(
+            registry
+                .specs()
+                .iter()
+                .map(|s| Frame::bulk(s.name))
+                .collect(),
+        ),
+        "getkeys" if args.len() >= 3 => {
+            let Some((_, spec)) = registry.lookup(&args[2]) else {
+                return Frame::error("ERR Invalid command specified");
+            };
+            let command_args = &args[2..];
+            if spec.first_key == 0 {
+                return Frame::error("ERR The command has no key arguments");
+            }
+            let last = if spec.last_key < 0 {
+                command_args.len() as i64 + i64::from(spec.last_key)
+            } else {
+                i64::from(spec.last_key)
+            };
+            let mut keys = Vec::new();
+            let mut at = i64::from(spec.first_key);
+            while at <= last && (at as usize) < command_args.len() {
+                keys.push(Frame::Bulk(command_args[at as usize].clone()));
+                at += i64::from(spec.step.max(1));
+            }
+            Frame::Array(keys)
+        }
+        "help" => help_frame(&[
+            "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "(no subcommand)",
+            "    Return details about all Redis commands.",
+            "COUNT",
+            "    Return the total number of commands in this Redis server.",
+            "LIST",
+            "    Return a list of all commands in this Redis server.",
+            "INFO [<command-name> ...]",
+            "    Return details about multiple Redis commands.",
+            "DOCS [<command-name> ...]",
+            "    Return documentation details about multiple Redis commands.",
+            "GETKEYS <full-command>",
+            "    Return the keys from a full Redis command.",
+            "HELP",
+            "    Print this help.",
+        ]),
+        "count" | "getkeys" => Frame::error(errors::wrong_arity(&format!("command|{sub}"))),
+        _ => Frame::error(errors::unknown_subcommand("command", &args[1])),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// INFO
+
+const DEFAULT_SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "modules",
+    "errorstats",
+    "cluster",
+    "keyspace",
+];
+const ALL_SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "modules",
+    "commandstats",
+    "errorstats",
+    "cluster",
+    "keyspace",
+];
+
+fn info(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let mut wanted: Vec<&str> = Vec::new();
+    if args.len() == 1 {
+        wanted.extend_from_slice(DEFAULT_SECTIONS);
+    }
+    let requested: Vec<String> = args[1..].iter().map(|a| args::lower(a)).collect();
+    for name in &requested {
+        match name.as_str() {
+            "all" => wanted.extend(ALL_SECTIONS.iter().filter(|s| **s != "modules")),
+            "everything" => wanted.extend_from_slice(ALL_SECTIONS),
+            "default" => wanted.extend_from_slice(DEFAULT_SECTIONS),
+            other => {
+                if let Some(known) = ALL_SECTIONS.iter().find(|s| **s == other) {
+                    wanted.push(known);
+                }
+            }
+        }
+    }
+    let mut text = String::new();
+    for section in ALL_SECTIONS {
+        if !wanted.contains(section) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        section_text(ctx, section, &mut text);
+    }
+    let text = Bytes::from(text);
+    if ctx.resp() == RespVersion::Resp3 {
+        Frame::Verbatim {
+            format: *b"txt",
+            text,
+        }
+    } else {
+        Frame::Bulk(text)
+    }
+}
+
+/// (user, system) CPU seconds of the process, and of its threads together as children do not
+/// exist here.
+fn cpu_seconds() -> (f64, f64) {
+    // SAFETY: getrusage fills the struct we pass and touches nothing else.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return (0.0, 0.0);
+        }
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        (seconds(usage.ru_utime), seconds(usage.ru_stime))
+    }
+}
+
+/// Resident set size in bytes, from /proc (0 where unavailable).
+fn rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}
+
+fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b < 1024.0 {
+        format!("{bytes}B")
+    } else if b < 1024.0 * 1024.0 {
+        format!("{:.2}K", b / 1024.0)
+    } else if b < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2}M", b / 1024.0 / 1024.0)
+    } else {
+        format!("{:.2}G", b / 1024.0 / 1024.0 / 1024.0)
+    }
+}
+
+fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
+    let server = ctx.server;
+    let stats = &server.stats;
+    let uptime = server.started.elapsed().as_secs();
+    match section {
+        "server" => {
+            let config = server.config.read();
+            let _ = write!(
+                out,
+                "# Server\r\nredis_version:{}\r\nringkv_version:{}\r\nredis_git_sha1:00000000\r\nredis_git_dirty:0\r\nredis_build_id:0\r\nredis_mode:standalone\r\nos:{} {}\r\narch_bits:64\r\nmultiplexing_api:epoll\r\natomicvar_api:atomic-builtin\r\ngcc_version:0.0.0\r\nprocess_id:{}\r\nprocess_supervised:no\r\nrun_id:{}\r\ntcp_port:{}\r\nserver_time_usec:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\nhz:10\r\nconfigured_hz:10\r\nlru_clock:0\r\nexecutable:ringkv\r\nconfig_file:{}\r\nio_threads_active:0\r\n",
+                crate::REDIS_VERSION,
+                crate::RINGKV_VERSION,
+                std::env::consts::OS,
+                std::env::consts::ARCH,
+                std::process::id(),
+                server.run_id,
+                server.bound_port.load(Ordering::Relaxed),
+                ctx.now_ms * 1000,
+                uptime,
+                uptime / 86_400,
+                config.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            );
+        }
+        "clients" => {
+            let config = server.config.read();
+            let _ = write!(
+                out,
+                "# Clients\r\nconnected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nclient_recent_max_input_buffer:0\r\nclient_recent_max_output_buffer:0\r\nblocked_clients:0\r\ntracking_clients:0\r\nclients_in_timeout_table:0\r\n",
+                server.clients.lock().len(),
+                config.maxclients,
+            );
+        }
+        "memory" => {
+            let engine = ctx.keyspace.engine().stats();
+            let rss = rss_bytes();
+            let used = rss.max((engine.memtable_bytes + engine.frozen_memtable_bytes) as u64);
+            let _ = write!(
+                out,
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nused_memory_peak:{used}\r\nused_memory_peak_human:{}\r\nused_memory_dataset:{}\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\nmaxmemory_policy:noeviction\r\nmem_fragmentation_ratio:1.00\r\nmem_allocator:libc\r\nmemtable_bytes:{}\r\nfrozen_memtable_bytes:{}\r\n",
+                human_bytes(used),
+                human_bytes(rss),
+                human_bytes(used),
+                engine.memtable_bytes + engine.frozen_memtable_bytes,
+                engine.memtable_bytes,
+                engine.frozen_memtable_bytes,
+            );
+        }
+        "persistence" => {
+            let config = server.config.read();
+            let _ = write!(
+                out,
+                "# Persistence\r\nloading:0\r\nasync_loading:0\r\ncurrent_cow_peak:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\nrdb_last_save_time:{}\r\nrdb_last_bgsave_status:ok\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\nappendfsync:{}\r\nengine_last_sequence:{}\r\n",
+                server.last_save_unix.load(Ordering::Relaxed),
+                config.appendfsync,
+                ctx.keyspace.engine().last_sequence(),
+            );
+        }
+        "stats" => {
+            let rejected: u64 = server
+                .command_stats
+                .iter()
+                .map(|s| s.rejected_calls.load(Ordering::Relaxed))
+                .sum();
+            let _ = write!(
+                out,
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:0\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:0\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\npubsub_channels:0\r\npubsub_patterns:0\r\ntotal_error_replies:{}\r\nrejected_calls:{}\r\nactive_expire_enabled:{}\r\n",
+                stats.total_connections_received.load(Ordering::Relaxed),
+                stats.total_commands_processed.load(Ordering::Relaxed),
+                stats.total_net_input_bytes.load(Ordering::Relaxed),
+                stats.total_net_output_bytes.load(Ordering::Relaxed),
+                stats.rejected_connections.load(Ordering::Relaxed),
+                ctx.keyspace.expired_keys(),
+                stats.keyspace_hits.load(Ordering::Relaxed),
+                stats.keyspace_misses.load(Ordering::Relaxed),
+                stats.total_error_replies.load(Ordering::Relaxed),
+                rejected,
+                u8::from(ctx.keyspace.active_expire()),
+            );
+        }
+        "replication" => {
+            out.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\nmaster_replid:0000000000000000000000000000000000000000\r\nmaster_repl_offset:0\r\nrepl_backlog_active:0\r\n");
+        }
+        "cpu" => {
+            let (user, system) = cpu_seconds();
+            let _ = write!(
+                out,
+                "# CPU\r\nused_cpu_sys:{system:.6}\r\nused_cpu_user:{user:.6}\r\nused_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\nused_cpu_sys_main_thread:{system:.6}\r\nused_cpu_user_main_thread:{user:.6}\r\n"
+            );
+        }
+        "modules" => out.push_str("# Modules\r\n"),
+        "errorstats" => out.push_str("# Errorstats\r\n"),
+        "cluster" => out.push_str("# Cluster\r\ncluster_enabled:0\r\n"),
+        "commandstats" => {
+            out.push_str("# Commandstats\r\n");
+            for (spec, stats) in registry().specs().iter().zip(&server.command_stats) {
+                let calls = stats.calls.load(Ordering::Relaxed);
+                let rejected = stats.rejected_calls.load(Ordering::Relaxed);
+                if calls == 0 && rejected == 0 {
+                    continue;
+                }
+                let usec = stats.usec.load(Ordering::Relaxed);
+                let per_call = if calls == 0 {
+                    0.0
+                } else {
+                    usec as f64 / calls as f64
+                };
+                let _ = write!(
+                    out,
+                    "cmdstat_{}:calls={calls},usec={usec},usec_per_call={per_call:.2},rejected_calls={rejected},failed_calls={}\r\n",
+                    spec.name,
+                    stats.failed_calls.load(Ordering::Relaxed),
+                );
+            }
+        }
+        "keyspace" => {
+            out.push_str("# Keyspace\r\n");
+            for db in 0..DATABASES {
+                let keys = ctx.keyspace.dbsize(db);
+                if keys == 0 {
+                    continue;
+                }
+                let expires = ctx
+                    .keyspace
+                    .expiring_keys(db, INFO_EXPIRES_SCAN_MAX)
+                    .unwrap_or(0);
+                let _ = write!(out, "db{db}:keys={keys},expires={expires},avg_ttl=0\r\n");
+            }
+        }
+        _ => {}
+    }
+}

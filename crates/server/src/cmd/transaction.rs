@@ -1,6 +1,153 @@
-//! The transaction command family.
+//! Transactions: MULTI EXEC DISCARD WATCH UNWATCH.
+//!
+//! MULTI queues commands (the dispatcher does it, see `cmd::execute`); EXEC
+//! runs with the server's exec lock held exclusive, so the queue runs alone,
+//! after checking that every WATCHed key still has the engine version it had
+//! when watched (a key that expired or was deleted counts as changed).
 
-use super::CommandSpec;
+use bytes::Bytes;
+use ringkv_protocol::Frame;
+
+use super::{spec, CommandSpec, Ctx};
+use crate::client::Watched;
+use crate::errors;
 
 /// The transaction commands.
-pub(crate) const COMMANDS: &[CommandSpec] = &[];
+pub(crate) const COMMANDS: &[CommandSpec] = &[
+    spec(
+        "multi",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        0,
+        0,
+        0,
+        &["fast", "transaction"],
+        "Starts a transaction.",
+        "1.2.0",
+        multi,
+    ),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        0,
+        0,
+        0,
+        &["slow", "transaction"],
+        "Executes all commands in a transaction.",
+        "1.2.0",
+        exec,
+    ),
+    spec(
+        "discard",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        0,
+        0,
+        0,
+        &["fast", "transaction"],
+        "Discards a transaction.",
+        "2.0.0",
+        discard,
+    ),
+    spec(
+        "watch",
+        -2,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        1,
+        -1,
+        1,
+        &["fast", "transaction"],
+        "Monitors changes to keys to determine the execution of a transaction.",
+        "2.2.0",
+        watch,
+    ),
+    spec(
+        "unwatch",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        0,
+        0,
+        0,
+        &["fast", "transaction"],
+        "Forgets about watched keys of a transaction.",
+        "2.2.0",
+        unwatch,
+    ),
+];
+
+fn multi(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
+    if ctx.client.multi.is_some() {
+        return Frame::error("ERR MULTI calls can not be nested");
+    }
+    ctx.client.multi = Some(Vec::new());
+    ctx.client.multi_failed = false;
+    ctx.client.handle.info.lock().multi = 0;
+    Frame::ok()
+}
+
+fn discard(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
+    if ctx.client.multi.is_none() {
+        return Frame::error("ERR DISCARD without MULTI");
+    }
+    ctx.client.end_transaction();
+    Frame::ok()
+}
+
+fn watch(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    if ctx.client.multi.is_some() {
+        return Frame::error("ERR WATCH inside MULTI is not allowed");
+    }
+    let db = ctx.db();
+    for key in &args[1..] {
+        if ctx
+            .client
+            .watched
+            .iter()
+            .any(|w| w.db == db && w.key == *key)
+        {
+            continue;
+        }
+        match ctx.keyspace.version(db, key) {
+            Ok(version) => ctx.client.watched.push(Watched {
+                db,
+                key: key.clone(),
+                version,
+            }),
+            Err(error) => return error.into_frame(),
+        }
+    }
+    Frame::ok()
+}
+
+fn unwatch(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
+    ctx.client.watched.clear();
+    Frame::ok()
+}
+
+/// Runs the queue; called with the exec lock held exclusive.
+fn exec(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
+    let Some(queue) = ctx.client.multi.take() else {
+        return Frame::error("ERR EXEC without MULTI");
+    };
+    let failed = ctx.client.multi_failed;
+    let watched = std::mem::take(&mut ctx.client.watched);
+    ctx.client.end_transaction();
+    if failed {
+        return Frame::error(errors::EXECABORT);
+    }
+    for w in &watched {
+        match ctx.keyspace.version(w.db, &w.key) {
+            Ok(version) if version == w.version => {}
+            Ok(_) => return Frame::NullArray,
+            Err(error) => return error.into_frame(),
+        }
+    }
+    let mut replies = Vec::with_capacity(queue.len());
+    for args in &queue {
+        let reply = super::invoke_queued(ctx.server, ctx.client, args);
+        replies.push(reply);
+    }
+    ctx.wrote(ctx.client.pending_sync_seq);
+    Frame::Array(replies)
+}

@@ -1,6 +1,240 @@
-//! The ttl command family.
+//! Expiry commands: EXPIRE PEXPIRE EXPIREAT PEXPIREAT (with NX XX GT LT), TTL
+//! PTTL EXPIRETIME PEXPIRETIME PERSIST.
 
-use super::CommandSpec;
+use bytes::Bytes;
+use ringkv_protocol::Frame;
 
-/// The ttl commands.
-pub(crate) const COMMANDS: &[CommandSpec] = &[];
+use super::{reply, spec, CommandSpec, Ctx};
+use crate::args::{self, is};
+use crate::errors::{self, CmdError, CmdResult};
+
+/// The expiry commands.
+pub(crate) const COMMANDS: &[CommandSpec] = &[
+    spec(
+        "expire",
+        -3,
+        &["write", "fast"],
+        1,
+        1,
+        1,
+        &["keyspace", "write", "fast"],
+        "Sets the expiration time of a key in seconds.",
+        "1.0.0",
+        expire,
+    ),
+    spec(
+        "pexpire",
+        -3,
+        &["write", "fast"],
+        1,
+        1,
+        1,
+        &["keyspace", "write", "fast"],
+        "Sets the expiration time of a key in milliseconds.",
+        "2.6.0",
+        expire,
+    ),
+    spec(
+        "expireat",
+        -3,
+        &["write", "fast"],
+        1,
+        1,
+        1,
+        &["keyspace", "write", "fast"],
+        "Sets the expiration time of a key to a Unix timestamp.",
+        "1.2.0",
+        expire,
+    ),
+    spec(
+        "pexpireat",
+        -3,
+        &["write", "fast"],
+        1,
+        1,
+        1,
+        &["keyspace", "write", "fast"],
+        "Sets the expiration time of a key to a Unix milliseconds timestamp.",
+        "2.6.0",
+        expire,
+    ),
+    spec(
+        "ttl",
+        2,
+        &["readonly", "fast"],
+        1,
+        1,
+        1,
+        &["keyspace", "read", "fast"],
+        "Returns the expiration time in seconds of a key.",
+        "1.0.0",
+        ttl,
+    ),
+    spec(
+        "pttl",
+        2,
+        &["readonly", "fast"],
+        1,
+        1,
+        1,
+        &["keyspace", "read", "fast"],
+        "Returns the expiration time in milliseconds of a key.",
+        "2.6.0",
+        ttl,
+    ),
+    spec(
+        "expiretime",
+        2,
+        &["readonly", "fast"],
+        1,
+        1,
+        1,
+        &["keyspace", "read", "fast"],
+        "Returns the expiration time of a key as a Unix timestamp.",
+        "7.0.0",
+        ttl,
+    ),
+    spec(
+        "pexpiretime",
+        2,
+        &["readonly", "fast"],
+        1,
+        1,
+        1,
+        &["keyspace", "read", "fast"],
+        "Returns the expiration time of a key as a Unix milliseconds timestamp.",
+        "7.0.0",
+        ttl,
+    ),
+    spec(
+        "persist",
+        2,
+        &["write", "fast"],
+        1,
+        1,
+        1,
+        &["keyspace", "write", "fast"],
+        "Removes the expiration time of a key.",
+        "2.2.0",
+        persist,
+    ),
+];
+
+/// EXPIRE's NX / XX / GT / LT.
+#[derive(Debug, Default, Clone, Copy)]
+struct Conditions {
+    nx: bool,
+    xx: bool,
+    gt: bool,
+    lt: bool,
+}
+
+fn parse_conditions(args: &[Bytes]) -> CmdResult<Conditions> {
+    let mut c = Conditions::default();
+    for arg in args {
+        if is(arg, "nx") {
+            c.nx = true;
+        } else if is(arg, "xx") {
+            c.xx = true;
+        } else if is(arg, "gt") {
+            c.gt = true;
+        } else if is(arg, "lt") {
+            c.lt = true;
+        } else {
+            return Err(CmdError::msg(format!(
+                "ERR Unsupported option {}",
+                errors::printable(arg, 128)
+            )));
+        }
+    }
+    if c.nx && (c.xx || c.gt || c.lt) {
+        return Err(CmdError::msg(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if c.gt && c.lt {
+        return Err(CmdError::msg(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    Ok(c)
+}
+
+impl Conditions {
+    /// Redis' `expireGenericCommand` checks; a key without expiry has an infinite TTL.
+    fn allow(self, current: Option<u64>, when: i64) -> bool {
+        let current = current.map(|c| c as i64);
+        if self.nx && current.is_some() {
+            return false;
+        }
+        if self.xx && current.is_none() {
+            return false;
+        }
+        if self.gt && current.is_none_or(|c| when <= c) {
+            return false;
+        }
+        if self.lt && current.is_some_and(|c| when >= c) {
+            return false;
+        }
+        true
+    }
+}
+
+fn expire(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(expire_run(ctx, args))
+}
+
+fn expire_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
+    let name = args::lower(&args[0]);
+    let conditions = parse_conditions(&args[3..])?;
+    let mut when = args::i64_arg(&args[2])?;
+    let seconds = name == "expire" || name == "expireat";
+    let base = if name == "expire" || name == "pexpire" {
+        ctx.now_ms as i64
+    } else {
+        0
+    };
+    if seconds {
+        if when > i64::MAX / 1000 || when < i64::MIN / 1000 {
+            return Err(CmdError::msg(errors::invalid_expire_time(&name)));
+        }
+        when *= 1000;
+    }
+    if when > i64::MAX - base {
+        return Err(CmdError::msg(errors::invalid_expire_time(&name)));
+    }
+    when += base;
+    // A time at or before now deletes the key (the keyspace does it when the expiry is past).
+    let expires_at = if when <= 0 { 0 } else { when as u64 };
+    let changed = ctx.keyspace.update_expiry(ctx.db(), &args[1], |current| {
+        conditions.allow(current, when).then_some(Some(expires_at))
+    })?;
+    Ok(Frame::Integer(i64::from(changed)))
+}
+
+fn ttl(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let name = args::lower(&args[0]);
+        let Some(value) = ctx.keyspace.get(ctx.db(), &args[1])? else {
+            return Ok(Frame::Integer(-2));
+        };
+        let Some(at) = value.expires_at_ms else {
+            return Ok(Frame::Integer(-1));
+        };
+        let remaining = (at as i64 - ctx.now_ms as i64).max(0);
+        Ok(Frame::Integer(match name.as_str() {
+            "ttl" => (remaining + 500) / 1000,
+            "pttl" => remaining,
+            "expiretime" => at as i64 / 1000,
+            _ => at as i64,
+        }))
+    })())
+}
+
+fn persist(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(
+        ctx.keyspace
+            .update_expiry(ctx.db(), &args[1], |current| current.map(|_| None))
+            .map(|changed| Frame::Integer(i64::from(changed))),
+    )
+}
