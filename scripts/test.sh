@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it: formatting, lints, every test, doc tests.
+# Works on a fresh Debian/Ubuntu machine: installs redis-tools (redis-cli, redis-benchmark)
+# when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
+    echo "== installing redis-tools"
+    SUDO=""
+    if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+    if ! $SUDO apt-get install -y redis-tools; then
+        $SUDO apt-get update
+        $SUDO apt-get install -y redis-tools
+    fi
+fi
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== build the server binary the integration tests start"
+cargo build -p ringkv --bin ringkv
+export RINGKV_BIN="$PWD/target/debug/ringkv"
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+else
+    cargo test --workspace --no-fail-fast
+fi
+
+echo "== doc tests"
+cargo test --doc --workspace
