@@ -112,12 +112,13 @@ pub(crate) fn engine_error_frame(error: &ringkv_engine::Error) -> Frame {
     use ringkv_engine::Error as E;
     match error {
         E::InvalidArgument(text) => Frame::error(format!("ERR {text}")),
-        E::Io { .. } | E::Poisoned { .. } => Frame::error(format!(
-            "MISCONF ringkv cannot persist writes: {error}. Commands that may modify the data set are disabled until the problem is fixed and the server restarted."
-        )),
         E::Closed => Frame::error("ERR server is shutting down"),
         E::Conflict => Frame::error("ERR write conflict, retry"),
         E::Corruption { .. } | E::Locked { .. } => Frame::error(format!("ERR storage error: {error}")),
+        // I/O failures, a full disk, a poisoned WAL, and whatever the engine adds later.
+        _ => Frame::error(format!(
+            "MISCONF ringkv cannot persist writes: {error}. Commands that may modify the data set are disabled until the problem is fixed and the server restarted."
+        )),
     }
 }
 

@@ -1,22 +1,274 @@
-//! Connection commands against the real binary.
+//! Connection commands (PING ECHO SELECT AUTH HELLO RESET CLIENT QUIT) and RESP3, against the
+//! real binary, comparing exact replies.
 
 mod common;
 
-use common::Server;
+use common::{resp, Server};
+use ringkv_protocol::Frame;
 
 #[test]
 fn ping_echo_and_unknown_command() {
     let server = Server::start();
     let mut raw = server.raw();
     raw.expect(b"PING\r\n", "+PONG\r\n");
-    raw.expect(&common::resp(&[b"ping", b"hi"]), "$2\r\nhi\r\n");
-    raw.expect(&common::resp(&[b"ECHO", b"x y"]), "$3\r\nx y\r\n");
+    raw.expect(&resp(&[b"ping", b"hi"]), "$2\r\nhi\r\n");
     raw.expect(
-        &common::resp(&[b"nosuch", b"a", b"b"]),
+        &resp(&[b"PING", b"a", b"b"]),
+        "-ERR wrong number of arguments for 'ping' command\r\n",
+    );
+    raw.expect(&resp(&[b"ECHO", b"x y"]), "$3\r\nx y\r\n");
+    raw.expect(
+        &resp(&[b"nosuch", b"a", b"b"]),
         "-ERR unknown command 'nosuch', with args beginning with: 'a' 'b' \r\n",
     );
     raw.expect(
-        &common::resp(&[b"echo"]),
+        &resp(&[b"nosuch"]),
+        "-ERR unknown command 'nosuch', with args beginning with: \r\n",
+    );
+    raw.expect(
+        &resp(&[b"echo"]),
         "-ERR wrong number of arguments for 'echo' command\r\n",
     );
+    // Inline commands, as telnet sends them; an empty line is ignored.
+    raw.expect(b"\r\nECHO \"a b\"\r\n", "$3\r\na b\r\n");
+}
+
+#[test]
+fn select_checks_range_and_integers() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    raw.expect(&resp(&[b"SELECT", b"15"]), "+OK\r\n");
+    raw.expect(
+        &resp(&[b"SELECT", b"16"]),
+        "-ERR DB index is out of range\r\n",
+    );
+    raw.expect(
+        &resp(&[b"SELECT", b"-1"]),
+        "-ERR DB index is out of range\r\n",
+    );
+    raw.expect(
+        &resp(&[b"SELECT", b"x"]),
+        "-ERR value is not an integer or out of range\r\n",
+    );
+    raw.expect(
+        &resp(&[b"SELECT"]),
+        "-ERR wrong number of arguments for 'select' command\r\n",
+    );
+}
+
+#[test]
+fn auth_without_password_configured() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    raw.expect(
+        &resp(&[b"AUTH", b"pw"]),
+        "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+    );
+    raw.expect(&resp(&[b"AUTH", b"a", b"b", b"c"]), "-ERR syntax error\r\n");
+}
+
+#[test]
+fn requirepass_gates_commands_until_auth() {
+    let server = Server::start_with(&["--requirepass", "s3cret"]);
+    let mut raw = server.raw();
+    raw.expect(&resp(&[b"PING"]), "-NOAUTH Authentication required.\r\n");
+    raw.expect(
+        &resp(&[b"AUTH", b"wrong"]),
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    raw.expect(
+        &resp(&[b"AUTH", b"nobody", b"s3cret"]),
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    raw.expect(&resp(&[b"AUTH", b"s3cret"]), "+OK\r\n");
+    raw.expect(&resp(&[b"PING"]), "+PONG\r\n");
+    // HELLO with AUTH authenticates too.
+    let mut other = server.raw();
+    other.expect(
+        &resp(&[b"HELLO", b"3"]),
+        "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n",
+    );
+    let reply = other.call(&resp(&[b"HELLO", b"2", b"AUTH", b"default", b"s3cret"]));
+    assert!(matches!(reply, Frame::Array(items) if items.len() == 14));
+    let mut with_cli = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &server.port.to_string(),
+            "-a",
+            "s3cret",
+            "--no-auth-warning",
+            "PING",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(
+        String::from_utf8_lossy(&std::mem::take(&mut with_cli.stdout)),
+        "PONG\n"
+    );
+}
+
+#[test]
+fn hello_switches_to_resp3_and_back() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    let Frame::Map(pairs) = raw.call(&resp(&[b"HELLO", b"3", b"SETNAME", b"conn1"])) else {
+        panic!("HELLO 3 answers a map")
+    };
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| *k == Frame::bulk(name.to_string()))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(field("proto"), Some(Frame::Integer(3)));
+    assert_eq!(field("version"), Some(Frame::bulk("7.2.0")));
+    assert_eq!(field("server"), Some(Frame::bulk("redis")));
+    assert_eq!(pairs.len(), 7);
+    // RESP3 types: null, map (CONFIG GET), verbatim (CLIENT INFO), set (COMMAND INFO flags).
+    raw.expect(&resp(&[b"CLIENT", b"GETNAME"]), "$5\r\nconn1\r\n");
+    raw.expect(&resp(&[b"OBJECT", b"ENCODING", b"missing"]), "_\r\n");
+    raw.expect(
+        &resp(&[b"CONFIG", b"GET", b"databases"]),
+        "%1\r\n$9\r\ndatabases\r\n$2\r\n16\r\n",
+    );
+    match raw.call(&resp(&[b"CLIENT", b"INFO"])) {
+        Frame::Verbatim { format, text } => {
+            assert_eq!(&format, b"txt");
+            assert!(String::from_utf8_lossy(&text).contains(" name=conn1 "));
+            assert!(String::from_utf8_lossy(&text).contains(" resp=3 "));
+        }
+        other => panic!("CLIENT INFO in RESP3: {other:?}"),
+    }
+    match raw.call(&resp(&[b"COMMAND", b"INFO", b"get"])) {
+        Frame::Array(items) => {
+            assert!(matches!(&items[0], Frame::Array(info) if matches!(info[2], Frame::Set(_))))
+        }
+        other => panic!("COMMAND INFO: {other:?}"),
+    }
+    assert!(matches!(raw.call(&resp(&[b"TIME"])), Frame::Array(items) if items.len() == 2));
+    let mut check = server.raw();
+    check.expect(
+        &resp(&[b"HELLO", b"4"]),
+        "-NOPROTO unsupported protocol version\r\n",
+    );
+    check.expect(
+        &resp(&[b"HELLO", b"x"]),
+        "-ERR Protocol version is not an integer or out of range\r\n",
+    );
+    check.expect(
+        &resp(&[b"HELLO", b"3", b"BOGUS"]),
+        "-ERR Syntax error in HELLO option 'BOGUS'\r\n",
+    );
+    assert!(matches!(
+        check.call(&resp(&[b"HELLO", b"3"])),
+        Frame::Map(_)
+    ));
+    assert!(
+        matches!(check.call(&resp(&[b"HELLO", b"2"])), Frame::Array(items) if items.len() == 14)
+    );
+    check.expect(
+        &resp(&[b"CONFIG", b"GET", b"databases"]),
+        "*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n",
+    );
+}
+
+#[test]
+fn reset_restores_connection_defaults() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    raw.expect(&resp(&[b"SELECT", b"3"]), "+OK\r\n");
+    raw.expect(&resp(&[b"CLIENT", b"SETNAME", b"x"]), "+OK\r\n");
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"RESET"]), "+RESET\r\n");
+    raw.expect(&resp(&[b"CLIENT", b"GETNAME"]), "$-1\r\n");
+    raw.expect(&resp(&[b"EXEC"]), "-ERR EXEC without MULTI\r\n");
+    let Frame::Bulk(text) = raw.call(&resp(&[b"CLIENT", b"INFO"])) else {
+        panic!()
+    };
+    assert!(String::from_utf8_lossy(&text).contains(" db=0 "));
+}
+
+#[test]
+fn client_subcommands() {
+    let server = Server::start();
+    let mut a = server.raw();
+    let mut b = server.raw();
+    a.expect(&resp(&[b"CLIENT", b"SETNAME", b"alpha"]), "+OK\r\n");
+    a.expect(
+        &resp(&[b"CLIENT", b"SETNAME", b"has space"]),
+        "-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
+    );
+    a.expect(&resp(&[b"CLIENT", b"GETNAME"]), "$5\r\nalpha\r\n");
+    a.expect(
+        &resp(&[b"CLIENT", b"SETINFO", b"lib-name", b"mylib"]),
+        "+OK\r\n",
+    );
+    a.expect(
+        &resp(&[b"CLIENT", b"SETINFO", b"bogus", b"x"]),
+        "-ERR Unrecognized option 'bogus'\r\n",
+    );
+    a.expect(
+        &resp(&[b"CLIENT", b"GETNAME", b"x"]),
+        "-ERR wrong number of arguments for 'client|getname' command\r\n",
+    );
+    a.expect(
+        &resp(&[b"CLIENT", b"FOO"]),
+        "-ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n",
+    );
+    let mut con = server.client();
+    let Frame::Integer(id_a) = a.call(&resp(&[b"CLIENT", b"ID"])) else {
+        panic!()
+    };
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(
+        list.contains(&format!("id={id_a} "))
+            && list.contains("name=alpha")
+            && list.contains("lib-name=mylib"),
+        "{list}"
+    );
+    let only: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("ID")
+        .arg(id_a)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(only.lines().count(), 1);
+    assert_eq!(
+        common::err(&mut con, &["CLIENT", "LIST", "ID", "x"]),
+        "ERR Invalid client ID"
+    );
+    assert_eq!(
+        common::err(&mut con, &["CLIENT", "KILL", "1.2.3.4:5"]),
+        "ERR No such client"
+    );
+    // Kill by id: the victim's connection closes, others keep working.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(id_a)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(killed, 1);
+    let (_, closed) = a.read_to_close();
+    assert!(closed);
+    b.expect(&resp(&[b"PING"]), "+PONG\r\n");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(999_999)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(killed, 0);
+}
+
+#[test]
+fn quit_replies_ok_then_closes() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    raw.send(&resp(&[b"QUIT"]));
+    let (text, closed) = raw.read_to_close();
+    assert_eq!(text, "+OK\r\n");
+    assert!(closed);
+    assert_eq!(server.cli(&["PING"]), "PONG\n");
 }

@@ -249,6 +249,35 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 value.raw.len() - 1
             )))
         }
+        "populate" if (3..=5).contains(&args.len()) => {
+            let count = args::i64_arg(&args[2])?;
+            if count < 0 {
+                return Err(CmdError::msg(
+                    "ERR count must be greater than or equal to 0",
+                ));
+            }
+            let prefix = args.get(3).map_or(&b"key"[..], |p| &p[..]);
+            let size = match args.get(4) {
+                Some(size) => Some(args::i64_arg(size)?.max(0) as usize),
+                None => None,
+            };
+            let db = ctx.db();
+            for i in 0..count {
+                let mut key = prefix.to_vec();
+                key.extend_from_slice(format!(":{i}").as_bytes());
+                let _guard = ctx.keyspace.lock_keys(&[&key]);
+                if ctx.keyspace.exists(db, &key)? {
+                    continue;
+                }
+                let mut value = format!("value:{i}").into_bytes();
+                if let Some(size) = size {
+                    value.resize(size, 0);
+                }
+                ctx.keyspace.set_string(db, &key, &value, None)?;
+            }
+            ctx.wrote(ctx.keyspace.engine().last_sequence());
+            Ok(Frame::ok())
+        }
         "reload" => {
             flush_engine(ctx)?;
             Ok(Frame::ok())
@@ -257,6 +286,11 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             "DEBUG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
             "OBJECT <key>",
             "    Show low level info about the key and associated value.",
+            "POPULATE <count> [<prefix>] [<size>]",
+            "    Create <count> string keys named key:<num>. If <prefix> is specified then",
+            "    it is used instead of the 'key' prefix. These are not propagated to",
+            "    replicas. Cluster slots are not respected so keys not belonging to the",
+            "    current node can be created in cluster mode.",
             "RELOAD",
             "    Flush the engine to disk (ringkv has no RDB to reload).",
             "SET-ACTIVE-EXPIRE <0|1>",

@@ -22,10 +22,11 @@ pub fn binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            if let Some(path) = std::env::var_os("RINGKV_BIN") {
-                return PathBuf::from(path);
-            }
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            if let Some(path) = std::env::var_os("RINGKV_BIN") {
+                // Relative paths are taken from the workspace root, where scripts run.
+                return workspace.join(path);
+            }
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace.join("target"));
@@ -250,6 +251,26 @@ impl Raw {
             "reply to {:?}",
             String::from_utf8_lossy(request)
         );
+    }
+
+    /// Reads one complete RESP value (any type).
+    pub fn read_frame(&mut self) -> ringkv_protocol::Frame {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            if let Some((frame, used)) = ringkv_protocol::Frame::parse(&buf).expect("valid reply") {
+                assert_eq!(used, buf.len());
+                return frame;
+            }
+            self.stream.read_exact(&mut byte).expect("read reply");
+            buf.push(byte[0]);
+        }
+    }
+
+    /// Sends `request` and reads one reply value.
+    pub fn call(&mut self, request: &[u8]) -> ringkv_protocol::Frame {
+        self.send(request);
+        self.read_frame()
     }
 
     /// Reads whatever arrives until the server closes the connection (or the timeout).
