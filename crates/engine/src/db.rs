@@ -77,6 +77,12 @@ impl Background {
 }
 
 #[derive(Debug, Default)]
+struct Suspended {
+    flush: Option<String>,
+    compaction: Option<String>,
+}
+
+#[derive(Debug, Default)]
 struct Counters {
     flushes: AtomicU64,
     flush_bytes: AtomicU64,
@@ -107,8 +113,12 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     background: Arc<Background>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// First failure of a background flush or compaction.
+    /// First failure of a background flush or compaction that cannot be
+    /// retried (writes are refused until restart).
     failed: Mutex<Option<String>>,
+    /// Flush or compaction held back by a full disk, retried every second;
+    /// writes are refused meanwhile.
+    suspended: Mutex<Suspended>,
     counters: Counters,
     recovery: Recovery,
 }
@@ -319,6 +329,7 @@ impl Db {
             background: Arc::new(Background::default()),
             threads: Mutex::new(Vec::new()),
             failed: Mutex::new(None),
+            suspended: Mutex::new(Suspended::default()),
             counters: Counters::default(),
             recovery,
             options,
@@ -348,9 +359,7 @@ impl Db {
         };
         threads.push(spawn("ringkv-flush", flush_step));
         threads.push(spawn("ringkv-compact", compaction_step));
-        if self.inner.options.fsync != FsyncPolicy::Always {
-            threads.push(spawn("ringkv-wal-sync", wal_sync_step));
-        }
+        threads.push(spawn("ringkv-wal-sync", wal_sync_step));
     }
 
     /// The live value of `key`, or `None` when absent, deleted or expired.
@@ -569,8 +578,11 @@ impl Db {
             state.last_seq
         };
         loop {
-            if let Some(reason) = inner.failed.lock().clone() {
+            if let Some(reason) = inner.permanent_error() {
                 return Err(Error::Poisoned { reason });
+            }
+            if let Some(reason) = inner.disk_full() {
+                return Err(Error::DiskFull { reason });
             }
             if inner.current.read().frozen.is_empty() {
                 return Ok(seq);
@@ -699,14 +711,31 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        match self.write_error() {
-            Some(reason) => Err(Error::Poisoned { reason }),
-            None => Ok(()),
+        if let Some(reason) = self.permanent_error() {
+            return Err(Error::Poisoned { reason });
         }
+        if let Some(reason) = self.disk_full() {
+            return Err(Error::DiskFull { reason });
+        }
+        Ok(())
+    }
+
+    /// Why writes are refused until restart, if they are.
+    fn permanent_error(&self) -> Option<String> {
+        self.wal.poisoned().or_else(|| self.failed.lock().clone())
+    }
+
+    /// Why writes are suspended until disk space returns, if they are.
+    fn disk_full(&self) -> Option<String> {
+        let suspended = self.suspended.lock();
+        self.wal
+            .suspended()
+            .or_else(|| suspended.flush.clone())
+            .or_else(|| suspended.compaction.clone())
     }
 
     fn write_error(&self) -> Option<String> {
-        self.wal.poisoned().or_else(|| self.failed.lock().clone())
+        self.permanent_error().or_else(|| self.disk_full())
     }
 
     fn get_at(&self, current: &SuperVersion, key: &[u8], seq: u64) -> Result<Option<Entry>> {
@@ -782,9 +811,7 @@ impl Inner {
     }
 
     fn stall(&self, state: &mut MutexGuard<'_, WriteState>, why: &str) -> Result<()> {
-        if let Some(reason) = self.write_error() {
-            return Err(Error::Poisoned { reason });
-        }
+        self.check_writable()?;
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -993,7 +1020,23 @@ impl Inner {
         Ok(())
     }
 
+    /// Records a background failure: a full disk suspends writes until the
+    /// retried step succeeds; anything else refuses writes until restart.
     fn record_failure(&self, what: &str, error: &Error) {
+        if error.is_disk_full() {
+            let mut suspended = self.suspended.lock();
+            let slot = if what == "compaction" {
+                &mut suspended.compaction
+            } else {
+                &mut suspended.flush
+            };
+            if slot.is_none() {
+                tracing::error!(%error, "{what} out of space; writes suspended, retrying every second");
+            }
+            *slot = Some(format!("{what} failed: {error}"));
+            self.progress.notify_all();
+            return;
+        }
         let mut failed = self.failed.lock();
         if failed.is_none() {
             tracing::error!(%error, "{what} failed; refusing writes until restart");
@@ -1036,7 +1079,12 @@ fn flush_step(inner: &Inner, _background: &Background) -> bool {
         return false;
     }
     match inner.flush_oldest() {
-        Ok(more) => more,
+        Ok(more) => {
+            if inner.suspended.lock().flush.take().is_some() {
+                tracing::info!("memtable flush succeeded again; writes resume");
+            }
+            more
+        }
         Err(error) => {
             inner.record_failure("memtable flush", &error);
             false
@@ -1050,7 +1098,12 @@ fn compaction_step(inner: &Inner, _background: &Background) -> bool {
         return false;
     }
     match inner.compact_once() {
-        Ok(more) => more,
+        Ok(more) => {
+            if inner.suspended.lock().compaction.take().is_some() {
+                tracing::info!("compaction succeeded again; writes resume");
+            }
+            more
+        }
         Err(error) => {
             inner.record_failure("compaction", &error);
             false
@@ -1059,6 +1112,15 @@ fn compaction_step(inner: &Inner, _background: &Background) -> bool {
 }
 
 fn wal_sync_step(inner: &Inner, _background: &Background) -> bool {
+    if inner.wal.suspended().is_some() {
+        inner
+            .wal
+            .retry_suspended(inner.options.fsync != FsyncPolicy::No);
+        return false;
+    }
+    if inner.options.fsync == FsyncPolicy::Always {
+        return false;
+    }
     let seq = inner.visible_seq.load(Ordering::Acquire);
     let fsync = inner.options.fsync == FsyncPolicy::EverySec;
     if let Err(error) = inner.wal.sync_to(seq, fsync) {

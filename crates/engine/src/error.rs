@@ -45,6 +45,13 @@ pub enum Error {
         /// The first failure.
         reason: String,
     },
+    /// The disk is full (or over quota): writes are refused until space
+    /// returns; nothing acknowledged is lost and reads go on.
+    #[error("writes suspended: disk full ({reason}); they resume once space is freed")]
+    DiskFull {
+        /// The failure that suspended writes.
+        reason: String,
+    },
     /// A write batch's `expect_version` did not hold.
     #[error("version conflict on a key of the write batch")]
     Conflict,
@@ -77,6 +84,7 @@ impl Error {
     /// True when the error is an I/O error whose cause is a full disk or quota.
     pub fn is_disk_full(&self) -> bool {
         match self {
+            Error::DiskFull { .. } => true,
             Error::Io { source, .. } => matches!(
                 source.raw_os_error(),
                 Some(code) if code == 28 /* ENOSPC */ || code == 122 /* EDQUOT */ || code == 27 /* EFBIG */

@@ -187,6 +187,8 @@ struct Pending {
 struct Segment {
     path: PathBuf,
     file: File,
+    /// Bytes successfully written (a failed write is truncated back to it).
+    written: AtomicU64,
 }
 
 /// The write-ahead log of one database.
@@ -202,6 +204,8 @@ pub(crate) struct Wal {
     syncs: AtomicU64,
     sync_micros_total: AtomicU64,
     poisoned: Mutex<Option<String>>,
+    /// Set while a full disk holds buffered records back.
+    suspended: Mutex<Option<String>>,
 }
 
 /// Counters of the log.
@@ -238,6 +242,7 @@ impl Wal {
             syncs: AtomicU64::new(0),
             sync_micros_total: AtomicU64::new(0),
             poisoned: Mutex::new(None),
+            suspended: Mutex::new(None),
         })
     }
 
@@ -300,20 +305,26 @@ impl Wal {
             let retired = std::mem::take(&mut pending.retired);
             (pending.segment.clone(), bytes, pending.last_seq, retired)
         };
-        let result = self.write_segments(&segment, &bytes, retired, fsync);
-        if let Err(error) = result {
-            let mut poisoned = self.poisoned.lock();
-            if poisoned.is_none() {
-                tracing::error!(%error, "write-ahead log failed; refusing writes until restart");
-                *poisoned = Some(error.to_string());
+        let mut chunks: Vec<(Arc<Segment>, Vec<u8>)> = retired;
+        chunks.push((segment, bytes));
+        let last = chunks.len() - 1;
+        for i in 0..chunks.len() {
+            let (segment, bytes) = &chunks[i];
+            if let Err(error) = self.write_file(segment, bytes) {
+                return Err(self.write_failed(error, chunks.split_off(i)));
             }
-            return Err(error);
+            // A rotated segment is complete: make it durable whatever the
+            // policy, so the boundary between segments is never torn.
+            if i < last || fsync {
+                if let Err(error) = self.fsync_file(segment) {
+                    return Err(self.poison(error));
+                }
+            }
         }
         // Give the allocation back to the buffer for reuse.
-        {
+        if let Some((_, mut reuse)) = chunks.pop() {
             let mut pending = self.pending.lock();
-            if pending.bytes.is_empty() && pending.bytes.capacity() < bytes.capacity() {
-                let mut reuse = bytes;
+            if pending.bytes.is_empty() && pending.bytes.capacity() < reuse.capacity() {
                 reuse.clear();
                 pending.bytes = reuse;
             }
@@ -322,27 +333,75 @@ impl Wal {
         if fsync {
             self.synced_seq.fetch_max(last_seq, Ordering::AcqRel);
         }
+        if self.suspended.lock().take().is_some() {
+            tracing::info!("write-ahead log writable again; writes resume");
+        }
         Ok(())
     }
 
-    fn write_segments(
-        &self,
-        segment: &Segment,
-        bytes: &[u8],
-        retired: Vec<(Arc<Segment>, Vec<u8>)>,
-        fsync: bool,
-    ) -> Result<()> {
-        for (old, old_bytes) in retired {
-            self.write_file(&old, &old_bytes)?;
-            // A rotated segment is complete: make it durable whatever the
-            // policy, so the boundary between segments is never torn.
-            self.fsync_file(&old)?;
+    /// A write to a segment failed. When the disk is full (or over quota),
+    /// the partial write is cut off and the unwritten bytes go back to the
+    /// front of the buffer, to be written when space comes back; writes are
+    /// suspended meanwhile. Any other failure poisons the log.
+    fn write_failed(&self, error: Error, unwritten: Vec<(Arc<Segment>, Vec<u8>)>) -> Error {
+        if !error.is_disk_full() {
+            return self.poison(error);
         }
-        self.write_file(segment, bytes)?;
-        if fsync {
-            self.fsync_file(segment)?;
+        let (failed, _) = &unwritten[0];
+        let written = failed.written.load(Ordering::Acquire);
+        if let Err(truncate_error) = failed.file.set_len(written) {
+            return self.poison(Error::io(&failed.path, truncate_error));
         }
-        Ok(())
+        let mut pending = self.pending.lock();
+        let mut chunks = unwritten;
+        // Appends made since the buffer was taken belong after these bytes.
+        let newer_retired = std::mem::take(&mut pending.retired);
+        let newer_bytes = std::mem::take(&mut pending.bytes);
+        chunks.extend(newer_retired);
+        let current = pending.segment.clone();
+        match chunks.iter().position(|(s, _)| Arc::ptr_eq(s, &current)) {
+            Some(at) => {
+                let mut tail = chunks.split_off(at);
+                let (_, mut bytes) = tail.remove(0);
+                bytes.extend_from_slice(&newer_bytes);
+                debug_assert!(tail.is_empty(), "the current segment is the last chunk");
+                pending.bytes = bytes;
+            }
+            None => pending.bytes = newer_bytes,
+        }
+        pending.retired = chunks;
+        drop(pending);
+        let reason = error.to_string();
+        let mut suspended = self.suspended.lock();
+        if suspended.is_none() {
+            tracing::error!(%error, "write-ahead log out of space; writes suspended until space returns");
+        }
+        *suspended = Some(reason.clone());
+        Error::DiskFull { reason }
+    }
+
+    fn poison(&self, error: Error) -> Error {
+        let mut poisoned = self.poisoned.lock();
+        if poisoned.is_none() {
+            tracing::error!(%error, "write-ahead log failed; refusing writes until restart");
+            *poisoned = Some(error.to_string());
+        }
+        error
+    }
+
+    /// Why writes are suspended (disk full), if they are.
+    pub fn suspended(&self) -> Option<String> {
+        self.suspended.lock().clone()
+    }
+
+    /// Retries writing what a full disk held back. Returns true when the
+    /// log is writable again.
+    pub fn retry_suspended(&self, fsync: bool) -> bool {
+        if self.suspended().is_none() {
+            return true;
+        }
+        let _io = self.io.lock();
+        self.write_out(fsync).is_ok()
     }
 
     fn write_file(&self, segment: &Segment, bytes: &[u8]) -> Result<()> {
@@ -352,6 +411,9 @@ impl Wal {
         (&segment.file)
             .write_all(bytes)
             .map_err(|e| Error::io(&segment.path, e))?;
+        segment
+            .written
+            .fetch_add(bytes.len() as u64, Ordering::AcqRel);
         self.bytes_written
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -389,7 +451,11 @@ fn open_segment(dir: &Path, number: u64) -> Result<Segment> {
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
     sync_dir(dir)?;
-    Ok(Segment { path, file })
+    Ok(Segment {
+        path,
+        file,
+        written: AtomicU64::new(0),
+    })
 }
 
 /// fsyncs a directory so a file created or renamed in it survives a crash.

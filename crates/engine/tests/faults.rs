@@ -170,7 +170,8 @@ const FULL_DISK_CHILD: &str = "RINGKV_FULL_DISK_CHILD_DIR";
 
 /// Child: the OS refuses to let any file grow past 1 MiB (RLIMIT_FSIZE,
 /// writes fail with EFBIG as on a full disk). Writes until the engine
-/// reports the error, then checks reads still work.
+/// reports the error, checks reads still work and writes stay refused,
+/// then gives the space back and checks writes resume by themselves.
 #[test]
 fn full_disk_child_entry() {
     let Ok(dir) = std::env::var(FULL_DISK_CHILD) else {
@@ -183,7 +184,7 @@ fn full_disk_child_entry() {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         let limit = libc::rlimit {
             rlim_cur: 1 << 20,
-            rlim_max: 1 << 20,
+            rlim_max: libc::RLIM_INFINITY,
         };
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
     }
@@ -197,15 +198,51 @@ fn full_disk_child_entry() {
         assert!(acked < 1_000_000, "the file size limit never hit");
     };
     assert!(
-        error.is_disk_full(),
+        matches!(error, Error::DiskFull { .. }),
         "expected a disk-full error, got {error}"
     );
+    assert!(
+        error.to_string().contains("resume once space is freed"),
+        "{error}"
+    );
     // Further writes are refused, reads still served.
-    assert!(db.put(b"more", b"data", None).is_err());
+    for _ in 0..3 {
+        assert!(matches!(
+            db.put(b"more", b"data", None),
+            Err(Error::DiskFull { .. })
+        ));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
     assert_eq!(
         db.get(&key(0)).unwrap().unwrap().value.as_ref(),
         value(0).as_slice()
     );
+    // Space comes back: the background retry writes what was held back and
+    // writes resume without a restart.
+    // SAFETY: as above; raising the soft limit up to the (infinite) hard one.
+    unsafe {
+        let limit = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+    let resumed = std::time::Instant::now();
+    loop {
+        match db.put(&key(acked), &value(acked), None) {
+            Ok(_) => break,
+            Err(Error::DiskFull { .. }) if resumed.elapsed().as_secs() < 10 => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Err(other) => panic!("writes did not resume: {other}"),
+        }
+    }
+    acked += 1;
+    for _ in 0..100 {
+        db.put(&key(acked), &value(acked), None).unwrap();
+        acked += 1;
+    }
+    db.close().unwrap();
     println!("\nacked {acked}");
 }
 
