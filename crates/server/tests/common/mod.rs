@@ -148,7 +148,10 @@ impl Server {
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
-        Raw { stream }
+        Raw {
+            stream,
+            pending: Vec::new(),
+        }
     }
 
     /// Runs `redis-cli -p port args…` and returns its stdout.
@@ -221,6 +224,8 @@ impl Drop for Server {
 /// A raw TCP client: send bytes, read replies.
 pub struct Raw {
     pub stream: TcpStream,
+    /// Bytes read past the last reply [`Raw::read_frame`] returned.
+    pending: Vec<u8>,
 }
 
 impl Raw {
@@ -231,8 +236,11 @@ impl Raw {
 
     /// Reads until `expected` bytes arrived (or the timeout) and returns them.
     pub fn read_exact_len(&mut self, expected: usize) -> Vec<u8> {
-        let mut out = vec![0u8; expected];
-        self.stream.read_exact(&mut out).expect("read reply");
+        let buffered = self.pending.len().min(expected);
+        let mut out: Vec<u8> = self.pending.drain(..buffered).collect();
+        let mut rest = vec![0u8; expected - buffered];
+        self.stream.read_exact(&mut rest).expect("read reply");
+        out.extend_from_slice(&rest);
         out
     }
 
@@ -255,15 +263,17 @@ impl Raw {
 
     /// Reads one complete RESP value (any type).
     pub fn read_frame(&mut self) -> ringkv_protocol::Frame {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
+        let mut chunk = [0u8; 64 * 1024];
         loop {
-            if let Some((frame, used)) = ringkv_protocol::Frame::parse(&buf).expect("valid reply") {
-                assert_eq!(used, buf.len());
+            if let Some((frame, used)) =
+                ringkv_protocol::Frame::parse(&self.pending).expect("valid reply")
+            {
+                self.pending.drain(..used);
                 return frame;
             }
-            self.stream.read_exact(&mut byte).expect("read reply");
-            buf.push(byte[0]);
+            let n = self.stream.read(&mut chunk).expect("read reply");
+            assert!(n > 0, "connection closed before a whole reply");
+            self.pending.extend_from_slice(&chunk[..n]);
         }
     }
 
