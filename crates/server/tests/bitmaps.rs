@@ -52,11 +52,12 @@ impl Session {
     }
 
     /// Runs every `(command, expected rendering)` pair in order; reports all mismatches.
+    /// `a|b` accepts either rendering (a TTL may tick down by a second on a slow machine).
     fn check(&mut self, cases: &[(&str, &str)]) {
         let mut failures = Vec::new();
         for (line, expected) in cases {
             let got = self.cmd(line);
-            if got != *expected {
+            if !expected.split('|').any(|alternative| alternative == got) {
                 failures.push(format!(
                     "{line}\n    expected {expected}\n    got      {got}"
                 ));
@@ -136,8 +137,9 @@ fn setbit_and_getbit() {
         ("GETBIT nokey 3", ":0"),
         ("SETBIT zero 10 0", ":0"),
         ("GET zero", "\"\\x00\\x00\""),
-        ("SETBIT b 4294967295 0", ":0"),
-        ("STRLEN b", ":536870912"),
+        ("SETBIT b 8388607 1", ":0"),
+        ("STRLEN b", ":1048576"),
+        ("GETBIT b 8388607", ":1"),
         ("SETBIT b 4294967296 1", BIT_OFFSET),
         ("SETBIT b -1 1", BIT_OFFSET),
         ("SETBIT b x 1", BIT_OFFSET),
@@ -151,7 +153,7 @@ fn setbit_and_getbit() {
         ("SET t a EX 100", "+OK"),
         ("SETBIT t 6 1", ":0"),
         ("GET t", "\"c\""),
-        ("TTL t", ":100"),
+        ("TTL t", ":100|:99"),
         (
             "SETBIT b 1",
             "-ERR wrong number of arguments for 'setbit' command",
@@ -355,7 +357,7 @@ fn bitfield_get_set_incrby_and_overflow() {
         ("SET t a EX 100", "+OK"),
         ("BITFIELD t SET u8 0 98", "[:97]"),
         ("GET t", "\"b\""),
-        ("TTL t", ":100"),
+        ("TTL t", ":100|:99"),
         // BITFIELD_RO reads only.
         ("BITFIELD_RO k GET u4 0 GET i8 #1", "[:0, :127]"),
         (

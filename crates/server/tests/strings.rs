@@ -52,11 +52,12 @@ impl Session {
     }
 
     /// Runs every `(command, expected rendering)` pair in order; reports all mismatches.
+    /// `a|b` accepts either rendering (a TTL may tick down by a second on a slow machine).
     fn check(&mut self, cases: &[(&str, &str)]) {
         let mut failures = Vec::new();
         for (line, expected) in cases {
             let got = self.cmd(line);
-            if got != *expected {
+            if !expected.split('|').any(|alternative| alternative == got) {
                 failures.push(format!(
                     "{line}\n    expected {expected}\n    got      {got}"
                 ));
@@ -146,7 +147,7 @@ fn get_set_and_every_set_option() {
         ("SET k v PERSIST", SYNTAX),
         ("SET k v foo", SYNTAX),
         ("SET k v EX 10 EX 20", "+OK"),
-        ("TTL k", ":20"),
+        ("TTL k", ":20|:19"),
         // Expiry values.
         ("SET k v EX 0", "-ERR invalid expire time in 'set' command"),
         ("SET k v EX -5", "-ERR invalid expire time in 'set' command"),
@@ -175,13 +176,13 @@ fn get_set_and_every_set_option() {
         ("GET k", "\"v\""),
         // TTL handling.
         ("SET k v ex 100", "+OK"),
-        ("TTL k", ":100"),
+        ("TTL k", ":100|:99"),
         ("SET k v2 KEEPTTL", "+OK"),
-        ("TTL k", ":100"),
+        ("TTL k", ":100|:99"),
         ("SET k v3", "+OK"),
         ("TTL k", ":-1"),
         ("SET k v px 100000", "+OK"),
-        ("TTL k", ":100"),
+        ("TTL k", ":100|:99"),
         ("SET k v EXAT 4102444800", "+OK"),
         ("EXPIRETIME k", ":4102444800"),
         ("SET k v PXAT 4102444800123", "+OK"),
@@ -221,9 +222,9 @@ fn set_ifeq_compare_and_set() {
         ("SET ik d GET IFEQ zz", "\"c\""),
         ("GET ik", "\"c\""),
         ("SET ik d IFEQ c EX 100", "+OK"),
-        ("TTL ik", ":100"),
+        ("TTL ik", ":100|:99"),
         ("SET ik e KEEPTTL IFEQ d", "+OK"),
-        ("TTL ik", ":100"),
+        ("TTL ik", ":100|:99"),
         ("SET missing v IFEQ v", "nil"),
         ("SET missing v IFEQ v GET", "nil"),
         ("GET missing", "nil"),
@@ -248,7 +249,7 @@ fn setnx_setex_psetex_getset_getdel_getex() {
         ("SETNX a 2", ":0"),
         ("GET a", "\"1\""),
         ("SETEX a 100 v", "+OK"),
-        ("TTL a", ":100"),
+        ("TTL a", ":100|:99"),
         ("GET a", "\"v\""),
         ("SETEX a 0 v", "-ERR invalid expire time in 'setex' command"),
         (
@@ -261,7 +262,7 @@ fn setnx_setex_psetex_getset_getdel_getex() {
             "-ERR invalid expire time in 'setex' command",
         ),
         ("PSETEX a 100000 w", "+OK"),
-        ("TTL a", ":100"),
+        ("TTL a", ":100|:99"),
         (
             "PSETEX a 0 w",
             "-ERR invalid expire time in 'psetex' command",
@@ -283,11 +284,11 @@ fn setnx_setex_psetex_getset_getdel_getex() {
         ("GETEX missing NX", SYNTAX),
         ("GETEX a", "\"x\""),
         ("GETEX a EX 100", "\"x\""),
-        ("TTL a", ":100"),
+        ("TTL a", ":100|:99"),
         ("GETEX a PERSIST", "\"x\""),
         ("TTL a", ":-1"),
         ("GETEX a PX 50000", "\"x\""),
-        ("TTL a", ":50"),
+        ("TTL a", ":50|:49"),
         ("GETEX a EXAT 4102444800", "\"x\""),
         ("EXPIRETIME a", ":4102444800"),
         ("GETEX a PXAT 4102444800555", "\"x\""),
@@ -388,7 +389,7 @@ fn counters_follow_redis_integer_rules() {
         ("DECR n", NOT_INTEGER),
         ("SET n 5 EX 100", "+OK"),
         ("INCR n", ":6"),
-        ("TTL n", ":100"),
+        ("TTL n", ":100|:99"),
         // INCRBYFLOAT: long double arithmetic, %.17Lf trimmed.
         ("SET f 10.5", "+OK"),
         ("INCRBYFLOAT f 0.1", "\"10.6\""),
@@ -418,7 +419,7 @@ fn counters_follow_redis_integer_rules() {
         ("INCRBYFLOAT f 1", NOT_FLOAT),
         ("SET f 1.5 PX 100000", "+OK"),
         ("INCRBYFLOAT f 1", "\"2.5\""),
-        ("TTL f", ":100"),
+        ("TTL f", ":100|:99"),
         ("INCR", "-ERR wrong number of arguments for 'incr' command"),
         (
             "INCRBY n",
@@ -485,7 +486,7 @@ fn append_strlen_getrange_setrange() {
         ("SET t abc EX 100", "+OK"),
         ("APPEND t d", ":4"),
         ("SETRANGE t 0 X", ":4"),
-        ("TTL t", ":100"),
+        ("TTL t", ":100|:99"),
         ("GET t", "\"Xbcd\""),
         (
             "APPEND",

@@ -1,0 +1,456 @@
+//! Generic keyspace commands against the real binary: every option and error path, 16
+//! databases, SCAN's guarantees, RANGE.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{err, Server};
+use redis::{Commands, Connection, Value};
+
+fn set(con: &mut Connection, key: &str, value: &str) {
+    let _: () = con.set(key, value).unwrap();
+}
+
+fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(con).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+#[test]
+fn del_unlink_exists_touch_type() {
+    let server = Server::start();
+    let mut con = server.client();
+    set(&mut con, "a", "1");
+    set(&mut con, "b", "2");
+    assert_eq!(q::<i64>(&mut con, &["EXISTS", "a", "a", "b", "zz"]), 3);
+    assert_eq!(q::<i64>(&mut con, &["TOUCH", "a", "zz"]), 1);
+    assert_eq!(q::<String>(&mut con, &["TYPE", "a"]), "string");
+    assert_eq!(q::<String>(&mut con, &["TYPE", "zz"]), "none");
+    assert_eq!(q::<i64>(&mut con, &["DEL", "a", "a", "zz"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["UNLINK", "b"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
+    assert_eq!(
+        err(&mut con, &["DEL"]),
+        "ERR wrong number of arguments for 'del' command"
+    );
+    assert_eq!(
+        err(&mut con, &["EXISTS"]),
+        "ERR wrong number of arguments for 'exists' command"
+    );
+    assert_eq!(
+        err(&mut con, &["TYPE", "a", "b"]),
+        "ERR wrong number of arguments for 'type' command"
+    );
+}
+
+#[test]
+fn rename_and_renamenx_keep_value_and_ttl() {
+    let server = Server::start();
+    let mut con = server.client();
+    set(&mut con, "src", "v");
+    assert_eq!(q::<i64>(&mut con, &["PEXPIRE", "src", "100000"]), 1);
+    assert_eq!(q::<String>(&mut con, &["RENAME", "src", "dst"]), "OK");
+    assert_eq!(
+        q::<Option<String>>(&mut con, &["GET", "dst"]),
+        Some("v".into())
+    );
+    assert!(q::<i64>(&mut con, &["PTTL", "dst"]) > 90_000);
+    assert_eq!(q::<i64>(&mut con, &["EXISTS", "src"]), 0);
+    assert_eq!(err(&mut con, &["RENAME", "nosuch", "x"]), "ERR no such key");
+    assert_eq!(
+        err(&mut con, &["RENAMENX", "nosuch", "x"]),
+        "ERR no such key"
+    );
+    assert_eq!(q::<String>(&mut con, &["RENAME", "dst", "dst"]), "OK");
+    set(&mut con, "other", "o");
+    assert_eq!(q::<i64>(&mut con, &["RENAMENX", "dst", "other"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["RENAMENX", "dst", "fresh"]), 1);
+    assert_eq!(q::<String>(&mut con, &["RENAME", "fresh", "other"]), "OK");
+    assert_eq!(
+        q::<Option<String>>(&mut con, &["GET", "other"]),
+        Some("v".into())
+    );
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 1);
+    assert_eq!(
+        err(&mut con, &["RENAME", "a"]),
+        "ERR wrong number of arguments for 'rename' command"
+    );
+}
+
+#[test]
+fn copy_with_db_and_replace() {
+    let server = Server::start();
+    let mut con = server.client();
+    set(&mut con, "a", "1");
+    set(&mut con, "b", "2");
+    assert_eq!(q::<i64>(&mut con, &["COPY", "a", "b"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["COPY", "a", "b", "REPLACE"]), 1);
+    assert_eq!(q::<String>(&mut con, &["GET", "b"]), "1");
+    assert_eq!(q::<i64>(&mut con, &["COPY", "nosuch", "c"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["COPY", "a", "a", "db", "5"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 2);
+    assert_eq!(
+        err(&mut con, &["COPY", "a", "a"]),
+        "ERR source and destination objects are the same"
+    );
+    assert_eq!(
+        err(&mut con, &["COPY", "a", "x", "DB", "16"]),
+        "ERR DB index is out of range"
+    );
+    assert_eq!(
+        err(&mut con, &["COPY", "a", "x", "DB", "x"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        err(&mut con, &["COPY", "a", "x", "BOGUS"]),
+        "ERR syntax error"
+    );
+    assert_eq!(err(&mut con, &["COPY", "a", "x", "DB"]), "ERR syntax error");
+    assert_eq!(q::<String>(&mut con, &["SELECT", "5"]), "OK");
+    assert_eq!(q::<String>(&mut con, &["GET", "a"]), "1");
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 1);
+}
+
+#[test]
+fn sixteen_databases_select_move_swapdb_flushdb() {
+    let server = Server::start();
+    let mut con = server.client();
+    for db in 0..16 {
+        assert_eq!(q::<String>(&mut con, &["SELECT", &db.to_string()]), "OK");
+        for i in 0..=db {
+            set(&mut con, &format!("k{i}"), &format!("db{db}"));
+        }
+    }
+    for db in 0..16 {
+        q::<String>(&mut con, &["SELECT", &db.to_string()]);
+        assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), db + 1);
+        assert_eq!(q::<String>(&mut con, &["GET", "k0"]), format!("db{db}"));
+    }
+    // MOVE
+    q::<String>(&mut con, &["SELECT", "0"]);
+    set(&mut con, "mover", "m");
+    assert_eq!(q::<i64>(&mut con, &["MOVE", "mover", "1"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["EXISTS", "mover"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["MOVE", "mover", "1"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["MOVE", "k0", "1"]), 0, "target exists");
+    assert_eq!(
+        err(&mut con, &["MOVE", "k0", "0"]),
+        "ERR source and destination objects are the same"
+    );
+    assert_eq!(
+        err(&mut con, &["MOVE", "k0", "16"]),
+        "ERR DB index is out of range"
+    );
+    assert_eq!(
+        err(&mut con, &["MOVE", "k0", "x"]),
+        "ERR value is not an integer or out of range"
+    );
+    q::<String>(&mut con, &["SELECT", "1"]);
+    assert_eq!(q::<String>(&mut con, &["GET", "mover"]), "m");
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 3);
+    // SWAPDB: another connection sitting on db 1 sees db 2's data at once.
+    let mut watcher = server.client();
+    q::<String>(&mut watcher, &["SELECT", "2"]);
+    assert_eq!(q::<String>(&mut con, &["SWAPDB", "1", "2"]), "OK");
+    assert_eq!(
+        q::<i64>(&mut con, &["DBSIZE"]),
+        3,
+        "db 1 now holds old db 2 (3 keys)"
+    );
+    assert_eq!(q::<String>(&mut con, &["GET", "k0"]), "db2");
+    assert_eq!(q::<String>(&mut watcher, &["GET", "mover"]), "m");
+    assert_eq!(q::<String>(&mut con, &["SWAPDB", "3", "3"]), "OK");
+    assert_eq!(
+        err(&mut con, &["SWAPDB", "x", "1"]),
+        "ERR invalid first DB index"
+    );
+    assert_eq!(
+        err(&mut con, &["SWAPDB", "1", "x"]),
+        "ERR invalid second DB index"
+    );
+    assert_eq!(
+        err(&mut con, &["SWAPDB", "1", "16"]),
+        "ERR DB index is out of range"
+    );
+    // FLUSHDB only empties the selected db.
+    q::<String>(&mut con, &["SELECT", "5"]);
+    assert_eq!(q::<String>(&mut con, &["FLUSHDB"]), "OK");
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
+    assert_eq!(q::<Option<String>>(&mut con, &["GET", "k0"]), None);
+    assert_eq!(q::<String>(&mut con, &["FLUSHDB", "ASYNC"]), "OK");
+    assert_eq!(q::<String>(&mut con, &["FLUSHDB", "sync"]), "OK");
+    assert_eq!(err(&mut con, &["FLUSHDB", "bogus"]), "ERR syntax error");
+    set(&mut con, "after", "flush");
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 1);
+    q::<String>(&mut con, &["SELECT", "6"]);
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 7);
+    assert_eq!(q::<String>(&mut con, &["FLUSHALL"]), "OK");
+    for db in 0..16 {
+        q::<String>(&mut con, &["SELECT", &db.to_string()]);
+        assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
+        assert_eq!(
+            q::<Vec<String>>(&mut con, &["KEYS", "*"]),
+            Vec::<String>::new()
+        );
+    }
+    assert_eq!(err(&mut con, &["FLUSHALL", "x", "y"]), "ERR syntax error");
+}
+
+#[test]
+fn flushed_databases_survive_restart_empty() {
+    let mut server = Server::start_with(&["--appendfsync", "always"]);
+    let mut con = server.client();
+    q::<String>(&mut con, &["DEBUG", "POPULATE", "5000"]);
+    q::<String>(&mut con, &["SELECT", "3"]);
+    set(&mut con, "keep", "me");
+    q::<String>(&mut con, &["SELECT", "0"]);
+    q::<String>(&mut con, &["FLUSHDB"]);
+    set(&mut con, "new", "key");
+    q::<String>(&mut con, &["SWAPDB", "0", "3"]);
+    drop(con);
+    server.restart();
+    let mut con = server.client();
+    assert_eq!(
+        q::<Vec<String>>(&mut con, &["KEYS", "*"]),
+        vec!["keep".to_string()]
+    );
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 1);
+    q::<String>(&mut con, &["SELECT", "3"]);
+    assert_eq!(
+        q::<Vec<String>>(&mut con, &["KEYS", "*"]),
+        vec!["new".to_string()]
+    );
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 1);
+}
+
+#[test]
+fn keys_with_glob_patterns() {
+    let server = Server::start();
+    let mut con = server.client();
+    for key in [
+        "hello", "hallo", "hxllo", "hllo", "heeeello", "user:1", "user:2", "h*llo",
+    ] {
+        set(&mut con, key, "v");
+    }
+    let keys = |con: &mut Connection, pattern: &str| -> Vec<String> { q(con, &["KEYS", pattern]) };
+    assert_eq!(
+        keys(&mut con, "h?llo"),
+        vec!["h*llo", "hallo", "hello", "hxllo"]
+    );
+    assert_eq!(
+        keys(&mut con, "h*llo"),
+        vec!["h*llo", "hallo", "heeeello", "hello", "hllo", "hxllo"]
+    );
+    assert_eq!(keys(&mut con, "h[ae]llo"), vec!["hallo", "hello"]);
+    assert_eq!(keys(&mut con, "h[^e]llo"), vec!["h*llo", "hallo", "hxllo"]);
+    assert_eq!(keys(&mut con, "h[a-b]llo"), vec!["hallo"]);
+    assert_eq!(keys(&mut con, "h\\*llo"), vec!["h*llo"]);
+    assert_eq!(keys(&mut con, "user:*"), vec!["user:1", "user:2"]);
+    assert_eq!(keys(&mut con, "*").len(), 8);
+    assert_eq!(keys(&mut con, "nomatch"), Vec::<String>::new());
+}
+
+#[test]
+fn scan_walks_every_key_once_with_match_count_and_type() {
+    let server = Server::start();
+    let mut con = server.client();
+    q::<String>(&mut con, &["DEBUG", "POPULATE", "1000"]);
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    let mut pages = 0;
+    loop {
+        let (next, keys): (String, Vec<String>) = q(&mut con, &["SCAN", &cursor, "COUNT", "37"]);
+        assert!(keys.len() <= 37);
+        // Keys written during the scan do not disturb it.
+        set(&mut con, &format!("zzz:{pages}"), "late");
+        seen.extend(keys);
+        pages += 1;
+        cursor = next;
+        if cursor == "0" {
+            break;
+        }
+    }
+    let originals: Vec<&String> = seen.iter().filter(|k| k.starts_with("key:")).collect();
+    assert_eq!(originals.len(), 1000);
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no key returned twice");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "keys come in order");
+    // MATCH filters visited keys; TYPE filters by type.
+    let mut matched = Vec::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let (next, keys): (String, Vec<String>) = q(
+            &mut con,
+            &[
+                "scan", &cursor, "match", "key:99*", "count", "100", "type", "string",
+            ],
+        );
+        matched.extend(keys);
+        cursor = next;
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(matched.len(), 11);
+    let (cursor, keys): (String, Vec<String>) =
+        q(&mut con, &["SCAN", "0", "TYPE", "list", "COUNT", "5000"]);
+    assert_eq!((cursor.as_str(), keys.len()), ("0", 0));
+    // The redis crate's own iterator.
+    let all: Vec<String> = con.scan_match::<_, String>("key:1*").unwrap().collect();
+    assert_eq!(all.len(), 111);
+    // Errors and an unknown cursor.
+    assert_eq!(err(&mut con, &["SCAN", "abc"]), "ERR invalid cursor");
+    assert_eq!(err(&mut con, &["SCAN", "-1"]), "ERR invalid cursor");
+    assert_eq!(
+        err(&mut con, &["SCAN", "0", "COUNT", "0"]),
+        "ERR syntax error"
+    );
+    assert_eq!(
+        err(&mut con, &["SCAN", "0", "COUNT", "x"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(err(&mut con, &["SCAN", "0", "MATCH"]), "ERR syntax error");
+    assert_eq!(
+        err(&mut con, &["SCAN", "0", "BOGUS", "1"]),
+        "ERR syntax error"
+    );
+    let (cursor, keys): (String, Vec<String>) = q(&mut con, &["SCAN", "123456789"]);
+    assert_eq!((cursor.as_str(), keys.len()), ("0", 0));
+}
+
+#[test]
+fn range_reads_keys_between_bounds() {
+    let server = Server::start();
+    let mut con = server.client();
+    for key in ["a", "b", "c", "d", "e"] {
+        set(&mut con, key, &key.to_uppercase());
+    }
+    let range = |con: &mut Connection, args: &[&str]| -> Vec<String> {
+        let mut all = vec!["RANGE"];
+        all.extend_from_slice(args);
+        q(con, &all)
+    };
+    assert_eq!(range(&mut con, &["-", "+"]), vec!["a", "b", "c", "d", "e"]);
+    assert_eq!(range(&mut con, &["b", "d"]), vec!["b", "c", "d"]);
+    assert_eq!(range(&mut con, &["[b", "(d"]), vec!["b", "c"]);
+    assert_eq!(range(&mut con, &["(b", "+", "LIMIT", "2"]), vec!["c", "d"]);
+    assert_eq!(
+        range(&mut con, &["-", "+", "limit", "0"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(range(&mut con, &["d", "b"]), Vec::<String>::new());
+    assert_eq!(range(&mut con, &["c", "c", "WITHVALUES"]), vec!["c", "C"]);
+    assert_eq!(
+        range(&mut con, &["-", "b", "withvalues", "limit", "10"]),
+        vec!["a", "A", "b", "B"]
+    );
+    assert_eq!(
+        err(&mut con, &["RANGE", "-", "+", "LIMIT", "-1"]),
+        "ERR LIMIT can't be negative"
+    );
+    assert_eq!(
+        err(&mut con, &["RANGE", "-", "+", "LIMIT", "x"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        err(&mut con, &["RANGE", "-", "+", "BOGUS"]),
+        "ERR syntax error"
+    );
+    assert_eq!(
+        err(&mut con, &["RANGE", "-"]),
+        "ERR wrong number of arguments for 'range' command"
+    );
+    // Only the selected database.
+    q::<String>(&mut con, &["SELECT", "1"]);
+    assert_eq!(range(&mut con, &["-", "+"]), Vec::<String>::new());
+}
+
+#[test]
+fn randomkey_object_memory() {
+    let server = Server::start();
+    let mut con = server.client();
+    assert_eq!(q::<Value>(&mut con, &["RANDOMKEY"]), Value::Nil);
+    set(&mut con, "int", "12345");
+    set(&mut con, "short", "hello");
+    set(&mut con, "long", &"x".repeat(100));
+    let mut found = BTreeSet::new();
+    for _ in 0..200 {
+        found.insert(q::<String>(&mut con, &["RANDOMKEY"]));
+    }
+    assert!(found
+        .iter()
+        .all(|k| ["int", "short", "long"].contains(&k.as_str())));
+    assert!(found.len() >= 2, "{found:?}");
+    assert_eq!(q::<String>(&mut con, &["OBJECT", "ENCODING", "int"]), "int");
+    assert_eq!(
+        q::<String>(&mut con, &["OBJECT", "ENCODING", "short"]),
+        "embstr"
+    );
+    assert_eq!(
+        q::<String>(&mut con, &["OBJECT", "encoding", "long"]),
+        "raw"
+    );
+    assert_eq!(
+        q::<Value>(&mut con, &["OBJECT", "ENCODING", "missing"]),
+        Value::Nil
+    );
+    assert_eq!(q::<i64>(&mut con, &["OBJECT", "REFCOUNT", "short"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["OBJECT", "IDLETIME", "short"]), 0);
+    assert!(err(&mut con, &["OBJECT", "FREQ", "short"])
+        .starts_with("ERR An LFU maxmemory policy is not selected"));
+    assert_eq!(
+        err(&mut con, &["OBJECT", "BOGUS", "x"]),
+        "ERR unknown subcommand 'BOGUS'. Try OBJECT HELP."
+    );
+    assert_eq!(
+        err(&mut con, &["OBJECT", "ENCODING"]),
+        "ERR wrong number of arguments for 'object|encoding' command"
+    );
+    assert!(q::<Vec<String>>(&mut con, &["OBJECT", "HELP"]).len() > 5);
+    let usage: i64 = q(&mut con, &["MEMORY", "USAGE", "long"]);
+    assert!(usage >= 104, "{usage}");
+    assert!(q::<i64>(&mut con, &["MEMORY", "USAGE", "long", "SAMPLES", "0"]) >= 104);
+    assert_eq!(
+        q::<Value>(&mut con, &["MEMORY", "USAGE", "missing"]),
+        Value::Nil
+    );
+    assert_eq!(
+        err(&mut con, &["MEMORY", "USAGE", "long", "BOGUS", "1"]),
+        "ERR syntax error"
+    );
+    assert_eq!(
+        err(&mut con, &["MEMORY", "FOO"]),
+        "ERR unknown subcommand 'FOO'. Try MEMORY HELP."
+    );
+}
+
+#[test]
+fn dbsize_is_exact_under_overwrites_and_deletes() {
+    let server = Server::start();
+    let mut con = server.client();
+    for round in 0..3 {
+        for i in 0..500 {
+            set(&mut con, &format!("k{i}"), &round.to_string());
+        }
+    }
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 500);
+    for i in 0..100 {
+        q::<i64>(&mut con, &["EXPIRE", &format!("k{i}"), "1000"]);
+    }
+    for i in 50..150 {
+        set(&mut con, &format!("k{i}"), "again");
+    }
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 500);
+    let keys: Vec<String> = (0..250).map(|i| format!("k{i}")).collect();
+    let mut del = redis::cmd("DEL");
+    for k in &keys {
+        del.arg(k);
+    }
+    assert_eq!(del.query::<i64>(&mut con).unwrap(), 250);
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 250);
+    assert_eq!(q::<Vec<String>>(&mut con, &["KEYS", "*"]).len(), 250);
+}
