@@ -1,6 +1,587 @@
-//! The string command family (owned by the second server engineer).
+//! The string command family: GET SET SETNX SETEX PSETEX GETSET GETDEL GETEX MGET MSET MSETNX
+//! INCR DECR INCRBY DECRBY INCRBYFLOAT APPEND STRLEN GETRANGE SUBSTR SETRANGE LCS.
+//!
+//! Semantics, reply shapes and error texts are Redis 7's (`t_string.c`), plus SET's `IFEQ`
+//! (Valkey 8.1 / Redis 8.4). The rules that need no keyspace (option parsing, index math,
+//! long-double arithmetic, LCS) live in [`super::string_ops`] with their unit tests; this file
+//! reads and writes keys.
+//!
+//! Read-modify-write commands hold the key's stripe lock from their read to their write
+//! ([`Ctx::lock_keys`]), so concurrent INCRs or APPENDs never lose an update. Commands that
+//! change a value in place (INCR…, APPEND, SETRANGE) keep the key's expiry, as Redis does;
+//! SET, GETSET and MSET clear it.
 
-use super::CommandSpec;
+use bytes::{BufMut, Bytes, BytesMut};
+use ringkv_protocol::Frame;
+
+use super::string_ops::{
+    self, apply_setrange, check_setrange_offset, check_string_length, getrange_bounds,
+    increment_by_float, lcs, lcs_fits, parse_set_options, resolve_expiry, ExpireUnit, ExpiryError,
+    FloatError, OptionsFor, RangeError, SetCondition,
+};
+use super::{reply, spec, CommandSpec, Ctx};
+use crate::errors::{self, CmdError, CmdResult};
+use crate::keyspace::{StoredValue, ValueType};
 
 /// The string commands.
-pub(crate) const COMMANDS: &[CommandSpec] = &[];
+pub(crate) const COMMANDS: &[CommandSpec] = &[
+    spec("get", 2, &["readonly", "fast"], 1, 1, 1, &["read", "string", "fast"], "Returns the string value of a key.", "1.0.0", get),
+    spec("set", -3, &["write", "denyoom"], 1, 1, 1, &["write", "string", "slow"], "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist.", "1.0.0", set),
+    spec("setnx", 3, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Set the string value of a key only when the key doesn't exist.", "1.0.0", setnx),
+    spec("setex", 4, &["write", "denyoom"], 1, 1, 1, &["write", "string", "slow"], "Sets the string value and expiration time of a key. Creates the key if it doesn't exist.", "2.0.0", setex),
+    spec("psetex", 4, &["write", "denyoom"], 1, 1, 1, &["write", "string", "slow"], "Sets both string value and expiration time in milliseconds of a key. The key is created if it doesn't exist.", "2.6.0", psetex),
+    spec("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Returns the previous string value of a key after setting it to a new value.", "1.0.0", getset),
+    spec("getdel", 2, &["write", "fast"], 1, 1, 1, &["write", "string", "fast"], "Returns the string value of a key after deleting the key.", "6.2.0", getdel),
+    spec("getex", -2, &["write", "fast"], 1, 1, 1, &["write", "string", "fast"], "Returns the string value of a key after setting its expiration time.", "6.2.0", getex),
+    spec("mget", -2, &["readonly", "fast"], 1, -1, 1, &["read", "string", "fast"], "Atomically returns the string values of one or more keys.", "1.0.0", mget),
+    spec("mset", -3, &["write", "denyoom"], 1, -1, 2, &["write", "string", "slow"], "Atomically creates or modifies the string values of one or more keys.", "1.0.1", mset),
+    spec("msetnx", -3, &["write", "denyoom"], 1, -1, 2, &["write", "string", "slow"], "Atomically modifies the string values of one or more keys only when all keys don't exist.", "1.0.1", msetnx),
+    spec("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Increments the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.", "1.0.0", incr),
+    spec("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Decrements the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.", "1.0.0", decr),
+    spec("incrby", 3, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Increments the integer value of a key by a number. Uses 0 as initial value if the key doesn't exist.", "1.0.0", incrby),
+    spec("decrby", 3, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist.", "1.0.0", decrby),
+    spec("incrbyfloat", 3, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Increment the floating point value of a key by a number. Uses 0 as initial value if the key doesn't exist.", "2.6.0", incrbyfloat),
+    spec("append", 3, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Appends a string to the value of a key. Creates the key if it doesn't exist.", "2.0.0", append),
+    spec("strlen", 2, &["readonly", "fast"], 1, 1, 1, &["read", "string", "fast"], "Returns the length of a string value.", "2.2.0", strlen),
+    spec("getrange", 4, &["readonly"], 1, 1, 1, &["read", "string", "slow"], "Returns a substring of the string stored at a key.", "2.4.0", getrange),
+    spec("substr", 4, &["readonly"], 1, 1, 1, &["read", "string", "slow"], "Returns a substring from a string value.", "1.0.0", getrange),
+    spec("setrange", 4, &["write", "denyoom"], 1, 1, 1, &["write", "string", "slow"], "Overwrites a part of a string value with another by an offset. Creates the key if it doesn't exist.", "2.2.0", setrange),
+    spec("lcs", -3, &["readonly"], 1, 2, 1, &["read", "string", "slow"], "Finds the longest common substring.", "7.0.0", lcs_command),
+];
+
+/// "ERR offset is out of range" (SETRANGE with a negative offset).
+const OFFSET_OUT_OF_RANGE: &str = "ERR offset is out of range";
+/// "ERR increment would produce NaN or Infinity" (INCRBYFLOAT).
+const NAN_OR_INFINITY: &str = "ERR increment would produce NaN or Infinity";
+/// DECRBY with `i64::MIN`, whose negation overflows.
+const DECREMENT_OVERFLOW: &str = "ERR decrement would overflow";
+/// LCS on a key of another type.
+const LCS_WRONG_TYPE: &str = "ERR The specified keys must contain string values";
+/// LCS with both LEN and IDX.
+const LCS_LEN_AND_IDX: &str = "ERR If you want both the length and indexes, please just use IDX.";
+/// LCS whose table would exceed `proto-max-bulk-len`.
+const LCS_TOO_BIG: &str =
+    "ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len";
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers
+// ---------------------------------------------------------------------------------------------
+
+/// The live value at `key` of any type (SET's NX/XX/KEEPTTL and LCS need to see a key of
+/// another type without failing).
+fn get_any(ctx: &Ctx<'_>, key: &[u8]) -> CmdResult<Option<StoredValue>> {
+    ctx.keyspace.get(ctx.db(), key)
+}
+
+/// Stores `[tag][payload built by fill]` at `key` with one copy of the payload (APPEND,
+/// SETRANGE and the bit commands build the new value straight into the stored buffer).
+pub(super) fn store_built(
+    ctx: &mut Ctx<'_>,
+    key: &[u8],
+    payload_bytes: usize,
+    expires_at_ms: Option<u64>,
+    fill: impl FnOnce(&mut BytesMut),
+) -> CmdResult<()> {
+    let mut raw = BytesMut::with_capacity(1 + payload_bytes);
+    raw.put_u8(ValueType::String.tag());
+    fill(&mut raw);
+    debug_assert_eq!(raw.len(), 1 + payload_bytes);
+    let seq = ctx
+        .keyspace
+        .set_raw(ctx.db(), key, raw.freeze(), expires_at_ms)?;
+    ctx.wrote(seq);
+    Ok(())
+}
+
+/// The reply for an expiry argument that failed [`resolve_expiry`].
+fn expiry_error(error: ExpiryError, command: &str) -> CmdError {
+    match error {
+        ExpiryError::NotInteger => CmdError::NotInteger,
+        ExpiryError::Invalid => CmdError::msg(errors::invalid_expire_time(command)),
+    }
+}
+
+fn deadline(ctx: &Ctx<'_>, unit: ExpireUnit, text: &[u8], command: &str) -> CmdResult<u64> {
+    let now_ms = i64::try_from(ctx.now_ms).unwrap_or(i64::MAX);
+    let at = resolve_expiry(unit, text, now_ms).map_err(|error| expiry_error(error, command))?;
+    Ok(u64::try_from(at).expect("resolve_expiry returns a positive deadline"))
+}
+
+fn bulk_or_null(value: Option<Bytes>) -> Frame {
+    value.map_or(Frame::Null, Frame::Bulk)
+}
+
+/// Decimal text of `value` in a stack buffer (INCR's stored value, without an allocation).
+fn i64_text(value: i64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut magnitude = value.unsigned_abs();
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (magnitude % 10) as u8;
+        magnitude /= 10;
+        if magnitude == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        // i64::MIN has 19 digits, so there is room for the sign.
+        start -= 1;
+        buffer[start] = b'-';
+    }
+    &buffer[start..]
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET / SET family
+// ---------------------------------------------------------------------------------------------
+
+fn get(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(
+        ctx.get_string(&args[1])
+            .map(|value| bulk_or_null(value.map(|v| v.data))),
+    )
+}
+
+fn set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(run_set(ctx, args))
+}
+
+fn run_set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
+    let options = parse_set_options(&args[3..], OptionsFor::Set).map_err(|()| CmdError::Syntax)?;
+    let expires_at_ms = match options.expire {
+        Some((unit, text)) => Some(deadline(ctx, unit, text, "set")?),
+        None => None,
+    };
+    let (key, value) = (&args[1], &args[2]);
+    if options.condition == SetCondition::Always && !options.get && !options.keep_ttl {
+        // The common case: one write, no read.
+        ctx.set_string(key, value, expires_at_ms)?;
+        return Ok(Frame::ok());
+    }
+    let _guard = ctx.lock_keys(&[key]);
+    let old = get_any(ctx, key)?;
+    let old_string = match &old {
+        Some(stored) if stored.value_type == ValueType::String => Some(stored.payload()),
+        Some(_) if options.get || matches!(options.condition, SetCondition::IfEqual(_)) => {
+            return Err(CmdError::WrongType);
+        }
+        _ => None,
+    };
+    let proceed = match options.condition {
+        SetCondition::Always => true,
+        SetCondition::IfMissing => old.is_none(),
+        SetCondition::IfExists => old.is_some(),
+        SetCondition::IfEqual(expected) => old_string.as_deref() == Some(expected),
+    };
+    if proceed {
+        let expires_at_ms = if options.keep_ttl {
+            old.as_ref().and_then(|o| o.expires_at_ms)
+        } else {
+            expires_at_ms
+        };
+        ctx.set_string(key, value, expires_at_ms)?;
+    }
+    Ok(if options.get {
+        bulk_or_null(old_string)
+    } else if proceed {
+        Frame::ok()
+    } else {
+        Frame::Null
+    })
+}
+
+fn setnx(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let _guard = ctx.lock_keys(&[&args[1]]);
+        if ctx.exists(&args[1])? {
+            return Ok(Frame::Integer(0));
+        }
+        ctx.set_string(&args[1], &args[2], None)?;
+        Ok(Frame::Integer(1))
+    })())
+}
+
+fn setex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    set_with_expiry(ctx, args, ExpireUnit::Seconds, "setex")
+}
+
+fn psetex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    set_with_expiry(ctx, args, ExpireUnit::Milliseconds, "psetex")
+}
+
+/// SETEX / PSETEX `key amount value`.
+fn set_with_expiry(ctx: &mut Ctx<'_>, args: &[Bytes], unit: ExpireUnit, command: &str) -> Frame {
+    reply((|| {
+        let at = deadline(ctx, unit, &args[2], command)?;
+        ctx.set_string(&args[1], &args[3], Some(at))?;
+        Ok(Frame::ok())
+    })())
+}
+
+fn getset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let _guard = ctx.lock_keys(&[&args[1]]);
+        let old = ctx.get_string(&args[1])?;
+        ctx.set_string(&args[1], &args[2], None)?;
+        Ok(bulk_or_null(old.map(|v| v.data)))
+    })())
+}
+
+fn getdel(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let _guard = ctx.lock_keys(&[&args[1]]);
+        let old = ctx.get_string(&args[1])?;
+        if old.is_some() {
+            ctx.delete(&args[1])?;
+        }
+        Ok(bulk_or_null(old.map(|v| v.data)))
+    })())
+}
+
+fn getex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(run_getex(ctx, args))
+}
+
+/// GETEX, in Redis' order: options, then the key (missing: nil, whatever the expiry says),
+/// then the expiry value, then the change.
+fn run_getex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
+    let options =
+        parse_set_options(&args[2..], OptionsFor::Getex).map_err(|()| CmdError::Syntax)?;
+    let key = &args[1];
+    let _guard = ctx.lock_keys(&[key]);
+    let Some(value) = ctx.get_string(key)? else {
+        return Ok(Frame::Null);
+    };
+    let new_expiry = match options.expire {
+        Some((unit, text)) => Some(Some(deadline(ctx, unit, text, "getex")?)),
+        None if options.persist => Some(None),
+        None => None,
+    };
+    match new_expiry {
+        Some(None) if value.expires_at_ms.is_none() => {} // PERSIST on a persistent key
+        Some(expiry) => {
+            ctx.keyspace
+                .update_expiry(ctx.db(), key, |_| Some(expiry))?;
+        }
+        None => {}
+    }
+    Ok(Frame::Bulk(value.data))
+}
+
+fn mget(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let mut values = Vec::with_capacity(args.len() - 1);
+        for key in &args[1..] {
+            let value = match ctx.get_string(key) {
+                Ok(value) => bulk_or_null(value.map(|v| v.data)),
+                // MGET answers nil for a key of another type.
+                Err(CmdError::WrongType) => Frame::Null,
+                Err(error) => return Err(error),
+            };
+            values.push(value);
+        }
+        Ok(Frame::Array(values))
+    })())
+}
+
+/// MSET/MSETNX's pairs, or the arity error Redis gives for an odd count.
+fn pairs(args: &[Bytes], command: &str) -> CmdResult<Vec<(Bytes, Bytes, Option<u64>)>> {
+    if args.len().is_multiple_of(2) {
+        return Err(CmdError::msg(errors::wrong_arity(command)));
+    }
+    Ok(args[1..]
+        .chunks_exact(2)
+        .map(|pair| (pair[0].clone(), pair[1].clone(), None))
+        .collect())
+}
+
+fn mset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let items = pairs(args, "mset")?;
+        ctx.write_strings(&items)?;
+        Ok(Frame::ok())
+    })())
+}
+
+fn msetnx(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let items = pairs(args, "msetnx")?;
+        let keys: Vec<&[u8]> = items.iter().map(|(key, _, _)| &key[..]).collect();
+        let _guard = ctx.lock_keys(&keys);
+        for key in &keys {
+            if ctx.exists(key)? {
+                return Ok(Frame::Integer(0));
+            }
+        }
+        ctx.write_strings(&items)?;
+        Ok(Frame::Integer(1))
+    })())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counters
+// ---------------------------------------------------------------------------------------------
+
+fn incr(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(increment(ctx, &args[1], 1))
+}
+
+fn decr(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(increment(ctx, &args[1], -1))
+}
+
+fn incrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(
+        string_ops::parse_i64(&args[2])
+            .ok_or(CmdError::NotInteger)
+            .and_then(|by| increment(ctx, &args[1], by)),
+    )
+}
+
+fn decrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let by = string_ops::parse_i64(&args[2]).ok_or(CmdError::NotInteger)?;
+        let negated = by.checked_neg().ok_or(CmdError::msg(DECREMENT_OVERFLOW))?;
+        increment(ctx, &args[1], negated)
+    })())
+}
+
+/// Redis' `incrDecrCommand`: the value must be a `string2ll` integer; the sum must not
+/// overflow; the key keeps its expiry.
+fn increment(ctx: &mut Ctx<'_>, key: &[u8], by: i64) -> CmdResult<Frame> {
+    let _guard = ctx.lock_keys(&[key]);
+    let old = ctx.get_string(key)?;
+    let (current, expires_at_ms) = match &old {
+        Some(value) => (
+            string_ops::parse_i64(&value.data).ok_or(CmdError::NotInteger)?,
+            value.expires_at_ms,
+        ),
+        None => (0, None),
+    };
+    let new =
+        string_ops::checked_increment(current, by).ok_or(CmdError::msg(errors::INCR_OVERFLOW))?;
+    let mut buffer = [0u8; 20];
+    ctx.set_string(key, i64_text(new, &mut buffer), expires_at_ms)?;
+    Ok(Frame::Integer(new))
+}
+
+fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let key = &args[1];
+        let _guard = ctx.lock_keys(&[key]);
+        let old = ctx.get_string(key)?;
+        let current: &[u8] = old.as_ref().map_or(b"0", |value| &value.data);
+        let text = increment_by_float(current, &args[2]).map_err(|error| match error {
+            FloatError::NotAFloat => CmdError::NotFloat,
+            FloatError::NanOrInfinity => CmdError::msg(NAN_OR_INFINITY),
+        })?;
+        ctx.set_string(key, &text, old.and_then(|value| value.expires_at_ms))?;
+        Ok(Frame::Bulk(Bytes::from(text)))
+    })())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ranges
+// ---------------------------------------------------------------------------------------------
+
+fn range_error(error: RangeError) -> CmdError {
+    match error {
+        RangeError::OffsetOutOfRange => CmdError::msg(OFFSET_OUT_OF_RANGE),
+        RangeError::TooLong => CmdError::msg(errors::STRING_TOO_LONG),
+    }
+}
+
+fn append(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let (key, tail) = (&args[1], &args[2]);
+        let _guard = ctx.lock_keys(&[key]);
+        let Some(old) = ctx.get_string(key)? else {
+            ctx.set_string(key, tail, None)?;
+            return Ok(Frame::Integer(tail.len() as i64));
+        };
+        let length = check_string_length(
+            old.data.len() as u64,
+            tail.len() as u64,
+            ctx.string_bytes_max() as u64,
+        )
+        .map_err(range_error)?;
+        store_built(ctx, key, length, old.expires_at_ms, |out| {
+            out.put_slice(&old.data);
+            out.put_slice(tail);
+        })?;
+        Ok(Frame::Integer(length as i64))
+    })())
+}
+
+fn strlen(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(
+        ctx.get_string(&args[1])
+            .map(|value| Frame::Integer(value.map_or(0, |v| v.data.len() as i64))),
+    )
+}
+
+fn getrange(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let start = string_ops::parse_i64(&args[2]).ok_or(CmdError::NotInteger)?;
+        let end = string_ops::parse_i64(&args[3]).ok_or(CmdError::NotInteger)?;
+        let Some(value) = ctx.get_string(&args[1])? else {
+            return Ok(Frame::Bulk(Bytes::new()));
+        };
+        Ok(Frame::Bulk(
+            match getrange_bounds(start, end, value.data.len()) {
+                Some(range) => value.data.slice(range),
+                None => Bytes::new(),
+            },
+        ))
+    })())
+}
+
+fn setrange(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply((|| {
+        let (key, patch) = (&args[1], &args[3]);
+        let offset = string_ops::parse_i64(&args[2]).ok_or(CmdError::NotInteger)?;
+        let offset = check_setrange_offset(offset).map_err(range_error)?;
+        let bytes_max = ctx.string_bytes_max() as u64;
+        let _guard = ctx.lock_keys(&[key]);
+        let old = ctx.get_string(key)?;
+        if patch.is_empty() {
+            // Nothing to write: Redis answers the current length and creates nothing.
+            return Ok(Frame::Integer(old.map_or(0, |v| v.data.len() as i64)));
+        }
+        let end =
+            check_string_length(offset, patch.len() as u64, bytes_max).map_err(range_error)?;
+        let (current, expires_at_ms) = match &old {
+            Some(value) => (&value.data[..], value.expires_at_ms),
+            None => (&[][..], None),
+        };
+        let offset = offset as usize;
+        let length = end.max(current.len());
+        store_built(ctx, key, length, expires_at_ms, |out| {
+            if current.len() >= end {
+                out.put_slice(&current[..offset]);
+                out.put_slice(patch);
+                out.put_slice(&current[end..]);
+            } else {
+                out.put_slice(&apply_setrange(current, offset, patch));
+            }
+        })?;
+        Ok(Frame::Integer(length as i64))
+    })())
+}
+
+// ---------------------------------------------------------------------------------------------
+// LCS
+// ---------------------------------------------------------------------------------------------
+
+fn lcs_command(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(run_lcs(ctx, args))
+}
+
+/// Redis 7 `lcsCommand`: keys first (another type is an error, a missing key is ""), then
+/// options, then the reply — the subsequence, its LEN, or with IDX a map of the matches
+/// (last first, each `[[a_start, a_end], [b_start, b_end]]` plus the length with
+/// WITHMATCHLEN) and the length.
+fn run_lcs(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
+    let string_of = |value: Option<StoredValue>| -> CmdResult<Bytes> {
+        match value {
+            None => Ok(Bytes::new()),
+            Some(stored) if stored.value_type == ValueType::String => Ok(stored.payload()),
+            Some(_) => Err(CmdError::msg(LCS_WRONG_TYPE)),
+        }
+    };
+    let a = get_any(ctx, &args[1])?;
+    let b = get_any(ctx, &args[2])?;
+    let (a, b) = (string_of(a)?, string_of(b)?);
+    let (mut want_index, mut want_length, mut with_match_length) = (false, false, false);
+    let mut min_match_length: u64 = 0;
+    let mut index = 3;
+    while index < args.len() {
+        let option = &args[index][..];
+        if option.eq_ignore_ascii_case(b"IDX") {
+            want_index = true;
+        } else if option.eq_ignore_ascii_case(b"LEN") {
+            want_length = true;
+        } else if option.eq_ignore_ascii_case(b"WITHMATCHLEN") {
+            with_match_length = true;
+        } else if option.eq_ignore_ascii_case(b"MINMATCHLEN") && index + 1 < args.len() {
+            let value = string_ops::parse_i64(&args[index + 1]).ok_or(CmdError::NotInteger)?;
+            min_match_length = u64::try_from(value).unwrap_or(0);
+            index += 1;
+        } else {
+            return Err(CmdError::Syntax);
+        }
+        index += 1;
+    }
+    if want_index && want_length {
+        return Err(CmdError::msg(LCS_LEN_AND_IDX));
+    }
+    if !lcs_fits(a.len(), b.len(), ctx.string_bytes_max() as u64) {
+        return Err(CmdError::msg(LCS_TOO_BIG));
+    }
+    let result = lcs(&a, &b, min_match_length);
+    if want_length {
+        return Ok(Frame::Integer(result.length as i64));
+    }
+    if !want_index {
+        return Ok(Frame::Bulk(Bytes::from(result.text)));
+    }
+    let range = |(start, end): (usize, usize)| {
+        Frame::Array(vec![
+            Frame::Integer(start as i64),
+            Frame::Integer(end as i64),
+        ])
+    };
+    let matches = result
+        .matches
+        .iter()
+        .map(|found| {
+            let mut item = vec![range(found.a), range(found.b)];
+            if with_match_length {
+                item.push(Frame::Integer(found.length as i64));
+            }
+            Frame::Array(item)
+        })
+        .collect();
+    Ok(Frame::Map(vec![
+        (
+            Frame::bulk(Bytes::from_static(b"matches")),
+            Frame::Array(matches),
+        ),
+        (
+            Frame::bulk(Bytes::from_static(b"len")),
+            Frame::Integer(result.length as i64),
+        ),
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyspace::encode_value;
+
+    #[test]
+    fn i64_text_is_decimal() {
+        let mut buffer = [0u8; 20];
+        assert_eq!(i64_text(0, &mut buffer), b"0");
+        assert_eq!(i64_text(-42, &mut buffer), b"-42");
+        assert_eq!(i64_text(i64::MAX, &mut buffer), b"9223372036854775807");
+        assert_eq!(i64_text(i64::MIN, &mut buffer), b"-9223372036854775808");
+    }
+
+    #[test]
+    fn command_names_are_unique() {
+        let mut names: Vec<&str> = COMMANDS.iter().map(|spec| spec.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), COMMANDS.len());
+    }
+
+    #[test]
+    fn encode_value_is_what_store_built_writes() {
+        // store_built writes the tag then the payload, as encode_value does.
+        assert_eq!(
+            &encode_value(ValueType::String, b"ab")[..],
+            &[ValueType::String.tag(), b'a', b'b']
+        );
+    }
+}

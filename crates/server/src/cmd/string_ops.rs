@@ -137,7 +137,7 @@ pub(crate) fn parse_set_options<'a, A: AsRef<[u8]>>(
         let expire_kind = parsed.expire.map(|(unit, _)| unit);
         // An expiry option may repeat itself but not follow another kind, KEEPTTL or PERSIST.
         let expiry_allowed = |unit: ExpireUnit| {
-            !parsed.keep_ttl && !parsed.persist && expire_kind.map_or(true, |kind| kind == unit)
+            !parsed.keep_ttl && !parsed.persist && expire_kind.is_none_or(|kind| kind == unit)
         };
         let expiry_unit = if option.eq_ignore_ascii_case(b"EX") {
             Some(ExpireUnit::Seconds)
@@ -817,8 +817,7 @@ impl BigUint {
             }
         }
         if limb_shift != 0 {
-            self.limbs
-                .splice(0..0, std::iter::repeat(0).take(limb_shift));
+            self.limbs.splice(0..0, std::iter::repeat_n(0, limb_shift));
         }
     }
 
