@@ -43,6 +43,9 @@ const NAMESPACES: usize = 1 << 16;
 /// Keys deleted per engine batch when a flushed namespace is cleared.
 const DROP_BATCH_KEYS: usize = 1024;
 
+/// How often the expiry sweep starts again from the first index entry.
+const SWEEP_RESTART_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Index entries read per step of the expiry sweep.
 const SWEEP_BATCH_KEYS: usize = 128;
 
@@ -225,6 +228,10 @@ pub(crate) struct Keyspace {
     active_expire: AtomicBool,
     expired_keys: AtomicU64,
     clock: SystemClock,
+    /// Where the sweep resumes: the last index key it processed, and when it last started from
+    /// the beginning. Deleted index entries stay as tombstones until compaction, so starting
+    /// every batch from the family's first key would step over all of them again (quadratic).
+    sweep_position: Mutex<(Option<Bytes>, Instant)>,
 }
 
 impl std::fmt::Debug for Keyspace {
@@ -249,6 +256,7 @@ impl Keyspace {
             active_expire: AtomicBool::new(true),
             expired_keys: AtomicU64::new(0),
             clock: SystemClock,
+            sweep_position: Mutex::new((None, Instant::now())),
         };
         keyspace.load_meta()?;
         Ok(keyspace)
@@ -903,11 +911,23 @@ impl Keyspace {
         let _maintenance = self.maintenance.lock();
         let mut removed = 0;
         let mut last_seq = 0;
-        let start = [keys::FAMILY_EXPIRY];
+        let family_start = [keys::FAMILY_EXPIRY];
+        let mut position = self.sweep_position.lock();
+        if position.1.elapsed() >= SWEEP_RESTART_PERIOD {
+            // Now and then start over, for entries the resume point skipped (a clock that went
+            // back, an entry the engine did not yet see as expired).
+            *position = (None, Instant::now());
+        }
         loop {
             let now = self.now_ms();
             let end = keys::expiry_bound(now.saturating_add(1));
-            let bounds = span(&start, &end);
+            let bounds: (Bound<&[u8]>, Bound<&[u8]>) = match &position.0 {
+                Some(last) if last[..] < end[..] => {
+                    (Bound::Excluded(&last[..]), Bound::Excluded(&end[..]))
+                }
+                Some(_) => return Ok((removed, last_seq)),
+                None => span(&family_start, &end),
+            };
             let due: Vec<Bytes> = self
                 .engine
                 .range::<[u8], _>(bounds)
@@ -915,6 +935,9 @@ impl Keyspace {
                 .map(|e| e.map(|e| e.key))
                 .collect::<Result<_, _>>()?;
             let full = due.len() == SWEEP_BATCH_KEYS;
+            if let Some(last) = due.last() {
+                position.0 = Some(last.clone());
+            }
             for index_key in due {
                 let Some((at, ns, key)) = keys::decode_expiry_key(&index_key) else {
                     continue;

@@ -1,0 +1,255 @@
+//! Expiry commands and the active sweep against the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{err, Server};
+use redis::{Commands, Connection};
+
+fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(con).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn ttl_family_and_persist() {
+    let server = Server::start();
+    let mut con = server.client();
+    let _: () = con.set("k", "v").unwrap();
+    assert_eq!(q::<i64>(&mut con, &["TTL", "k"]), -1);
+    assert_eq!(q::<i64>(&mut con, &["PTTL", "k"]), -1);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRETIME", "k"]), -1);
+    assert_eq!(q::<i64>(&mut con, &["TTL", "missing"]), -2);
+    assert_eq!(q::<i64>(&mut con, &["PEXPIRETIME", "missing"]), -2);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "k", "100"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["TTL", "k"]), 100);
+    let pttl: i64 = q(&mut con, &["PTTL", "k"]);
+    assert!((99_000..=100_000).contains(&pttl), "{pttl}");
+    let at: i64 = q(&mut con, &["PEXPIRETIME", "k"]);
+    assert!((at - now_ms() - 100_000).abs() < 2000);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRETIME", "k"]), at / 1000);
+    assert_eq!(q::<i64>(&mut con, &["PERSIST", "k"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["PERSIST", "k"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["PERSIST", "missing"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["TTL", "k"]), -1);
+    let target = now_ms() / 1000 + 500;
+    assert_eq!(
+        q::<i64>(&mut con, &["EXPIREAT", "k", &target.to_string()]),
+        1
+    );
+    assert_eq!(q::<i64>(&mut con, &["EXPIRETIME", "k"]), target);
+    assert_eq!(
+        q::<i64>(
+            &mut con,
+            &["PEXPIREAT", "k", &(target * 1000 + 7).to_string()]
+        ),
+        1
+    );
+    assert_eq!(q::<i64>(&mut con, &["PEXPIRETIME", "k"]), target * 1000 + 7);
+    assert_eq!(q::<i64>(&mut con, &["PEXPIRE", "k", "5000"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["TTL", "k"]), 5);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "missing", "10"]), 0);
+    // A time in the past deletes the key.
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "k", "-1"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["EXISTS", "k"]), 0);
+    let _: () = con.set("k", "v").unwrap();
+    assert_eq!(q::<i64>(&mut con, &["PEXPIREAT", "k", "1"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["EXISTS", "k"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
+}
+
+#[test]
+fn expire_conditions_nx_xx_gt_lt() {
+    let server = Server::start();
+    let mut con = server.client();
+    let _: () = con.set("k", "v").unwrap();
+    assert_eq!(
+        q::<i64>(&mut con, &["EXPIRE", "k", "100", "XX"]),
+        0,
+        "XX needs an expiry"
+    );
+    assert_eq!(
+        q::<i64>(&mut con, &["EXPIRE", "k", "100", "GT"]),
+        0,
+        "no expiry is infinite"
+    );
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "k", "100", "LT"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "k", "200", "NX"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "k", "200", "xx"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "k", "100", "gt"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "k", "300", "GT"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "k", "400", "LT"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "k", "50", "LT", "XX"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["TTL", "k"]), 50);
+    assert_eq!(q::<i64>(&mut con, &["PERSIST", "k"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "k", "10", "NX"]), 1);
+    assert_eq!(
+        err(&mut con, &["EXPIRE", "k", "10", "NX", "XX"]),
+        "ERR NX and XX, GT or LT options at the same time are not compatible"
+    );
+    assert_eq!(
+        err(&mut con, &["EXPIRE", "k", "10", "GT", "LT"]),
+        "ERR GT and LT options at the same time are not compatible"
+    );
+    assert_eq!(
+        err(&mut con, &["EXPIRE", "k", "10", "FOO"]),
+        "ERR Unsupported option FOO"
+    );
+    assert_eq!(
+        err(&mut con, &["EXPIRE", "k", "ten"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        err(&mut con, &["EXPIRE", "k", "1.5"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        err(&mut con, &["EXPIRE", "k"]),
+        "ERR wrong number of arguments for 'expire' command"
+    );
+}
+
+#[test]
+fn huge_and_overflowing_expire_times() {
+    let server = Server::start();
+    let mut con = server.client();
+    let _: () = con.set("k", "v").unwrap();
+    assert_eq!(
+        err(&mut con, &["EXPIRE", "k", "9223372036854775807"]),
+        "ERR invalid expire time in 'expire' command"
+    );
+    assert_eq!(
+        err(&mut con, &["EXPIRE", "k", "-9223372036854775808"]),
+        "ERR invalid expire time in 'expire' command"
+    );
+    assert_eq!(
+        err(&mut con, &["PEXPIRE", "k", "9223372036854775807"]),
+        "ERR invalid expire time in 'pexpire' command"
+    );
+    assert_eq!(
+        err(&mut con, &["EXPIREAT", "k", "9223372036854775807"]),
+        "ERR invalid expire time in 'expireat' command"
+    );
+    assert_eq!(
+        err(&mut con, &["EXPIRE", "k", "99999999999999999999"]),
+        "ERR value is not an integer or out of range"
+    );
+    // Large but valid: far in the future.
+    assert_eq!(
+        q::<i64>(&mut con, &["PEXPIREAT", "k", "9223372036854775807"]),
+        1
+    );
+    assert!(q::<i64>(&mut con, &["TTL", "k"]) > 1_000_000_000);
+    assert_eq!(q::<i64>(&mut con, &["EXPIRE", "k", "-9223372036854775"]), 1);
+    assert_eq!(q::<i64>(&mut con, &["EXISTS", "k"]), 0);
+}
+
+#[test]
+fn ten_thousand_short_ttls_vanish_from_dbsize_and_are_never_returned_late() {
+    let server = Server::start();
+    let mut con = server.client();
+    let mut pipe = redis::pipe();
+    for i in 0..10_000 {
+        // TTLs spread over 200..1200 ms.
+        pipe.cmd("SET")
+            .arg(format!("ttl:{i}"))
+            .arg(i)
+            .arg("PX")
+            .arg(200 + (i % 1000))
+            .ignore();
+    }
+    pipe.query::<()>(&mut con).unwrap();
+    // Every key was written by now, so it expires at the latest at `written + its TTL`.
+    let written = now_ms();
+    let _: () = con.set("persistent", "stays").unwrap();
+    assert!(q::<i64>(&mut con, &["DBSIZE"]) > 1);
+    // Reads after each key's deadline never see it.
+    let mut checker = server.client();
+    let probe_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < probe_until {
+        let i = (now_ms() as usize * 7919) % 10_000;
+        let read_at = now_ms();
+        let value: Option<i64> = checker.get(format!("ttl:{i}")).unwrap();
+        let deadline = written + 200 + (i as i64 % 1000);
+        if read_at > deadline + 1 {
+            assert_eq!(
+                value,
+                None,
+                "ttl:{i} returned {}ms after its deadline",
+                read_at - deadline
+            );
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let size: i64 = q(&mut con, &["DBSIZE"]);
+        if size == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DBSIZE still {size} after the TTLs passed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let keys: Vec<String> = q(&mut con, &["KEYS", "*"]);
+    assert_eq!(keys, vec!["persistent".to_string()]);
+    let (_, scanned): (String, Vec<String>) = q(&mut con, &["SCAN", "0", "COUNT", "100000"]);
+    assert_eq!(scanned, vec!["persistent".to_string()]);
+    let info: String = q(&mut con, &["INFO", "stats"]);
+    let expired: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("expired_keys:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(expired, 10_000);
+}
+
+#[test]
+fn active_expire_can_be_turned_off_and_on() {
+    let server = Server::start();
+    let mut con = server.client();
+    assert_eq!(
+        q::<String>(&mut con, &["DEBUG", "SET-ACTIVE-EXPIRE", "0"]),
+        "OK"
+    );
+    for i in 0..100 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(1)
+            .arg("PX")
+            .arg(50)
+            .query(&mut con)
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    // Invisible to reads at once, still counted until swept (as Redis' DBSIZE).
+    assert_eq!(q::<Vec<String>>(&mut con, &["KEYS", "*"]).len(), 0);
+    assert_eq!(q::<i64>(&mut con, &["EXISTS", "k1"]), 0);
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 100);
+    // Rewriting an expired, unswept key keeps the count exact once swept.
+    let _: () = con.set("k1", "new").unwrap();
+    assert_eq!(
+        q::<String>(&mut con, &["DEBUG", "SET-ACTIVE-EXPIRE", "1"]),
+        "OK"
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while q::<i64>(&mut con, &["DBSIZE"]) != 1 {
+        assert!(Instant::now() < deadline, "sweep did not run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(q::<String>(&mut con, &["GET", "k1"]), "new");
+}
