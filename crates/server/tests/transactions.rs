@@ -1,0 +1,160 @@
+//! MULTI / EXEC / DISCARD / WATCH / UNWATCH against the real binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{resp, Server};
+use redis::{Commands, Connection};
+
+fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(con).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+#[test]
+fn multi_exec_discard_replies() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    raw.expect(&resp(&[b"EXEC"]), "-ERR EXEC without MULTI\r\n");
+    raw.expect(&resp(&[b"DISCARD"]), "-ERR DISCARD without MULTI\r\n");
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"MULTI"]), "-ERR MULTI calls can not be nested\r\n");
+    raw.expect(
+        &resp(&[b"WATCH", b"x"]),
+        "-ERR WATCH inside MULTI is not allowed\r\n",
+    );
+    raw.expect(&resp(&[b"SET", b"a", b"1"]), "+QUEUED\r\n");
+    raw.expect(&resp(&[b"INCR", b"a"]), "+QUEUED\r\n");
+    raw.expect(&resp(&[b"GET", b"a"]), "+QUEUED\r\n");
+    raw.expect(&resp(&[b"EXPIRE", b"a", b"x"]), "+QUEUED\r\n");
+    raw.expect(
+        &resp(&[b"EXEC"]),
+        "*4\r\n+OK\r\n:2\r\n$1\r\n2\r\n-ERR value is not an integer or out of range\r\n",
+    );
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"SET", b"a", b"100"]), "+QUEUED\r\n");
+    raw.expect(&resp(&[b"DISCARD"]), "+OK\r\n");
+    raw.expect(&resp(&[b"GET", b"a"]), "$1\r\n2\r\n");
+    // A refused command while queuing aborts the whole transaction.
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"SET", b"a", b"3"]), "+QUEUED\r\n");
+    raw.expect(
+        &resp(&[b"NOSUCH"]),
+        "-ERR unknown command 'NOSUCH', with args beginning with: \r\n",
+    );
+    raw.expect(
+        &resp(&[b"GET"]),
+        "-ERR wrong number of arguments for 'get' command\r\n",
+    );
+    raw.expect(
+        &resp(&[b"EXEC"]),
+        "-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    raw.expect(&resp(&[b"GET", b"a"]), "$1\r\n2\r\n");
+    // Empty transaction.
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"EXEC"]), "*0\r\n");
+}
+
+#[test]
+fn watch_aborts_exec_when_a_watched_key_changes() {
+    let server = Server::start();
+    let mut con = server.client();
+    let mut other = server.client();
+    let _: () = con.set("w", "1").unwrap();
+    // Unchanged: EXEC runs.
+    assert_eq!(q::<String>(&mut con, &["WATCH", "w", "absent"]), "OK");
+    let result: Option<(String,)> = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("w")
+        .arg("2")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(result, Some(("OK".to_string(),)));
+    // Changed by another client: EXEC answers a null array and nothing runs.
+    let mut raw = server.raw();
+    raw.expect(&resp(&[b"WATCH", b"w"]), "+OK\r\n");
+    let _: () = other.set("w", "other").unwrap();
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"SET", b"w", b"mine"]), "+QUEUED\r\n");
+    raw.expect(&resp(&[b"EXEC"]), "*-1\r\n");
+    assert_eq!(other.get::<_, String>("w").unwrap(), "other");
+    // A key created while watched counts as changed; so does a deleted one.
+    raw.expect(&resp(&[b"WATCH", b"new"]), "+OK\r\n");
+    let _: () = other.set("new", "x").unwrap();
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"EXEC"]), "*-1\r\n");
+    raw.expect(&resp(&[b"WATCH", b"new"]), "+OK\r\n");
+    let _: i64 = other.del("new").unwrap();
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"EXEC"]), "*-1\r\n");
+    // EXPIRE touches the key too.
+    raw.expect(&resp(&[b"WATCH", b"w"]), "+OK\r\n");
+    let _: i64 = other.expire("w", 100).unwrap();
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"EXEC"]), "*-1\r\n");
+    // A key that expires in between counts as changed (Redis 7).
+    let _: () = redis::cmd("SET")
+        .arg("short")
+        .arg("v")
+        .arg("PX")
+        .arg(100)
+        .query(&mut other)
+        .unwrap();
+    raw.expect(&resp(&[b"WATCH", b"short"]), "+OK\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"EXEC"]), "*-1\r\n");
+    // UNWATCH forgets; EXEC and DISCARD forget too.
+    raw.expect(&resp(&[b"WATCH", b"w"]), "+OK\r\n");
+    raw.expect(&resp(&[b"UNWATCH"]), "+OK\r\n");
+    let _: () = other.set("w", "again").unwrap();
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"GET", b"w"]), "+QUEUED\r\n");
+    raw.expect(&resp(&[b"EXEC"]), "*1\r\n$5\r\nagain\r\n");
+    // WATCH in another db watches that db's key.
+    raw.expect(&resp(&[b"SELECT", b"2"]), "+OK\r\n");
+    raw.expect(&resp(&[b"WATCH", b"w"]), "+OK\r\n");
+    let _: () = other.set("w", "db0 change").unwrap();
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"EXEC"]), "*0\r\n");
+}
+
+#[test]
+fn concurrent_watch_transactions_never_lose_an_increment() {
+    let server = Server::start();
+    let mut con = server.client();
+    let _: () = con.set("counter", 0).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let url = server.url();
+            std::thread::spawn(move || {
+                let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+                let mut done = 0;
+                while done < 50 {
+                    let _: () = redis::cmd("WATCH").arg("counter").query(&mut con).unwrap();
+                    let value: i64 = con.get("counter").unwrap();
+                    let result: Option<(String,)> = redis::pipe()
+                        .atomic()
+                        .cmd("SET")
+                        .arg("counter")
+                        .arg(value + 1)
+                        .query(&mut con)
+                        .unwrap();
+                    if result.is_some() {
+                        done += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(con.get::<_, i64>("counter").unwrap(), 200);
+}
