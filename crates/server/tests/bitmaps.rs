@@ -191,6 +191,9 @@ fn bitcount_byte_and_bit_ranges() {
         ("BITCOUNT k 0", SYNTAX),
         ("BITCOUNT k 0 1 BITS", SYNTAX),
         ("BITCOUNT k 0 1 BIT extra", SYNTAX),
+        // An empty negative range answers 0 before BYTE|BIT is read (Redis 7.0).
+        ("BITCOUNT k -1 -2 x", ":0"),
+        ("BITCOUNT k -2 -1 x", SYNTAX),
         ("BITCOUNT k a 1", NOT_INTEGER),
         ("BITCOUNT k 0 b", NOT_INTEGER),
         // Redis 7.0 looks the key up first: a missing key answers 0 before the range is read.

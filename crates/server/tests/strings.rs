@@ -729,3 +729,308 @@ fn concurrent_increments_lose_nothing() {
     let down: i64 = redis::cmd("GET").arg("down").query(&mut con).expect("get");
     assert_eq!(down, -2 * total);
 }
+
+/// A `redis-server` child process on a free port, killed on drop: the oracle for
+/// [`differential_against_redis_7_0`].
+struct RedisOracle {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisOracle {
+    /// Starts `redis-server` if it is installed and is 7.0.x (the version whose behaviour the
+    /// string and bitmap commands copy; later versions changed some argument checks).
+    fn start() -> Option<RedisOracle> {
+        let version = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .ok()?;
+        let version = String::from_utf8_lossy(&version.stdout).into_owned();
+        if !version.contains("v=7.0.") {
+            eprintln!("skipping: redis-server 7.0.x not installed ({version:?})");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let oracle = RedisOracle { child, port };
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(oracle);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+}
+
+impl Drop for RedisOracle {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Random sequences of string and bitmap commands (valid and invalid arguments alike) sent to
+/// ringkv and to a real Redis 7.0 server must get identical replies. Skipped when
+/// `redis-server` 7.0 is not installed. Commands whose replies depend on the clock (TTL) and
+/// IFEQ (not in Redis 7.0) are left out.
+#[test]
+fn differential_against_redis_7_0() {
+    use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+
+    let Some(oracle) = RedisOracle::start() else {
+        return;
+    };
+    let server = Server::start();
+    let mut ringkv = Session::new(&server);
+    let stream = TcpStream::connect(("127.0.0.1", oracle.port)).expect("connect to redis-server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut redis = Session {
+        stream,
+        buffer: Vec::new(),
+    };
+
+    const KEYS: [&str; 3] = ["a", "b", "c"];
+    const VALUES: [&str; 19] = [
+        "",
+        "0",
+        "1",
+        "-1",
+        "10",
+        "3.5",
+        "1e3",
+        "abc",
+        "hello world",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "\u{7f}\u{1}",
+        "01",
+        " 1",
+        "12345678901234567890",
+        "0x10",
+        "foobar",
+        "ohmytext",
+        "mynewtext",
+    ];
+    const NUMBERS: [&str; 18] = [
+        "0",
+        "1",
+        "-1",
+        "2",
+        "-2",
+        "3",
+        "5",
+        "7",
+        "8",
+        "15",
+        "16",
+        "100",
+        "-100",
+        "x",
+        "+1",
+        "01",
+        "9223372036854775807",
+        "-9223372036854775808",
+    ];
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut mismatches = Vec::new();
+    for round in 0..6000 {
+        let pick = |rng: &mut StdRng, from: &[&'static str]| *from.choose(rng).expect("non-empty");
+        let key = pick(&mut rng, &KEYS);
+        let other = pick(&mut rng, &KEYS);
+        let value = pick(&mut rng, &VALUES);
+        let n1 = pick(&mut rng, &NUMBERS);
+        let n2 = pick(&mut rng, &NUMBERS);
+        let mode = pick(&mut rng, &["BIT", "BYTE", "bit", "x"]);
+        let mut command: Vec<&str> = match rng.gen_range(0..28) {
+            0 => {
+                let options: &[&[&str]] = &[
+                    &[],
+                    &["NX"],
+                    &["XX"],
+                    &["GET"],
+                    &["NX", "GET"],
+                    &["xx", "get"],
+                    &["KEEPTTL"],
+                    &["EX", "100"],
+                    &["PX", "100000"],
+                    &["EX", "0"],
+                    &["EX", "x"],
+                    &["NX", "XX"],
+                    &["PXAT", "1"],
+                    &["KEEPTTL", "PX", "5"],
+                ];
+                [
+                    &["SET", key, value][..],
+                    options.choose(&mut rng).expect("options"),
+                ]
+                .concat()
+            }
+            1 => vec!["GET", key],
+            2 => vec!["SETNX", key, value],
+            3 => vec!["GETSET", key, value],
+            4 => vec!["GETDEL", key],
+            5 => {
+                let options: &[&[&str]] = &[
+                    &[],
+                    &["PERSIST"],
+                    &["EX", "100"],
+                    &["EX", "-1"],
+                    &["NX"],
+                    &["PXAT", "1"],
+                    &["EX"],
+                ];
+                [
+                    &["GETEX", key][..],
+                    options.choose(&mut rng).expect("options"),
+                ]
+                .concat()
+            }
+            6 => vec!["MGET", key, other, "nokey"],
+            7 => vec!["MSET", key, value, other, pick(&mut rng, &VALUES)],
+            8 => vec!["MSETNX", key, value, other, pick(&mut rng, &VALUES)],
+            9 => vec!["INCR", key],
+            10 => vec!["DECR", key],
+            11 => vec!["INCRBY", key, n1],
+            12 => vec!["DECRBY", key, n1],
+            13 => vec![
+                "INCRBYFLOAT",
+                key,
+                pick(
+                    &mut rng,
+                    &[
+                        "0.1", "-1.5", "1e2", "x", "3", "0x1p-2", "1e-5", "inf", "5.0e3",
+                    ],
+                ),
+            ],
+            14 => vec!["APPEND", key, value],
+            15 => vec!["STRLEN", key],
+            16 => vec!["GETRANGE", key, n1, n2],
+            17 => vec![
+                "SETRANGE",
+                key,
+                pick(&mut rng, &["0", "1", "3", "10", "-1", "x"]),
+                value,
+            ],
+            18 => {
+                let options: &[&[&str]] = &[
+                    &[],
+                    &["LEN"],
+                    &["IDX"],
+                    &["IDX", "WITHMATCHLEN"],
+                    &["IDX", "MINMATCHLEN", n1],
+                    &["LEN", "IDX"],
+                    &["foo"],
+                ];
+                [
+                    &["LCS", key, other][..],
+                    options.choose(&mut rng).expect("options"),
+                ]
+                .concat()
+            }
+            19 => vec![
+                "SETBIT",
+                key,
+                pick(
+                    &mut rng,
+                    &["0", "1", "7", "8", "15", "33", "100", "-1", "x"],
+                ),
+                pick(&mut rng, &["0", "1", "2", "x"]),
+            ],
+            20 => vec![
+                "GETBIT",
+                key,
+                pick(&mut rng, &["0", "1", "7", "8", "15", "33", "100", "-1"]),
+            ],
+            21 => {
+                let shapes: &[&[&str]] = &[&[], &[n1, n2], &[n1, n2, mode], &[n1]];
+                [
+                    &["BITCOUNT", key][..],
+                    shapes.choose(&mut rng).expect("shapes"),
+                ]
+                .concat()
+            }
+            22 => {
+                let shapes: &[&[&str]] = &[&[], &[n1], &[n1, n2], &[n1, n2, mode]];
+                [
+                    &["BITPOS", key, pick(&mut rng, &["0", "1", "2"])][..],
+                    shapes.choose(&mut rng).expect("shapes"),
+                ]
+                .concat()
+            }
+            23 => vec![
+                "BITOP",
+                pick(&mut rng, &["AND", "OR", "XOR", "NOT", "x"]),
+                key,
+                other,
+            ],
+            24 => vec![
+                "BITOP",
+                pick(&mut rng, &["AND", "OR", "XOR", "NOT"]),
+                key,
+                other,
+                pick(&mut rng, &KEYS),
+            ],
+            25 => {
+                let ops: &[&[&str]] = &[
+                    &["GET", "u8", n1],
+                    &["SET", "i5", "#1", n1],
+                    &["INCRBY", "u3", "5", n1],
+                    &["OVERFLOW", "SAT", "INCRBY", "i4", "0", n1],
+                    &["OVERFLOW", "FAIL", "SET", "u2", "#3", n1],
+                    &["GET", "u64", "0"],
+                    &["GET", "i64", "3", "SET", "i64", "3", n1],
+                ];
+                [&["BITFIELD", key][..], ops.choose(&mut rng).expect("ops")].concat()
+            }
+            26 => vec![
+                "BITFIELD_RO",
+                key,
+                "GET",
+                pick(&mut rng, &["u8", "i3", "u64", "i64"]),
+                n1,
+            ],
+            _ => vec!["DEL", key],
+        };
+        if round == 0 {
+            command = vec!["FLUSHALL"];
+        }
+        let args: Vec<&[u8]> = command.iter().map(|arg| arg.as_bytes()).collect();
+        let expected = render(&redis.call(&args));
+        let got = render(&ringkv.call(&args));
+        if expected != got && mismatches.len() < 20 {
+            mismatches.push(format!(
+                "{}\n    redis  {expected}\n    ringkv {got}",
+                command.join(" ")
+            ));
+        }
+    }
+    drop(oracle);
+    assert!(
+        mismatches.is_empty(),
+        "replies differ from Redis 7.0:\n{}",
+        mismatches.join("\n")
+    );
+}
