@@ -1,0 +1,317 @@
+//! INFO CONFIG COMMAND TIME SAVE BGSAVE LASTSAVE SHUTDOWN DEBUG against the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{err, resp, Server};
+use redis::{Connection, Value};
+
+fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(con).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(str::trim)
+}
+
+#[test]
+fn info_sections_and_fields_tools_look_for() {
+    let server = Server::start();
+    let mut con = server.client();
+    let _: () = redis::cmd("SET").arg("a").arg("1").query(&mut con).unwrap();
+    let _: Value = redis::cmd("GET").query(&mut con).unwrap_or(Value::Nil);
+    let info: String = q(&mut con, &["INFO"]);
+    for section in [
+        "# Server",
+        "# Clients",
+        "# Memory",
+        "# Persistence",
+        "# Stats",
+        "# Replication",
+        "# CPU",
+        "# Keyspace",
+    ] {
+        assert!(
+            info.contains(section),
+            "{section} missing from default INFO"
+        );
+    }
+    assert!(!info.contains("# Commandstats"));
+    assert_eq!(field(&info, "redis_version"), Some("7.2.0"));
+    assert_eq!(field(&info, "connected_clients"), Some("1"));
+    assert!(field(&info, "used_memory").unwrap().parse::<u64>().unwrap() > 0);
+    assert!(field(&info, "used_cpu_user")
+        .unwrap()
+        .parse::<f64>()
+        .is_ok());
+    assert_eq!(field(&info, "db0"), Some("keys=1,expires=0,avg_ttl=0"));
+    assert!(
+        field(&info, "rejected_calls")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert!(info.contains("\r\n"), "lines end in CRLF");
+    // Several sections at once, any case; all / everything.
+    let two: String = q(&mut con, &["INFO", "SERVER", "keyspace"]);
+    assert!(
+        two.starts_with("# Server\r\n") && two.contains("# Keyspace") && !two.contains("# Clients")
+    );
+    let stats: String = q(&mut con, &["INFO", "commandstats"]);
+    assert!(stats.contains("cmdstat_set:calls=1,usec="), "{stats}");
+    assert!(
+        stats.contains(
+            "cmdstat_get:calls=0,usec=0,usec_per_call=0.00,rejected_calls=1,failed_calls=0"
+        ),
+        "{stats}"
+    );
+    let all: String = q(&mut con, &["INFO", "all"]);
+    assert!(all.contains("# Commandstats") && all.contains("# Server"));
+    let everything: String = q(&mut con, &["INFO", "everything"]);
+    assert!(everything.contains("# Modules"));
+    let none: String = q(&mut con, &["INFO", "nosuchsection"]);
+    assert_eq!(none, "");
+    // redis-cli renders it too.
+    assert!(server
+        .cli(&["INFO", "server"])
+        .contains("redis_version:7.2.0"));
+}
+
+#[test]
+fn config_get_and_set() {
+    let server = Server::start();
+    let mut con = server.client();
+    let databases: Vec<String> = q(&mut con, &["CONFIG", "GET", "databases"]);
+    assert_eq!(databases, vec!["databases", "16"]);
+    let several: Vec<String> = q(&mut con, &["CONFIG", "GET", "save", "appendonly"]);
+    assert_eq!(several, vec!["appendonly", "yes", "save", ""]);
+    let pattern: Vec<String> = q(&mut con, &["CONFIG", "GET", "max*"]);
+    assert_eq!(
+        pattern,
+        vec![
+            "maxclients",
+            "10000",
+            "maxmemory",
+            "0",
+            "maxmemory-policy",
+            "noeviction"
+        ]
+    );
+    let port: Vec<String> = q(&mut con, &["CONFIG", "GET", "port"]);
+    assert_eq!(port[1], server.port.to_string());
+    assert_eq!(
+        q::<String>(
+            &mut con,
+            &[
+                "CONFIG",
+                "SET",
+                "maxclients",
+                "50",
+                "proto-max-bulk-len",
+                "2mb"
+            ]
+        ),
+        "OK"
+    );
+    assert_eq!(
+        q::<Vec<String>>(&mut con, &["CONFIG", "GET", "proto-max-bulk-len"])[1],
+        "2097152"
+    );
+    assert_eq!(
+        q::<Vec<String>>(&mut con, &["CONFIG", "GET", "MAXCLIENTS"])[1],
+        "50"
+    );
+    assert_eq!(
+        err(&mut con, &["CONFIG", "SET", "nosuch", "1"]),
+        "ERR Unknown option or number of arguments for CONFIG SET - 'nosuch'"
+    );
+    assert_eq!(
+        err(&mut con, &["CONFIG", "SET", "port", "1"]),
+        "ERR CONFIG SET failed (possibly related to argument 'port') - can't set immutable config"
+    );
+    assert_eq!(
+        err(&mut con, &["CONFIG", "SET", "maxclients", "many"]),
+        "ERR CONFIG SET failed (possibly related to argument 'maxclients') - argument couldn't be parsed into an integer"
+    );
+    assert_eq!(
+        err(&mut con, &["CONFIG", "SET", "maxclients"]),
+        "ERR wrong number of arguments for 'config|set' command"
+    );
+    assert_eq!(
+        err(&mut con, &["CONFIG", "GET"]),
+        "ERR wrong number of arguments for 'config|get' command"
+    );
+    assert_eq!(
+        err(&mut con, &["CONFIG", "BOGUS"]),
+        "ERR unknown subcommand 'BOGUS'. Try CONFIG HELP."
+    );
+    assert_eq!(q::<String>(&mut con, &["CONFIG", "RESETSTAT"]), "OK");
+    // requirepass set at run time applies to new connections.
+    assert_eq!(
+        q::<String>(&mut con, &["CONFIG", "SET", "requirepass", "pw"]),
+        "OK"
+    );
+    let mut raw = server.raw();
+    raw.expect(&resp(&[b"PING"]), "-NOAUTH Authentication required.\r\n");
+    raw.expect(&resp(&[b"AUTH", b"pw"]), "+OK\r\n");
+}
+
+#[test]
+fn command_count_info_docs() {
+    let server = Server::start();
+    let mut con = server.client();
+    let count: i64 = q(&mut con, &["COMMAND", "COUNT"]);
+    assert!(count >= 60, "{count}");
+    let all: Vec<Value> = q(&mut con, &["COMMAND"]);
+    assert_eq!(all.len() as i64, count);
+    let info: Vec<Value> = q(&mut con, &["COMMAND", "INFO", "get", "nosuch", "DEL"]);
+    assert_eq!(info[1], Value::Nil);
+    let Value::Array(get) = &info[0] else {
+        panic!("{info:?}")
+    };
+    assert_eq!(get[0], Value::BulkString(b"get".to_vec()));
+    assert_eq!(get[1], Value::Int(2));
+    assert_eq!(get[3], Value::Int(1));
+    let Value::Array(del) = &info[2] else {
+        panic!()
+    };
+    assert_eq!(del[1], Value::Int(-2));
+    assert_eq!(del[4], Value::Int(-1));
+    let docs: Value = q(&mut con, &["COMMAND", "DOCS", "expire"]);
+    let Value::Array(items) = docs else {
+        panic!("{docs:?}")
+    };
+    assert_eq!(items[0], Value::BulkString(b"expire".to_vec()));
+    let keys: Vec<String> = q(
+        &mut con,
+        &["COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2"],
+    );
+    assert_eq!(keys, vec!["a", "b"]);
+    assert!(q::<Vec<String>>(&mut con, &["COMMAND", "LIST"]).contains(&"range".to_string()));
+    assert_eq!(
+        err(&mut con, &["COMMAND", "BOGUS"]),
+        "ERR unknown subcommand 'BOGUS'. Try COMMAND HELP."
+    );
+    // redis-cli uses COMMAND DOCS for its hints and must not choke on ours.
+    assert_eq!(server.cli(&["COMMAND", "COUNT"]).trim(), count.to_string());
+}
+
+#[test]
+fn time_save_bgsave_lastsave() {
+    let server = Server::start();
+    let mut con = server.client();
+    let (seconds, micros): (u64, u64) = q(&mut con, &["TIME"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(seconds.abs_diff(now) <= 2 && micros < 1_000_000);
+    let before: i64 = q(&mut con, &["LASTSAVE"]);
+    assert!(before.abs_diff(now as i64) <= 5);
+    assert_eq!(q::<String>(&mut con, &["SAVE"]), "OK");
+    assert_eq!(
+        q::<String>(&mut con, &["BGSAVE"]),
+        "Background saving started"
+    );
+    assert_eq!(
+        q::<String>(&mut con, &["BGSAVE", "SCHEDULE"]),
+        "Background saving started"
+    );
+    assert_eq!(err(&mut con, &["BGSAVE", "NOW"]), "ERR syntax error");
+    assert!(q::<i64>(&mut con, &["LASTSAVE"]) >= before);
+}
+
+#[test]
+fn debug_sleep_object_and_errors() {
+    let server = Server::start();
+    let mut con = server.client();
+    let started = Instant::now();
+    assert_eq!(q::<String>(&mut con, &["DEBUG", "SLEEP", "0.3"]), "OK");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(q::<String>(&mut con, &["DEBUG", "SLEEP", "0"]), "OK");
+    // Other clients are served while one sleeps.
+    let url = server.url();
+    let sleeper = std::thread::spawn(move || {
+        let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let _: String = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .query(&mut con)
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let pinged = Instant::now();
+    assert_eq!(q::<String>(&mut con, &["PING"]), "PONG");
+    assert!(pinged.elapsed() < Duration::from_millis(800));
+    sleeper.join().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("12")
+        .query(&mut con)
+        .unwrap();
+    let object: String = q(&mut con, &["DEBUG", "OBJECT", "k"]);
+    assert!(object.contains("encoding:int"), "{object}");
+    assert_eq!(
+        err(&mut con, &["DEBUG", "OBJECT", "nosuch"]),
+        "ERR no such key"
+    );
+    assert_eq!(
+        q::<String>(&mut con, &["DEBUG", "POPULATE", "10", "p"]),
+        "OK"
+    );
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 11);
+    assert_eq!(
+        err(&mut con, &["DEBUG", "SLEEP", "x"]),
+        "ERR value is not a valid float"
+    );
+    assert_eq!(
+        err(&mut con, &["DEBUG", "BOGUS"]),
+        "ERR unknown subcommand 'BOGUS'. Try DEBUG HELP."
+    );
+    assert_eq!(
+        err(&mut con, &["DEBUG"]),
+        "ERR wrong number of arguments for 'debug' command"
+    );
+}
+
+#[test]
+fn shutdown_closes_cleanly_and_keeps_the_data() {
+    let mut server = Server::start();
+    let mut con = server.client();
+    let _: () = redis::cmd("SET")
+        .arg("kept")
+        .arg("yes")
+        .query(&mut con)
+        .unwrap();
+    let mut raw = server.raw();
+    raw.expect(
+        &resp(&[b"SHUTDOWN", b"ABORT"]),
+        "-ERR No shutdown in progress.\r\n",
+    );
+    raw.expect(&resp(&[b"SHUTDOWN", b"BOGUS"]), "-ERR syntax error\r\n");
+    raw.send(&resp(&[b"SHUTDOWN", b"NOSAVE"]));
+    let (reply, closed) = raw.read_to_close();
+    assert_eq!(reply, "");
+    assert!(closed);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(server.log().contains("key counts"), "{}", server.log());
+    server.restart();
+    assert!(
+        server
+            .log()
+            .contains("key counts loaded from the clean-shutdown record"),
+        "{}",
+        server.log()
+    );
+    let mut con = server.client();
+    assert_eq!(q::<String>(&mut con, &["GET", "kept"]), "yes");
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 1);
+}
