@@ -89,10 +89,10 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
                         close = true;
                         break;
                     }
-                    if output.len() >= OUTPUT_FLUSH_BYTES {
-                        if !flush(&server, &mut client, &mut writer, &mut output, always).await {
-                            return;
-                        }
+                    if output.len() >= OUTPUT_FLUSH_BYTES
+                        && !flush(&server, &mut client, &mut writer, &mut output, always).await
+                    {
+                        return;
                     }
                 }
                 Ok(None) => break,

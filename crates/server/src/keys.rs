@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn data_prefix_end_bounds_the_namespace() {
         let key = data_key(7, b"\xff\xff");
-        assert!(&key[..] >= &data_prefix(7)[..]);
+        assert!(key[..] >= data_prefix(7)[..]);
         assert!(key.to_vec() < data_prefix_end(7));
         assert!(data_key(u16::MAX, b"\xff").to_vec() < data_prefix_end(u16::MAX));
     }

@@ -43,7 +43,7 @@ fn redis_benchmark_set_get_incr_mset_runs_without_errors() {
     for test in ["SET", "GET", "INCR", "MSET"] {
         assert!(
             text.lines()
-                .any(|l| l.trim_start_matches('\r').contains(&format!("{test}"))
+                .any(|l| l.trim_start_matches('\r').contains(test)
                     && l.contains("requests per second")),
             "{test} did not finish:\n{text}"
         );

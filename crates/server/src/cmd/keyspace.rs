@@ -221,17 +221,15 @@ fn scan_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         Some(key) => Bound::Excluded(&key[..]),
         None => Bound::Unbounded,
     };
-    let mut visited = 0;
     let mut last: Option<Bytes> = None;
     let mut more = false;
     let mut out = Vec::new();
-    for item in ctx.keyspace.range(db, lower, Bound::Unbounded) {
+    for (visited, item) in ctx.keyspace.range(db, lower, Bound::Unbounded).enumerate() {
         let (key, entry) = item?;
         if visited == count {
             more = true;
             break;
         }
-        visited += 1;
         let wanted = pattern
             .as_ref()
             .is_none_or(|p| glob::matches(p, &key, false))

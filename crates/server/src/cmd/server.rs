@@ -514,7 +514,7 @@ fn config_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             Ok(Frame::Map(pairs))
         }
         "set" => {
-            if args.len() < 4 || args.len() % 2 != 0 {
+            if args.len() < 4 || !args.len().is_multiple_of(2) {
                 return Err(arity());
             }
             for pair in args[2..].chunks(2) {

@@ -195,7 +195,7 @@ fn expire_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         0
     };
     if seconds {
-        if when > i64::MAX / 1000 || when < i64::MIN / 1000 {
+        if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
             return Err(CmdError::msg(errors::invalid_expire_time(&name)));
         }
         when *= 1000;
