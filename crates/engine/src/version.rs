@@ -247,7 +247,7 @@ impl VersionEdit {
         out
     }
 
-    fn decode(dir: &Path, mut input: &[u8]) -> Option<VersionEdit> {
+    pub(crate) fn decode(dir: &Path, mut input: &[u8]) -> Option<VersionEdit> {
         fn varint(input: &mut &[u8]) -> Option<u64> {
             let (v, used) = format::get_varint(input)?;
             *input = &input[used..];

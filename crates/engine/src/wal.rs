@@ -146,6 +146,12 @@ pub(crate) fn read_segment(path: &Path) -> Result<SegmentRead> {
 
 fn read_records_checked(path: &Path, valid: impl Fn(&[u8]) -> bool) -> Result<SegmentRead> {
     let data = fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(parse_records(&data, valid))
+}
+
+/// Splits `data` into intact framed records, stopping at the first torn or
+/// corrupt one or the first whose payload `valid` rejects.
+pub(crate) fn parse_records(data: &[u8], valid: impl Fn(&[u8]) -> bool) -> SegmentRead {
     let mut payloads = Vec::new();
     let mut at = 0usize;
     while data.len() - at >= RECORD_HEADER_BYTES {
@@ -165,11 +171,11 @@ fn read_records_checked(path: &Path, valid: impl Fn(&[u8]) -> bool) -> Result<Se
         payloads.push((at as u64, payload.to_vec()));
         at = end;
     }
-    Ok(SegmentRead {
+    SegmentRead {
         payloads,
         valid_bytes: at as u64,
         file_bytes: data.len() as u64,
-    })
+    }
 }
 
 /// Bytes appended but not yet written, and the segment they belong to.
