@@ -40,18 +40,7 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
         id: handle.id,
     };
     let _ = stream.set_nodelay(true);
-    let (limits, query_buffer_bytes_max, authenticated) = {
-        let config = server.config.read();
-        (
-            Limits {
-                bulk_bytes_max: config.proto_max_bulk_len,
-                args_max: config.args_max,
-                inline_bytes_max: ringkv_protocol::INLINE_BYTES_MAX_DEFAULT,
-            },
-            config.query_buffer_bytes_max,
-            config.requirepass.is_none(),
-        )
-    };
+    let authenticated = server.config.read().requirepass.is_none();
     let always = server.config.read().appendfsync == FsyncPolicy::Always;
     let mut client = Client::new(handle.clone(), authenticated);
     let mut shutdown = server.shutdown.subscribe();
@@ -76,6 +65,9 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
         if handle.killed.load(Ordering::Acquire) {
             break;
         }
+        // Read each batch, so CONFIG SET proto-max-bulk-len / client-query-buffer-limit apply to
+        // connections already open.
+        let (limits, query_buffer_bytes_max) = current_limits(&server);
         let mut close = false;
         loop {
             match parse_request(&mut input, &limits) {
@@ -124,6 +116,18 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
         }
     }
     let _ = writer.shutdown().await;
+}
+
+fn current_limits(server: &Server) -> (Limits, usize) {
+    let config = server.config.read();
+    (
+        Limits {
+            bulk_bytes_max: config.proto_max_bulk_len,
+            args_max: config.args_max,
+            inline_bytes_max: ringkv_protocol::INLINE_BYTES_MAX_DEFAULT,
+        },
+        config.query_buffer_bytes_max,
+    )
 }
 
 /// Makes the batch's writes durable, then writes the replies. False if the connection must

@@ -33,8 +33,6 @@ pub(crate) const EXECABORT: &str = "EXECABORT Transaction discarded because of p
 /// A string value that would exceed `proto-max-bulk-len` (SETRANGE, APPEND, SETBIT).
 pub(crate) const STRING_TOO_LONG: &str =
     "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
-/// Timeout / expire argument that is not positive where it must be.
-pub(crate) const TIMEOUT_NOT_POSITIVE: &str = "ERR timeout is not an integer or out of range";
 
 /// `ERR wrong number of arguments for 'name' command` (name as Redis' `fullname`, lower case,
 /// `container|sub` for subcommands).

@@ -13,10 +13,6 @@
 //! Entry point: [`run`] serves a [`Config`] until SHUTDOWN or
 //! [`ShutdownHandle::shutdown`]. The design notes are in `docs/server.md`.
 
-// The shared helpers (args, errors, Ctx) are written ahead of the command families that use
-// them; remove once every family is in.
-#![allow(dead_code)]
-
 mod args;
 mod client;
 mod cmd;

@@ -147,7 +147,6 @@ pub struct Server {
     pub(crate) command_stats: Vec<CommandStats>,
     pub(crate) scan_cursors: Mutex<ScanCursors>,
     pub(crate) started: Instant,
-    pub(crate) started_unix_ms: u64,
     pub(crate) run_id: String,
     pub(crate) last_save_unix: AtomicU64,
     pub(crate) bound_port: AtomicU64,
@@ -177,7 +176,6 @@ impl Server {
             .map(|_| char::from(b"0123456789abcdef"[rand::random::<usize>() % 16]))
             .collect();
         Server {
-            started_unix_ms: keyspace.now_ms(),
             keyspace,
             config: RwLock::new(config),
             exec_lock: RwLock::new(()),

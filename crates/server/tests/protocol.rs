@@ -198,3 +198,62 @@ fn inline_commands_work_like_redis_cli_and_telnet() {
         "-ERR Protocol error: too big inline request\r\n"
     );
 }
+
+#[test]
+fn random_garbage_never_crashes_or_hangs_the_server() {
+    use rand::{Rng, SeedableRng};
+    let mut server = Server::start_with(&["--proto-max-bulk-len", "1048576"]);
+    let seed: u64 = rand::random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let pieces: &[&[u8]] = &[
+        b"*",
+        b"$",
+        b"+",
+        b"-",
+        b":",
+        b"_",
+        b"%",
+        b"~",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"-1",
+        b"0",
+        b"3",
+        b"999999999999",
+        b"SET",
+        b"GET",
+        b"PING",
+        b"\"",
+        b"'",
+        b" ",
+        b"\x00",
+        b"MULTI",
+        b"EXEC",
+    ];
+    for _ in 0..150 {
+        let mut request = Vec::new();
+        for _ in 0..rng.gen_range(1..40) {
+            if rng.gen_bool(0.7) {
+                request.extend_from_slice(pieces[rng.gen_range(0..pieces.len())]);
+            } else {
+                request.push(rng.gen());
+            }
+        }
+        let mut raw = server.raw();
+        raw.stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        raw.send(&request);
+        // Either replies, an error and a close, or waiting for more bytes: all fine; then go.
+        let mut buf = [0u8; 4096];
+        let _ = raw.stream.read(&mut buf);
+    }
+    assert!(
+        server.is_running(),
+        "server died (seed {seed}); log:\n{}",
+        server.log()
+    );
+    let mut raw = server.raw();
+    raw.expect(b"PING\r\n", "+PONG\r\n");
+}

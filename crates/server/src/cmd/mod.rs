@@ -50,12 +50,15 @@ use crate::errors::{self, CmdResult};
 use crate::keyspace::{KeyGuard, Keyspace, StrValue};
 use crate::server::Server;
 
+// Pure helpers of the string engineer's families; some are used only by their unit tests yet.
+#[allow(dead_code)]
 pub(crate) mod bit_ops;
 pub(crate) mod bitmap;
 pub(crate) mod connection;
 pub(crate) mod keyspace;
 pub(crate) mod server;
 pub(crate) mod string;
+#[allow(dead_code)]
 pub(crate) mod string_ops;
 pub(crate) mod transaction;
 pub(crate) mod ttl;
