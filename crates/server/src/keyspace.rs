@@ -968,6 +968,37 @@ impl Keyspace {
     }
 }
 
+// Read-modify-write in one engine read (added for the string and bitmap commands).
+impl Keyspace {
+    /// Read-modify-write of one key with a single engine read: under the key's lock, reads the
+    /// live value (any type) and hands it to `decide`, which returns what to store — an encoded
+    /// value (`[tag][payload]`, see [`encode_value`]) and its expiry, or `None` to write
+    /// nothing — and a result for the caller. An expiry not in the future deletes the key, as
+    /// in [`Keyspace::set_raw`]. Returns the result and the sequence written (0 if none).
+    ///
+    /// INCR, APPEND, SETRANGE, SETBIT, BITFIELD, GETSET and SET with GET/NX/XX/IFEQ/KEEPTTL use
+    /// it so they read the key once instead of twice (`get_string` and then `set_string`'s own
+    /// read of the old entry).
+    pub(crate) fn update<R>(
+        &self,
+        db: usize,
+        key: &[u8],
+        decide: impl FnOnce(Option<&StoredValue>) -> CmdResult<(Option<(Bytes, Option<u64>)>, R)>,
+    ) -> CmdResult<(R, u64)> {
+        let _guard = self.lock_keys(&[key]);
+        let ns = self.namespace(db);
+        let old_entry = self.read(ns, key)?;
+        let old = old_entry.clone().map(StoredValue::from_entry).transpose()?;
+        let (write, result) = decide(old.as_ref())?;
+        let Some((raw, expires_at_ms)) = write else {
+            return Ok((result, 0));
+        };
+        let mut change = Change::new();
+        self.put_or_expire(&mut change, ns, key, old_entry.as_ref(), raw, expires_at_ms);
+        Ok((result, self.commit(change)?))
+    }
+}
+
 /// `[start, end)` as engine range bounds.
 fn span<'k>(start: &'k [u8], end: &'k [u8]) -> (Bound<&'k [u8]>, Bound<&'k [u8]>) {
     (Bound::Included(start), Bound::Excluded(end))

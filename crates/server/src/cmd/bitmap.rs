@@ -12,7 +12,7 @@ use super::bit_ops::{
     self, bitfield_apply, bitfield_get, parse_bit_offset, parse_bit_value, parse_bitfield, BitOp,
     BITFIELD_RO_ERROR, BITOP_NOT_ERROR, BITPOS_BIT_ERROR, BIT_OFFSET_ERROR, BIT_VALUE_ERROR,
 };
-use super::string::store_built;
+use super::string::{encoded_with, old_string, update};
 use super::string_ops::parse_i64;
 use super::{reply, spec, CommandSpec, Ctx};
 use crate::errors::{CmdError, CmdResult};
@@ -34,35 +34,30 @@ fn bytes_max(ctx: &Ctx<'_>) -> u64 {
 
 fn setbit(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply((|| {
-        let key = &args[1];
         let offset = parse_bit_offset(&args[2], None, bytes_max(ctx))
             .ok_or(CmdError::msg(BIT_OFFSET_ERROR))?;
         let on = parse_bit_value(&args[3]).ok_or(CmdError::msg(BIT_VALUE_ERROR))?;
-        let _guard = ctx.lock_keys(&[key]);
-        let old = ctx.get_string(key)?;
-        let (current, expires_at_ms) = match &old {
-            Some(value) => (&value.data[..], value.expires_at_ms),
-            None => (&[][..], None),
-        };
-        let was = bit_ops::get_bit(current, offset);
-        // Written even when the bit does not change: Redis counts SETBIT as a modification
-        // (WATCH sees it) and creates a missing key.
-        let needed = (offset >> 3) as usize + 1;
-        let length = needed.max(current.len());
-        store_built(ctx, key, length, expires_at_ms, |out| {
-            let start = out.len();
-            out.put_slice(current);
-            out.resize(start + length, 0);
-            let mut byte = out[start + (offset >> 3) as usize];
-            let mask = 1u8 << (7 - (offset & 7));
-            if on {
-                byte |= mask;
-            } else {
-                byte &= !mask;
-            }
-            out[start + (offset >> 3) as usize] = byte;
-        })?;
-        Ok(Frame::Integer(i64::from(was)))
+        update(ctx, &args[1], |old| {
+            let expires_at_ms = old.and_then(|o| o.expires_at_ms);
+            let current = old_string(old)?.unwrap_or_default();
+            let was = bit_ops::get_bit(&current, offset);
+            // Written even when the bit does not change: Redis counts SETBIT as a modification
+            // (WATCH sees it) and creates a missing key.
+            let byte = (offset >> 3) as usize;
+            let length = (byte + 1).max(current.len());
+            let raw = encoded_with(length, |out| {
+                let start = out.len();
+                out.put_slice(&current);
+                out.resize(start + length, 0);
+                let mask = 1u8 << (7 - (offset & 7));
+                if on {
+                    out[start + byte] |= mask;
+                } else {
+                    out[start + byte] &= !mask;
+                }
+            });
+            Ok((Some((raw, expires_at_ms)), Frame::Integer(i64::from(was))))
+        })
     })())
 }
 
@@ -209,19 +204,20 @@ fn run_bitfield(ctx: &mut Ctx<'_>, args: &[Bytes], read_only: bool) -> CmdResult
     if read_only {
         return Err(CmdError::msg(BITFIELD_RO_ERROR));
     }
-    let _guard = ctx.lock_keys(&[key]);
-    let old = ctx.get_string(key)?;
-    let expires_at_ms = old.as_ref().and_then(|v| v.expires_at_ms);
-    let mut data = old.map(|v| v.data.to_vec()).unwrap_or_default();
-    let needed = (highest_bit >> 3) as usize + 1;
-    if data.len() < needed {
-        data.resize(needed, 0);
-    }
-    let replies = plan
-        .ops
-        .iter()
-        .map(|op| bitfield_apply(&mut data, op).map_or(Frame::Null, Frame::Integer))
-        .collect();
-    ctx.set_string(key, &data, expires_at_ms)?;
-    Ok(Frame::Array(replies))
+    update(ctx, key, |old| {
+        let expires_at_ms = old.and_then(|o| o.expires_at_ms);
+        let current = old_string(old)?.unwrap_or_default();
+        let length = ((highest_bit >> 3) as usize + 1).max(current.len());
+        let mut replies = Vec::with_capacity(plan.ops.len());
+        let raw = encoded_with(length, |out| {
+            let start = out.len();
+            out.put_slice(&current);
+            out.resize(start + length, 0);
+            let data = &mut out[start..];
+            for op in &plan.ops {
+                replies.push(bitfield_apply(data, op).map_or(Frame::Null, Frame::Integer));
+            }
+        });
+        Ok((Some((raw, expires_at_ms)), Frame::Array(replies)))
+    })
 }

@@ -21,7 +21,7 @@ use super::string_ops::{
 };
 use super::{reply, spec, CommandSpec, Ctx};
 use crate::errors::{self, CmdError, CmdResult};
-use crate::keyspace::{StoredValue, ValueType};
+use crate::keyspace::{encode_value, StoredValue, ValueType};
 
 /// The string commands.
 pub(crate) const COMMANDS: &[CommandSpec] = &[
@@ -73,24 +73,44 @@ fn get_any(ctx: &Ctx<'_>, key: &[u8]) -> CmdResult<Option<StoredValue>> {
     ctx.keyspace.get(ctx.db(), key)
 }
 
-/// Stores `[tag][payload built by fill]` at `key` with one copy of the payload (APPEND,
-/// SETRANGE and the bit commands build the new value straight into the stored buffer).
-pub(super) fn store_built(
+/// What a read-modify-write decides: the encoded value to store and its expiry (`None`:
+/// write nothing), and the reply.
+pub(super) type Decision = (Option<(Bytes, Option<u64>)>, Frame);
+
+/// [`Keyspace::update`](crate::keyspace::Keyspace::update) on the selected database: one
+/// engine read and at most one write under the key's lock, the write noted for the sync.
+pub(super) fn update(
     ctx: &mut Ctx<'_>,
     key: &[u8],
-    payload_bytes: usize,
-    expires_at_ms: Option<u64>,
-    fill: impl FnOnce(&mut BytesMut),
-) -> CmdResult<()> {
+    decide: impl FnOnce(Option<&StoredValue>) -> CmdResult<Decision>,
+) -> CmdResult<Frame> {
+    let (reply, seq) = ctx.keyspace.update(ctx.db(), key, decide)?;
+    ctx.wrote(seq);
+    Ok(reply)
+}
+
+/// The string held by `old` (a missing key: `None`), or WRONGTYPE.
+pub(super) fn old_string(old: Option<&StoredValue>) -> CmdResult<Option<Bytes>> {
+    match old {
+        None => Ok(None),
+        Some(stored) if stored.value_type == ValueType::String => Ok(Some(stored.payload())),
+        Some(_) => Err(CmdError::WrongType),
+    }
+}
+
+/// A string value encoded for storage.
+pub(super) fn encoded(payload: &[u8]) -> Bytes {
+    encode_value(ValueType::String, payload)
+}
+
+/// `[tag][payload built by fill]` with one copy of the payload (APPEND, SETRANGE and the bit
+/// commands build the new value straight into the stored buffer).
+pub(super) fn encoded_with(payload_bytes: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
     let mut raw = BytesMut::with_capacity(1 + payload_bytes);
     raw.put_u8(ValueType::String.tag());
     fill(&mut raw);
     debug_assert_eq!(raw.len(), 1 + payload_bytes);
-    let seq = ctx
-        .keyspace
-        .set_raw(ctx.db(), key, raw.freeze(), expires_at_ms)?;
-    ctx.wrote(seq);
-    Ok(())
+    raw.freeze()
 }
 
 /// The reply for an expiry argument that failed [`resolve_expiry`].
@@ -158,47 +178,48 @@ fn run_set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         ctx.set_string(key, value, expires_at_ms)?;
         return Ok(Frame::ok());
     }
-    let _guard = ctx.lock_keys(&[key]);
-    let old = get_any(ctx, key)?;
-    let old_string = match &old {
-        Some(stored) if stored.value_type == ValueType::String => Some(stored.payload()),
-        Some(_) if options.get || matches!(options.condition, SetCondition::IfEqual(_)) => {
-            return Err(CmdError::WrongType);
-        }
-        _ => None,
-    };
-    let proceed = match options.condition {
-        SetCondition::Always => true,
-        SetCondition::IfMissing => old.is_none(),
-        SetCondition::IfExists => old.is_some(),
-        SetCondition::IfEqual(expected) => old_string.as_deref() == Some(expected),
-    };
-    if proceed {
-        let expires_at_ms = if options.keep_ttl {
-            old.as_ref().and_then(|o| o.expires_at_ms)
-        } else {
-            expires_at_ms
+    let (get, condition, keep_ttl) = (options.get, options.condition, options.keep_ttl);
+    update(ctx, key, |old| {
+        let old_string = match old {
+            Some(stored) if stored.value_type == ValueType::String => Some(stored.payload()),
+            Some(_) if get || matches!(condition, SetCondition::IfEqual(_)) => {
+                return Err(CmdError::WrongType);
+            }
+            _ => None,
         };
-        ctx.set_string(key, value, expires_at_ms)?;
-    }
-    Ok(if options.get {
-        bulk_or_null(old_string)
-    } else if proceed {
-        Frame::ok()
-    } else {
-        Frame::Null
+        let proceed = match condition {
+            SetCondition::Always => true,
+            SetCondition::IfMissing => old.is_none(),
+            SetCondition::IfExists => old.is_some(),
+            SetCondition::IfEqual(expected) => old_string.as_deref() == Some(expected),
+        };
+        let write = proceed.then(|| {
+            let expires_at_ms = if keep_ttl {
+                old.and_then(|o| o.expires_at_ms)
+            } else {
+                expires_at_ms
+            };
+            (encoded(value), expires_at_ms)
+        });
+        let reply = if get {
+            bulk_or_null(old_string)
+        } else if proceed {
+            Frame::ok()
+        } else {
+            Frame::Null
+        };
+        Ok((write, reply))
     })
 }
 
 fn setnx(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply((|| {
-        let _guard = ctx.lock_keys(&[&args[1]]);
-        if ctx.exists(&args[1])? {
-            return Ok(Frame::Integer(0));
-        }
-        ctx.set_string(&args[1], &args[2], None)?;
-        Ok(Frame::Integer(1))
-    })())
+    let value = &args[2];
+    reply(update(ctx, &args[1], |old| {
+        Ok(match old {
+            Some(_) => (None, Frame::Integer(0)),
+            None => (Some((encoded(value), None)), Frame::Integer(1)),
+        })
+    }))
 }
 
 fn setex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -219,12 +240,11 @@ fn set_with_expiry(ctx: &mut Ctx<'_>, args: &[Bytes], unit: ExpireUnit, command:
 }
 
 fn getset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply((|| {
-        let _guard = ctx.lock_keys(&[&args[1]]);
-        let old = ctx.get_string(&args[1])?;
-        ctx.set_string(&args[1], &args[2], None)?;
-        Ok(bulk_or_null(old.map(|v| v.data)))
-    })())
+    let value = &args[2];
+    reply(update(ctx, &args[1], |old| {
+        let old = old_string(old)?;
+        Ok((Some((encoded(value), None)), bulk_or_null(old)))
+    }))
 }
 
 fn getdel(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -349,35 +369,37 @@ fn decrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 /// Redis' `incrDecrCommand`: the value must be a `string2ll` integer; the sum must not
 /// overflow; the key keeps its expiry.
 fn increment(ctx: &mut Ctx<'_>, key: &[u8], by: i64) -> CmdResult<Frame> {
-    let _guard = ctx.lock_keys(&[key]);
-    let old = ctx.get_string(key)?;
-    let (current, expires_at_ms) = match &old {
-        Some(value) => (
-            string_ops::parse_i64(&value.data).ok_or(CmdError::NotInteger)?,
-            value.expires_at_ms,
-        ),
-        None => (0, None),
-    };
-    let new =
-        string_ops::checked_increment(current, by).ok_or(CmdError::msg(errors::INCR_OVERFLOW))?;
-    let mut buffer = [0u8; 20];
-    ctx.set_string(key, i64_text(new, &mut buffer), expires_at_ms)?;
-    Ok(Frame::Integer(new))
+    update(ctx, key, |old| {
+        let expires_at_ms = old.and_then(|o| o.expires_at_ms);
+        let current = match old_string(old)? {
+            Some(text) => string_ops::parse_i64(&text).ok_or(CmdError::NotInteger)?,
+            None => 0,
+        };
+        let new = string_ops::checked_increment(current, by)
+            .ok_or(CmdError::msg(errors::INCR_OVERFLOW))?;
+        let mut buffer = [0u8; 20];
+        Ok((
+            Some((encoded(i64_text(new, &mut buffer)), expires_at_ms)),
+            Frame::Integer(new),
+        ))
+    })
 }
 
 fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply((|| {
-        let key = &args[1];
-        let _guard = ctx.lock_keys(&[key]);
-        let old = ctx.get_string(key)?;
-        let current: &[u8] = old.as_ref().map_or(b"0", |value| &value.data);
-        let text = increment_by_float(current, &args[2]).map_err(|error| match error {
+    let increment = &args[2];
+    reply(update(ctx, &args[1], |old| {
+        let expires_at_ms = old.and_then(|o| o.expires_at_ms);
+        let current = old_string(old)?;
+        let current: &[u8] = current.as_deref().unwrap_or(b"0");
+        let text = increment_by_float(current, increment).map_err(|error| match error {
             FloatError::NotAFloat => CmdError::NotFloat,
             FloatError::NanOrInfinity => CmdError::msg(NAN_OR_INFINITY),
         })?;
-        ctx.set_string(key, &text, old.and_then(|value| value.expires_at_ms))?;
-        Ok(Frame::Bulk(Bytes::from(text)))
-    })())
+        Ok((
+            Some((encoded(&text), expires_at_ms)),
+            Frame::Bulk(Bytes::from(text)),
+        ))
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -392,25 +414,25 @@ fn range_error(error: RangeError) -> CmdError {
 }
 
 fn append(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply((|| {
-        let (key, tail) = (&args[1], &args[2]);
-        let _guard = ctx.lock_keys(&[key]);
-        let Some(old) = ctx.get_string(key)? else {
-            ctx.set_string(key, tail, None)?;
-            return Ok(Frame::Integer(tail.len() as i64));
+    let tail = &args[2];
+    let bytes_max = ctx.string_bytes_max() as u64;
+    reply(update(ctx, &args[1], |old| {
+        let expires_at_ms = old.and_then(|o| o.expires_at_ms);
+        let Some(current) = old_string(old)? else {
+            // A new key: Redis checks no length (the argument is within the limit already).
+            return Ok((
+                Some((encoded(tail), None)),
+                Frame::Integer(tail.len() as i64),
+            ));
         };
-        let length = check_string_length(
-            old.data.len() as u64,
-            tail.len() as u64,
-            ctx.string_bytes_max() as u64,
-        )
-        .map_err(range_error)?;
-        store_built(ctx, key, length, old.expires_at_ms, |out| {
-            out.put_slice(&old.data);
+        let length = check_string_length(current.len() as u64, tail.len() as u64, bytes_max)
+            .map_err(range_error)?;
+        let raw = encoded_with(length, |out| {
+            out.put_slice(&current);
             out.put_slice(tail);
-        })?;
-        Ok(Frame::Integer(length as i64))
-    })())
+        });
+        Ok((Some((raw, expires_at_ms)), Frame::Integer(length as i64)))
+    }))
 }
 
 fn strlen(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -438,34 +460,32 @@ fn getrange(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 
 fn setrange(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply((|| {
-        let (key, patch) = (&args[1], &args[3]);
+        let patch = &args[3];
         let offset = string_ops::parse_i64(&args[2]).ok_or(CmdError::NotInteger)?;
         let offset = check_setrange_offset(offset).map_err(range_error)?;
         let bytes_max = ctx.string_bytes_max() as u64;
-        let _guard = ctx.lock_keys(&[key]);
-        let old = ctx.get_string(key)?;
-        if patch.is_empty() {
-            // Nothing to write: Redis answers the current length and creates nothing.
-            return Ok(Frame::Integer(old.map_or(0, |v| v.data.len() as i64)));
-        }
-        let end =
-            check_string_length(offset, patch.len() as u64, bytes_max).map_err(range_error)?;
-        let (current, expires_at_ms) = match &old {
-            Some(value) => (&value.data[..], value.expires_at_ms),
-            None => (&[][..], None),
-        };
-        let offset = offset as usize;
-        let length = end.max(current.len());
-        store_built(ctx, key, length, expires_at_ms, |out| {
-            if current.len() >= end {
-                out.put_slice(&current[..offset]);
-                out.put_slice(patch);
-                out.put_slice(&current[end..]);
-            } else {
-                out.put_slice(&apply_setrange(current, offset, patch));
+        update(ctx, &args[1], |old| {
+            let expires_at_ms = old.and_then(|o| o.expires_at_ms);
+            let current = old_string(old)?.unwrap_or_default();
+            if patch.is_empty() {
+                // Nothing to write: Redis answers the current length and creates nothing.
+                return Ok((None, Frame::Integer(current.len() as i64)));
             }
-        })?;
-        Ok(Frame::Integer(length as i64))
+            let end =
+                check_string_length(offset, patch.len() as u64, bytes_max).map_err(range_error)?;
+            let offset = offset as usize;
+            let length = end.max(current.len());
+            let raw = encoded_with(length, |out| {
+                if current.len() >= end {
+                    out.put_slice(&current[..offset]);
+                    out.put_slice(patch);
+                    out.put_slice(&current[end..]);
+                } else {
+                    out.put_slice(&apply_setrange(&current, offset, patch));
+                }
+            });
+            Ok((Some((raw, expires_at_ms)), Frame::Integer(length as i64)))
+        })
     })())
 }
 
@@ -557,7 +577,6 @@ fn run_lcs(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyspace::encode_value;
 
     #[test]
     fn i64_text_is_decimal() {
@@ -577,8 +596,9 @@ mod tests {
     }
 
     #[test]
-    fn encode_value_is_what_store_built_writes() {
-        // store_built writes the tag then the payload, as encode_value does.
+    fn encoded_with_writes_what_encode_value_writes() {
+        let built = encoded_with(2, |out| out.put_slice(b"ab"));
+        assert_eq!(built, encoded(b"ab"));
         assert_eq!(
             &encode_value(ValueType::String, b"ab")[..],
             &[ValueType::String.tag(), b'a', b'b']
