@@ -11,49 +11,12 @@ use std::cmp::Ordering;
 /// APPEND and SETBIT refuse to grow a value beyond it.
 pub(crate) const STRING_BYTES_MAX: u64 = 512 * 1024 * 1024;
 
-/// Redis' `LONG_STR_SIZE`: `string2ll` rejects texts this long or longer without looking.
-const INTEGER_TEXT_BYTES_MAX: usize = 21;
-
 /// Redis' `MAX_LONG_DOUBLE_CHARS`: `string2ld` rejects texts this long or longer.
 const FLOAT_TEXT_BYTES_MAX: usize = 5 * 1024;
 
-/// Parses a 64-bit integer exactly as Redis' `string2ll`: an optional `-`, then digits with no
-/// leading zero (`0` alone is fine), nothing else. No `+`, no spaces, no `-0`, no overflow.
-/// INCR, INCRBY's argument, SETRANGE's offset and every other integer argument go through it.
-pub(crate) fn parse_i64(text: &[u8]) -> Option<i64> {
-    if text.is_empty() || text.len() >= INTEGER_TEXT_BYTES_MAX {
-        return None;
-    }
-    if text == b"0" {
-        return Some(0);
-    }
-    let (negative, digits) = match text {
-        [b'-', rest @ ..] => (true, rest),
-        _ => (false, text),
-    };
-    if !matches!(digits.first(), Some(b'1'..=b'9')) {
-        return None;
-    }
-    let mut magnitude: u64 = 0;
-    for &byte in digits {
-        if !byte.is_ascii_digit() {
-            return None;
-        }
-        magnitude = magnitude
-            .checked_mul(10)?
-            .checked_add(u64::from(byte - b'0'))?;
-    }
-    if negative {
-        0i64.checked_sub_unsigned(magnitude)
-    } else {
-        i64::try_from(magnitude).ok()
-    }
-}
-
-/// Writes `value` in decimal, as INCR replies with and stores it.
-pub(crate) fn format_i64(value: i64) -> Vec<u8> {
-    value.to_string().into_bytes()
-}
+/// Integers are parsed as Redis' `string2ll` (no `+`, spaces or leading zeros, no overflow):
+/// INCR's value and argument, SETRANGE's offset, bit offsets and every other integer argument.
+pub(crate) use crate::args::parse_i64;
 
 /// INCR/DECR/INCRBY/DECRBY: `current + increment`, or `None` where Redis answers
 /// "increment or decrement would overflow".
@@ -1016,35 +979,10 @@ mod tests {
     }
 
     #[test]
-    fn parse_i64_follows_string2ll() {
-        assert_eq!(parse_i64(b"0"), Some(0));
-        assert_eq!(parse_i64(b"-1"), Some(-1));
-        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
-        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-        // Redis: "ERR value is not an integer or out of range" for each of these.
-        for bad in [
-            &b""[..],
-            b"+1",
-            b" 1",
-            b"1 ",
-            b"01",
-            b"-0",
-            b"-",
-            b"1.0",
-            b"9223372036854775808",
-            b"-9223372036854775809",
-            b"00000000000000000001",
-        ] {
-            assert_eq!(parse_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
     fn increments_overflow_like_redis() {
         assert_eq!(checked_increment(i64::MAX, 1), None);
         assert_eq!(checked_increment(i64::MIN, -1), None);
         assert_eq!(checked_increment(i64::MAX, -1), Some(i64::MAX - 1));
-        assert_eq!(format_i64(-42), b"-42");
     }
 
     fn options(words: &[&'static str]) -> Result<SetOptions<'static>, ()> {
