@@ -91,14 +91,21 @@ run_side() { # side run -> writes $WORK/<side>.<run>.out
     local load
     load=$(uptime | sed 's/.*load average: //')
     echo "# $side run $run (load average before: $load)" >&2
+    # /usr/bin/time adds the process's CPU seconds (all threads): on a shared,
+    # loaded machine they say more than wall-clock ops/sec alone.
+    local timed=()
+    if [[ -x /usr/bin/time ]]; then
+        timed=(/usr/bin/time -f 'cpu %U s user %S s sys %e s elapsed %M KiB max rss' -a -o "$out.time")
+    fi
     if [[ $side == ringkv ]]; then
-        "$RINGKV" --benchmarks="$BENCHMARKS" "${COMMON[@]}" --db="$db" --stats=1 \
+        "${timed[@]}" "$RINGKV" --benchmarks="$BENCHMARKS" "${COMMON[@]}" --db="$db" --stats=1 \
             ${RINGKV_EXTRA:-} >"$out" 2>"$WORK/$side.$run.err"
     else
-        db_bench --benchmarks="$BENCHMARKS" "${COMMON[@]}" "${ROCKSDB_ONLY[@]}" --db="$db" \
+        "${timed[@]}" db_bench --benchmarks="$BENCHMARKS" "${COMMON[@]}" "${ROCKSDB_ONLY[@]}" --db="$db" \
             ${ROCKSDB_EXTRA:-} >"$out" 2>"$WORK/$side.$run.err"
     fi
     echo "load $load" >>"$out"
+    [[ -f $out.time ]] && cat "$out.time" >>"$out"
     grep -E '^[a-z0-9_]+ +: .*ops/sec|^ringkv stats' "$out" >&2 || cat "$WORK/$side.$run.err" >&2
     rm -rf "$db"
 }
@@ -137,4 +144,6 @@ for run in $(seq 1 "$RUNS"); do
         "rocksdb $(grep -o '([0-9]* of [0-9]* found)' "$WORK/rocksdb.$run.out" || true)"
     echo "run $run load average before: ringkv $(sed -n 's/^load //p' "$WORK/ringkv.$run.out");" \
         "rocksdb $(sed -n 's/^load //p' "$WORK/rocksdb.$run.out")"
+    echo "run $run whole process: ringkv $(grep '^cpu ' "$WORK/ringkv.$run.out" || true);" \
+        "rocksdb $(grep '^cpu ' "$WORK/rocksdb.$run.out" || true)"
 done
