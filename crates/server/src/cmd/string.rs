@@ -6,10 +6,13 @@
 //! long-double arithmetic, LCS) live in [`super::string_ops`] with their unit tests; this file
 //! reads and writes keys.
 //!
-//! Read-modify-write commands hold the key's stripe lock from their read to their write
-//! ([`Ctx::lock_keys`]), so concurrent INCRs or APPENDs never lose an update. Commands that
-//! change a value in place (INCR…, APPEND, SETRANGE) keep the key's expiry, as Redis does;
-//! SET, GETSET and MSET clear it.
+//! Read-modify-write commands (INCR…, APPEND, SETRANGE, GETSET, SETNX, SET with
+//! GET/NX/XX/IFEQ/KEEPTTL) go through [`update`]: one engine read and at most one write under
+//! the key's stripe lock, so concurrent INCRs or APPENDs never lose an update; the rest that
+//! read before writing (GETDEL, GETEX, MSETNX) hold [`Ctx::lock_keys`] across both. Commands
+//! that change a value in place (INCR…, APPEND, SETRANGE) keep the key's expiry, as Redis
+//! does; SET, GETSET and MSET clear it. Plain SET, GET, MGET and MSET take the shortest path:
+//! one keyspace call each, GET replying with a slice of the stored value (no copy).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ringkv_protocol::Frame;
