@@ -20,6 +20,7 @@ use fs4::fs_std::FileExt;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::batch::{BatchOp, WriteBatch};
+use crate::changelog::{ChangeLog, LogRead};
 use crate::compaction::{self, Compaction, RunContext};
 use crate::error::{Error, Result};
 use crate::format::{self, Kind};
@@ -109,6 +110,7 @@ pub(crate) struct Inner {
     tables: TableCache,
     next_file: AtomicU64,
     wal: Wal,
+    changelog: ChangeLog,
     snapshots: Mutex<BTreeMap<u64, usize>>,
     closed: AtomicBool,
     background: Arc<Background>,
@@ -324,6 +326,7 @@ impl Db {
             tables,
             next_file: AtomicU64::new(next_file),
             wal,
+            changelog: ChangeLog::new(options.change_log_bytes_max, last_seq),
             snapshots: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
             background: Arc::new(Background::default()),
@@ -437,18 +440,87 @@ impl Db {
             batch.ops.len() as u32,
         );
         let must_write = inner.wal.append(&record, last_seq);
-        state.record = record;
         let mem = inner.current.read().mem.clone();
         for (i, (op, (kind, value))) in batch.ops.iter().zip(stored).enumerate() {
             mem.insert(op.key(), first_seq + i as u64, kind, value);
         }
-        state.last_seq = last_seq;
-        inner.visible_seq.store(last_seq, Ordering::Release);
+        inner.publish(&mut state, first_seq, last_seq, &record);
+        state.record = record;
         drop(state);
         if must_write {
             inner.wal.sync_to(last_seq, false)?;
         }
         Ok(last_seq)
+    }
+
+    /// Applies a batch read from another database's change log
+    /// ([`Db::read_log`]) with its original sequence numbers, so versions
+    /// match across copies. The batch must follow this database's last
+    /// sequence exactly. Like [`Db::write_deferred`], call [`Db::sync`]
+    /// before acknowledging it.
+    pub fn apply_log_batch(&self, record: &[u8]) -> Result<u64> {
+        self.inner.check_writable()?;
+        let invalid = |what: &str| Error::InvalidArgument(format!("change-log batch: {what}"));
+        let read = wal::parse_records(record, |p| wal::decode_payload(p).is_some());
+        if read.payloads.len() != 1 || read.valid_bytes != record.len() as u64 {
+            return Err(invalid("not exactly one intact record"));
+        }
+        let ops = wal::decode_payload(&read.payloads[0].1).expect("validated");
+        let (Some(first), Some(last)) = (ops.first(), ops.last()) else {
+            return Err(invalid("empty batch"));
+        };
+        let (first_seq, last_seq) = (first.seq, last.seq);
+        let inner = &self.inner;
+        let mut state = inner.write.lock();
+        inner.make_room(&mut state)?;
+        if first_seq != state.last_seq + 1 {
+            return Err(invalid(&format!(
+                "starts at sequence {first_seq}, expected {}",
+                state.last_seq + 1
+            )));
+        }
+        let must_write = inner.wal.append(record, last_seq);
+        let mem = inner.current.read().mem.clone();
+        for op in &ops {
+            mem.insert(
+                op.key,
+                op.seq,
+                op.kind,
+                Bytes::copy_from_slice(op.stored_value),
+            );
+        }
+        inner.publish(&mut state, first_seq, last_seq, record);
+        drop(state);
+        if must_write {
+            inner.wal.sync_to(last_seq, false)?;
+        }
+        Ok(last_seq)
+    }
+
+    /// Committed batches holding sequences from `from_seq` on, about
+    /// `bytes_max` bytes of them, for replicas to apply with
+    /// [`Db::apply_log_batch`]; or [`LogRead::Trimmed`] when the change log
+    /// no longer holds `from_seq` (the reader must start from a checkpoint).
+    /// The log keeps `Options::change_log_bytes_max` bytes
+    /// ([`Db::set_change_log_capacity`] changes it).
+    pub fn read_log(&self, from_seq: u64, bytes_max: usize) -> LogRead {
+        self.inner.changelog.read(from_seq, bytes_max)
+    }
+
+    /// Waits until sequence `seq` is committed or `timeout` passes; returns
+    /// the last committed sequence.
+    pub fn wait_for_sequence(&self, seq: u64, timeout: Duration) -> u64 {
+        self.inner.changelog.wait_for(seq, timeout)
+    }
+
+    /// Sets how many bytes of recent batches the change log keeps (0: none).
+    pub fn set_change_log_capacity(&self, bytes: usize) {
+        self.inner.changelog.set_capacity(bytes)
+    }
+
+    /// Bytes held by the change log, and the oldest sequence it holds.
+    pub fn change_log_usage(&self) -> (usize, Option<u64>) {
+        self.inner.changelog.usage()
     }
 
     /// Makes every write up to `seq` durable under the fsync policy:
@@ -707,6 +779,18 @@ impl Db {
 }
 
 impl Inner {
+    /// Makes a batch applied to the memtable visible to readers and to the
+    /// change log (caller holds the write lock).
+    fn publish(&self, state: &mut WriteState, first_seq: u64, last_seq: u64, record: &[u8]) {
+        state.last_seq = last_seq;
+        self.visible_seq.store(last_seq, Ordering::Release);
+        let kept = self
+            .changelog
+            .enabled()
+            .then(|| Bytes::copy_from_slice(record));
+        self.changelog.push(first_seq, last_seq, kept);
+    }
+
     fn check_writable(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);

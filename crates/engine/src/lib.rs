@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+mod changelog;
 mod compaction;
 mod db;
 mod error;
@@ -46,6 +47,7 @@ mod version;
 mod wal;
 
 pub use batch::{BatchOp, WriteBatch};
+pub use changelog::{LogBatch, LogRead};
 pub use db::{Db, Recovery, Snapshot, Stats};
 pub use error::{Error, Result};
 pub use iter::{Entry, RangeIter};

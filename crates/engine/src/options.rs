@@ -121,8 +121,9 @@ pub struct Options {
     pub key_bytes_max: usize,
     /// Largest value accepted.
     pub value_bytes_max: usize,
-    /// Background compaction threads.
-    pub compaction_threads: usize,
+    /// Bytes of recent write batches kept in memory for replicas
+    /// (`Db::read_log`); 0 keeps none. Like Redis' `repl-backlog-size`.
+    pub change_log_bytes_max: usize,
     /// Wall clock used for expiry.
     pub clock: Arc<dyn Clock>,
 }
@@ -148,7 +149,7 @@ impl Default for Options {
             table_target_bytes: 64 << 20,
             key_bytes_max: KEY_BYTES_MAX,
             value_bytes_max: VALUE_BYTES_MAX,
-            compaction_threads: 1,
+            change_log_bytes_max: 0,
             clock: Arc::new(SystemClock),
         }
     }
