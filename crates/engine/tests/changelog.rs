@@ -14,7 +14,10 @@ fn options(change_log_bytes_max: usize) -> Options {
     }
 }
 
-fn dump(db: &Db) -> Vec<(Vec<u8>, Vec<u8>, u64, Option<u64>)> {
+/// (key, value, version, expiry) of every live key.
+type Dump = Vec<(Vec<u8>, Vec<u8>, u64, Option<u64>)>;
+
+fn dump(db: &Db) -> Dump {
     db.iter()
         .map(|e| {
             let e = e.unwrap();
