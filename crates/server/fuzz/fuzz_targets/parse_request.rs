@@ -22,7 +22,8 @@ fuzz_target!(|data: &[u8]| {
             let before = buffer.len();
             match parse_request(&mut buffer, &limits) {
                 Ok(Some(args)) => {
-                    assert!(args.len() <= limits.args_max);
+                    // `args_max` bounds the `*N` count; an inline line is bounded by its length.
+                    assert!(args.len() <= limits.args_max.max(limits.inline_bytes_max));
                     assert!(args.iter().all(|a| a.len() <= limits.bulk_bytes_max.max(limits.inline_bytes_max)));
                     assert!(buffer.len() < before, "a request consumes input");
                 }
