@@ -315,3 +315,64 @@ fn shutdown_closes_cleanly_and_keeps_the_data() {
     assert_eq!(q::<String>(&mut con, &["GET", "kept"]), "yes");
     assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 1);
 }
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut server = Server::start();
+    let mut con = server.client();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
+    let pid = server.pid().expect("running");
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    server.restart();
+    assert!(
+        server
+            .log()
+            .contains("key counts loaded from the clean-shutdown record"),
+        "{}",
+        server.log()
+    );
+    let mut con = server.client();
+    assert_eq!(q::<String>(&mut con, &["GET", "k"]), "v");
+}
+
+#[test]
+fn maxclients_refuses_extra_connections() {
+    let server = Server::start_with(&["--maxclients", "2"]);
+    let mut first = server.raw();
+    first.expect(b"PING\r\n", "+PONG\r\n");
+    let mut second = server.raw();
+    second.expect(b"PING\r\n", "+PONG\r\n");
+    let mut third = server.raw();
+    let (reply, closed) = third.read_to_close();
+    assert_eq!(reply, "-ERR max number of clients reached\r\n");
+    assert!(closed);
+    first.expect(b"PING\r\n", "+PONG\r\n");
+}
+
+#[test]
+fn query_buffer_limit_disconnects_a_client_that_sends_too_much() {
+    let server = Server::start();
+    let mut con = server.client();
+    assert_eq!(
+        q::<String>(
+            &mut con,
+            &["CONFIG", "SET", "client-query-buffer-limit", "1mb"]
+        ),
+        "OK"
+    );
+    let mut raw = server.raw();
+    raw.send(b"*2\r\n$4\r\nECHO\r\n$3000000\r\n");
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < 3_000_000 {
+        if std::io::Write::write_all(&mut raw.stream, &chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let (_, closed) = raw.read_to_close();
+    assert!(closed, "connection over the query buffer limit is closed");
+    assert_eq!(q::<String>(&mut con, &["PING"]), "PONG");
+}
