@@ -25,6 +25,9 @@ struct Cli {
     /// TCP port [default: 6379].
     #[arg(long)]
     port: Option<u16>,
+    /// Admin HTTP port serving /health, /ready and /metrics [default: none].
+    #[arg(long)]
+    admin_port: Option<u16>,
     /// Address to listen on [default: 127.0.0.1].
     #[arg(long)]
     bind: Option<String>,
@@ -54,6 +57,7 @@ struct Cli {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
     port: Option<u16>,
+    admin_port: Option<u16>,
     bind: Option<String>,
     dir: Option<PathBuf>,
     appendfsync: Option<String>,
@@ -82,6 +86,7 @@ fn load(cli: Cli) -> anyhow::Result<Config> {
     if let Some(v) = cli.port.or(file.port) {
         config.port = v;
     }
+    config.admin_port = cli.admin_port.or(file.admin_port);
     if let Some(v) = cli.bind.or(file.bind) {
         config.bind = v;
     }

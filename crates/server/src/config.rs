@@ -18,6 +18,8 @@ pub struct Config {
     pub bind: String,
     /// TCP port (0: any free port; the bound one is logged).
     pub port: u16,
+    /// Admin HTTP port (`/health`, `/ready`, `/metrics`); `None`: no admin port, 0: any free port.
+    pub admin_port: Option<u16>,
     /// Data directory (the engine's files).
     pub dir: PathBuf,
     /// WAL fsync policy, as Redis' `appendfsync`.
@@ -49,6 +51,7 @@ impl Default for Config {
         Config {
             bind: "127.0.0.1".into(),
             port: 6379,
+            admin_port: None,
             dir: PathBuf::from("./data"),
             appendfsync: FsyncPolicy::EverySec,
             requirepass: None,

@@ -13,6 +13,7 @@
 //! Entry point: [`run`] serves a [`Config`] until SHUTDOWN or
 //! [`ShutdownHandle::shutdown`]. The design notes are in `docs/server.md`.
 
+mod admin;
 mod args;
 mod client;
 mod cmd;
@@ -84,6 +85,7 @@ impl ShutdownHandle {
 pub struct Bound {
     server: Arc<Server>,
     listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
 }
 
 impl Bound {
@@ -101,11 +103,18 @@ impl Bound {
 
     /// Serves until shutdown, then saves the key counts and closes the engine.
     pub async fn serve(self) -> Result<(), ServerError> {
-        let Bound { server, listener } = self;
-        let background = [
+        let Bound {
+            server,
+            listener,
+            admin,
+        } = self;
+        let mut background = vec![
             tokio::spawn(expire_task(server.clone())),
             tokio::spawn(drop_task(server.clone())),
         ];
+        if let Some(admin) = admin {
+            background.push(tokio::spawn(admin::serve(server.clone(), admin)));
+        }
         let mut shutdown = server.shutdown.subscribe();
         let mut connections = tokio::task::JoinSet::new();
         loop {
@@ -210,6 +219,22 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
             addr: addr.clone(),
             source,
         })?;
+    let admin = match config.admin_port {
+        Some(port) => {
+            let admin_addr = format!("{}:{}", config.bind, port);
+            let admin = tokio::net::TcpListener::bind(&admin_addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: admin_addr,
+                    source,
+                })?;
+            if let Ok(local) = admin.local_addr() {
+                tracing::info!(addr = %local, "Admin HTTP ready (/health /ready /metrics)");
+            }
+            Some(admin)
+        }
+        None => None,
+    };
     let server = Arc::new(Server::new(keyspace, config));
     if let Ok(local) = listener.local_addr() {
         server
@@ -217,7 +242,11 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
             .store(u64::from(local.port()), Ordering::Relaxed);
         tracing::info!(addr = %local, "Ready to accept connections tcp");
     }
-    Ok(Bound { server, listener })
+    Ok(Bound {
+        server,
+        listener,
+        admin,
+    })
 }
 
 /// Serves `config` until shutdown.

@@ -376,3 +376,42 @@ fn query_buffer_limit_disconnects_a_client_that_sends_too_much() {
     assert!(closed, "connection over the query buffer limit is closed");
     assert_eq!(q::<String>(&mut con, &["PING"]), "PONG");
 }
+
+/// GET `path` on the admin port: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn admin_port_serves_health_ready_and_metrics() {
+    let server = Server::start_with(&["--admin-port", "0"]);
+    let admin = server.admin_port().expect("admin port in the log");
+    let mut con = server.client();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
+    assert_eq!(
+        http_get(admin, "/health"),
+        ("HTTP/1.0 200 OK".into(), "ok\n".into())
+    );
+    assert_eq!(
+        http_get(admin, "/ready"),
+        ("HTTP/1.0 200 OK".into(), "ready\n".into())
+    );
+    let (status, metrics) = http_get(admin, "/metrics");
+    assert_eq!(status, "HTTP/1.0 200 OK");
+    assert!(metrics.contains("ringkv_keys{db=\"0\"} 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("ringkv_command_calls_total{cmd=\"set\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE ringkv_connected_clients gauge\nringkv_connected_clients 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(http_get(admin, "/nope").0, "HTTP/1.0 404 Not Found");
+}

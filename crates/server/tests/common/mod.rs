@@ -189,6 +189,15 @@ impl Server {
         }
     }
 
+    /// The admin HTTP port, when started with `--admin-port`.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("Admin HTTP ready"))
+            .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+            .and_then(|a| a.rsplit(':').next()?.trim().parse().ok())
+    }
+
     /// Process id of the running server.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
