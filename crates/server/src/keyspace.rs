@@ -227,6 +227,9 @@ pub(crate) struct Keyspace {
     maintenance: Mutex<()>,
     active_expire: AtomicBool,
     expired_keys: AtomicU64,
+    /// Reads through [`Keyspace::get`] that found / did not find the key (INFO keyspace_hits).
+    hits: AtomicU64,
+    misses: AtomicU64,
     clock: SystemClock,
     /// Where the sweep resumes: the last index key it processed, and when it last started from
     /// the beginning. Deleted index entries stay as tombstones until compaction, so starting
@@ -255,6 +258,8 @@ impl Keyspace {
             maintenance: Mutex::new(()),
             active_expire: AtomicBool::new(true),
             expired_keys: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
             clock: SystemClock,
             sweep_position: Mutex::new((None, Instant::now())),
         };
@@ -433,9 +438,30 @@ impl Keyspace {
     /// The live value of `key` in `db`, any type.
     pub(crate) fn get(&self, db: usize, key: &[u8]) -> CmdResult<Option<StoredValue>> {
         match self.read(self.namespace(db), key)? {
-            None => Ok(None),
-            Some(entry) => StoredValue::from_entry(entry).map(Some),
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+            Some(entry) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                StoredValue::from_entry(entry).map(Some)
+            }
         }
+    }
+
+    /// Zeroes hits, misses and expired keys (CONFIG RESETSTAT).
+    pub(crate) fn reset_stats(&self) {
+        self.hits.store(0, Ordering::Relaxed);
+        self.misses.store(0, Ordering::Relaxed);
+        self.expired_keys.store(0, Ordering::Relaxed);
+    }
+
+    /// (hits, misses) of [`Keyspace::get`] since start.
+    pub(crate) fn hits_and_misses(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     /// The live string at `key`; [`CmdError::WrongType`] if it holds another type.

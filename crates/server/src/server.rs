@@ -39,8 +39,6 @@ pub(crate) struct Stats {
     pub total_error_replies: AtomicU64,
     pub total_net_input_bytes: AtomicU64,
     pub total_net_output_bytes: AtomicU64,
-    pub keyspace_hits: AtomicU64,
-    pub keyspace_misses: AtomicU64,
 }
 
 /// What CLIENT LIST shows about a connection, updated by its task.

@@ -556,11 +556,10 @@ fn config_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 &s.total_error_replies,
                 &s.total_net_input_bytes,
                 &s.total_net_output_bytes,
-                &s.keyspace_hits,
-                &s.keyspace_misses,
             ] {
                 counter.store(0, Ordering::Relaxed);
             }
+            ctx.keyspace.reset_stats();
             Ok(Frame::ok())
         }
         "rewrite" => Err(CmdError::msg(
@@ -906,8 +905,8 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
                 stats.total_net_output_bytes.load(Ordering::Relaxed),
                 stats.rejected_connections.load(Ordering::Relaxed),
                 ctx.keyspace.expired_keys(),
-                stats.keyspace_hits.load(Ordering::Relaxed),
-                stats.keyspace_misses.load(Ordering::Relaxed),
+                ctx.keyspace.hits_and_misses().0,
+                ctx.keyspace.hits_and_misses().1,
                 stats.total_error_replies.load(Ordering::Relaxed),
                 rejected,
                 u8::from(ctx.keyspace.active_expire()),
