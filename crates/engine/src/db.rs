@@ -1251,9 +1251,7 @@ fn write_memtable(
     let path = table_path(dir, number);
     let written = (|| {
         let mut builder = TableBuilder::create(&path, options)?;
-        for (key, value) in mem.entries() {
-            builder.add(&key, &value)?;
-        }
+        mem.try_for_each(|key, value| builder.add(key, value))?;
         builder.finish()
     })();
     match written {

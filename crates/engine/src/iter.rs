@@ -40,7 +40,7 @@ impl MemSource {
 
 impl Source for MemSource {
     fn seek(&mut self, target: &[u8]) -> Result<()> {
-        self.current = self.table.seek(&Bytes::copy_from_slice(target), true);
+        self.current = self.table.seek(target, true);
         Ok(())
     }
     fn seek_to_first(&mut self) -> Result<()> {
