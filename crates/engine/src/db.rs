@@ -833,7 +833,8 @@ impl Inner {
         let Some((internal_key, stored)) = found else {
             return Ok(None);
         };
-        match iter::live_entry(&internal_key, stored, self.options.clock.now_ms()) {
+        let user_key = || internal_key.slice(..internal_key.len() - format::TRAILER_LEN);
+        match iter::live_entry(&internal_key, stored, self.options.clock.now_ms(), user_key) {
             None => Ok(None),
             Some(Ok(entry)) => Ok(Some(entry)),
             Some(Err(what)) => Err(Error::corruption(&self.dir, 0, what)),

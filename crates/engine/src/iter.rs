@@ -146,10 +146,13 @@ pub struct Entry {
 
 /// Turns a stored (internal key, value) into an [`Entry`] if it is live at
 /// `now_ms`; `None` for deletes and expired puts.
+/// `user_key` makes the entry's key only when it is live, so point reads
+/// can hand out a slice of bytes they already hold.
 pub(crate) fn live_entry(
     internal_key: &[u8],
     stored: Bytes,
     now_ms: u64,
+    user_key: impl FnOnce() -> Bytes,
 ) -> Option<Result<Entry, &'static str>> {
     let kind = match Kind::from_u8(format::key_kind_byte(internal_key)) {
         Some(kind) => kind,
@@ -166,7 +169,7 @@ pub(crate) fn live_entry(
         return None;
     }
     Some(Ok(Entry {
-        key: Bytes::copy_from_slice(format::user_key(internal_key)),
+        key: user_key(),
         value: stored.slice(start..),
         version: format::key_seq(internal_key),
         expires_at_ms,
@@ -182,6 +185,8 @@ pub struct RangeIter {
     start: Bound<Vec<u8>>,
     started: bool,
     done: bool,
+    /// The user key being skipped past (reused between steps).
+    current_key: Vec<u8>,
     /// Keeps the snapshot registered (and its files alive) while iterating.
     _guard: Option<Arc<dyn Send + Sync>>,
 }
@@ -203,6 +208,7 @@ impl RangeIter {
             end,
             started: false,
             done: false,
+            current_key: Vec::new(),
             _guard: guard,
         }
     }
@@ -239,7 +245,13 @@ impl RangeIter {
         if !self.started {
             self.begin()?;
         }
-        let mut current_key: Vec<u8> = Vec::new();
+        let mut current_key = std::mem::take(&mut self.current_key);
+        let result = self.step_with(&mut current_key);
+        self.current_key = current_key;
+        result
+    }
+
+    fn step_with(&mut self, current_key: &mut Vec<u8>) -> Result<Option<Entry>> {
         while self.merge.valid() {
             let internal_key = self.merge.key();
             let user_key = format::user_key(internal_key);
@@ -253,10 +265,14 @@ impl RangeIter {
             // The newest version of this key visible at the snapshot.
             current_key.clear();
             current_key.extend_from_slice(user_key);
-            let found = live_entry(internal_key, self.merge.value(), self.now_ms);
+            let found = live_entry(internal_key, self.merge.value(), self.now_ms, || {
+                Bytes::copy_from_slice(user_key)
+            });
             loop {
                 self.merge.next()?;
-                if !self.merge.valid() || format::user_key(self.merge.key()) != current_key {
+                if !self.merge.valid()
+                    || format::user_key(self.merge.key()) != current_key.as_slice()
+                {
                     break;
                 }
             }
