@@ -48,6 +48,10 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
     let mut input = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
     let mut output = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
     loop {
+        // Read in large steps: a big bulk argument arrives in few reads, not 64-byte ones.
+        if input.capacity() - input.len() < INPUT_BUFFER_BYTES / 2 {
+            input.reserve(INPUT_BUFFER_BYTES * 4);
+        }
         let read = tokio::select! {
             read = reader.read_buf(&mut input) => read,
             _ = handle.kill.notified() => break,

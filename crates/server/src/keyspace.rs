@@ -864,7 +864,12 @@ impl Keyspace {
 
     /// True while flushed namespaces wait to be cleared.
     pub(crate) fn has_pending_drops(&self) -> bool {
-        !self.admin.lock().dropping.is_empty()
+        self.pending_drops() > 0
+    }
+
+    /// Flushed namespaces still being cleared (INFO `flushes_pending`).
+    pub(crate) fn pending_drops(&self) -> usize {
+        self.admin.lock().dropping.len()
     }
 
     /// Deletes every key of the namespaces FLUSHDB/FLUSHALL let go, then frees them for reuse.
@@ -878,11 +883,19 @@ impl Keyspace {
         for &ns in &dropping {
             let start = keys::data_prefix(ns);
             let end = keys::data_prefix_end(ns);
+            // Resume after the last deleted key: starting over would walk the tombstones of
+            // every earlier batch again (quadratic in the namespace's size).
+            let mut last: Option<Bytes> = None;
             loop {
-                let bounds = span(&start, &end);
+                let bounds: (Bound<&[u8]>, Bound<&[u8]>) = match &last {
+                    Some(key) => (Bound::Excluded(&key[..]), Bound::Excluded(&end[..])),
+                    None => span(&start, &end),
+                };
                 let mut batch = WriteBatch::with_capacity(DROP_BATCH_KEYS);
                 for entry in self.engine.range::<[u8], _>(bounds).take(DROP_BATCH_KEYS) {
-                    batch.delete(entry?.key);
+                    let key = entry?.key;
+                    last = Some(key.clone());
+                    batch.delete(key);
                 }
                 if batch.is_empty() {
                     break;

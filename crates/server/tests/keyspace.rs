@@ -384,7 +384,7 @@ fn randomkey_object_memory() {
     assert!(found
         .iter()
         .all(|k| ["int", "short", "long"].contains(&k.as_str())));
-    assert!(found.len() >= 2, "{found:?}");
+    assert_eq!(found.len(), 3, "{found:?}");
     assert_eq!(q::<String>(&mut con, &["OBJECT", "ENCODING", "int"]), "int");
     assert_eq!(
         q::<String>(&mut con, &["OBJECT", "ENCODING", "short"]),
@@ -453,4 +453,48 @@ fn dbsize_is_exact_under_overwrites_and_deletes() {
     assert_eq!(del.query::<i64>(&mut con).unwrap(), 250);
     assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 250);
     assert_eq!(q::<Vec<String>>(&mut con, &["KEYS", "*"]).len(), 250);
+}
+
+#[test]
+fn flushed_keys_are_cleared_in_the_background() {
+    let server = Server::start();
+    let mut con = server.client();
+    q::<String>(&mut con, &["DEBUG", "POPULATE", "50000", "big"]);
+    for i in 0..100 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("ttl{i}"))
+            .arg(1)
+            .arg("EX")
+            .arg(1000)
+            .query(&mut con)
+            .unwrap();
+    }
+    let flushed = std::time::Instant::now();
+    assert_eq!(q::<String>(&mut con, &["FLUSHALL"]), "OK");
+    assert!(
+        flushed.elapsed() < std::time::Duration::from_secs(2),
+        "FLUSHALL returns at once"
+    );
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
+    assert_eq!(q::<Value>(&mut con, &["RANDOMKEY"]), Value::Nil);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let info: String = q(&mut con, &["INFO", "persistence"]);
+        if info.contains("flushes_pending:0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background clear did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The freed namespaces are reused and start empty.
+    set(&mut con, "fresh", "1");
+    assert_eq!(
+        q::<Vec<String>>(&mut con, &["KEYS", "*"]),
+        vec!["fresh".to_string()]
+    );
+    assert_eq!(q::<String>(&mut con, &["FLUSHDB"]), "OK");
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
 }

@@ -370,32 +370,49 @@ fn flushall(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     }))
 }
 
-/// A random live key: seeks to a random position in the key order (keys are sorted), wrapping
-/// to the first key. Not uniform (keys after large gaps come up more often), like Redis' is
-/// not for sparse tables; O(log n).
+/// Databases up to this many keys pick RANDOMKEY uniformly by walking to a random index.
+const RANDOMKEY_WALK_KEYS_MAX: i64 = 10_000;
+
+/// A random live key. Small databases: uniform, by walking to a random index. Large ones:
+/// seeks to a random position in the key order (keys are sorted) between the first key's
+/// first byte and `~`, wrapping to the first key: O(log n) but not uniform (keys after large
+/// gaps come up more often), as Redis' is not for sparse tables either.
 fn randomkey(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
+    use rand::Rng;
     reply((|| {
         let db = ctx.db();
-        for _ in 0..4 {
-            let probe: [u8; 8] = rand::random();
-            let found = ctx
-                .keyspace
-                .range(db, Bound::Included(&probe[..]), Bound::Unbounded)
-                .next()
-                .transpose()?;
-            if let Some((key, _)) = found {
-                return Ok(Frame::Bulk(key));
-            }
-            let first = ctx
+        let Some((first, _)) = ctx
+            .keyspace
+            .range(db, Bound::Unbounded, Bound::Unbounded)
+            .next()
+            .transpose()?
+        else {
+            return Ok(Frame::Null);
+        };
+        let mut rng = rand::thread_rng();
+        let size = ctx.keyspace.dbsize(db);
+        if size <= RANDOMKEY_WALK_KEYS_MAX {
+            let skip = rng.gen_range(0..size.max(1)) as usize;
+            let mut chosen = first;
+            for item in ctx
                 .keyspace
                 .range(db, Bound::Unbounded, Bound::Unbounded)
-                .next()
-                .transpose()?;
-            if let Some((key, _)) = first {
-                return Ok(Frame::Bulk(key));
+                .take(skip + 1)
+            {
+                chosen = item?.0;
             }
+            return Ok(Frame::Bulk(chosen));
         }
-        Ok(Frame::Null)
+        let low = first.first().copied().unwrap_or(0);
+        let high = low.max(b'~');
+        let mut probe = vec![rng.gen_range(low..=high)];
+        probe.extend((0..7).map(|_| rng.gen_range(b' '..=b'~')));
+        let found = ctx
+            .keyspace
+            .range(db, Bound::Included(&probe[..]), Bound::Unbounded)
+            .next()
+            .transpose()?;
+        Ok(Frame::Bulk(found.map_or(first, |(key, _)| key)))
     })())
 }
 

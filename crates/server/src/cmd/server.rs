@@ -884,10 +884,11 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
             let config = server.config.read();
             let _ = write!(
                 out,
-                "# Persistence\r\nloading:0\r\nasync_loading:0\r\ncurrent_cow_peak:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\nrdb_last_save_time:{}\r\nrdb_last_bgsave_status:ok\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\nappendfsync:{}\r\nengine_last_sequence:{}\r\n",
+                "# Persistence\r\nloading:0\r\nasync_loading:0\r\ncurrent_cow_peak:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\nrdb_last_save_time:{}\r\nrdb_last_bgsave_status:ok\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\nappendfsync:{}\r\nengine_last_sequence:{}\r\nflushes_pending:{}\r\n",
                 server.last_save_unix.load(Ordering::Relaxed),
                 config.appendfsync,
                 ctx.keyspace.engine().last_sequence(),
+                ctx.keyspace.pending_drops(),
             );
         }
         "stats" => {
