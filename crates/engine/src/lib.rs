@@ -43,6 +43,7 @@ mod iter;
 mod memtable;
 mod options;
 mod table;
+mod verify;
 mod version;
 mod wal;
 
@@ -54,6 +55,7 @@ pub use iter::{Entry, RangeIter};
 pub use options::{
     Clock, Compression, FsyncPolicy, Options, SystemClock, KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };
+pub use verify::{verify_directory, VerifyReport};
 pub use wal::WalStats;
 
 /// Entry points for the fuzz targets in `crates/engine/fuzz`: each feeds
