@@ -425,24 +425,31 @@ impl Db {
         let last_seq = state.last_seq + batch.ops.len() as u64;
         assert!(last_seq <= format::SEQ_MAX, "sequence numbers exhausted");
 
-        // Encode stored values once; they go both to the WAL and the memtable.
-        let stored: Vec<(Kind, Bytes)> = batch.ops.iter().map(stored_value).collect();
         let mut record = std::mem::take(&mut state.record);
         record.clear();
         wal::encode_record(
             &mut record,
             first_seq,
-            batch
-                .ops
-                .iter()
-                .zip(&stored)
-                .map(|(op, (kind, value))| (*kind, &op.key()[..], &value[..])),
+            batch.ops.iter().map(|op| match op {
+                BatchOp::Put {
+                    key,
+                    value,
+                    expires_at_ms: None,
+                } => (Kind::Put, &key[..], None, &value[..]),
+                BatchOp::Put {
+                    key,
+                    value,
+                    expires_at_ms: Some(at),
+                } => (Kind::PutExpiring, &key[..], Some(*at), &value[..]),
+                BatchOp::Delete { key } => (Kind::Delete, &key[..], None, &[][..]),
+            }),
             batch.ops.len() as u32,
         );
         let must_write = inner.wal.append(&record, last_seq);
         let mem = inner.current.read().mem.clone();
-        for (i, (op, (kind, value))) in batch.ops.iter().zip(stored).enumerate() {
-            mem.insert(op.key(), first_seq + i as u64, kind, value);
+        for (i, op) in batch.ops.iter().enumerate() {
+            let (kind, stored) = stored_value(op);
+            mem.insert(op.key(), first_seq + i as u64, kind, stored);
         }
         inner.publish(&mut state, first_seq, last_seq, &record);
         state.record = record;

@@ -57,10 +57,12 @@ pub(crate) struct WalOp<'a> {
 }
 
 /// Encodes a batch record (header included) onto `out`.
+/// Each operation is (kind, key, expiry, value); the stored value written
+/// is the expiry's 8 big-endian bytes (when there is one) then the value.
 pub(crate) fn encode_record<'a>(
     out: &mut Vec<u8>,
     first_seq: u64,
-    ops: impl Iterator<Item = (Kind, &'a [u8], &'a [u8])>,
+    ops: impl Iterator<Item = (Kind, &'a [u8], Option<u64>, &'a [u8])>,
     count: u32,
 ) {
     let start = out.len();
@@ -68,12 +70,16 @@ pub(crate) fn encode_record<'a>(
     out.extend_from_slice(&first_seq.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
     let mut written = 0u32;
-    for (kind, key, stored_value) in ops {
+    for (kind, key, expires_at_ms, value) in ops {
         out.push(kind as u8);
         format::put_varint(out, key.len() as u64);
         out.extend_from_slice(key);
-        format::put_varint(out, stored_value.len() as u64);
-        out.extend_from_slice(stored_value);
+        let prefix = expires_at_ms.map_or(0, |_| 8);
+        format::put_varint(out, (prefix + value.len()) as u64);
+        if let Some(at) = expires_at_ms {
+            out.extend_from_slice(&at.to_be_bytes());
+        }
+        out.extend_from_slice(value);
         written += 1;
     }
     assert_eq!(written, count, "WAL record count must match its operations");
@@ -477,7 +483,12 @@ mod tests {
 
     fn record(seq: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_record(&mut out, seq, std::iter::once((Kind::Put, key, value)), 1);
+        encode_record(
+            &mut out,
+            seq,
+            std::iter::once((Kind::Put, key, None, value)),
+            1,
+        );
         out
     }
 
