@@ -189,6 +189,14 @@ fn command_count_info_docs() {
         panic!("{docs:?}")
     };
     assert_eq!(items[0], Value::BulkString(b"expire".to_vec()));
+    let text = format!("{:?}", items[1]);
+    assert!(
+        text.contains("key seconds [NX|XX|GT|LT]") && text.contains("generic"),
+        "{text}"
+    );
+    // Every command is documented.
+    let all_docs: Vec<Value> = q(&mut con, &["COMMAND", "DOCS"]);
+    assert_eq!(all_docs.len() as i64, count * 2);
     let keys: Vec<String> = q(
         &mut con,
         &["COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2"],

@@ -55,6 +55,7 @@ use crate::server::Server;
 pub(crate) mod bit_ops;
 pub(crate) mod bitmap;
 pub(crate) mod connection;
+pub(crate) mod docs;
 pub(crate) mod keyspace;
 pub(crate) mod server;
 pub(crate) mod string;

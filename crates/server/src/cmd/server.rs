@@ -624,11 +624,21 @@ fn command_info(spec: &CommandSpec) -> Frame {
 }
 
 fn command_docs(spec: &CommandSpec) -> Frame {
-    Frame::Map(vec![
+    let mut fields = vec![
         (Frame::bulk("summary"), Frame::bulk(spec.summary)),
         (Frame::bulk("since"), Frame::bulk(spec.since)),
         (Frame::bulk("group"), Frame::bulk(group(spec))),
-    ])
+    ];
+    if let Some(syntax) = super::docs::syntax(spec.name).filter(|s| !s.is_empty()) {
+        // One argument carrying the whole syntax: redis-cli prints `display_text` as the hint.
+        let argument = Frame::Map(vec![
+            (Frame::bulk("name"), Frame::bulk("arguments")),
+            (Frame::bulk("type"), Frame::bulk("string")),
+            (Frame::bulk("display_text"), Frame::bulk(syntax)),
+        ]);
+        fields.push((Frame::bulk("arguments"), Frame::Array(vec![argument])));
+    }
+    Frame::Map(fields)
 }
 
 fn command(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
