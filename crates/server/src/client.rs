@@ -14,6 +14,8 @@ pub(crate) struct Watched {
     pub db: usize,
     pub key: Bytes,
     pub version: Option<u64>,
+    /// Write epoch of the key's slot when watched (see `Keyspace::write_epoch`).
+    pub epoch: u64,
 }
 
 /// State of one connection.

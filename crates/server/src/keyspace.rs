@@ -157,6 +157,8 @@ pub(crate) enum RenameOutcome {
 struct Change {
     batch: WriteBatch,
     deltas: Vec<(Namespace, i64)>,
+    /// Epoch slots of the (namespace, key) pairs written, which the commit bumps.
+    stripes: Vec<usize>,
 }
 
 impl Change {
@@ -164,6 +166,7 @@ impl Change {
         Change {
             batch: WriteBatch::new(),
             deltas: Vec::new(),
+            stripes: Vec::new(),
         }
     }
 
@@ -175,6 +178,7 @@ impl Change {
 
     /// Removes the key whose live entry is `old`.
     fn remove(&mut self, ns: Namespace, key: &[u8], old: &Entry) {
+        self.stripes.push(Keyspace::epoch_slot(ns, key));
         self.batch.delete(keys::data_key(ns, key));
         if let Some(at) = old.expires_at_ms {
             self.batch.delete(keys::expiry_key(at, ns, key));
@@ -191,6 +195,7 @@ impl Change {
         raw: Bytes,
         expires_at_ms: Option<u64>,
     ) {
+        self.stripes.push(Keyspace::epoch_slot(ns, key));
         if let Some(old) = old {
             if let Some(at) = old.expires_at_ms {
                 if Some(at) != expires_at_ms {
@@ -222,6 +227,10 @@ pub(crate) struct Keyspace {
     map: [AtomicU16; DATABASES],
     counts: Box<[AtomicI64]>,
     stripes: Box<[ReentrantMutex<()>]>,
+    /// Per slot of (namespace, key) hashes, the number of writes committed to its keys: lets
+    /// WATCH notice a key that was absent, got created and deleted again (its version reads
+    /// `None` both times).
+    write_epochs: Box<[AtomicU64]>,
     admin: Mutex<Admin>,
     /// Serialises the expiry sweep and namespace drops (both delete in bulk).
     maintenance: Mutex<()>,
@@ -251,6 +260,7 @@ impl Keyspace {
             map: std::array::from_fn(|i| AtomicU16::new(i as u16)),
             counts: (0..NAMESPACES).map(|_| AtomicI64::new(0)).collect(),
             stripes: (0..LOCK_STRIPES).map(|_| ReentrantMutex::new(())).collect(),
+            write_epochs: (0..LOCK_STRIPES).map(|_| AtomicU64::new(0)).collect(),
             admin: Mutex::new(Admin {
                 next_namespace: DATABASES as Namespace,
                 dropping: Vec::new(),
@@ -432,6 +442,9 @@ impl Keyspace {
         for (ns, delta) in change.deltas {
             self.counts[usize::from(ns)].fetch_add(delta, Ordering::Relaxed);
         }
+        for stripe in change.stripes {
+            self.write_epochs[stripe].fetch_add(1, Ordering::Release);
+        }
         Ok(seq)
     }
 
@@ -591,6 +604,21 @@ impl Keyspace {
     /// True if `key` holds a live value.
     pub(crate) fn exists(&self, db: usize, key: &[u8]) -> CmdResult<bool> {
         Ok(self.read(self.namespace(db), key)?.is_some())
+    }
+
+    fn epoch_slot(ns: Namespace, key: &[u8]) -> usize {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &byte in ns.to_be_bytes().iter().chain(key) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (hash % LOCK_STRIPES as u64) as usize
+    }
+
+    /// The write epoch of `key` in `db`: changes whenever a key hashing to the same slot is
+    /// written. Read it before [`Keyspace::version`] when watching.
+    pub(crate) fn write_epoch(&self, db: usize, key: &[u8]) -> u64 {
+        self.write_epochs[Self::epoch_slot(self.namespace(db), key)].load(Ordering::Acquire)
     }
 
     /// The engine version of `key` (None when absent or expired): what WATCH remembers.

@@ -93,6 +93,12 @@ fn watch_aborts_exec_when_a_watched_key_changes() {
     let _: i64 = other.del("new").unwrap();
     raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
     raw.expect(&resp(&[b"EXEC"]), "*-1\r\n");
+    // Absent, created and deleted again before EXEC: changed.
+    raw.expect(&resp(&[b"WATCH", b"ghost"]), "+OK\r\n");
+    let _: () = other.set("ghost", "x").unwrap();
+    let _: i64 = other.del("ghost").unwrap();
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"EXEC"]), "*-1\r\n");
     // EXPIRE touches the key too.
     raw.expect(&resp(&[b"WATCH", b"w"]), "+OK\r\n");
     let _: i64 = other.expire("w", 100).unwrap();
