@@ -181,15 +181,17 @@ impl Block {
     /// header length), with every length checked against the entries area.
     fn entry_header(&self, offset: usize) -> Result<EntryHeader, BlockError> {
         let area = &self.data[offset..self.restarts_offset];
-        let mut used = 0;
-        let mut next = |what| -> Result<usize, BlockError> {
-            let (value, n) = format::get_varint(&area[used..]).ok_or(what)?;
-            used += n;
-            usize::try_from(value).map_err(|_| what)
+        let (shared, unshared, value_len, used) = match area {
+            // Fast path: all three lengths below 128 are one byte each, the
+            // common case for small keys and values (and for index entries).
+            &[shared, unshared, value_len, ..] if (shared | unshared | value_len) < 0x80 => (
+                usize::from(shared),
+                usize::from(unshared),
+                usize::from(value_len),
+                3,
+            ),
+            _ => entry_lengths(area)?,
         };
-        let shared = next("block entry: bad shared length")?;
-        let unshared = next("block entry: bad unshared length")?;
-        let value_len = next("block entry: bad value length")?;
         let body = unshared
             .checked_add(value_len)
             .filter(|&body| body <= area.len() - used)
@@ -201,6 +203,21 @@ impl Block {
             end: offset + used + body,
         })
     }
+}
+
+/// Decodes the three varint lengths at the start of an entry (`area` runs
+/// to the end of the entries): (shared, unshared, value_len, bytes used).
+fn entry_lengths(area: &[u8]) -> Result<(usize, usize, usize, usize), BlockError> {
+    let mut used = 0;
+    let mut next = |what| -> Result<usize, BlockError> {
+        let (value, n) = format::get_varint(&area[used..]).ok_or(what)?;
+        used += n;
+        usize::try_from(value).map_err(|_| what)
+    };
+    let shared = next("block entry: bad shared length")?;
+    let unshared = next("block entry: bad unshared length")?;
+    let value_len = next("block entry: bad value length")?;
+    Ok((shared, unshared, value_len, used))
 }
 
 /// Where the parts of one entry are, as absolute block offsets.

@@ -14,8 +14,9 @@ use std::sync::Arc;
 pub(crate) struct TableIter {
     /// The table walked.
     table: Arc<Table>,
-    /// Cursor over the index block.
-    index_iter: BlockIter,
+    /// Position in the table's index: the data block under the cursor
+    /// (`index().len()` past the end).
+    index_position: usize,
     /// Cursor over the current data block (not valid when there is none).
     data_iter: BlockIter,
     /// The current data block, for errors.
@@ -37,7 +38,7 @@ impl TableIter {
     pub fn with_cache_fill(table: Arc<Table>, fill_cache: bool) -> TableIter {
         TableIter {
             fill_cache,
-            index_iter: BlockIter::new(table.index().clone()),
+            index_position: 0,
             // A placeholder until the first seek loads a data block.
             data_iter: BlockIter::new(empty_block()),
             data_handle: None,
@@ -53,9 +54,7 @@ impl TableIter {
 
     /// [`TableIter::seek_to_first`] without the error cleanup.
     fn seek_to_first_inner(&mut self) -> Result<()> {
-        self.index_iter
-            .seek_to_first()
-            .map_err(|what| self.table.index_corruption(what))?;
+        self.index_position = 0;
         if !self.load_data_block()? {
             return Ok(());
         }
@@ -80,9 +79,7 @@ impl TableIter {
     /// [`TableIter::seek`] without the error cleanup.
     fn seek_inner(&mut self, target: &[u8]) -> Result<()> {
         let (user_key, trailer) = (format::user_key(target), format::key_trailer(target));
-        self.index_iter
-            .seek(user_key, trailer)
-            .map_err(|what| self.table.index_corruption(what))?;
+        self.index_position = self.table.index().seek(user_key, trailer);
         if !self.load_data_block()? {
             return Ok(());
         }
@@ -131,11 +128,11 @@ impl TableIter {
     /// (unpositioned); false (and not valid) when the index cursor is past
     /// the end.
     fn load_data_block(&mut self) -> Result<bool> {
-        if !self.index_iter.valid() {
+        if self.index_position >= self.table.index().len() {
             self.data_handle = None;
             return Ok(false);
         }
-        let handle = self.table.data_handle(&self.index_iter)?;
+        let handle = self.table.data_handle(self.index_position)?;
         let block = self.table.read_data_block(handle, self.fill_cache)?;
         self.data_iter.reset(block);
         self.data_handle = Some(handle);
@@ -146,9 +143,7 @@ impl TableIter {
     /// entry of the next data block.
     fn skip_exhausted_blocks(&mut self) -> Result<()> {
         while self.data_handle.is_some() && !self.data_iter.valid() {
-            self.index_iter
-                .next()
-                .map_err(|what| self.table.index_corruption(what))?;
+            self.index_position += 1;
             if !self.load_data_block()? {
                 return Ok(());
             }

@@ -4,6 +4,7 @@
 
 use super::block::{Block, BlockIter};
 use super::filter::Filter;
+use super::index::Index;
 use super::{
     clamp_seq, corruption, decode_stored_block, BlockCache, BlockHandle, Footer, TableMeta,
     FOOTER_LEN,
@@ -18,12 +19,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 thread_local! {
-    /// Key buffers of the index and data cursors of [`Table::get`], kept per
-    /// thread so that a point read does not allocate them each time. Their
-    /// size is bounded by the largest key read (keys are at most
-    /// `KEY_BYTES_MAX`).
-    static GET_KEY_BUFFERS: Cell<(Vec<u8>, Vec<u8>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    /// Key buffer of the data cursor of [`Table::get`], kept per thread so
+    /// that a point read does not allocate it each time. Its size is bounded
+    /// by the largest key read (keys are at most `KEY_BYTES_MAX`).
+    static GET_KEY_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+
+    /// Buffer that stored blocks are read into before their checksum is
+    /// verified and they are decompressed or copied out (see [`read_block`]).
+    static READ_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
+
+/// Largest read buffer kept per thread between block reads: data blocks are
+/// a few KiB, so this covers them all with room to spare; a larger block (one
+/// huge entry, or the index at open) gets a buffer of its own, freed after.
+const READ_BUFFER_BYTES_MAX: usize = 256 * 1024;
 
 /// An open, immutable table. `Send + Sync`: reads use `read_exact_at`.
 pub(crate) struct Table {
@@ -37,8 +46,8 @@ pub(crate) struct Table {
     cache: Arc<BlockCache>,
     /// Properties (with the file's size).
     meta: TableMeta,
-    /// The index block: last key of each data block -> its handle.
-    index: Block,
+    /// The index block, decoded: last key of each data block -> its handle.
+    index: Index,
     /// Offset of the index block, for errors.
     index_offset: u64,
     /// The Bloom filter over user keys.
@@ -82,6 +91,7 @@ impl Table {
             .map_err(|what| corruption(path, footer.properties.offset, what))?;
         let index_bytes = read_block(&file, path, footer.index)?;
         let index = Block::parse(index_bytes)
+            .and_then(Index::decode)
             .map_err(|what| corruption(path, footer.index.offset, what))?;
 
         let table = Table {
@@ -104,13 +114,9 @@ impl Table {
     /// Checks that the index's handles tile the data region in order, its
     /// keys increase, and its last key is the table's largest key.
     fn check_index(&self) -> std::result::Result<(), &'static str> {
-        let mut iter = BlockIter::new(self.index.clone());
-        iter.seek_to_first()?;
         let mut expected_offset = 0u64;
-        // Empty until the first entry: a real key is at least a trailer long.
-        let mut previous_key: Vec<u8> = Vec::new();
-        while iter.valid() {
-            let handle = BlockHandle::decode_varints(iter.value_bytes())?;
+        for i in 0..self.index.len() {
+            let handle = self.index.handle(i);
             let fits = handle.offset == expected_offset
                 && handle
                     .size
@@ -120,19 +126,18 @@ impl Table {
                 return Err("index: data block handles do not tile the data region");
             }
             expected_offset = handle.end();
-            if !previous_key.is_empty()
-                && format::compare_internal(&previous_key, iter.key()).is_ge()
-            {
+            if i > 0 && format::compare_internal(self.index.key(i - 1), self.index.key(i)).is_ge() {
                 return Err("index: keys out of order");
             }
-            previous_key.clear();
-            previous_key.extend_from_slice(iter.key());
-            iter.next()?;
         }
         if expected_offset != self.data_end {
             return Err("index: data block handles do not reach the filter block");
         }
-        if previous_key != self.meta.largest {
+        let last_key = match self.index.len() {
+            0 => &[][..],
+            n => self.index.key(n - 1),
+        };
+        if last_key != self.meta.largest {
             return Err("index: last key differs from the table's largest key");
         }
         Ok(())
@@ -168,7 +173,9 @@ impl Table {
     }
 
     /// Newest entry for `user_key` with sequence <= `seq`: (internal key,
-    /// stored value). Consults the key range and the Bloom filter first.
+    /// stored value). A key outside the table's key range costs two
+    /// comparisons, one that the Bloom filter rules out costs one hash and
+    /// one cache line; only then is the index searched.
     pub fn get(&self, user_key: &[u8], seq: u64) -> Result<Option<(Bytes, Bytes)>> {
         if !self.in_key_range(user_key) || !self.filter.may_contain(user_key) {
             return Ok(None);
@@ -176,34 +183,26 @@ impl Table {
         // Every version of user_key with sequence <= seq sorts at or after
         // (user_key, seq, highest kind).
         let trailer = (clamp_seq(seq) << 8) | 0xff;
-        let (index_buffer, data_buffer) = GET_KEY_BUFFERS.take();
-        let mut index_iter = BlockIter::with_key_buffer(self.index.clone(), index_buffer);
-        let mut data_buffer = Some(data_buffer);
-        let found = self.get_from(&mut index_iter, &mut data_buffer, user_key, trailer);
-        GET_KEY_BUFFERS.set((
-            index_iter.into_key_buffer(),
-            data_buffer.unwrap_or_default(),
-        ));
+        let mut key_buffer = Some(GET_KEY_BUFFER.take());
+        let found = self.get_from(&mut key_buffer, user_key, trailer);
+        GET_KEY_BUFFER.set(key_buffer.unwrap_or_default());
         found
     }
 
-    /// [`Table::get`] after the filter, with the cursors' key buffers
+    /// [`Table::get`] after the filter, with the data cursor's key buffer
     /// supplied by the caller.
     fn get_from(
         &self,
-        index_iter: &mut BlockIter,
-        data_buffer: &mut Option<Vec<u8>>,
+        key_buffer: &mut Option<Vec<u8>>,
         user_key: &[u8],
         trailer: u64,
     ) -> Result<Option<(Bytes, Bytes)>> {
-        index_iter
-            .seek(user_key, trailer)
-            .map_err(|what| self.index_corruption(what))?;
-        while index_iter.valid() {
-            let handle = self.data_handle(index_iter)?;
+        let mut position = self.index.seek(user_key, trailer);
+        while position < self.index.len() {
+            let handle = self.data_handle(position)?;
             let block = self.read_data_block(handle, true)?;
             let mut data_iter =
-                BlockIter::with_key_buffer(block, data_buffer.take().unwrap_or_default());
+                BlockIter::with_key_buffer(block, key_buffer.take().unwrap_or_default());
             data_iter
                 .seek(user_key, trailer)
                 .map_err(|what| corruption(&self.path, handle.offset, what))?;
@@ -217,25 +216,26 @@ impl Table {
             } else {
                 Some(None)
             };
-            *data_buffer = Some(data_iter.into_key_buffer());
+            *key_buffer = Some(data_iter.into_key_buffer());
             if let Some(found) = found {
                 return Ok(found);
             }
             // Only reachable if an index key were not its block's last key.
-            index_iter
-                .next()
-                .map_err(|what| self.index_corruption(what))?;
+            position += 1;
         }
         Ok(None)
     }
 
     /// Memory held by index + filter (for stats).
     pub fn resident_bytes(&self) -> usize {
-        self.index.len() + self.filter.len() + self.meta.smallest.len() + self.meta.largest.len()
+        self.index.resident_bytes()
+            + self.filter.len()
+            + self.meta.smallest.len()
+            + self.meta.largest.len()
     }
 
-    /// The index block (iterators start from a cheap clone of it).
-    pub(super) fn index(&self) -> &Block {
+    /// The decoded index (iterators walk it by position).
+    pub(super) fn index(&self) -> &Index {
         &self.index
     }
 
@@ -249,10 +249,9 @@ impl Table {
         corruption(&self.path, offset, what)
     }
 
-    /// Decodes the data block handle under an index cursor.
-    pub(super) fn data_handle(&self, index_iter: &BlockIter) -> Result<BlockHandle> {
-        let handle = BlockHandle::decode_varints(index_iter.value_bytes())
-            .map_err(|what| self.index_corruption(what))?;
+    /// The handle of data block `position` (`< index().len()`).
+    pub(super) fn data_handle(&self, position: usize) -> Result<BlockHandle> {
+        let handle = self.index.handle(position);
         // Validated at open; re-checked because a wrong handle would read
         // another block's bytes.
         if handle.end() > self.data_end {
@@ -281,14 +280,9 @@ impl Table {
     /// Handles of every data block, in order (tests aim damage with them).
     #[cfg(test)]
     pub(super) fn data_block_handles(&self) -> Vec<BlockHandle> {
-        let mut iter = BlockIter::new(self.index.clone());
-        iter.seek_to_first().unwrap();
-        let mut handles = Vec::new();
-        while iter.valid() {
-            handles.push(self.data_handle(&iter).unwrap());
-            iter.next().unwrap();
-        }
-        handles
+        (0..self.index.len())
+            .map(|i| self.data_handle(i).unwrap())
+            .collect()
     }
 
     /// Offset of the index block.
@@ -311,11 +305,23 @@ fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> 
 }
 
 /// Reads the stored block at `handle` (validated to lie inside the file),
-/// verifies its checksum and decompresses it.
+/// verifies its checksum and decompresses it. The bytes as stored are read
+/// into a per-thread buffer that is reused from block to block, so a block
+/// costs one allocation (the block handed out) instead of two plus zeroing.
 fn read_block(file: &File, path: &Path, handle: BlockHandle) -> Result<Bytes> {
     let stored_len = usize::try_from(handle.size + super::BLOCK_TRAILER_LEN as u64)
         .map_err(|_| corruption(path, handle.offset, "block larger than memory"))?;
-    let mut stored = vec![0u8; stored_len];
-    read_at(file, path, &mut stored, handle.offset)?;
-    decode_stored_block(stored).map_err(|what| corruption(path, handle.offset, what))
+    let mut stored = READ_BUFFER.take();
+    if stored.len() < stored_len {
+        stored.resize(stored_len, 0);
+    }
+    let result = read_at(file, path, &mut stored[..stored_len], handle.offset).and_then(|()| {
+        decode_stored_block(&stored[..stored_len])
+            .map_err(|what| corruption(path, handle.offset, what))
+    });
+    // A buffer grown for one unusually large block is not kept.
+    if stored.len() <= READ_BUFFER_BYTES_MAX {
+        READ_BUFFER.set(stored);
+    }
+    result
 }
