@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     tables: TableCache,
     next_file: AtomicU64,
     wal: Wal,
+    /// The fsync policy as a `FsyncPolicy` discriminant; changeable live.
+    fsync: std::sync::atomic::AtomicU8,
     changelog: ChangeLog,
     snapshots: Mutex<BTreeMap<u64, usize>>,
     closed: AtomicBool,
@@ -326,6 +328,7 @@ impl Db {
             tables,
             next_file: AtomicU64::new(next_file),
             wal,
+            fsync: std::sync::atomic::AtomicU8::new(options.fsync as u8),
             changelog: ChangeLog::new(options.change_log_bytes_max, last_seq),
             snapshots: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
@@ -533,7 +536,7 @@ impl Db {
     /// Makes every write up to `seq` durable under the fsync policy:
     /// fsynced for `always`, handed to the OS otherwise.
     pub fn sync(&self, seq: u64) -> Result<()> {
-        let fsync = self.inner.options.fsync == FsyncPolicy::Always;
+        let fsync = self.fsync_policy() == FsyncPolicy::Always;
         self.inner.wal.sync_to(seq, fsync)
     }
 
@@ -605,7 +608,24 @@ impl Db {
         &self.inner.dir
     }
 
-    /// The options the database was opened with.
+    /// The fsync policy in force.
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.inner.fsync_policy()
+    }
+
+    /// Changes the fsync policy of a running database (Redis' `CONFIG SET
+    /// appendfsync`). Switching to `always` first fsyncs everything written
+    /// so far, so every write acknowledged from then on is on disk.
+    pub fn set_fsync_policy(&self, policy: FsyncPolicy) -> Result<()> {
+        if policy == FsyncPolicy::Always {
+            self.sync_all()?;
+        }
+        self.inner.fsync.store(policy as u8, Ordering::Release);
+        Ok(())
+    }
+
+    /// The options the database was opened with (`fsync` as at open; see
+    /// [`Db::fsync_policy`]).
     pub fn options(&self) -> &Options {
         &self.inner.options
     }
@@ -786,6 +806,14 @@ impl Db {
 }
 
 impl Inner {
+    fn fsync_policy(&self) -> FsyncPolicy {
+        match self.fsync.load(Ordering::Acquire) {
+            0 => FsyncPolicy::Always,
+            1 => FsyncPolicy::EverySec,
+            _ => FsyncPolicy::No,
+        }
+    }
+
     /// Makes a batch applied to the memtable visible to readers and to the
     /// change log (caller holds the write lock).
     fn publish(&self, state: &mut WriteState, first_seq: u64, last_seq: u64, record: &[u8]) {
@@ -1207,14 +1235,15 @@ fn wal_sync_step(inner: &Inner, _background: &Background) -> bool {
     if inner.wal.suspended().is_some() {
         inner
             .wal
-            .retry_suspended(inner.options.fsync != FsyncPolicy::No);
+            .retry_suspended(inner.fsync_policy() != FsyncPolicy::No);
         return false;
     }
-    if inner.options.fsync == FsyncPolicy::Always {
+    let policy = inner.fsync_policy();
+    if policy == FsyncPolicy::Always {
         return false;
     }
     let seq = inner.visible_seq.load(Ordering::Acquire);
-    let fsync = inner.options.fsync == FsyncPolicy::EverySec;
+    let fsync = policy == FsyncPolicy::EverySec;
     if let Err(error) = inner.wal.sync_to(seq, fsync) {
         tracing::error!(%error, "background WAL sync failed");
     }

@@ -6,18 +6,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// When the write-ahead log is fsynced, as Redis' `appendfsync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
 pub enum FsyncPolicy {
     /// A write is acknowledged only after its WAL record is fsynced
     /// (concurrent writers share one fsync: group commit).
-    Always,
+    Always = 0,
     /// Records reach the OS before the write is acknowledged; a background
     /// thread fsyncs once a second. A killed process loses nothing, a power
     /// loss at most about a second.
     #[default]
-    EverySec,
+    EverySec = 1,
     /// Records reach the OS before the write is acknowledged; the OS decides
     /// when they reach the disk.
-    No,
+    No = 2,
 }
 
 impl std::str::FromStr for FsyncPolicy {

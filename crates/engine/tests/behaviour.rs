@@ -207,3 +207,31 @@ fn back_pressure_bounds_level_zero_under_a_write_flood() {
     assert_eq!(db.iter().count(), 60_000);
     db.close().unwrap();
 }
+
+#[test]
+fn the_fsync_policy_changes_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000)));
+    let options = Options {
+        fsync: ringkv_engine::FsyncPolicy::No,
+        ..small(clock)
+    };
+    let db = Db::open(dir.path(), options).unwrap();
+    db.put(b"a", b"1", None).unwrap();
+    let before = db.stats().wal.syncs;
+    db.set_fsync_policy(ringkv_engine::FsyncPolicy::Always)
+        .unwrap();
+    assert_eq!(db.fsync_policy(), ringkv_engine::FsyncPolicy::Always);
+    for i in 0..10u32 {
+        db.put(format!("k{i}").as_bytes(), b"v", None).unwrap();
+    }
+    let stats = db.stats().wal;
+    assert!(
+        stats.syncs >= before + 10,
+        "every write fsynced: {} -> {}",
+        before,
+        stats.syncs
+    );
+    assert_eq!(stats.synced_seq, db.last_sequence());
+    db.close().unwrap();
+}
