@@ -23,7 +23,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== build the server binary the integration tests start"
 cargo build -p ringkv --bin ringkv
-export RINGKV_BIN="$PWD/target/debug/ringkv"
+export RINGKV_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/ringkv"
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
