@@ -39,6 +39,47 @@ pub enum LogRead {
     },
 }
 
+/// One operation of a change-log batch, as [`decode_log_batch`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogOp {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The key written.
+    pub key: Bytes,
+    /// True for a delete, false for a put.
+    pub is_delete: bool,
+    /// The put's absolute expiry in Unix ms, if any.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Decodes a change-log record ([`LogBatch::record`]) into its operations,
+/// checksum verified: `None` if it is not exactly one intact record. Lets a
+/// follower see which keys a batch touches (for its own bookkeeping) before
+/// handing it to `Db::apply_log_batch`.
+pub fn decode_log_batch(record: &[u8]) -> Option<Vec<LogOp>> {
+    let read = crate::wal::parse_records(record, |p| crate::wal::decode_payload(p).is_some());
+    if read.payloads.len() != 1 || read.valid_bytes != record.len() as u64 {
+        return None;
+    }
+    let ops = crate::wal::decode_payload(&read.payloads[0].1)?;
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let expires_at_ms = match op.kind {
+            crate::format::Kind::PutExpiring => Some(u64::from_be_bytes(
+                op.stored_value.get(..8)?.try_into().ok()?,
+            )),
+            _ => None,
+        };
+        out.push(LogOp {
+            seq: op.seq,
+            key: Bytes::copy_from_slice(op.key),
+            is_delete: op.kind == crate::format::Kind::Delete,
+            expires_at_ms,
+        });
+    }
+    Some(out)
+}
+
 #[derive(Debug, Default)]
 struct State {
     batches: VecDeque<LogBatch>,

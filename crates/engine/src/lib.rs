@@ -48,7 +48,7 @@ mod version;
 mod wal;
 
 pub use batch::{BatchOp, WriteBatch};
-pub use changelog::{LogBatch, LogRead};
+pub use changelog::{decode_log_batch, LogBatch, LogOp, LogRead};
 pub use db::{Db, Recovery, Snapshot, Stats};
 pub use error::{Error, Result};
 pub use iter::{Entry, RangeIter};

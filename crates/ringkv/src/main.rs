@@ -50,6 +50,18 @@ struct Cli {
     /// Most simultaneous clients [default: 10000].
     #[arg(long)]
     maxclients: Option<usize>,
+    /// Follow this leader as a read replica: "host port".
+    #[arg(long, value_name = "HOST PORT")]
+    replicaof: Option<String>,
+    /// Password this replica gives its leader.
+    #[arg(long)]
+    masterauth: Option<String>,
+    /// ACL user this replica authenticates as on its leader.
+    #[arg(long)]
+    masteruser: Option<String>,
+    /// Bytes of recent writes kept for replicas' partial resyncs [default: 67108864].
+    #[arg(long)]
+    repl_backlog_size: Option<usize>,
 }
 
 /// The config file: every field optional, same names as the flags (with `-` or `_`).
@@ -67,6 +79,13 @@ struct FileConfig {
     maxclients: Option<usize>,
     memtable_bytes_max: Option<usize>,
     block_cache_bytes: Option<usize>,
+    replicaof: Option<String>,
+    masterauth: Option<String>,
+    masteruser: Option<String>,
+    repl_backlog_size: Option<usize>,
+    replica_read_only: Option<bool>,
+    min_replicas_to_write: Option<usize>,
+    min_replicas_max_lag: Option<u64>,
 }
 
 fn load(cli: Cli) -> anyhow::Result<Config> {
@@ -116,6 +135,25 @@ fn load(cli: Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = file.block_cache_bytes {
         config.block_cache_bytes = v;
+    }
+    let replication = &mut config.replication;
+    if let Some(text) = cli.replicaof.or(file.replicaof) {
+        replication.replicaof =
+            Some(ringkv_server::parse_replicaof(&text).map_err(anyhow::Error::msg)?);
+    }
+    replication.masterauth = cli.masterauth.or(file.masterauth).filter(|p| !p.is_empty());
+    replication.masteruser = cli.masteruser.or(file.masteruser).filter(|u| !u.is_empty());
+    if let Some(v) = cli.repl_backlog_size.or(file.repl_backlog_size) {
+        replication.backlog_bytes = v.max(1 << 20);
+    }
+    if let Some(v) = file.replica_read_only {
+        replication.replica_read_only = v;
+    }
+    if let Some(v) = file.min_replicas_to_write {
+        replication.min_replicas_to_write = v;
+    }
+    if let Some(v) = file.min_replicas_max_lag {
+        replication.min_replicas_max_lag_seconds = v;
     }
     Ok(config)
 }

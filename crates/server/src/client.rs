@@ -39,6 +39,8 @@ pub(crate) struct Client {
     pub no_reply: bool,
     /// Highest engine sequence written by this connection's commands since the last sync.
     pub pending_sync_seq: u64,
+    /// Set by PSYNC: the connection becomes a replication link once the reply is out.
+    pub handoff: Option<crate::replication::leader::Handoff>,
 }
 
 impl Client {
@@ -54,6 +56,7 @@ impl Client {
             close_after_reply: false,
             no_reply: false,
             pending_sync_seq: 0,
+            handoff: None,
         }
     }
 

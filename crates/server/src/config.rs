@@ -43,6 +43,8 @@ pub struct Config {
     pub loglevel: String,
     /// Path of the config file it was loaded from, if any (`CONFIG GET` shows nothing of it).
     pub config_file: Option<PathBuf>,
+    /// Replication: leader to follow, its credentials, backlog, write guards.
+    pub replication: crate::replication::ReplicationConfig,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             block_cache_bytes: engine.block_cache_bytes,
             loglevel: "notice".into(),
             config_file: None,
+            replication: crate::replication::ReplicationConfig::default(),
         }
     }
 }

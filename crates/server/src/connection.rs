@@ -81,7 +81,7 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
                             reply.encode(client.resp(), &mut output);
                         }
                     }
-                    if client.close_after_reply {
+                    if client.close_after_reply || client.handoff.is_some() {
                         close = true;
                         break;
                     }
@@ -105,6 +105,11 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
             }
         }
         if !flush(&server, &mut client, &mut writer, &mut output, always).await || close {
+            if let Some(handoff) = client.handoff.take() {
+                // PSYNC: the connection now carries the replication stream.
+                crate::replication::leader::serve(server.clone(), reader, writer, input, handoff, handle.id).await;
+                return;
+            }
             break;
         }
         if input.len() > query_buffer_bytes_max {

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use parking_lot::{Mutex, ReentrantMutex, ReentrantMutexGuard};
+use parking_lot::{Mutex, ReentrantMutex, ReentrantMutexGuard, RwLock};
 use ringkv_engine::{Clock, Db, Entry, SystemClock, WriteBatch};
 
 use crate::errors::{CmdError, CmdResult};
@@ -223,7 +223,12 @@ struct Admin {
 
 /// The keyspace: see the module doc.
 pub(crate) struct Keyspace {
-    engine: Db,
+    /// Behind a lock only so a replica's full sync can swap in the database it received
+    /// ([`Keyspace::install_engine`]); every other access clones the handle (an `Arc`).
+    engine: RwLock<Db>,
+    /// A replica writes nothing of its own (no db map on a fresh open, no counts record at
+    /// close): its sequence numbers must stay exactly the leader's.
+    replica: AtomicBool,
     map: [AtomicU16; DATABASES],
     counts: Box<[AtomicI64]>,
     stripes: Box<[ReentrantMutex<()>]>,
@@ -254,9 +259,10 @@ impl std::fmt::Debug for Keyspace {
 
 impl Keyspace {
     /// Loads (or initialises) the database map and the key counts.
-    pub(crate) fn open(engine: Db) -> Result<Keyspace, ringkv_engine::Error> {
+    pub(crate) fn open(engine: Db, replica: bool) -> Result<Keyspace, ringkv_engine::Error> {
         let keyspace = Keyspace {
-            engine,
+            engine: RwLock::new(engine),
+            replica: AtomicBool::new(replica),
             map: std::array::from_fn(|i| AtomicU16::new(i as u16)),
             counts: (0..NAMESPACES).map(|_| AtomicI64::new(0)).collect(),
             stripes: (0..LOCK_STRIPES).map(|_| ReentrantMutex::new(())).collect(),
@@ -278,7 +284,7 @@ impl Keyspace {
     }
 
     fn load_meta(&self) -> Result<(), ringkv_engine::Error> {
-        let engine = &self.engine;
+        let engine = &self.engine();
         let mut fresh = WriteBatch::new();
         for logical in 0..DATABASES {
             match engine.get(&keys::meta_db_map(logical as u8))? {
@@ -318,7 +324,7 @@ impl Keyspace {
             }
         }
         drop(admin);
-        if !fresh.is_empty() {
+        if !fresh.is_empty() && !self.is_replica() {
             engine.write(fresh)?;
         }
         let saved = engine.get(&keys::meta_counts())?;
@@ -347,7 +353,7 @@ impl Keyspace {
     /// Rebuilds every namespace's count from the data and expiry families (start-up after a
     /// crash): O(keys), reading keys and values.
     fn recount(&self) -> Result<(), ringkv_engine::Error> {
-        let engine = &self.engine;
+        let engine = &self.engine();
         let data_start = [keys::FAMILY_DATA];
         let data_end = [keys::FAMILY_DATA + 1];
         for entry in engine.range::<[u8], _>(span(&data_start, &data_end)) {
@@ -372,6 +378,10 @@ impl Keyspace {
     /// the engine. Called once at clean shutdown, after connections and background tasks stop.
     pub(crate) fn close(&self) -> Result<(), ringkv_engine::Error> {
         let _maintenance = self.maintenance.lock();
+        if self.is_replica() {
+            // No counts record: it would take a sequence the leader did not write.
+            return self.engine().close();
+        }
         let mut value = Vec::with_capacity(DATABASES * 10);
         for logical in 0..DATABASES {
             let ns = self.namespace(logical);
@@ -384,13 +394,13 @@ impl Keyspace {
         }
         let mut batch = WriteBatch::with_capacity(1);
         batch.put(keys::meta_counts(), value, None);
-        self.engine.write(batch)?;
-        self.engine.clone().close()
+        self.engine().write(batch)?;
+        self.engine().close()
     }
 
-    /// The engine.
-    pub(crate) fn engine(&self) -> &Db {
-        &self.engine
+    /// The engine (a handle: cheap to clone).
+    pub(crate) fn engine(&self) -> Db {
+        self.engine.read().clone()
     }
 
     /// Current Unix time in ms, from the same clock the engine expires with.
@@ -431,14 +441,14 @@ impl Keyspace {
     }
 
     fn read(&self, ns: Namespace, key: &[u8]) -> CmdResult<Option<Entry>> {
-        Ok(self.engine.get(&keys::data_key(ns, key))?)
+        Ok(self.engine().get(&keys::data_key(ns, key))?)
     }
 
     fn commit(&self, change: Change) -> CmdResult<u64> {
         if change.batch.is_empty() {
             return Ok(0);
         }
-        let seq = self.engine.write_deferred(change.batch)?;
+        let seq = self.engine().write_deferred(change.batch)?;
         for (ns, delta) in change.deltas {
             self.counts[usize::from(ns)].fetch_add(delta, Ordering::Relaxed);
         }
@@ -757,7 +767,11 @@ impl Keyspace {
         let start = [keys::FAMILY_EXPIRY];
         let end = [keys::FAMILY_EXPIRY + 1];
         let mut count = 0;
-        for entry in self.engine.range::<[u8], _>(span(&start, &end)).take(limit) {
+        for entry in self
+            .engine()
+            .range::<[u8], _>(span(&start, &end))
+            .take(limit)
+        {
             let entry = entry?;
             if matches!(keys::decode_expiry_key(&entry.key), Some((_, n, _)) if n == ns) {
                 count += 1;
@@ -787,10 +801,12 @@ impl Keyspace {
         };
         let bounds: (Bound<&[u8]>, Bound<&[u8]>) =
             (as_ref_bound(&start_key), as_ref_bound(&end_key));
-        self.engine.range::<[u8], _>(bounds).map(|item| match item {
-            Ok(entry) => Ok((keys::user_key_of_data(&entry.key), entry)),
-            Err(error) => Err(CmdError::Engine(error)),
-        })
+        self.engine()
+            .range::<[u8], _>(bounds)
+            .map(|item| match item {
+                Ok(entry) => Ok((keys::user_key_of_data(&entry.key), entry)),
+                Err(error) => Err(CmdError::Engine(error)),
+            })
     }
 
     /// FLUSHDB: points `db` at a fresh namespace at once; the old one's keys are deleted by
@@ -847,7 +863,7 @@ impl Keyspace {
             admin.next_namespace.to_be_bytes().to_vec(),
             None,
         );
-        self.engine.write(batch)?;
+        self.engine().write(batch)?;
         for (db, old, new) in remap {
             self.counts[usize::from(new)].store(0, Ordering::Relaxed);
             self.map[db].store(new, Ordering::Release);
@@ -861,7 +877,7 @@ impl Keyspace {
         let end = keys::data_prefix_end(ns);
         let bounds = span(&start, &end);
         Ok(self
-            .engine
+            .engine()
             .range::<[u8], _>(bounds)
             .next()
             .transpose()?
@@ -884,7 +900,7 @@ impl Keyspace {
             ns_a.to_be_bytes().to_vec(),
             None,
         );
-        self.engine.write(batch)?;
+        self.engine().write(batch)?;
         self.map[a].store(ns_b, Ordering::Release);
         self.map[b].store(ns_a, Ordering::Release);
         Ok(())
@@ -920,7 +936,7 @@ impl Keyspace {
                     None => span(&start, &end),
                 };
                 let mut batch = WriteBatch::with_capacity(DROP_BATCH_KEYS);
-                for entry in self.engine.range::<[u8], _>(bounds).take(DROP_BATCH_KEYS) {
+                for entry in self.engine().range::<[u8], _>(bounds).take(DROP_BATCH_KEYS) {
                     let key = entry?.key;
                     last = Some(key.clone());
                     batch.delete(key);
@@ -928,26 +944,29 @@ impl Keyspace {
                 if batch.is_empty() {
                     break;
                 }
-                self.engine.write_deferred(batch)?;
+                self.engine().write_deferred(batch)?;
             }
         }
         let index_start = [keys::FAMILY_EXPIRY];
         let index_end = [keys::FAMILY_EXPIRY + 1];
         let mut batch = WriteBatch::with_capacity(DROP_BATCH_KEYS);
-        for entry in self.engine.range::<[u8], _>(span(&index_start, &index_end)) {
+        for entry in self
+            .engine()
+            .range::<[u8], _>(span(&index_start, &index_end))
+        {
             let entry = entry?;
             if matches!(keys::decode_expiry_key(&entry.key), Some((_, ns, _)) if dropping.contains(&ns))
             {
                 batch.delete(entry.key);
                 if batch.len() >= DROP_BATCH_KEYS {
-                    self.engine.write_deferred(std::mem::take(&mut batch))?;
+                    self.engine().write_deferred(std::mem::take(&mut batch))?;
                 }
             }
         }
         for &ns in &dropping {
             batch.delete(keys::meta_drop(ns));
         }
-        self.engine.write(batch)?;
+        self.engine().write(batch)?;
         let mut admin = self.admin.lock();
         admin.dropping.retain(|ns| !dropping.contains(ns));
         for &ns in &dropping {
@@ -996,7 +1015,7 @@ impl Keyspace {
                 None => span(&family_start, &end),
             };
             let due: Vec<Bytes> = self
-                .engine
+                .engine()
                 .range::<[u8], _>(bounds)
                 .take(SWEEP_BATCH_KEYS)
                 .map(|e| e.map(|e| e.key))
@@ -1063,6 +1082,132 @@ impl Keyspace {
         let mut change = Change::new();
         self.put_or_expire(&mut change, ns, key, old_entry.as_ref(), raw, expires_at_ms);
         Ok((result, self.commit(change)?))
+    }
+}
+
+// A replica's side of replication: batches and whole databases from the leader.
+impl Keyspace {
+    /// True while this server follows a leader (see `replica` field).
+    pub(crate) fn is_replica(&self) -> bool {
+        self.replica.load(Ordering::Acquire)
+    }
+
+    /// Switches replica mode (REPLICAOF host port / REPLICAOF NO ONE).
+    pub(crate) fn set_replica(&self, replica: bool) {
+        self.replica.store(replica, Ordering::Release);
+    }
+
+    /// Replaces the engine by `engine` (a database a full sync received) and rebuilds the
+    /// database map, the pending drops and every key count from it. The caller holds the
+    /// exec lock exclusive and has closed the old engine. Writes nothing.
+    pub(crate) fn install_engine(&self, engine: Db) -> Result<(), ringkv_engine::Error> {
+        let _maintenance = self.maintenance.lock();
+        *self.engine.write() = engine;
+        for (logical, slot) in self.map.iter().enumerate() {
+            slot.store(logical as Namespace, Ordering::Release);
+        }
+        for count in self.counts.iter() {
+            count.store(0, Ordering::Relaxed);
+        }
+        {
+            let mut admin = self.admin.lock();
+            admin.next_namespace = DATABASES as Namespace;
+            admin.dropping.clear();
+        }
+        *self.sweep_position.lock() = (None, Instant::now());
+        let replica = self.replica.swap(true, Ordering::AcqRel);
+        let loaded = self.load_meta();
+        self.replica.store(replica, Ordering::Release);
+        loaded
+    }
+
+    /// Applies one change-log batch of the leader (`Db::apply_log_batch`) and keeps the key
+    /// counts, the database map and the pending drops right. Only the replication link calls
+    /// it, one batch at a time, while no client can write. Returns the batch's last sequence.
+    pub(crate) fn apply_replicated(&self, record: &[u8]) -> CmdResult<u64> {
+        let ops = ringkv_engine::decode_log_batch(record)
+            .ok_or_else(|| corrupt("replicated batch does not decode"))?;
+        let engine = self.engine();
+        // Count rule (module doc): a data key counts while it lives without an expiry, an
+        // expiry-index entry counts while it exists. Compare before and after each op; `after`
+        // remembers keys this batch already touched.
+        let mut after: std::collections::HashMap<&[u8], bool> = std::collections::HashMap::new();
+        let mut deltas: Vec<(Namespace, i64)> = Vec::new();
+        let mut stripes = Vec::new();
+        for op in &ops {
+            let key = &op.key[..];
+            let (ns, counted_now) = match key.first() {
+                Some(&keys::FAMILY_DATA) if key.len() >= keys::DATA_HEADER_BYTES => {
+                    stripes.push(Self::epoch_slot(
+                        u16::from_be_bytes([key[1], key[2]]),
+                        &key[keys::DATA_HEADER_BYTES..],
+                    ));
+                    (
+                        u16::from_be_bytes([key[1], key[2]]),
+                        !op.is_delete && op.expires_at_ms.is_none(),
+                    )
+                }
+                Some(&keys::FAMILY_EXPIRY) => match keys::decode_expiry_key(&op.key) {
+                    Some((_, ns, _)) => (ns, !op.is_delete),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let counted_before = match after.get(key) {
+                Some(&counted) => counted,
+                None => match engine.get(key)? {
+                    Some(entry) => key[0] == keys::FAMILY_EXPIRY || entry.expires_at_ms.is_none(),
+                    None => false,
+                },
+            };
+            after.insert(key, counted_now);
+            deltas.push((ns, i64::from(counted_now) - i64::from(counted_before)));
+        }
+        let seq = engine.apply_log_batch(record)?;
+        for (ns, delta) in deltas {
+            if delta != 0 {
+                self.counts[usize::from(ns)].fetch_add(delta, Ordering::Relaxed);
+            }
+        }
+        for stripe in stripes {
+            self.write_epochs[stripe].fetch_add(1, Ordering::Release);
+        }
+        for op in ops
+            .iter()
+            .filter(|op| op.key.first() == Some(&keys::FAMILY_META))
+        {
+            self.follow_meta(&op.key, op.is_delete, &engine)?;
+        }
+        Ok(seq)
+    }
+
+    /// Mirrors a replicated metadata write (FLUSHDB/SWAPDB's map, drop markers) in memory.
+    fn follow_meta(&self, key: &[u8], is_delete: bool, engine: &Db) -> CmdResult<()> {
+        let drop_marker = key.len() == keys::META_DROP_PREFIX.len() + 2
+            && key.starts_with(keys::META_DROP_PREFIX);
+        if drop_marker {
+            let n = keys::META_DROP_PREFIX.len();
+            let ns = u16::from_be_bytes([key[n], key[n + 1]]);
+            let mut admin = self.admin.lock();
+            if is_delete {
+                admin.dropping.retain(|&d| d != ns);
+                self.counts[usize::from(ns)].store(0, Ordering::Relaxed);
+            } else if !admin.dropping.contains(&ns) {
+                admin.dropping.push(ns);
+            }
+            return Ok(());
+        }
+        for logical in 0..DATABASES {
+            if key == &keys::meta_db_map(logical as u8)[..] {
+                if let Some(entry) = engine.get(key)? {
+                    if entry.value.len() == 2 {
+                        let ns = u16::from_be_bytes([entry.value[0], entry.value[1]]);
+                        self.map[logical].store(ns, Ordering::Release);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

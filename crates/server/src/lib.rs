@@ -23,6 +23,7 @@ mod errors;
 mod glob;
 mod keys;
 mod keyspace;
+mod replication;
 mod server;
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use config::{Config, MAXCLIENTS_DEFAULT, QUERY_BUFFER_BYTES_MAX_DEFAULT};
+pub use replication::{parse_replicaof, ReplicationConfig, BACKLOG_BYTES_DEFAULT};
 pub use ringkv_engine::FsyncPolicy;
 
 use crate::server::{ClientHandle, ClientInfo, Server};
@@ -115,6 +117,7 @@ impl Bound {
         if let Some(admin) = admin {
             background.push(tokio::spawn(admin::serve(server.clone(), admin)));
         }
+        replication::start(&server);
         let mut shutdown = server.shutdown.subscribe();
         let mut connections = tokio::task::JoinSet::new();
         loop {
@@ -205,10 +208,12 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         ..ringkv_engine::Options::default()
     };
     options.value_bytes_max = options.value_bytes_max.max(config.proto_max_bulk_len + 1);
+    options.change_log_bytes_max = config.replication.backlog_bytes;
+    let replica = config.replication.replicaof.is_some();
     let dir = config.dir.clone();
     let keyspace = tokio::task::spawn_blocking(move || {
         let engine = ringkv_engine::Db::open(&dir, options)?;
-        keyspace::Keyspace::open(engine)
+        keyspace::Keyspace::open(engine, replica)
     })
     .await
     .expect("open task")?;
@@ -265,7 +270,8 @@ async fn expire_task(server: Arc<Server>) {
             _ = interval.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        if !server.keyspace.active_expire() {
+        // A replica deletes expired keys when its leader's deletes arrive, never itself.
+        if !server.keyspace.active_expire() || server.keyspace.is_replica() {
             continue;
         }
         let sweeping = server.clone();
@@ -290,7 +296,8 @@ async fn expire_task(server: Arc<Server>) {
 async fn drop_task(server: Arc<Server>) {
     let mut shutdown = server.shutdown.subscribe();
     loop {
-        if server.keyspace.has_pending_drops() {
+        // A replica's flushed namespaces are cleared by its leader's deletes.
+        if server.keyspace.has_pending_drops() && !server.keyspace.is_replica() {
             let dropping = server.clone();
             let result =
                 tokio::task::spawn_blocking(move || dropping.keyspace.drop_pending()).await;

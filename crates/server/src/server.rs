@@ -143,6 +143,8 @@ pub struct Server {
     pub(crate) next_client_id: AtomicU64,
     pub(crate) stats: Stats,
     pub(crate) command_stats: Vec<CommandStats>,
+    /// Leader and replica state (`crate::replication`).
+    pub(crate) replication: crate::replication::Replication,
     pub(crate) scan_cursors: Mutex<ScanCursors>,
     pub(crate) started: Instant,
     pub(crate) run_id: String,
@@ -170,6 +172,7 @@ pub(crate) fn unix_seconds() -> u64 {
 
 impl Server {
     pub(crate) fn new(keyspace: Keyspace, config: Config) -> Server {
+        let replication = crate::replication::Replication::new(&config.replication, &config.dir);
         let run_id: String = (0..40)
             .map(|_| char::from(b"0123456789abcdef"[rand::random::<usize>() % 16]))
             .collect();
@@ -180,6 +183,7 @@ impl Server {
             clients: Mutex::new(BTreeMap::new()),
             next_client_id: AtomicU64::new(1),
             stats: Stats::default(),
+            replication,
             command_stats: (0..crate::cmd::registry().len())
                 .map(|_| CommandStats::default())
                 .collect(),

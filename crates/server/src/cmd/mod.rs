@@ -57,6 +57,7 @@ pub(crate) mod bitmap;
 pub(crate) mod connection;
 pub(crate) mod docs;
 pub(crate) mod keyspace;
+pub(crate) mod replication;
 pub(crate) mod server;
 pub(crate) mod string;
 #[allow(dead_code)]
@@ -231,6 +232,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         connection::COMMANDS,
         server::COMMANDS,
         transaction::COMMANDS,
+        replication::COMMANDS,
     ];
     let mut specs = Vec::new();
     let mut by_name = HashMap::new();
@@ -318,6 +320,11 @@ pub(crate) fn execute(server: &Server, client: &mut Client, args: Vec<Bytes>) ->
             Some(index),
             errors::NOAUTH.to_string(),
         ));
+    }
+    if spec.has_flag("write") {
+        if let Some(refused) = crate::replication::write_refusal(server) {
+            return Some(reject(server, client, Some(index), refused.to_string()));
+        }
     }
     {
         let mut info = client.handle.info.lock();

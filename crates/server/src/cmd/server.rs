@@ -317,6 +317,34 @@ struct Param {
 
 const PARAMS: &[Param] = &[
     Param {
+        name: "masterauth",
+        mutable: true,
+    },
+    Param {
+        name: "masteruser",
+        mutable: true,
+    },
+    Param {
+        name: "replica-read-only",
+        mutable: true,
+    },
+    Param {
+        name: "repl-backlog-size",
+        mutable: true,
+    },
+    Param {
+        name: "min-replicas-to-write",
+        mutable: true,
+    },
+    Param {
+        name: "min-replicas-max-lag",
+        mutable: true,
+    },
+    Param {
+        name: "replicaof",
+        mutable: false,
+    },
+    Param {
         name: "bind",
         mutable: false,
     },
@@ -387,6 +415,9 @@ const PARAMS: &[Param] = &[
 ];
 
 fn param_value(ctx: &Ctx<'_>, name: &str) -> String {
+    if let Some(value) = crate::replication::param_get(ctx.server, name) {
+        return value;
+    }
     let config = ctx.server.config.read();
     match name {
         "bind" => config.bind.clone(),
@@ -434,6 +465,9 @@ fn parse_memory(text: &[u8]) -> Option<u64> {
 }
 
 fn set_param(ctx: &Ctx<'_>, name: &str, value: &[u8]) -> Result<(), String> {
+    if let Some(result) = crate::replication::param_set(ctx.server, name, value) {
+        return result;
+    }
     let mut config = ctx.server.config.write();
     let integer = || {
         parse_memory(value).ok_or_else(|| "argument couldn't be parsed into an integer".to_string())
@@ -923,9 +957,7 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
                 u8::from(ctx.keyspace.active_expire()),
             );
         }
-        "replication" => {
-            out.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\nmaster_replid:0000000000000000000000000000000000000000\r\nmaster_repl_offset:0\r\nrepl_backlog_active:0\r\n");
-        }
+        "replication" => crate::replication::info_section(ctx.server, out),
         "cpu" => {
             let (user, system) = cpu_seconds();
             let _ = write!(

@@ -1,0 +1,445 @@
+//! The replica's link to its leader: one thread with a blocking socket that
+//! connects, authenticates, asks for a partial resync (or takes a full sync),
+//! applies the stream of batches and acknowledges them; it reconnects after
+//! any error until the link is stopped.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{replid_path, wire, LinkStatus};
+use crate::server::Server;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Socket read timeout: how often a blocked read looks at the stop flag and sends an ACK.
+const READ_STEP: Duration = Duration::from_millis(100);
+
+/// An idle replica acknowledges at least this often (Redis: every second).
+const ACK_PERIOD: Duration = Duration::from_secs(1);
+
+/// Pause between reconnection attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// The leader is presumed gone after this long without a byte (it heartbeats every second).
+const LEADER_SILENCE_MAX: Duration = Duration::from_secs(10);
+
+/// Read buffer size.
+const BUFFER_BYTES: usize = 1 << 20;
+
+/// Runs the link until `status.stop` or shutdown.
+pub(crate) fn run(server: Arc<Server>, status: Arc<LinkStatus>) {
+    let stopped = || status.stop.load(Ordering::Acquire) || *server.shutdown.borrow();
+    while !stopped() {
+        match session(&server, &status) {
+            Ok(()) => {}
+            Err(error) => {
+                tracing::warn!(host = %status.host, port = status.port, %error, "replication link to the leader lost; retrying");
+            }
+        }
+        status.up.store(false, Ordering::Release);
+        status.sync_in_progress.store(false, Ordering::Release);
+        let until = Instant::now() + RETRY_PAUSE;
+        while Instant::now() < until && !stopped() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The socket and its read buffer.
+struct Conn<'a> {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+    server: &'a Server,
+    status: &'a LinkStatus,
+    last_ack: Instant,
+    /// Sequence to acknowledge when idle (0: nothing applied yet on this link).
+    ack_seq: u64,
+}
+
+fn stopped_error() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "replication link stopped")
+}
+
+impl Conn<'_> {
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads more bytes (at least one), acknowledging while idle.
+    fn fill(&mut self) -> io::Result<()> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buffer.len() {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        loop {
+            if self.status.stop.load(Ordering::Acquire) || *self.server.shutdown.borrow() {
+                return Err(stopped_error());
+            }
+            match self.stream.read(&mut self.buffer[self.end..]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "leader closed the connection",
+                    ))
+                }
+                Ok(n) => {
+                    self.end += n;
+                    *self.status.last_io.lock() = Instant::now();
+                    return Ok(());
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.ack_seq > 0 && self.last_ack.elapsed() >= ACK_PERIOD {
+                        self.send_ack()?;
+                    }
+                    if self.status.last_io.lock().elapsed() > LEADER_SILENCE_MAX {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "no data from the leader",
+                        ));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn send_ack(&mut self) -> io::Result<()> {
+        self.stream.write_all(&wire::ack(self.ack_seq))?;
+        self.last_ack = Instant::now();
+        Ok(())
+    }
+
+    /// The next `n` bytes (n ≤ buffer size).
+    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
+        assert!(n <= self.buffer.len());
+        while self.buffered() < n {
+            self.fill()?;
+        }
+        let out = &self.buffer[self.start..self.start + n];
+        self.start += n;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> io::Result<u16> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+
+    fn u32(&mut self) -> io::Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    /// Reads `n` bytes of any length into a new vector.
+    fn bytes(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            if self.buffered() == 0 {
+                self.fill()?;
+            }
+            let step = (n - out.len()).min(self.buffered());
+            out.extend_from_slice(&self.buffer[self.start..self.start + step]);
+            self.start += step;
+        }
+        Ok(out)
+    }
+
+    /// One CRLF-terminated line (a RESP reply during the handshake).
+    fn line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(at) = self.buffer[self.start..self.end]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+            {
+                let line =
+                    String::from_utf8_lossy(&self.buffer[self.start..self.start + at]).into_owned();
+                self.start += at + 2;
+                return Ok(line);
+            }
+            if self.buffered() > 64 * 1024 {
+                return Err(io::Error::other("handshake reply line too long"));
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Sends a command and expects a `+` reply.
+    fn command(&mut self, args: &[&str]) -> io::Result<String> {
+        let mut out = format!("*{}\r\n", args.len());
+        for arg in args {
+            out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        self.stream.write_all(out.as_bytes())?;
+        let reply = self.line()?;
+        if !reply.starts_with('+') {
+            return Err(io::Error::other(format!(
+                "leader refused {}: {reply}",
+                args[0]
+            )));
+        }
+        Ok(reply)
+    }
+}
+
+/// One connection to the leader, from handshake to error or stop.
+fn session(server: &Server, status: &LinkStatus) -> io::Result<()> {
+    let address = (status.host.as_str(), status.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::other("leader address does not resolve"))?;
+    let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(READ_STEP))?;
+    let mut conn = Conn {
+        stream,
+        buffer: vec![0u8; BUFFER_BYTES],
+        start: 0,
+        end: 0,
+        server,
+        status,
+        last_ack: Instant::now(),
+        ack_seq: 0,
+    };
+    *status.last_io.lock() = Instant::now();
+    let (user, password, dir) = {
+        let config = server.config.read();
+        (
+            config.replication.masteruser.clone(),
+            config.replication.masterauth.clone(),
+            config.dir.clone(),
+        )
+    };
+    if let Some(password) = password {
+        match user {
+            Some(user) => conn.command(&["AUTH", &user, &password])?,
+            None => conn.command(&["AUTH", &password])?,
+        };
+    }
+    let port = server.bound_port.load(Ordering::Relaxed).to_string();
+    conn.command(&["REPLCONF", "listening-port", &port])?;
+    let applied = server.keyspace.engine().last_sequence();
+    let replid = server.replication.ids.lock().replid.clone();
+    let offset = if std::fs::metadata(replid_path(&dir)).is_ok() {
+        applied.to_string()
+    } else {
+        "-1".to_string()
+    };
+    tracing::info!(host = %status.host, port = status.port, %replid, offset = %offset, "connected to the leader, asking for a partial resync");
+    let reply = conn.command(&["PSYNC", &replid, &offset])?;
+    let mut words = reply.trim_start_matches('+').split_whitespace();
+    let (kind, leader_replid) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    if leader_replid.len() != 40 {
+        return Err(io::Error::other(format!("bad PSYNC reply {reply:?}")));
+    }
+    match kind {
+        "CONTINUE" => {
+            tracing::info!(
+                from_seq = applied + 1,
+                "partial resync accepted by the leader: continuing from the change log"
+            );
+            server
+                .replication
+                .sync_partial_ok
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        "FULLRESYNC" => {
+            tracing::info!("full sync from the leader: receiving a checkpoint");
+            if offset != "-1" {
+                server
+                    .replication
+                    .sync_partial_err
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            status.sync_in_progress.store(true, Ordering::Release);
+            let _ = std::fs::remove_file(replid_path(&dir));
+            let seq = full_sync(server, &mut conn, &dir)?;
+            status.sync_in_progress.store(false, Ordering::Release);
+            server.replication.sync_full.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(seq, "full sync done: loaded the leader's checkpoint");
+        }
+        _ => return Err(io::Error::other(format!("bad PSYNC reply {reply:?}"))),
+    }
+    server.replication.ids.lock().replid = leader_replid.to_string();
+    write_replid(&dir, leader_replid)?;
+    status.up.store(true, Ordering::Release);
+    conn.ack_seq = server.keyspace.engine().last_sequence();
+    conn.send_ack()?;
+    stream_batches(server, &mut conn)
+}
+
+fn write_replid(dir: &Path, replid: &str) -> io::Result<()> {
+    let path = replid_path(dir);
+    let temporary = PathBuf::from(format!("{}.tmp", path.display()));
+    let mut file = File::create(&temporary)?;
+    file.write_all(replid.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)
+}
+
+/// Receives the checkpoint into a directory beside the data directory, verifies every file,
+/// and swaps it in for the current database. Returns its sequence.
+fn full_sync(server: &Server, conn: &mut Conn<'_>, dir: &Path) -> io::Result<u64> {
+    let incoming = PathBuf::from(format!("{}.sync-incoming", dir.display()));
+    let _ = std::fs::remove_dir_all(&incoming);
+    std::fs::create_dir_all(&incoming)?;
+    let mut bytes_total = 0u64;
+    let seq = loop {
+        match conn.u8()? {
+            wire::TAG_FILE => {
+                let name_len = usize::from(conn.u16()?);
+                let name = String::from_utf8_lossy(&conn.bytes(name_len)?).into_owned();
+                if !wire::safe_file_name(&name) {
+                    return Err(io::Error::other(format!("unsafe file name {name:?}")));
+                }
+                let size = conn.u64()?;
+                let path = incoming.join(&name);
+                let mut file = File::create(&path)?;
+                let mut crc = 0u32;
+                let mut left = size;
+                while left > 0 {
+                    if conn.buffered() == 0 {
+                        conn.fill()?;
+                    }
+                    let step = (left as usize).min(conn.buffered());
+                    let chunk = &conn.buffer[conn.start..conn.start + step];
+                    crc = crc32c::crc32c_append(crc, chunk);
+                    file.write_all(chunk)?;
+                    conn.start += step;
+                    left -= step as u64;
+                }
+                let expected = conn.u32()?;
+                if crc != expected {
+                    return Err(io::Error::other(format!(
+                        "checkpoint file {name}: crc32c {crc:08x}, leader sent {expected:08x}"
+                    )));
+                }
+                file.sync_all()?;
+                bytes_total += size;
+            }
+            wire::TAG_END => break conn.u64()?,
+            tag => return Err(io::Error::other(format!("unexpected frame tag {tag}"))),
+        }
+    };
+    File::open(&incoming)?.sync_all()?;
+    tracing::info!(
+        seq,
+        bytes = bytes_total,
+        "full sync: checkpoint received and verified; swapping it in"
+    );
+    swap_in(server, conn.status, dir, &incoming, seq)?;
+    Ok(seq)
+}
+
+/// Closes the engine, moves the received database into place, opens it. Clients wait on the
+/// exec lock meanwhile.
+fn swap_in(
+    server: &Server,
+    status: &LinkStatus,
+    dir: &Path,
+    incoming: &Path,
+    seq: u64,
+) -> io::Result<()> {
+    // Waits for the exec lock in steps: REPLICAOF NO ONE holds it shared while it stops this
+    // thread, and must not wait on a thread that waits on it.
+    let _exclusive = loop {
+        if let Some(guard) = server.exec_lock.try_write_for(Duration::from_millis(100)) {
+            break guard;
+        }
+        if status.stop.load(Ordering::Acquire) || *server.shutdown.borrow() {
+            return Err(stopped_error());
+        }
+    };
+    let old = server.keyspace.engine();
+    let options = old.options().clone();
+    if let Err(error) = old.close() {
+        tracing::warn!(%error, "closing the old database before the swap");
+    }
+    let retired = PathBuf::from(format!("{}.sync-retired", dir.display()));
+    let _ = std::fs::remove_dir_all(&retired);
+    std::fs::rename(dir, &retired)?;
+    std::fs::rename(incoming, dir)?;
+    if let Some(parent) = dir.parent() {
+        if let Ok(parent) = File::open(parent) {
+            let _ = parent.sync_all();
+        }
+    }
+    let engine = ringkv_engine::Db::open(dir, options).map_err(io::Error::other)?;
+    if engine.last_sequence() != seq {
+        return Err(io::Error::other(format!(
+            "received checkpoint opens at sequence {}, leader said {seq}",
+            engine.last_sequence()
+        )));
+    }
+    server
+        .keyspace
+        .install_engine(engine)
+        .map_err(io::Error::other)?;
+    let _ = std::fs::remove_dir_all(&retired);
+    Ok(())
+}
+
+/// Applies batches and heartbeats until an error or stop; acknowledges after every burst.
+fn stream_batches(server: &Server, conn: &mut Conn<'_>) -> io::Result<()> {
+    let engine = server.keyspace.engine();
+    loop {
+        match conn.u8()? {
+            wire::TAG_BATCH => {
+                let len = conn.u32()? as usize;
+                if len > wire::BATCH_BYTES_MAX {
+                    return Err(io::Error::other(format!("batch of {len} bytes")));
+                }
+                let record = if len <= conn.buffer.len() {
+                    conn.take(len)?.to_vec()
+                } else {
+                    conn.bytes(len)?
+                };
+                let seq = server
+                    .keyspace
+                    .apply_replicated(&record)
+                    .map_err(|e| io::Error::other(format!("applying a batch: {e:?}")))?;
+                conn.ack_seq = seq;
+                conn.status.leader_seq.fetch_max(seq, Ordering::AcqRel);
+            }
+            wire::TAG_HEARTBEAT => {
+                let seq = conn.u64()?;
+                conn.status.leader_seq.store(seq, Ordering::Release);
+            }
+            tag => return Err(io::Error::other(format!("unexpected frame tag {tag}"))),
+        }
+        if conn.buffered() == 0 && conn.ack_seq > 0 {
+            // Synced before acknowledged: WAIT promises the write survives this process dying.
+            engine.sync(conn.ack_seq).map_err(io::Error::other)?;
+            conn.send_ack()?;
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! Leader → replica replication (Redis' REPLICAOF model); the design is in
+//! `docs/replication.md`.
+//!
+//! A replica connects to its leader like a client (AUTH, `REPLCONF
+//! listening-port`, then `PSYNC <replid> <last applied seq>`). The leader either
+//! continues from the replica's sequence out of the engine's change log (partial
+//! resync) or sends a checkpoint of its database file by file and then the log
+//! from the checkpoint's sequence (full sync). Engine sequence numbers are the
+//! replication offset; a *replication id* names the history a sequence belongs to.
+//!
+//! * `leader.rs` — the leader's side of one replica link (async, on the
+//!   connection the replica opened).
+//! * `follower.rs` — the replica's link to its leader (a thread with a blocking
+//!   socket: it applies batches with blocking engine calls anyway).
+//! * `wire.rs` — the frames both sides exchange after PSYNC.
+//!
+//! This module holds the state both sides share: ids, the table of connected
+//! replicas and their acknowledgements (WAIT, min-replicas-to-write), the link
+//! status (INFO replication, ROLE) and the settings CONFIG changes.
+
+pub(crate) mod follower;
+pub(crate) mod leader;
+pub(crate) mod wire;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::server::Server;
+
+/// Default change-log (replication backlog) size: how far a replica may fall behind, or how
+/// long it may be away, and still continue with a partial resync. Holds whole batches.
+pub const BACKLOG_BYTES_DEFAULT: usize = 64 << 20;
+
+/// Most commit-time samples kept for the lag-in-seconds estimate (10 ms apart: 100 s).
+const COMMIT_SAMPLES_MAX: usize = 10_000;
+
+/// Period of the commit-time sampler.
+const COMMIT_SAMPLE_PERIOD: Duration = Duration::from_millis(10);
+
+/// Replication settings of a server (the TOML file, flags, CONFIG SET).
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// Leader to follow at start-up (`replicaof = "host port"`); `None`: a leader.
+    pub replicaof: Option<(String, u16)>,
+    /// Password the replica gives its leader (`masterauth`).
+    pub masterauth: Option<String>,
+    /// User the replica authenticates as (`masteruser`); `None`: the default user.
+    pub masteruser: Option<String>,
+    /// Refuse writes from clients while a replica (`replica-read-only`).
+    pub replica_read_only: bool,
+    /// Bytes of recent batches kept for partial resyncs (`repl-backlog-size`).
+    pub backlog_bytes: usize,
+    /// Refuse writes unless this many replicas are good (`min-replicas-to-write`; 0: off).
+    pub min_replicas_to_write: usize,
+    /// A replica is good while its last acknowledgement is at most this old
+    /// (`min-replicas-max-lag`, seconds).
+    pub min_replicas_max_lag_seconds: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> ReplicationConfig {
+        ReplicationConfig {
+            replicaof: None,
+            masterauth: None,
+            masteruser: None,
+            replica_read_only: true,
+            backlog_bytes: BACKLOG_BYTES_DEFAULT,
+            min_replicas_to_write: 0,
+            min_replicas_max_lag_seconds: 10,
+        }
+    }
+}
+
+/// Parses `"host port"` (the `replicaof` setting).
+pub fn parse_replicaof(text: &str) -> Result<(String, u16), String> {
+    let mut parts = text.split_whitespace();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(host), Some(port), None) => port
+            .parse::<u16>()
+            .map(|port| (host.to_string(), port))
+            .map_err(|_| format!("replicaof: invalid port {port:?}")),
+        _ => Err(format!("replicaof must be \"host port\", got {text:?}")),
+    }
+}
+
+/// The replication ids: which history this server's sequences belong to.
+#[derive(Debug, Clone)]
+pub(crate) struct Ids {
+    /// The current history (a leader's own, or the leader's a replica follows).
+    pub replid: String,
+    /// The history before the last promotion; valid up to `replid2_seq`.
+    pub replid2: String,
+    /// Last sequence shared with `replid2`'s history.
+    pub replid2_seq: u64,
+}
+
+/// A replica connected to this server.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaEntry {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// `wait_bgsave` (checkpointing), `send_bulk` (sending files), `online` (streaming).
+    pub state: &'static str,
+    /// Last sequence the replica acknowledged as applied.
+    pub ack_seq: u64,
+    pub last_ack: Instant,
+}
+
+/// Status of this server's link to its leader, while a replica.
+#[derive(Debug)]
+pub(crate) struct LinkStatus {
+    pub host: String,
+    pub port: u16,
+    /// Set to end the link (REPLICAOF NO ONE, another REPLICAOF, shutdown).
+    pub stop: AtomicBool,
+    pub up: AtomicBool,
+    pub sync_in_progress: AtomicBool,
+    /// Leader's last sequence as last heard (heartbeats and batches).
+    pub leader_seq: AtomicU64,
+    pub last_io: Mutex<Instant>,
+}
+
+struct Link {
+    status: Arc<LinkStatus>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The replication state of a server.
+pub(crate) struct Replication {
+    pub ids: Mutex<Ids>,
+    pub replicas: Mutex<BTreeMap<u64, ReplicaEntry>>,
+    /// Signalled on every acknowledgement (WAIT waits on it).
+    pub acked: Condvar,
+    /// Bumped when the role changes: leader-side links of the old role end.
+    pub generation: AtomicU64,
+    link: Mutex<Option<Link>>,
+    /// `listening-port` each handshaking connection announced, by client id.
+    pub announced_ports: Mutex<HashMap<u64, u16>>,
+    pub read_only: AtomicBool,
+    pub min_replicas_to_write: AtomicUsize,
+    pub min_replicas_max_lag_seconds: AtomicU64,
+    pub sync_full: AtomicU64,
+    pub sync_partial_ok: AtomicU64,
+    pub sync_partial_err: AtomicU64,
+    /// (sequence, when it was first seen committed): for lag in seconds.
+    commit_times: Mutex<VecDeque<(u64, Instant)>>,
+    /// The server itself, for REPLICAOF (handlers see `&Server`; the link thread needs an `Arc`).
+    this: std::sync::OnceLock<std::sync::Weak<Server>>,
+}
+
+impl std::fmt::Debug for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replication").finish_non_exhaustive()
+    }
+}
+
+/// A fresh random replication id (40 hex digits, as Redis').
+pub(crate) fn new_replid() -> String {
+    (0..40)
+        .map(|_| char::from(b"0123456789abcdef"[rand::random::<usize>() % 16]))
+        .collect()
+}
+
+/// Where a replica remembers the id of the history its data belongs to: next to the data
+/// directory (the directory itself is the engine's and is replaced by a full sync).
+pub(crate) fn replid_path(dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.replid", dir.display()))
+}
+
+impl Replication {
+    /// State for a server starting with `config`; a replica takes up the id its data carries.
+    pub(crate) fn new(config: &ReplicationConfig, dir: &Path) -> Replication {
+        let remembered = std::fs::read_to_string(replid_path(dir))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| s.len() == 40 && config.replicaof.is_some());
+        Replication {
+            ids: Mutex::new(Ids {
+                replid: remembered.unwrap_or_else(new_replid),
+                replid2: "0".repeat(40),
+                replid2_seq: 0,
+            }),
+            replicas: Mutex::new(BTreeMap::new()),
+            acked: Condvar::new(),
+            generation: AtomicU64::new(0),
+            link: Mutex::new(None),
+            announced_ports: Mutex::new(HashMap::new()),
+            read_only: AtomicBool::new(config.replica_read_only),
+            min_replicas_to_write: AtomicUsize::new(config.min_replicas_to_write),
+            min_replicas_max_lag_seconds: AtomicU64::new(config.min_replicas_max_lag_seconds),
+            sync_full: AtomicU64::new(0),
+            sync_partial_ok: AtomicU64::new(0),
+            sync_partial_err: AtomicU64::new(0),
+            commit_times: Mutex::new(VecDeque::new()),
+            this: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Replicas whose last acknowledgement is recent enough (`min-replicas-max-lag`).
+    pub(crate) fn good_replicas(&self) -> usize {
+        let lag_max =
+            Duration::from_secs(self.min_replicas_max_lag_seconds.load(Ordering::Relaxed));
+        self.replicas
+            .lock()
+            .values()
+            .filter(|r| r.state == "online" && r.last_ack.elapsed() <= lag_max)
+            .count()
+    }
+
+    /// Replicas that acknowledged `seq`.
+    pub(crate) fn acked_count(&self, seq: u64) -> usize {
+        self.replicas
+            .lock()
+            .values()
+            .filter(|r| r.ack_seq >= seq)
+            .count()
+    }
+
+    /// Waits until `wanted` replicas acknowledged `seq` or `deadline`; the number that did.
+    pub(crate) fn wait_acks(&self, seq: u64, wanted: usize, deadline: Option<Instant>) -> usize {
+        let mut replicas = self.replicas.lock();
+        loop {
+            let acked = replicas.values().filter(|r| r.ack_seq >= seq).count();
+            if acked >= wanted {
+                return acked;
+            }
+            let step = Instant::now() + Duration::from_millis(100);
+            let until = deadline.map_or(step, |d| d.min(step));
+            let _ = self.acked.wait_until(&mut replicas, until);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return replicas.values().filter(|r| r.ack_seq >= seq).count();
+            }
+        }
+    }
+
+    /// Records the leader's last sequence now (the sampler task).
+    fn sample_commit(&self, seq: u64) {
+        let mut times = self.commit_times.lock();
+        if times.back().is_none_or(|&(last, _)| last < seq) {
+            times.push_back((seq, Instant::now()));
+            if times.len() > COMMIT_SAMPLES_MAX {
+                times.pop_front();
+            }
+        }
+    }
+
+    /// How long ago the first write a replica at `acked` lacks was committed (0 when it lacks
+    /// none): replication lag in time, to the sampler's 10 ms.
+    pub(crate) fn lag(&self, acked: u64, last_seq: u64) -> Duration {
+        if acked >= last_seq {
+            return Duration::ZERO;
+        }
+        let times = self.commit_times.lock();
+        times
+            .iter()
+            .find(|&&(seq, _)| seq > acked)
+            .or(times.front())
+            .map_or(Duration::ZERO, |&(_, at)| at.elapsed())
+    }
+
+    /// The link status while a replica.
+    pub(crate) fn link(&self) -> Option<Arc<LinkStatus>> {
+        self.link.lock().as_ref().map(|l| l.status.clone())
+    }
+}
+
+/// The error a write from a client gets, if it must be refused: `READONLY` on a read-only
+/// replica, `NOREPLICAS` when too few good replicas (`min-replicas-to-write`).
+pub(crate) fn write_refusal(server: &Server) -> Option<&'static str> {
+    let replication = &server.replication;
+    if server.keyspace.is_replica() && replication.read_only.load(Ordering::Relaxed) {
+        return Some("READONLY You can't write against a read only replica.");
+    }
+    let wanted = replication.min_replicas_to_write.load(Ordering::Relaxed);
+    if wanted > 0 && !server.keyspace.is_replica() && replication.good_replicas() < wanted {
+        return Some("NOREPLICAS Not enough good replicas to write.");
+    }
+    None
+}
+
+/// Starts the background work: the commit-time sampler, and the link to the configured
+/// leader if any.
+pub(crate) fn start(server: &Arc<Server>) {
+    let _ = server.replication.this.set(Arc::downgrade(server));
+    let configured = server.config.read().replication.replicaof.clone();
+    if let Some((host, port)) = configured {
+        follow(server, host, port);
+    }
+    let sampling = server.clone();
+    tokio::spawn(async move {
+        let mut shutdown = sampling.shutdown.subscribe();
+        let mut interval = tokio::time::interval(COMMIT_SAMPLE_PERIOD);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            let seq = sampling.keyspace.engine().last_sequence();
+            sampling.replication.sample_commit(seq);
+        }
+        stop_link(&sampling);
+    });
+}
+
+/// Becomes a replica of `host:port` (REPLICAOF host port): stops any previous link, drops
+/// this server's own replicas, and starts the link thread.
+pub(crate) fn follow(server: &Arc<Server>, host: String, port: u16) {
+    stop_link(server);
+    server.keyspace.set_replica(true);
+    server.replication.generation.fetch_add(1, Ordering::AcqRel);
+    let status = Arc::new(LinkStatus {
+        host,
+        port,
+        stop: AtomicBool::new(false),
+        up: AtomicBool::new(false),
+        sync_in_progress: AtomicBool::new(false),
+        leader_seq: AtomicU64::new(0),
+        last_io: Mutex::new(Instant::now()),
+    });
+    let thread = {
+        let server = server.clone();
+        let status = status.clone();
+        std::thread::Builder::new()
+            .name("replica-link".into())
+            .spawn(move || follower::run(server, status))
+            .expect("spawn replica link thread")
+    };
+    *server.replication.link.lock() = Some(Link {
+        status,
+        thread: Some(thread),
+    });
+}
+
+/// REPLICAOF host port from a command handler.
+pub(crate) fn follow_from_command(server: &Server, host: String, port: u16) -> bool {
+    match server
+        .replication
+        .this
+        .get()
+        .and_then(std::sync::Weak::upgrade)
+    {
+        Some(server) => {
+            follow(&server, host, port);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Ends the link to the leader, if any, and waits until no more batches are applied.
+pub(crate) fn stop_link(server: &Server) {
+    let link = server.replication.link.lock().take();
+    if let Some(mut link) = link {
+        link.status.stop.store(true, Ordering::Release);
+        if let Some(thread) = link.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// REPLICAOF NO ONE: stops following, keeps the data, starts a new history (the old id stays
+/// valid up to the current sequence, so the other replicas can continue from it).
+pub(crate) fn promote(server: &Server) {
+    stop_link(server);
+    let seq = server.keyspace.engine().last_sequence();
+    {
+        let mut ids = server.replication.ids.lock();
+        ids.replid2 = std::mem::replace(&mut ids.replid, new_replid());
+        ids.replid2_seq = seq;
+    }
+    server.keyspace.set_replica(false);
+    server.replication.generation.fetch_add(1, Ordering::AcqRel);
+    let dir = server.config.read().dir.clone();
+    let _ = std::fs::remove_file(replid_path(&dir));
+    tracing::info!(seq, "MASTER MODE enabled: promoted, data kept");
+}
+
+/// The `# Replication` section of INFO.
+pub(crate) fn info_section(server: &Server, out: &mut String) {
+    let replication = &server.replication;
+    let engine = server.keyspace.engine();
+    let last_seq = engine.last_sequence();
+    let ids = replication.ids.lock().clone();
+    out.push_str("# Replication\r\n");
+    match replication.link() {
+        Some(link) => {
+            let up = link.up.load(Ordering::Acquire);
+            let leader_seq = link.leader_seq.load(Ordering::Acquire).max(last_seq);
+            let _ = write!(
+                out,
+                "role:slave\r\nmaster_host:{}\r\nmaster_port:{}\r\nmaster_link_status:{}\r\nmaster_last_io_seconds_ago:{}\r\nmaster_sync_in_progress:{}\r\nslave_read_repl_offset:{last_seq}\r\nslave_repl_offset:{last_seq}\r\nslave_lag_seq:{}\r\nslave_priority:100\r\nslave_read_only:{}\r\nreplica_announced:1\r\n",
+                link.host,
+                link.port,
+                if up { "up" } else { "down" },
+                if up { link.last_io.lock().elapsed().as_secs() as i64 } else { -1 },
+                u8::from(link.sync_in_progress.load(Ordering::Acquire)),
+                leader_seq - last_seq,
+                u8::from(replication.read_only.load(Ordering::Relaxed)),
+            );
+        }
+        None => out.push_str("role:master\r\n"),
+    }
+    let replicas = replication.replicas.lock().clone();
+    let _ = write!(out, "connected_slaves:{}\r\n", replicas.len());
+    if replication.min_replicas_to_write.load(Ordering::Relaxed) > 0 {
+        let _ = write!(
+            out,
+            "min_slaves_good_slaves:{}\r\n",
+            replication.good_replicas()
+        );
+    }
+    for (i, replica) in replicas.values().enumerate() {
+        let lag = replication.lag(replica.ack_seq, last_seq);
+        let _ = write!(
+            out,
+            "slave{i}:ip={},port={},state={},offset={},lag={},lag_seq={},lag_ms={}\r\n",
+            replica.ip,
+            replica.port,
+            replica.state,
+            replica.ack_seq,
+            replica.last_ack.elapsed().as_secs(),
+            last_seq.saturating_sub(replica.ack_seq),
+            lag.as_millis(),
+        );
+    }
+    let (backlog_bytes, oldest) = engine.change_log_usage();
+    let _ = write!(
+        out,
+        "master_failover_state:no-failover\r\nmaster_replid:{}\r\nmaster_replid2:{}\r\nmaster_repl_offset:{last_seq}\r\nsecond_repl_offset:{}\r\nrepl_backlog_active:1\r\nrepl_backlog_size:{}\r\nrepl_backlog_first_byte_offset:{}\r\nrepl_backlog_histlen:{backlog_bytes}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n",
+        ids.replid,
+        ids.replid2,
+        if ids.replid2_seq > 0 { ids.replid2_seq as i64 + 1 } else { -1 },
+        server.config.read().replication.backlog_bytes,
+        oldest.unwrap_or(last_seq + 1),
+        replication.sync_full.load(Ordering::Relaxed),
+        replication.sync_partial_ok.load(Ordering::Relaxed),
+        replication.sync_partial_err.load(Ordering::Relaxed),
+    );
+}
+
+/// CONFIG GET of a replication setting; `None` if `name` is not one.
+pub(crate) fn param_get(server: &Server, name: &str) -> Option<String> {
+    let replication = &server.replication;
+    let config = server.config.read();
+    let r = &config.replication;
+    Some(match name {
+        "replicaof" | "slaveof" => match replication.link() {
+            Some(link) => format!("{} {}", link.host, link.port),
+            None => String::new(),
+        },
+        "masterauth" => r.masterauth.clone().unwrap_or_default(),
+        "masteruser" => r.masteruser.clone().unwrap_or_default(),
+        "replica-read-only" | "slave-read-only" => {
+            yes_no(replication.read_only.load(Ordering::Relaxed)).into()
+        }
+        "repl-backlog-size" => r.backlog_bytes.to_string(),
+        "min-replicas-to-write" | "min-slaves-to-write" => replication
+            .min_replicas_to_write
+            .load(Ordering::Relaxed)
+            .to_string(),
+        "min-replicas-max-lag" | "min-slaves-max-lag" => replication
+            .min_replicas_max_lag_seconds
+            .load(Ordering::Relaxed)
+            .to_string(),
+        _ => return None,
+    })
+}
+
+fn yes_no(on: bool) -> &'static str {
+    if on {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// CONFIG SET of a replication setting; `None` if `name` is not one.
+pub(crate) fn param_set(server: &Server, name: &str, value: &[u8]) -> Option<Result<(), String>> {
+    let text = String::from_utf8_lossy(value).into_owned();
+    let replication = &server.replication;
+    let number = || {
+        text.parse::<u64>()
+            .map_err(|_| "argument couldn't be parsed into an integer".to_string())
+    };
+    let boolean = || match text.to_ascii_lowercase().as_str() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err("argument must be 'yes' or 'no'".to_string()),
+    };
+    let result = match name {
+        "masterauth" => {
+            server.config.write().replication.masterauth = (!text.is_empty()).then_some(text);
+            Ok(())
+        }
+        "masteruser" => {
+            server.config.write().replication.masteruser = (!text.is_empty()).then_some(text);
+            Ok(())
+        }
+        "replica-read-only" | "slave-read-only" => boolean().map(|on| {
+            replication.read_only.store(on, Ordering::Relaxed);
+            server.config.write().replication.replica_read_only = on;
+        }),
+        "repl-backlog-size" => number().map(|bytes| {
+            let bytes = (bytes as usize).max(1 << 20);
+            server.keyspace.engine().set_change_log_capacity(bytes);
+            server.config.write().replication.backlog_bytes = bytes;
+        }),
+        "min-replicas-to-write" | "min-slaves-to-write" => number().map(|n| {
+            replication
+                .min_replicas_to_write
+                .store(n as usize, Ordering::Relaxed);
+            server.config.write().replication.min_replicas_to_write = n as usize;
+        }),
+        "min-replicas-max-lag" | "min-slaves-max-lag" => number().map(|n| {
+            replication
+                .min_replicas_max_lag_seconds
+                .store(n, Ordering::Relaxed);
+            server
+                .config
+                .write()
+                .replication
+                .min_replicas_max_lag_seconds = n;
+        }),
+        _ => return None,
+    };
+    Some(result)
+}
