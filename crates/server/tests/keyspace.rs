@@ -318,8 +318,12 @@ fn scan_walks_every_key_once_with_match_count_and_type() {
         err(&mut con, &["SCAN", "0", "BOGUS", "1"]),
         "ERR syntax error"
     );
+    // A cursor the server never handed out starts over (duplicates are allowed,
+    // a missed key is not).
     let (cursor, keys): (String, Vec<String>) = q(&mut con, &["SCAN", "123456789"]);
-    assert_eq!((cursor.as_str(), keys.len()), ("0", 0));
+    let (_, first): (String, Vec<String>) = q(&mut con, &["SCAN", "0"]);
+    assert_ne!(cursor, "0");
+    assert_eq!(keys, first);
 }
 
 #[test]
@@ -497,4 +501,28 @@ fn flushed_keys_are_cleared_in_the_background() {
     );
     assert_eq!(q::<String>(&mut con, &["FLUSHDB"]), "OK");
     assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
+}
+
+#[test]
+fn scan_with_a_cursor_from_before_a_restart_starts_over_and_misses_nothing() {
+    let mut server = Server::start_with(&["--appendfsync", "always"]);
+    let mut con = server.client();
+    q::<String>(&mut con, &["DEBUG", "POPULATE", "300"]);
+    let (cursor, first_page): (String, Vec<String>) = q(&mut con, &["SCAN", "0", "COUNT", "100"]);
+    assert_ne!(cursor, "0");
+    assert_eq!(first_page.len(), 100);
+    server.restart();
+    let mut con = server.client();
+    // The server forgot the cursor: it must not end the scan early.
+    let mut seen: BTreeSet<String> = first_page.into_iter().collect();
+    let mut cursor = cursor;
+    loop {
+        let (next, keys): (String, Vec<String>) = q(&mut con, &["SCAN", &cursor, "COUNT", "100"]);
+        seen.extend(keys);
+        cursor = next;
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 300, "every key seen at least once");
 }

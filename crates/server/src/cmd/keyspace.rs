@@ -211,9 +211,11 @@ fn scan_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
     } else {
         match ctx.server.scan_cursors.lock().get(cursor) {
             Some(position) if position.db == db => Some(position.last_key),
-            // Unknown or forgotten cursor (or another db's): an empty last page, so a client
-            // never loops; see docs/server.md.
-            _ => return Ok(scan_reply(0, Vec::new())),
+            // Unknown or forgotten cursor (from before a restart, evicted, or another db's):
+            // start over. SCAN may return a key twice but must never miss one that existed
+            // for the whole scan, so restarting is the only answer that keeps the guarantee;
+            // see docs/server.md.
+            _ => None,
         }
     };
     let count = count.min(SCAN_COUNT_MAX) as usize;
