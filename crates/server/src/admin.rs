@@ -1,16 +1,17 @@
-//! The admin HTTP port: `/health`, `/ready` and `/metrics` (Prometheus text format) for
-//! orchestrators and monitoring. A deliberately tiny HTTP/1.0 responder: one request per
-//! connection, request head bounded, no keep-alive.
+//! The admin HTTP port: `/health`, `/ready` (JSON bodies) and `/metrics` (Prometheus text
+//! format) for orchestrators and monitoring. A deliberately tiny HTTP/1.0 responder: one
+//! request per connection, request head bounded, no keep-alive.
+//!
+//! It listens from before the data directory is opened: `/health` is 200 as soon as the
+//! process is up, `/ready` is 503 `recovering` until recovery finished and the client port
+//! accepts commands, and 503 `stopping` once shutdown began.
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::keyspace::DATABASES;
 use crate::server::Server;
 
 /// Largest request head read; longer requests get 431.
@@ -19,21 +20,42 @@ const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// How long a client may take to send its request head.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves the admin port until shutdown.
-pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener) {
-    let mut shutdown = server.shutdown.subscribe();
+/// Most admin requests answered at once; more wait in the listen backlog, so a flood of
+/// scrapes cannot spawn unbounded tasks.
+const CONCURRENT_REQUESTS_MAX: usize = 64;
+
+/// What the admin port knows: nothing until the server exists.
+#[derive(Debug, Default)]
+pub(crate) struct AdminState {
+    server: OnceLock<Arc<Server>>,
+}
+
+impl AdminState {
+    /// Recovery finished: `/ready` and `/metrics` answer from `server` from now on.
+    pub(crate) fn ready(&self, server: Arc<Server>) {
+        let _ = self.server.set(server);
+        tracing::info!("ready: recovery finished, accepting commands");
+    }
+}
+
+/// Serves the admin port until the task is aborted (after shutdown).
+pub(crate) async fn serve(state: Arc<AdminState>, listener: TcpListener) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS_MAX));
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => return,
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
         };
-        if let Ok((stream, _)) = accepted {
-            tokio::spawn(answer(server.clone(), stream));
+        if let Ok((stream, _)) = listener.accept().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                answer(&state, stream).await;
+                drop(permit);
+            });
         }
     }
 }
 
-async fn answer(server: Arc<Server>, mut stream: TcpStream) {
+async fn answer(state: &AdminState, mut stream: TcpStream) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -50,113 +72,67 @@ async fn answer(server: Arc<Server>, mut stream: TcpStream) {
         Some(())
     })
     .await;
-    let (status, body) = match read {
-        Ok(Some(())) => route(&server, &head),
-        Ok(None) => ("431 Request Header Fields Too Large", String::new()),
+    let (status, content_type, body) = match read {
+        Ok(Some(())) => route(state, &head),
+        Ok(None) => ("431 Request Header Fields Too Large", TEXT, String::new()),
         Err(_) => return,
     };
     let response = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
 }
 
-fn route(server: &Server, head: &[u8]) -> (&'static str, String) {
+const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const JSON: &str = "application/json";
+
+fn route(state: &AdminState, head: &[u8]) -> (&'static str, &'static str, String) {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let method = parts.next().unwrap_or_default();
     let path = parts.next().unwrap_or_default();
     if method != b"GET" && method != b"HEAD" {
-        return ("405 Method Not Allowed", String::new());
+        return ("405 Method Not Allowed", TEXT, String::new());
     }
-    let stopping = *server.shutdown.borrow();
+    let server = state.server.get();
+    let stopping = server.is_some_and(|s| *s.shutdown.borrow());
+    let uptime = server.map(|s| s.started.elapsed().as_secs()).unwrap_or(0);
     match path {
-        b"/health" => ("200 OK", "ok\n".into()),
-        b"/ready" if stopping => ("503 Service Unavailable", "shutting down\n".into()),
-        b"/ready" => ("200 OK", "ready\n".into()),
-        b"/metrics" => ("200 OK", metrics(server)),
-        _ => ("404 Not Found", "not found\n".into()),
+        b"/health" => (
+            "200 OK",
+            JSON,
+            format!("{{\"status\":\"alive\",\"uptime_seconds\":{uptime}}}\n"),
+        ),
+        b"/ready" => match server {
+            None => (
+                "503 Service Unavailable",
+                JSON,
+                "{\"ready\":false,\"state\":\"recovering\"}\n".into(),
+            ),
+            Some(_) if stopping => (
+                "503 Service Unavailable",
+                JSON,
+                "{\"ready\":false,\"state\":\"stopping\"}\n".into(),
+            ),
+            Some(server) => match server.keyspace.engine().stats().write_error {
+                Some(_) => (
+                    "503 Service Unavailable",
+                    JSON,
+                    "{\"ready\":false,\"state\":\"writes_refused\"}\n".into(),
+                ),
+                None => (
+                    "200 OK",
+                    JSON,
+                    "{\"ready\":true,\"state\":\"serving\"}\n".into(),
+                ),
+            },
+        },
+        b"/metrics" => match server {
+            Some(server) => ("200 OK", TEXT, crate::metrics::render(server)),
+            None => ("503 Service Unavailable", TEXT, "# recovering\n".into()),
+        },
+        _ => ("404 Not Found", TEXT, "not found\n".into()),
     }
-}
-
-/// Prometheus text exposition of the server's counters.
-pub(crate) fn metrics(server: &Server) -> String {
-    let stats = &server.stats;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = write!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        );
-    };
-    metric(
-        "ringkv_connected_clients",
-        "gauge",
-        "Open client connections.",
-        server.clients.lock().len() as u64,
-    );
-    metric(
-        "ringkv_connections_received_total",
-        "counter",
-        "Connections accepted since start.",
-        stats.total_connections_received.load(Ordering::Relaxed),
-    );
-    metric(
-        "ringkv_commands_processed_total",
-        "counter",
-        "Commands processed since start.",
-        stats.total_commands_processed.load(Ordering::Relaxed),
-    );
-    metric(
-        "ringkv_error_replies_total",
-        "counter",
-        "Error replies sent.",
-        stats.total_error_replies.load(Ordering::Relaxed),
-    );
-    metric(
-        "ringkv_expired_keys_total",
-        "counter",
-        "Keys removed by the expiry sweep.",
-        server.keyspace.expired_keys(),
-    );
-    metric(
-        "ringkv_engine_last_sequence",
-        "gauge",
-        "Sequence number of the engine's last write.",
-        server.keyspace.engine().last_sequence(),
-    );
-    metric(
-        "ringkv_uptime_seconds",
-        "gauge",
-        "Seconds since the server started.",
-        server.started.elapsed().as_secs(),
-    );
-    out.push_str(
-        "# HELP ringkv_keys Keys per logical database (DBSIZE).\n# TYPE ringkv_keys gauge\n",
-    );
-    for db in 0..DATABASES {
-        let _ = writeln!(
-            out,
-            "ringkv_keys{{db=\"{db}\"}} {}",
-            server.keyspace.dbsize(db)
-        );
-    }
-    out.push_str("# HELP ringkv_command_calls_total Calls per command.\n# TYPE ringkv_command_calls_total counter\n");
-    for (spec, command) in crate::cmd::registry()
-        .specs()
-        .iter()
-        .zip(&server.command_stats)
-    {
-        let calls = command.calls.load(Ordering::Relaxed);
-        if calls > 0 {
-            let _ = writeln!(
-                out,
-                "ringkv_command_calls_total{{cmd=\"{}\"}} {calls}",
-                spec.name
-            );
-        }
-    }
-    out
 }

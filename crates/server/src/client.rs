@@ -41,6 +41,8 @@ pub(crate) struct Client {
     pub pending_sync_seq: u64,
     /// Set by PSYNC: the connection becomes a replication link once the reply is out.
     pub handoff: Option<crate::replication::leader::Handoff>,
+    /// The ACL user this connection acts as (`default` until AUTH names another).
+    pub acl: crate::acl::Session,
 }
 
 impl Client {
@@ -57,6 +59,7 @@ impl Client {
             no_reply: false,
             pending_sync_seq: 0,
             handoff: None,
+            acl: crate::acl::Session::new(),
         }
     }
 

@@ -45,7 +45,104 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// Replication: leader to follow, its credentials, backlog, write guards.
     pub replication: crate::replication::ReplicationConfig,
+    /// Bytes the in-memory parts (memtables) may hold before writes are refused with -OOM;
+    /// 0: no limit (Redis' `maxmemory`, policy `noeviction`).
+    pub maxmemory: u64,
+    /// Seconds a client may stay idle before it is closed; 0: never (Redis' `timeout`).
+    pub timeout_seconds: u64,
+    /// Pending reply bytes a client may have before it is closed (slow readers); 0: no limit.
+    pub output_buffer_bytes_max: usize,
+    /// Refuse non-loopback clients when no password is set and `bind` is not loopback only.
+    pub protected_mode: bool,
+    /// TLS client port (`tls-port`); `None`: no TLS listener.
+    pub tls_port: Option<u16>,
+    /// PEM certificate chain for TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for TLS.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA: when set, TLS clients must present a certificate it signed.
+    pub tls_ca_cert_file: Option<PathBuf>,
+    /// Commands slower than this many µs enter the slow log; negative: off.
+    pub slowlog_log_slower_than: i64,
+    /// Most slow log entries.
+    pub slowlog_max_len: usize,
+    /// Latency monitor threshold in ms; 0: off.
+    pub latency_monitor_threshold: u64,
+    /// Test seam: treat loopback peers as remote in the protected-mode check, so the refusal
+    /// can be tested on 127.0.0.1 (see docs/config.md). Never set by the binary.
+    #[doc(hidden)]
+    pub protected_mode_loopback_is_remote: bool,
+    /// Test seam: start-up waits for this after binding the admin port and before opening the
+    /// data directory, so tests can observe `/ready` during recovery. Never set by the binary.
+    #[doc(hidden)]
+    pub recovery_gate: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
+
+/// CONFIG REWRITE: writes the current settings into the config file, keeping keys it does not
+/// manage (and their order), through a temporary file and a rename so a crash leaves the old or
+/// the new file, never half of one.
+pub(crate) fn rewrite(config: &Config) -> Result<(), String> {
+    let Some(path) = &config.config_file else {
+        return Err("The server is running without a config file".into());
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
+    let int = |v: u64| toml::Value::Integer(v.min(i64::MAX as u64) as i64);
+    let mut set = |key: &str, value: toml::Value| {
+        table.remove(&key.replace('-', "_"));
+        table.insert(key.to_string(), value);
+    };
+    set("port", int(u64::from(config.port)));
+    set("bind", toml::Value::String(config.bind.clone()));
+    set("dir", toml::Value::String(config.dir.display().to_string()));
+    set(
+        "appendfsync",
+        toml::Value::String(config.appendfsync.to_string()),
+    );
+    set("loglevel", toml::Value::String(config.loglevel.clone()));
+    set("proto-max-bulk-len", int(config.proto_max_bulk_len as u64));
+    set("maxclients", int(config.maxclients as u64));
+    set(
+        "client-query-buffer-limit",
+        int(config.query_buffer_bytes_max as u64),
+    );
+    set(
+        "client-output-buffer-limit",
+        int(config.output_buffer_bytes_max as u64),
+    );
+    set("maxmemory", int(config.maxmemory));
+    set("timeout", int(config.timeout_seconds));
+    set(
+        "protected-mode",
+        toml::Value::Boolean(config.protected_mode),
+    );
+    set(
+        "slowlog-log-slower-than",
+        toml::Value::Integer(config.slowlog_log_slower_than),
+    );
+    set("slowlog-max-len", int(config.slowlog_max_len as u64));
+    set(
+        "latency-monitor-threshold",
+        int(config.latency_monitor_threshold),
+    );
+    match &config.requirepass {
+        Some(password) => set("requirepass", toml::Value::String(password.clone())),
+        None => {
+            table.remove("requirepass");
+        }
+    }
+    let body = toml::to_string(&table).map_err(|e| e.to_string())?;
+    let temporary = path.with_extension("toml.rewrite");
+    std::fs::write(&temporary, body)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Default for [`Config::output_buffer_bytes_max`]: 256 MiB, as Redis' pubsub hard limit; a
+/// normal client that lets this much reply data pile up is not reading.
+pub const OUTPUT_BUFFER_BYTES_MAX_DEFAULT: usize = 256 << 20;
 
 impl Default for Config {
     fn default() -> Config {
@@ -66,6 +163,19 @@ impl Default for Config {
             loglevel: "notice".into(),
             config_file: None,
             replication: crate::replication::ReplicationConfig::default(),
+            maxmemory: 0,
+            timeout_seconds: 0,
+            output_buffer_bytes_max: OUTPUT_BUFFER_BYTES_MAX_DEFAULT,
+            protected_mode: true,
+            tls_port: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_cert_file: None,
+            slowlog_log_slower_than: crate::slowlog::SLOWLOG_SLOWER_THAN_MICROS_DEFAULT,
+            slowlog_max_len: crate::slowlog::SLOWLOG_LEN_MAX_DEFAULT,
+            latency_monitor_threshold: 0,
+            protected_mode_loopback_is_remote: false,
+            recovery_gate: None,
         }
     }
 }

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use ringkv_engine::FsyncPolicy;
 use ringkv_protocol::{parse_request, Frame, Limits};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::client::Client;
 use crate::cmd;
@@ -33,18 +32,21 @@ impl Drop for Registration {
     }
 }
 
-/// Serves one connection until the client leaves, is killed, errs, or the server stops.
-pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<ClientHandle>) {
+/// Serves one connection (plain TCP or TLS) until the client leaves, is killed, errs, idles past
+/// `timeout`, or the server stops.
+pub(crate) async fn serve<S>(server: Arc<Server>, stream: S, handle: Arc<ClientHandle>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let _registration = Registration {
         server: server.clone(),
         id: handle.id,
     };
-    let _ = stream.set_nodelay(true);
-    let authenticated = server.config.read().requirepass.is_none();
+    let authenticated = server.acl.default_is_open();
     let always = server.config.read().appendfsync == FsyncPolicy::Always;
     let mut client = Client::new(handle.clone(), authenticated);
     let mut shutdown = server.shutdown.subscribe();
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut input = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
     let mut output = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
     loop {
@@ -52,10 +54,22 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
         if input.capacity() - input.len() < INPUT_BUFFER_BYTES / 2 {
             input.reserve(INPUT_BUFFER_BYTES * 4);
         }
+        let idle_seconds_max = server.config.read().timeout_seconds;
+        let idle = async {
+            if idle_seconds_max == 0 {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(idle_seconds_max)).await;
+        };
         let read = tokio::select! {
             read = reader.read_buf(&mut input) => read,
             _ = handle.kill.notified() => break,
             _ = shutdown.wait_for(|stop| *stop) => break,
+            () = idle => {
+                server.metrics.idle_disconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(client = handle.id, seconds = idle_seconds_max, "closing idle client");
+                break;
+            }
         };
         match read {
             Ok(0) | Err(_) => break,
@@ -72,6 +86,12 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
         // Read each batch, so CONFIG SET proto-max-bulk-len / client-query-buffer-limit apply to
         // connections already open.
         let (limits, query_buffer_bytes_max) = current_limits(&server);
+        let output_bytes_max = server.config.read().output_buffer_bytes_max;
+        // Write out before the limit is reached, so only a single over-large reply trips it.
+        let flush_bytes = match output_bytes_max {
+            0 => OUTPUT_FLUSH_BYTES,
+            limit => OUTPUT_FLUSH_BYTES.min(limit),
+        };
         let mut close = false;
         loop {
             match parse_request(&mut input, &limits) {
@@ -85,7 +105,21 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
                         close = true;
                         break;
                     }
-                    if output.len() >= OUTPUT_FLUSH_BYTES
+                    if output_bytes_max > 0 && output.len() > output_bytes_max {
+                        // A reply (or a pipeline of them) larger than the limit: Redis' hard
+                        // `client-output-buffer-limit` closes such a client rather than hold it.
+                        server
+                            .metrics
+                            .output_limit_disconnects
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            client = handle.id,
+                            bytes = output.len(),
+                            "closing client that exceeded the output buffer limit"
+                        );
+                        return;
+                    }
+                    if output.len() >= flush_bytes
                         && !flush(&server, &mut client, &mut writer, &mut output, always).await
                     {
                         return;
@@ -107,7 +141,15 @@ pub(crate) async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<Cl
         if !flush(&server, &mut client, &mut writer, &mut output, always).await || close {
             if let Some(handoff) = client.handoff.take() {
                 // PSYNC: the connection now carries the replication stream.
-                crate::replication::leader::serve(server.clone(), reader, writer, input, handoff, handle.id).await;
+                crate::replication::leader::serve(
+                    server.clone(),
+                    reader,
+                    writer,
+                    input,
+                    handoff,
+                    handle.id,
+                )
+                .await;
                 return;
             }
             break;
@@ -141,17 +183,19 @@ fn current_limits(server: &Server) -> (Limits, usize) {
 
 /// Makes the batch's writes durable, then writes the replies. False if the connection must
 /// close.
-async fn flush(
+async fn flush<W: AsyncWrite + Unpin>(
     server: &Arc<Server>,
     client: &mut Client,
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    writer: &mut W,
     output: &mut BytesMut,
     always: bool,
 ) -> bool {
     let seq = std::mem::take(&mut client.pending_sync_seq);
     if seq > 0 {
         let engine = server.keyspace.engine().clone();
-        let synced = if always {
+        // `always` is the policy when the connection opened; CONFIG SET appendfsync may have
+        // changed it since (the engine's sync follows the live policy either way).
+        let synced = if always || engine.fsync_policy() == FsyncPolicy::Always {
             tokio::task::spawn_blocking(move || engine.sync(seq))
                 .await
                 .unwrap_or_else(|e| {
@@ -168,6 +212,7 @@ async fn flush(
             output.clear();
             crate::errors::engine_error_frame(&error).encode(client.resp(), output);
             let _ = writer.write_all(output).await;
+            let _ = writer.flush().await;
             return false;
         }
     }
@@ -178,7 +223,8 @@ async fn flush(
         .stats
         .total_net_output_bytes
         .fetch_add(output.len() as u64, Ordering::Relaxed);
-    let written = writer.write_all(output).await.is_ok();
+    // flush: TLS streams hold records until flushed; for TCP it is free.
+    let written = writer.write_all(output).await.is_ok() && writer.flush().await.is_ok();
     output.clear();
     if output.capacity() > OUTPUT_FLUSH_BYTES * 2 {
         *output = BytesMut::with_capacity(INPUT_BUFFER_BYTES);

@@ -13,6 +13,7 @@
 //! Entry point: [`run`] serves a [`Config`] until SHUTDOWN or
 //! [`ShutdownHandle::shutdown`]. The design notes are in `docs/server.md`.
 
+mod acl;
 mod admin;
 mod args;
 mod client;
@@ -23,17 +24,23 @@ mod errors;
 mod glob;
 mod keys;
 mod keyspace;
+mod metrics;
 mod replication;
 mod server;
+mod slowlog;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use config::{Config, MAXCLIENTS_DEFAULT, QUERY_BUFFER_BYTES_MAX_DEFAULT};
+pub use config::{
+    Config, MAXCLIENTS_DEFAULT, OUTPUT_BUFFER_BYTES_MAX_DEFAULT, QUERY_BUFFER_BYTES_MAX_DEFAULT,
+};
 pub use replication::{parse_replicaof, ReplicationConfig, BACKLOG_BYTES_DEFAULT};
 pub use ringkv_engine::FsyncPolicy;
+pub use tls::TlsError;
 
 use crate::server::{ClientHandle, ClientInfo, Server};
 
@@ -58,6 +65,17 @@ pub enum ServerError {
     /// The engine could not open or close the data directory.
     #[error("storage: {0}")]
     Engine(#[from] ringkv_engine::Error),
+    /// The TLS certificate, key or CA could not be loaded.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    /// A setting is missing or contradicts another; names the setting.
+    #[error("invalid setting {key}: {why}")]
+    Setting {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong.
+        why: String,
+    },
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -87,13 +105,27 @@ impl ShutdownHandle {
 pub struct Bound {
     server: Arc<Server>,
     listener: tokio::net::TcpListener,
-    admin: Option<tokio::net::TcpListener>,
+    /// The admin HTTP task, serving since before recovery.
+    admin: Option<tokio::task::JoinHandle<()>>,
+    admin_addr: Option<SocketAddr>,
+    /// TLS listener and its acceptor (`tls-port`).
+    tls: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
 impl Bound {
     /// The address the server listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The admin HTTP address, if it listens.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The TLS address, if it listens.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// A handle that stops the server.
@@ -109,20 +141,24 @@ impl Bound {
             server,
             listener,
             admin,
+            tls,
+            ..
         } = self;
-        let mut background = vec![
+        let background = vec![
             tokio::spawn(expire_task(server.clone())),
             tokio::spawn(drop_task(server.clone())),
         ];
-        if let Some(admin) = admin {
-            background.push(tokio::spawn(admin::serve(server.clone(), admin)));
-        }
+        let (tls_listener, tls_acceptor) = match tls {
+            Some((listener, acceptor)) => (Some(listener), Some(acceptor)),
+            None => (None, None),
+        };
         replication::start(&server);
         let mut shutdown = server.shutdown.subscribe();
         let mut connections = tokio::task::JoinSet::new();
         loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+            let (accepted, secure) = tokio::select! {
+                accepted = listener.accept() => (accepted, false),
+                accepted = accept_optional(tls_listener.as_ref()) => (accepted, true),
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             };
@@ -134,48 +170,46 @@ impl Bound {
                     continue;
                 }
             };
-            server
-                .stats
-                .total_connections_received
-                .fetch_add(1, Ordering::Relaxed);
-            let maxclients = server.config.read().maxclients;
-            if server.clients.lock().len() >= maxclients {
-                server
-                    .stats
-                    .rejected_connections
-                    .fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    use tokio::io::AsyncWriteExt;
-                    let mut stream = stream;
-                    let _ = stream
-                        .write_all(b"-ERR max number of clients reached\r\n")
-                        .await;
-                });
-                continue;
-            }
             let laddr = stream.local_addr().unwrap_or(addr);
-            let id = server.next_client_id.fetch_add(1, Ordering::Relaxed);
-            let now = Instant::now();
-            let handle = Arc::new(ClientHandle {
-                id,
-                info: parking_lot::Mutex::new(ClientInfo {
-                    addr,
-                    laddr,
-                    name: bytes::Bytes::new(),
-                    db: 0,
-                    resp: ringkv_protocol::RespVersion::Resp2,
-                    created: now,
-                    last_command: now,
-                    last_command_name: String::new(),
-                    multi: -1,
-                    lib_name: bytes::Bytes::new(),
-                    lib_ver: bytes::Bytes::new(),
-                }),
-                killed: std::sync::atomic::AtomicBool::new(false),
-                kill: tokio::sync::Notify::new(),
-            });
-            server.clients.lock().insert(id, handle.clone());
-            connections.spawn(connection::serve(server.clone(), stream, handle));
+            let handle = match admit(&server, addr, laddr) {
+                Ok(handle) => handle,
+                Err(refusal) => {
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        let mut stream = stream;
+                        let _ = stream.write_all(refusal.as_bytes()).await;
+                    });
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            match (&tls_acceptor, secure) {
+                (Some(acceptor), true) => {
+                    let acceptor = acceptor.clone();
+                    let server = server.clone();
+                    connections.spawn(async move {
+                        let handshake =
+                            tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await;
+                        match handshake {
+                            Ok(Ok(tls_stream)) => {
+                                connection::serve(server, tls_stream, handle).await;
+                            }
+                            Ok(Err(error)) => {
+                                tracing::info!(client = %addr, %error, "TLS handshake failed");
+                                server.clients.lock().remove(&handle.id);
+                            }
+                            Err(_) => {
+                                tracing::info!(client = %addr, "TLS handshake timed out");
+                                server.clients.lock().remove(&handle.id);
+                            }
+                        }
+                    });
+                }
+                _ => {
+                    connections.spawn(connection::serve(server.clone(), stream, handle));
+                }
+            }
         }
         drop(listener);
         tracing::info!("shutting down: closing connections");
@@ -186,6 +220,9 @@ impl Bound {
         connections.abort_all();
         for task in background {
             let _ = task.await;
+        }
+        if let Some(admin) = admin {
+            admin.abort();
         }
         let closing = server.clone();
         tokio::task::spawn_blocking(move || {
@@ -199,8 +236,57 @@ impl Bound {
     }
 }
 
-/// Opens the data directory and binds the listening socket.
+/// Binds the admin port first (so `/health` answers and `/ready` says "recovering" while the
+/// data directory opens), opens the data directory, then binds the client and TLS ports.
 pub async fn bind(config: Config) -> Result<Bound, ServerError> {
+    let tls_acceptor = match (
+        &config.tls_port,
+        &config.tls_cert_file,
+        &config.tls_key_file,
+    ) {
+        (None, _, _) => None,
+        (Some(_), Some(cert), Some(key)) => Some(tls::acceptor(
+            cert,
+            key,
+            config.tls_ca_cert_file.as_deref(),
+        )?),
+        (Some(_), None, _) => {
+            return Err(ServerError::Setting {
+                key: "tls-cert-file",
+                why: "required when tls-port is set".into(),
+            })
+        }
+        (Some(_), _, None) => {
+            return Err(ServerError::Setting {
+                key: "tls-key-file",
+                why: "required when tls-port is set".into(),
+            })
+        }
+    };
+    let admin_state = Arc::new(admin::AdminState::default());
+    let (admin, admin_addr) = match config.admin_port {
+        Some(port) => {
+            let admin_addr = format!("{}:{}", config.bind, port);
+            let admin = tokio::net::TcpListener::bind(&admin_addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: admin_addr,
+                    source,
+                })?;
+            let local = admin.local_addr().ok();
+            if let Some(local) = local {
+                tracing::info!(addr = %local, "Admin HTTP ready (/health /ready /metrics)");
+            }
+            (
+                Some(tokio::spawn(admin::serve(admin_state.clone(), admin))),
+                local,
+            )
+        }
+        None => (None, None),
+    };
+    if let Some(gate) = &config.recovery_gate {
+        gate.notified().await;
+    }
     let mut options = ringkv_engine::Options {
         fsync: config.appendfsync,
         memtable_bytes_max: config.memtable_bytes_max,
@@ -211,12 +297,22 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
     options.change_log_bytes_max = config.replication.backlog_bytes;
     let replica = config.replication.replicaof.is_some();
     let dir = config.dir.clone();
-    let keyspace = tokio::task::spawn_blocking(move || {
+    let opened = tokio::task::spawn_blocking(move || {
         let engine = ringkv_engine::Db::open(&dir, options)?;
+        log_recovery(&engine);
         keyspace::Keyspace::open(engine, replica)
     })
     .await
-    .expect("open task")?;
+    .expect("open task");
+    let keyspace = match opened {
+        Ok(keyspace) => keyspace,
+        Err(error) => {
+            if let Some(admin) = admin {
+                admin.abort();
+            }
+            return Err(error.into());
+        }
+    };
     let addr = format!("{}:{}", config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -224,21 +320,22 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
             addr: addr.clone(),
             source,
         })?;
-    let admin = match config.admin_port {
-        Some(port) => {
-            let admin_addr = format!("{}:{}", config.bind, port);
-            let admin = tokio::net::TcpListener::bind(&admin_addr)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: admin_addr,
-                    source,
-                })?;
-            if let Ok(local) = admin.local_addr() {
-                tracing::info!(addr = %local, "Admin HTTP ready (/health /ready /metrics)");
+    let tls = match (config.tls_port, tls_acceptor) {
+        (Some(port), Some(acceptor)) => {
+            let tls_addr = format!("{}:{}", config.bind, port);
+            let tls_listener =
+                tokio::net::TcpListener::bind(&tls_addr)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr: tls_addr,
+                        source,
+                    })?;
+            if let Ok(local) = tls_listener.local_addr() {
+                tracing::info!(addr = %local, "Ready to accept connections tls");
             }
-            Some(admin)
+            Some((tls_listener, acceptor))
         }
-        None => None,
+        _ => None,
     };
     let server = Arc::new(Server::new(keyspace, config));
     if let Ok(local) = listener.local_addr() {
@@ -247,11 +344,113 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
             .store(u64::from(local.port()), Ordering::Relaxed);
         tracing::info!(addr = %local, "Ready to accept connections tcp");
     }
+    admin_state.ready(server.clone());
     Ok(Bound {
         server,
         listener,
         admin,
+        admin_addr,
+        tls,
     })
+}
+
+/// Accepts on `listener`, or waits forever if there is none (an optional arm of `select!`).
+async fn accept_optional(
+    listener: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Registers a new connection, or the reply that refuses it (maxclients, protected mode).
+fn admit(
+    server: &Arc<Server>,
+    addr: SocketAddr,
+    laddr: SocketAddr,
+) -> Result<Arc<ClientHandle>, &'static str> {
+    server
+        .stats
+        .total_connections_received
+        .fetch_add(1, Ordering::Relaxed);
+    let (maxclients, protected_mode, loopback_is_remote) = {
+        let config = server.config.read();
+        (
+            config.maxclients,
+            config.protected_mode,
+            config.protected_mode_loopback_is_remote,
+        )
+    };
+    if acl::protected_mode_refuses(
+        protected_mode,
+        server.acl.default_is_open(),
+        addr.ip(),
+        loopback_is_remote,
+    ) {
+        server
+            .stats
+            .rejected_connections
+            .fetch_add(1, Ordering::Relaxed);
+        server
+            .metrics
+            .protected_rejections
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(client = %addr, "refused a remote client: protected mode");
+        return Err(acl::PROTECTED_MODE_DENIED);
+    }
+    if server.clients.lock().len() >= maxclients {
+        server
+            .stats
+            .rejected_connections
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(client = %addr, maxclients, "refused a client: maxclients reached");
+        return Err("-ERR max number of clients reached\r\n");
+    }
+    let id = server.next_client_id.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    let handle = Arc::new(ClientHandle {
+        id,
+        info: parking_lot::Mutex::new(ClientInfo {
+            addr,
+            laddr,
+            name: bytes::Bytes::new(),
+            db: 0,
+            resp: ringkv_protocol::RespVersion::Resp2,
+            created: now,
+            last_command: now,
+            last_command_name: String::new(),
+            multi: -1,
+            lib_name: bytes::Bytes::new(),
+            lib_ver: bytes::Bytes::new(),
+        }),
+        killed: std::sync::atomic::AtomicBool::new(false),
+        kill: tokio::sync::Notify::new(),
+    });
+    server.clients.lock().insert(id, handle.clone());
+    Ok(handle)
+}
+
+/// Says what the engine's open recovered from the WAL and how long it took.
+fn log_recovery(engine: &ringkv_engine::Db) {
+    let recovery = engine.stats().recovery;
+    if recovery.wal_bytes_dropped > 0 {
+        tracing::warn!(
+            dropped_bytes = recovery.wal_bytes_dropped,
+            "WAL tail was torn (a crash mid-write); the unreadable tail was cut off"
+        );
+    }
+    tracing::info!(
+        wal_ops = recovery.wal_ops,
+        wal_bytes = recovery.wal_bytes,
+        wal_bytes_dropped = recovery.wal_bytes_dropped,
+        millis = recovery.duration_ms,
+        last_sequence = engine.last_sequence(),
+        "storage opened: replayed {} WAL operations ({} bytes) in {} ms",
+        recovery.wal_ops,
+        recovery.wal_bytes,
+        recovery.duration_ms
+    );
 }
 
 /// Serves `config` until shutdown.

@@ -142,6 +142,12 @@ pub struct Server {
     pub(crate) clients: Mutex<BTreeMap<u64, Arc<ClientHandle>>>,
     pub(crate) next_client_id: AtomicU64,
     pub(crate) stats: Stats,
+    /// Latency histograms and operator counters (`crate::metrics`).
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// SLOWLOG and LATENCY.
+    pub(crate) slowlog: crate::slowlog::SlowLog,
+    /// Users and permissions (`requirepass` is the `default` user's password).
+    pub(crate) acl: crate::acl::Acl,
     pub(crate) command_stats: Vec<CommandStats>,
     /// Leader and replica state (`crate::replication`).
     pub(crate) replication: crate::replication::Replication,
@@ -172,6 +178,12 @@ pub(crate) fn unix_seconds() -> u64 {
 
 impl Server {
     pub(crate) fn new(keyspace: Keyspace, config: Config) -> Server {
+        let slowlog = crate::slowlog::SlowLog::new(
+            config.slowlog_log_slower_than,
+            config.slowlog_max_len,
+            config.latency_monitor_threshold,
+        );
+        let acl = crate::acl::Acl::new(config.requirepass.as_deref());
         let replication = crate::replication::Replication::new(&config.replication, &config.dir);
         let run_id: String = (0..40)
             .map(|_| char::from(b"0123456789abcdef"[rand::random::<usize>() % 16]))
@@ -183,6 +195,9 @@ impl Server {
             clients: Mutex::new(BTreeMap::new()),
             next_client_id: AtomicU64::new(1),
             stats: Stats::default(),
+            metrics: crate::metrics::Metrics::new(crate::cmd::registry().len()),
+            slowlog,
+            acl,
             replication,
             command_stats: (0..crate::cmd::registry().len())
                 .map(|_| CommandStats::default())

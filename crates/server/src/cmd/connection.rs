@@ -174,23 +174,28 @@ fn select(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     }))
 }
 
+/// AUTH / HELLO AUTH through the ACL users (`default` holds `requirepass`). Passwords are
+/// compared in constant time there and never logged.
 fn check_password(ctx: &mut Ctx<'_>, username: Option<&[u8]>, password: &[u8]) -> CmdResult<()> {
-    let required = ctx.server.config.read().requirepass.clone();
-    let user_ok = username.is_none_or(|u| u == b"default");
-    match required {
-        None if username.is_none() => Err(CmdError::msg(
+    let acl = &ctx.server.acl;
+    if username.is_none() && acl.default_is_open() {
+        return Err(CmdError::msg(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        )),
-        None if user_ok => {
-            ctx.client.authenticated = true;
-            Ok(())
-        }
-        Some(required) if user_ok && required.as_bytes() == password => {
-            ctx.client.authenticated = true;
-            Ok(())
-        }
-        _ => Err(CmdError::msg(errors::WRONGPASS)),
+        ));
     }
+    let user = String::from_utf8_lossy(username.unwrap_or(crate::acl::DEFAULT_USER.as_bytes()))
+        .into_owned();
+    if acl.authenticate(&mut ctx.client.acl, &user, password) {
+        ctx.client.authenticated = true;
+        return Ok(());
+    }
+    ctx.server
+        .metrics
+        .auth_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let addr = ctx.client.handle.info.lock().addr;
+    tracing::warn!(user = %errors::printable(user.as_bytes(), 64), client = %addr, "AUTH failed");
+    Err(CmdError::msg(errors::WRONGPASS))
 }
 
 fn auth(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -263,7 +268,8 @@ fn reset(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
     ctx.client.set_db(0);
     ctx.client.set_resp(RespVersion::Resp2);
     ctx.client.handle.info.lock().name = Bytes::new();
-    ctx.client.authenticated = ctx.server.config.read().requirepass.is_none();
+    ctx.client.acl = crate::acl::Session::new();
+    ctx.client.authenticated = ctx.server.acl.default_is_open();
     Frame::simple("RESET")
 }
 

@@ -233,6 +233,8 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         server::COMMANDS,
         transaction::COMMANDS,
         replication::COMMANDS,
+        crate::acl::COMMANDS,
+        crate::slowlog::COMMANDS,
     ];
     let mut specs = Vec::new();
     let mut by_name = HashMap::new();
@@ -321,6 +323,9 @@ pub(crate) fn execute(server: &Server, client: &mut Client, args: Vec<Bytes>) ->
             errors::NOAUTH.to_string(),
         ));
     }
+    if let Some(refused) = guard(server, client, index, spec, &args) {
+        return Some(reject(server, client, Some(index), refused));
+    }
     if spec.has_flag("write") {
         if let Some(refused) = crate::replication::write_refusal(server) {
             return Some(reject(server, client, Some(index), refused.to_string()));
@@ -349,6 +354,28 @@ pub(crate) fn execute(server: &Server, client: &mut Client, args: Vec<Bytes>) ->
         invoke(server, client, index, spec, &args)
     };
     Some(reply)
+}
+
+/// ACL permissions and `maxmemory`: the error text if the command may not run.
+fn guard(
+    server: &Server,
+    client: &mut Client,
+    index: usize,
+    spec: &CommandSpec,
+    args: &[Bytes],
+) -> Option<String> {
+    if let Err(denied) = server.acl.check(&mut client.acl, index, spec, args) {
+        server.metrics.acl_denials.fetch_add(1, Ordering::Relaxed);
+        return Some(crate::acl::denied_text(denied, &client.acl.user, spec.name));
+    }
+    if spec.has_flag("denyoom") && crate::metrics::over_maxmemory(server) {
+        server
+            .metrics
+            .oom_rejections
+            .fetch_add(1, Ordering::Relaxed);
+        return Some(crate::metrics::OOM.to_string());
+    }
+    None
 }
 
 fn reject(server: &Server, client: &mut Client, index: Option<usize>, text: String) -> Frame {
@@ -391,10 +418,16 @@ pub(crate) fn invoke(
     let seq = ctx.last_write_seq;
     client.pending_sync_seq = client.pending_sync_seq.max(seq);
     let stats = &server.command_stats[index];
+    let elapsed = started.elapsed();
     stats.calls.fetch_add(1, Ordering::Relaxed);
     stats
         .usec
-        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    server.metrics.command_latency[index].observe(elapsed);
+    server.slowlog.observe(elapsed, args, || {
+        let info = client.handle.info.lock();
+        (info.addr.to_string(), info.name.clone())
+    });
     if matches!(reply, Frame::Error(_)) {
         stats.failed_calls.fetch_add(1, Ordering::Relaxed);
         server

@@ -412,6 +412,46 @@ const PARAMS: &[Param] = &[
         name: "loglevel",
         mutable: true,
     },
+    Param {
+        name: "protected-mode",
+        mutable: true,
+    },
+    Param {
+        name: "client-output-buffer-limit",
+        mutable: true,
+    },
+    Param {
+        name: "slowlog-log-slower-than",
+        mutable: true,
+    },
+    Param {
+        name: "slowlog-max-len",
+        mutable: true,
+    },
+    Param {
+        name: "latency-monitor-threshold",
+        mutable: true,
+    },
+    Param {
+        name: "admin-port",
+        mutable: false,
+    },
+    Param {
+        name: "tls-port",
+        mutable: false,
+    },
+    Param {
+        name: "tls-cert-file",
+        mutable: false,
+    },
+    Param {
+        name: "tls-key-file",
+        mutable: false,
+    },
+    Param {
+        name: "tls-ca-cert-file",
+        mutable: false,
+    },
 ];
 
 fn param_value(ctx: &Ctx<'_>, name: &str) -> String {
@@ -434,9 +474,28 @@ fn param_value(ctx: &Ctx<'_>, name: &str) -> String {
         "proto-max-bulk-len" => config.proto_max_bulk_len.to_string(),
         "maxclients" => config.maxclients.to_string(),
         "client-query-buffer-limit" => config.query_buffer_bytes_max.to_string(),
-        "maxmemory" => "0".into(),
+        "maxmemory" => config.maxmemory.to_string(),
+        "protected-mode" => if config.protected_mode { "yes" } else { "no" }.into(),
+        "client-output-buffer-limit" => {
+            format!("normal {} 0 0", config.output_buffer_bytes_max)
+        }
+        "slowlog-log-slower-than" => config.slowlog_log_slower_than.to_string(),
+        "slowlog-max-len" => config.slowlog_max_len.to_string(),
+        "latency-monitor-threshold" => config.latency_monitor_threshold.to_string(),
+        "admin-port" => config.admin_port.map(|p| p.to_string()).unwrap_or_default(),
+        "tls-port" => config.tls_port.unwrap_or(0).to_string(),
+        "tls-cert-file" | "tls-key-file" | "tls-ca-cert-file" => {
+            let path = match name {
+                "tls-cert-file" => &config.tls_cert_file,
+                "tls-key-file" => &config.tls_key_file,
+                _ => &config.tls_ca_cert_file,
+            };
+            path.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        }
         "maxmemory-policy" => "noeviction".into(),
-        "timeout" => "0".into(),
+        "timeout" => config.timeout_seconds.to_string(),
         "tcp-keepalive" => "300".into(),
         "hz" => "10".into(),
         "loglevel" => config.loglevel.clone(),
@@ -476,6 +535,9 @@ fn set_param(ctx: &Ctx<'_>, name: &str, value: &[u8]) -> Result<(), String> {
         "requirepass" => {
             let text = String::from_utf8_lossy(value).into_owned();
             config.requirepass = (!text.is_empty()).then_some(text);
+            ctx.server
+                .acl
+                .set_default_password(config.requirepass.as_deref());
         }
         "proto-max-bulk-len" => {
             let v = integer()?;
@@ -512,7 +574,48 @@ fn set_param(ctx: &Ctx<'_>, name: &str, value: &[u8]) -> Result<(), String> {
             }
             config.loglevel = text;
         }
-        "maxmemory" | "timeout" | "tcp-keepalive" | "hz" => {
+        "maxmemory" => config.maxmemory = integer()?,
+        "timeout" => config.timeout_seconds = integer()?,
+        "protected-mode" => {
+            config.protected_mode = match args::lower(value).as_str() {
+                "yes" => true,
+                "no" => false,
+                _ => return Err("argument must be 'yes' or 'no'".into()),
+            }
+        }
+        "client-output-buffer-limit" => {
+            // Redis' form `normal <hard> <soft> <seconds>` (the hard limit is used) or a size.
+            let text = String::from_utf8_lossy(value).to_ascii_lowercase();
+            let hard = match text.split_whitespace().collect::<Vec<_>>().as_slice() {
+                [size] => parse_memory(size.as_bytes()),
+                ["normal", hard, _, _] => parse_memory(hard.as_bytes()),
+                _ => None,
+            };
+            config.output_buffer_bytes_max =
+                hard.ok_or("argument must be a size or 'normal <hard> <soft> <seconds>'")? as usize;
+        }
+        "slowlog-log-slower-than" => {
+            let v = args::parse_i64(value).ok_or("argument couldn't be parsed into an integer")?;
+            config.slowlog_log_slower_than = v;
+            ctx.server
+                .slowlog
+                .slower_than_micros
+                .store(v, Ordering::Relaxed);
+        }
+        "slowlog-max-len" => {
+            let v = integer()? as usize;
+            config.slowlog_max_len = v;
+            ctx.server.slowlog.len_max.store(v, Ordering::Relaxed);
+        }
+        "latency-monitor-threshold" => {
+            let v = integer()?;
+            config.latency_monitor_threshold = v;
+            ctx.server
+                .slowlog
+                .latency_threshold_ms
+                .store(v, Ordering::Relaxed);
+        }
+        "tcp-keepalive" | "hz" => {
             integer()?;
         }
         // Accepted and ignored: ringkv persists through its WAL, not snapshots, and never evicts.
@@ -594,11 +697,15 @@ fn config_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 counter.store(0, Ordering::Relaxed);
             }
             ctx.keyspace.reset_stats();
+            ctx.server.metrics.reset();
             Ok(Frame::ok())
         }
-        "rewrite" => Err(CmdError::msg(
-            "ERR The server is running without a config file",
-        )),
+        "rewrite" => {
+            let config = ctx.server.config.read().clone();
+            crate::config::rewrite(&config).map_err(|why| CmdError::msg(format!("ERR {why}")))?;
+            tracing::info!("CONFIG REWRITE wrote the config file");
+            Ok(Frame::ok())
+        }
         "help" => Ok(help_frame(&[
             "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
             "GET <pattern>",
@@ -791,6 +898,8 @@ const ALL_SECTIONS: &[&str] = &[
     "cpu",
     "modules",
     "commandstats",
+    "latencystats",
+    "engine",
     "errorstats",
     "cluster",
     "keyspace",
@@ -966,6 +1075,8 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
             );
         }
         "modules" => out.push_str("# Modules\r\n"),
+        "latencystats" => crate::metrics::info_latencystats(server, out),
+        "engine" => crate::metrics::info_engine(server, out),
         "errorstats" => out.push_str("# Errorstats\r\n"),
         "cluster" => out.push_str("# Cluster\r\ncluster_enabled:0\r\n"),
         "commandstats" => {

@@ -1,0 +1,393 @@
+//! SLOWLOG and LATENCY: a bounded log of commands that ran longer than
+//! `slowlog-log-slower-than`, and per-event latency spikes above
+//! `latency-monitor-threshold`, as Redis keeps them.
+//!
+//! The thresholds sit in atomics here (not behind the config lock) because
+//! every command reads them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use ringkv_protocol::Frame;
+
+use crate::args;
+use crate::cmd::keyspace::help_frame;
+use crate::cmd::{registry, reply, spec, CommandSpec, Ctx};
+use crate::errors::{self, CmdError, CmdResult};
+use crate::server::unix_seconds;
+
+/// Redis' default `slowlog-log-slower-than`: 10 ms.
+pub const SLOWLOG_SLOWER_THAN_MICROS_DEFAULT: i64 = 10_000;
+/// Redis' default `slowlog-max-len`.
+pub const SLOWLOG_LEN_MAX_DEFAULT: usize = 128;
+/// Arguments kept per slow-log entry (Redis: `SLOWLOG_ENTRY_MAX_ARGC`).
+const ENTRY_ARGS_MAX: usize = 32;
+/// Bytes kept per argument (Redis: `SLOWLOG_ENTRY_MAX_STRING`).
+const ENTRY_ARG_BYTES_MAX: usize = 128;
+/// Samples kept per latency event (Redis: `LATENCY_TS_LEN`).
+const LATENCY_HISTORY_LEN: usize = 160;
+
+/// One slow command.
+#[derive(Debug, Clone)]
+struct Entry {
+    id: u64,
+    unix_seconds: u64,
+    micros: u64,
+    args: Vec<Bytes>,
+    peer: String,
+    name: Bytes,
+}
+
+/// Latency samples of one event (e.g. "command").
+#[derive(Debug, Default)]
+struct Event {
+    samples: VecDeque<(u64, u64)>,
+    max_ms: u64,
+}
+
+/// The slow log and the latency monitor.
+#[derive(Debug)]
+pub(crate) struct SlowLog {
+    entries: Mutex<VecDeque<Entry>>,
+    next_id: AtomicU64,
+    /// Microseconds; negative disables, 0 logs every command.
+    pub slower_than_micros: AtomicI64,
+    pub len_max: AtomicUsize,
+    /// Milliseconds; 0 disables the latency monitor.
+    pub latency_threshold_ms: AtomicU64,
+    events: Mutex<Vec<(&'static str, Event)>>,
+}
+
+impl SlowLog {
+    pub(crate) fn new(slower_than_micros: i64, len_max: usize, latency_threshold_ms: u64) -> Self {
+        SlowLog {
+            entries: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(0),
+            slower_than_micros: AtomicI64::new(slower_than_micros),
+            len_max: AtomicUsize::new(len_max),
+            latency_threshold_ms: AtomicU64::new(latency_threshold_ms),
+            events: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Entries held.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.lock().len()
+    }
+
+    /// Notes a command that took `elapsed`; cheap when it was fast.
+    pub(crate) fn observe(
+        &self,
+        elapsed: Duration,
+        args: &[Bytes],
+        peer: impl FnOnce() -> (String, Bytes),
+    ) {
+        let micros = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
+        let threshold = self.slower_than_micros.load(Ordering::Relaxed);
+        if threshold >= 0 && micros >= threshold as u64 {
+            let (peer, name) = peer();
+            tracing::info!(
+                command = %errors::printable(&args[0], 32),
+                micros,
+                client = %peer,
+                "slow command"
+            );
+            self.push(micros, args, peer, name);
+        }
+        let latency_ms = self.latency_threshold_ms.load(Ordering::Relaxed);
+        let ms = micros / 1000;
+        if latency_ms > 0 && ms >= latency_ms {
+            self.add_sample("command", ms);
+        }
+    }
+
+    fn push(&self, micros: u64, args: &[Bytes], peer: String, name: Bytes) {
+        let mut kept: Vec<Bytes> = Vec::with_capacity(args.len().min(ENTRY_ARGS_MAX));
+        for (i, arg) in args.iter().enumerate() {
+            if i + 1 == ENTRY_ARGS_MAX && args.len() > ENTRY_ARGS_MAX {
+                kept.push(Bytes::from(format!(
+                    "... ({} more arguments)",
+                    args.len() - i
+                )));
+                break;
+            }
+            if arg.len() > ENTRY_ARG_BYTES_MAX {
+                let mut text = arg[..ENTRY_ARG_BYTES_MAX].to_vec();
+                text.extend_from_slice(
+                    format!("... ({} more bytes)", arg.len() - ENTRY_ARG_BYTES_MAX).as_bytes(),
+                );
+                kept.push(Bytes::from(text));
+            } else {
+                kept.push(arg.clone());
+            }
+        }
+        let entry = Entry {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            unix_seconds: unix_seconds(),
+            micros,
+            args: kept,
+            peer,
+            name,
+        };
+        let len_max = self.len_max.load(Ordering::Relaxed);
+        let mut entries = self.entries.lock();
+        entries.push_front(entry);
+        entries.truncate(len_max);
+    }
+
+    fn add_sample(&self, event: &'static str, ms: u64) {
+        let mut events = self.events.lock();
+        let index = match events.iter().position(|(name, _)| *name == event) {
+            Some(i) => i,
+            None => {
+                events.push((event, Event::default()));
+                events.len() - 1
+            }
+        };
+        let e = &mut events[index].1;
+        e.samples.push_back((unix_seconds(), ms));
+        if e.samples.len() > LATENCY_HISTORY_LEN {
+            e.samples.pop_front();
+        }
+        e.max_ms = e.max_ms.max(ms);
+    }
+}
+
+/// SLOWLOG and LATENCY.
+pub(crate) const COMMANDS: &[CommandSpec] = &[
+    spec(
+        "slowlog",
+        -2,
+        &["admin", "loading", "stale"],
+        0,
+        0,
+        0,
+        &["admin", "slow", "dangerous"],
+        "A container for slow log commands.",
+        "2.2.12",
+        slowlog,
+    ),
+    spec(
+        "latency",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        0,
+        0,
+        0,
+        &["admin", "slow", "dangerous"],
+        "A container for latency diagnostics commands.",
+        "2.8.13",
+        latency,
+    ),
+];
+
+fn slowlog(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(slowlog_run(ctx, args))
+}
+
+fn slowlog_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
+    let log = &ctx.server.slowlog;
+    let sub = args::lower(&args[1]);
+    match (sub.as_str(), args.len()) {
+        ("len", 2) => Ok(Frame::Integer(log.len() as i64)),
+        ("reset", 2) => {
+            log.entries.lock().clear();
+            Ok(Frame::ok())
+        }
+        ("get", 2 | 3) => {
+            let count = match args.get(2) {
+                None => 10,
+                Some(arg) => match args::parse_i64(arg) {
+                    Some(-1) => usize::MAX,
+                    Some(n) if n >= 0 => n as usize,
+                    _ => {
+                        return Err(CmdError::msg(
+                            "ERR count should be greater than or equal to -1",
+                        ))
+                    }
+                },
+            };
+            let entries = log.entries.lock();
+            let frames = entries
+                .iter()
+                .take(count)
+                .map(|e| {
+                    Frame::Array(vec![
+                        Frame::Integer(e.id as i64),
+                        Frame::Integer(e.unix_seconds as i64),
+                        Frame::Integer(e.micros as i64),
+                        Frame::Array(e.args.iter().cloned().map(Frame::Bulk).collect()),
+                        Frame::bulk(e.peer.clone()),
+                        Frame::Bulk(e.name.clone()),
+                    ])
+                })
+                .collect();
+            Ok(Frame::Array(frames))
+        }
+        ("help", 2) => Ok(help_frame(&[
+            "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GET [<count>]",
+            "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+            "LEN",
+            "    Return the length of the slowlog.",
+            "RESET",
+            "    Reset the slowlog.",
+            "HELP",
+            "    Print this help.",
+        ])),
+        _ => Err(CmdError::msg(errors::unknown_subcommand(
+            "slowlog", &args[1],
+        ))),
+    }
+}
+
+fn latency(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    reply(latency_run(ctx, args))
+}
+
+fn latency_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
+    let log = &ctx.server.slowlog;
+    let sub = args::lower(&args[1]);
+    match sub.as_str() {
+        "latest" => {
+            let events = log.events.lock();
+            Ok(Frame::Array(
+                events
+                    .iter()
+                    .filter_map(|(name, e)| {
+                        let (ts, ms) = *e.samples.back()?;
+                        Some(Frame::Array(vec![
+                            Frame::bulk(*name),
+                            Frame::Integer(ts as i64),
+                            Frame::Integer(ms as i64),
+                            Frame::Integer(e.max_ms as i64),
+                        ]))
+                    })
+                    .collect(),
+            ))
+        }
+        "history" if args.len() == 3 => {
+            let wanted = args::lower(&args[2]);
+            let events = log.events.lock();
+            let samples = events
+                .iter()
+                .find(|(name, _)| *name == wanted)
+                .map(|(_, e)| {
+                    e.samples
+                        .iter()
+                        .map(|(ts, ms)| {
+                            Frame::Array(vec![
+                                Frame::Integer(*ts as i64),
+                                Frame::Integer(*ms as i64),
+                            ])
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(Frame::Array(samples))
+        }
+        "reset" => {
+            let mut events = log.events.lock();
+            let before = events.len();
+            if args.len() == 2 {
+                events.clear();
+            } else {
+                let names: Vec<String> = args[2..].iter().map(|a| args::lower(a)).collect();
+                events.retain(|(name, _)| !names.iter().any(|n| n == name));
+            }
+            Ok(Frame::Integer((before - events.len()) as i64))
+        }
+        "histogram" => {
+            let mut pairs = Vec::new();
+            for (index, spec) in registry().specs().iter().enumerate() {
+                if args.len() > 2 && !args[2..].iter().any(|a| args::is(a, spec.name)) {
+                    continue;
+                }
+                let histogram = &ctx.server.metrics.command_latency[index];
+                if histogram.count() == 0 {
+                    continue;
+                }
+                let buckets = histogram
+                    .cumulative_micros()
+                    .into_iter()
+                    .map(|(bound, count)| {
+                        (Frame::Integer(bound as i64), Frame::Integer(count as i64))
+                    })
+                    .collect();
+                pairs.push((
+                    Frame::bulk(spec.name),
+                    Frame::Map(vec![
+                        (
+                            Frame::bulk("calls"),
+                            Frame::Integer(histogram.count() as i64),
+                        ),
+                        (Frame::bulk("histogram_usec"), Frame::Map(buckets)),
+                    ]),
+                ));
+            }
+            Ok(Frame::Map(pairs))
+        }
+        "doctor" => {
+            let text = if log.events.lock().is_empty() {
+                "Dave, no latency spike was observed during the lifetime of this Redis instance, not in the slightest bit. I honestly think you ought to sleep tonight.\n"
+            } else {
+                "Latency spikes were observed; see LATENCY LATEST, LATENCY HISTORY and SLOWLOG GET.\n"
+            };
+            Ok(Frame::bulk(text))
+        }
+        "help" => Ok(help_frame(&[
+            "LATENCY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "LATEST",
+            "    Return the latest latency samples for all events.",
+            "HISTORY <event>",
+            "    Return time-latency samples for the <event> class.",
+            "RESET [<event> ...]",
+            "    Reset latency data of one or more <event> classes.",
+            "HISTOGRAM [<command> ...]",
+            "    Return a cumulative distribution of latencies per command.",
+            "DOCTOR",
+            "    Return a human readable latency analysis report.",
+            "HELP",
+            "    Print this help.",
+        ])),
+        _ => Err(CmdError::msg(errors::unknown_subcommand(
+            "latency", &args[1],
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest_entries_and_truncates_arguments() {
+        let log = SlowLog::new(0, 2, 0);
+        let long = Bytes::from(vec![b'x'; 200]);
+        for _ in 0..3 {
+            log.observe(
+                Duration::from_micros(5),
+                &[Bytes::from_static(b"set"), long.clone()],
+                || ("127.0.0.1:1".into(), Bytes::new()),
+            );
+        }
+        let entries = log.entries.lock();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, 2);
+        assert!(entries[0].args[1].ends_with(b"... (72 more bytes)"));
+    }
+
+    #[test]
+    fn negative_threshold_disables() {
+        let log = SlowLog::new(-1, 10, 0);
+        log.observe(
+            Duration::from_secs(1),
+            &[Bytes::from_static(b"get")],
+            || unreachable!("not logged"),
+        );
+        assert_eq!(log.len(), 0);
+    }
+}
