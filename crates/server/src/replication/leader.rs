@@ -158,7 +158,8 @@ async fn send_checkpoint<W: AsyncWrite + Unpin>(
     client_id: u64,
 ) -> std::io::Result<u64> {
     server.replication.sync_full.fetch_add(1, Ordering::Relaxed);
-    let dir = engine.path().to_path_buf();
+    // Absolute: the engine syncs the checkpoint's parent directory, and `data` has none.
+    let dir = std::path::absolute(engine.path())?;
     let target = PathBuf::from(format!(
         "{}.repl-checkpoint-{client_id}-{}",
         dir.display(),
