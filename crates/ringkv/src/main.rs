@@ -20,48 +20,98 @@ use serde::Deserialize;
 )]
 struct Cli {
     /// TOML config file (keys as the long flags, e.g. `port = 6380`, `appendfsync = "always"`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "RINGKV_CONFIG")]
     config: Option<PathBuf>,
     /// TCP port [default: 6379].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_PORT")]
     port: Option<u16>,
     /// Admin HTTP port serving /health, /ready and /metrics [default: none].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_ADMIN_PORT")]
     admin_port: Option<u16>,
     /// Address to listen on [default: 127.0.0.1].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_BIND")]
     bind: Option<String>,
     /// Data directory [default: ./data].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_DIR")]
     dir: Option<PathBuf>,
     /// WAL fsync policy: always, everysec or no [default: everysec].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_APPENDFSYNC")]
     appendfsync: Option<FsyncPolicy>,
     /// Log level: error, warn, info, debug, trace (Redis names warning/notice/verbose work too)
     /// [default: info].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_LOGLEVEL")]
     loglevel: Option<String>,
     /// Password clients must give with AUTH.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_REQUIREPASS", hide_env_values = true)]
     requirepass: Option<String>,
     /// Largest bulk string a client may send, in bytes [default: 536870912].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_PROTO_MAX_BULK_LEN")]
     proto_max_bulk_len: Option<usize>,
     /// Most simultaneous clients [default: 10000].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_MAXCLIENTS")]
     maxclients: Option<usize>,
     /// Follow this leader as a read replica: "host port".
-    #[arg(long, value_name = "HOST PORT")]
+    #[arg(long, value_name = "HOST PORT", env = "RINGKV_REPLICAOF")]
     replicaof: Option<String>,
     /// Password this replica gives its leader.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_MASTERAUTH", hide_env_values = true)]
     masterauth: Option<String>,
     /// ACL user this replica authenticates as on its leader.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_MASTERUSER")]
     masteruser: Option<String>,
     /// Bytes of recent writes kept for replicas' partial resyncs [default: 67108864].
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_REPL_BACKLOG_SIZE")]
     repl_backlog_size: Option<usize>,
+    /// Bytes the memtables may hold before writes get -OOM; 0: no limit [default: 0].
+    #[arg(long, env = "RINGKV_MAXMEMORY")]
+    maxmemory: Option<u64>,
+    /// Seconds a client may idle before it is closed; 0: never [default: 0].
+    #[arg(long, env = "RINGKV_TIMEOUT")]
+    timeout: Option<u64>,
+    /// Most bytes buffered from one client's requests [default: 1073741824].
+    #[arg(long, env = "RINGKV_CLIENT_QUERY_BUFFER_LIMIT")]
+    client_query_buffer_limit: Option<usize>,
+    /// Most pending reply bytes per client before it is closed; 0: no limit [default: 268435456].
+    #[arg(long, env = "RINGKV_CLIENT_OUTPUT_BUFFER_LIMIT")]
+    client_output_buffer_limit: Option<usize>,
+    /// Refuse non-loopback clients while no password is set: yes or no [default: yes].
+    #[arg(long, env = "RINGKV_PROTECTED_MODE", value_parser = parse_yes_no)]
+    protected_mode: Option<bool>,
+    /// TLS client port (needs --tls-cert-file and --tls-key-file) [default: none].
+    #[arg(long, env = "RINGKV_TLS_PORT")]
+    tls_port: Option<u16>,
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "RINGKV_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "RINGKV_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// PEM CA; when set, TLS clients must present a certificate it signed.
+    #[arg(long, env = "RINGKV_TLS_CA_CERT_FILE")]
+    tls_ca_cert_file: Option<PathBuf>,
+    /// Commands slower than this many microseconds enter the slow log; negative: off
+    /// [default: 10000].
+    #[arg(
+        long,
+        env = "RINGKV_SLOWLOG_LOG_SLOWER_THAN",
+        allow_negative_numbers = true
+    )]
+    slowlog_log_slower_than: Option<i64>,
+    /// Most slow log entries [default: 128].
+    #[arg(long, env = "RINGKV_SLOWLOG_MAX_LEN")]
+    slowlog_max_len: Option<usize>,
+    /// Latency monitor threshold in milliseconds; 0: off [default: 0].
+    #[arg(long, env = "RINGKV_LATENCY_MONITOR_THRESHOLD")]
+    latency_monitor_threshold: Option<u64>,
+    /// Memtable size in bytes before it is flushed.
+    #[arg(long, env = "RINGKV_MEMTABLE_BYTES_MAX")]
+    memtable_bytes_max: Option<usize>,
+    /// Block cache size in bytes.
+    #[arg(long, env = "RINGKV_BLOCK_CACHE_BYTES")]
+    block_cache_bytes: Option<usize>,
+    /// Log format: text or json (one JSON object per line, for log shippers) [default: text].
+    #[arg(long, env = "RINGKV_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 /// The config file: every field optional, same names as the flags (with `-` or `_`).
@@ -86,6 +136,28 @@ struct FileConfig {
     replica_read_only: Option<bool>,
     min_replicas_to_write: Option<usize>,
     min_replicas_max_lag: Option<u64>,
+    maxmemory: Option<u64>,
+    timeout: Option<u64>,
+    client_query_buffer_limit: Option<usize>,
+    client_output_buffer_limit: Option<usize>,
+    protected_mode: Option<bool>,
+    tls_port: Option<u16>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_ca_cert_file: Option<PathBuf>,
+    slowlog_log_slower_than: Option<i64>,
+    slowlog_max_len: Option<usize>,
+    latency_monitor_threshold: Option<u64>,
+    log_format: Option<String>,
+}
+
+/// `yes`/`no` (Redis' spelling) or `true`/`false`.
+fn parse_yes_no(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "yes" | "true" => Ok(true),
+        "no" | "false" => Ok(false),
+        _ => Err(format!("expected yes or no, got '{text}'")),
+    }
 }
 
 fn load(cli: Cli) -> anyhow::Result<Config> {
@@ -130,11 +202,53 @@ fn load(cli: Cli) -> anyhow::Result<Config> {
     if let Some(v) = cli.maxclients.or(file.maxclients) {
         config.maxclients = v;
     }
-    if let Some(v) = file.memtable_bytes_max {
+    if let Some(v) = cli.memtable_bytes_max.or(file.memtable_bytes_max) {
         config.memtable_bytes_max = v;
     }
-    if let Some(v) = file.block_cache_bytes {
+    if let Some(v) = cli.block_cache_bytes.or(file.block_cache_bytes) {
         config.block_cache_bytes = v;
+    }
+    if let Some(v) = cli.maxmemory.or(file.maxmemory) {
+        config.maxmemory = v;
+    }
+    if let Some(v) = cli.timeout.or(file.timeout) {
+        config.timeout_seconds = v;
+    }
+    if let Some(v) = cli
+        .client_query_buffer_limit
+        .or(file.client_query_buffer_limit)
+    {
+        config.query_buffer_bytes_max = v;
+    }
+    if let Some(v) = cli
+        .client_output_buffer_limit
+        .or(file.client_output_buffer_limit)
+    {
+        config.output_buffer_bytes_max = v;
+    }
+    if let Some(v) = cli.protected_mode.or(file.protected_mode) {
+        config.protected_mode = v;
+    }
+    config.tls_port = cli.tls_port.or(file.tls_port);
+    config.tls_cert_file = cli.tls_cert_file.or(file.tls_cert_file);
+    config.tls_key_file = cli.tls_key_file.or(file.tls_key_file);
+    config.tls_ca_cert_file = cli.tls_ca_cert_file.or(file.tls_ca_cert_file);
+    if let Some(v) = cli.slowlog_log_slower_than.or(file.slowlog_log_slower_than) {
+        config.slowlog_log_slower_than = v;
+    }
+    if let Some(v) = cli.slowlog_max_len.or(file.slowlog_max_len) {
+        config.slowlog_max_len = v;
+    }
+    if let Some(v) = cli
+        .latency_monitor_threshold
+        .or(file.latency_monitor_threshold)
+    {
+        config.latency_monitor_threshold = v;
+    }
+    match cli.log_format.or(file.log_format).as_deref() {
+        None | Some("text") => {}
+        Some("json") => config.log_json = true,
+        Some(other) => anyhow::bail!("invalid setting log-format: '{other}' (text or json)"),
     }
     let replication = &mut config.replication;
     if let Some(text) = cli.replicaof.or(file.replicaof) {
@@ -173,11 +287,19 @@ fn main() -> anyhow::Result<()> {
     let config = load(cli)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter_for(&config.loglevel)));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if config.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     tracing::info!(version = ringkv_server::RINGKV_VERSION, dir = %config.dir.display(), "starting ringkv");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -68,6 +68,9 @@ pub struct Config {
     pub slowlog_max_len: usize,
     /// Latency monitor threshold in ms; 0: off.
     pub latency_monitor_threshold: u64,
+    /// Logs as one JSON object per line (`log-format = "json"`; informational, the binary sets
+    /// up logging).
+    pub log_json: bool,
     /// Test seam: treat loopback peers as remote in the protected-mode check, so the refusal
     /// can be tested on 127.0.0.1 (see docs/config.md). Never set by the binary.
     #[doc(hidden)]
@@ -174,6 +177,7 @@ impl Default for Config {
             slowlog_log_slower_than: crate::slowlog::SLOWLOG_SLOWER_THAN_MICROS_DEFAULT,
             slowlog_max_len: crate::slowlog::SLOWLOG_LEN_MAX_DEFAULT,
             latency_monitor_threshold: 0,
+            log_json: false,
             protected_mode_loopback_is_remote: false,
             recovery_gate: None,
         }
