@@ -38,15 +38,18 @@ ensure_tools() {
 
 # Builds ringkv in release and copies the binary into $WORK, so a rebuild by
 # someone else during the run cannot swap the binary under test.
-# RINGKV_BIN=path skips the build and uses that binary.
+# RINGKV_BIN=path skips the build and uses that binary (RINGKV_REVISION=...
+# names the commit it was built from, for the report).
 prepare_ringkv() {
     if [ -n "${RINGKV_BIN:-}" ]; then
         RINGKV="$RINGKV_BIN"
-    else
-        (cd "$SERVER_LIB_ROOT" && cargo build --release --quiet -p ringkv)
-        cp "$SERVER_LIB_ROOT/target/release/ringkv" "$WORK/ringkv"
-        RINGKV="$WORK/ringkv"
+        # The work tree may not be what that binary was built from.
+        RINGKV_REVISION=${RINGKV_REVISION:-"given binary, revision not known (set RINGKV_REVISION)"}
+        return
     fi
+    (cd "$SERVER_LIB_ROOT" && cargo build --release --quiet -p ringkv)
+    cp "$SERVER_LIB_ROOT/target/release/ringkv" "$WORK/ringkv"
+    RINGKV="$WORK/ringkv"
     RINGKV_REVISION=$(cd "$SERVER_LIB_ROOT" && git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
 }
 
@@ -138,7 +141,7 @@ wait_idle() {
     log "pid $pid still busy after ${max}s; going on"
 }
 
-rss_bytes() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"; }
+rss_bytes() { awk '/^VmRSS:/ { printf "%d\n", $2 * 1024 }' "/proc/$1/status"; }
 
 dbsize() { redis-cli -p "$1" DBSIZE; }
 
