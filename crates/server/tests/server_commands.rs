@@ -401,13 +401,15 @@ fn admin_port_serves_health_ready_and_metrics() {
     let admin = server.admin_port().expect("admin port in the log");
     let mut con = server.client();
     let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
-    assert_eq!(
-        http_get(admin, "/health"),
-        ("HTTP/1.0 200 OK".into(), "ok\n".into())
-    );
+    let (status, health) = http_get(admin, "/health");
+    assert_eq!(status, "HTTP/1.0 200 OK");
+    assert!(health.starts_with("{\"status\":\"alive\""), "{health}");
     assert_eq!(
         http_get(admin, "/ready"),
-        ("HTTP/1.0 200 OK".into(), "ready\n".into())
+        (
+            "HTTP/1.0 200 OK".into(),
+            "{\"ready\":true,\"state\":\"serving\"}\n".into()
+        )
     );
     let (status, metrics) = http_get(admin, "/metrics");
     assert_eq!(status, "HTTP/1.0 200 OK");
