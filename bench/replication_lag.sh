@@ -8,7 +8,7 @@ BIN=${1:-target/release/ringkv}
 REQUESTS=${2:-300000}
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 "$BIN" --port 7801 --dir "$WORK/l" --loglevel warning & PIDS+=($!)
 sleep 1

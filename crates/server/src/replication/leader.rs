@@ -160,8 +160,10 @@ async fn send_checkpoint<W: AsyncWrite + Unpin>(
     server.replication.sync_full.fetch_add(1, Ordering::Relaxed);
     // Absolute: the engine syncs the checkpoint's parent directory, and `data` has none.
     let dir = std::path::absolute(engine.path())?;
+    // No dot after the directory name: the engine builds its temporary directory with
+    // `with_extension`, so two names differing only after a dot would share it.
     let target = PathBuf::from(format!(
-        "{}.repl-checkpoint-{client_id}-{}",
+        "{}-repl-checkpoint-{client_id}-{}",
         dir.display(),
         std::process::id()
     ));
