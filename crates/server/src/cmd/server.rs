@@ -13,7 +13,6 @@ use crate::args::{self, is};
 use crate::errors::{self, CmdError, CmdResult};
 use crate::glob;
 use crate::keyspace::DATABASES;
-use crate::server::unix_seconds;
 
 /// Most index entries INFO keyspace reads to count keys with an expiry per database.
 const INFO_EXPIRES_SCAN_MAX: usize = 1_000_000;
@@ -105,6 +104,18 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         lastsave,
     ),
     spec(
+        "ringkv.checkpoint",
+        1,
+        &["admin", "noscript", "no_async_loading", "no_multi"],
+        0,
+        0,
+        0,
+        &["admin", "slow", "dangerous"],
+        "Writes a consistent checkpoint for `ringkv backup`; returns its path and sequence.",
+        "7.2.0",
+        ringkv_checkpoint,
+    ),
+    spec(
         "shutdown",
         -1,
         &[
@@ -149,44 +160,70 @@ fn time(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
     ])
 }
 
-fn flush_engine(ctx: &Ctx<'_>) -> CmdResult<()> {
-    let engine = ctx.keyspace.engine().clone();
-    super::keyspace::blocking(move || engine.flush())?;
-    ctx.server
-        .last_save_unix
-        .store(unix_seconds(), Ordering::Relaxed);
-    Ok(())
-}
-
-/// SAVE: the engine has no snapshot file to write; it flushes memtables to sorted tables and
-/// fsyncs, which is what "saved" means here (checkpoints come with the engine's checkpoint API).
+/// SAVE: writes a consistent checkpoint (hard-linked tables, see `crate::persistence`) and
+/// answers once it is on disk.
 fn save(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
-    reply(flush_engine(ctx).map(|()| Frame::ok()))
+    let engine = ctx.keyspace.engine().clone();
+    let persistence = &ctx.server.persistence;
+    let saved = super::keyspace::blocking(|| crate::persistence::save(persistence, &engine));
+    reply(saved.map(|_| Frame::ok()).map_err(CmdError::from))
 }
 
+/// BGSAVE: the same checkpoint in a background thread; LASTSAVE changes when it succeeds.
 fn bgsave(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     if args.len() > 2 || (args.len() == 2 && !is(&args[1], "schedule")) {
         return Frame::error(errors::SYNTAX);
     }
+    let persistence = &ctx.server.persistence;
+    if persistence.bgsave_in_progress.swap(true, Ordering::AcqRel) {
+        if args.len() == 2 {
+            return Frame::simple("Background saving scheduled");
+        }
+        return Frame::error("ERR Background save already in progress");
+    }
     let engine = ctx.keyspace.engine().clone();
+    let background = persistence.clone();
     let started = std::thread::Builder::new()
         .name("ringkv-bgsave".into())
         .spawn(move || {
-            if let Err(error) = engine.flush() {
-                tracing::error!(%error, "BGSAVE flush failed");
-            }
+            let persistence = &background;
+            let _ = crate::persistence::save(persistence, &engine);
+            persistence
+                .bgsave_in_progress
+                .store(false, Ordering::Release);
         });
     if started.is_err() {
+        persistence
+            .bgsave_in_progress
+            .store(false, Ordering::Release);
         return Frame::error("ERR could not start background save");
     }
-    ctx.server
-        .last_save_unix
-        .store(unix_seconds(), Ordering::Relaxed);
     Frame::simple("Background saving started")
 }
 
 fn lastsave(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
-    Frame::Integer(ctx.server.last_save_unix.load(Ordering::Relaxed) as i64)
+    Frame::Integer(
+        ctx.server
+            .persistence
+            .last_save_unix
+            .load(Ordering::Relaxed) as i64,
+    )
+}
+
+/// RINGKV.CHECKPOINT: writes a checkpoint for `ringkv backup` and answers its path (on the
+/// server's machine) and the sequence it holds everything up to.
+fn ringkv_checkpoint(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
+    let engine = ctx.keyspace.engine().clone();
+    let persistence = &ctx.server.persistence;
+    let made =
+        super::keyspace::blocking(|| crate::persistence::backup_checkpoint(persistence, &engine));
+    match made {
+        Ok((path, seq)) => Frame::Array(vec![
+            Frame::bulk(path.display().to_string()),
+            Frame::Integer(seq as i64),
+        ]),
+        Err(error) => CmdError::from(error).into_frame(),
+    }
 }
 
 fn shutdown(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -279,7 +316,8 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             Ok(Frame::ok())
         }
         "reload" => {
-            flush_engine(ctx)?;
+            let engine = ctx.keyspace.engine().clone();
+            super::keyspace::blocking(move || engine.flush())?;
             Ok(Frame::ok())
         }
         "help" => Ok(help_frame(&[
@@ -362,7 +400,7 @@ const PARAMS: &[Param] = &[
     },
     Param {
         name: "appendfsync",
-        mutable: false,
+        mutable: true,
     },
     Param {
         name: "databases",
@@ -467,7 +505,7 @@ fn param_value(ctx: &Ctx<'_>, name: &str) -> String {
             .display()
             .to_string(),
         "appendonly" => "yes".into(),
-        "appendfsync" => config.appendfsync.to_string(),
+        "appendfsync" => ctx.keyspace.engine().fsync_policy().to_string(),
         "databases" => DATABASES.to_string(),
         "save" => String::new(),
         "requirepass" => config.requirepass.clone().unwrap_or_default(),
@@ -573,6 +611,18 @@ fn set_param(ctx: &Ctx<'_>, name: &str, value: &[u8]) -> Result<(), String> {
                 return Err("argument(s) must be one of the following: debug, verbose, notice, warning, nothing".into());
             }
             config.loglevel = text;
+        }
+        "appendfsync" => {
+            let text = String::from_utf8_lossy(value).to_ascii_lowercase();
+            let policy: ringkv_engine::FsyncPolicy = text.parse().map_err(|_| {
+                "argument(s) must be one of the following: always, everysec, no".to_string()
+            })?;
+            // Switching to `always` fsyncs what was written so far first (the engine does it).
+            ctx.keyspace
+                .engine()
+                .set_fsync_policy(policy)
+                .map_err(|error| format!("cannot change the fsync policy: {error}"))?;
+            config.appendfsync = policy;
         }
         "maxmemory" => config.maxmemory = integer()?,
         "timeout" => config.timeout_seconds = integer()?,
@@ -771,13 +821,7 @@ fn command_docs(spec: &CommandSpec) -> Frame {
         (Frame::bulk("group"), Frame::bulk(group(spec))),
     ];
     if let Some(syntax) = super::docs::syntax(spec.name).filter(|s| !s.is_empty()) {
-        // One argument carrying the whole syntax: redis-cli prints `display_text` as the hint.
-        let argument = Frame::Map(vec![
-            (Frame::bulk("name"), Frame::bulk("arguments")),
-            (Frame::bulk("type"), Frame::bulk("string")),
-            (Frame::bulk("display_text"), Frame::bulk(syntax)),
-        ]);
-        fields.push((Frame::bulk("arguments"), Frame::Array(vec![argument])));
+        fields.push((Frame::bulk("arguments"), super::docs::arguments(syntax)));
     }
     Frame::Map(fields)
 }
@@ -1034,14 +1078,12 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
             );
         }
         "persistence" => {
-            let config = server.config.read();
-            let _ = write!(
-                out,
-                "# Persistence\r\nloading:0\r\nasync_loading:0\r\ncurrent_cow_peak:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\nrdb_last_save_time:{}\r\nrdb_last_bgsave_status:ok\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\nappendfsync:{}\r\nengine_last_sequence:{}\r\nflushes_pending:{}\r\n",
-                server.last_save_unix.load(Ordering::Relaxed),
-                config.appendfsync,
-                ctx.keyspace.engine().last_sequence(),
+            let engine = ctx.keyspace.engine().clone();
+            crate::persistence::info_text(
+                &server.persistence,
+                &engine,
                 ctx.keyspace.pending_drops(),
+                out,
             );
         }
         "stats" => {
