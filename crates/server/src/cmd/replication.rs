@@ -120,7 +120,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 fn replconf(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return Frame::error(errors::wrong_arity("replconf"));
     }
     for pair in args[1..].chunks(2) {
