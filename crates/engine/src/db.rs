@@ -191,8 +191,12 @@ pub struct Stats {
     pub wal: WalStats,
     /// What the open recovered.
     pub recovery: Recovery,
-    /// The reason writes are refused, if they are.
+    /// The reason writes are refused, if they are (a full disk or a
+    /// failure that needs a restart).
     pub write_error: Option<String>,
+    /// True when `write_error` is a full disk: writes resume by themselves
+    /// once space returns. False for a failure that needs a restart.
+    pub disk_full: bool,
 }
 
 impl Db {
@@ -661,6 +665,7 @@ impl Db {
             wal: inner.wal.stats(),
             recovery: inner.recovery,
             write_error: inner.write_error(),
+            disk_full: inner.permanent_error().is_none() && inner.disk_full().is_some(),
         }
     }
 

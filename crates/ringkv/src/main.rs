@@ -4,6 +4,8 @@
 //! With no arguments it serves 127.0.0.1:6379 with data in `./data`. Every
 //! setting of the TOML file (`--config FILE`) can be overridden by a flag.
 
+mod backup;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -16,9 +18,13 @@ use serde::Deserialize;
 #[command(
     name = "ringkv",
     version,
-    about = "A Redis-compatible key-value database on an LSM engine"
+    about = "A Redis-compatible key-value database on an LSM engine",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// Instead of serving: back up a running server or restore a backup.
+    #[command(subcommand)]
+    tool: Option<backup::Tool>,
     /// TOML config file (keys as the long flags, e.g. `port = 6380`, `appendfsync = "always"`).
     #[arg(long, value_name = "FILE", env = "RINGKV_CONFIG")]
     config: Option<PathBuf>,
@@ -283,7 +289,10 @@ fn filter_for(level: &str) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(tool) = cli.tool.take() {
+        return backup::run(tool);
+    }
     let config = load(cli)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter_for(&config.loglevel)));

@@ -104,8 +104,9 @@ impl From<ringkv_engine::Error> for CmdError {
 }
 
 /// Engine failures as Redis reports persistence trouble: `-MISCONF` for a disk or WAL that
-/// refuses writes (clients and operators know it as "the server cannot persist"), `-ERR` for
-/// arguments out of the engine's limits.
+/// refuses writes (clients and operators know it as "the server cannot persist"), with distinct
+/// texts for a full disk (writes resume by themselves) and a failed write or fsync (a restart is
+/// needed); `-ERR` for arguments out of the engine's limits.
 pub(crate) fn engine_error_frame(error: &ringkv_engine::Error) -> Frame {
     use ringkv_engine::Error as E;
     match error {
@@ -113,11 +114,27 @@ pub(crate) fn engine_error_frame(error: &ringkv_engine::Error) -> Frame {
         E::Closed => Frame::error("ERR server is shutting down"),
         E::Conflict => Frame::error("ERR write conflict, retry"),
         E::Corruption { .. } | E::Locked { .. } => Frame::error(format!("ERR storage error: {error}")),
-        // I/O failures, a full disk, a poisoned WAL, and whatever the engine adds later.
+        // Only the engine's own DiskFull: an fsync that failed with ENOSPC poisons the log (the
+        // kernel may have dropped the pages) and comes back as an I/O error, below.
+        E::DiskFull { .. } => Frame::error(format!(
+            "MISCONF ringkv cannot persist writes: the disk is full ({}). Writes are suspended and resume by themselves once space is freed; reads still work; nothing acknowledged is lost.",
+            one_line(&error.to_string())
+        )),
+        E::Poisoned { reason } => Frame::error(format!(
+            "MISCONF ringkv refuses writes since a write or fsync of its log failed ({}): what is on disk is unknown until the server is restarted and recovers from it. Reads still work.",
+            one_line(reason)
+        )),
+        // Other I/O failures, and whatever the engine adds later.
         _ => Frame::error(format!(
-            "MISCONF ringkv cannot persist writes: {error}. Commands that may modify the data set are disabled until the problem is fixed and the server restarted."
+            "MISCONF ringkv cannot persist writes: {}. Commands that may modify the data set are disabled until the problem is fixed and the server restarted.",
+            one_line(&error.to_string())
         )),
     }
+}
+
+/// Error replies are one line.
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
 }
 
 /// Result of the keyspace and argument helpers.

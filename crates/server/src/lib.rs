@@ -25,6 +25,7 @@ mod glob;
 mod keys;
 mod keyspace;
 mod metrics;
+mod persistence;
 mod replication;
 mod server;
 mod slowlog;

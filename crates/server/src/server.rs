@@ -154,7 +154,8 @@ pub struct Server {
     pub(crate) scan_cursors: Mutex<ScanCursors>,
     pub(crate) started: Instant,
     pub(crate) run_id: String,
-    pub(crate) last_save_unix: AtomicU64,
+    /// Checkpoints (SAVE, BGSAVE, backups) and what INFO persistence says of them.
+    pub(crate) persistence: Arc<crate::persistence::Persistence>,
     pub(crate) bound_port: AtomicU64,
     /// Becomes true when SHUTDOWN (or a signal) asks the server to stop.
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
@@ -205,7 +206,7 @@ impl Server {
             scan_cursors: Mutex::new(ScanCursors::new()),
             started: Instant::now(),
             run_id,
-            last_save_unix: AtomicU64::new(unix_seconds()),
+            persistence: Arc::new(crate::persistence::Persistence::new()),
             bound_port: AtomicU64::new(0),
             shutdown: tokio::sync::watch::channel(false).0,
             drop_wakeup: Notify::new(),

@@ -49,6 +49,8 @@ pub struct Server {
     dir: Arc<tempfile::TempDir>,
     extra_args: Vec<String>,
     log: Arc<Mutex<String>>,
+    /// Data directory when not `dir/data` ([`Server::start_in`]).
+    data: Option<PathBuf>,
 }
 
 impl Server {
@@ -67,6 +69,21 @@ impl Server {
             dir,
             extra_args,
             log: Arc::new(Mutex::new(String::new())),
+            data: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server on the data directory `data` (a restored backup, a small filesystem).
+    pub fn start_in(data: &Path, extra_args: &[&str]) -> Server {
+        let mut server = Server {
+            child: None,
+            port: 0,
+            dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            log: Arc::new(Mutex::new(String::new())),
+            data: Some(data.to_path_buf()),
         };
         server.spawn();
         server
@@ -83,7 +100,7 @@ impl Server {
                 "info",
                 "--dir",
             ])
-            .arg(self.dir.path().join("data"))
+            .arg(self.data_dir())
             .args(&self.extra_args)
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
@@ -225,7 +242,9 @@ impl Server {
 
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 }
 
