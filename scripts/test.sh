@@ -34,3 +34,6 @@ fi
 
 echo "== doc tests"
 cargo test --doc --workspace
+
+echo "== fuzz (20 s per target; builds the fuzz crates and installs cargo-fuzz when missing)"
+bash scripts/fuzz.sh 20
