@@ -29,6 +29,8 @@ const BACKUP_PREFIX: &str = "backup-";
 pub(crate) struct Persistence {
     /// A BGSAVE is running.
     pub bgsave_in_progress: AtomicBool,
+    /// `BGSAVE SCHEDULE` came while one ran: save once more when it ends.
+    pub bgsave_scheduled: AtomicBool,
     /// The last save (SAVE or BGSAVE) succeeded.
     pub last_save_ok: AtomicBool,
     /// Duration of the last save, seconds (-1: none yet).
@@ -45,6 +47,7 @@ impl Persistence {
     pub(crate) fn new() -> Persistence {
         Persistence {
             bgsave_in_progress: AtomicBool::new(false),
+            bgsave_scheduled: AtomicBool::new(false),
             last_save_ok: AtomicBool::new(true),
             last_save_duration_ms: AtomicU64::new(u64::MAX),
             last_save_unix: AtomicU64::new(unix_seconds()),
@@ -113,6 +116,28 @@ pub(crate) fn save(
         }
     }
     result
+}
+
+/// The BGSAVE thread (started with `bgsave_in_progress` set): saves, then
+/// again while `BGSAVE SCHEDULE` asked for one meanwhile, then clears the
+/// flag.
+pub(crate) fn background_saves(persistence: &Persistence, engine: &ringkv_engine::Db) {
+    loop {
+        let _ = save(persistence, engine);
+        if persistence.bgsave_scheduled.swap(false, Ordering::AcqRel) {
+            continue;
+        }
+        persistence
+            .bgsave_in_progress
+            .store(false, Ordering::Release);
+        // A SCHEDULE that saw the flag still set just before it was cleared: take it over,
+        // unless a new BGSAVE already started its own thread.
+        if !persistence.bgsave_scheduled.swap(false, Ordering::AcqRel)
+            || persistence.bgsave_in_progress.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+    }
 }
 
 /// Writes a checkpoint for `ringkv backup` (never pruned by the server).

@@ -177,6 +177,8 @@ fn bgsave(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let persistence = &ctx.server.persistence;
     if persistence.bgsave_in_progress.swap(true, Ordering::AcqRel) {
         if args.len() == 2 {
+            // Redis' BGSAVE SCHEDULE: one more save runs when the current one ends.
+            persistence.bgsave_scheduled.store(true, Ordering::Release);
             return Frame::simple("Background saving scheduled");
         }
         return Frame::error("ERR Background save already in progress");
@@ -185,13 +187,7 @@ fn bgsave(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let background = persistence.clone();
     let started = std::thread::Builder::new()
         .name("ringkv-bgsave".into())
-        .spawn(move || {
-            let persistence = &background;
-            let _ = crate::persistence::save(persistence, &engine);
-            persistence
-                .bgsave_in_progress
-                .store(false, Ordering::Release);
-        });
+        .spawn(move || crate::persistence::background_saves(&background, &engine));
     if started.is_err() {
         persistence
             .bgsave_in_progress
