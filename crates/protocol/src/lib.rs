@@ -23,7 +23,7 @@ pub use bytes::{Bytes, BytesMut};
 pub use error::ProtocolError;
 pub use frame::{Frame, FRAME_DEPTH_MAX};
 pub use limits::{Limits, ARGS_MAX_DEFAULT, BULK_BYTES_MAX_DEFAULT, INLINE_BYTES_MAX_DEFAULT};
-pub use number::format_double;
+pub use number::{format_double, parse_i64_strict as parse_i64};
 pub use request::{encode_request, parse_request};
 
 /// RESP protocol version a connection speaks.

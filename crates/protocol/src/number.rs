@@ -5,7 +5,7 @@ use bytes::{BufMut, BytesMut};
 /// Parses a decimal `i64` exactly as Redis' `string2ll` does for length lines: an optional `-`,
 /// then digits with no leading zero (except `0` itself), nothing else — no `+`, no spaces, no
 /// `-0`, no overflow. `None` if the text is not such a number.
-pub(crate) fn parse_i64_strict(text: &[u8]) -> Option<i64> {
+pub fn parse_i64_strict(text: &[u8]) -> Option<i64> {
     if text == b"0" {
         return Some(0);
     }

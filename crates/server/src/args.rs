@@ -5,35 +5,8 @@ use crate::errors::{CmdError, CmdResult};
 
 /// Parses an `i64` as Redis' `string2ll`: optional `-`, then digits with no
 /// leading zero (`0` alone is fine), no `+`, no spaces, no `-0`, no overflow.
-pub(crate) fn parse_i64(text: &[u8]) -> Option<i64> {
-    if text.is_empty() || text.len() > 20 {
-        return None;
-    }
-    if text == b"0" {
-        return Some(0);
-    }
-    let (negative, digits) = match text {
-        [b'-', rest @ ..] => (true, rest),
-        _ => (false, text),
-    };
-    if !matches!(digits.first(), Some(b'1'..=b'9')) {
-        return None;
-    }
-    let mut magnitude: u64 = 0;
-    for &byte in digits {
-        if !byte.is_ascii_digit() {
-            return None;
-        }
-        magnitude = magnitude
-            .checked_mul(10)?
-            .checked_add(u64::from(byte - b'0'))?;
-    }
-    if negative {
-        0i64.checked_sub_unsigned(magnitude)
-    } else {
-        i64::try_from(magnitude).ok()
-    }
-}
+/// The same rule reads RESP lengths, so the protocol crate owns it.
+pub(crate) use ringkv_protocol::parse_i64;
 
 /// [`parse_i64`] or `ERR value is not an integer or out of range`.
 pub(crate) fn i64_arg(text: &[u8]) -> CmdResult<i64> {

@@ -6,112 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
-use common::{resp, Server};
-use ringkv_protocol::Frame;
-
-/// A raw RESP connection that reads whole replies, whatever their length.
-struct Session {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl Session {
-    fn new(server: &Server) -> Session {
-        let stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        Session {
-            stream,
-            buffer: Vec::new(),
-        }
-    }
-
-    fn call(&mut self, args: &[&[u8]]) -> Frame {
-        self.stream.write_all(&resp(args)).expect("send");
-        loop {
-            if let Some((frame, used)) = Frame::parse(&self.buffer).expect("well-formed reply") {
-                self.buffer.drain(..used);
-                return frame;
-            }
-            let mut chunk = [0u8; 64 * 1024];
-            let read = self.stream.read(&mut chunk).expect("read reply");
-            assert!(read > 0, "server closed the connection");
-            self.buffer.extend_from_slice(&chunk[..read]);
-        }
-    }
-
-    /// Runs a space-separated command and renders its reply.
-    fn cmd(&mut self, line: &str) -> String {
-        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
-        render(&self.call(&args))
-    }
-
-    /// Runs every `(command, expected rendering)` pair in order; reports all mismatches.
-    /// `a|b` accepts either rendering (a TTL may tick down by a second on a slow machine).
-    fn check(&mut self, cases: &[(&str, &str)]) {
-        let mut failures = Vec::new();
-        for (line, expected) in cases {
-            let got = self.cmd(line);
-            if !expected.split('|').any(|alternative| alternative == got) {
-                failures.push(format!(
-                    "{line}\n    expected {expected}\n    got      {got}"
-                ));
-            }
-        }
-        assert!(
-            failures.is_empty(),
-            "{} mismatches:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
-    }
-}
-
-/// A compact, exact rendering of a reply: `+OK`, `-ERR …`, `:1`, `"bulk"` (non-printable
-/// bytes as `\xNN`), `nil`, `[a, b]`, `{k: v}` (RESP3 map).
-fn render(frame: &Frame) -> String {
-    match frame {
-        Frame::Simple(text) => format!("+{}", String::from_utf8_lossy(text)),
-        Frame::Error(text) => format!("-{}", String::from_utf8_lossy(text)),
-        Frame::Integer(value) => format!(":{value}"),
-        Frame::Bulk(bytes) => {
-            let mut out = String::from("\"");
-            for &byte in bytes.iter() {
-                match byte {
-                    b'"' | b'\\' => {
-                        out.push('\\');
-                        out.push(byte as char);
-                    }
-                    0x20..=0x7e => out.push(byte as char),
-                    _ => out.push_str(&format!("\\x{byte:02x}")),
-                }
-            }
-            out.push('"');
-            out
-        }
-        Frame::Null | Frame::NullArray => "nil".to_string(),
-        Frame::Array(items) | Frame::Set(items) | Frame::Push(items) => {
-            format!(
-                "[{}]",
-                items.iter().map(render).collect::<Vec<_>>().join(", ")
-            )
-        }
-        Frame::Map(pairs) => format!(
-            "{{{}}}",
-            pairs
-                .iter()
-                .map(|(k, v)| format!("{}: {}", render(k), render(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        other => format!("{other:?}"),
-    }
-}
+use common::{render, Server};
 
 const SYNTAX: &str = "-ERR syntax error";
 const NOT_INTEGER: &str = "-ERR value is not an integer or out of range";
@@ -123,7 +18,7 @@ const BITFIELD_TYPE: &str =
 #[test]
 fn setbit_and_getbit() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     s.check(&[
         ("SETBIT b 7 1", ":0"),
         ("SETBIT b 7 1", ":1"),
@@ -168,7 +63,7 @@ fn setbit_and_getbit() {
 #[test]
 fn bitcount_byte_and_bit_ranges() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     s.check(&[
         ("SET k foobar", "+OK"),
         ("BITCOUNT k", ":26"),
@@ -210,11 +105,23 @@ fn bitcount_byte_and_bit_ranges() {
 #[test]
 fn bitpos_and_its_edge_cases() {
     let server = Server::start();
-    let mut s = Session::new(&server);
-    assert_eq!(render(&s.call(&[b"SET", b"ones", b"\xff\xf0\x00"])), "+OK");
-    assert_eq!(render(&s.call(&[b"SET", b"m", b"\x00\xff\xf0"])), "+OK");
-    assert_eq!(render(&s.call(&[b"SET", b"full", b"\xff\xff\xff"])), "+OK");
-    assert_eq!(render(&s.call(&[b"SET", b"zeros", b"\x00\x00\x00"])), "+OK");
+    let mut s = server.raw();
+    assert_eq!(
+        render(&s.call_args(&[b"SET", b"ones", b"\xff\xf0\x00"])),
+        "+OK"
+    );
+    assert_eq!(
+        render(&s.call_args(&[b"SET", b"m", b"\x00\xff\xf0"])),
+        "+OK"
+    );
+    assert_eq!(
+        render(&s.call_args(&[b"SET", b"full", b"\xff\xff\xff"])),
+        "+OK"
+    );
+    assert_eq!(
+        render(&s.call_args(&[b"SET", b"zeros", b"\x00\x00\x00"])),
+        "+OK"
+    );
     s.check(&[
         ("BITPOS ones 0", ":12"),
         ("BITPOS m 1 0", ":8"),
@@ -255,9 +162,9 @@ fn bitpos_and_its_edge_cases() {
 #[test]
 fn bitop_and_or_xor_not() {
     let server = Server::start();
-    let mut s = Session::new(&server);
-    assert_eq!(render(&s.call(&[b"SET", b"a", b"\xff\x0f"])), "+OK");
-    assert_eq!(render(&s.call(&[b"SET", b"b", b"\x0f"])), "+OK");
+    let mut s = server.raw();
+    assert_eq!(render(&s.call_args(&[b"SET", b"a", b"\xff\x0f"])), "+OK");
+    assert_eq!(render(&s.call_args(&[b"SET", b"b", b"\x0f"])), "+OK");
     s.check(&[
         ("BITOP AND d a b", ":2"),
         ("GET d", "\"\\x0f\\x00\""),
@@ -294,7 +201,7 @@ fn bitop_and_or_xor_not() {
 #[test]
 fn bitfield_get_set_incrby_and_overflow() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     s.check(&[
         ("BITFIELD k INCRBY i5 100 1 GET u4 0", "[:1, :0]"),
         (

@@ -6,112 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{resp, Server};
+use common::{render, Server};
 use ringkv_protocol::Frame;
-
-/// A raw RESP connection that reads whole replies, whatever their length.
-struct Session {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl Session {
-    fn new(server: &Server) -> Session {
-        let stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        Session {
-            stream,
-            buffer: Vec::new(),
-        }
-    }
-
-    fn call(&mut self, args: &[&[u8]]) -> Frame {
-        self.stream.write_all(&resp(args)).expect("send");
-        loop {
-            if let Some((frame, used)) = Frame::parse(&self.buffer).expect("well-formed reply") {
-                self.buffer.drain(..used);
-                return frame;
-            }
-            let mut chunk = [0u8; 64 * 1024];
-            let read = self.stream.read(&mut chunk).expect("read reply");
-            assert!(read > 0, "server closed the connection");
-            self.buffer.extend_from_slice(&chunk[..read]);
-        }
-    }
-
-    /// Runs a space-separated command and renders its reply.
-    fn cmd(&mut self, line: &str) -> String {
-        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
-        render(&self.call(&args))
-    }
-
-    /// Runs every `(command, expected rendering)` pair in order; reports all mismatches.
-    /// `a|b` accepts either rendering (a TTL may tick down by a second on a slow machine).
-    fn check(&mut self, cases: &[(&str, &str)]) {
-        let mut failures = Vec::new();
-        for (line, expected) in cases {
-            let got = self.cmd(line);
-            if !expected.split('|').any(|alternative| alternative == got) {
-                failures.push(format!(
-                    "{line}\n    expected {expected}\n    got      {got}"
-                ));
-            }
-        }
-        assert!(
-            failures.is_empty(),
-            "{} mismatches:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
-    }
-}
-
-/// A compact, exact rendering of a reply: `+OK`, `-ERR …`, `:1`, `"bulk"` (non-printable
-/// bytes as `\xNN`), `nil`, `[a, b]`, `{k: v}` (RESP3 map).
-fn render(frame: &Frame) -> String {
-    match frame {
-        Frame::Simple(text) => format!("+{}", String::from_utf8_lossy(text)),
-        Frame::Error(text) => format!("-{}", String::from_utf8_lossy(text)),
-        Frame::Integer(value) => format!(":{value}"),
-        Frame::Bulk(bytes) => {
-            let mut out = String::from("\"");
-            for &byte in bytes.iter() {
-                match byte {
-                    b'"' | b'\\' => {
-                        out.push('\\');
-                        out.push(byte as char);
-                    }
-                    0x20..=0x7e => out.push(byte as char),
-                    _ => out.push_str(&format!("\\x{byte:02x}")),
-                }
-            }
-            out.push('"');
-            out
-        }
-        Frame::Null | Frame::NullArray => "nil".to_string(),
-        Frame::Array(items) | Frame::Set(items) | Frame::Push(items) => {
-            format!(
-                "[{}]",
-                items.iter().map(render).collect::<Vec<_>>().join(", ")
-            )
-        }
-        Frame::Map(pairs) => format!(
-            "{{{}}}",
-            pairs
-                .iter()
-                .map(|(k, v)| format!("{}: {}", render(k), render(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        other => format!("{other:?}"),
-    }
-}
 
 const SYNTAX: &str = "-ERR syntax error";
 const NOT_INTEGER: &str = "-ERR value is not an integer or out of range";
@@ -120,7 +19,7 @@ const NOT_FLOAT: &str = "-ERR value is not a valid float";
 #[test]
 fn get_set_and_every_set_option() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     s.check(&[
         ("GET nokey", "nil"),
         ("SET k v", "+OK"),
@@ -210,7 +109,7 @@ fn get_set_and_every_set_option() {
 #[test]
 fn set_ifeq_compare_and_set() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     s.check(&[
         ("SET ik a", "+OK"),
         ("SET ik b IFEQ x", "nil"),
@@ -243,7 +142,7 @@ fn set_ifeq_compare_and_set() {
 #[test]
 fn setnx_setex_psetex_getset_getdel_getex() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     s.check(&[
         ("SETNX a 1", ":1"),
         ("SETNX a 2", ":0"),
@@ -321,7 +220,7 @@ fn setnx_setex_psetex_getset_getdel_getex() {
 #[test]
 fn mget_mset_msetnx() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     s.check(&[
         ("MSET a 1 b 2 c 3", "+OK"),
         ("MGET a b nokey c", "[\"1\", \"2\", nil, \"3\"]"),
@@ -353,7 +252,7 @@ fn mget_mset_msetnx() {
 #[test]
 fn counters_follow_redis_integer_rules() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     s.check(&[
         ("INCR n", ":1"),
         ("INCR n", ":2"),
@@ -427,17 +326,23 @@ fn counters_follow_redis_integer_rules() {
         ),
     ]);
     // Leading or trailing spaces (not expressible in the space-split table).
-    assert_eq!(render(&s.call(&[b"INCRBYFLOAT", b"nf", b" 1"])), NOT_FLOAT);
-    assert_eq!(render(&s.call(&[b"INCRBYFLOAT", b"nf", b"1 "])), NOT_FLOAT);
-    assert_eq!(render(&s.call(&[b"INCRBY", b"n", b" 1"])), NOT_INTEGER);
-    assert_eq!(render(&s.call(&[b"SET", b"sp", b" 1"])), "+OK");
-    assert_eq!(render(&s.call(&[b"INCR", b"sp"])), NOT_INTEGER);
+    assert_eq!(
+        render(&s.call_args(&[b"INCRBYFLOAT", b"nf", b" 1"])),
+        NOT_FLOAT
+    );
+    assert_eq!(
+        render(&s.call_args(&[b"INCRBYFLOAT", b"nf", b"1 "])),
+        NOT_FLOAT
+    );
+    assert_eq!(render(&s.call_args(&[b"INCRBY", b"n", b" 1"])), NOT_INTEGER);
+    assert_eq!(render(&s.call_args(&[b"SET", b"sp", b" 1"])), "+OK");
+    assert_eq!(render(&s.call_args(&[b"INCR", b"sp"])), NOT_INTEGER);
 }
 
 #[test]
 fn append_strlen_getrange_setrange() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     s.check(&[
         ("APPEND a Hello", ":5"),
         ("APPEND a _World", ":11"),
@@ -502,7 +407,7 @@ fn append_strlen_getrange_setrange() {
 #[test]
 fn lcs_replies_as_redis_7() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     s.check(&[
         ("MSET key1 ohmytext key2 mynewtext", "+OK"),
         ("LCS key1 key2", "\"mytext\""),
@@ -543,7 +448,7 @@ fn lcs_replies_as_redis_7() {
         ),
     ]);
     // RESP3: the IDX reply is a map.
-    let _ = s.call(&[b"HELLO", b"3"]);
+    let _ = s.call_args(&[b"HELLO", b"3"]);
     s.check(&[
         (
             "LCS key1 key2 IDX MINMATCHLEN 4",
@@ -556,13 +461,13 @@ fn lcs_replies_as_redis_7() {
 #[test]
 fn lcs_refuses_a_table_larger_than_proto_max_bulk_len() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     let a = vec![b'a'; 12_000];
     let b = vec![b'b'; 12_000];
-    assert_eq!(render(&s.call(&[b"SET", b"la", &a])), "+OK");
-    assert_eq!(render(&s.call(&[b"SET", b"lb", &b])), "+OK");
+    assert_eq!(render(&s.call_args(&[b"SET", b"la", &a])), "+OK");
+    assert_eq!(render(&s.call_args(&[b"SET", b"lb", &b])), "+OK");
     assert_eq!(
-        render(&s.call(&[b"LCS", b"la", b"lb"])),
+        render(&s.call_args(&[b"LCS", b"la", b"lb"])),
         "-ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len"
     );
 }
@@ -570,16 +475,19 @@ fn lcs_refuses_a_table_larger_than_proto_max_bulk_len() {
 #[test]
 fn binary_values_round_trip() {
     let server = Server::start();
-    let mut s = Session::new(&server);
+    let mut s = server.raw();
     let value: Vec<u8> = (0..=255u8).collect();
-    assert_eq!(render(&s.call(&[b"SET", b"bin\x00key", &value])), "+OK");
-    match s.call(&[b"GET", b"bin\x00key"]) {
+    assert_eq!(
+        render(&s.call_args(&[b"SET", b"bin\x00key", &value])),
+        "+OK"
+    );
+    match s.call_args(&[b"GET", b"bin\x00key"]) {
         Frame::Bulk(bytes) => assert_eq!(&bytes[..], &value[..]),
         other => panic!("{other:?}"),
     }
-    assert_eq!(render(&s.call(&[b"STRLEN", b"bin\x00key"])), ":256");
+    assert_eq!(render(&s.call_args(&[b"STRLEN", b"bin\x00key"])), ":256");
     assert_eq!(
-        render(&s.call(&[b"GETRANGE", b"bin\x00key", b"-2", b"-1"])),
+        render(&s.call_args(&[b"GETRANGE", b"bin\x00key", b"-2", b"-1"])),
         "\"\\xfe\\xff\""
     );
 }
@@ -802,15 +710,8 @@ fn differential_against_redis_7_0() {
         return;
     };
     let server = Server::start();
-    let mut ringkv = Session::new(&server);
-    let stream = TcpStream::connect(("127.0.0.1", oracle.port)).expect("connect to redis-server");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let mut redis = Session {
-        stream,
-        buffer: Vec::new(),
-    };
+    let mut ringkv = server.raw();
+    let mut redis = common::Raw::connect(oracle.port);
 
     const KEYS: [&str; 3] = ["a", "b", "c"];
     const VALUES: [&str; 19] = [
@@ -1018,8 +919,8 @@ fn differential_against_redis_7_0() {
             command = vec!["FLUSHALL"];
         }
         let args: Vec<&[u8]> = command.iter().map(|arg| arg.as_bytes()).collect();
-        let expected = render(&redis.call(&args));
-        let got = render(&ringkv.call(&args));
+        let expected = render(&redis.call_args(&args));
+        let got = render(&ringkv.call_args(&args));
         if expected != got && mismatches.len() < 20 {
             mismatches.push(format!(
                 "{}\n    redis  {expected}\n    ringkv {got}",

@@ -12,9 +12,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -135,44 +134,10 @@ enum Start {
 }
 
 fn start(dir: &Path) -> Start {
-    let mut child = Command::new(common::binary())
-        .args([
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--loglevel",
-            "info",
-            "--dir",
-        ])
-        .arg(dir)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringkv");
-    let stderr = child.stderr.take().unwrap();
     let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader_log = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("Ready to accept connections") {
-                let port = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                    .and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok());
-                let _ = tx.send(port);
-            }
-            let mut log = reader_log.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Some(port)) => Start::Up(child, port, log),
+    let (mut child, port) = common::launch(dir, &[], log.clone());
+    match port {
+        Some(port) => Start::Up(child, port, log),
         _ => {
             let _ = child.kill();
             let status = child.wait().unwrap();

@@ -42,6 +42,59 @@ pub fn binary() -> PathBuf {
         .clone()
 }
 
+/// Starts `ringkv` on `data_dir` (loopback, a free port) with `extra_args`, copying its log
+/// into `log`. Returns the process and the port it listens on, or `None` when it exited or did
+/// not report listening within the start timeout (the caller decides whether that is a failure).
+pub fn launch(
+    data_dir: &Path,
+    extra_args: &[String],
+    log: Arc<Mutex<String>>,
+) -> (Child, Option<u16>) {
+    let mut child = Command::new(binary())
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--loglevel",
+            "info",
+            "--dir",
+        ])
+        .arg(data_dir)
+        .args(extra_args)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringkv");
+    let stderr = child.stderr.take().expect("stderr");
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        let mut sent = false;
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if !sent && line.contains("Ready to accept connections") {
+                if let Some(port) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+                {
+                    let _ = port_tx.send(port);
+                    sent = true;
+                }
+            }
+            log.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+    // A process that exits drops the sender, so a refusal does not wait for the timeout.
+    (child, port_rx.recv_timeout(START_TIMEOUT).ok())
+}
+
 /// A running `ringkv` process with its own data directory.
 pub struct Server {
     child: Option<Child>,
@@ -90,54 +143,10 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(binary())
-            .args([
-                "--port",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--loglevel",
-                "info",
-                "--dir",
-            ])
-            .arg(self.data_dir())
-            .args(&self.extra_args)
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringkv");
-        let stderr = child.stderr.take().expect("stderr");
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = String::new();
-            let mut sent = false;
-            while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                if !sent && line.contains("Ready to accept connections") {
-                    if let Some(port) = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))
-                        .and_then(|a| a.rsplit(':').next())
-                        .and_then(|p| p.trim().parse::<u16>().ok())
-                    {
-                        let _ = port_tx.send(port);
-                        sent = true;
-                    }
-                }
-                log.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
-        let port = match port_rx.recv_timeout(START_TIMEOUT) {
-            Ok(port) => port,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("ringkv did not start; log:\n{}", self.log.lock().unwrap());
-            }
+        let (mut child, port) = launch(&self.data_dir(), &self.extra_args, self.log.clone());
+        let Some(port) = port else {
+            let _ = child.kill();
+            panic!("ringkv did not start; log:\n{}", self.log.lock().unwrap());
         };
         self.port = port;
         self.child = Some(child);
@@ -160,15 +169,7 @@ impl Server {
 
     /// A raw TCP connection with a read timeout.
     pub fn raw(&self) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Raw {
-            stream,
-            pending: Vec::new(),
-        }
+        Raw::connect(self.port)
     }
 
     /// Runs `redis-cli -p port args…` and returns its stdout.
@@ -316,6 +317,50 @@ impl Raw {
         self.read_frame()
     }
 
+    /// A connection to any RESP server on loopback `port` (ringkv, or a reference redis-server).
+    pub fn connect(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Raw {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Sends one command given as arguments and reads its reply.
+    pub fn call_args(&mut self, args: &[&[u8]]) -> ringkv_protocol::Frame {
+        self.call(&resp(args))
+    }
+
+    /// Runs a space-separated command and renders its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        render(&self.call_args(&args))
+    }
+
+    /// Runs every `(command, expected rendering)` pair in order; reports all mismatches.
+    /// `a|b` accepts either rendering (a TTL may tick down by a second on a slow machine).
+    pub fn check(&mut self, cases: &[(&str, &str)]) {
+        let mut failures = Vec::new();
+        for (line, expected) in cases {
+            let got = self.cmd(line);
+            if !expected.split('|').any(|alternative| alternative == got) {
+                failures.push(format!(
+                    "{line}\n    expected {expected}\n    got      {got}"
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} mismatches:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
     /// Reads whatever arrives until the server closes the connection (or the timeout).
     pub fn read_to_close(&mut self) -> (String, bool) {
         let mut out = Vec::new();
@@ -364,5 +409,48 @@ pub fn error_text(error: &redis::RedisError) -> String {
         (Some(code), Some(detail)) => format!("{code} {detail}"),
         (Some(code), None) => code.to_string(),
         _ => error.to_string(),
+    }
+}
+
+/// A compact, exact rendering of a reply: `+OK`, `-ERR …`, `:1`, `"bulk"` (non-printable
+/// bytes as `\xNN`), `nil`, `[a, b]`, `{k: v}` (RESP3 map).
+pub fn render(frame: &ringkv_protocol::Frame) -> String {
+    match frame {
+        ringkv_protocol::Frame::Simple(text) => format!("+{}", String::from_utf8_lossy(text)),
+        ringkv_protocol::Frame::Error(text) => format!("-{}", String::from_utf8_lossy(text)),
+        ringkv_protocol::Frame::Integer(value) => format!(":{value}"),
+        ringkv_protocol::Frame::Bulk(bytes) => {
+            let mut out = String::from("\"");
+            for &byte in bytes.iter() {
+                match byte {
+                    b'"' | b'\\' => {
+                        out.push('\\');
+                        out.push(byte as char);
+                    }
+                    0x20..=0x7e => out.push(byte as char),
+                    _ => out.push_str(&format!("\\x{byte:02x}")),
+                }
+            }
+            out.push('"');
+            out
+        }
+        ringkv_protocol::Frame::Null | ringkv_protocol::Frame::NullArray => "nil".to_string(),
+        ringkv_protocol::Frame::Array(items)
+        | ringkv_protocol::Frame::Set(items)
+        | ringkv_protocol::Frame::Push(items) => {
+            format!(
+                "[{}]",
+                items.iter().map(render).collect::<Vec<_>>().join(", ")
+            )
+        }
+        ringkv_protocol::Frame::Map(pairs) => format!(
+            "{{{}}}",
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{}: {}", render(k), render(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => format!("{other:?}"),
     }
 }
