@@ -226,6 +226,8 @@ impl Db {
             .flatten()
             .map(|t| t.meta.seq_max)
             .fold(manifest_seq, u64::max);
+        let manifest_known_seq = last_seq;
+        let mut replayed_min_seq: Option<u64> = None;
 
         // Replay the WAL segments not yet flushed, oldest first.
         let mut recovery = Recovery::default();
@@ -249,6 +251,7 @@ impl Db {
                         Bytes::copy_from_slice(op.stored_value),
                     );
                     last_seq = last_seq.max(op.seq);
+                    replayed_min_seq = Some(replayed_min_seq.map_or(op.seq, |m| m.min(op.seq)));
                     recovery.wal_ops += 1;
                 }
             }
@@ -271,6 +274,13 @@ impl Db {
                 );
             }
         }
+        refuse_lost_orphans(
+            &dir,
+            &version,
+            &listing,
+            manifest_known_seq,
+            replayed_min_seq,
+        )?;
         // Write what the WAL held to a level-0 table, so the new manifest
         // can retire every old segment.
         let table_options = TableOptions::from_options(&options);
@@ -415,9 +425,8 @@ impl Db {
         self.validate(&batch)?;
         let inner = &self.inner;
         let mut state = inner.write.lock();
-        inner.make_room(&mut state)?;
+        let current = inner.make_room(&mut state)?;
         if !batch.expectations.is_empty() {
-            let current = inner.current.read().clone();
             for (key, expected) in &batch.expectations {
                 let found = inner.get_at(&current, key, state.last_seq)?;
                 if found.map(|e| e.version) != *expected {
@@ -453,7 +462,7 @@ impl Db {
             batch.ops.len() as u32,
         );
         let must_write = inner.wal.append(&record, last_seq);
-        let mem = inner.current.read().mem.clone();
+        let mem = &current.mem;
         for (i, op) in batch.ops.iter().enumerate() {
             let (kind, stored) = stored_value(op);
             mem.insert(op.key(), first_seq + i as u64, kind, stored);
@@ -486,7 +495,7 @@ impl Db {
         let (first_seq, last_seq) = (first.seq, last.seq);
         let inner = &self.inner;
         let mut state = inner.write.lock();
-        inner.make_room(&mut state)?;
+        let current = inner.make_room(&mut state)?;
         if first_seq != state.last_seq + 1 {
             return Err(invalid(&format!(
                 "starts at sequence {first_seq}, expected {}",
@@ -494,7 +503,7 @@ impl Db {
             )));
         }
         let must_write = inner.wal.append(record, last_seq);
-        let mem = inner.current.read().mem.clone();
+        let mem = &current.mem;
         for op in &ops {
             mem.insert(
                 op.key,
@@ -906,7 +915,9 @@ impl Inner {
 
     /// Before a write: freeze a full memtable, and hold writers back while
     /// flushes or level-0 compaction fall behind.
-    fn make_room(&self, state: &mut MutexGuard<'_, WriteState>) -> Result<()> {
+    /// Returns the view writes go to: valid while the caller holds the write
+    /// lock, since only a holder of it freezes the active memtable.
+    fn make_room(&self, state: &mut MutexGuard<'_, WriteState>) -> Result<Arc<SuperVersion>> {
         let options = &self.options;
         let mut slowed = false;
         loop {
@@ -931,7 +942,7 @@ impl Inner {
                 MutexGuard::unlocked(state, || std::thread::sleep(Duration::from_millis(1)));
                 continue;
             }
-            return Ok(());
+            return Ok(current);
         }
     }
 
@@ -1281,6 +1292,50 @@ fn stored_value(op: &BatchOp) -> (Kind, Bytes) {
         }
         BatchOp::Delete { .. } => (Kind::Delete, Bytes::new()),
     }
+}
+
+/// A table the manifest does not name is normally debris of a crash: a
+/// flush or compaction whose manifest edit never committed, whose data is
+/// still in the WAL or in older tables. But if it holds writes newer than
+/// anything the manifest knows *and* the WAL replay does not cover them, the
+/// manifest lost a committed edit (a damaged file) and deleting the table
+/// would silently drop acknowledged writes: refuse to open instead.
+fn refuse_lost_orphans(
+    dir: &Path,
+    version: &Version,
+    listing: &Listing,
+    manifest_known_seq: u64,
+    replayed_min_seq: Option<u64>,
+) -> Result<()> {
+    let live: std::collections::HashSet<u64> =
+        version.levels.iter().flatten().map(|t| t.number).collect();
+    let cache = Arc::new(crate::table::BlockCache::new(1 << 20));
+    for &number in listing.tables.iter().filter(|n| !live.contains(n)) {
+        let path = table_path(dir, number);
+        // A table torn by the crash that orphaned it was never committed.
+        let Ok(table) = crate::table::Table::open(&path, number, cache.clone()) else {
+            continue;
+        };
+        let meta = table.meta();
+        let newer = meta.entries > 0 && meta.seq_max > manifest_known_seq;
+        let replayed =
+            replayed_min_seq.is_some_and(|min| min <= meta.seq_min.max(manifest_known_seq + 1));
+        if newer && !replayed {
+            return Err(Error::corruption(
+                dir.join("CURRENT"),
+                0,
+                format!(
+                    "the manifest does not name table {} holding sequences {}..={}, which the \
+                     WAL does not hold either: the manifest lost a committed edit; refusing to \
+                     open rather than drop those writes (restore from a backup)",
+                    path.display(),
+                    meta.seq_min,
+                    meta.seq_max
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes every entry of `mem` to table `number`.

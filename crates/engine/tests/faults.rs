@@ -314,3 +314,59 @@ fn verify_directory_checks_every_block_and_names_a_damaged_file() {
         "no database there"
     );
 }
+
+#[test]
+fn a_manifest_that_lost_a_committed_flush_refuses_to_open_instead_of_dropping_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let db = Db::open(&live, options()).unwrap();
+    for i in 0..100 {
+        db.put(&key(i), &value(i), None).unwrap();
+    }
+    // The flush commits a manifest edit naming the new table and retires
+    // the WAL segment that held these writes.
+    db.flush().unwrap();
+    for i in 100..200 {
+        db.put(&key(i), &value(i), None).unwrap();
+    }
+    let damaged = dir.path().join("damaged");
+    fs::create_dir(&damaged).unwrap();
+    for entry in fs::read_dir(&live).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, damaged.join(path.file_name().unwrap())).unwrap();
+    }
+    db.close().unwrap();
+    // Cut the manifest's last record (the flush's edit) off the copy.
+    let manifest = files_with_suffix(&damaged, "")
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("MANIFEST-")
+        })
+        .unwrap();
+    let bytes = fs::read(&manifest).unwrap();
+    let first_len = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize + 8;
+    assert!(bytes.len() > first_len, "the flush appended an edit");
+    fs::write(&manifest, &bytes[..bytes.len() - 3]).unwrap();
+
+    match Db::open(&damaged, options()) {
+        Err(error @ Error::Corruption { .. }) => {
+            let text = error.to_string();
+            assert!(
+                text.contains("lost a committed edit") && text.contains(".sst"),
+                "{text}"
+            );
+        }
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok(db) => {
+            let present = (0..200)
+                .filter(|&i| db.get(&key(i)).unwrap().is_some())
+                .count();
+            panic!("opened with {present} of 200 keys: the flushed ones were dropped");
+        }
+    }
+    // The table is still there for an operator to recover from.
+    assert_eq!(files_with_suffix(&damaged, ".sst").len(), 1);
+}

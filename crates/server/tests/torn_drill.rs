@@ -73,14 +73,14 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Files worth damaging: WAL segments and tables; the live manifest too with
-/// `RINGKV_TORN_MANIFEST=1`. Known gap, off by default: a manifest whose last
-/// *committed* edit (a flush) is cut off opens without that edit, deletes the
-/// table as an orphan and loses flushed keys while later WAL keys survive
-/// (seed 1 shows it). A crash cannot do this (the edit was fsynced before the
-/// WAL it replaces was deleted); media damage can. See docs/durability.md.
+/// Files worth damaging: WAL segments, tables and the live manifest
+/// (`RINGKV_TORN_MANIFEST=0` leaves the manifest alone). A manifest whose last
+/// committed edit is cut off used to open without it and delete the flushed
+/// table as an orphan, losing its keys (seed 1 showed it); the engine now
+/// refuses to open when an orphan holds writes neither the manifest nor the
+/// WAL has.
 fn targets(dir: &Path) -> Vec<PathBuf> {
-    let manifest = std::env::var_os("RINGKV_TORN_MANIFEST").is_some_and(|v| v == "1");
+    let manifest = std::env::var_os("RINGKV_TORN_MANIFEST").is_none_or(|v| v != "0");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
