@@ -568,27 +568,8 @@ fn parse_decimal(text: &[u8]) -> Option<Parsed> {
     }
     if index < text.len() && (text[index] | 0x20) == b'e' {
         index += 1;
-        let negative = match text.get(index) {
-            Some(b'-') => {
-                index += 1;
-                true
-            }
-            Some(b'+') => {
-                index += 1;
-                false
-            }
-            _ => false,
-        };
-        let start = index;
-        let mut exponent: i64 = 0;
-        while index < text.len() && text[index].is_ascii_digit() {
-            exponent = (exponent * 10 + i64::from(text[index] - b'0')).min(1_000_000);
-            index += 1;
-        }
-        if index == start {
-            return None; // strtold would stop before the 'e', leaving it unconsumed
-        }
-        decimal_exponent += if negative { -exponent } else { exponent };
+        // strtold would stop before an 'e' with no digits, leaving it unconsumed.
+        decimal_exponent += signed_exponent(text, &mut index)?;
     }
     if index != text.len() {
         return None;
@@ -672,27 +653,7 @@ fn parse_hexadecimal(text: &[u8]) -> Option<Parsed> {
     }
     if index < text.len() && (text[index] | 0x20) == b'p' {
         index += 1;
-        let negative = match text.get(index) {
-            Some(b'-') => {
-                index += 1;
-                true
-            }
-            Some(b'+') => {
-                index += 1;
-                false
-            }
-            _ => false,
-        };
-        let start = index;
-        let mut binary: i64 = 0;
-        while index < text.len() && text[index].is_ascii_digit() {
-            binary = (binary * 10 + i64::from(text[index] - b'0')).min(1_000_000);
-            index += 1;
-        }
-        if index == start {
-            return None;
-        }
-        exponent += if negative { -binary } else { binary };
+        exponent += signed_exponent(text, &mut index)?;
     }
     if index != text.len() {
         return None;
@@ -967,6 +928,29 @@ pub(crate) fn lcs(a: &[u8], b: &[u8], min_match_length: u64) -> LcsResult {
         text,
         matches,
     }
+}
+
+/// Reads an optionally signed decimal exponent at `*index` (after its `e`/`p`), clamped to
+/// ±1 000 000 (far past any finite long double); `None` when no digit follows.
+fn signed_exponent(text: &[u8], index: &mut usize) -> Option<i64> {
+    let negative = match text.get(*index) {
+        Some(b'-') => {
+            *index += 1;
+            true
+        }
+        Some(b'+') => {
+            *index += 1;
+            false
+        }
+        _ => false,
+    };
+    let start = *index;
+    let mut exponent: i64 = 0;
+    while *index < text.len() && text[*index].is_ascii_digit() {
+        exponent = (exponent * 10 + i64::from(text[*index] - b'0')).min(1_000_000);
+        *index += 1;
+    }
+    (*index > start).then_some(if negative { -exponent } else { exponent })
 }
 
 #[cfg(test)]
