@@ -998,21 +998,6 @@ fn cpu_seconds() -> (f64, f64) {
     }
 }
 
-/// Resident set size in bytes, from /proc (0 where unavailable).
-fn rss_bytes() -> u64 {
-    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
-        return 0;
-    };
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * page.max(0) as u64
-}
-
 fn human_bytes(bytes: u64) -> String {
     let b = bytes as f64;
     if b < 1024.0 {
@@ -1060,7 +1045,7 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
         }
         "memory" => {
             let engine = ctx.keyspace.engine().stats();
-            let rss = rss_bytes();
+            let rss = crate::metrics::resident_bytes();
             let used = rss.max((engine.memtable_bytes + engine.frozen_memtable_bytes) as u64);
             let _ = write!(
                 out,
