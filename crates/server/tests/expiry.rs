@@ -4,16 +4,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{err, Server};
-use redis::{Commands, Connection};
-
-fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query(con).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
+use common::{err, q, Server};
+use redis::Commands;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

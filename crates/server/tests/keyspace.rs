@@ -5,19 +5,11 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{err, Server};
+use common::{err, q, Server};
 use redis::{Commands, Connection, Value};
 
 fn set(con: &mut Connection, key: &str, value: &str) {
     let _: () = con.set(key, value).unwrap();
-}
-
-fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query(con).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 #[test]

@@ -388,6 +388,18 @@ pub fn resp(args: &[&[u8]]) -> Vec<u8> {
 
 /// Runs a command with the `redis` crate and returns the raw reply value.
 pub fn run(con: &mut redis::Connection, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    query(con, args)
+}
+
+/// Runs `args` and converts the reply; panics with the command on an error reply.
+pub fn q<T: redis::FromRedisValue>(con: &mut redis::Connection, args: &[&str]) -> T {
+    query(con, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn query<T: redis::FromRedisValue>(
+    con: &mut redis::Connection,
+    args: &[&str],
+) -> redis::RedisResult<T> {
     let mut cmd = redis::cmd(args[0]);
     for arg in &args[1..] {
         cmd.arg(*arg);
