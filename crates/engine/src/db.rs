@@ -136,6 +136,10 @@ pub struct Recovery {
     pub wal_bytes: u64,
     /// Bytes cut off a torn or corrupt WAL tail.
     pub wal_bytes_dropped: u64,
+    /// The unreadable part of the log had intact records after it: a record
+    /// in the middle went bad and writes after it were not replayed (the
+    /// segment is kept as `<segment>.damaged`).
+    pub wal_damaged_mid_log: bool,
     /// Time the open took, in milliseconds.
     pub duration_ms: u64,
 }
@@ -266,12 +270,7 @@ impl Db {
                     ));
                 }
                 recovery.wal_bytes_dropped = read.file_bytes - read.valid_bytes;
-                tracing::warn!(
-                    file = %path.display(),
-                    offset = read.valid_bytes,
-                    dropped_bytes = recovery.wal_bytes_dropped,
-                    "torn or corrupt WAL tail cut off"
-                );
+                preserve_damaged_segment(&path, read.valid_bytes, &mut recovery)?;
             }
         }
         refuse_lost_orphans(
@@ -296,7 +295,7 @@ impl Db {
         let wal_number = next_file;
         let manifest_number = next_file + 1;
         next_file += 2;
-        let wal = Wal::create(&dir, wal_number, last_seq)?;
+        let wal = Wal::create(&dir, wal_number, last_seq, options.faults.clone())?;
         let manifest = Manifest::create(
             &dir,
             manifest_number,
@@ -1588,6 +1587,47 @@ fn list_files(dir: &Path) -> Result<Listing> {
     listing.wal.sort_unstable();
     listing.tables.sort_unstable();
     Ok(listing)
+}
+
+/// Reports the unreadable end of the last WAL segment. A torn tail (a crash
+/// in the middle of an append: nothing intact after it) is expected and cut
+/// off with a warning. Intact records after the damage mean a record in the
+/// middle of the log went bad: recovery still stops there (point-in-time, as
+/// RocksDB's default: a later write is never kept without an earlier one),
+/// but that loses acknowledged writes, so it is logged as an error, counted
+/// in [`Recovery::wal_damaged_mid_log`], and the segment is copied to
+/// `<segment>.damaged` first so nothing is destroyed before an operator looks.
+fn preserve_damaged_segment(path: &Path, valid_bytes: u64, recovery: &mut Recovery) -> Result<()> {
+    let data = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let Some(intact_at) = wal::intact_record_after(&data, valid_bytes as usize, |payload| {
+        wal::decode_payload(payload).is_some()
+    }) else {
+        tracing::warn!(
+            file = %path.display(),
+            offset = valid_bytes,
+            dropped_bytes = recovery.wal_bytes_dropped,
+            "torn WAL tail cut off"
+        );
+        return Ok(());
+    };
+    let mut kept = path.as_os_str().to_owned();
+    kept.push(".damaged");
+    let kept = PathBuf::from(kept);
+    fs::write(&kept, &data).map_err(|e| Error::io(&kept, e))?;
+    if let Some(parent) = kept.parent() {
+        wal::sync_dir(parent)?;
+    }
+    recovery.wal_damaged_mid_log = true;
+    tracing::error!(
+        file = %path.display(),
+        offset = valid_bytes,
+        intact_record_at = intact_at,
+        dropped_bytes = recovery.wal_bytes_dropped,
+        kept = %kept.display(),
+        "damaged WAL record in the middle of the log: recovered up to it; the writes after it \
+         were not replayed (a copy of the segment is kept for inspection)"
+    );
+    Ok(())
 }
 
 fn remove_quietly(path: &Path) {

@@ -38,6 +38,7 @@ mod changelog;
 mod compaction;
 mod db;
 mod error;
+mod faults;
 pub mod format;
 mod iter;
 mod memtable;
@@ -51,6 +52,7 @@ pub use batch::{BatchOp, WriteBatch};
 pub use changelog::{decode_log_batch, LogBatch, LogOp, LogRead};
 pub use db::{Db, Recovery, Snapshot, Stats};
 pub use error::{Error, Result};
+pub use faults::Faults;
 pub use iter::{Entry, RangeIter};
 pub use options::{
     Clock, Compression, FsyncPolicy, Options, SystemClock, KEY_BYTES_MAX, VALUE_BYTES_MAX,

@@ -127,6 +127,8 @@ pub struct Options {
     pub change_log_bytes_max: usize,
     /// Wall clock used for expiry.
     pub clock: Arc<dyn Clock>,
+    /// I/O failures to inject (tests and failure drills); disarmed by default.
+    pub faults: Arc<crate::Faults>,
 }
 
 impl Default for Options {
@@ -152,6 +154,7 @@ impl Default for Options {
             value_bytes_max: VALUE_BYTES_MAX,
             change_log_bytes_max: 0,
             clock: Arc::new(SystemClock),
+            faults: Arc::new(crate::Faults::default()),
         }
     }
 }

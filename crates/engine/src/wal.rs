@@ -31,6 +31,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::faults::Faults;
 use crate::format::{self, Kind};
 
 /// Bytes of a record header (crc + length).
@@ -184,6 +185,38 @@ pub(crate) fn parse_records(data: &[u8], valid: impl Fn(&[u8]) -> bool) -> Segme
     }
 }
 
+/// Bytes scanned past a damaged record for intact ones
+/// ([`intact_record_after`]); bounds the cost of recovery on a large segment.
+const DAMAGE_SCAN_BYTES_MAX: usize = 4 << 20;
+
+/// Offset of the first intact record (frame, checksum and a payload `valid`
+/// accepts) that starts after `damaged_at`, looking at most
+/// [`DAMAGE_SCAN_BYTES_MAX`] bytes ahead. A torn tail (a crash in the middle
+/// of an append) has nothing intact after it; a damaged record in the middle
+/// of the log (a flipped bit, a bad sector) does, and the records after it
+/// were acknowledged writes that point-in-time recovery cannot replay.
+pub(crate) fn intact_record_after(
+    data: &[u8],
+    damaged_at: usize,
+    valid: impl Fn(&[u8]) -> bool,
+) -> Option<usize> {
+    let scan_end = data
+        .len()
+        .saturating_sub(RECORD_HEADER_BYTES)
+        .min(damaged_at.saturating_add(DAMAGE_SCAN_BYTES_MAX));
+    (damaged_at + 1..=scan_end).find(|&at| {
+        let crc = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+        let length = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        // An empty payload is never a record the log writes; skipping it keeps runs of zero
+        // bytes (crc 0 of length 0 is not crc32c's value, but be explicit) from matching.
+        length > 0
+            && length <= RECORD_BYTES_MAX
+            && data.len() - at - RECORD_HEADER_BYTES >= length
+            && crc32c::crc32c(&data[at + 4..at + RECORD_HEADER_BYTES + length]) == crc
+            && valid(&data[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + length])
+    })
+}
+
 /// Bytes appended but not yet written, and the segment they belong to.
 #[derive(Debug)]
 struct Pending {
@@ -218,6 +251,8 @@ pub(crate) struct Wal {
     poisoned: Mutex<Option<String>>,
     /// Set while a full disk holds buffered records back.
     suspended: Mutex<Option<String>>,
+    /// Injected failures (tests and drills).
+    faults: Arc<Faults>,
 }
 
 /// Counters of the log.
@@ -237,7 +272,7 @@ pub struct WalStats {
 
 impl Wal {
     /// Starts a new segment `number` in `dir`; `last_seq` is already durable.
-    pub fn create(dir: &Path, number: u64, last_seq: u64) -> Result<Wal> {
+    pub fn create(dir: &Path, number: u64, last_seq: u64, faults: Arc<Faults>) -> Result<Wal> {
         let segment = Arc::new(open_segment(dir, number)?);
         Ok(Wal {
             dir: dir.to_path_buf(),
@@ -255,6 +290,7 @@ impl Wal {
             sync_micros_total: AtomicU64::new(0),
             poisoned: Mutex::new(None),
             suspended: Mutex::new(None),
+            faults,
         })
     }
 
@@ -433,6 +469,9 @@ impl Wal {
 
     fn fsync_file(&self, segment: &Segment) -> Result<()> {
         let started = std::time::Instant::now();
+        if let Some(injected) = self.faults.take_wal_fsync_failure() {
+            return Err(Error::io(&segment.path, injected));
+        }
         segment
             .file
             .sync_data()
@@ -495,7 +534,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::create(dir.path(), 1, 0).unwrap();
+        let wal = Wal::create(dir.path(), 1, 0, Arc::default()).unwrap();
         for seq in 1..=10u64 {
             wal.append(&record(seq, format!("k{seq}").as_bytes(), b"v"), seq);
         }
@@ -520,7 +559,7 @@ mod tests {
     #[test]
     fn flipped_byte_stops_the_read_at_that_record() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::create(dir.path(), 7, 0).unwrap();
+        let wal = Wal::create(dir.path(), 7, 0, Arc::default()).unwrap();
         for seq in 1..=5u64 {
             wal.append(&record(seq, b"key", b"value"), seq);
         }

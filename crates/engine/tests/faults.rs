@@ -370,3 +370,133 @@ fn a_manifest_that_lost_a_committed_flush_refuses_to_open_instead_of_dropping_th
     // The table is still there for an operator to recover from.
     assert_eq!(files_with_suffix(&damaged, ".sst").len(), 1);
 }
+
+/// A failed WAL fsync is never retried as if nothing happened (the kernel may
+/// already have dropped the dirty pages, so a second fsync could succeed over
+/// lost data): the write that needed it fails, every later write is refused
+/// with `Poisoned` naming the first failure, reads go on, and only a reopen,
+/// which recovers from what is really on disk, accepts writes again.
+#[test]
+fn failed_fsync_poisons_writes_until_reopen_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options();
+    let faults = options.faults.clone();
+    let db = Db::open(dir.path(), options).unwrap();
+    for i in 0..50 {
+        db.put(&key(i), &value(i), None).unwrap();
+    }
+    faults.fail_wal_fsyncs(1);
+    let failed = db.put(&key(50), &value(50), None).unwrap_err();
+    assert!(
+        matches!(failed, Error::Io { .. }),
+        "the write whose fsync failed reports the I/O error, got {failed:?}"
+    );
+    let text = failed.to_string();
+    assert!(
+        text.contains(".wal"),
+        "the error names the log file: {text}"
+    );
+    assert_eq!(faults.wal_fsync_failures_armed(), 0);
+
+    // The fault is gone, yet nothing is retried: writes stay refused.
+    for attempt in [51, 52] {
+        match db.put(&key(attempt), &value(attempt), None) {
+            Err(Error::Poisoned { reason }) => {
+                assert!(reason.contains(".wal"), "names the first failure: {reason}");
+            }
+            other => panic!("a write after a failed fsync must be refused, got {other:?}"),
+        }
+    }
+    let mut batch = ringkv_engine::WriteBatch::new();
+    batch.put(&b"batched"[..], &b"x"[..], None);
+    assert!(matches!(db.write(batch), Err(Error::Poisoned { .. })));
+    assert!(matches!(db.delete(&key(0)), Err(Error::Poisoned { .. })));
+    // Reads still answer, from memory and tables.
+    for i in 0..50 {
+        assert_eq!(
+            db.get(&key(i)).unwrap().unwrap().value.as_ref(),
+            value(i).as_slice()
+        );
+    }
+    // As a crash would: no clean close.
+    drop(db);
+
+    let db = Db::open(dir.path(), self::options()).unwrap();
+    for i in 0..50 {
+        assert_eq!(
+            db.get(&key(i)).unwrap().unwrap().value.as_ref(),
+            value(i).as_slice(),
+            "acknowledged write {i} survives"
+        );
+    }
+    for refused in [51, 52] {
+        assert!(db.get(&key(refused)).unwrap().is_none());
+    }
+    // Key 50 was never acknowledged: either outcome is allowed, but it must be whole.
+    if let Some(entry) = db.get(&key(50)).unwrap() {
+        assert_eq!(entry.value.as_ref(), value(50).as_slice());
+    }
+    db.put(b"after", b"reopen", None).unwrap();
+    db.close().unwrap();
+}
+
+/// A record damaged in the middle of the log (intact records follow it) is
+/// not mistaken for a torn tail: recovery keeps the prefix before it (never a
+/// later write without an earlier one), says so in `Recovery`, and keeps a
+/// copy of the segment instead of letting it be retired and deleted.
+#[test]
+fn damaged_record_mid_log_recovers_the_prefix_and_keeps_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let db = Db::open(&live, options()).unwrap();
+    for i in 0..100 {
+        db.put(&key(i), &value(i), None).unwrap();
+    }
+    let crashed = dir.path().join("crashed");
+    fs::create_dir(&crashed).unwrap();
+    for entry in fs::read_dir(&live).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, crashed.join(path.file_name().unwrap())).unwrap();
+    }
+    db.close().unwrap();
+    let segment = files_with_suffix(&crashed, ".wal").pop().unwrap();
+    let mut bytes = fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    fs::write(&segment, &bytes).unwrap();
+
+    let db = Db::open(&crashed, options()).unwrap();
+    let recovery = db.stats().recovery;
+    assert!(recovery.wal_damaged_mid_log, "{recovery:?}");
+    assert!(
+        recovery.wal_ops > 0 && recovery.wal_ops < 100,
+        "{recovery:?}"
+    );
+    let kept: Vec<u32> = (0..100)
+        .filter(|&i| db.get(&key(i)).unwrap().is_some())
+        .collect();
+    assert_eq!(
+        kept,
+        (0..recovery.wal_ops as u32).collect::<Vec<_>>(),
+        "a prefix of the writes, nothing after the damage"
+    );
+    for &i in &kept {
+        assert_eq!(
+            db.get(&key(i)).unwrap().unwrap().value.as_ref(),
+            value(i).as_slice()
+        );
+    }
+    let mut damaged = segment.into_os_string();
+    damaged.push(".damaged");
+    assert_eq!(
+        fs::read(&damaged).unwrap(),
+        bytes,
+        "the damaged segment is kept as it was"
+    );
+    db.close().unwrap();
+
+    // A torn tail (nothing intact after it) is the ordinary case and keeps no copy.
+    let db = Db::open(&crashed, options()).unwrap();
+    assert!(!db.stats().recovery.wal_damaged_mid_log);
+    db.close().unwrap();
+}

@@ -1,0 +1,45 @@
+//! Injected I/O failures, so the paths a real disk takes rarely (a failed
+//! fsync above all) can be driven on purpose by tests and drills.
+//!
+//! A real failed fsync is hard to provoke on demand: it needs a device that
+//! errors on write-back. What the engine must do afterwards does not depend
+//! on why the kernel failed, so a counter that turns the next fsyncs into
+//! `EIO` exercises exactly the code that a dying disk would.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Failures armed for the next I/O operations of one database. Shared by
+/// [`crate::Options::faults`]; disarmed by default, and then costs one
+/// relaxed atomic load per WAL fsync.
+#[derive(Debug, Default)]
+pub struct Faults {
+    wal_fsync_failures: AtomicU64,
+}
+
+impl Faults {
+    /// Makes the next `count` fsyncs of the write-ahead log fail with `EIO`
+    /// (0 disarms).
+    pub fn fail_wal_fsyncs(&self, count: u64) {
+        self.wal_fsync_failures.store(count, Ordering::SeqCst);
+    }
+
+    /// WAL fsync failures still armed.
+    pub fn wal_fsync_failures_armed(&self) -> u64 {
+        self.wal_fsync_failures.load(Ordering::SeqCst)
+    }
+
+    /// Consumes one armed WAL fsync failure: the error to report instead of
+    /// syncing, if one was armed.
+    pub(crate) fn take_wal_fsync_failure(&self) -> Option<std::io::Error> {
+        if self.wal_fsync_failures.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.wal_fsync_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| std::io::Error::from_raw_os_error(EIO))
+    }
+}
+
+/// Linux's `EIO`, what fsync reports when write-back failed.
+const EIO: i32 = 5;
