@@ -206,7 +206,7 @@ aof_last_cow_size:0\r\nappendfsync:{fsync}\r\nengine_last_sequence:{seq}\r\n\
 wal_written_seq:{written}\r\nwal_synced_seq:{synced}\r\nwal_syncs:{syncs}\r\n\
 write_error:{write_error}\r\ndisk_full:{disk_full}\r\nwrites_refused_until_restart:{refused}\r\n\
 recovery_wal_ops:{r_ops}\r\nrecovery_wal_bytes:{r_bytes}\r\n\
-recovery_wal_bytes_dropped:{r_dropped}\r\nrecovery_ms:{r_ms}\r\n\
+recovery_wal_bytes_dropped:{r_dropped}\r\nrecovery_wal_damaged_mid_log:{r_damaged}\r\nrecovery_ms:{r_ms}\r\n\
 last_checkpoint_dir:{ck_dir}\r\nlast_checkpoint_seq:{ck_seq}\r\nflushes_pending:{flushes_pending}\r\n",
         changes = stats
             .last_sequence
@@ -236,6 +236,7 @@ last_checkpoint_dir:{ck_dir}\r\nlast_checkpoint_seq:{ck_seq}\r\nflushes_pending:
         r_ops = stats.recovery.wal_ops,
         r_bytes = stats.recovery.wal_bytes,
         r_dropped = stats.recovery.wal_bytes_dropped,
+        r_damaged = u8::from(stats.recovery.wal_damaged_mid_log),
         r_ms = stats.recovery.duration_ms,
         ck_dir = last_checkpoint
             .as_ref()

@@ -140,3 +140,8 @@ fn sigkill_under_load_loses_no_acknowledged_write_fsync_always() {
 fn sigkill_under_load_loses_no_acknowledged_write_fsync_everysec() {
     drill("everysec");
 }
+
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_write_fsync_no() {
+    drill("no");
+}

@@ -471,3 +471,78 @@ fn full_disk_suspends_writes_with_misconf_and_they_resume_when_space_returns() {
     let mut con = server.client();
     check(&mut con);
 }
+
+/// A failed fsync of the log (injected with `DEBUG FAIL-FSYNC`, as a disk whose write-back
+/// failed would report it): the write waiting on it is answered with `-MISCONF`, never `+OK`;
+/// the server then refuses every write with a text that says a restart is needed, keeps serving
+/// reads, says so in INFO and in its log, and is not fooled by the next fsync succeeding.
+/// After a SIGKILL and restart every acknowledged write is there and writes work again.
+#[test]
+fn failed_fsync_refuses_writes_until_restart_and_loses_nothing_acknowledged() {
+    let mut server = Server::start_with(&["--appendfsync", "always"]);
+    let mut con = server.client();
+    for i in 0..200 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i:03}"))
+            .arg(format!("v{i}"))
+            .query(&mut con)
+            .unwrap();
+    }
+    let _: () = redis::cmd("DEBUG")
+        .arg("FAIL-FSYNC")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    let failed = err(&mut con, &["SET", "unacked", "x"]);
+    assert!(failed.starts_with("MISCONF"), "{failed}");
+    assert!(failed.contains(".wal"), "names the log file: {failed}");
+
+    // The injected fault is spent; a retry that succeeded would hide lost pages. It must not.
+    let mut con = server.client();
+    for key in ["after1", "after2"] {
+        let refused = err(&mut con, &["SET", key, "x"]);
+        assert!(
+            refused.starts_with("MISCONF") && refused.contains("restarted"),
+            "{refused}"
+        );
+    }
+    let refused = err(&mut con, &["DEL", "k000"]);
+    assert!(refused.starts_with("MISCONF"), "{refused}");
+    let read: String = redis::cmd("GET").arg("k199").query(&mut con).unwrap();
+    assert_eq!(read, "v199");
+    assert_eq!(info_field(&mut con, "writes_refused_until_restart"), "1");
+    assert_eq!(info_field(&mut con, "aof_last_write_status"), "err");
+    assert!(
+        info_field(&mut con, "write_error").contains("Input/output error"),
+        "{}",
+        info_field(&mut con, "write_error")
+    );
+    assert!(
+        server
+            .log()
+            .contains("write-ahead log failed; refusing writes until restart"),
+        "the log says so:\n{}",
+        server.log()
+    );
+
+    server.kill();
+    server.restart();
+    let mut con = server.client();
+    for i in 0..200 {
+        let got: Option<String> = redis::cmd("GET")
+            .arg(format!("k{i:03}"))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(got, Some(format!("v{i}")), "acknowledged k{i:03}");
+    }
+    for key in ["after1", "after2"] {
+        let got: Option<String> = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+        assert_eq!(got, None, "{key} was refused, it must not appear");
+    }
+    assert_eq!(info_field(&mut con, "writes_refused_until_restart"), "0");
+    let _: () = redis::cmd("SET")
+        .arg("after-restart")
+        .arg("ok")
+        .query(&mut con)
+        .unwrap();
+}

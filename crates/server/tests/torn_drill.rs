@@ -5,7 +5,7 @@
 //! an error naming the damaged file. Never a wrong value: every value read is
 //! compared with what was written.
 //!
-//! The manifest is left out by default (see [`targets`]).
+//! The live manifest is damaged too unless `RINGKV_TORN_MANIFEST=0` (see [`targets`]).
 //! `RINGKV_TORN_ITERATIONS` (default 40) damaged copies are tried; a
 //! failing iteration prints its seed, and `RINGKV_TORN_SEED=N` replays it.
 

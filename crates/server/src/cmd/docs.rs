@@ -69,7 +69,7 @@ pub(crate) fn syntax(name: &str) -> Option<&'static str> {
         "time" | "save" | "lastsave" => "",
         "bgsave" => "[SCHEDULE]",
         "shutdown" => "[NOSAVE|SAVE] [NOW] [FORCE] [ABORT]",
-        "debug" => "SLEEP seconds|SET-ACTIVE-EXPIRE 0|1|OBJECT key|POPULATE count [prefix] [size]|RELOAD|HELP",
+        "debug" => "SLEEP seconds|SET-ACTIVE-EXPIRE 0|1|OBJECT key|POPULATE count [prefix] [size]|RELOAD|FAIL-FSYNC count|HELP",
         "ringkv.checkpoint" => "",
         "acl" => "SETUSER username [rule ...]|GETUSER username|DELUSER username [username ...]|LIST|USERS|WHOAMI|CAT [category]|HELP",
         "slowlog" => "GET [count]|LEN|RESET|HELP",

@@ -412,7 +412,10 @@ pub(crate) fn invoke(
         last_write_seq: 0,
     };
     let reply = (spec.handler)(&mut ctx, args);
-    if spec.has_flag("write") {
+    // An error reply acknowledges no write, so it waits for no sync: a client refused with
+    // -MISCONF after a failed fsync keeps its connection, as in Redis, instead of having it
+    // closed by a sync of other clients' writes that can no longer succeed.
+    if spec.has_flag("write") && !matches!(reply, Frame::Error(_)) {
         ctx.wrote(keyspace.engine().last_sequence());
     }
     let seq = ctx.last_write_seq;

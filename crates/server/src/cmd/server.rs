@@ -311,6 +311,20 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             ctx.wrote(ctx.keyspace.engine().last_sequence());
             Ok(Frame::ok())
         }
+        "fail-fsync" if args.len() == 3 => {
+            // A drill of the failed-fsync path (docs/durability.md): the next `count` fsyncs of
+            // the write-ahead log report EIO, as a disk whose write-back failed would.
+            let count = args::i64_arg(&args[2])?;
+            if count < 0 {
+                return Err(CmdError::msg(
+                    "ERR count must be greater than or equal to 0",
+                ));
+            }
+            let engine = ctx.keyspace.engine();
+            engine.options().faults.fail_wal_fsyncs(count as u64);
+            tracing::warn!(count, "DEBUG FAIL-FSYNC: the next WAL fsyncs will fail");
+            Ok(Frame::ok())
+        }
         "reload" => {
             let engine = ctx.keyspace.engine().clone();
             super::keyspace::blocking(move || engine.flush())?;
@@ -318,6 +332,9 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         }
         "help" => Ok(help_frame(&[
             "DEBUG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "FAIL-FSYNC <count>",
+            "    Make the next <count> fsyncs of the write-ahead log fail with EIO (a drill:",
+            "    writes are then refused until the server is restarted).",
             "OBJECT <key>",
             "    Show low level info about the key and associated value.",
             "POPULATE <count> [<prefix>] [<size>]",
@@ -471,6 +488,14 @@ const PARAMS: &[Param] = &[
         mutable: false,
     },
     Param {
+        name: "admin-bind",
+        mutable: false,
+    },
+    Param {
+        name: "proto-max-args",
+        mutable: true,
+    },
+    Param {
         name: "tls-port",
         mutable: false,
     },
@@ -517,6 +542,8 @@ fn param_value(ctx: &Ctx<'_>, name: &str) -> String {
         "slowlog-max-len" => config.slowlog_max_len.to_string(),
         "latency-monitor-threshold" => config.latency_monitor_threshold.to_string(),
         "admin-port" => config.admin_port.map(|p| p.to_string()).unwrap_or_default(),
+        "admin-bind" => config.admin_bind.clone(),
+        "proto-max-args" => config.args_max.to_string(),
         "tls-port" => config.tls_port.unwrap_or(0).to_string(),
         "tls-cert-file" | "tls-key-file" | "tls-ca-cert-file" => {
             let path = match name {
@@ -581,6 +608,13 @@ fn set_param(ctx: &Ctx<'_>, name: &str, value: &[u8]) -> Result<(), String> {
                 );
             }
             config.proto_max_bulk_len = v as usize;
+        }
+        "proto-max-args" => {
+            let v = integer()?;
+            if v < 1 {
+                return Err("argument must be between 1 and 9223372036854775807 inclusive".into());
+            }
+            config.args_max = v as usize;
         }
         "maxclients" => {
             let v = integer()?;
@@ -748,7 +782,10 @@ fn config_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         }
         "rewrite" => {
             let config = ctx.server.config.read().clone();
-            crate::config::rewrite(&config).map_err(|why| CmdError::msg(format!("ERR {why}")))?;
+            let replicaof =
+                crate::replication::param_get(ctx.server, "replicaof").unwrap_or_default();
+            crate::config::rewrite(&config, &replicaof)
+                .map_err(|why| CmdError::msg(format!("ERR {why}")))?;
             tracing::info!("CONFIG REWRITE wrote the config file");
             Ok(Frame::ok())
         }
