@@ -322,6 +322,11 @@ impl Acl {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// True if a user called `name` exists (CLIENT KILL USER refuses unknown names).
+    pub(crate) fn has_user(&self, name: &str) -> bool {
+        self.users.read().contains_key(name)
+    }
+
     /// Checks `password` for `user`; on success the session acts as that user.
     pub(crate) fn authenticate(&self, session: &mut Session, user: &str, password: &[u8]) -> bool {
         let users = self.users.read();

@@ -55,6 +55,8 @@ pub(crate) struct ClientInfo {
     pub multi: i64,
     pub lib_name: Bytes,
     pub lib_ver: Bytes,
+    /// The ACL user the connection acts as (CLIENT LIST user=, CLIENT KILL USER).
+    pub user: String,
 }
 
 /// A connection as the rest of the server sees it.

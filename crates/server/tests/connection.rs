@@ -272,3 +272,212 @@ fn quit_replies_ok_then_closes() {
     assert!(closed);
     assert_eq!(server.cli(&["PING"]), "PONG\n");
 }
+
+/// The id of a raw connection.
+fn client_id(raw: &mut common::Raw) -> i64 {
+    match raw.call(&resp(&[b"CLIENT", b"ID"])) {
+        Frame::Integer(id) => id,
+        other => panic!("CLIENT ID: {other:?}"),
+    }
+}
+
+/// True if the server closed `raw` (a killed client), false if it still answers PING.
+fn closed(raw: &mut common::Raw) -> bool {
+    use std::io::{Read, Write};
+    // A write to a closed connection may fail (reset) or succeed; the read tells.
+    if raw.stream.write_all(&resp(&[b"PING"])).is_err() {
+        return true;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < 7 {
+        match raw.stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e) => panic!("reading PING reply: {e}"),
+        }
+    }
+    assert_eq!(got, b"+PONG\r\n");
+    false
+}
+
+#[test]
+fn client_kill_user_filter_kills_only_that_users_connections() {
+    let server = Server::start();
+    let mut admin = server.client();
+    common::q::<()>(
+        &mut admin,
+        &["ACL", "SETUSER", "bob", "on", ">pw", "~*", "+@all"],
+    );
+    let mut bob = server.raw();
+    bob.expect(&resp(&[b"AUTH", b"bob", b"pw"]), "+OK\r\n");
+    let mut bob_reset = server.raw();
+    bob_reset.expect(&resp(&[b"AUTH", b"bob", b"pw"]), "+OK\r\n");
+    // RESET makes the connection the default user again, so USER bob must pass it over.
+    bob_reset.expect(&resp(&[b"RESET"]), "+RESET\r\n");
+    let mut plain = server.raw();
+    let list: String = common::q(&mut admin, &["CLIENT", "LIST"]);
+    assert_eq!(list.matches(" user=bob ").count(), 1, "{list}");
+    assert_eq!(
+        common::err(&mut admin, &["CLIENT", "KILL", "USER", "nosuch"]),
+        "ERR No such user 'nosuch'"
+    );
+    assert_eq!(
+        common::q::<i64>(&mut admin, &["CLIENT", "KILL", "USER", "bob"]),
+        1
+    );
+    assert!(closed(&mut bob));
+    assert!(!closed(&mut bob_reset));
+    assert!(!closed(&mut plain));
+    // Nobody is bob any more; the others are default and survive a second round.
+    assert_eq!(
+        common::q::<i64>(&mut admin, &["CLIENT", "KILL", "USER", "bob"]),
+        0
+    );
+    assert!(!closed(&mut plain));
+}
+
+#[test]
+fn client_kill_type_filter() {
+    let server = Server::start();
+    let mut admin = server.client();
+    let mut others = [server.raw(), server.raw()];
+    assert_eq!(
+        common::err(&mut admin, &["CLIENT", "KILL", "TYPE", "bogus"]),
+        "ERR Unknown client type 'bogus'"
+    );
+    // No replicas, no pub/sub, no leader link: these select nobody.
+    for kind in ["pubsub", "master", "replica", "slave", "REPLICA"] {
+        assert_eq!(
+            common::q::<i64>(&mut admin, &["CLIENT", "KILL", "TYPE", kind]),
+            0,
+            "TYPE {kind}"
+        );
+    }
+    for raw in &mut others {
+        assert!(!closed(raw));
+    }
+    // normal: every other ordinary connection, not the caller (SKIPME defaults to yes).
+    assert_eq!(
+        common::q::<i64>(&mut admin, &["CLIENT", "KILL", "TYPE", "normal"]),
+        2
+    );
+    for raw in &mut others {
+        assert!(closed(raw));
+    }
+    assert_eq!(common::q::<String>(&mut admin, &["PING"]), "PONG");
+}
+
+#[test]
+fn client_kill_type_replica_closes_the_replication_link_only() {
+    let leader = Server::start();
+    let target = format!("127.0.0.1 {}", leader.port);
+    let _replica = Server::start_with(&["--replicaof", &target]);
+    let mut admin = leader.client();
+    let mut plain = leader.raw();
+    // The replica's link as the leader lists it (flags=S), once it has connected.
+    let replica_link = |admin: &mut redis::Connection| -> Option<String> {
+        let list: String = common::q(admin, &["CLIENT", "LIST", "TYPE", "replica"]);
+        let line = list.lines().next()?.to_string();
+        assert!(line.contains(" flags=S "), "{line}");
+        line.split(' ')
+            .find_map(|f| f.strip_prefix("id="))
+            .map(str::to_string)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let first = loop {
+        if let Some(id) = replica_link(&mut admin) {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica never connected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let normal: String = common::q(&mut admin, &["CLIENT", "LIST", "TYPE", "normal"]);
+    assert!(!normal.contains(&format!("id={first} ")), "{normal}");
+    assert_eq!(
+        common::q::<i64>(&mut admin, &["CLIENT", "KILL", "TYPE", "replica"]),
+        1
+    );
+    assert!(!closed(&mut plain));
+    // The link really closed: the replica reconnects under a new client id.
+    loop {
+        match replica_link(&mut admin) {
+            Some(id) if id != first => break,
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica link {first} was not closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn client_kill_maxage_skipme_and_combined_filters() {
+    let server = Server::start();
+    let mut old = server.raw();
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let mut young = server.raw();
+    let mut caller = server.raw();
+    caller.expect(
+        &resp(&[b"CLIENT", b"KILL", b"MAXAGE", b"x"]),
+        "-ERR value is not an integer or out of range\r\n",
+    );
+    caller.expect(
+        &resp(&[b"CLIENT", b"KILL", b"SKIPME", b"maybe"]),
+        "-ERR syntax error\r\n",
+    );
+    caller.expect(
+        &resp(&[b"CLIENT", b"KILL", b"TYPE", b"normal", b"SKIPME"]),
+        "-ERR syntax error\r\n",
+    );
+    caller.expect(
+        &resp(&[b"CLIENT", b"KILL", b"BOGUS", b"x"]),
+        "-ERR syntax error\r\n",
+    );
+    // Filters are ANDed: the old connection's id with an age it has not reached yet is nobody.
+    let old_id = client_id(&mut old).to_string();
+    caller.expect(
+        &resp(&[
+            b"CLIENT",
+            b"KILL",
+            b"ID",
+            old_id.as_bytes(),
+            b"MAXAGE",
+            b"3600",
+        ]),
+        ":0\r\n",
+    );
+    caller.expect(
+        &resp(&[
+            b"CLIENT",
+            b"KILL",
+            b"ID",
+            old_id.as_bytes(),
+            b"TYPE",
+            b"replica",
+        ]),
+        ":0\r\n",
+    );
+    assert!(!closed(&mut old));
+    // MAXAGE 2: only connections at least 2 seconds old.
+    caller.expect(
+        &resp(&[b"CLIENT", b"KILL", b"MAXAGE", b"2", b"USER", b"default"]),
+        ":1\r\n",
+    );
+    assert!(closed(&mut old));
+    assert!(!closed(&mut young));
+    // SKIPME no includes the caller: it gets the count, then its connection closes.
+    caller.send(&resp(&[
+        b"CLIENT", b"KILL", b"USER", b"default", b"SKIPME", b"no",
+    ]));
+    let (text, closed_caller) = caller.read_to_close();
+    assert_eq!(text, ":2\r\n");
+    assert!(closed_caller);
+    assert!(closed(&mut young));
+}

@@ -187,6 +187,7 @@ fn check_password(ctx: &mut Ctx<'_>, username: Option<&[u8]>, password: &[u8]) -
         .into_owned();
     if acl.authenticate(&mut ctx.client.acl, &user, password) {
         ctx.client.authenticated = true;
+        ctx.client.handle.info.lock().user = user;
         return Ok(());
     }
     ctx.server
@@ -269,6 +270,7 @@ fn reset(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
     ctx.client.set_resp(RespVersion::Resp2);
     ctx.client.handle.info.lock().name = Bytes::new();
     ctx.client.acl = crate::acl::Session::new();
+    ctx.client.handle.info.lock().user = crate::acl::DEFAULT_USER.to_string();
     ctx.client.authenticated = ctx.server.acl.default_is_open();
     Frame::simple("RESET")
 }
@@ -395,18 +397,20 @@ fn verbatim(ctx: &Ctx<'_>, text: String) -> Frame {
 fn client_line(ctx: &Ctx<'_>, handle: &crate::server::ClientHandle) -> String {
     let info = handle.info.lock().clone();
     let now = std::time::Instant::now();
-    let _ = ctx;
     format!(
-        "id={} addr={} laddr={} fd=8 name={} age={} idle={} flags=N db={} sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=1024 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+        "id={} addr={} laddr={} fd=8 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=1024 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
         handle.id,
         info.addr,
         info.laddr,
         String::from_utf8_lossy(&info.name),
         now.duration_since(info.created).as_secs(),
         now.duration_since(info.last_command).as_secs(),
+        // S marks a replica's link, as in Redis.
+        if connection_type(ctx, handle.id) == ClientType::Replica { "S" } else { "N" },
         info.db,
         info.multi,
         if info.last_command_name.is_empty() { "NULL" } else { &info.last_command_name },
+        info.user,
         if info.resp == RespVersion::Resp3 { 3 } else { 2 },
         String::from_utf8_lossy(&info.lib_name),
         String::from_utf8_lossy(&info.lib_ver),
@@ -415,20 +419,11 @@ fn client_line(ctx: &Ctx<'_>, handle: &crate::server::ClientHandle) -> String {
 
 fn client_list(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
     let mut ids: Option<Vec<u64>> = None;
+    let mut kind = None;
     let mut at = 2;
     while at < args.len() {
         if is(&args[at], "type") && at + 1 < args.len() {
-            let kind = args::lower(&args[at + 1]);
-            match kind.as_str() {
-                "normal" => {}
-                "master" | "replica" | "slave" | "pubsub" => ids = Some(Vec::new()),
-                _ => {
-                    return Err(CmdError::msg(format!(
-                        "ERR Unknown client type '{}'",
-                        errors::printable(&args[at + 1], 128)
-                    )))
-                }
-            }
+            kind = Some(client_type(&args[at + 1])?);
             at += 2;
         } else if is(&args[at], "id") && at + 1 < args.len() {
             let mut list = Vec::new();
@@ -447,13 +442,154 @@ fn client_list(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
     let handles: Vec<_> = ctx.server.clients.lock().values().cloned().collect();
     let mut text = String::new();
     for handle in handles {
-        if ids.as_ref().is_some_and(|ids| !ids.contains(&handle.id)) {
+        if ids.as_ref().is_some_and(|ids| !ids.contains(&handle.id))
+            || kind.is_some_and(|kind| kind != connection_type(ctx, handle.id))
+        {
             continue;
         }
         text.push_str(&client_line(ctx, &handle));
         text.push('\n');
     }
     Ok(verbatim(ctx, text))
+}
+
+/// Client classes of `CLIENT KILL/LIST TYPE`. ringkv has no pub/sub and a replica's link to its
+/// leader is not a client connection, so only `Normal` and `Replica` ever match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientType {
+    Normal,
+    Master,
+    Replica,
+    PubSub,
+}
+
+/// The class of connection `id`: a replica once PSYNC handed it to the replication stream.
+fn connection_type(ctx: &Ctx<'_>, id: u64) -> ClientType {
+    if ctx.server.replication.replicas.lock().contains_key(&id) {
+        ClientType::Replica
+    } else {
+        ClientType::Normal
+    }
+}
+
+fn client_type(arg: &[u8]) -> CmdResult<ClientType> {
+    match args::lower(arg).as_str() {
+        "normal" => Ok(ClientType::Normal),
+        "master" => Ok(ClientType::Master),
+        "replica" | "slave" => Ok(ClientType::Replica),
+        "pubsub" => Ok(ClientType::PubSub),
+        _ => Err(CmdError::msg(format!(
+            "ERR Unknown client type '{}'",
+            errors::printable(arg, 128)
+        ))),
+    }
+}
+
+/// What `CLIENT KILL <filter> <value> …` selects; every given filter must match (logical AND).
+#[derive(Debug)]
+struct KillFilter {
+    id: Option<u64>,
+    addr: Option<String>,
+    laddr: Option<String>,
+    kind: Option<ClientType>,
+    user: Option<String>,
+    /// Only connections at least this many seconds old (MAXAGE, Redis 7.4).
+    max_age: Option<i64>,
+    skip_me: bool,
+}
+
+impl KillFilter {
+    /// Parses the filter pairs as Redis does: an unknown filter, a missing value or a bad
+    /// SKIPME value is a syntax error; a bad ID, TYPE, USER or MAXAGE has its own error.
+    fn parse(ctx: &Ctx<'_>, pairs: &[Bytes]) -> CmdResult<KillFilter> {
+        let mut filter = KillFilter {
+            id: None,
+            addr: None,
+            laddr: None,
+            kind: None,
+            user: None,
+            max_age: None,
+            skip_me: true,
+        };
+        let mut at = 0;
+        while at < pairs.len() {
+            let Some(value) = pairs.get(at + 1) else {
+                return Err(CmdError::Syntax);
+            };
+            let name = &pairs[at];
+            if is(name, "id") {
+                match args::parse_i64(value) {
+                    Some(v) if v > 0 => filter.id = Some(v as u64),
+                    _ => return Err(CmdError::msg("ERR client-id should be greater than 0")),
+                }
+            } else if is(name, "addr") {
+                filter.addr = Some(String::from_utf8_lossy(value).into_owned());
+            } else if is(name, "laddr") {
+                filter.laddr = Some(String::from_utf8_lossy(value).into_owned());
+            } else if is(name, "type") {
+                filter.kind = Some(client_type(value)?);
+            } else if is(name, "user") {
+                let user = String::from_utf8_lossy(value).into_owned();
+                if !ctx.server.acl.has_user(&user) {
+                    return Err(CmdError::msg(format!(
+                        "ERR No such user '{}'",
+                        errors::printable(value, 128)
+                    )));
+                }
+                filter.user = Some(user);
+            } else if is(name, "maxage") {
+                // Any integer; 0 or less selects every age, as Redis' `age >= maxage` test does.
+                filter.max_age = Some(args::i64_arg(value)?);
+            } else if is(name, "skipme") {
+                filter.skip_me = if is(value, "yes") {
+                    true
+                } else if is(value, "no") {
+                    false
+                } else {
+                    return Err(CmdError::Syntax);
+                };
+            } else {
+                return Err(CmdError::Syntax);
+            }
+            at += 2;
+        }
+        Ok(filter)
+    }
+
+    fn matches(
+        &self,
+        ctx: &Ctx<'_>,
+        handle: &crate::server::ClientHandle,
+        now: std::time::Instant,
+    ) -> bool {
+        if self.skip_me && handle.id == ctx.client.id() {
+            return false;
+        }
+        if self.id.is_some_and(|id| id != handle.id) {
+            return false;
+        }
+        let info = handle.info.lock().clone();
+        if self
+            .addr
+            .as_ref()
+            .is_some_and(|a| *a != info.addr.to_string())
+            || self
+                .laddr
+                .as_ref()
+                .is_some_and(|a| *a != info.laddr.to_string())
+            || self.user.as_ref().is_some_and(|u| *u != info.user)
+        {
+            return false;
+        }
+        if let Some(max_age) = self.max_age {
+            let age = now.duration_since(info.created).as_secs() as i64;
+            if age < max_age {
+                return false;
+            }
+        }
+        self.kind
+            .is_none_or(|kind| kind == connection_type(ctx, handle.id))
+    }
 }
 
 fn client_kill(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
@@ -469,52 +605,14 @@ fn client_kill(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         }
         return Err(CmdError::msg("ERR No such client"));
     }
-    if args.len() < 4 || !args.len().is_multiple_of(2) {
-        return Err(CmdError::Syntax);
-    }
-    let mut id = None;
-    let mut addr = None;
-    let mut laddr = None;
-    let mut skip_me = true;
-    for pair in args[2..].chunks(2) {
-        let value = &pair[1];
-        if is(&pair[0], "id") {
-            match args::parse_i64(value) {
-                Some(v) if v > 0 => id = Some(v as u64),
-                _ => return Err(CmdError::msg("ERR client-id should be greater than 0")),
-            }
-        } else if is(&pair[0], "addr") {
-            addr = Some(String::from_utf8_lossy(value).to_string());
-        } else if is(&pair[0], "laddr") {
-            laddr = Some(String::from_utf8_lossy(value).to_string());
-        } else if is(&pair[0], "skipme") {
-            if is(value, "yes") {
-                skip_me = true;
-            } else if is(value, "no") {
-                skip_me = false;
-            } else {
-                return Err(CmdError::Syntax);
-            }
-        } else if is(&pair[0], "type") || is(&pair[0], "user") || is(&pair[0], "maxage") {
-            // Accepted; every client is a normal one of the default user.
-        } else {
-            return Err(CmdError::Syntax);
-        }
-    }
+    let filter = KillFilter::parse(ctx, &args[2..])?;
+    let now = std::time::Instant::now();
     let mut killed = 0;
     for handle in &handles {
-        if skip_me && handle.id == ctx.client.id() {
-            continue;
+        if filter.matches(ctx, handle, now) {
+            kill(ctx, handle);
+            killed += 1;
         }
-        let info = handle.info.lock().clone();
-        if id.is_some_and(|id| id != handle.id)
-            || addr.as_ref().is_some_and(|a| *a != info.addr.to_string())
-            || laddr.as_ref().is_some_and(|a| *a != info.laddr.to_string())
-        {
-            continue;
-        }
-        kill(ctx, handle);
-        killed += 1;
     }
     Ok(Frame::Integer(killed))
 }

@@ -118,6 +118,24 @@ pub(crate) async fn serve<R, W>(
         client_id,
         closed.clone(),
     ));
+    // CLIENT KILL (ID, TYPE replica, …) ends the link as if the replica had closed it.
+    let kill_watch = server
+        .clients
+        .lock()
+        .get(&client_id)
+        .cloned()
+        .map(|handle| {
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                handle.kill.notified().await;
+                closed.store(true, Ordering::Release);
+            })
+        });
+    let stop_watch = || {
+        if let Some(task) = &kill_watch {
+            task.abort();
+        }
+    };
     let engine = server.keyspace.engine();
     let next = match handoff.start {
         Start::Continue(next) => {
@@ -129,6 +147,7 @@ pub(crate) async fn serve<R, W>(
             Err(error) => {
                 tracing::warn!(%error, "full sync to replica failed");
                 acks.abort();
+                stop_watch();
                 return;
             }
         },
@@ -139,6 +158,7 @@ pub(crate) async fn serve<R, W>(
         tracing::info!(replica = %handoff.ip, port = handoff.port, %error, "replica link closed");
     }
     acks.abort();
+    stop_watch();
     let _ = writer.shutdown().await;
 }
 
