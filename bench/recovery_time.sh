@@ -15,7 +15,7 @@ trap 'kill -9 $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"
 
 now_ms() { date +%s%3N; }
 start() {
-    "$bin" --port "$port" --dir "$work/data" --appendfsync everysec --loglevel info \
+    "$bin" --port "$port" --dir "$work/data" --no-admin --appendfsync everysec --loglevel info \
         2>>"$work/log" >/dev/null &
     echo $! >"$work/pid"
 }

@@ -10,10 +10,10 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-"$BIN" --port 7801 --dir "$WORK/l" --loglevel warning & PIDS+=($!)
+"$BIN" --no-admin --port 7801 --dir "$WORK/l" --loglevel warning & PIDS+=($!)
 sleep 1
-"$BIN" --port 7802 --dir "$WORK/r1" --loglevel warning --replicaof "127.0.0.1 7801" & PIDS+=($!)
-"$BIN" --port 7803 --dir "$WORK/r2" --loglevel warning --replicaof "127.0.0.1 7801" & PIDS+=($!)
+"$BIN" --no-admin --port 7802 --dir "$WORK/r1" --loglevel warning --replicaof "127.0.0.1 7801" & PIDS+=($!)
+"$BIN" --no-admin --port 7803 --dir "$WORK/r2" --loglevel warning --replicaof "127.0.0.1 7801" & PIDS+=($!)
 sleep 3
 redis-benchmark -p 7801 -t set -n "$REQUESTS" -c 50 -P 16 -r 1000000 -d 64 -q > "$WORK/bench.txt" & BENCH=$!
 : > "$WORK/samples"

@@ -98,7 +98,7 @@ start_server() {
                 --logfile "$dir/redis.log" >>"$dir/redis.stdout" 2>&1 &
             ;;
         ringkv)
-            "$RINGKV" --port "$port" --bind 127.0.0.1 --dir "$dir/data" \
+            "$RINGKV" --port "$port" --bind 127.0.0.1 --dir "$dir/data" --no-admin \
                 --appendfsync everysec --loglevel warn >>"$dir/ringkv.log" 2>&1 &
             ;;
         *) log "unknown server kind $kind"; exit 1 ;;

@@ -19,7 +19,9 @@ use serde::Deserialize;
     name = "ringkv",
     version,
     about = "A Redis-compatible key-value database on an LSM engine",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    // A flag given twice takes the last value, as Redis does (test helpers add defaults first).
+    args_override_self = true
 )]
 struct Cli {
     /// Instead of serving: back up a running server or restore a backup.
@@ -31,9 +33,19 @@ struct Cli {
     /// TCP port [default: 6379].
     #[arg(long, env = "RINGKV_PORT")]
     port: Option<u16>,
-    /// Admin HTTP port serving /health, /ready and /metrics [default: none].
+    /// Admin HTTP port serving /health, /ready and /metrics; 0: any free port (logged)
+    /// [default: 9121].
     #[arg(long, env = "RINGKV_ADMIN_PORT")]
     admin_port: Option<u16>,
+    /// Address the admin HTTP port listens on [default: 127.0.0.1].
+    #[arg(long, env = "RINGKV_ADMIN_BIND")]
+    admin_bind: Option<String>,
+    /// Serve the admin HTTP port: yes or no [default: yes].
+    #[arg(long, env = "RINGKV_ADMIN", value_parser = parse_yes_no)]
+    admin: Option<bool>,
+    /// No admin HTTP port (same as `--admin no`).
+    #[arg(long, conflicts_with = "admin")]
+    no_admin: bool,
     /// Address to listen on [default: 127.0.0.1].
     #[arg(long, env = "RINGKV_BIND")]
     bind: Option<String>,
@@ -43,8 +55,8 @@ struct Cli {
     /// WAL fsync policy: always, everysec or no [default: everysec].
     #[arg(long, env = "RINGKV_APPENDFSYNC")]
     appendfsync: Option<FsyncPolicy>,
-    /// Log level: error, warn, info, debug, trace (Redis names warning/notice/verbose work too)
-    /// [default: info].
+    /// Log level: Redis' debug, verbose, notice, warning, nothing, or tracing's error, warn,
+    /// info, debug, trace [default: notice].
     #[arg(long, env = "RINGKV_LOGLEVEL")]
     loglevel: Option<String>,
     /// Password clients must give with AUTH.
@@ -53,6 +65,9 @@ struct Cli {
     /// Largest bulk string a client may send, in bytes [default: 536870912].
     #[arg(long, env = "RINGKV_PROTO_MAX_BULK_LEN")]
     proto_max_bulk_len: Option<usize>,
+    /// Most arguments in one command [default: 1048576].
+    #[arg(long, env = "RINGKV_PROTO_MAX_ARGS")]
+    proto_max_args: Option<usize>,
     /// Most simultaneous clients [default: 10000].
     #[arg(long, env = "RINGKV_MAXCLIENTS")]
     maxclients: Option<usize>,
@@ -68,6 +83,15 @@ struct Cli {
     /// Bytes of recent writes kept for replicas' partial resyncs [default: 67108864].
     #[arg(long, env = "RINGKV_REPL_BACKLOG_SIZE")]
     repl_backlog_size: Option<usize>,
+    /// Refuse client writes while a replica: yes or no [default: yes].
+    #[arg(long, env = "RINGKV_REPLICA_READ_ONLY", value_parser = parse_yes_no)]
+    replica_read_only: Option<bool>,
+    /// Refuse writes unless this many replicas are connected and recent; 0: off [default: 0].
+    #[arg(long, env = "RINGKV_MIN_REPLICAS_TO_WRITE")]
+    min_replicas_to_write: Option<usize>,
+    /// Seconds since a replica's last acknowledgement for it to count [default: 10].
+    #[arg(long, env = "RINGKV_MIN_REPLICAS_MAX_LAG")]
+    min_replicas_max_lag: Option<u64>,
     /// Bytes the memtables may hold before writes get -OOM; 0: no limit [default: 0].
     #[arg(long, env = "RINGKV_MAXMEMORY")]
     maxmemory: Option<u64>,
@@ -120,18 +144,22 @@ struct Cli {
     log_format: Option<String>,
 }
 
-/// The config file: every field optional, same names as the flags (with `-` or `_`).
+/// The config file: every field optional, same names as the flags (with `-` or `_`:
+/// [`parse_file`] turns `_` into `-` before these kebab-case names are matched).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
     port: Option<u16>,
     admin_port: Option<u16>,
+    admin_bind: Option<String>,
+    admin: Option<bool>,
     bind: Option<String>,
     dir: Option<PathBuf>,
     appendfsync: Option<String>,
     loglevel: Option<String>,
     requirepass: Option<String>,
     proto_max_bulk_len: Option<usize>,
+    proto_max_args: Option<usize>,
     maxclients: Option<usize>,
     memtable_bytes_max: Option<usize>,
     block_cache_bytes: Option<usize>,
@@ -166,13 +194,42 @@ fn parse_yes_no(text: &str) -> Result<bool, String> {
     }
 }
 
+/// Parses the config file, accepting `proto_max_bulk_len` as well as `proto-max-bulk-len`
+/// (both spellings are documented); a key written both ways is an error, not a silent pick.
+fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
+    let table: toml::Table = text.parse()?;
+    let mut kebab = toml::Table::new();
+    for (key, value) in table {
+        let name = key.replace('_', "-");
+        if kebab.insert(name.clone(), value).is_some() {
+            anyhow::bail!("setting {name} is given twice (with '-' and with '_')");
+        }
+    }
+    Ok(toml::Value::Table(kebab).try_into()?)
+}
+
+/// The tracing filter for a `loglevel` value: Redis' names (`nothing` is off) or tracing's.
+fn filter_for(level: &str) -> anyhow::Result<&'static str> {
+    Ok(match level.to_ascii_lowercase().as_str() {
+        "nothing" | "off" => "off",
+        "warning" | "warn" => "warn",
+        "notice" | "info" => "info",
+        "verbose" | "debug" => "debug",
+        "error" => "error",
+        "trace" => "trace",
+        _ => anyhow::bail!(
+            "invalid setting loglevel: '{level}' (debug, verbose, notice, warning, nothing, \
+             or error, warn, info, trace)"
+        ),
+    })
+}
+
 fn load(cli: Cli) -> anyhow::Result<Config> {
     let file: FileConfig = match &cli.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config file {}", path.display()))?;
-            toml::from_str(&text)
-                .with_context(|| format!("parsing config file {}", path.display()))?
+            parse_file(&text).with_context(|| format!("parsing config file {}", path.display()))?
         }
         None => FileConfig::default(),
     };
@@ -183,7 +240,15 @@ fn load(cli: Cli) -> anyhow::Result<Config> {
     if let Some(v) = cli.port.or(file.port) {
         config.port = v;
     }
-    config.admin_port = cli.admin_port.or(file.admin_port);
+    if let Some(v) = cli.admin_port.or(file.admin_port) {
+        config.admin_port = Some(v);
+    }
+    if let Some(v) = cli.admin_bind.or(file.admin_bind) {
+        config.admin_bind = v;
+    }
+    if cli.no_admin || cli.admin.or(file.admin) == Some(false) {
+        config.admin_port = None;
+    }
     if let Some(v) = cli.bind.or(file.bind) {
         config.bind = v;
     }
@@ -192,10 +257,15 @@ fn load(cli: Cli) -> anyhow::Result<Config> {
     }
     match (cli.appendfsync, file.appendfsync) {
         (Some(v), _) => config.appendfsync = v,
-        (None, Some(text)) => config.appendfsync = text.parse().map_err(anyhow::Error::msg)?,
+        (None, Some(text)) => {
+            config.appendfsync = text
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid setting appendfsync: {e}"))?
+        }
         (None, None) => {}
     }
     if let Some(v) = cli.loglevel.or(file.loglevel) {
+        filter_for(&v)?;
         config.loglevel = v;
     }
     config.requirepass = cli
@@ -205,7 +275,12 @@ fn load(cli: Cli) -> anyhow::Result<Config> {
     if let Some(v) = cli.proto_max_bulk_len.or(file.proto_max_bulk_len) {
         config.proto_max_bulk_len = v;
     }
+    if let Some(v) = cli.proto_max_args.or(file.proto_max_args) {
+        anyhow::ensure!(v >= 1, "invalid setting proto-max-args: must be at least 1");
+        config.args_max = v;
+    }
     if let Some(v) = cli.maxclients.or(file.maxclients) {
+        anyhow::ensure!(v >= 1, "invalid setting maxclients: must be at least 1");
         config.maxclients = v;
     }
     if let Some(v) = cli.memtable_bytes_max.or(file.memtable_bytes_max) {
@@ -266,26 +341,16 @@ fn load(cli: Cli) -> anyhow::Result<Config> {
     if let Some(v) = cli.repl_backlog_size.or(file.repl_backlog_size) {
         replication.backlog_bytes = v.max(1 << 20);
     }
-    if let Some(v) = file.replica_read_only {
+    if let Some(v) = cli.replica_read_only.or(file.replica_read_only) {
         replication.replica_read_only = v;
     }
-    if let Some(v) = file.min_replicas_to_write {
+    if let Some(v) = cli.min_replicas_to_write.or(file.min_replicas_to_write) {
         replication.min_replicas_to_write = v;
     }
-    if let Some(v) = file.min_replicas_max_lag {
+    if let Some(v) = cli.min_replicas_max_lag.or(file.min_replicas_max_lag) {
         replication.min_replicas_max_lag_seconds = v;
     }
     Ok(config)
-}
-
-/// Maps Redis' log level names onto tracing's.
-fn filter_for(level: &str) -> String {
-    match level.to_ascii_lowercase().as_str() {
-        "warning" => "warn".into(),
-        "notice" => "info".into(),
-        "verbose" => "debug".into(),
-        other => other.into(),
-    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -294,8 +359,9 @@ fn main() -> anyhow::Result<()> {
         return backup::run(tool);
     }
     let config = load(cli)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter_for(&config.loglevel)));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(filter_for(&config.loglevel).expect("checked by load"))
+    });
     if config.log_json {
         tracing_subscriber::fmt()
             .json()

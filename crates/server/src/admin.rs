@@ -34,7 +34,8 @@ impl AdminState {
     /// Recovery finished: `/ready` and `/metrics` answer from `server` from now on.
     pub(crate) fn ready(&self, server: Arc<Server>) {
         let _ = self.server.set(server);
-        tracing::info!("ready: recovery finished, accepting commands");
+        // Debug: "Ready to accept connections" is the one info line for this event.
+        tracing::debug!("ready: recovery finished, accepting commands");
     }
 }
 

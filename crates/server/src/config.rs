@@ -8,6 +8,10 @@ use ringkv_engine::FsyncPolicy;
 /// Default for [`Config::query_buffer_bytes_max`]: 1 GiB, Redis' `client-query-buffer-limit`.
 pub const QUERY_BUFFER_BYTES_MAX_DEFAULT: usize = 1 << 30;
 
+/// Default for [`Config::admin_port`]: the port Prometheus' Redis exporter uses, so scrape
+/// configs written for it keep working.
+pub const ADMIN_PORT_DEFAULT: u16 = 9121;
+
 /// Default for [`Config::maxclients`], as Redis.
 pub const MAXCLIENTS_DEFAULT: usize = 10_000;
 
@@ -20,6 +24,9 @@ pub struct Config {
     pub port: u16,
     /// Admin HTTP port (`/health`, `/ready`, `/metrics`); `None`: no admin port, 0: any free port.
     pub admin_port: Option<u16>,
+    /// Address the admin HTTP port listens on (its own setting: metrics stay on loopback even
+    /// when clients are served on every interface).
+    pub admin_bind: String,
     /// Data directory (the engine's files).
     pub dir: PathBuf,
     /// WAL fsync policy, as Redis' `appendfsync`.
@@ -84,7 +91,10 @@ pub struct Config {
 /// CONFIG REWRITE: writes the current settings into the config file, keeping keys it does not
 /// manage (and their order), through a temporary file and a rename so a crash leaves the old or
 /// the new file, never half of one.
-pub(crate) fn rewrite(config: &Config) -> Result<(), String> {
+///
+/// `replicaof` is the live link (`"host port"`, empty for a leader): REPLICAOF changes it
+/// without touching `config`.
+pub(crate) fn rewrite(config: &Config, replicaof: &str) -> Result<(), String> {
     let Some(path) = &config.config_file else {
         return Err("The server is running without a config file".into());
     };
@@ -93,9 +103,15 @@ pub(crate) fn rewrite(config: &Config) -> Result<(), String> {
         .parse()
         .map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
     let int = |v: u64| toml::Value::Integer(v.min(i64::MAX as u64) as i64);
+    // A key read with `_` (the loader accepts both spellings) is replaced, not duplicated; an
+    // empty string removes the key (an unset optional setting).
     let mut set = |key: &str, value: toml::Value| {
         table.remove(&key.replace('-', "_"));
-        table.insert(key.to_string(), value);
+        if value.as_str() == Some("") {
+            table.remove(key);
+        } else {
+            table.insert(key.to_string(), value);
+        }
     };
     set("port", int(u64::from(config.port)));
     set("bind", toml::Value::String(config.bind.clone()));
@@ -106,6 +122,7 @@ pub(crate) fn rewrite(config: &Config) -> Result<(), String> {
     );
     set("loglevel", toml::Value::String(config.loglevel.clone()));
     set("proto-max-bulk-len", int(config.proto_max_bulk_len as u64));
+    set("proto-max-args", int(config.args_max as u64));
     set("maxclients", int(config.maxclients as u64));
     set(
         "client-query-buffer-limit",
@@ -130,11 +147,21 @@ pub(crate) fn rewrite(config: &Config) -> Result<(), String> {
         "latency-monitor-threshold",
         int(config.latency_monitor_threshold),
     );
-    match &config.requirepass {
-        Some(password) => set("requirepass", toml::Value::String(password.clone())),
-        None => {
-            table.remove("requirepass");
-        }
+    let r = &config.replication;
+    set(
+        "replica-read-only",
+        toml::Value::Boolean(r.replica_read_only),
+    );
+    set("repl-backlog-size", int(r.backlog_bytes as u64));
+    set("min-replicas-to-write", int(r.min_replicas_to_write as u64));
+    set("min-replicas-max-lag", int(r.min_replicas_max_lag_seconds));
+    for (key, value) in [
+        ("requirepass", config.requirepass.as_deref().unwrap_or("")),
+        ("masterauth", r.masterauth.as_deref().unwrap_or("")),
+        ("masteruser", r.masteruser.as_deref().unwrap_or("")),
+        ("replicaof", replicaof),
+    ] {
+        set(key, toml::Value::String(value.to_string()));
     }
     let body = toml::to_string(&table).map_err(|e| e.to_string())?;
     let temporary = path.with_extension("toml.rewrite");
@@ -153,7 +180,8 @@ impl Default for Config {
         Config {
             bind: "127.0.0.1".into(),
             port: 6379,
-            admin_port: None,
+            admin_port: Some(ADMIN_PORT_DEFAULT),
+            admin_bind: "127.0.0.1".into(),
             dir: PathBuf::from("./data"),
             appendfsync: FsyncPolicy::EverySec,
             requirepass: None,

@@ -37,7 +37,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use config::{
-    Config, MAXCLIENTS_DEFAULT, OUTPUT_BUFFER_BYTES_MAX_DEFAULT, QUERY_BUFFER_BYTES_MAX_DEFAULT,
+    Config, ADMIN_PORT_DEFAULT, MAXCLIENTS_DEFAULT, OUTPUT_BUFFER_BYTES_MAX_DEFAULT,
+    QUERY_BUFFER_BYTES_MAX_DEFAULT,
 };
 pub use replication::{parse_replicaof, ReplicationConfig, BACKLOG_BYTES_DEFAULT};
 pub use ringkv_engine::FsyncPolicy;
@@ -76,6 +77,18 @@ pub enum ServerError {
         key: &'static str,
         /// What is wrong.
         why: String,
+    },
+    /// The admin HTTP socket could not be bound (on by default, so say how to move or drop it).
+    #[error(
+        "cannot listen on {addr} for the admin HTTP port: {source} \
+         (set admin-port / admin-bind to another address, or --no-admin to turn it off)"
+    )]
+    AdminBind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -267,10 +280,10 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
     let admin_state = Arc::new(admin::AdminState::default());
     let (admin, admin_addr) = match config.admin_port {
         Some(port) => {
-            let admin_addr = format!("{}:{}", config.bind, port);
+            let admin_addr = format!("{}:{}", config.admin_bind, port);
             let admin = tokio::net::TcpListener::bind(&admin_addr)
                 .await
-                .map_err(|source| ServerError::Bind {
+                .map_err(|source| ServerError::AdminBind {
                     addr: admin_addr,
                     source,
                 })?;
@@ -339,13 +352,14 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         _ => None,
     };
     let server = Arc::new(Server::new(keyspace, config));
+    // Ready before the line that says so: whoever waits for the line may ask /ready next.
+    admin_state.ready(server.clone());
     if let Ok(local) = listener.local_addr() {
         server
             .bound_port
             .store(u64::from(local.port()), Ordering::Relaxed);
         tracing::info!(addr = %local, "Ready to accept connections tcp");
     }
-    admin_state.ready(server.clone());
     Ok(Bound {
         server,
         listener,
@@ -424,7 +438,6 @@ fn admit(
             multi: -1,
             lib_name: bytes::Bytes::new(),
             lib_ver: bytes::Bytes::new(),
-            user: acl::DEFAULT_USER.to_string(),
         }),
         killed: std::sync::atomic::AtomicBool::new(false),
         kill: tokio::sync::Notify::new(),

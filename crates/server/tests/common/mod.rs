@@ -61,6 +61,7 @@ pub fn launch(
             "--dir",
         ])
         .arg(data_dir)
+        .args(admin_args(extra_args))
         .args(extra_args)
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
@@ -93,6 +94,19 @@ pub fn launch(
     });
     // A process that exits drops the sender, so a refusal does not wait for the timeout.
     (child, port_rx.recv_timeout(START_TIMEOUT).ok())
+}
+
+/// The admin HTTP listener is on by default at 127.0.0.1:9121, and tests run many servers at
+/// once: unless a test chooses its admin settings itself, each server gets a free admin port.
+fn admin_args(extra_args: &[String]) -> &'static [&'static str] {
+    let chosen = extra_args
+        .iter()
+        .any(|a| a.starts_with("--admin") || a == "--no-admin");
+    if chosen {
+        &[]
+    } else {
+        &["--admin-port", "0"]
+    }
 }
 
 /// A running `ringkv` process with its own data directory.
@@ -207,7 +221,7 @@ impl Server {
         }
     }
 
-    /// The admin HTTP port, when started with `--admin-port`.
+    /// The admin HTTP port (a free one unless the test chose another), from the log.
     pub fn admin_port(&self) -> Option<u16> {
         self.log()
             .lines()
