@@ -1,17 +1,40 @@
 #!/usr/bin/env bash
 # The whole check, as CI runs it: formatting, lints, every test, doc tests.
-# Works on a fresh Debian/Ubuntu machine: installs redis-tools (redis-cli, redis-benchmark)
-# when missing.
+# Works on a fresh Debian/Ubuntu machine: installs redis-tools (redis-cli, redis-benchmark) and
+# redis-server (the reference Redis 7.0 that strings.rs compares replies against) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
-    echo "== installing redis-tools"
+if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1 \
+    || ! command -v redis-server >/dev/null 2>&1; then
+    echo "== installing redis-tools and redis-server"
     SUDO=""
     if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
-    if ! $SUDO apt-get install -y redis-tools; then
+    # The package would start a redis-server daemon on 6379; the tests start their own
+    # redis-server on a free port and one test runs ringkv on 6379 (its default), so no
+    # daemon may be left running. A policy-rc.d that answers 101 is Debian's way to install
+    # without starting services; it is only added (and removed again) when none exists.
+    policy=/usr/sbin/policy-rc.d
+    added_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod +x "$policy"
+        added_policy=1
+        trap '$SUDO rm -f "$policy"' EXIT
+    fi
+    if ! $SUDO apt-get install -y redis-tools redis-server; then
         $SUDO apt-get update
-        $SUDO apt-get install -y redis-tools
+        $SUDO apt-get install -y redis-tools redis-server
+    fi
+    if [ -n "$added_policy" ]; then
+        $SUDO rm -f "$policy"
+        trap - EXIT
+    fi
+    # Belt and braces: a system that started it anyway (or on boot) gets it stopped and disabled.
+    if [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+    else
+        $SUDO service redis-server stop >/dev/null 2>&1 || true
     fi
 fi
 
