@@ -998,7 +998,8 @@ impl Inner {
             self.counters
                 .flush_bytes
                 .fetch_add(file.meta.file_size, Ordering::Relaxed);
-            tracing::debug!(
+            // Info: a flush is one of the events operators see one line for (with compactions).
+            tracing::info!(
                 table = number,
                 bytes = file.meta.file_size,
                 "memtable flushed"
@@ -1141,7 +1142,7 @@ impl Inner {
         self.counters
             .compaction_bytes_written
             .fetch_add(stats.bytes_written, Ordering::Relaxed);
-        tracing::debug!(
+        tracing::info!(
             reason = decision.reason,
             level = decision.level,
             inputs = decision.inputs.len() + decision.overlaps.len(),

@@ -87,7 +87,9 @@ impl SlowLog {
     ) {
         let micros = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
         let threshold = self.slower_than_micros.load(Ordering::Relaxed);
-        if threshold >= 0 && micros >= threshold as u64 {
+        // AUTH is never logged (its arguments are all secret), as in Redis.
+        let logged = threshold >= 0 && micros >= threshold as u64 && !args::is(&args[0], "auth");
+        if logged {
             let (peer, name) = peer();
             tracing::info!(
                 command = %errors::printable(&args[0], 32),
@@ -95,7 +97,7 @@ impl SlowLog {
                 client = %peer,
                 "slow command"
             );
-            self.push(micros, args, peer, name);
+            self.push(micros, &redacted(args), peer, name);
         }
         let latency_ms = self.latency_threshold_ms.load(Ordering::Relaxed);
         let ms = micros / 1000;
@@ -154,6 +156,42 @@ impl SlowLog {
         }
         e.max_ms = e.max_ms.max(ms);
     }
+}
+
+/// What the slow log keeps of a command's arguments: passwords replaced by `(redacted)` as
+/// Redis does (`redactClientCommandArgument`): both arguments after HELLO's AUTH, every argument
+/// of ACL SETUSER (its rules hold `>password`), and the value of CONFIG SET requirepass /
+/// masterauth.
+fn redacted(args: &[Bytes]) -> Vec<Bytes> {
+    const REDACTED: Bytes = Bytes::from_static(b"(redacted)");
+    let mut kept = args.to_vec();
+    let is = |i: usize, name: &str| args.get(i).is_some_and(|a| args::is(a, name));
+    if is(0, "hello") {
+        let mut i = 1;
+        while i < kept.len() {
+            if args::is(&kept[i], "auth") {
+                for arg in kept.iter_mut().skip(i + 1).take(2) {
+                    *arg = REDACTED;
+                }
+                i += 3;
+            } else {
+                i += 1;
+            }
+        }
+    } else if is(0, "acl") && is(1, "setuser") {
+        for arg in kept.iter_mut().skip(2) {
+            *arg = REDACTED;
+        }
+    } else if is(0, "config") && is(1, "set") {
+        for pair in kept[2..].chunks_mut(2) {
+            if let [name, value] = pair {
+                if args::is(name, "requirepass") || args::is(name, "masterauth") {
+                    *value = REDACTED;
+                }
+            }
+        }
+    }
+    kept
 }
 
 /// SLOWLOG and LATENCY.
@@ -378,6 +416,43 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, 2);
         assert!(entries[0].args[1].ends_with(b"... (72 more bytes)"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_auth_is_not_kept() {
+        let log = SlowLog::new(0, 10, 0);
+        let command = |line: &str| -> Vec<Bytes> {
+            line.split(' ')
+                .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+                .collect()
+        };
+        for line in [
+            "AUTH user pw1",
+            "HELLO 3 AUTH user pw2 SETNAME x",
+            "acl SETUSER u on >pw3",
+            "CONFIG SET maxclients 10 requirepass pw4 masterauth pw5",
+        ] {
+            log.observe(Duration::from_micros(5), &command(line), || {
+                ("127.0.0.1:1".into(), Bytes::new())
+            });
+        }
+        let entries = log.entries.lock();
+        let rendered: Vec<String> = entries
+            .iter()
+            .rev()
+            .map(|e| {
+                let words: Vec<_> = e.args.iter().map(|a| String::from_utf8_lossy(a)).collect();
+                words.join(" ")
+            })
+            .collect();
+        assert_eq!(
+            rendered,
+            [
+                "HELLO 3 AUTH (redacted) (redacted) SETNAME x",
+                "acl SETUSER (redacted) (redacted) (redacted)",
+                "CONFIG SET maxclients 10 requirepass (redacted) masterauth (redacted)",
+            ]
+        );
     }
 
     #[test]
