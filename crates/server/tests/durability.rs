@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{err, error_text, Server};
+use common::{err, error_text, q, Server};
 
 /// One field of `INFO persistence`.
 fn info_field(con: &mut redis::Connection, field: &str) -> String {
@@ -545,4 +545,65 @@ fn failed_fsync_refuses_writes_until_restart_and_loses_nothing_acknowledged() {
         .arg("ok")
         .query(&mut con)
         .unwrap();
+}
+
+/// After a kill there is no clean-shutdown record, so key counts are rebuilt by a scan, in the
+/// background so start-up does not grow with the data. Writes that land while the scan runs
+/// (creates, overwrites, deletes, expiries) must still leave DBSIZE exact in every database.
+#[test]
+fn key_counts_rebuilt_after_a_kill_stay_exact_under_writes_during_the_rebuild() {
+    let mut server = Server::start_with(&["--appendfsync", "always"]);
+    let mut con = server.client();
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(100_000)
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut con).unwrap();
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(1000)
+        .arg("three")
+        .query(&mut con)
+        .unwrap();
+    server.kill();
+    server.restart();
+    let mut con = server.client();
+    // Right away, while the rebuild may still be scanning.
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET").arg(format!("new:{i}")).arg(i).ignore();
+    }
+    for i in 0..500 {
+        pipe.cmd("SET")
+            .arg(format!("key:{i}"))
+            .arg("overwritten")
+            .ignore();
+        pipe.cmd("DEL").arg(format!("key:{}", 50_000 + i)).ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(format!("key:{}", 60_000 + i))
+            .arg(600_000)
+            .ignore();
+    }
+    let () = pipe.query(&mut con).unwrap();
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut con).unwrap();
+    let _: () = redis::cmd("DEL").arg("three:7").query(&mut con).unwrap();
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 999);
+    let _: () = redis::cmd("SELECT").arg(0).query(&mut con).unwrap();
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 100_000 + 2000 - 500);
+    let log = server.log();
+    assert!(
+        log.contains("rebuilding key counts in the background")
+            && log.contains("key counts rebuilt by a full scan"),
+        "{log}"
+    );
+    // And the clean shutdown after it saves exact counts for the next start.
+    let _ = redis::cmd("SHUTDOWN").query::<()>(&mut con);
+    server.wait_exit(Duration::from_secs(30));
+    server.restart();
+    let mut con = server.client();
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 100_000 + 2000 - 500);
+    assert!(server
+        .log()
+        .contains("key counts loaded from the clean-shutdown record"));
 }
