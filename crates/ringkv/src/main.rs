@@ -119,6 +119,10 @@ struct Cli {
     /// PEM CA; when set, TLS clients must present a certificate it signed.
     #[arg(long, env = "RINGKV_TLS_CA_CERT_FILE")]
     tls_ca_cert_file: Option<PathBuf>,
+    /// A replica connects to its leader with TLS (trusting --tls-ca-cert-file, presenting
+    /// --tls-cert-file/--tls-key-file when set): yes or no [default: no].
+    #[arg(long, env = "RINGKV_TLS_REPLICATION", value_parser = parse_yes_no)]
+    tls_replication: Option<bool>,
     /// Commands slower than this many microseconds enter the slow log; negative: off
     /// [default: 10000].
     #[arg(
@@ -179,6 +183,7 @@ struct FileConfig {
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     tls_ca_cert_file: Option<PathBuf>,
+    tls_replication: Option<bool>,
     slowlog_log_slower_than: Option<i64>,
     slowlog_max_len: Option<usize>,
     latency_monitor_threshold: Option<u64>,
@@ -349,6 +354,15 @@ fn load(cli: Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = cli.min_replicas_max_lag.or(file.min_replicas_max_lag) {
         replication.min_replicas_max_lag_seconds = v;
+    }
+    if let Some(v) = cli.tls_replication.or(file.tls_replication) {
+        replication.tls_replication = v;
+    }
+    // Checked at start: the link would otherwise retry with the same error forever.
+    if replication.tls_replication && config.tls_ca_cert_file.is_none() {
+        anyhow::bail!(
+            "tls-replication needs tls-ca-cert-file: the CA that signed the leader's certificate"
+        );
     }
     Ok(config)
 }

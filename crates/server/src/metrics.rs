@@ -596,6 +596,7 @@ pub(crate) fn render(server: &Server) -> String {
         "1 if the engine refuses writes after an I/O error.",
         u8::from(e.write_error.is_some()),
     );
+    replication_metrics(server, o);
     single(
         o,
         "ringkv_uptime_seconds",
@@ -604,6 +605,119 @@ pub(crate) fn render(server: &Server) -> String {
         server.started.elapsed().as_secs(),
     );
     out
+}
+
+/// Replication series, from the same snapshot INFO replication renders (`replication::view`),
+/// so both report the same offsets and lags. Offsets are engine sequence numbers, as in INFO
+/// (docs/replication.md says why). A leader labels each replica `replica="ip:port"` with the
+/// port it announced.
+fn replication_metrics(server: &Server, o: &mut String) {
+    let view = crate::replication::view(server);
+    single(
+        o,
+        "ringkv_replication_offset",
+        "gauge",
+        "This server's replication offset: last sequence written (leader) or applied (replica); INFO master_repl_offset.",
+        view.last_seq,
+    );
+    single(
+        o,
+        "ringkv_replication_is_replica",
+        "gauge",
+        "1 while this server follows a leader (INFO role:slave).",
+        u8::from(view.link.is_some()),
+    );
+    single(
+        o,
+        "ringkv_connected_replicas",
+        "gauge",
+        "Replicas connected to this server (INFO connected_slaves).",
+        view.replicas.len(),
+    );
+    type Render = fn(&crate::replication::ReplicaView) -> String;
+    let series: [(&str, &str, Render); 5] = [
+        (
+            "ringkv_replica_acked_offset",
+            "Last offset the replica acknowledged as applied (INFO slaveN offset).",
+            |r| r.ack_seq.to_string(),
+        ),
+        (
+            "ringkv_replica_lag_offset",
+            "Offsets the replica has not acknowledged: leader offset minus acked (INFO slaveN lag_seq).",
+            |r| r.lag_seq.to_string(),
+        ),
+        (
+            "ringkv_replica_lag_seconds",
+            "Age of the oldest write the replica has not acknowledged, to 10 ms (INFO slaveN lag_ms / 1000).",
+            |r| format!("{:.3}", r.lag.as_secs_f64()),
+        ),
+        (
+            "ringkv_replica_last_ack_age_seconds",
+            "Seconds since the replica's last acknowledgement (INFO slaveN lag).",
+            |r| r.last_ack_secs.to_string(),
+        ),
+        (
+            "ringkv_replica_online",
+            "1 once the replica streams (INFO slaveN state=online), 0 during its full sync.",
+            |r| u8::from(r.state == "online").to_string(),
+        ),
+    ];
+    for (name, help, value) in series {
+        header(o, name, "gauge", help);
+        for replica in &view.replicas {
+            let _ = writeln!(
+                o,
+                "{name}{{replica=\"{}:{}\"}} {}",
+                replica.ip,
+                replica.port,
+                value(replica)
+            );
+        }
+    }
+    if let Some(link) = &view.link {
+        single(
+            o,
+            "ringkv_master_link_up",
+            "gauge",
+            "1 while the link to the leader streams (INFO master_link_status:up).",
+            u8::from(link.up),
+        );
+        single(
+            o,
+            "ringkv_master_sync_in_progress",
+            "gauge",
+            "1 while a full sync from the leader runs (INFO master_sync_in_progress).",
+            u8::from(link.sync_in_progress),
+        );
+        single(
+            o,
+            "ringkv_master_last_io_seconds",
+            "gauge",
+            "Seconds since the leader last sent anything; -1 while the link is down (INFO master_last_io_seconds_ago).",
+            link.last_io_secs,
+        );
+        single(
+            o,
+            "ringkv_master_offset",
+            "gauge",
+            "The leader's offset as last heard from it (batches and 1 s heartbeats).",
+            link.leader_seq,
+        );
+        single(
+            o,
+            "ringkv_replica_applied_offset",
+            "gauge",
+            "Offset this replica applied (INFO slave_repl_offset).",
+            view.last_seq,
+        );
+        single(
+            o,
+            "ringkv_master_lag_offset",
+            "gauge",
+            "Offsets this replica is behind the leader's last known offset (INFO slave_lag_seq).",
+            view.link_lag_seq().unwrap_or(0),
+        );
+    }
 }
 
 /// Redis' reply to a write refused for `maxmemory`.

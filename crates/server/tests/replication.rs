@@ -6,9 +6,12 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{err, Server};
+use common::{err, q, Server};
+use prometheus_parse::{Scrape, Value as PromValue};
 use redis::Connection;
 
 /// How long a replica may take to catch up in these tests.
@@ -30,11 +33,16 @@ fn replica_of(leader: &Server, extra: &[&str]) -> Server {
 
 /// Waits until `replica` applied everything `leader` committed.
 fn wait_caught_up(leader: &Server, replica: &Server) {
-    let mut l = leader.client();
+    wait_caught_up_with(&mut leader.client(), replica);
+}
+
+/// [`wait_caught_up`] with a given connection to the leader (one that authenticated, or one
+/// to a leader this file started itself).
+fn wait_caught_up_with(l: &mut Connection, replica: &Server) {
     let mut r = replica.client();
     let deadline = Instant::now() + CATCH_UP_TIMEOUT;
     loop {
-        let target: u64 = info_field(&mut l, "master_repl_offset")
+        let target: u64 = info_field(l, "master_repl_offset")
             .unwrap()
             .parse()
             .unwrap();
@@ -56,7 +64,11 @@ fn wait_caught_up(leader: &Server, replica: &Server) {
 
 /// Every key of db 0 in order with its value and absolute expiry.
 fn dump(server: &Server) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
-    let mut con = server.client();
+    dump_with(&mut server.client())
+}
+
+/// [`dump`] over a given connection.
+fn dump_with(con: &mut Connection) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
     let mut keys: Vec<Vec<u8>> = Vec::new();
     let mut cursor = 0u64;
     loop {
@@ -64,7 +76,7 @@ fn dump(server: &Server) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
             .arg(cursor)
             .arg("COUNT")
             .arg(1000)
-            .query(&mut con)
+            .query(con)
             .unwrap();
         keys.extend(page);
         if next == 0 {
@@ -79,7 +91,7 @@ fn dump(server: &Server) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
         for key in chunk {
             pipe.cmd("GET").arg(key).cmd("PEXPIRETIME").arg(key);
         }
-        let values: Vec<redis::Value> = pipe.query(&mut con).unwrap();
+        let values: Vec<redis::Value> = pipe.query(con).unwrap();
         for (key, pair) in chunk.iter().zip(values.chunks(2)) {
             let value: Vec<u8> = redis::from_redis_value(&pair[0]).unwrap_or_default();
             let at: i64 = redis::from_redis_value(&pair[1]).unwrap();
@@ -98,9 +110,14 @@ fn writes() -> usize {
 
 /// Writes `n` commands from `threads` clients: SET, SET PX (far future), DEL, INCR.
 fn load(leader: &Server, n: usize, threads: usize, tag: &str) {
+    load_url(&leader.url(), n, threads, tag);
+}
+
+/// [`load`] against a server URL (one with a password).
+fn load_url(url: &str, n: usize, threads: usize, tag: &str) {
     std::thread::scope(|scope| {
         for t in 0..threads {
-            let url = leader.url();
+            let url = url.to_string();
             let tag = tag.to_string();
             scope.spawn(move || {
                 let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
@@ -389,4 +406,364 @@ fn replication_expired_key_disappears_on_replicas() {
     wait_caught_up(&leader, &replica);
     let size: i64 = redis::cmd("DBSIZE").query(&mut r).unwrap();
     assert_eq!(size, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lag and offsets on INFO and /metrics
+
+/// `INFO replication` as field → value.
+fn info_map(con: &mut Connection) -> HashMap<String, String> {
+    let info: String = redis::cmd("INFO").arg("replication").query(con).unwrap();
+    info.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The `slaveN:ip=…,port=…` line of the replica listening on `port`, as field → value.
+fn replica_line(info: &HashMap<String, String>, port: u16) -> Option<HashMap<String, String>> {
+    info.iter()
+        .filter(|(k, _)| k.starts_with("slave") && k[5..].parse::<u32>().is_ok())
+        .map(|(_, v)| {
+            v.split(',')
+                .filter_map(|f| f.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        })
+        .find(|fields| fields.get("port") == Some(&port.to_string()))
+}
+
+fn number(fields: &HashMap<String, String>, name: &str) -> f64 {
+    fields
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {fields:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// `/metrics` of a server started with `--admin-port 0`, parsed.
+fn scrape(server: &Server) -> Scrape {
+    let port = server.admin_port().expect("admin port in the log");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("valid Prometheus text")
+}
+
+/// The value of `name` with `labels`; `None` when there is no such sample.
+fn metric(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => *v,
+            other => panic!("{name}: unexpected {other:?}"),
+        })
+}
+
+/// Sends a signal (`STOP`, `CONT`) to a server process.
+fn signal(server: &Server, name: &str) {
+    let pid = server.pid().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes (then panics with `what`).
+fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn replication_lag_metrics_match_info() {
+    let leader = Server::start_with(&["--admin-port", "0"]);
+    let replica = replica_of(&leader, &["--admin-port", "0"]);
+    let label = format!("127.0.0.1:{}", replica.port);
+    let labels = [("replica", label.as_str())];
+    let mut l = leader.client();
+    let mut r = replica.client();
+    load(&leader, 2_000, 1, "m");
+    wait_caught_up(&leader, &replica);
+    // The replica acknowledges within a second when idle: wait for the leader to see it.
+    eventually(
+        Duration::from_secs(10),
+        "the leader to record the ack",
+        || {
+            let info = info_map(&mut l);
+            replica_line(&info, replica.port)
+                .is_some_and(|s| number(&s, "offset") == number(&info, "master_repl_offset"))
+        },
+    );
+
+    // Caught up and idle: both views show the same offsets and no lag.
+    let info = info_map(&mut l);
+    let scraped = scrape(&leader);
+    let offset = number(&info, "master_repl_offset");
+    assert!(offset >= 2_000.0, "offset {offset} after 2000 writes");
+    let line = replica_line(&info, replica.port).expect("replica in INFO");
+    assert_eq!(
+        metric(&scraped, "ringkv_replication_offset", &[]),
+        Some(offset)
+    );
+    assert_eq!(
+        metric(&scraped, "ringkv_connected_replicas", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&scraped, "ringkv_replication_is_replica", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&scraped, "ringkv_replica_acked_offset", &labels),
+        Some(offset)
+    );
+    assert_eq!(number(&line, "lag_seq"), 0.0);
+    assert_eq!(number(&line, "lag_ms"), 0.0);
+    assert_eq!(
+        metric(&scraped, "ringkv_replica_lag_offset", &labels),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&scraped, "ringkv_replica_lag_seconds", &labels),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&scraped, "ringkv_replica_online", &labels),
+        Some(1.0)
+    );
+    let rinfo = info_map(&mut r);
+    let rscraped = scrape(&replica);
+    assert_eq!(rinfo["master_link_status"], "up");
+    assert_eq!(number(&rinfo, "slave_repl_offset"), offset);
+    assert_eq!(number(&rinfo, "slave_lag_seq"), 0.0);
+    assert_eq!(
+        metric(&rscraped, "ringkv_replication_is_replica", &[]),
+        Some(1.0)
+    );
+    assert_eq!(metric(&rscraped, "ringkv_master_link_up", &[]), Some(1.0));
+    assert_eq!(
+        metric(&rscraped, "ringkv_replica_applied_offset", &[]),
+        Some(offset)
+    );
+    assert_eq!(
+        metric(&rscraped, "ringkv_replication_offset", &[]),
+        Some(offset)
+    );
+    assert_eq!(metric(&rscraped, "ringkv_master_offset", &[]), Some(offset));
+    assert_eq!(
+        metric(&rscraped, "ringkv_master_lag_offset", &[]),
+        Some(0.0)
+    );
+
+    // A frozen replica (SIGSTOP) acknowledges nothing: lag in offsets and seconds shows on
+    // the leader and grows, identically in INFO and /metrics.
+    signal(&replica, "STOP");
+    let first_write = Instant::now();
+    for i in 0..100 {
+        q::<()>(&mut l, &["SET", &format!("lag:{i}"), "v"]);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let info = info_map(&mut l);
+    let scraped = scrape(&leader);
+    let since_first_write = first_write.elapsed();
+    let now_offset = number(&info, "master_repl_offset");
+    let line = replica_line(&info, replica.port).expect("replica still registered");
+    assert_eq!(
+        number(&line, "offset"),
+        offset,
+        "a frozen replica acknowledged"
+    );
+    assert_eq!(number(&line, "lag_seq"), now_offset - offset);
+    assert!(now_offset - offset >= 100.0, "100 writes, lag_seq {line:?}");
+    let lag_ms = number(&line, "lag_ms");
+    // The sampler records commit times every 10 ms, so the age may read up to 10 ms short.
+    assert!(
+        lag_ms >= 1490.0 && lag_ms <= since_first_write.as_millis() as f64 + 20.0,
+        "lag_ms {lag_ms} after {since_first_write:?}"
+    );
+    assert!(
+        number(&line, "lag") >= 1.0,
+        "seconds since last ack: {line:?}"
+    );
+    assert_eq!(
+        metric(&scraped, "ringkv_replication_offset", &[]),
+        Some(now_offset)
+    );
+    assert_eq!(
+        metric(&scraped, "ringkv_replica_acked_offset", &labels),
+        Some(offset)
+    );
+    assert_eq!(
+        metric(&scraped, "ringkv_replica_lag_offset", &labels),
+        Some(now_offset - offset)
+    );
+    // Taken a moment after INFO: the same clock, a little later.
+    let lag_seconds = metric(&scraped, "ringkv_replica_lag_seconds", &labels).unwrap();
+    assert!(
+        lag_seconds * 1000.0 >= lag_ms && lag_seconds * 1000.0 <= lag_ms + 500.0,
+        "metrics lag {lag_seconds} s, INFO lag_ms {lag_ms}"
+    );
+    assert!(metric(&scraped, "ringkv_replica_last_ack_age_seconds", &labels).unwrap() >= 1.0);
+
+    // Thawed, it catches up and the lag returns to zero everywhere.
+    signal(&replica, "CONT");
+    eventually(Duration::from_secs(20), "the lag to drain", || {
+        let info = info_map(&mut l);
+        replica_line(&info, replica.port).is_some_and(|s| number(&s, "lag_seq") == 0.0)
+    });
+    let scraped = scrape(&leader);
+    assert_eq!(
+        metric(&scraped, "ringkv_replica_lag_offset", &labels),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&scraped, "ringkv_replica_lag_seconds", &labels),
+        Some(0.0)
+    );
+    let rscraped = scrape(&replica);
+    let rinfo = info_map(&mut r);
+    assert_eq!(number(&rinfo, "slave_repl_offset"), now_offset);
+    assert_eq!(
+        metric(&rscraped, "ringkv_replica_applied_offset", &[]),
+        Some(now_offset)
+    );
+    assert_eq!(
+        metric(&rscraped, "ringkv_master_lag_offset", &[]),
+        Some(0.0)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// masterauth / masteruser
+
+/// A connection that authenticates (`user` `None`: the default user).
+fn authed(server: &Server, user: Option<&str>, password: &str) -> Connection {
+    let url = format!(
+        "redis://{}:{password}@127.0.0.1:{}/",
+        user.unwrap_or(""),
+        server.port
+    );
+    redis::Client::open(url).unwrap().get_connection().unwrap()
+}
+
+/// Waits until the replica's INFO reports a failed link whose reason contains `expected`, and
+/// checks it holds none of the leader's data.
+fn assert_refused(replica: &Server, expected: &str) {
+    let mut r = replica.client();
+    eventually(
+        Duration::from_secs(15),
+        &format!("master_link_last_error containing {expected:?}"),
+        || {
+            info_map(&mut r)
+                .get("master_link_last_error")
+                .is_some_and(|e| e.contains(expected))
+        },
+    );
+    let info = info_map(&mut r);
+    assert_eq!(info["master_link_status"], "down", "{info:?}");
+    assert_eq!(info["sync_full"], "0", "{info:?}");
+    assert!(number(&info, "master_link_down_since_seconds") >= 0.0);
+    assert_eq!(
+        q::<i64>(&mut r, &["DBSIZE"]),
+        0,
+        "data reached a refused replica"
+    );
+}
+
+#[test]
+fn replication_masterauth_with_requirepass() {
+    let leader = Server::start_with(&["--requirepass", "s3cret"]);
+    let mut l = authed(&leader, None, "s3cret");
+    load_url(
+        &format!("redis://:s3cret@127.0.0.1:{}/", leader.port),
+        1_000,
+        1,
+        "auth",
+    );
+    let wrong = replica_of(&leader, &["--masterauth", "wrong"]);
+    let missing = replica_of(&leader, &[]);
+    let right = replica_of(&leader, &["--masterauth", "s3cret"]);
+    wait_caught_up_with(&mut l, &right);
+    assert_eq!(dump(&right), dump_with(&mut l));
+
+    assert_refused(&wrong, "WRONGPASS");
+    assert!(
+        wrong.log().contains("cannot authenticate to the leader"),
+        "log:\n{}",
+        wrong.log()
+    );
+    assert_refused(&missing, "the leader requires a password: set masterauth");
+    assert_eq!(info_map(&mut l)["connected_slaves"], "1");
+
+    // Correcting masterauth at run time: the next attempt authenticates and syncs.
+    q::<()>(
+        &mut wrong.client(),
+        &["CONFIG", "SET", "masterauth", "s3cret"],
+    );
+    wait_caught_up_with(&mut l, &wrong);
+    assert_eq!(dump(&wrong), dump_with(&mut l));
+    assert!(!info_map(&mut wrong.client()).contains_key("master_link_last_error"));
+}
+
+#[test]
+fn replication_masteruser_acl_user() {
+    let leader = Server::start_with(&["--requirepass", "adminpw"]);
+    let mut l = authed(&leader, None, "adminpw");
+    // Only what a replica needs (Redis documents +psync +replconf +ping for a replication user).
+    q::<()>(
+        &mut l,
+        &[
+            "ACL",
+            "SETUSER",
+            "repl",
+            "on",
+            ">replpw",
+            "+psync",
+            "+replconf",
+            "+ping",
+        ],
+    );
+    for i in 0..500 {
+        q::<()>(&mut l, &["SET", &format!("acl:{i}"), &i.to_string()]);
+    }
+    let right = replica_of(&leader, &["--masteruser", "repl", "--masterauth", "replpw"]);
+    // The default user's password is not repl's.
+    let wrong = replica_of(
+        &leader,
+        &["--masteruser", "repl", "--masterauth", "adminpw"],
+    );
+    wait_caught_up_with(&mut l, &right);
+    assert_eq!(dump(&right), dump_with(&mut l));
+    assert_refused(&wrong, "WRONGPASS");
+    assert!(
+        wrong.log().contains("as user \"repl\""),
+        "log:\n{}",
+        wrong.log()
+    );
+    // A user without +psync authenticates but may not replicate.
+    q::<()>(
+        &mut l,
+        &["ACL", "SETUSER", "reader", "on", ">readpw", "+@read", "~*"],
+    );
+    let unprivileged = replica_of(
+        &leader,
+        &["--masteruser", "reader", "--masterauth", "readpw"],
+    );
+    assert_refused(&unprivileged, "NOPERM");
 }

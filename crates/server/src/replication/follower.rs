@@ -11,6 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_rustls::rustls::{self, pki_types};
+
 use super::{replid_path, wire, LinkStatus};
 use crate::server::Server;
 
@@ -38,11 +40,15 @@ pub(crate) fn run(server: Arc<Server>, status: Arc<LinkStatus>) {
     while !stopped() {
         match session(&server, &status) {
             Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => {
                 tracing::warn!(host = %status.host, port = status.port, %error, "replication link to the leader lost; retrying");
+                *status.last_error.lock() = Some(error.to_string());
             }
         }
-        status.up.store(false, Ordering::Release);
+        if status.up.swap(false, Ordering::AcqRel) {
+            *status.down_since.lock() = Instant::now();
+        }
         status.sync_in_progress.store(false, Ordering::Release);
         let until = Instant::now() + RETRY_PAUSE;
         while Instant::now() < until && !stopped() {
@@ -51,9 +57,13 @@ pub(crate) fn run(server: Arc<Server>, status: Arc<LinkStatus>) {
     }
 }
 
+/// The byte stream to the leader: plain TCP, or rustls over it (`tls-replication yes`).
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
 /// The socket and its read buffer.
 struct Conn<'a> {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buffer: Vec<u8>,
     start: usize,
     end: usize,
@@ -211,15 +221,106 @@ impl Conn<'_> {
     }
 }
 
-/// One connection to the leader, from handshake to error or stop.
-fn session(server: &Server, status: &LinkStatus) -> io::Result<()> {
+/// Connects to the leader, over TLS when `tls-replication` is on; the stream reads in
+/// `READ_STEP` steps.
+fn connect(server: &Server, status: &LinkStatus) -> io::Result<Box<dyn Stream>> {
     let address = (status.host.as_str(), status.port)
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::other("leader address does not resolve"))?;
-    let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
+    let mut stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
     stream.set_nodelay(true)?;
+    let tls = {
+        let config = server.config.read();
+        config.replication.tls_replication.then(|| {
+            (
+                config.tls_ca_cert_file.clone(),
+                config.tls_cert_file.clone(),
+                config.tls_key_file.clone(),
+            )
+        })
+    };
+    let Some((ca, cert, key)) = tls else {
+        stream.set_read_timeout(Some(READ_STEP))?;
+        return Ok(Box::new(stream));
+    };
+    let config = tls_client_config(ca.as_deref(), cert.as_deref(), key.as_deref())?;
+    let name = pki_types::ServerName::try_from(status.host.clone())
+        .map_err(|e| io::Error::other(format!("leader host {:?} as TLS name: {e}", status.host)))?;
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name)
+        .map_err(|e| io::Error::other(format!("TLS to the leader: {e}")))?;
+    // The handshake runs here with the whole connect timeout: with the short read step, rustls
+    // would surface a slow handshake reply as WouldBlock from inside the first write.
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    while tls.is_handshaking() {
+        tls.complete_io(&mut stream).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("TLS handshake with the leader failed: {e}"),
+            )
+        })?;
+    }
     stream.set_read_timeout(Some(READ_STEP))?;
+    tracing::info!(host = %status.host, port = status.port, "replication link uses TLS");
+    Ok(Box::new(rustls::StreamOwned::new(tls, stream)))
+}
+
+/// The rustls client for `tls-replication`: trusts `tls-ca-cert-file`, and presents
+/// `tls-cert-file`/`tls-key-file` when both are set (a leader with `tls-ca-cert-file` demands a
+/// client certificate, as Redis' replicas present theirs).
+fn tls_client_config(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> io::Result<rustls::ClientConfig> {
+    let ca = ca.ok_or_else(|| {
+        io::Error::other(
+            "tls-replication needs tls-ca-cert-file (the CA of the leader's certificate)",
+        )
+    })?;
+    let named = |setting: &str, path: &Path, e: &dyn std::fmt::Display| {
+        io::Error::other(format!("{setting} {}: {e}", path.display()))
+    };
+    let read =
+        |setting: &str, path: &Path| std::fs::read(path).map_err(|e| named(setting, path, &e));
+    let ca_pem = read("tls-ca-cert-file", ca)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        let cert = cert.map_err(|e| named("tls-ca-cert-file", ca, &e))?;
+        roots
+            .add(cert)
+            .map_err(|e| named("tls-ca-cert-file", ca, &e))?;
+    }
+    if roots.is_empty() {
+        return Err(named("tls-ca-cert-file", ca, &"no certificate in the file"));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(io::Error::other)?
+    .with_root_certificates(roots);
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let cert_pem = read("tls-cert-file", cert)?;
+            let certs = rustls_pemfile::certs(&mut &cert_pem[..])
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| named("tls-cert-file", cert, &e))?;
+            let key_pem = read("tls-key-file", key)?;
+            let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
+                .map_err(|e| named("tls-key-file", key, &e))?
+                .ok_or_else(|| named("tls-key-file", key, &"no private key in the file"))?;
+            builder
+                .with_client_auth_cert(certs, key_der)
+                .map_err(|e| io::Error::other(format!("TLS client certificate: {e}")))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// One connection to the leader, from handshake to error or stop.
+fn session(server: &Server, status: &LinkStatus) -> io::Result<()> {
+    let stream = connect(server, status)?;
     let mut conn = Conn {
         stream,
         buffer: vec![0u8; BUFFER_BYTES],
@@ -240,13 +341,32 @@ fn session(server: &Server, status: &LinkStatus) -> io::Result<()> {
         )
     };
     if let Some(password) = password {
-        match user {
-            Some(user) => conn.command(&["AUTH", &user, &password])?,
-            None => conn.command(&["AUTH", &password])?,
+        let result = match &user {
+            Some(user) => conn.command(&["AUTH", user, &password]),
+            None => conn.command(&["AUTH", &password]),
         };
+        result.map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "cannot authenticate to the leader as user {:?} (check masterauth / masteruser): {e}",
+                    user.as_deref().unwrap_or("default")
+                ),
+            )
+        })?;
     }
     let port = server.bound_port.load(Ordering::Relaxed).to_string();
-    conn.command(&["REPLCONF", "listening-port", &port])?;
+    conn.command(&["REPLCONF", "listening-port", &port])
+        .map_err(|e| {
+            if e.to_string().contains("NOAUTH") {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("the leader requires a password: set masterauth ({e})"),
+                )
+            } else {
+                e
+            }
+        })?;
     let applied = server.keyspace.engine().last_sequence();
     let replid = server.replication.ids.lock().replid.clone();
     let offset = if std::fs::metadata(replid_path(&dir)).is_ok() {
@@ -292,6 +412,7 @@ fn session(server: &Server, status: &LinkStatus) -> io::Result<()> {
     server.replication.ids.lock().replid = leader_replid.to_string();
     write_replid(&dir, leader_replid)?;
     status.up.store(true, Ordering::Release);
+    *status.last_error.lock() = None;
     conn.ack_seq = server.keyspace.engine().last_sequence();
     conn.send_ack()?;
     stream_batches(server, &mut conn)

@@ -62,6 +62,9 @@ pub struct ReplicationConfig {
     /// A replica is good while its last acknowledgement is at most this old
     /// (`min-replicas-max-lag`, seconds).
     pub min_replicas_max_lag_seconds: u64,
+    /// Connect to the leader with TLS (`tls-replication`, Redis' name): trusts
+    /// `tls-ca-cert-file`, presents `tls-cert-file`/`tls-key-file` as client certificate.
+    pub tls_replication: bool,
 }
 
 impl Default for ReplicationConfig {
@@ -74,6 +77,7 @@ impl Default for ReplicationConfig {
             backlog_bytes: BACKLOG_BYTES_DEFAULT,
             min_replicas_to_write: 0,
             min_replicas_max_lag_seconds: 10,
+            tls_replication: false,
         }
     }
 }
@@ -125,6 +129,11 @@ pub(crate) struct LinkStatus {
     /// Leader's last sequence as last heard (heartbeats and batches).
     pub leader_seq: AtomicU64,
     pub last_io: Mutex<Instant>,
+    /// Since when the link is down (INFO `master_link_down_since_seconds`).
+    pub down_since: Mutex<Instant>,
+    /// Why the last attempt failed (refused AUTH, TLS handshake, …), until the link is up
+    /// again: INFO `master_link_last_error`, so a wrong `masterauth` shows without the log.
+    pub last_error: Mutex<Option<String>>,
 }
 
 struct Link {
@@ -323,6 +332,8 @@ pub(crate) fn follow(server: &Arc<Server>, host: String, port: u16) {
         sync_in_progress: AtomicBool::new(false),
         leader_seq: AtomicU64::new(0),
         last_io: Mutex::new(Instant::now()),
+        down_since: Mutex::new(Instant::now()),
+        last_error: Mutex::new(None),
     });
     let thread = {
         let server = server.clone();
@@ -382,42 +393,145 @@ pub(crate) fn promote(server: &Server) {
     tracing::info!(seq, "MASTER MODE enabled: promoted, data kept");
 }
 
+/// One connected replica as INFO and `/metrics` show it.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaView {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub state: &'static str,
+    /// Last sequence it acknowledged (INFO `offset`).
+    pub ack_seq: u64,
+    /// Seconds since its last acknowledgement (INFO `lag`, Redis' meaning).
+    pub last_ack_secs: u64,
+    /// Sequences it has not acknowledged (INFO `lag_seq`).
+    pub lag_seq: u64,
+    /// Age of the oldest write it has not acknowledged (INFO `lag_ms`).
+    pub lag: Duration,
+}
+
+/// This server's link to its leader as INFO and `/metrics` show it.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkView {
+    pub host: String,
+    pub port: u16,
+    pub up: bool,
+    /// Seconds since the leader last sent a byte; -1 while the link is down (Redis' INFO).
+    pub last_io_secs: i64,
+    pub sync_in_progress: bool,
+    /// The leader's last sequence as last heard (never below what this replica applied).
+    pub leader_seq: u64,
+    /// Seconds the link has been down (`None` while up).
+    pub down_secs: Option<u64>,
+    /// Why the last connection attempt failed, while down.
+    pub last_error: Option<String>,
+}
+
+/// A snapshot of the replication state, taken once per INFO or `/metrics` request: both render
+/// from it, so they cannot disagree on a number (only on when it was taken).
+#[derive(Debug, Clone)]
+pub(crate) struct View {
+    /// This server's offset: its engine's last sequence (leader: written; replica: applied).
+    pub last_seq: u64,
+    pub link: Option<LinkView>,
+    pub replicas: Vec<ReplicaView>,
+    /// Replicas that count for `min-replicas-to-write` (`None` while that is off).
+    pub good_replicas: Option<usize>,
+}
+
+impl View {
+    /// Sequences a replica is behind its leader's last known sequence (INFO `slave_lag_seq`).
+    pub(crate) fn link_lag_seq(&self) -> Option<u64> {
+        self.link
+            .as_ref()
+            .map(|link| link.leader_seq.saturating_sub(self.last_seq))
+    }
+}
+
+/// Takes the snapshot INFO replication and `/metrics` render.
+pub(crate) fn view(server: &Server) -> View {
+    let replication = &server.replication;
+    let last_seq = server.keyspace.engine().last_sequence();
+    let link = replication.link().map(|link| {
+        let up = link.up.load(Ordering::Acquire);
+        LinkView {
+            host: link.host.clone(),
+            port: link.port,
+            up,
+            last_io_secs: if up {
+                link.last_io.lock().elapsed().as_secs() as i64
+            } else {
+                -1
+            },
+            sync_in_progress: link.sync_in_progress.load(Ordering::Acquire),
+            leader_seq: link.leader_seq.load(Ordering::Acquire).max(last_seq),
+            down_secs: (!up).then(|| link.down_since.lock().elapsed().as_secs()),
+            last_error: if up {
+                None
+            } else {
+                link.last_error.lock().clone()
+            },
+        }
+    });
+    let entries: Vec<ReplicaEntry> = replication.replicas.lock().values().cloned().collect();
+    let replicas = entries
+        .into_iter()
+        .map(|r| ReplicaView {
+            ip: r.ip,
+            port: r.port,
+            state: r.state,
+            ack_seq: r.ack_seq,
+            last_ack_secs: r.last_ack.elapsed().as_secs(),
+            lag_seq: last_seq.saturating_sub(r.ack_seq),
+            lag: replication.lag(r.ack_seq, last_seq),
+        })
+        .collect();
+    let good_replicas = (replication.min_replicas_to_write.load(Ordering::Relaxed) > 0)
+        .then(|| replication.good_replicas());
+    View {
+        last_seq,
+        link,
+        replicas,
+        good_replicas,
+    }
+}
+
 /// The `# Replication` section of INFO.
 pub(crate) fn info_section(server: &Server, out: &mut String) {
     let replication = &server.replication;
     let engine = server.keyspace.engine();
-    let last_seq = engine.last_sequence();
+    let view = view(server);
+    let last_seq = view.last_seq;
     let ids = replication.ids.lock().clone();
     out.push_str("# Replication\r\n");
-    match replication.link() {
+    match &view.link {
         Some(link) => {
-            let up = link.up.load(Ordering::Acquire);
-            let leader_seq = link.leader_seq.load(Ordering::Acquire).max(last_seq);
             let _ = write!(
                 out,
                 "role:slave\r\nmaster_host:{}\r\nmaster_port:{}\r\nmaster_link_status:{}\r\nmaster_last_io_seconds_ago:{}\r\nmaster_sync_in_progress:{}\r\nslave_read_repl_offset:{last_seq}\r\nslave_repl_offset:{last_seq}\r\nslave_lag_seq:{}\r\nslave_priority:100\r\nslave_read_only:{}\r\nreplica_announced:1\r\n",
                 link.host,
                 link.port,
-                if up { "up" } else { "down" },
-                if up { link.last_io.lock().elapsed().as_secs() as i64 } else { -1 },
-                u8::from(link.sync_in_progress.load(Ordering::Acquire)),
-                leader_seq - last_seq,
+                if link.up { "up" } else { "down" },
+                link.last_io_secs,
+                u8::from(link.sync_in_progress),
+                view.link_lag_seq().unwrap_or(0),
                 u8::from(replication.read_only.load(Ordering::Relaxed)),
             );
+            if let Some(secs) = link.down_secs {
+                let _ = write!(out, "master_link_down_since_seconds:{secs}\r\n");
+            }
+            if let Some(error) = &link.last_error {
+                // One INFO line: no CR/LF from the error text.
+                let error = error.replace(['\r', '\n'], " ");
+                let _ = write!(out, "master_link_last_error:{error}\r\n");
+            }
         }
         None => out.push_str("role:master\r\n"),
     }
-    let replicas = replication.replicas.lock().clone();
-    let _ = write!(out, "connected_slaves:{}\r\n", replicas.len());
-    if replication.min_replicas_to_write.load(Ordering::Relaxed) > 0 {
-        let _ = write!(
-            out,
-            "min_slaves_good_slaves:{}\r\n",
-            replication.good_replicas()
-        );
+    let _ = write!(out, "connected_slaves:{}\r\n", view.replicas.len());
+    if let Some(good) = view.good_replicas {
+        let _ = write!(out, "min_slaves_good_slaves:{good}\r\n");
     }
-    for (i, replica) in replicas.values().enumerate() {
-        let lag = replication.lag(replica.ack_seq, last_seq);
+    for (i, replica) in view.replicas.iter().enumerate() {
         let _ = write!(
             out,
             "slave{i}:ip={},port={},state={},offset={},lag={},lag_seq={},lag_ms={}\r\n",
@@ -425,9 +539,9 @@ pub(crate) fn info_section(server: &Server, out: &mut String) {
             replica.port,
             replica.state,
             replica.ack_seq,
-            replica.last_ack.elapsed().as_secs(),
-            last_seq.saturating_sub(replica.ack_seq),
-            lag.as_millis(),
+            replica.last_ack_secs,
+            replica.lag_seq,
+            replica.lag.as_millis(),
         );
     }
     let (backlog_bytes, oldest) = engine.change_log_usage();
