@@ -2,7 +2,7 @@
 //! changes, the client table, statistics, SCAN cursors, and the lock that lets
 //! EXEC run alone.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::keyspace::Keyspace;
 
-/// Most SCAN cursors remembered; the oldest are forgotten first.
+/// Most SCAN cursors remembered (see [`ScanCursors`] for which are forgotten first).
 pub(crate) const SCAN_CURSORS_MAX: usize = 10_000;
 /// Most key bytes held by remembered SCAN cursors (keys may be up to 512 KiB each).
 pub(crate) const SCAN_CURSOR_BYTES_MAX: usize = 64 << 20;
@@ -84,12 +84,30 @@ pub(crate) struct ScanPosition {
     pub last_key: Bytes,
 }
 
-/// Bounded map cursor id → position, forgetting the oldest first.
+/// One remembered cursor.
+#[derive(Debug)]
+struct ScanCursor {
+    position: ScanPosition,
+    /// Last insert or use; the key of the cursor in `pending` or `spent`.
+    stamp: u64,
+    /// A client already continued from it; it is kept only so a retried page repeats.
+    spent: bool,
+}
+
+/// Bounded map cursor id → position. When full, the least recently used *spent* cursor goes
+/// first, and a pending one (handed out, not yet continued from) only when no spent one is
+/// left. A plain oldest-first table let a slow scanner's next cursor be pushed out by other
+/// clients' traffic, so its scan restarted at every page and never finished; this way every
+/// scan in progress keeps its place as long as fewer than `SCAN_CURSORS_MAX` scans run at
+/// once (and their positions fit in `SCAN_CURSOR_BYTES_MAX`).
 #[derive(Debug)]
 pub(crate) struct ScanCursors {
     next_id: u64,
-    positions: HashMap<u64, ScanPosition>,
-    order: VecDeque<u64>,
+    next_stamp: u64,
+    cursors: HashMap<u64, ScanCursor>,
+    /// stamp → id, least recently used first, for each kind.
+    pending: BTreeMap<u64, u64>,
+    spent: BTreeMap<u64, u64>,
     key_bytes: usize,
 }
 
@@ -100,10 +118,17 @@ impl ScanCursors {
         let start = rand::random::<u64>() % (1 << 40) + 1;
         ScanCursors {
             next_id: start,
-            positions: HashMap::new(),
-            order: VecDeque::new(),
+            next_stamp: 0,
+            cursors: HashMap::new(),
+            pending: BTreeMap::new(),
+            spent: BTreeMap::new(),
             key_bytes: 0,
         }
+    }
+
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
     }
 
     /// Remembers `position`; the new cursor id (never 0).
@@ -114,24 +139,59 @@ impl ScanCursors {
         } else {
             self.next_id + 1
         };
+        let stamp = self.stamp();
         self.key_bytes += position.last_key.len();
-        self.positions.insert(id, position);
-        self.order.push_back(id);
-        while self.order.len() > SCAN_CURSORS_MAX || self.key_bytes > SCAN_CURSOR_BYTES_MAX {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
+        if let Some(old) = self.cursors.insert(
+            id,
+            ScanCursor {
+                position,
+                stamp,
+                spent: false,
+            },
+        ) {
+            // Only after 2^53 ids wrap around; forget the old holder of the id.
+            self.forget_order(&old);
+            self.key_bytes -= old.position.last_key.len();
+        }
+        self.pending.insert(stamp, id);
+        while self.cursors.len() > SCAN_CURSORS_MAX || self.key_bytes > SCAN_CURSOR_BYTES_MAX {
+            let victim = match self.spent.pop_first() {
+                Some((_, victim)) => victim,
+                None => match self.pending.pop_first() {
+                    Some((_, victim)) => victim,
+                    None => break,
+                },
             };
-            if let Some(old) = self.positions.remove(&oldest) {
-                self.key_bytes -= old.last_key.len();
+            if let Some(old) = self.cursors.remove(&victim) {
+                self.key_bytes -= old.position.last_key.len();
             }
         }
         id
     }
 
-    /// The position of cursor `id`, if still remembered. Cursors are kept after use so a client
-    /// that repeats a page (a retry) gets the same continuation.
-    pub(crate) fn get(&self, id: u64) -> Option<ScanPosition> {
-        self.positions.get(&id).cloned()
+    fn forget_order(&mut self, cursor: &ScanCursor) {
+        if cursor.spent {
+            self.spent.remove(&cursor.stamp);
+        } else {
+            self.pending.remove(&cursor.stamp);
+        }
+    }
+
+    /// The position of cursor `id`, if still remembered; the cursor becomes spent and most
+    /// recently used. Cursors are kept after use so a client that repeats a page (a retry)
+    /// gets the same continuation.
+    pub(crate) fn get(&mut self, id: u64) -> Option<ScanPosition> {
+        let stamp = self.stamp();
+        let cursor = self.cursors.get_mut(&id)?;
+        if cursor.spent {
+            self.spent.remove(&cursor.stamp);
+        } else {
+            self.pending.remove(&cursor.stamp);
+        }
+        cursor.stamp = stamp;
+        cursor.spent = true;
+        self.spent.insert(stamp, id);
+        Some(cursor.position.clone())
     }
 }
 
@@ -219,5 +279,61 @@ impl Server {
     /// keyspace is saved and the engine closed.
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(key: &str) -> ScanPosition {
+        ScanPosition {
+            db: 0,
+            last_key: Bytes::from(key.to_string()),
+        }
+    }
+
+    #[test]
+    fn spent_cursors_go_before_pending_ones() {
+        let mut cursors = ScanCursors::new();
+        let slow = cursors.insert(position("slow"));
+        // Another client pages through far more than the table holds.
+        let mut cursor = cursors.insert(position("fast"));
+        for _ in 0..SCAN_CURSORS_MAX * 2 {
+            assert!(cursors.get(cursor).is_some(), "a fast scan lost its cursor");
+            cursor = cursors.insert(position("fast"));
+        }
+        assert_eq!(cursors.get(slow).map(|p| p.last_key), Some("slow".into()));
+        assert!(cursors.cursors.len() <= SCAN_CURSORS_MAX);
+        assert_eq!(
+            cursors.cursors.len(),
+            cursors.pending.len() + cursors.spent.len()
+        );
+    }
+
+    #[test]
+    fn abandoned_scans_are_forgotten_oldest_first_and_bytes_are_bounded() {
+        let mut cursors = ScanCursors::new();
+        let first = cursors.insert(position("a"));
+        let second = cursors.insert(position("b"));
+        for _ in 0..SCAN_CURSORS_MAX - 1 {
+            cursors.insert(position("x"));
+        }
+        assert!(cursors.get(first).is_none());
+        assert!(cursors.get(second).is_some());
+        let big = Bytes::from(vec![b'k'; 512 << 10]);
+        for _ in 0..200 {
+            cursors.insert(ScanPosition {
+                db: 0,
+                last_key: big.clone(),
+            });
+        }
+        assert!(cursors.key_bytes <= SCAN_CURSOR_BYTES_MAX);
+        let held: usize = cursors
+            .cursors
+            .values()
+            .map(|c| c.position.last_key.len())
+            .sum();
+        assert_eq!(held, cursors.key_bytes);
     }
 }

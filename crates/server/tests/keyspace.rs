@@ -518,3 +518,134 @@ fn scan_with_a_cursor_from_before_a_restart_starts_over_and_misses_nothing() {
     }
     assert_eq!(seen.len(), 300, "every key seen at least once");
 }
+
+/// Every key a full SCAN of db 0 returns, in page order (duplicates kept), and how many pages
+/// it took. `between_pages` runs after each page.
+fn scan_all(
+    con: &mut Connection,
+    count: usize,
+    mut between_pages: impl FnMut(usize),
+) -> (Vec<String>, usize) {
+    let mut cursor = "0".to_string();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (next, keys): (String, Vec<String>) =
+            q(con, &["SCAN", &cursor, "COUNT", &count.to_string()]);
+        seen.extend(keys);
+        pages += 1;
+        between_pages(pages);
+        if next == "0" {
+            return (seen, pages);
+        }
+        cursor = next;
+    }
+}
+
+#[test]
+fn many_concurrent_scans_all_finish_seeing_every_key_once() {
+    const KEYS: usize = 700;
+    const FAST: usize = 16;
+    // Each fast scan hands out KEYS - 1 cursors: more in all than the table's 10 000, so the
+    // table really evicts while the slow scan waits.
+    const _: () = assert!(FAST * (KEYS - 1) > 10_000);
+    let server = Server::start();
+    let mut con = server.client();
+    let mut pipe = redis::pipe();
+    for i in 0..KEYS {
+        pipe.set(format!("key:{i:04}"), i).ignore();
+    }
+    let () = pipe.query(&mut con).unwrap();
+    let expected: Vec<String> = (0..KEYS).map(|i| format!("key:{i:04}")).collect();
+    // Sixteen clients page with COUNT 1, continuing from each cursor once. A slow client takes
+    // one page, waits until all of them are done, then goes on: its cursor is still pending, so
+    // it must outlive every spent one and the scan resume, not restart (a restart repeats keys).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slow = {
+        let url = server.url();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+            scan_all(&mut con, 1, |page| {
+                if page == 1 {
+                    while done.load(std::sync::atomic::Ordering::Acquire) < FAST {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+            })
+        })
+    };
+    let fast: Vec<_> = (0..FAST)
+        .map(|_| {
+            let url = server.url();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+                let result = scan_all(&mut con, 1, |_| {});
+                done.fetch_add(1, std::sync::atomic::Ordering::Release);
+                result
+            })
+        })
+        .collect();
+    for (client, handle) in fast.into_iter().enumerate() {
+        let (seen, _) = handle.join().unwrap();
+        assert_eq!(seen, expected, "fast client {client}");
+    }
+    let (seen, pages) = slow.join().unwrap();
+    assert_eq!(pages, KEYS, "the slow scan restarted");
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn scan_returns_every_key_present_throughout_while_others_are_deleted() {
+    const STABLE: usize = 2000;
+    let server = Server::start();
+    let mut con = server.client();
+    let mut pipe = redis::pipe();
+    for i in 0..STABLE {
+        // Interleaved in key order with keys that come and go, so deletions land on both sides
+        // of every cursor position.
+        pipe.set(format!("k:{i:05}:a"), i).ignore();
+        pipe.set(format!("k:{i:05}:b"), i).ignore();
+    }
+    let () = pipe.query(&mut con).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let url = server.url();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let mut round = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let mut pipe = redis::pipe();
+                for i in (round % 7..STABLE).step_by(7) {
+                    if round.is_multiple_of(2) {
+                        pipe.del(format!("k:{i:05}:b")).ignore();
+                    } else {
+                        pipe.set(format!("k:{i:05}:b"), i).ignore();
+                    }
+                    // New keys appear too; a scan may or may not return them.
+                    pipe.set(format!("k:{i:05}:c{round}"), 1).ignore();
+                }
+                let () = pipe.query(&mut con).unwrap();
+                round += 1;
+            }
+            round
+        })
+    };
+    let (seen, _) = scan_all(&mut con, 13, |_| {});
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let rounds = churn.join().unwrap();
+    assert!(rounds > 1, "the churn thread ran {rounds} rounds");
+    let seen: BTreeSet<String> = seen.into_iter().collect();
+    let missing: Vec<String> = (0..STABLE)
+        .map(|i| format!("k:{i:05}:a"))
+        .filter(|k| !seen.contains(k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} keys missed, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
