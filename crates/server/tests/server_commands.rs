@@ -317,6 +317,50 @@ fn shutdown_closes_cleanly_and_keeps_the_data() {
     assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 1);
 }
 
+/// Plain SHUTDOWN and SHUTDOWN SAVE both close the engine cleanly (the WAL is the data, so
+/// SAVE has nothing extra to write); contradictory options are a syntax error, as in Redis,
+/// and leave the server running.
+#[test]
+fn shutdown_plain_and_save_and_refused_combinations() {
+    let mut server = Server::start();
+    for (round, options) in [&[][..], &[&b"SAVE"[..]][..]].into_iter().enumerate() {
+        let mut con = server.client();
+        let key = format!("written-before-shutdown-{round}");
+        let _: () = q(&mut con, &["SET", &key, "yes"]);
+        let mut raw = server.raw();
+        for refused in [
+            &[&b"SHUTDOWN"[..], b"NOSAVE", b"SAVE"][..],
+            &[b"SHUTDOWN", b"save", b"nosave"],
+            &[b"SHUTDOWN", b"ABORT", b"NOW"],
+            &[b"SHUTDOWN", b"SAVE", b"ABORT"],
+        ] {
+            raw.expect(&resp(refused), "-ERR syntax error\r\n");
+        }
+        raw.expect(&resp(&[b"PING"]), "+PONG\r\n");
+        let mut command: Vec<&[u8]> = vec![b"SHUTDOWN"];
+        command.extend_from_slice(options);
+        raw.send(&resp(&command));
+        let (reply, closed) = raw.read_to_close();
+        assert_eq!(reply, "", "SHUTDOWN {options:?} answers nothing");
+        assert!(closed);
+        assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+        server.restart();
+        // The log accumulates over restarts: one clean-start line per round so far.
+        assert_eq!(
+            server
+                .log()
+                .matches("key counts loaded from the clean-shutdown record")
+                .count(),
+            round + 1,
+            "SHUTDOWN {options:?} was not clean:\n{}",
+            server.log()
+        );
+        let mut con = server.client();
+        assert_eq!(q::<String>(&mut con, &["GET", &key]), "yes");
+        assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), round as i64 + 1);
+    }
+}
+
 #[test]
 fn sigterm_shuts_down_cleanly() {
     let mut server = Server::start();

@@ -223,13 +223,24 @@ fn ringkv_checkpoint(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
 }
 
 fn shutdown(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    let mut abort = false;
+    let (mut abort, mut save, mut nosave, mut other) = (false, false, false, false);
     for arg in &args[1..] {
         if is(arg, "abort") {
             abort = true;
-        } else if !(is(arg, "nosave") || is(arg, "save") || is(arg, "now") || is(arg, "force")) {
+        } else if is(arg, "save") {
+            save = true;
+        } else if is(arg, "nosave") {
+            nosave = true;
+        } else if is(arg, "now") || is(arg, "force") {
+            other = true;
+        } else {
             return Frame::error(errors::SYNTAX);
         }
+    }
+    // Contradictory combinations are refused as Redis refuses them. SAVE and NOSAVE otherwise
+    // change nothing: the engine's WAL is the data, and every shutdown closes it cleanly.
+    if (save && nosave) || (abort && (save || nosave || other)) {
+        return Frame::error(errors::SYNTAX);
     }
     if abort {
         return Frame::error("ERR No shutdown in progress.");
