@@ -249,15 +249,15 @@ fn admin_listener_is_on_by_default_and_a_taken_port_is_a_clear_error() {
     // Turned off three ways: the server starts although 9121 is still held, with no admin line.
     let file = dir.path().join("off.toml");
     std::fs::write(&file, "admin = false\n").unwrap();
-    let ways: [(&[&str], &[(&str, &str)]); 3] = [
-        (&["--no-admin"], &[]),
-        (&[], &[("RINGKV_ADMIN", "no")]),
-        (&["--config", file.to_str().unwrap()], &[]),
+    let ways = [
+        (vec!["--no-admin"], vec![]),
+        (vec![], vec![("RINGKV_ADMIN", "no")]),
+        (vec!["--config", file.to_str().unwrap()], vec![]),
     ];
     for (args, env) in ways {
         let mut all = vec!["--port", "0", "--dir", data.to_str().unwrap()];
-        all.extend_from_slice(args);
-        let (child, port, log) = start_with_env(&all, env);
+        all.extend_from_slice(&args);
+        let (child, port, log) = start_with_env(&all, &env);
         assert_eq!(config_get(port, "admin-port"), "", "{args:?} {env:?}");
         stop(child);
         assert!(
@@ -288,7 +288,7 @@ fn admin_address_is_a_flag_an_env_var_and_a_key() {
     )
     .unwrap();
     let (a_text, b_text) = (a.to_string(), b.to_string());
-    let cases: [(Vec<&str>, Vec<(&str, &str)>, String); 3] = [
+    let cases = [
         (
             vec!["--admin-bind", "127.0.0.3", "--admin-port", &a_text],
             vec![],
@@ -441,7 +441,7 @@ fn invalid_settings_refuse_to_start_naming_the_key() {
     );
     let type_file = toml("ty.toml", "maxclients = \"many\"\n");
     let format_file = toml("lf.toml", "log-format = \"xml\"\n");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    let cases = vec![
         (
             vec!["--loglevel", "loud"],
             vec![],
@@ -542,5 +542,77 @@ fn every_documented_setting_is_a_key_a_flag_and_an_env_var() {
         } else if line.contains("[env: RINGKV_") && flag != "config" {
             assert!(keys.contains(&flag), "--{flag} is not in docs/config.md");
         }
+    }
+}
+
+/// `--log-format json`: every line the server writes, from start to a SIGTERM shutdown, is one
+/// JSON object with a level, a timestamp and the message and fields under `fields`.
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["--log-format", "json", "--port", "0", "--admin-port", "0"])
+        .args(["--slowlog-log-slower-than", "0", "--dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            lines.push(line);
+        }
+        lines
+    });
+    let port = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a ready line");
+        let Ok(object) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue; // checked below, with every line
+        };
+        if object["fields"]["message"] == "Ready to accept connections tcp" {
+            let addr = object["fields"]["addr"].as_str().unwrap().to_string();
+            break addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        }
+    };
+    let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+    let lines = reader.join().unwrap();
+    let mut messages = Vec::new();
+    for line in &lines {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            object["level"].is_string() && object["timestamp"].is_string(),
+            "{line}"
+        );
+        messages.push(object["fields"]["message"].as_str().unwrap().to_string());
+    }
+    for expected in [
+        "starting ringkv",
+        "Ready to accept connections tcp",
+        "slow command",
+        "received a termination signal, shutting down",
+        "ringkv is now ready to exit, bye bye...",
+    ] {
+        assert!(
+            messages.iter().any(|m| m == expected),
+            "{expected} missing: {messages:?}"
+        );
     }
 }
