@@ -38,6 +38,18 @@ if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/
     fi
 fi
 
+# iproute2 (`ip`): the protected-mode test makes a network namespace to connect from a real
+# non-loopback address (it fails, rather than skips, without one).
+if ! command -v ip >/dev/null 2>&1; then
+    echo "== installing iproute2"
+    SUDO=""
+    if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+    if ! $SUDO apt-get install -y iproute2; then
+        $SUDO apt-get update
+        $SUDO apt-get install -y iproute2
+    fi
+fi
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 

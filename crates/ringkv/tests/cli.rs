@@ -38,6 +38,14 @@ fn spawn_ready(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (std::process::Child, u16, Arc<Mutex<String>>) {
+    try_spawn_ready(args, env).unwrap_or_else(|log| panic!("not ready; log:\n{log}"))
+}
+
+/// [`spawn_ready`], or the log of a start that failed.
+fn try_spawn_ready(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(std::process::Child, u16, Arc<Mutex<String>>), String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringkv"))
         .args(args)
         .envs(env.iter().copied())
@@ -63,11 +71,14 @@ fn spawn_ready(
             }
         }
     });
-    let port = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("not ready; log:\n{}", log.lock().unwrap()))
-        .expect("port");
-    (child, port, log)
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(port) => Ok((child, port.expect("port"), log)),
+        Err(_) => {
+            stop(child);
+            let text = log.lock().unwrap().clone();
+            Err(text)
+        }
+    }
 }
 
 /// Runs the binary until it exits (a start that must be refused); (success, stderr).
@@ -212,14 +223,28 @@ fn help_lists_the_flags() {
     }
 }
 
-/// The admin HTTP listener is on by default at 127.0.0.1:9121. This is the only test that lets
-/// a server take 9121 (every helper passes a free admin port), and it also holds 9121 itself to
-/// check the refusal: a server that cannot bind its admin address names it and exits.
+/// The admin HTTP listener is on by default at 127.0.0.1:9121. Every test helper passes a free
+/// admin port; besides this test only server_commands' no-arguments run takes 9121, so both
+/// wait (up to two minutes) while the other holds it. This test also holds 9121 itself to check
+/// the refusal: a server that cannot bind its admin address names it and exits.
 #[test]
 fn admin_listener_is_on_by_default_and_a_taken_port_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (child, _, log) = spawn_ready(&["--port", "0", "--dir", data.to_str().unwrap()], &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (child, _, log) = loop {
+        match try_spawn_ready(&["--port", "0", "--dir", data.to_str().unwrap()], &[]) {
+            Ok(started) => break started,
+            Err(log) if log.contains("cannot listen on 127.0.0.1:9121") => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "9121 stays taken: {log}"
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(log) => panic!("not ready; log:\n{log}"),
+        }
+    };
     assert!(
         log.lock()
             .unwrap()
@@ -232,7 +257,18 @@ fn admin_listener_is_on_by_default_and_a_taken_port_is_a_clear_error() {
     assert_eq!(status.as_deref(), Some("HTTP/1.0 200 OK"));
 
     // Someone else holds 9121: the start is refused with the address in the message.
-    let holder = std::net::TcpListener::bind("127.0.0.1:9121").expect("9121 free again");
+    let holder = loop {
+        match std::net::TcpListener::bind("127.0.0.1:9121") {
+            Ok(holder) => break holder,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "9121 stays taken: {error}"
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
     let output = Command::new(env!("CARGO_BIN_EXE_ringkv"))
         .args(["--port", "0", "--dir", data.to_str().unwrap()])
         .env_remove("RUST_LOG")
