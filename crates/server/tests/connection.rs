@@ -481,3 +481,98 @@ fn client_kill_maxage_skipme_and_combined_filters() {
     assert!(closed_caller);
     assert!(closed(&mut young));
 }
+
+/// RESP3 through real clients: the `redis` crate on a RESP3 connection (it sends HELLO 3 and
+/// parses the RESP3 types) and `redis-cli -3`, whose rendering of maps and nulls is compared
+/// with what it prints for Redis 7.0 itself.
+#[test]
+fn resp3_replies_through_the_redis_crate_and_redis_cli() {
+    use redis::Value;
+    let server = Server::start();
+    let client = redis::Client::open(format!("{}?protocol=resp3", server.url())).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let _: () = common::q(&mut con, &["SET", "a", "ohmytext"]);
+    let _: () = common::q(&mut con, &["SET", "b", "mynewtext"]);
+    let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
+    assert_eq!(
+        common::run(&mut con, &["CONFIG", "GET", "databases"]).unwrap(),
+        Value::Map(vec![(bulk("databases"), bulk("16"))])
+    );
+    assert_eq!(
+        common::run(&mut con, &["GET", "missing"]).unwrap(),
+        Value::Nil
+    );
+    match common::run(&mut con, &["LCS", "a", "b", "IDX"]).unwrap() {
+        Value::Map(pairs) => {
+            assert_eq!(pairs.len(), 2);
+            assert_eq!(pairs[0].0, bulk("matches"));
+            assert_eq!(pairs[1], (bulk("len"), Value::Int(6)));
+        }
+        other => panic!("LCS IDX in RESP3 is a map: {other:?}"),
+    }
+    match common::run(&mut con, &["CLIENT", "INFO"]).unwrap() {
+        Value::VerbatimString { format, text } => {
+            assert_eq!(format, redis::VerbatimFormat::Text);
+            assert!(text.contains(" resp=3 "), "{text}");
+        }
+        other => panic!("CLIENT INFO in RESP3 is verbatim text: {other:?}"),
+    }
+    match common::run(&mut con, &["COMMAND", "INFO", "get"]).unwrap() {
+        Value::Array(commands) => match &commands[0] {
+            Value::Array(info) => assert!(
+                matches!(&info[2], Value::Set(flags) if flags.contains(&Value::SimpleString("readonly".into()))),
+                "{info:?}"
+            ),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    // A pipeline of mixed RESP3 replies parses reply by reply.
+    let replies: Vec<Value> = redis::pipe()
+        .cmd("HELLO")
+        .arg(3)
+        .cmd("EXISTS")
+        .arg("a")
+        .cmd("OBJECT")
+        .arg("ENCODING")
+        .arg("missing")
+        .cmd("INCRBYFLOAT")
+        .arg("n")
+        .arg("1.5")
+        .query(&mut con)
+        .unwrap();
+    assert!(
+        matches!(&replies[0], Value::Map(fields) if fields.contains(&(bulk("proto"), Value::Int(3)))),
+        "{:?}",
+        replies[0]
+    );
+    assert_eq!(replies[1..], [Value::Int(1), Value::Nil, bulk("1.5")]);
+
+    // redis-cli -3 --no-raw prints these exactly so for Redis 7.0.
+    let cli = |args: &[&str]| {
+        let port = server.port.to_string();
+        let mut all = vec!["-3", "--no-raw", "-p", &port];
+        all.extend_from_slice(args);
+        let output = std::process::Command::new("redis-cli")
+            .args(&all)
+            .output()
+            .expect("run redis-cli (install redis-tools)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(
+        cli(&["CONFIG", "GET", "databases"]),
+        "1# \"databases\" => \"16\"\n"
+    );
+    assert_eq!(cli(&["GET", "missing"]), "(nil)\n");
+    assert_eq!(
+        cli(&["LCS", "a", "b", "IDX"]),
+        "1# \"matches\" => \n   1) 1) 1) (integer) 4\n         2) (integer) 7\n      2) 1) (integer) 5\n         2) (integer) 8\n   2) 1) 1) (integer) 2\n         2) (integer) 3\n      2) 1) (integer) 0\n         2) (integer) 1\n2# \"len\" => (integer) 6\n"
+    );
+    let hello = cli(&["HELLO", "3"]);
+    assert!(
+        hello.starts_with("1# \"server\" => \"redis\"\n2# \"version\" => ")
+            && hello.contains("3# \"proto\" => (integer) 3\n")
+            && hello.ends_with("7# \"modules\" => (empty array)\n"),
+        "{hello}"
+    );
+}

@@ -61,6 +61,85 @@ fn ttl_family_and_persist() {
     assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
 }
 
+/// NX, XX, GT and LT on PEXPIRE, EXPIREAT and PEXPIREAT, the same scenario as EXPIRE's: each
+/// option's condition decides, the reply says whether the expiry changed, and EXPIRETIME shows
+/// the expiry that is in force.
+#[test]
+fn expire_conditions_on_pexpire_expireat_and_pexpireat() {
+    let server = Server::start();
+    let mut con = server.client();
+    let now_s = now_ms() / 1000;
+    // The argument meaning "`seconds` from now" for each command.
+    type Arg = fn(i64, i64) -> String;
+    let forms: [(&str, Arg); 3] = [
+        ("PEXPIRE", |_, seconds| (seconds * 1000).to_string()),
+        ("EXPIREAT", |now_s, seconds| (now_s + seconds).to_string()),
+        ("PEXPIREAT", |now_s, seconds| {
+            ((now_s + seconds) * 1000).to_string()
+        }),
+    ];
+    for (command, arg) in forms {
+        let key = format!("k-{command}");
+        let _: () = con.set(&key, "v").unwrap();
+        let run = |con: &mut redis::Connection, seconds: i64, options: &[&str]| -> i64 {
+            let value = arg(now_s, seconds);
+            let mut args = vec![command, key.as_str(), value.as_str()];
+            args.extend_from_slice(options);
+            q(con, &args)
+        };
+        // The expiry in force, as seconds from `now_s` (-1: none).
+        let expiry = |con: &mut redis::Connection| -> i64 {
+            match q::<i64>(con, &["EXPIRETIME", &key]) {
+                -1 => -1,
+                at => at - now_s,
+            }
+        };
+        let near = |got: i64, want: i64| (got - want).abs() <= 2;
+        assert_eq!(
+            run(&mut con, 100, &["XX"]),
+            0,
+            "{command} XX needs an expiry"
+        );
+        assert_eq!(
+            run(&mut con, 100, &["GT"]),
+            0,
+            "{command} GT: none is infinite"
+        );
+        assert_eq!(expiry(&mut con), -1, "{command}");
+        assert_eq!(run(&mut con, 100, &["LT"]), 1, "{command} LT");
+        assert!(near(expiry(&mut con), 100), "{command}");
+        assert_eq!(run(&mut con, 200, &["NX"]), 0, "{command} NX");
+        assert_eq!(run(&mut con, 200, &["xx"]), 1, "{command} xx");
+        assert!(near(expiry(&mut con), 200), "{command}");
+        assert_eq!(run(&mut con, 100, &["gt"]), 0, "{command} gt");
+        assert_eq!(run(&mut con, 300, &["GT"]), 1, "{command} GT");
+        assert_eq!(run(&mut con, 400, &["LT"]), 0, "{command} LT");
+        assert!(near(expiry(&mut con), 300), "{command}");
+        assert_eq!(run(&mut con, 50, &["LT", "XX"]), 1, "{command} LT XX");
+        assert!(near(expiry(&mut con), 50), "{command}");
+        assert_eq!(q::<i64>(&mut con, &["PERSIST", &key]), 1);
+        assert_eq!(run(&mut con, 10, &["NX"]), 1, "{command} NX");
+        assert!(near(expiry(&mut con), 10), "{command}");
+        let value = arg(now_s, 10);
+        assert_eq!(
+            err(&mut con, &[command, &key, &value, "NX", "XX"]),
+            "ERR NX and XX, GT or LT options at the same time are not compatible"
+        );
+        assert_eq!(
+            err(&mut con, &[command, &key, &value, "GT", "LT"]),
+            "ERR GT and LT options at the same time are not compatible"
+        );
+        assert_eq!(
+            err(&mut con, &[command, &key, &value, "FOO"]),
+            "ERR Unsupported option FOO"
+        );
+        // A condition that fails on a missing key still answers 0.
+        let _: () = con.del(&key).unwrap();
+        assert_eq!(run(&mut con, 10, &["XX"]), 0, "{command} on a missing key");
+        assert_eq!(run(&mut con, 10, &[]), 0, "{command} on a missing key");
+    }
+}
+
 #[test]
 fn expire_conditions_nx_xx_gt_lt() {
     let server = Server::start();

@@ -649,3 +649,68 @@ fn scan_returns_every_key_present_throughout_while_others_are_deleted() {
         &missing[..missing.len().min(5)]
     );
 }
+
+#[test]
+fn range_limit_defaults_to_1000() {
+    let server = Server::start();
+    let mut con = server.client();
+    q::<String>(&mut con, &["DEBUG", "POPULATE", "1500"]);
+    let mut all: Vec<String> = (0..1500).map(|i| format!("key:{i}")).collect();
+    all.sort();
+    let page: Vec<String> = q(&mut con, &["RANGE", "-", "+"]);
+    assert_eq!(page, all[..1000]);
+    let with_values: Vec<String> = q(&mut con, &["RANGE", "-", "+", "WITHVALUES"]);
+    assert_eq!(with_values.len(), 2000);
+    assert_eq!(with_values[..2], ["key:0", "value:0"]);
+    // An explicit LIMIT goes past the default; the rest of the keys follow the last one.
+    let bigger: Vec<String> = q(&mut con, &["RANGE", "-", "+", "LIMIT", "1200"]);
+    assert_eq!(bigger, all[..1200]);
+    let rest: Vec<String> = q(&mut con, &["RANGE", &format!("({}", all[999]), "+"]);
+    assert_eq!(rest, all[1000..]);
+}
+
+#[test]
+fn flushall_and_flushdb_async_empty_at_once_and_stay_empty_after_a_crash() {
+    let mut server = Server::start_with(&["--appendfsync", "always"]);
+    let mut con = server.client();
+    for db in ["0", "3", "15"] {
+        q::<String>(&mut con, &["SELECT", db]);
+        q::<String>(&mut con, &["DEBUG", "POPULATE", "2000", &format!("db{db}")]);
+    }
+    assert_eq!(
+        err(&mut con, &["FLUSHALL", "ASYNC", "x"]),
+        "ERR syntax error"
+    );
+    assert_eq!(err(&mut con, &["FLUSHALL", "LATER"]), "ERR syntax error");
+    q::<String>(&mut con, &["SELECT", "15"]);
+    assert_eq!(q::<String>(&mut con, &["FLUSHDB", "async"]), "OK");
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
+    q::<String>(&mut con, &["SELECT", "0"]);
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 2000, "FLUSHDB is one db");
+    assert_eq!(q::<String>(&mut con, &["FLUSHALL", "ASYNC"]), "OK");
+    // Gone at once for every reader, before the background clear finishes.
+    for db in ["0", "3", "15"] {
+        q::<String>(&mut con, &["SELECT", db]);
+        assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0, "db {db}");
+        assert_eq!(
+            q::<Value>(&mut con, &["GET", &format!("db{db}:7")]),
+            Value::Nil
+        );
+        let (cursor, keys): (String, Vec<String>) = q(&mut con, &["SCAN", "0", "COUNT", "5000"]);
+        assert_eq!((cursor.as_str(), keys.len()), ("0", 0), "db {db}");
+    }
+    q::<String>(&mut con, &["SELECT", "0"]);
+    set(&mut con, "after", "1");
+    // SIGKILL, restart: the flush was committed, so nothing flushed comes back.
+    server.kill();
+    server.restart();
+    let mut con = server.client();
+    assert_eq!(q::<Vec<String>>(&mut con, &["KEYS", "*"]), vec!["after"]);
+    for db in ["3", "15"] {
+        q::<String>(&mut con, &["SELECT", db]);
+        assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0, "db {db} after restart");
+    }
+    assert_eq!(q::<String>(&mut con, &["FLUSHALL", "SYNC"]), "OK");
+    q::<String>(&mut con, &["SELECT", "0"]);
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
+}

@@ -463,3 +463,96 @@ fn admin_port_serves_health_ready_and_metrics() {
     );
     assert_eq!(http_get(admin, "/nope").0, "HTTP/1.0 404 Not Found");
 }
+
+/// A `ringkv` this test started; killed if the test fails before it exits.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ringkv` with no arguments serves 127.0.0.1:6379 with its data in `./data` of its working
+/// directory. Port 6379 (and the admin port) may be held by something else on a developer's
+/// machine or by a concurrent run of this test: the test retries for two minutes, then fails
+/// saying so, and never touches a process it did not start.
+#[test]
+fn no_arguments_serve_loopback_6379_with_data_in_the_working_directory() {
+    use std::io::BufRead;
+    let cwd = tempfile::tempdir().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut server, log) = loop {
+        let mut child = std::process::Command::new(common::binary())
+            .current_dir(cwd.path())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ringkv");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let line = line.unwrap_or_default();
+                    if line.contains("Ready to accept connections") {
+                        let _ = ready_tx.send(line.clone());
+                    }
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                }
+            });
+        }
+        let server = Started(child);
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                assert!(line.contains("addr=127.0.0.1:6379"), "{line}");
+                break (server, log);
+            }
+            Err(_) => {
+                drop(server);
+                let text = log.lock().unwrap().clone();
+                assert!(
+                    text.contains("cannot listen") && Instant::now() < deadline,
+                    "ringkv with no arguments did not start (is 127.0.0.1:6379 or the admin \
+                     port held by another process?); log:\n{text}"
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    // Our child bound 6379, so this connection reaches it and nothing else.
+    let mut raw = common::Raw::connect(6379);
+    raw.check(&[
+        ("CONFIG GET port", r#"["port", "6379"]"#),
+        ("CONFIG GET bind", r#"["bind", "127.0.0.1"]"#),
+        ("SET default-run yes", "+OK"),
+    ]);
+    raw.send(&resp(&[b"SHUTDOWN"]));
+    let (_, closed) = raw.read_to_close();
+    assert!(closed);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ringkv did not exit after SHUTDOWN"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{}", log.lock().unwrap());
+    // The data lives in ./data of the working directory: the engine's files are there.
+    let data = cwd.path().join("data");
+    assert!(
+        data.join("CURRENT").is_file(),
+        "no engine files in {data:?}"
+    );
+}
