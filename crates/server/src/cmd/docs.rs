@@ -61,7 +61,7 @@ pub(crate) fn syntax(name: &str) -> Option<&'static str> {
         "select" => "index",
         "auth" => "[username] password",
         "hello" => "[protover [AUTH username password] [SETNAME clientname]]",
-        "client" => "ID|GETNAME|SETNAME name|SETINFO LIB-NAME|LIB-VER value|LIST [TYPE NORMAL] [ID id ...]|INFO|KILL ...|HELP",
+        "client" => "ID|GETNAME|SETNAME name|SETINFO LIB-NAME|LIB-VER value|LIST [TYPE type] [ID id ...]|INFO|KILL [ID id] [TYPE type] [USER username] [ADDR ip:port] [LADDR ip:port] [SKIPME YES|NO] [MAXAGE seconds]|HELP",
         // server
         "info" => "[section [section ...]]",
         "config" => "GET parameter [parameter ...]|SET parameter value [parameter value ...]|RESETSTAT|REWRITE|HELP",
