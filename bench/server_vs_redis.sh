@@ -19,6 +19,8 @@
 #                 (MSET runs a quarter of these: each command sets 10 keys)
 #   N_MEM         keys loaded for the memory and restart phase (default 1000000)
 #   PHASES        "throughput memory" (default), or one of them
+#   WORKLOADS     throughput workloads to run (default
+#                 "SET GET INCR MSET MIXED_90_10 GET_HOT")
 #   OUT           also write the report (markdown tables) to this file
 #   RINGKV_BIN    use this ringkv binary instead of building one
 #   BENCH_DIR     parent of the temporary data directories (default /tmp)
@@ -40,6 +42,7 @@ REQUESTS_P1=${REQUESTS_P1:-200000}
 REQUESTS_PN=${REQUESTS_PN:-1000000}
 N_MEM=${N_MEM:-1000000}
 PHASES=${PHASES:-"throughput memory"}
+WORKLOADS=${WORKLOADS:-"SET GET INCR MSET MIXED_90_10 GET_HOT"}
 OUT=${OUT:-}
 
 source "$(dirname "$0")/server_lib.sh"
@@ -155,7 +158,8 @@ throughput_phase() {
     report "Load average before each round (\`uptime\`):"
     report ""
 
-    local workloads=(SET GET INCR MSET MIXED_90_10 GET_HOT)
+    local workloads
+    read -r -a workloads <<<"$WORKLOADS"
     for ROUND in $(seq 1 "$ROUNDS"); do
         local order=(ringkv redis)
         [ $((ROUND % 2)) = 0 ] && order=(redis ringkv)

@@ -27,6 +27,7 @@ use crate::format::{self, Kind};
 use crate::iter::{self, Entry, MemSource, MergingIter, RangeIter, Source};
 use crate::memtable::Memtable;
 use crate::options::{FsyncPolicy, Options};
+use crate::row_cache::{Lookup, Row, RowCache};
 use crate::table::{TableBuilder, TableIter, TableOptions};
 use crate::version::{
     self, table_path, Manifest, TableCache, TableFile, Version, VersionEdit, LEVELS,
@@ -125,6 +126,8 @@ pub(crate) struct Inner {
     suspended: Mutex<Suspended>,
     counters: Counters,
     recovery: Recovery,
+    /// Latest state of hot keys for [`Db::get`] (`None` when turned off).
+    row_cache: Option<RowCache>,
 }
 
 /// What happened at open.
@@ -193,6 +196,8 @@ pub struct Stats {
     pub slowdowns: u64,
     /// WAL counters.
     pub wal: WalStats,
+    /// Row cache counters (all zero when it is off).
+    pub row_cache: crate::RowCacheStats,
     /// What the open recovered.
     pub recovery: Recovery,
     /// The reason writes are refused, if they are (a full disk or a
@@ -319,6 +324,8 @@ impl Db {
 
         let tables = TableCache::new(options.open_files_max, options.block_cache_bytes);
         recovery.duration_ms = started.elapsed().as_millis() as u64;
+        let row_cache =
+            (options.row_cache_bytes > 0).then(|| RowCache::new(options.row_cache_bytes));
         let inner = Arc::new(Inner {
             dir,
             _lock_file: lock_file,
@@ -351,6 +358,7 @@ impl Db {
             suspended: Mutex::new(Suspended::default()),
             counters: Counters::default(),
             recovery,
+            row_cache,
             options,
         });
         tracing::info!(
@@ -383,9 +391,40 @@ impl Db {
 
     /// The live value of `key`, or `None` when absent, deleted or expired.
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let seq = self.inner.visible_seq.load(Ordering::Acquire);
-        let current = self.inner.current.read().clone();
-        self.inner.get_at(&current, key, seq)
+        let inner = &self.inner;
+        let seq = inner.visible_seq.load(Ordering::Acquire);
+        let Some(cache) = &inner.row_cache else {
+            let current = inner.current.read().clone();
+            return inner.get_at(&current, key, seq);
+        };
+        if let Lookup::Hit(row) = cache.lookup(key, seq) {
+            return inner.cached_entry(key, row);
+        }
+        let current = inner.current.read().clone();
+        let (found, from_table) = inner.find(&current, key, seq)?;
+        let row = match &found {
+            None => Row::Absent,
+            Some((internal_key, stored)) => Row::Value {
+                kind: Kind::from_u8(format::key_kind_byte(internal_key))
+                    .ok_or_else(|| Error::corruption(&inner.dir, 0, "unknown entry kind"))?,
+                version: format::key_seq(internal_key),
+                // A table's value is a slice of its block: copy it, so the cache does not keep
+                // the whole block alive. A memtable's is its own allocation.
+                stored: if from_table {
+                    Bytes::copy_from_slice(stored)
+                } else {
+                    stored.clone()
+                },
+            },
+        };
+        let row = match row {
+            Row::Value {
+                kind: Kind::Delete, ..
+            } => Row::Absent,
+            row => row,
+        };
+        cache.fill(key, seq, row);
+        inner.live(found)
     }
 
     /// Sets `key` to `value`, expiring at `expires_at_ms` (Unix ms) if given.
@@ -464,7 +503,11 @@ impl Db {
         let mem = &current.mem;
         for (i, op) in batch.ops.iter().enumerate() {
             let (kind, stored) = stored_value(op);
-            mem.insert(op.key(), first_seq + i as u64, kind, stored);
+            let seq = first_seq + i as u64;
+            if let Some(cache) = &inner.row_cache {
+                cache.write(op.key(), seq, kind, &stored);
+            }
+            mem.insert(op.key(), seq, kind, stored);
         }
         inner.publish(&mut state, first_seq, last_seq, &record);
         state.record = record;
@@ -504,12 +547,11 @@ impl Db {
         let must_write = inner.wal.append(record, last_seq);
         let mem = &current.mem;
         for op in &ops {
-            mem.insert(
-                op.key,
-                op.seq,
-                op.kind,
-                Bytes::copy_from_slice(op.stored_value),
-            );
+            let stored = Bytes::copy_from_slice(op.stored_value);
+            if let Some(cache) = &inner.row_cache {
+                cache.write(op.key, op.seq, op.kind, &stored);
+            }
+            mem.insert(op.key, op.seq, op.kind, stored);
         }
         inner.publish(&mut state, first_seq, last_seq, record);
         drop(state);
@@ -671,6 +713,11 @@ impl Db {
             stall_micros: c.stall_micros.load(Ordering::Relaxed),
             slowdowns: c.slowdowns.load(Ordering::Relaxed),
             wal: inner.wal.stats(),
+            row_cache: inner
+                .row_cache
+                .as_ref()
+                .map(RowCache::stats)
+                .unwrap_or_default(),
             recovery: inner.recovery,
             write_error: inner.write_error(),
             disk_full: inner.permanent_error().is_none() && inner.disk_full().is_some(),
@@ -871,13 +918,47 @@ impl Inner {
     }
 
     fn get_at(&self, current: &SuperVersion, key: &[u8], seq: u64) -> Result<Option<Entry>> {
-        let found = match std::iter::once(&current.mem)
+        let (found, _) = self.find(current, key, seq)?;
+        self.live(found)
+    }
+
+    /// The newest entry of `key` at `seq`, and whether it came from a table.
+    #[allow(clippy::type_complexity)]
+    fn find(
+        &self,
+        current: &SuperVersion,
+        key: &[u8],
+        seq: u64,
+    ) -> Result<(Option<(Bytes, Bytes)>, bool)> {
+        match std::iter::once(&current.mem)
             .chain(current.frozen.iter())
             .find_map(|mem| mem.get(key, seq))
         {
-            Some(found) => Some(found),
-            None => self.get_from_tables(&current.version, key, seq)?,
-        };
+            Some(found) => Ok((Some(found), false)),
+            None => Ok((self.get_from_tables(&current.version, key, seq)?, true)),
+        }
+    }
+
+    /// A row of the row cache as [`Db::get`] answers it (expiry checked now).
+    fn cached_entry(&self, key: &[u8], row: Row) -> Result<Option<Entry>> {
+        match row {
+            Row::Value {
+                kind,
+                version,
+                stored,
+            } => match iter::live_parts(kind, version, stored, self.options.clock.now_ms(), || {
+                Bytes::copy_from_slice(key)
+            }) {
+                None => Ok(None),
+                Some(Ok(entry)) => Ok(Some(entry)),
+                Some(Err(what)) => Err(Error::corruption(&self.dir, 0, what)),
+            },
+            Row::Absent | Row::Unknown => Ok(None),
+        }
+    }
+
+    /// The live entry for what [`Inner::find`] found.
+    fn live(&self, found: Option<(Bytes, Bytes)>) -> Result<Option<Entry>> {
         let Some((internal_key, stored)) = found else {
             return Ok(None);
         };

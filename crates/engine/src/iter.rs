@@ -158,6 +158,23 @@ pub(crate) fn live_entry(
         Some(kind) => kind,
         None => return Some(Err("unknown entry kind")),
     };
+    live_parts(
+        kind,
+        format::key_seq(internal_key),
+        stored,
+        now_ms,
+        user_key,
+    )
+}
+
+/// [`live_entry`] for an entry already split into kind and version (the row cache's).
+pub(crate) fn live_parts(
+    kind: Kind,
+    version: u64,
+    stored: Bytes,
+    now_ms: u64,
+    user_key: impl FnOnce() -> Bytes,
+) -> Option<Result<Entry, &'static str>> {
     if kind == Kind::Delete {
         return None;
     }
@@ -171,7 +188,7 @@ pub(crate) fn live_entry(
     Some(Ok(Entry {
         key: user_key(),
         value: stored.slice(start..),
-        version: format::key_seq(internal_key),
+        version,
         expires_at_ms,
     }))
 }

@@ -43,6 +43,7 @@ pub mod format;
 mod iter;
 mod memtable;
 mod options;
+mod row_cache;
 mod table;
 mod verify;
 mod version;
@@ -57,6 +58,7 @@ pub use iter::{Entry, RangeIter};
 pub use options::{
     Clock, Compression, FsyncPolicy, Options, SystemClock, KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };
+pub use row_cache::RowCacheStats;
 pub use verify::{verify_directory, VerifyReport};
 pub use wal::WalStats;
 

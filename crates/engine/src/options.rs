@@ -96,6 +96,9 @@ pub struct Options {
     pub frozen_memtables_max: usize,
     /// Capacity of the shared block cache in bytes.
     pub block_cache_bytes: usize,
+    /// Capacity of the row cache (latest state of hot keys, for point reads)
+    /// in bytes; 0 turns it off. See `row_cache.rs`.
+    pub row_cache_bytes: usize,
     /// Most table files kept open at once (each holds its index and filter).
     pub open_files_max: usize,
     /// Target uncompressed size of a data block.
@@ -139,6 +142,7 @@ impl Default for Options {
             memtable_bytes_max: 64 << 20,
             frozen_memtables_max: 2,
             block_cache_bytes: 256 << 20,
+            row_cache_bytes: 256 << 20,
             open_files_max: 1000,
             block_bytes: 4096,
             block_restart_interval: 16,

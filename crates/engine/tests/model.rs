@@ -85,6 +85,8 @@ fn options(clock: Arc<ManualClock>) -> Options {
         table_target_bytes: 16 << 10,
         l0_compaction_trigger: 2,
         block_cache_bytes: 64 << 10,
+        // A few entries per shard: reads and writes keep evicting, so stale fills would show.
+        row_cache_bytes: 16 << 10,
         clock,
         ..Options::default()
     }

@@ -1,0 +1,465 @@
+//! Row cache: the latest state of recently read or written keys, so a point
+//! read of a hot key is one hash probe instead of a memtable walk, filter
+//! checks, index seeks and a block search (RocksDB's `row_cache`, kept
+//! exact under concurrent writes).
+//!
+//! Every entry is tagged with a sequence number: the key's state is what the
+//! entry says as of that sequence, and no write to the key with a higher
+//! sequence has happened unless it replaced the entry. Two rules keep that
+//! true:
+//!
+//! - **Writers write through.** Every committed operation replaces its key's
+//!   entry (value, or an absent marker for a delete), tagged with its
+//!   sequence, before the sequence is published to readers. Writers hold the
+//!   engine's write lock, so tags of one key only grow.
+//! - **Readers fill only what no later write can have changed.** A reader
+//!   that missed reads the engine at its sequence `s` and may then store what
+//!   it found, tagged `s`, only if the key's entry is older than `s` or
+//!   absent. An absent entry may have been evicted after a newer write put
+//!   it there, so a fill of an absent key also needs `s` at least the highest
+//!   tag ever evicted ([`RowCache::fill`]).
+//!
+//! A lookup at sequence `s` may use an entry tagged `t <= s`: any write to the
+//! key in `(t, s]` would have replaced it. Entries tagged above `s` are a
+//! write the reader must not see yet; it reads the engine instead.
+//!
+//! Flushes and compactions change where a key's state lives, never what it
+//! is, so they leave the cache alone. Expiry is checked at every hit, against
+//! the entry's expiry time. Snapshot reads and iterators do not use the cache.
+//!
+//! Memory is bounded by [`crate::Options::row_cache_bytes`]: each entry is
+//! charged its key, its value and [`ENTRY_OVERHEAD_BYTES`]; shards evict with
+//! the CLOCK (second chance) policy. Values larger than
+//! [`VALUE_BYTES_CACHED_MAX`] are not cached (their writes still leave an
+//! entry that says "not cached", so no older value can be filled in).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::format::Kind;
+
+/// Shards of the cache; a lookup locks one. 64 keeps lock contention
+/// negligible with a few dozen threads.
+const SHARDS: usize = 64;
+
+/// Bytes charged per entry beyond its key and value: the slot, the hash map
+/// entry and the allocations' headers.
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 96;
+
+/// Largest value kept in the cache. Bigger ones would evict many small hot
+/// rows for one read and are cheap to read from tables relative to their
+/// transfer anyway.
+pub(crate) const VALUE_BYTES_CACHED_MAX: usize = 64 * 1024;
+
+/// What the cache knows of a key.
+#[derive(Debug, Clone)]
+pub(crate) enum Row {
+    /// A value (with its expiry, if any, encoded as the memtable stores it)
+    /// written at `version`.
+    Value {
+        kind: Kind,
+        version: u64,
+        stored: Bytes,
+    },
+    /// No value: never written, deleted, or expired and dropped.
+    Absent,
+    /// Written, but not cached (a value too large): read the engine.
+    Unknown,
+}
+
+impl Row {
+    fn value_bytes(&self) -> usize {
+        match self {
+            Row::Value { stored, .. } => stored.len(),
+            Row::Absent | Row::Unknown => 0,
+        }
+    }
+}
+
+/// The cache's answer to a lookup.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// The key's state as of the reader's sequence.
+    Hit(Row),
+    /// Not known: read the engine, then [`RowCache::fill`].
+    Miss,
+}
+
+/// xxh3 over the key bytes: fast, and keys are attacker-chosen, so no
+/// hasher with known easy collisions (FNV) either.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+struct Slot {
+    key: Bytes,
+    row: Row,
+    tag: u64,
+    referenced: bool,
+}
+
+impl Slot {
+    fn charge(&self) -> usize {
+        self.key.len() + self.row.value_bytes() + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    index: HashMap<Bytes, usize, BuildHasherDefault<KeyHasher>>,
+    slots: Vec<Slot>,
+    /// CLOCK hand: the next slot considered for eviction.
+    hand: usize,
+    bytes: usize,
+}
+
+impl Shard {
+    /// Evicts slots until `incoming` more bytes fit in `bytes_max`.
+    fn make_room(&mut self, incoming: usize, bytes_max: usize, evicted_tag_max: &AtomicU64) {
+        while self.bytes + incoming > bytes_max && !self.slots.is_empty() {
+            if self.hand >= self.slots.len() {
+                self.hand = 0;
+            }
+            let slot = &mut self.slots[self.hand];
+            if slot.referenced {
+                slot.referenced = false;
+                self.hand += 1;
+                continue;
+            }
+            // Before the entry goes: a reader that read older state must not
+            // fill it back in (module doc).
+            evicted_tag_max.fetch_max(slot.tag, Ordering::SeqCst);
+            let removed = self.slots.swap_remove(self.hand);
+            self.index.remove(&removed.key);
+            self.bytes -= removed.charge();
+            if let Some(moved) = self.slots.get(self.hand) {
+                *self
+                    .index
+                    .get_mut(&moved.key)
+                    .expect("every slot is indexed") = self.hand;
+            }
+        }
+    }
+
+    /// Sets `key`'s slot (the caller decided it may).
+    fn set(
+        &mut self,
+        at: Option<usize>,
+        key: &[u8],
+        row: Row,
+        tag: u64,
+        bytes_max: usize,
+        evicted: &AtomicU64,
+    ) {
+        match at {
+            Some(at) => {
+                let slot = &mut self.slots[at];
+                self.bytes -= slot.charge();
+                slot.row = row;
+                slot.tag = tag;
+                slot.referenced = true;
+                self.bytes += slot.charge();
+                if self.bytes > bytes_max {
+                    // A larger value replaced a smaller one: evict others (the
+                    // slot just set is referenced, so it goes last).
+                    self.make_room(0, bytes_max, evicted);
+                }
+            }
+            None => {
+                let slot = Slot {
+                    // Its own allocation: the caller's may be a slice of a larger buffer.
+                    key: Bytes::copy_from_slice(key),
+                    row,
+                    tag,
+                    referenced: false,
+                };
+                let charge = slot.charge();
+                if charge > bytes_max {
+                    return;
+                }
+                self.make_room(charge, bytes_max, evicted);
+                self.index.insert(slot.key.clone(), self.slots.len());
+                self.slots.push(slot);
+                self.bytes += charge;
+            }
+        }
+    }
+}
+
+/// See the module doc.
+pub(crate) struct RowCache {
+    shards: Box<[Mutex<Shard>]>,
+    shard_bytes_max: usize,
+    /// Highest tag of any evicted entry.
+    evicted_tag_max: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl std::fmt::Debug for RowCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowCache")
+            .field("bytes_max", &(self.shard_bytes_max * SHARDS))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of the row cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RowCacheStats {
+    /// Bytes charged to entries.
+    pub bytes: usize,
+    /// Capacity in bytes.
+    pub capacity: usize,
+    /// Entries.
+    pub entries: usize,
+    /// Point reads answered by the cache.
+    pub hits: u64,
+    /// Point reads that went to the memtables and tables.
+    pub misses: u64,
+}
+
+impl RowCache {
+    /// A cache holding at most about `bytes_max` bytes.
+    pub(crate) fn new(bytes_max: usize) -> RowCache {
+        RowCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_bytes_max: bytes_max / SHARDS,
+            evicted_tag_max: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: &[u8]) -> &Mutex<Shard> {
+        let hash = xxhash_rust::xxh3::xxh3_64(key);
+        // High bits for the shard: the map inside hashes the key again.
+        &self.shards[(hash >> 58) as usize % SHARDS]
+    }
+
+    /// The state of `key` as of sequence `seq`, if the cache knows it.
+    pub(crate) fn lookup(&self, key: &[u8], seq: u64) -> Lookup {
+        let mut shard = self.shard(key).lock();
+        let found = shard.index.get(key).copied();
+        let answer = match found {
+            Some(at) => {
+                let slot = &mut shard.slots[at];
+                if slot.tag <= seq && !matches!(slot.row, Row::Unknown) {
+                    slot.referenced = true;
+                    Lookup::Hit(slot.row.clone())
+                } else {
+                    Lookup::Miss
+                }
+            }
+            None => Lookup::Miss,
+        };
+        drop(shard);
+        let counter = match answer {
+            Lookup::Hit(_) => &self.hits,
+            Lookup::Miss => &self.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        answer
+    }
+
+    /// A committed write of `key` at sequence `seq` (caller holds the
+    /// engine's write lock, before publishing `seq`). `stored` must not hold
+    /// a larger buffer alive (the memtable's own copy is fine).
+    pub(crate) fn write(&self, key: &[u8], seq: u64, kind: Kind, stored: &Bytes) {
+        let row = match kind {
+            Kind::Delete => Row::Absent,
+            _ if stored.len() > VALUE_BYTES_CACHED_MAX => Row::Unknown,
+            _ => Row::Value {
+                kind,
+                version: seq,
+                stored: stored.clone(),
+            },
+        };
+        let mut shard = self.shard(key).lock();
+        let at = shard.index.get(key).copied();
+        if let Some(at) = at {
+            debug_assert!(shard.slots[at].tag <= seq, "writes come in sequence order");
+        }
+        shard.set(
+            at,
+            key,
+            row,
+            seq,
+            self.shard_bytes_max,
+            &self.evicted_tag_max,
+        );
+    }
+
+    /// What a reader found for `key` reading the engine at `seq` after a
+    /// miss. Kept only if no write newer than `seq` can have been lost from
+    /// the cache meanwhile (module doc). A value read from a table must be
+    /// copied by the caller first, so it does not keep the block alive.
+    pub(crate) fn fill(&self, key: &[u8], seq: u64, row: Row) {
+        if row.value_bytes() > VALUE_BYTES_CACHED_MAX {
+            return;
+        }
+        let mut shard = self.shard(key).lock();
+        let at = shard.index.get(key).copied();
+        match at {
+            Some(at) if shard.slots[at].tag >= seq => return,
+            Some(_) => {}
+            None if seq < self.evicted_tag_max.load(Ordering::SeqCst) => return,
+            None => {}
+        }
+        shard.set(
+            at,
+            key,
+            row,
+            seq,
+            self.shard_bytes_max,
+            &self.evicted_tag_max,
+        );
+    }
+
+    /// Counters.
+    pub(crate) fn stats(&self) -> RowCacheStats {
+        let mut stats = RowCacheStats {
+            capacity: self.shard_bytes_max * SHARDS,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            ..RowCacheStats::default()
+        };
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            stats.bytes += shard.bytes;
+            stats.entries += shard.slots.len();
+        }
+        stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str) -> Bytes {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+
+    fn stored(row: Lookup) -> Option<Bytes> {
+        match row {
+            Lookup::Hit(Row::Value { stored, .. }) => Some(stored),
+            Lookup::Hit(Row::Absent) => None,
+            other => panic!("expected a hit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn writes_are_seen_by_readers_at_or_after_them_only() {
+        let cache = RowCache::new(1 << 20);
+        let key = value("k");
+        cache.write(&key, 5, Kind::Put, &value("v5"));
+        assert!(matches!(cache.lookup(b"k", 4), Lookup::Miss));
+        assert_eq!(stored(cache.lookup(b"k", 5)), Some(value("v5")));
+        cache.write(&key, 9, Kind::Delete, &Bytes::new());
+        assert!(matches!(cache.lookup(b"k", 8), Lookup::Miss));
+        assert_eq!(stored(cache.lookup(b"k", 9)), None);
+    }
+
+    #[test]
+    fn a_fill_older_than_the_entry_is_ignored() {
+        let cache = RowCache::new(1 << 20);
+        cache.write(&value("k"), 7, Kind::Put, &value("new"));
+        // A reader at sequence 6 read the old value; it must not replace the newer write.
+        cache.fill(
+            b"k",
+            6,
+            Row::Value {
+                kind: Kind::Put,
+                version: 3,
+                stored: value("old"),
+            },
+        );
+        assert_eq!(stored(cache.lookup(b"k", 7)), Some(value("new")));
+    }
+
+    #[test]
+    fn a_fill_of_an_evicted_key_older_than_the_eviction_is_refused() {
+        // Room for about one entry per shard: writing many keys evicts.
+        let cache = RowCache::new(SHARDS * (ENTRY_OVERHEAD_BYTES + 8));
+        for seq in 1..=2000u64 {
+            cache.write(&value(&format!("key{seq}")), seq, Kind::Put, &value("v"));
+        }
+        let evicted = cache.evicted_tag_max.load(Ordering::SeqCst);
+        assert!(evicted > 1000, "{evicted}");
+        let gone = (1..=2000u64)
+            .find(|seq| {
+                matches!(
+                    cache.lookup(format!("key{seq}").as_bytes(), u64::MAX),
+                    Lookup::Miss
+                )
+            })
+            .expect("some key was evicted");
+        // A reader that read at a sequence before the eviction may hold state older than the
+        // evicted write: refused.
+        cache.fill(format!("key{gone}").as_bytes(), evicted - 1, Row::Absent);
+        assert!(matches!(
+            cache.lookup(format!("key{gone}").as_bytes(), u64::MAX),
+            Lookup::Miss
+        ));
+        // At or after it: accepted.
+        cache.fill(format!("key{gone}").as_bytes(), evicted, Row::Absent);
+        assert!(matches!(
+            cache.lookup(format!("key{gone}").as_bytes(), evicted),
+            Lookup::Hit(Row::Absent)
+        ));
+    }
+
+    #[test]
+    fn memory_stays_within_capacity_and_large_values_are_not_kept() {
+        let capacity = 64 * 1024;
+        let cache = RowCache::new(capacity);
+        for seq in 1..=10_000u64 {
+            cache.write(
+                &value(&format!("key{seq:05}")),
+                seq,
+                Kind::Put,
+                &Bytes::from(vec![7u8; 100]),
+            );
+        }
+        let stats = cache.stats();
+        assert!(stats.bytes <= capacity, "{stats:?}");
+        assert!(stats.entries > 100, "{stats:?}");
+        let big = Bytes::from(vec![1u8; VALUE_BYTES_CACHED_MAX + 1]);
+        cache.write(&value("big"), 20_000, Kind::Put, &big);
+        assert!(
+            matches!(cache.lookup(b"big", 20_000), Lookup::Miss),
+            "not cached"
+        );
+        // The marker still blocks an older fill.
+        cache.fill(b"big", 19_999, Row::Absent);
+        assert!(matches!(cache.lookup(b"big", 20_000), Lookup::Miss));
+    }
+
+    #[test]
+    fn recently_used_entries_survive_eviction() {
+        let cache = RowCache::new(SHARDS * 20 * (ENTRY_OVERHEAD_BYTES + 16));
+        let hot = value("hot-key");
+        cache.write(&hot, 1, Kind::Put, &value("hot"));
+        for seq in 2..=20_000u64 {
+            assert!(
+                matches!(cache.lookup(b"hot-key", seq), Lookup::Hit(_)),
+                "hot key evicted at {seq}"
+            );
+            cache.write(&value(&format!("cold{seq}")), seq, Kind::Put, &value("c"));
+        }
+    }
+}
