@@ -397,8 +397,8 @@ impl Db {
             let current = inner.current.read().clone();
             return inner.get_at(&current, key, seq);
         };
-        if let Lookup::Hit(row) = cache.lookup(key, seq) {
-            return inner.cached_entry(key, row);
+        if let Lookup::Hit(row, cached_key) = cache.lookup(key, seq) {
+            return inner.cached_entry(cached_key, row);
         }
         let current = inner.current.read().clone();
         let (found, from_table) = inner.find(&current, key, seq)?;
@@ -940,15 +940,14 @@ impl Inner {
     }
 
     /// A row of the row cache as [`Db::get`] answers it (expiry checked now).
-    fn cached_entry(&self, key: &[u8], row: Row) -> Result<Option<Entry>> {
+    fn cached_entry(&self, key: Bytes, row: Row) -> Result<Option<Entry>> {
         match row {
             Row::Value {
                 kind,
                 version,
                 stored,
-            } => match iter::live_parts(kind, version, stored, self.options.clock.now_ms(), || {
-                Bytes::copy_from_slice(key)
-            }) {
+            } => match iter::live_parts(kind, version, stored, self.options.clock.now_ms(), || key)
+            {
                 None => Ok(None),
                 Some(Ok(entry)) => Ok(Some(entry)),
                 Some(Err(what)) => Err(Error::corruption(&self.dir, 0, what)),

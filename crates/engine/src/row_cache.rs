@@ -83,8 +83,8 @@ impl Row {
 /// The cache's answer to a lookup.
 #[derive(Debug)]
 pub(crate) enum Lookup {
-    /// The key's state as of the reader's sequence.
-    Hit(Row),
+    /// The key's state as of the reader's sequence, and the cache's copy of the key.
+    Hit(Row, Bytes),
     /// Not known: read the engine, then [`RowCache::fill`].
     Miss,
 }
@@ -259,7 +259,7 @@ impl RowCache {
                 let slot = &mut shard.slots[at];
                 if slot.tag <= seq && !matches!(slot.row, Row::Unknown) {
                     slot.referenced = true;
-                    Lookup::Hit(slot.row.clone())
+                    Lookup::Hit(slot.row.clone(), slot.key.clone())
                 } else {
                     Lookup::Miss
                 }
@@ -268,7 +268,7 @@ impl RowCache {
         };
         drop(shard);
         let counter = match answer {
-            Lookup::Hit(_) => &self.hits,
+            Lookup::Hit(..) => &self.hits,
             Lookup::Miss => &self.misses,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -356,8 +356,8 @@ mod tests {
 
     fn stored(row: Lookup) -> Option<Bytes> {
         match row {
-            Lookup::Hit(Row::Value { stored, .. }) => Some(stored),
-            Lookup::Hit(Row::Absent) => None,
+            Lookup::Hit(Row::Value { stored, .. }, _) => Some(stored),
+            Lookup::Hit(Row::Absent, _) => None,
             other => panic!("expected a hit, got {other:?}"),
         }
     }
@@ -419,7 +419,7 @@ mod tests {
         cache.fill(format!("key{gone}").as_bytes(), evicted, Row::Absent);
         assert!(matches!(
             cache.lookup(format!("key{gone}").as_bytes(), evicted),
-            Lookup::Hit(Row::Absent)
+            Lookup::Hit(Row::Absent, _)
         ));
     }
 
@@ -456,7 +456,7 @@ mod tests {
         cache.write(&hot, 1, Kind::Put, &value("hot"));
         for seq in 2..=20_000u64 {
             assert!(
-                matches!(cache.lookup(b"hot-key", seq), Lookup::Hit(_)),
+                matches!(cache.lookup(b"hot-key", seq), Lookup::Hit(..)),
                 "hot key evicted at {seq}"
             );
             cache.write(&value(&format!("cold{seq}")), seq, Kind::Put, &value("c"));
