@@ -767,3 +767,336 @@ fn replication_masteruser_acl_user() {
     );
     assert_refused(&unprivileged, "NOPERM");
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS on the replication link
+
+/// A test CA (rcgen) and leaf certificates it signs, written as PEM files.
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+    files: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ringkv replication test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        let files = tempfile::tempdir().unwrap();
+        std::fs::write(files.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { ca, ca_key, files }
+    }
+
+    fn ca_file(&self) -> String {
+        self.files.path().join("ca.pem").display().to_string()
+    }
+
+    /// A certificate for 127.0.0.1 usable as server and as client (a leader's, a replica's):
+    /// (certificate file, key file).
+    fn leaf(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let cert_file = self.files.path().join(format!("{name}.pem"));
+        let key_file = self.files.path().join(format!("{name}.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (
+            cert_file.display().to_string(),
+            key_file.display().to_string(),
+        )
+    }
+}
+
+/// A leader serving TLS next to its plain port. `Server` records the first "Ready to accept
+/// connections" line as its port, and the TLS listener announces itself first, so this test
+/// starts the process itself and reads both addresses from the log.
+struct TlsLeader {
+    child: std::process::Child,
+    plain: u16,
+    tls: u16,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsLeader {
+    fn start(args: &[&str]) -> TlsLeader {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--admin-port", "0", "--tls-port", "0"].map(String::from));
+        let (child, _) = common::launch(&dir.path().join("data"), &args, log.clone());
+        let port_of = |log: &str, kind: &str| {
+            log.lines()
+                .filter(|l| l.contains(&format!("Ready to accept connections {kind}")))
+                .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+                .and_then(|a| a.rsplit(':').next()?.trim().parse::<u16>().ok())
+        };
+        let mut ports = (None, None);
+        eventually(Duration::from_secs(30), "the leader's two ports", || {
+            let text = log.lock().unwrap().clone();
+            ports = (port_of(&text, "tcp"), port_of(&text, "tls"));
+            ports.0.is_some() && ports.1.is_some()
+        });
+        TlsLeader {
+            child,
+            plain: ports.0.unwrap(),
+            tls: ports.1.unwrap(),
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn client(&self) -> Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.plain))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for TlsLeader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn replication_link_over_tls() {
+    let pki = Pki::new();
+    let (leader_cert, leader_key) = pki.leaf("leader");
+    // With tls-ca-cert-file the leader also demands a client certificate from the CA: the
+    // replica must present its own.
+    let leader = TlsLeader::start(&[
+        "--tls-cert-file",
+        &leader_cert,
+        "--tls-key-file",
+        &leader_key,
+        "--tls-ca-cert-file",
+        &pki.ca_file(),
+    ]);
+    let mut l = leader.client();
+    for i in 0..1_000 {
+        q::<()>(&mut l, &["SET", &format!("tls:{i}"), &format!("v{i}")]);
+    }
+    let target = format!("127.0.0.1 {}", leader.tls);
+    let (replica_cert, replica_key) = pki.leaf("replica");
+    let replica = Server::start_with(&[
+        "--replicaof",
+        &target,
+        "--tls-replication",
+        "yes",
+        "--tls-ca-cert-file",
+        &pki.ca_file(),
+        "--tls-cert-file",
+        &replica_cert,
+        "--tls-key-file",
+        &replica_key,
+    ]);
+    wait_caught_up_with(&mut l, &replica);
+    // Streaming after the full sync goes over TLS too.
+    for i in 0..100 {
+        q::<()>(&mut l, &["SET", &format!("after:{i}"), "x"]);
+    }
+    wait_caught_up_with(&mut l, &replica);
+    assert_eq!(dump(&replica), dump_with(&mut l));
+    assert!(
+        replica.log().contains("replication link uses TLS"),
+        "log:\n{}",
+        replica.log()
+    );
+    let info = info_map(&mut l);
+    assert_eq!(info["connected_slaves"], "1", "{info:?}");
+
+    // The same port without tls-replication: plain RESP to a TLS listener never syncs.
+    let plain = Server::start_with(&["--replicaof", &target]);
+    assert_refused(&plain, "");
+    assert!(
+        leader.log.lock().unwrap().contains("TLS handshake failed"),
+        "leader log:\n{}",
+        leader.log.lock().unwrap()
+    );
+    // A replica that trusts another CA refuses the leader's certificate.
+    let stranger = Pki::new();
+    let (stranger_cert, stranger_key) = stranger.leaf("stranger");
+    let distrustful = Server::start_with(&[
+        "--replicaof",
+        &target,
+        "--tls-replication",
+        "yes",
+        "--tls-ca-cert-file",
+        &stranger.ca_file(),
+        "--tls-cert-file",
+        &stranger_cert,
+        "--tls-key-file",
+        &stranger_key,
+    ]);
+    assert_refused(&distrustful, "TLS handshake with the leader failed");
+    // Without a client certificate the leader (which verifies clients) refuses the replica.
+    let anonymous = Server::start_with(&[
+        "--replicaof",
+        &target,
+        "--tls-replication",
+        "yes",
+        "--tls-ca-cert-file",
+        &pki.ca_file(),
+    ]);
+    assert_refused(&anonymous, "");
+    assert_eq!(info_map(&mut l)["connected_slaves"], "1");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Full sync while the leader takes writes
+
+#[test]
+fn replication_full_sync_while_leader_takes_writes() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let leader = Server::start();
+    // Enough data (~48 MiB) that sending the checkpoint takes a while; random bytes, since the
+    // engine compresses blocks and repeated bytes would shrink to nothing.
+    let mut l = leader.client();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random_value = || -> Vec<u8> {
+        (0..64 * 1024 / 8)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()
+            })
+            .collect()
+    };
+    for chunk in 0..24 {
+        let mut pipe = redis::pipe();
+        for i in 0..32 {
+            pipe.cmd("SET")
+                .arg(format!("big:{chunk}:{i}"))
+                .arg(random_value());
+        }
+        pipe.query::<()>(&mut l).unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
+    /// Stops the writers however the test ends: the scope joins them before it returns or
+    /// unwinds, and they run until told to stop.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|scope| {
+        let _stop_writers = StopOnDrop(&stop);
+        for t in 0..2 {
+            let (stop, written, url) = (&stop, &written, leader.url());
+            scope.spawn(move || {
+                let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut pipe = redis::pipe();
+                    for _ in 0..50 {
+                        let key = format!("w:{t}:{}", i % 5_000);
+                        match i % 7 {
+                            0 => pipe.cmd("DEL").arg(&key),
+                            1 => pipe.cmd("INCR").arg(format!("w:counter:{t}")),
+                            _ => pipe.cmd("SET").arg(&key).arg(i),
+                        };
+                        i += 1;
+                    }
+                    pipe.query::<()>(&mut con).unwrap();
+                    written.fetch_add(50, Ordering::Relaxed);
+                }
+            });
+        }
+        // Writers are running before either replica connects.
+        while written.load(Ordering::Relaxed) < 1_000 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let r1 = replica_of(&leader, &[]);
+        let r2 = replica_of(&leader, &[]);
+        // Watch the leader's view of each replica: record the writers' count when a replica is
+        // first and last seen receiving the checkpoint (state send_bulk). The transfer of 48 MiB
+        // over loopback can be quicker than this loop looks, so replica 1 is frozen (SIGSTOP)
+        // for half a second once its sync started: the leader's sends then block on the full
+        // socket with most of the checkpoint unsent, and the writers must go on meanwhile.
+        let mut watch = leader.client();
+        let mut during_send: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut frozen: Option<Instant> = None;
+        let mut thawed = false;
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        loop {
+            let info = info_map(&mut watch);
+            let count = written.load(Ordering::Relaxed);
+            let mut online = 0;
+            if frozen.is_some_and(|at| at.elapsed() > Duration::from_millis(500)) && !thawed {
+                signal(&r1, "CONT");
+                thawed = true;
+            }
+            for port in [r1.port, r2.port] {
+                if let Some(line) = replica_line(&info, port) {
+                    if port == r1.port && frozen.is_none() && line["state"] != "online" {
+                        signal(&r1, "STOP");
+                        frozen = Some(Instant::now());
+                    }
+                    match line["state"].as_str() {
+                        "send_bulk" => {
+                            let seen = during_send
+                                .entry(line["port"].clone())
+                                .or_insert((count, count));
+                            seen.1 = count;
+                        }
+                        "online" => online += 1,
+                        _ => {}
+                    }
+                }
+            }
+            if online == 2 && thawed {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replicas never came online");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Writes go on for a while after the syncs, through the streamed change log.
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        assert!(frozen.is_some(), "replica 1 was never seen syncing");
+        let (first, last) = during_send
+            .get(&r1.port.to_string())
+            .copied()
+            .unwrap_or_default();
+        assert!(
+            last > first,
+            "no write was seen committed while the checkpoint was sent to replica 1: {during_send:?}"
+        );
+        wait_caught_up(&leader, &r1);
+        wait_caught_up(&leader, &r2);
+        for replica in [&r1, &r2] {
+            let log = replica.log();
+            assert!(log.contains("full sync done"), "log:\n{log}");
+            assert_eq!(
+                info_field(&mut replica.client(), "sync_full").as_deref(),
+                Some("1")
+            );
+        }
+        let expected = dump(&leader);
+        assert!(expected.len() > 5_000, "{} keys", expected.len());
+        assert!(dump(&r1) == expected, "replica 1 differs from the leader");
+        assert!(dump(&r2) == expected, "replica 2 differs from the leader");
+        eprintln!(
+            "{} writes during the test; send_bulk windows (first, last write count): {during_send:?}",
+            written.load(Ordering::Relaxed)
+        );
+    });
+}
