@@ -223,6 +223,16 @@ fn help_lists_the_flags() {
     }
 }
 
+/// Who listens on 9121, for the failure message (a server someone started by hand with the
+/// defaults holds it too).
+fn holder_of_9121() -> String {
+    Command::new("ss")
+        .args(["-ltnp", "sport = :9121"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("ss: {e}"))
+}
+
 /// The admin HTTP listener is on by default at 127.0.0.1:9121. Every test helper passes a free
 /// admin port; besides this test only server_commands' no-arguments run takes 9121, so both
 /// wait (up to two minutes) while the other holds it. This test also holds 9121 itself to check
@@ -238,7 +248,8 @@ fn admin_listener_is_on_by_default_and_a_taken_port_is_a_clear_error() {
             Err(log) if log.contains("cannot listen on 127.0.0.1:9121") => {
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "9121 stays taken: {log}"
+                    "9121 stays taken ({}): {log}",
+                    holder_of_9121()
                 );
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -263,7 +274,8 @@ fn admin_listener_is_on_by_default_and_a_taken_port_is_a_clear_error() {
             Err(error) => {
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "9121 stays taken: {error}"
+                    "9121 stays taken ({}): {error}",
+                    holder_of_9121()
                 );
                 std::thread::sleep(Duration::from_secs(1));
             }
