@@ -242,16 +242,139 @@ fn replication_wait_then_leader_killed_keeps_acknowledged_writes() {
     let acked: i64 = redis::cmd("WAIT").arg(2).arg(1000).query(&mut con).unwrap();
     assert_eq!(acked, 2);
     leader.kill();
-    for replica in [&r1, &r2] {
+    // Every key WAIT covered, on each replica, with its value.
+    for (n, replica) in [&r1, &r2].into_iter().enumerate() {
         let mut c = replica.client();
-        for i in [0, 250, 499] {
-            let v: Option<i64> = redis::cmd("GET")
-                .arg(format!("w:{i}"))
-                .query(&mut c)
-                .unwrap();
-            assert_eq!(v, Some(i), "w:{i} on a replica after WAIT and leader death");
+        let mut pipe = redis::pipe();
+        for i in 0..500 {
+            pipe.cmd("GET").arg(format!("w:{i}"));
         }
+        let values: Vec<Option<i64>> = pipe.query(&mut c).unwrap();
+        let missing: Vec<String> = values
+            .iter()
+            .enumerate()
+            .filter(|&(i, v)| *v != Some(i as i64))
+            .map(|(i, v)| format!("w:{i}={v:?}"))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "replica {} after WAIT and leader death lacks {} keys: {missing:?}",
+            n + 1,
+            missing.len()
+        );
+        assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 500, "replica {}", n + 1);
     }
+}
+
+#[test]
+fn replication_min_replicas_max_lag_refuses_writes_while_a_replica_lags() {
+    let leader = Server::start();
+    let replica = replica_of(&leader, &[]);
+    wait_caught_up(&leader, &replica);
+    let mut l = leader.client();
+    q::<()>(&mut l, &["CONFIG", "SET", "min-replicas-max-lag", "2"]);
+    q::<()>(&mut l, &["CONFIG", "SET", "min-replicas-to-write", "1"]);
+    q::<()>(&mut l, &["SET", "before", "1"]);
+    assert_eq!(info_map(&mut l)["min_slaves_good_slaves"], "1");
+    // Frozen, the replica stops acknowledging (idle replicas ack every second): after more
+    // than 2 s it no longer counts, and writes are refused.
+    signal(&replica, "STOP");
+    let frozen = Instant::now();
+    // (These probes are accepted until the lag passes 2 s.)
+    eventually(Duration::from_secs(10), "writes to be refused", || {
+        redis::cmd("SET")
+            .arg("probe")
+            .arg(1)
+            .query::<()>(&mut l)
+            .is_err()
+    });
+    assert!(
+        frozen.elapsed() >= Duration::from_secs(2),
+        "refused after {:?}, before min-replicas-max-lag passed",
+        frozen.elapsed()
+    );
+    assert_eq!(
+        err(&mut l, &["SET", "refused", "1"]),
+        "NOREPLICAS Not enough good replicas to write."
+    );
+    assert_eq!(info_map(&mut l)["min_slaves_good_slaves"], "0");
+    // Reads are not refused.
+    assert_eq!(
+        q::<Option<String>>(&mut l, &["GET", "before"]).as_deref(),
+        Some("1")
+    );
+    // CONFIG SET takes effect at once: with a larger max lag the frozen replica counts again.
+    q::<()>(&mut l, &["CONFIG", "SET", "min-replicas-max-lag", "3600"]);
+    q::<()>(&mut l, &["SET", "lenient", "1"]);
+    q::<()>(&mut l, &["CONFIG", "SET", "min-replicas-max-lag", "2"]);
+    // Thawed, it acknowledges again and writes are accepted.
+    signal(&replica, "CONT");
+    eventually(
+        Duration::from_secs(10),
+        "writes to be accepted again",
+        || {
+            redis::cmd("SET")
+                .arg("after")
+                .arg(1)
+                .query::<()>(&mut l)
+                .is_ok()
+        },
+    );
+    wait_caught_up(&leader, &replica);
+    let mut r = replica.client();
+    assert_eq!(
+        q::<Option<String>>(&mut r, &["GET", "lenient"]).as_deref(),
+        Some("1")
+    );
+    assert_eq!(q::<Option<String>>(&mut r, &["GET", "refused"]), None);
+    assert_eq!(q::<Option<String>>(&mut l, &["GET", "refused"]), None);
+}
+
+#[test]
+fn replication_slaveof_alias() {
+    let leader = Server::start();
+    let mut l = leader.client();
+    for i in 0..100 {
+        q::<()>(&mut l, &["SET", &format!("s:{i}"), &i.to_string()]);
+    }
+    // A plain server with data of its own becomes a replica with SLAVEOF, as with REPLICAOF:
+    // its data is replaced by the leader's.
+    let follower = Server::start();
+    let mut f = follower.client();
+    q::<()>(&mut f, &["SET", "own", "x"]);
+    let port = leader.port.to_string();
+    q::<()>(&mut f, &["SLAVEOF", "127.0.0.1", &port]);
+    assert_eq!(info_map(&mut f)["role"], "slave");
+    let config: Vec<String> = q(&mut f, &["CONFIG", "GET", "replicaof"]);
+    assert_eq!(
+        config,
+        ["replicaof".to_string(), format!("127.0.0.1 {port}")]
+    );
+    wait_caught_up(&leader, &follower);
+    assert_eq!(dump(&follower), dump(&leader));
+    assert_eq!(q::<Option<String>>(&mut f, &["GET", "own"]), None);
+    assert_eq!(
+        err(&mut f, &["SET", "k", "v"]),
+        "READONLY You can't write against a read only replica."
+    );
+    let role: Vec<redis::Value> = q(&mut f, &["ROLE"]);
+    assert_eq!(
+        redis::from_redis_value::<String>(&role[0]).unwrap(),
+        "slave"
+    );
+    // The same leader again: Redis' answer, and no new sync.
+    let again: String = q(&mut f, &["SLAVEOF", "127.0.0.1", &port]);
+    assert_eq!(again, "OK Already connected to specified master");
+    assert_eq!(info_map(&mut f)["sync_full"], "1");
+    // SLAVEOF NO ONE promotes: writable, data kept.
+    q::<()>(&mut f, &["SLAVEOF", "NO", "ONE"]);
+    assert_eq!(info_map(&mut f)["role"], "master");
+    q::<()>(&mut f, &["SET", "mine", "1"]);
+    assert_eq!(
+        q::<Option<String>>(&mut f, &["GET", "s:42"]).as_deref(),
+        Some("42")
+    );
+    assert_eq!(q::<i64>(&mut f, &["DBSIZE"]), 101);
 }
 
 #[test]
