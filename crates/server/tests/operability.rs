@@ -23,6 +23,15 @@ fn config_get(con: &mut redis::Connection, name: &str) -> String {
     pair[1].clone()
 }
 
+/// Waits (at most 10 s) until the server's log has `count` lines containing `needle`: the log is
+/// copied from its stderr by a thread, so a line may trail the reply that followed it.
+fn wait_for_lines(server: &Server, needle: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines_with(&server.log(), needle) < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Lines of `log` containing `needle`.
 fn lines_with(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
@@ -170,6 +179,8 @@ fn secrets_never_reach_slowlog_or_the_log() {
     ] {
         assert!(slowlog.contains(kept), "{kept} missing from {slowlog}");
     }
+    // SLOWLOG LEN and GET are the last lines (every command is slow).
+    wait_for_lines(&server, "command=SLOWLOG", 2);
     let log = server.log();
     assert!(
         log.contains("slow command"),
@@ -206,6 +217,7 @@ fn slowlog_get_len_reset() {
     assert_eq!(render(&entry[3]), r#"["DEBUG", "SLEEP", "0.2"]"#);
     assert!(render(&entry[4]).starts_with("\"127.0.0.1:"));
     assert_eq!(render(&entry[5]), "\"slowpoke\"");
+    wait_for_lines(&server, "slow command", 1);
     assert_eq!(
         lines_with(&server.log(), "slow command"),
         1,
@@ -301,6 +313,8 @@ fn notable_events_log_one_line_each() {
     let _: () = q(&mut con, &["CONFIG", "SET", "maxclients", "1"]);
     let mut refused = server.raw();
     let (reply, _) = refused.read_to_close();
+    wait_for_lines(&server, "refused a client: maxclients reached", 1);
+    wait_for_lines(&server, "slow command", 1);
     assert_eq!(reply, "-ERR max number of clients reached\r\n");
     let _: () = q(&mut con, &["CONFIG", "SET", "maxclients", "100"]);
 
@@ -389,6 +403,7 @@ fn sigterm_finishes_the_command_in_flight_and_exits_zero() {
     assert!(server.is_running(), "refused while the command still ran");
     assert_eq!(render(&sleeper.read_frame()), "+OK");
     assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
+    wait_for_lines(&server, "ready to exit", 1);
     let log = server.log();
     assert!(log.contains("received a termination signal"), "{log}");
     assert!(log.contains("ready to exit"), "{log}");

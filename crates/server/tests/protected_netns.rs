@@ -115,14 +115,18 @@ fn remote_client_on_a_real_interface_is_denied_without_a_password() {
         reply.starts_with(&format!("-{DENIED}")) && reply.ends_with("\r\n"),
         "{reply:?}"
     );
-    assert_eq!(
+    // The log is copied from the server's stderr by a thread: the second line may trail the
+    // reply by a moment.
+    let refusals = || {
         open.log()
             .matches("refused a remote client: protected mode")
-            .count(),
-        2,
-        "{}",
-        open.log()
-    );
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refusals() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(refusals(), 2, "{}", open.log());
 
     // A password, or protected mode off, lets the same remote client in.
     let with_password = Server::start_with(&["--bind", &namespace.host, "--requirepass", "pw"]);
