@@ -1,8 +1,9 @@
 //! Replication with real processes: a leader and two replicas, full and partial
-//! sync, WAIT, failover, READONLY / NOREPLICAS, expiry (docs/replication.md).
+//! sync (also while the leader takes writes), WAIT, failover, READONLY / NOREPLICAS,
+//! min-replicas-max-lag, SLAVEOF, expiry, lag on INFO and /metrics, masterauth /
+//! masteruser, the link over TLS (docs/replication.md).
 //!
-//! `REPLICATION_WRITES` scales the load test (default 100000; the 1 million with
-//! `REPLICATION_WRITES=1000000 cargo nextest run -E 'test(/replication/)' --run-ignored all`).
+//! `REPLICATION_WRITES` scales the load test (default: the 1 million writes).
 
 mod common;
 
@@ -105,7 +106,7 @@ fn writes() -> usize {
     std::env::var("REPLICATION_WRITES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000)
+        .unwrap_or(1_000_000)
 }
 
 /// Writes `n` commands from `threads` clients: SET, SET PX (far future), DEL, INCR.
@@ -167,15 +168,12 @@ fn load_test(n: usize) {
     assert_eq!(dbsize(&r2), dbsize(&leader), "replica key count");
 }
 
+/// The 1 million writes, in every test run: 4 clients pipelining 1000 commands each
+/// take ~33 s against the debug build, the replicas finish under a second later, and the whole
+/// test with the three full scans takes ~40 s on its own (measured 2026-11-29, 2 cores).
 #[test]
-fn replication_two_replicas_converge_under_load() {
-    load_test(writes());
-}
-
-#[test]
-#[ignore = "1 million writes: minutes on a shared machine"]
 fn replication_two_replicas_converge_one_million_writes() {
-    load_test(1_000_000);
+    load_test(writes());
 }
 
 #[test]
