@@ -438,6 +438,7 @@ fn admit(
             multi: -1,
             lib_name: bytes::Bytes::new(),
             lib_ver: bytes::Bytes::new(),
+            user: acl::DEFAULT_USER.to_string(),
         }),
         killed: std::sync::atomic::AtomicBool::new(false),
         kill: tokio::sync::Notify::new(),
