@@ -261,16 +261,20 @@ impl Replication {
     }
 
     /// How long ago the first write a replica at `acked` lacks was committed (0 when it lacks
-    /// none): replication lag in time, to the sampler's 10 ms.
+    /// none): replication lag in time, to the sampler's 10 ms. The first sample above `acked`
+    /// was taken at most one period after that write, so this reads up to 10 ms short. When no
+    /// sample is above `acked` yet, the writes it lacks came after the newest sample, less than
+    /// a period ago: 0, not the age of some older sample.
     pub(crate) fn lag(&self, acked: u64, last_seq: u64) -> Duration {
         if acked >= last_seq {
             return Duration::ZERO;
         }
         let times = self.commit_times.lock();
+        // Samples older than the deque's front were dropped; the front is then the oldest
+        // write known to be above `acked` (the replica is over 100 s behind).
         times
             .iter()
             .find(|&&(seq, _)| seq > acked)
-            .or(times.front())
             .map_or(Duration::ZERO, |&(_, at)| at.elapsed())
     }
 
@@ -645,4 +649,33 @@ pub(crate) fn param_set(server: &Server, name: &str, value: &[u8]) -> Option<Res
         _ => return None,
     };
     Some(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_age_of_the_first_unacknowledged_sample() {
+        let replication = Replication::new(
+            &ReplicationConfig::default(),
+            Path::new("/nonexistent/ringkv-test"),
+        );
+        replication.sample_commit(10);
+        std::thread::sleep(Duration::from_millis(60));
+        replication.sample_commit(20);
+        std::thread::sleep(Duration::from_millis(20));
+        // Lacking writes 6..: the sample of seq 10 is the first above, 80 ms old.
+        assert!(replication.lag(5, 25) >= Duration::from_millis(80));
+        // Lacking 16..: first committed before the sample of 20, 20 ms ago.
+        let lag = replication.lag(15, 25);
+        assert!(
+            lag >= Duration::from_millis(20) && lag < Duration::from_millis(60),
+            "{lag:?}"
+        );
+        // Lacking only writes after the newest sample (21..=25): under one period, reported as
+        // 0. It once fell back to the oldest sample, reporting the server's age as lag.
+        assert_eq!(replication.lag(20, 25), Duration::ZERO);
+        assert_eq!(replication.lag(25, 25), Duration::ZERO);
+    }
 }
