@@ -143,6 +143,9 @@ struct Cli {
     /// Block cache size in bytes.
     #[arg(long, env = "RINGKV_BLOCK_CACHE_BYTES")]
     block_cache_bytes: Option<usize>,
+    /// Row cache size in bytes (latest state of hot keys for point reads; 0 turns it off).
+    #[arg(long, env = "RINGKV_ROW_CACHE_BYTES")]
+    row_cache_bytes: Option<usize>,
     /// Log format: text or json (one JSON object per line, for log shippers) [default: text].
     #[arg(long, env = "RINGKV_LOG_FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
@@ -167,6 +170,7 @@ struct FileConfig {
     maxclients: Option<usize>,
     memtable_bytes_max: Option<usize>,
     block_cache_bytes: Option<usize>,
+    row_cache_bytes: Option<usize>,
     replicaof: Option<String>,
     masterauth: Option<String>,
     masteruser: Option<String>,
@@ -293,6 +297,9 @@ fn load(cli: Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = cli.block_cache_bytes.or(file.block_cache_bytes) {
         config.block_cache_bytes = v;
+    }
+    if let Some(v) = cli.row_cache_bytes.or(file.row_cache_bytes) {
+        config.row_cache_bytes = v;
     }
     if let Some(v) = cli.maxmemory.or(file.maxmemory) {
         config.maxmemory = v;

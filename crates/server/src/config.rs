@@ -46,6 +46,8 @@ pub struct Config {
     pub memtable_bytes_max: usize,
     /// Block cache size of the engine.
     pub block_cache_bytes: usize,
+    /// Row cache size of the engine (0: off).
+    pub row_cache_bytes: usize,
     /// Log level name (informational; the binary sets up logging).
     pub loglevel: String,
     /// Path of the config file it was loaded from, if any (`CONFIG GET` shows nothing of it).
@@ -191,6 +193,7 @@ impl Default for Config {
             maxclients: MAXCLIENTS_DEFAULT,
             memtable_bytes_max: engine.memtable_bytes_max,
             block_cache_bytes: engine.block_cache_bytes,
+            row_cache_bytes: engine.row_cache_bytes,
             loglevel: "notice".into(),
             config_file: None,
             replication: crate::replication::ReplicationConfig::default(),

@@ -305,6 +305,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         fsync: config.appendfsync,
         memtable_bytes_max: config.memtable_bytes_max,
         block_cache_bytes: config.block_cache_bytes,
+        row_cache_bytes: config.row_cache_bytes,
         ..ringkv_engine::Options::default()
     };
     options.value_bytes_max = options.value_bytes_max.max(config.proto_max_bulk_len + 1);

@@ -193,13 +193,17 @@ pub(crate) fn info_engine(server: &Server, out: &mut String) {
     let s = server.keyspace.engine().stats();
     let _ = write!(
         out,
-        "# Engine\r\nmemtable_bytes:{}\r\nfrozen_memtable_bytes:{}\r\nblock_cache_bytes:{}\r\nblock_cache_capacity:{}\r\nblock_cache_hits:{}\r\nblock_cache_misses:{}\r\nindex_filter_bytes:{}\r\nopen_tables:{}\r\nwal_bytes_written:{}\r\nwal_syncs:{}\r\nwal_sync_usec:{}\r\nflushes:{}\r\nflush_bytes:{}\r\ncompactions:{}\r\ncompaction_bytes_read:{}\r\ncompaction_bytes_written:{}\r\nwrite_stall_usec:{}\r\nwrite_slowdowns:{}\r\noom_rejections:{}\r\nacl_denials:{}\r\nauth_failures:{}\r\noutput_limit_disconnects:{}\r\nidle_disconnects:{}\r\nprotected_mode_rejections:{}\r\n",
+        "# Engine\r\nmemtable_bytes:{}\r\nfrozen_memtable_bytes:{}\r\nblock_cache_bytes:{}\r\nblock_cache_capacity:{}\r\nblock_cache_hits:{}\r\nblock_cache_misses:{}\r\nrow_cache_bytes:{}\r\nrow_cache_capacity:{}\r\nrow_cache_hits:{}\r\nrow_cache_misses:{}\r\nindex_filter_bytes:{}\r\nopen_tables:{}\r\nwal_bytes_written:{}\r\nwal_syncs:{}\r\nwal_sync_usec:{}\r\nflushes:{}\r\nflush_bytes:{}\r\ncompactions:{}\r\ncompaction_bytes_read:{}\r\ncompaction_bytes_written:{}\r\nwrite_stall_usec:{}\r\nwrite_slowdowns:{}\r\noom_rejections:{}\r\nacl_denials:{}\r\nauth_failures:{}\r\noutput_limit_disconnects:{}\r\nidle_disconnects:{}\r\nprotected_mode_rejections:{}\r\n",
         s.memtable_bytes,
         s.frozen_memtable_bytes,
         s.block_cache_bytes,
         s.block_cache_capacity,
         s.block_cache_hits,
         s.block_cache_misses,
+        s.row_cache.bytes,
+        s.row_cache.capacity,
+        s.row_cache.hits,
+        s.row_cache.misses,
         s.table_index_filter_bytes,
         s.open_tables,
         s.wal.bytes_written,
@@ -454,6 +458,7 @@ pub(crate) fn render(server: &Server) -> String {
         ("memtable", e.memtable_bytes as u64),
         ("frozen_memtables", e.frozen_memtable_bytes as u64),
         ("block_cache", e.block_cache_bytes as u64),
+        ("row_cache", e.row_cache.bytes as u64),
         ("index_filter", e.table_index_filter_bytes as u64),
     ] {
         let _ = writeln!(
@@ -495,6 +500,27 @@ pub(crate) fn render(server: &Server) -> String {
         "counter",
         "Block cache misses.",
         e.block_cache_misses,
+    );
+    single(
+        o,
+        "ringkv_row_cache_capacity_bytes",
+        "gauge",
+        "Row cache capacity.",
+        e.row_cache.capacity,
+    );
+    single(
+        o,
+        "ringkv_row_cache_hits_total",
+        "counter",
+        "Point reads answered by the row cache.",
+        e.row_cache.hits,
+    );
+    single(
+        o,
+        "ringkv_row_cache_misses_total",
+        "counter",
+        "Point reads the row cache could not answer.",
+        e.row_cache.misses,
     );
 
     // Engine: WAL, flushes, compactions, stalls.

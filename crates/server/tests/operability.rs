@@ -418,3 +418,54 @@ fn sigterm_finishes_the_command_in_flight_and_exits_zero() {
         server.log()
     );
 }
+
+/// The value of `field` in `INFO engine`.
+fn engine_field(con: &mut redis::Connection, field: &str) -> u64 {
+    let info: String = q(con, &["INFO", "engine"]);
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `row-cache-bytes` sizes the row cache (INFO shows it), reads of written keys are answered by
+/// it, and 0 turns it off without changing any answer.
+#[test]
+fn row_cache_size_is_a_setting_and_off_changes_no_answer() {
+    for (args, capacity) in [
+        (&["--row-cache-bytes", "1048576"][..], 1 << 20),
+        (&["--row-cache-bytes", "0"][..], 0),
+    ] {
+        let server = Server::start_with(args);
+        let mut con = server.client();
+        assert_eq!(engine_field(&mut con, "row_cache_capacity"), capacity);
+        for i in 0..200 {
+            let _: () = redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg(i)
+                .query(&mut con)
+                .unwrap();
+        }
+        let _: () = redis::cmd("DEL").arg("k7").query(&mut con).unwrap();
+        for i in 0..200 {
+            let got: Option<i64> = redis::cmd("GET")
+                .arg(format!("k{i}"))
+                .query(&mut con)
+                .unwrap();
+            assert_eq!(got, (i != 7).then_some(i), "k{i} with capacity {capacity}");
+        }
+        let hits = engine_field(&mut con, "row_cache_hits");
+        if capacity > 0 {
+            assert!(
+                hits >= 199,
+                "written keys are read from the row cache: {hits}"
+            );
+            assert!(engine_field(&mut con, "row_cache_bytes") > 0);
+        } else {
+            assert_eq!(hits, 0);
+            assert_eq!(engine_field(&mut con, "row_cache_bytes"), 0);
+        }
+    }
+}
