@@ -40,6 +40,14 @@ pub(crate) fn data_key(ns: Namespace, key: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Writes [`data_key`] into `out` (cleared first), for lookups that reuse a buffer.
+pub(crate) fn write_data_key(out: &mut Vec<u8>, ns: Namespace, key: &[u8]) {
+    out.clear();
+    out.push(FAMILY_DATA);
+    out.extend_from_slice(&ns.to_be_bytes());
+    out.extend_from_slice(key);
+}
+
 /// `[0x01][ns]`: every data key of `ns` starts with it.
 pub(crate) fn data_prefix(ns: Namespace) -> [u8; DATA_HEADER_BYTES] {
     let [high, low] = ns.to_be_bytes();

@@ -50,6 +50,11 @@ const SWEEP_RESTART_PERIOD: std::time::Duration = std::time::Duration::from_secs
 /// Index entries read per step of the expiry sweep.
 const SWEEP_BATCH_KEYS: usize = 128;
 
+thread_local! {
+    /// Engine-key buffer reused by [`Keyspace::read`] on this thread.
+    static DATA_KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Type of a stored value; the first byte of every value in the data family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -139,8 +144,11 @@ pub(crate) fn encode_value(value_type: ValueType, payload: &[u8]) -> Bytes {
 }
 
 /// Locks held on keys; dropping it releases them.
-pub(crate) struct KeyGuard<'a> {
-    _guards: Vec<ReentrantMutexGuard<'a, ()>>,
+pub(crate) enum KeyGuard<'a> {
+    /// One stripe: the common single-key command, without an allocation.
+    One(#[allow(dead_code)] ReentrantMutexGuard<'a, ()>),
+    /// Several stripes, taken in ascending order.
+    Many(#[allow(dead_code)] Vec<ReentrantMutexGuard<'a, ()>>),
 }
 
 /// Outcome of RENAME / RENAMENX.
@@ -157,23 +165,51 @@ pub(crate) enum RenameOutcome {
 /// A write being assembled: the engine batch plus the count changes it makes.
 struct Change {
     batch: WriteBatch,
-    deltas: Vec<(Namespace, i64)>,
+    /// Count change per namespace; almost every write touches one namespace, so it is merged in
+    /// place and a list is only made for the rest.
+    deltas: SmallList<(Namespace, i64)>,
     /// Epoch slots of the (namespace, key) pairs written, which the commit bumps.
-    stripes: Vec<usize>,
+    stripes: SmallList<usize>,
+}
+
+/// A list whose first element lives inline: most writes change one key, and this keeps their
+/// bookkeeping off the heap.
+#[derive(Default)]
+struct SmallList<T> {
+    first: Option<T>,
+    rest: Vec<T>,
+}
+
+impl<T> SmallList<T> {
+    fn push(&mut self, item: T) {
+        if self.first.is_none() {
+            self.first = Some(item);
+        } else {
+            self.rest.push(item);
+        }
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = T> {
+        self.first.into_iter().chain(self.rest)
+    }
 }
 
 impl Change {
     fn new() -> Change {
         Change {
             batch: WriteBatch::new(),
-            deltas: Vec::new(),
-            stripes: Vec::new(),
+            deltas: SmallList::default(),
+            stripes: SmallList::default(),
         }
     }
 
     fn delta(&mut self, ns: Namespace, delta: i64) {
-        if delta != 0 {
-            self.deltas.push((ns, delta));
+        if delta == 0 {
+            return;
+        }
+        match &mut self.deltas.first {
+            Some((first_ns, sum)) if *first_ns == ns => *sum += delta,
+            _ => self.deltas.push((ns, delta)),
         }
     }
 
@@ -474,19 +510,28 @@ impl Keyspace {
     /// are taken in ascending order (no deadlock between multi-key commands) and are
     /// reentrant, so the keyspace's own write functions can lock again on the same thread.
     pub(crate) fn lock_keys(&self, keys: &[&[u8]]) -> KeyGuard<'_> {
+        if let [key] = keys {
+            return KeyGuard::One(self.stripes[Self::stripe(key)].lock());
+        }
         let mut stripes: Vec<usize> = keys.iter().map(|k| Self::stripe(k)).collect();
         stripes.sort_unstable();
         stripes.dedup();
-        KeyGuard {
-            _guards: stripes
+        KeyGuard::Many(
+            stripes
                 .into_iter()
                 .map(|s| self.stripes[s].lock())
                 .collect(),
-        }
+        )
     }
 
     fn read(&self, ns: Namespace, key: &[u8]) -> CmdResult<Option<Entry>> {
-        Ok(self.engine().get(&keys::data_key(ns, key))?)
+        // The hot path of every command: build the engine key in a reused buffer and read through
+        // the lock guard, so a read allocates nothing and bumps no shared reference count.
+        DATA_KEY.with(|buffer| {
+            let mut data_key = buffer.borrow_mut();
+            keys::write_data_key(&mut data_key, ns, key);
+            Ok(self.engine.read().get(&data_key)?)
+        })
     }
 
     fn commit(&self, change: Change) -> CmdResult<u64> {
@@ -494,10 +539,10 @@ impl Keyspace {
             return Ok(0);
         }
         let seq = self.engine().write_deferred(change.batch)?;
-        for (ns, delta) in change.deltas {
+        for (ns, delta) in change.deltas.into_iter() {
             self.counts[usize::from(ns)].fetch_add(delta, Ordering::Relaxed);
         }
-        for stripe in change.stripes {
+        for stripe in change.stripes.into_iter() {
             self.write_epochs[stripe].fetch_add(1, Ordering::Release);
         }
         Ok(seq)
