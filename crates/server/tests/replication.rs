@@ -1221,3 +1221,58 @@ fn replication_full_sync_while_leader_takes_writes() {
         );
     });
 }
+
+/// `tls-replication` from each source (flag, environment, TOML file) reaches the server: without
+/// `tls-ca-cert-file` each is refused at start, naming the missing setting.
+#[test]
+fn replication_tls_replication_setting_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("ringkv.toml");
+    std::fs::write(&toml, "tls-replication = true\n").unwrap();
+    /// (source, extra arguments, environment variable).
+    type Case<'a> = (&'a str, Vec<String>, Option<(&'a str, &'a str)>);
+    let cases: [Case; 3] = [
+        ("flag", vec!["--tls-replication".into(), "yes".into()], None),
+        ("env", vec![], Some(("RINGKV_TLS_REPLICATION", "yes"))),
+        (
+            "toml",
+            vec!["--config".into(), toml.display().to_string()],
+            None,
+        ),
+    ];
+    for (source, args, env) in cases {
+        let mut command = std::process::Command::new(common::binary());
+        command
+            .args(["--port", "0", "--no-admin", "--dir"])
+            .arg(dir.path().join("data"))
+            .args(&args)
+            .env_remove("RUST_LOG");
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{source}: started anyway");
+        assert!(
+            stderr.contains("tls-replication needs tls-ca-cert-file"),
+            "{source}: {stderr}"
+        );
+    }
+    // And `no` from the flag beats the file's `true` (flags win): it starts.
+    let (mut child, port) = common::launch(
+        &dir.path().join("data"),
+        &[
+            "--config".into(),
+            toml.display().to_string(),
+            "--tls-replication".into(),
+            "no".into(),
+        ],
+        std::sync::Arc::new(std::sync::Mutex::new(String::new())),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        port.is_some(),
+        "--tls-replication no did not override the file"
+    );
+}
