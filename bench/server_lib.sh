@@ -98,8 +98,10 @@ start_server() {
                 --logfile "$dir/redis.log" >>"$dir/redis.stdout" 2>&1 &
             ;;
         ringkv)
+            # RINGKV_EXTRA_ARGS: more flags for ringkv (e.g. a memory budget).
+            # shellcheck disable=SC2086
             "$RINGKV" --port "$port" --bind 127.0.0.1 --dir "$dir/data" --no-admin \
-                --appendfsync everysec --loglevel warn >>"$dir/ringkv.log" 2>&1 &
+                --appendfsync everysec --loglevel warn ${RINGKV_EXTRA_ARGS:-} >>"$dir/ringkv.log" 2>&1 &
             ;;
         *) log "unknown server kind $kind"; exit 1 ;;
     esac
