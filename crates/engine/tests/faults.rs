@@ -34,6 +34,26 @@ fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     files
 }
 
+/// Writes keys 0..100 (one WAL record each) into `parent/live`, copies the
+/// directory to `parent/crashed` as a crash would leave it (the WAL holds
+/// every acknowledged write, nothing was flushed), closes the live one and
+/// returns the copy.
+fn crashed_after_100_puts(parent: &Path) -> PathBuf {
+    let live = parent.join("live");
+    let db = Db::open(&live, options()).unwrap();
+    for i in 0..100 {
+        db.put(&key(i), &value(i), None).unwrap();
+    }
+    let crashed = parent.join("crashed");
+    fs::create_dir(&crashed).unwrap();
+    for entry in fs::read_dir(&live).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, crashed.join(path.file_name().unwrap())).unwrap();
+    }
+    db.close().unwrap();
+    crashed
+}
+
 #[test]
 fn corrupt_table_block_is_an_error_naming_the_file_never_a_wrong_value() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,20 +125,7 @@ fn corrupt_table_footer_refuses_to_serve_from_it() {
 #[test]
 fn torn_wal_tail_is_cut_off_and_the_prefix_recovered() {
     let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("live");
-    let db = Db::open(&live, options()).unwrap();
-    for i in 0..100 {
-        db.put(&key(i), &value(i), None).unwrap();
-    }
-    // Copy the directory as a crash would leave it: the WAL holds every
-    // acknowledged write, nothing was flushed.
-    let crashed = dir.path().join("crashed");
-    fs::create_dir(&crashed).unwrap();
-    for entry in fs::read_dir(&live).unwrap() {
-        let path = entry.unwrap().path();
-        fs::copy(&path, crashed.join(path.file_name().unwrap())).unwrap();
-    }
-    db.close().unwrap();
+    let crashed = crashed_after_100_puts(dir.path());
     let segment = files_with_suffix(&crashed, ".wal").pop().unwrap();
     let length = fs::metadata(&segment).unwrap().len();
     let file = fs::OpenOptions::new().write(true).open(&segment).unwrap();
@@ -447,18 +454,7 @@ fn failed_fsync_poisons_writes_until_reopen_and_loses_nothing_acknowledged() {
 #[test]
 fn damaged_record_mid_log_recovers_the_prefix_and_keeps_the_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("live");
-    let db = Db::open(&live, options()).unwrap();
-    for i in 0..100 {
-        db.put(&key(i), &value(i), None).unwrap();
-    }
-    let crashed = dir.path().join("crashed");
-    fs::create_dir(&crashed).unwrap();
-    for entry in fs::read_dir(&live).unwrap() {
-        let path = entry.unwrap().path();
-        fs::copy(&path, crashed.join(path.file_name().unwrap())).unwrap();
-    }
-    db.close().unwrap();
+    let crashed = crashed_after_100_puts(dir.path());
     let segment = files_with_suffix(&crashed, ".wal").pop().unwrap();
     let mut bytes = fs::read(&segment).unwrap();
     let middle = bytes.len() / 2;

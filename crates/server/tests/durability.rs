@@ -16,12 +16,7 @@ use common::{err, error_text, q, Server};
 
 /// One field of `INFO persistence`.
 fn info_field(con: &mut redis::Connection, field: &str) -> String {
-    let text: String = redis::cmd("INFO").arg("persistence").query(con).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in INFO persistence:\n{text}"))
-        .trim()
-        .to_string()
+    common::info_field(con, "persistence", field)
 }
 
 fn config_get(con: &mut redis::Connection, name: &str) -> String {

@@ -421,13 +421,7 @@ fn sigterm_finishes_the_command_in_flight_and_exits_zero() {
 
 /// The value of `field` in `INFO engine`.
 fn engine_field(con: &mut redis::Connection, field: &str) -> u64 {
-    let info: String = q(con, &["INFO", "engine"]);
-    info.lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in {info}"))
-        .trim()
-        .parse()
-        .unwrap()
+    common::info_field(con, "engine", field).parse().unwrap()
 }
 
 /// `row-cache-bytes` sizes the row cache (INFO shows it), reads of written keys are answered by

@@ -421,6 +421,16 @@ fn query<T: redis::FromRedisValue>(
     cmd.query(con)
 }
 
+/// The value of `field` in `INFO section`; panics naming the section when it is missing.
+pub fn info_field(con: &mut redis::Connection, section: &str, field: &str) -> String {
+    let text: String = q(con, &["INFO", section]);
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}:\n{text}"))
+        .trim()
+        .to_string()
+}
+
 /// The error text (code and message, as the server sent it) of a command that must fail.
 pub fn err(con: &mut redis::Connection, args: &[&str]) -> String {
     match run(con, args) {
