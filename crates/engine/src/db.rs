@@ -401,20 +401,16 @@ impl Db {
             return inner.cached_entry(cached_key, row);
         }
         let current = inner.current.read().clone();
-        let (found, from_table) = inner.find(&current, key, seq)?;
+        let (found, _) = inner.find(&current, key, seq)?;
         let row = match &found {
             None => Row::Absent,
             Some((internal_key, stored)) => Row::Value {
                 kind: Kind::from_u8(format::key_kind_byte(internal_key))
                     .ok_or_else(|| Error::corruption(&inner.dir, 0, "unknown entry kind"))?,
                 version: format::key_seq(internal_key),
-                // A table's value is a slice of its block: copy it, so the cache does not keep
-                // the whole block alive. A memtable's is its own allocation.
-                stored: if from_table {
-                    Bytes::copy_from_slice(stored)
-                } else {
-                    stored.clone()
-                },
+                // The cache copies the bytes into its own block (a table's value is a slice of
+                // a whole data block, which must not be kept alive by it).
+                stored: stored.clone(),
             },
         };
         let row = match row {
@@ -592,6 +588,13 @@ impl Db {
     pub fn sync(&self, seq: u64) -> Result<()> {
         let fsync = self.fsync_policy() == FsyncPolicy::Always;
         self.inner.wal.sync_to(seq, fsync)
+    }
+
+    /// True when [`Db::sync`] of `seq` has nothing left to do under the
+    /// current policy (another caller's sync already covered it).
+    pub fn is_synced(&self, seq: u64) -> bool {
+        let fsync = self.fsync_policy() == FsyncPolicy::Always;
+        self.inner.wal.covered(seq, fsync)
     }
 
     /// fsyncs the WAL up to the last write, whatever the policy.

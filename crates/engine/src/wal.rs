@@ -333,7 +333,7 @@ impl Wal {
         self.write_out(fsync)
     }
 
-    fn covered(&self, seq: u64, fsync: bool) -> bool {
+    pub(crate) fn covered(&self, seq: u64, fsync: bool) -> bool {
         let done = if fsync {
             &self.synced_seq
         } else {

@@ -204,6 +204,12 @@ async fn flush<W: AsyncWrite + Unpin>(
                     })
                 })
         } else {
+            if !engine.is_synced(seq) {
+                // Let the other connections that are ready run their commands first: their WAL
+                // records then go out with this one in a single write(2) (whoever syncs first
+                // covers the rest), as Redis writes its AOF once per event-loop turn.
+                tokio::task::yield_now().await;
+            }
             engine.sync(seq)
         };
         if let Err(error) = synced {

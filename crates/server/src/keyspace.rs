@@ -484,6 +484,12 @@ impl Keyspace {
         self.engine.read().clone()
     }
 
+    /// The engine's last committed sequence, without cloning the handle (every write command
+    /// asks for it).
+    pub(crate) fn last_sequence(&self) -> u64 {
+        self.engine.read().last_sequence()
+    }
+
     /// Current Unix time in ms, from the same clock the engine expires with.
     pub(crate) fn now_ms(&self) -> u64 {
         self.clock.now_ms()
@@ -538,7 +544,7 @@ impl Keyspace {
         if change.batch.is_empty() {
             return Ok(0);
         }
-        let seq = self.engine().write_deferred(change.batch)?;
+        let seq = self.engine.read().write_deferred(change.batch)?;
         for (ns, delta) in change.deltas.into_iter() {
             self.counts[usize::from(ns)].fetch_add(delta, Ordering::Relaxed);
         }

@@ -416,7 +416,7 @@ pub(crate) fn invoke(
     // -MISCONF after a failed fsync keeps its connection, as in Redis, instead of having it
     // closed by a sync of other clients' writes that can no longer succeed.
     if spec.has_flag("write") && !matches!(reply, Frame::Error(_)) {
-        ctx.wrote(keyspace.engine().last_sequence());
+        ctx.wrote(keyspace.last_sequence());
     }
     let seq = ctx.last_write_seq;
     client.pending_sync_seq = client.pending_sync_seq.max(seq);
