@@ -316,3 +316,71 @@ fn point_reads_never_go_back_in_time_through_the_row_cache() {
     }
     db.close().unwrap();
 }
+
+/// Memory is bounded by the settings, not by the data: after writing and
+/// reading back 40x more data than memtables and caches may hold, every
+/// in-memory component is within its bound.
+#[test]
+fn memory_stays_within_the_settings_whatever_the_data_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        memtable_bytes_max: 256 << 10,
+        frozen_memtables_max: 2,
+        block_cache_bytes: 512 << 10,
+        row_cache_bytes: 256 << 10,
+        table_target_bytes: 512 << 10,
+        level_base_bytes: 2 << 20,
+        ..Options::default()
+    };
+    let bound_memtables = options.memtable_bytes_max * (options.frozen_memtables_max + 1);
+    let db = Db::open(dir.path(), options).unwrap();
+    // Incompressible values, so the tables really hold what was written.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut value = vec![0u8; 200];
+    let keys = 200_000u32; // ~44 MB of keys and values
+    let mut peak_memtables = 0;
+    for i in 0..keys {
+        for byte in value.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+        db.put(
+            format!("key-{:08}", i.wrapping_mul(2_654_435_761)).as_bytes(),
+            &value,
+            None,
+        )
+        .unwrap();
+        if i % 1000 == 0 {
+            let stats = db.stats();
+            peak_memtables = peak_memtables.max(stats.memtable_bytes + stats.frozen_memtable_bytes);
+        }
+    }
+    for i in (0..keys).step_by(7) {
+        let key = format!("key-{:08}", i.wrapping_mul(2_654_435_761));
+        assert!(db.get(key.as_bytes()).unwrap().is_some());
+    }
+    let stats = db.stats();
+    let written: u64 = stats.level_bytes.iter().sum();
+    assert!(
+        written > 20 * (bound_memtables as u64),
+        "the data outgrew memory: {written}"
+    );
+    // A memtable may overshoot its bound by the one write that filled it.
+    assert!(
+        peak_memtables <= bound_memtables + 4096,
+        "memtables {peak_memtables}"
+    );
+    assert!(
+        stats.block_cache_bytes <= stats.block_cache_capacity,
+        "{stats:?}"
+    );
+    assert!(
+        stats.row_cache.bytes <= stats.row_cache.capacity,
+        "{:?}",
+        stats.row_cache
+    );
+    assert!(stats.row_cache.entries > 0);
+    db.close().unwrap();
+}
