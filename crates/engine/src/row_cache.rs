@@ -364,10 +364,15 @@ impl RowCache {
         if let Some(at) = shard.find(hash, key) {
             debug_assert!(shard.slots[at].tag <= seq, "writes come in sequence order");
         }
+        self.store(&mut shard, hash, key, &row, seq);
+    }
+
+    /// Sets `key`'s slot in `shard` within this cache's bounds.
+    fn store(&self, shard: &mut Shard, hash: u64, key: &[u8], row: &Row, seq: u64) {
         shard.set(
             hash,
             key,
-            &row,
+            row,
             seq,
             self.shard_bytes_max,
             &self.evicted_tag_max,
@@ -389,14 +394,7 @@ impl RowCache {
             None if seq < self.evicted_tag_max.load(Ordering::SeqCst) => return,
             None => {}
         }
-        shard.set(
-            hash,
-            key,
-            &row,
-            seq,
-            self.shard_bytes_max,
-            &self.evicted_tag_max,
-        );
+        self.store(&mut shard, hash, key, &row, seq);
     }
 
     /// Counters.
