@@ -1090,14 +1090,19 @@ impl Inner {
             Some(Arc::new(file))
         };
         let log_number = {
+            // Every version change holds `versions`, so the version read here stays the base
+            // until the swap below. The manifest is written and fsynced *without* holding
+            // `current` for writing: readers and writers take it on every operation, and an
+            // fsync under it stalled them all at each flush.
             let mut versions = self.versions.lock();
-            let mut current = self.current.write();
-            // WAL segments older than every remaining memtable are obsolete.
-            let remaining = &current.frozen[..current.frozen.len() - 1];
+            let seen = self.current.read().clone();
+            // WAL segments older than every remaining memtable are obsolete. A memtable frozen
+            // meanwhile has a newer segment than the active one seen here, so the minimum holds.
+            let remaining = &seen.frozen[..seen.frozen.len() - 1];
             let log_number = remaining
                 .iter()
                 .map(|m| m.wal_number)
-                .chain(std::iter::once(current.mem.wal_number))
+                .chain(std::iter::once(seen.mem.wal_number))
                 .min()
                 .expect("the active memtable remains");
             let edit = VersionEdit {
@@ -1108,13 +1113,23 @@ impl Inner {
                 deleted: Vec::new(),
             };
             versions.manifest.append(&edit)?;
-            let version = Arc::new(current.version.apply(&edit));
-            *current = Arc::new(SuperVersion {
-                mem: current.mem.clone(),
-                frozen: remaining.to_vec(),
-                version,
-            });
-            self.maybe_rewrite_manifest(&mut versions, &current.version, log_number)?;
+            let version = Arc::new(seen.version.apply(&edit));
+            drop(seen);
+            {
+                let mut current = self.current.write();
+                debug_assert!(current.frozen.last().is_some_and(|m| Arc::ptr_eq(m, &mem)));
+                *current = Arc::new(SuperVersion {
+                    mem: current.mem.clone(),
+                    frozen: current
+                        .frozen
+                        .iter()
+                        .filter(|m| !Arc::ptr_eq(m, &mem))
+                        .cloned()
+                        .collect(),
+                    version: version.clone(),
+                });
+            }
+            self.maybe_rewrite_manifest(&mut versions, &version, log_number)?;
             log_number
         };
         for number in list_files(&self.dir)?.wal {
@@ -1124,6 +1139,7 @@ impl Inner {
         }
         self.progress.notify_all();
         self.background.signal(|f| f.compact = true);
+        release_here(mem);
         Ok(true)
     }
 
@@ -1191,28 +1207,31 @@ impl Inner {
         };
         let (edit, stats) = compaction::run(&context, &decision)?;
         {
+            // As in `flush_oldest`: the manifest fsync happens outside `current`'s write lock.
             let mut versions = self.versions.lock();
-            let mut current = self.current.write();
             let mut edit = edit;
             edit.next_file_number = Some(self.next_file.load(Ordering::Acquire));
             versions.manifest.append(&edit)?;
-            let next = Arc::new(current.version.apply(&edit));
-            *current = Arc::new(SuperVersion {
-                mem: current.mem.clone(),
-                frozen: current.frozen.clone(),
-                version: next,
-            });
+            let next = Arc::new(self.current.read().version.apply(&edit));
+            let log_number = {
+                let mut current = self.current.write();
+                *current = Arc::new(SuperVersion {
+                    mem: current.mem.clone(),
+                    frozen: current.frozen.clone(),
+                    version: next.clone(),
+                });
+                current
+                    .frozen
+                    .iter()
+                    .map(|m| m.wal_number)
+                    .chain(std::iter::once(current.mem.wal_number))
+                    .min()
+                    .expect("active memtable")
+            };
             if let Some(last) = decision.inputs.iter().map(|t| t.largest_user_key()).max() {
                 versions.cursors[decision.level] = last.to_vec();
             }
-            let log_number = current
-                .frozen
-                .iter()
-                .map(|m| m.wal_number)
-                .chain(std::iter::once(current.mem.wal_number))
-                .min()
-                .expect("active memtable");
-            self.maybe_rewrite_manifest(&mut versions, &current.version, log_number)?;
+            self.maybe_rewrite_manifest(&mut versions, &next, log_number)?;
         }
         for file in decision.inputs.iter().chain(&decision.overlaps) {
             file.mark_obsolete();
@@ -1712,6 +1731,24 @@ fn preserve_damaged_segment(path: &Path, valid_bytes: u64, recovery: &mut Recove
          were not replayed (a copy of the segment is kept for inspection)"
     );
     Ok(())
+}
+
+/// How long the flush thread waits for readers to let go of a flushed
+/// memtable before leaving its freeing to them.
+const MEMTABLE_RELEASE_WAIT: Duration = Duration::from_millis(100);
+
+/// Drops `mem` on this (background) thread once no reader holds it: freeing
+/// a full memtable (hundreds of thousands of nodes) takes a noticeable time,
+/// and whoever drops the last reference pays it. Left alone, that was often
+/// a request thread that had been reading while the flush installed, and
+/// its clients stalled. A snapshot or iterator may hold it longer than
+/// [`MEMTABLE_RELEASE_WAIT`]; then its owner frees it, as before.
+fn release_here(mem: Arc<Memtable>) {
+    let deadline = Instant::now() + MEMTABLE_RELEASE_WAIT;
+    while Arc::strong_count(&mem) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(mem);
 }
 
 fn remove_quietly(path: &Path) {
