@@ -401,23 +401,22 @@ impl Db {
             return inner.cached_entry(cached_key, row);
         }
         let current = inner.current.read().clone();
-        let (found, _) = inner.find(&current, key, seq)?;
+        let found = inner.find(&current, key, seq)?;
         let row = match &found {
             None => Row::Absent,
-            Some((internal_key, stored)) => Row::Value {
-                kind: Kind::from_u8(format::key_kind_byte(internal_key))
-                    .ok_or_else(|| Error::corruption(&inner.dir, 0, "unknown entry kind"))?,
-                version: format::key_seq(internal_key),
-                // The cache copies the bytes into its own block (a table's value is a slice of
-                // a whole data block, which must not be kept alive by it).
-                stored: stored.clone(),
-            },
-        };
-        let row = match row {
-            Row::Value {
-                kind: Kind::Delete, ..
-            } => Row::Absent,
-            row => row,
+            Some((internal_key, stored)) => {
+                match Kind::from_u8(format::key_kind_byte(internal_key)) {
+                    None => return Err(Error::corruption(&inner.dir, 0, "unknown entry kind")),
+                    Some(Kind::Delete) => Row::Absent,
+                    // The cache copies the bytes into its own block (a table's value is a slice of
+                    // a whole data block, which must not be kept alive by it).
+                    Some(kind) => Row::Value {
+                        kind,
+                        version: format::key_seq(internal_key),
+                        stored: stored.clone(),
+                    },
+                }
+            }
         };
         cache.fill(key, seq, row);
         inner.live(found)
@@ -921,24 +920,18 @@ impl Inner {
     }
 
     fn get_at(&self, current: &SuperVersion, key: &[u8], seq: u64) -> Result<Option<Entry>> {
-        let (found, _) = self.find(current, key, seq)?;
+        let found = self.find(current, key, seq)?;
         self.live(found)
     }
 
-    /// The newest entry of `key` at `seq`, and whether it came from a table.
-    #[allow(clippy::type_complexity)]
-    fn find(
-        &self,
-        current: &SuperVersion,
-        key: &[u8],
-        seq: u64,
-    ) -> Result<(Option<(Bytes, Bytes)>, bool)> {
+    /// The newest entry of `key` at `seq`: (internal key, stored value).
+    fn find(&self, current: &SuperVersion, key: &[u8], seq: u64) -> Result<Option<(Bytes, Bytes)>> {
         match std::iter::once(&current.mem)
             .chain(current.frozen.iter())
             .find_map(|mem| mem.get(key, seq))
         {
-            Some(found) => Ok((Some(found), false)),
-            None => Ok((self.get_from_tables(&current.version, key, seq)?, true)),
+            Some(found) => Ok(Some(found)),
+            None => self.get_from_tables(&current.version, key, seq),
         }
     }
 
@@ -1716,7 +1709,13 @@ fn preserve_damaged_segment(path: &Path, valid_bytes: u64, recovery: &mut Recove
     let mut kept = path.as_os_str().to_owned();
     kept.push(".damaged");
     let kept = PathBuf::from(kept);
-    fs::write(&kept, &data).map_err(|e| Error::io(&kept, e))?;
+    // The copy must survive a power loss like any file the engine keeps: contents, then name.
+    File::create(&kept)
+        .and_then(|mut file| {
+            std::io::Write::write_all(&mut file, &data)?;
+            file.sync_all()
+        })
+        .map_err(|e| Error::io(&kept, e))?;
     if let Some(parent) = kept.parent() {
         wal::sync_dir(parent)?;
     }

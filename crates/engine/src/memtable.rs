@@ -9,7 +9,6 @@
 //! carry an inline head so most comparisons stay inside the node
 //! ([`InternalKey`]).
 
-use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -68,11 +67,6 @@ impl PartialOrd for InternalKey {
     }
 }
 
-thread_local! {
-    /// Seek-key buffer reused by lookups on this thread.
-    static SEEK_KEY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
 /// An ordered in-memory table.
 #[derive(Debug)]
 pub(crate) struct Memtable {
@@ -115,19 +109,18 @@ impl Memtable {
     /// The newest entry for `user_key` with a sequence ≤ `seq`:
     /// (internal key, stored value).
     pub fn get(&self, user_key: &[u8], seq: u64) -> Option<(Bytes, Bytes)> {
-        SEEK_KEY.with(|buffer| {
-            let mut target = buffer.borrow_mut();
-            target.clear();
-            target.extend_from_slice(user_key);
-            // The highest kind byte sorts first among equal sequences.
-            target.extend_from_slice(&((seq << 8) | 0xff).to_be_bytes());
-            let target = InternalKey::new(Bytes::copy_from_slice(&target));
-            let map = self.map.read();
-            let (key, value) = map
-                .range((Bound::Included(target), Bound::Unbounded))
-                .next()?;
-            (format::user_key(&key.bytes) == user_key).then(|| (key.bytes.clone(), value.clone()))
-        })
+        // The search key is an owned `InternalKey` (its inline head is what makes the search
+        // cheap), so it is built straight into its own allocation.
+        let mut target = Vec::with_capacity(user_key.len() + format::TRAILER_LEN);
+        target.extend_from_slice(user_key);
+        // The highest kind byte sorts first among equal sequences.
+        target.extend_from_slice(&((seq << 8) | 0xff).to_be_bytes());
+        let target = InternalKey::new(Bytes::from(target));
+        let map = self.map.read();
+        let (key, value) = map
+            .range((Bound::Included(target), Bound::Unbounded))
+            .next()?;
+        (format::user_key(&key.bytes) == user_key).then(|| (key.bytes.clone(), value.clone()))
     }
 
     /// The first entry at or after `target` (an internal key), or after it

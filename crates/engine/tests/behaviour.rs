@@ -236,8 +236,8 @@ fn the_fsync_policy_changes_while_open() {
     db.close().unwrap();
 }
 
-/// The row cache under races: writers bump their keys' counters (and delete
-/// and re-create some), readers on other threads must never see a key go
+/// The row cache under races: writers bump their keys' counters, readers on
+/// other threads must never see a key go
 /// back to an older value, whatever the cache evicts (it holds a handful of
 /// rows here) and whatever flushes and compactions move meanwhile. A fill of
 /// state older than a write the cache lost would show up as a step back.

@@ -88,6 +88,11 @@ pub struct Config {
     /// data directory, so tests can observe `/ready` during recovery. Never set by the binary.
     #[doc(hidden)]
     pub recovery_gate: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Test seam: a key-count rebuild after a crash waits at this barrier (two parties) after
+    /// taking its snapshot and before scanning, so tests can write while it runs. Never set by
+    /// the binary.
+    #[doc(hidden)]
+    pub recount_gate: Option<std::sync::Arc<std::sync::Barrier>>,
 }
 
 /// CONFIG REWRITE: writes the current settings into the config file, keeping keys it does not
@@ -211,6 +216,7 @@ impl Default for Config {
             log_json: false,
             protected_mode_loopback_is_remote: false,
             recovery_gate: None,
+            recount_gate: None,
         }
     }
 }

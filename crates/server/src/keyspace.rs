@@ -296,6 +296,8 @@ pub(crate) struct Keyspace {
     counts: Arc<[AtomicI64]>,
     /// Set while key counts are being rebuilt after a crash; DBSIZE waits for it.
     recount: Arc<Recount>,
+    /// Test seam (`Config::recount_gate`): the first rebuild waits here before scanning.
+    recount_gate: Mutex<Option<Arc<std::sync::Barrier>>>,
     stripes: Box<[ReentrantMutex<()>]>,
     /// Per slot of (namespace, key) hashes, the number of writes committed to its keys: lets
     /// WATCH notice a key that was absent, got created and deleted again (its version reads
@@ -324,13 +326,18 @@ impl std::fmt::Debug for Keyspace {
 
 impl Keyspace {
     /// Loads (or initialises) the database map and the key counts.
-    pub(crate) fn open(engine: Db, replica: bool) -> Result<Keyspace, ringkv_engine::Error> {
+    pub(crate) fn open(
+        engine: Db,
+        replica: bool,
+        recount_gate: Option<Arc<std::sync::Barrier>>,
+    ) -> Result<Keyspace, ringkv_engine::Error> {
         let keyspace = Keyspace {
             engine: RwLock::new(engine),
             replica: AtomicBool::new(replica),
             map: std::array::from_fn(|i| AtomicU16::new(i as u16)),
             counts: (0..NAMESPACES).map(|_| AtomicI64::new(0)).collect(),
             recount: Arc::new(Recount::default()),
+            recount_gate: Mutex::new(recount_gate),
             stripes: (0..LOCK_STRIPES).map(|_| ReentrantMutex::new(())).collect(),
             write_epochs: (0..LOCK_STRIPES).map(|_| AtomicU64::new(0)).collect(),
             admin: Mutex::new(Admin {
@@ -417,10 +424,14 @@ impl Keyspace {
         *self.recount.running.lock() = true;
         let counts = self.counts.clone();
         let recount = self.recount.clone();
+        let gate = self.recount_gate.lock().take();
         tracing::info!("rebuilding key counts in the background (no clean-shutdown record)");
         let spawned = std::thread::Builder::new()
             .name("ringkv-recount".into())
             .spawn(move || {
+                if let Some(gate) = gate {
+                    gate.wait();
+                }
                 let started = Instant::now();
                 match count_snapshot(&snapshot) {
                     Ok(found) => {

@@ -312,10 +312,11 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
     options.change_log_bytes_max = config.replication.backlog_bytes;
     let replica = config.replication.replicaof.is_some();
     let dir = config.dir.clone();
+    let recount_gate = config.recount_gate.clone();
     let opened = tokio::task::spawn_blocking(move || {
         let engine = ringkv_engine::Db::open(&dir, options)?;
         log_recovery(&engine);
-        keyspace::Keyspace::open(engine, replica)
+        keyspace::Keyspace::open(engine, replica, recount_gate)
     })
     .await
     .expect("open task");

@@ -97,7 +97,7 @@ impl SlowLog {
                 client = %peer,
                 "slow command"
             );
-            self.push(micros, &redacted(args), peer, name);
+            self.push(micros, args, peer, name);
         }
         let latency_ms = self.latency_threshold_ms.load(Ordering::Relaxed);
         let ms = micros / 1000;
@@ -126,6 +126,8 @@ impl SlowLog {
                 kept.push(arg.clone());
             }
         }
+        // On the kept (already cut) arguments: a long slow command is not copied whole.
+        redact(&mut kept);
         let entry = Entry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             unix_seconds: unix_seconds(),
@@ -162,11 +164,10 @@ impl SlowLog {
 /// Redis does (`redactClientCommandArgument`): both arguments after HELLO's AUTH, every argument
 /// of ACL SETUSER (its rules hold `>password`), and the value of CONFIG SET requirepass /
 /// masterauth.
-fn redacted(args: &[Bytes]) -> Vec<Bytes> {
+fn redact(kept: &mut [Bytes]) {
     const REDACTED: Bytes = Bytes::from_static(b"(redacted)");
-    let mut kept = args.to_vec();
-    let is = |i: usize, name: &str| args.get(i).is_some_and(|a| args::is(a, name));
-    if is(0, "hello") {
+    let is = |kept: &[Bytes], i: usize, name: &str| kept.get(i).is_some_and(|a| args::is(a, name));
+    if is(kept, 0, "hello") {
         let mut i = 1;
         while i < kept.len() {
             if args::is(&kept[i], "auth") {
@@ -178,11 +179,11 @@ fn redacted(args: &[Bytes]) -> Vec<Bytes> {
                 i += 1;
             }
         }
-    } else if is(0, "acl") && is(1, "setuser") {
+    } else if is(kept, 0, "acl") && is(kept, 1, "setuser") {
         for arg in kept.iter_mut().skip(2) {
             *arg = REDACTED;
         }
-    } else if is(0, "config") && is(1, "set") {
+    } else if is(kept, 0, "config") && is(kept, 1, "set") {
         for pair in kept[2..].chunks_mut(2) {
             if let [name, value] = pair {
                 if args::is(name, "requirepass") || args::is(name, "masterauth") {
@@ -191,7 +192,6 @@ fn redacted(args: &[Bytes]) -> Vec<Bytes> {
             }
         }
     }
-    kept
 }
 
 /// SLOWLOG and LATENCY.

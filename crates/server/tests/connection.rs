@@ -424,6 +424,13 @@ fn client_kill_maxage_skipme_and_combined_filters() {
     std::thread::sleep(std::time::Duration::from_millis(2200));
     let mut young = server.raw();
     let mut caller = server.raw();
+    // A bare CLIENT KILL has no filter: an arity error (as Redis), not "kill everyone".
+    caller.expect(
+        &resp(&[b"CLIENT", b"KILL"]),
+        "-ERR wrong number of arguments for 'client|kill' command\r\n",
+    );
+    old.expect(&resp(&[b"PING"]), "+PONG\r\n");
+    young.expect(&resp(&[b"PING"]), "+PONG\r\n");
     caller.expect(
         &resp(&[b"CLIENT", b"KILL", b"MAXAGE", b"x"]),
         "-ERR value is not an integer or out of range\r\n",

@@ -4,6 +4,7 @@
 //! writes, and a full disk (a tmpfs) that suspends writes and resumes them.
 
 mod common;
+mod ops;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -545,10 +546,12 @@ fn failed_fsync_refuses_writes_until_restart_and_loses_nothing_acknowledged() {
 /// After a kill there is no clean-shutdown record, so key counts are rebuilt by a scan, in the
 /// background so start-up does not grow with the data. Writes that land while the scan runs
 /// (creates, overwrites, deletes, expiries) must still leave DBSIZE exact in every database.
+/// The rebuild is held at its test seam (after its snapshot, before its scan) until the writes
+/// are done, so they really happen during it.
 #[test]
 fn key_counts_rebuilt_after_a_kill_stay_exact_under_writes_during_the_rebuild() {
-    let mut server = Server::start_with(&["--appendfsync", "always"]);
-    let mut con = server.client();
+    let mut killed = Server::start_with(&["--appendfsync", "always"]);
+    let mut con = killed.client();
     let _: () = redis::cmd("DEBUG")
         .arg("POPULATE")
         .arg(100_000)
@@ -561,10 +564,14 @@ fn key_counts_rebuilt_after_a_kill_stay_exact_under_writes_during_the_rebuild() 
         .arg("three")
         .query(&mut con)
         .unwrap();
-    server.kill();
-    server.restart();
-    let mut con = server.client();
-    // Right away, while the rebuild may still be scanning.
+    killed.kill();
+
+    let gate = Arc::new(std::sync::Barrier::new(2));
+    let (mut config, spare) = ops::config();
+    config.dir = killed.data_dir();
+    config.recount_gate = Some(gate.clone());
+    let running = ops::start(config, spare);
+    let mut con = running.client();
     let mut pipe = redis::pipe();
     for i in 0..2000 {
         pipe.cmd("SET").arg(format!("new:{i}")).arg(i).ignore();
@@ -580,25 +587,35 @@ fn key_counts_rebuilt_after_a_kill_stay_exact_under_writes_during_the_rebuild() 
             .arg(600_000)
             .ignore();
     }
+    pipe.cmd("SELECT").arg(3).ignore();
+    pipe.cmd("DEL").arg("three:7").ignore();
     let () = pipe.query(&mut con).unwrap();
-    let _: () = redis::cmd("SELECT").arg(3).query(&mut con).unwrap();
-    let _: () = redis::cmd("DEL").arg("three:7").query(&mut con).unwrap();
+    // Only now may the rebuild scan its snapshot (and it must have reached its seam).
+    let (reached, waited) = std::sync::mpsc::channel();
+    let seam = gate.clone();
+    std::thread::spawn(move || {
+        seam.wait();
+        let _ = reached.send(());
+    });
+    waited
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the key-count rebuild never reached its seam");
     assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 999);
     let _: () = redis::cmd("SELECT").arg(0).query(&mut con).unwrap();
     assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 100_000 + 2000 - 500);
-    let log = server.log();
-    assert!(
-        log.contains("rebuilding key counts in the background")
-            && log.contains("key counts rebuilt by a full scan"),
-        "{log}"
-    );
-    // And the clean shutdown after it saves exact counts for the next start.
-    let _ = redis::cmd("SHUTDOWN").query::<()>(&mut con);
-    server.wait_exit(Duration::from_secs(30));
-    server.restart();
-    let mut con = server.client();
+    drop(con);
+    // A clean shutdown after the rebuild saves the counts; the next start loads them.
+    drop(running);
+    killed.restart();
+    let mut con = killed.client();
     assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 100_000 + 2000 - 500);
-    assert!(server
-        .log()
-        .contains("key counts loaded from the clean-shutdown record"));
+    assert!(
+        killed
+            .log()
+            .contains("key counts loaded from the clean-shutdown record"),
+        "{}",
+        killed.log()
+    );
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut con).unwrap();
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 999);
 }

@@ -24,10 +24,16 @@ fn config_get(con: &mut redis::Connection, name: &str) -> String {
 }
 
 /// Waits (at most 10 s) until the server's log has `count` lines containing `needle`: the log is
-/// copied from its stderr by a thread, so a line may trail the reply that followed it.
+/// copied from its stderr by a thread, so a line may trail the reply that followed it. Panics
+/// when they never come, so checks on the log after it never run on a partial one.
 fn wait_for_lines(server: &Server, needle: &str, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while lines_with(&server.log(), needle) < count && Instant::now() < deadline {
+    while lines_with(&server.log(), needle) < count {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {count} log lines with {needle:?}:\n{}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

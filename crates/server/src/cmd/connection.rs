@@ -593,6 +593,10 @@ impl KillFilter {
 }
 
 fn client_kill(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
+    if args.len() < 3 {
+        // An empty filter would match every client: refuse it as Redis does.
+        return Err(CmdError::msg(errors::wrong_arity("client|kill")));
+    }
     let handles: Vec<_> = ctx.server.clients.lock().values().cloned().collect();
     if args.len() == 3 {
         // Old form: CLIENT KILL addr:port.

@@ -415,7 +415,8 @@ pub(crate) fn invoke(
     // An error reply acknowledges no write, so it waits for no sync: a client refused with
     // -MISCONF after a failed fsync keeps its connection, as in Redis, instead of having it
     // closed by a sync of other clients' writes that can no longer succeed.
-    if spec.has_flag("write") && !matches!(reply, Frame::Error(_)) {
+    let failed = matches!(reply, Frame::Error(_));
+    if spec.has_flag("write") && !failed {
         ctx.wrote(keyspace.last_sequence());
     }
     let seq = ctx.last_write_seq;
@@ -431,7 +432,7 @@ pub(crate) fn invoke(
         let info = client.handle.info.lock();
         (info.addr.to_string(), info.name.clone())
     });
-    if matches!(reply, Frame::Error(_)) {
+    if failed {
         stats.failed_calls.fetch_add(1, Ordering::Relaxed);
         server
             .stats
