@@ -2,8 +2,8 @@
 //! `tls-key-file` (PEM), and with `tls-ca-cert-file` clients must present a
 //! certificate signed by that CA (Redis' `tls-auth-clients yes`).
 //!
-//! Only loading lives here; the accepted stream goes to the same
-//! `connection::serve` as plain TCP.
+//! Only loading lives here (also the replica's client side, `tls-replication`); the
+//! accepted stream goes to the same `connection::serve` as plain TCP.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,57 +42,68 @@ fn read_pem(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+fn file_error(setting: &'static str, path: &Path, why: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        setting,
+        path: path.display().to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// The certificate chain in the PEM file `path` (at least one), named by `setting` in errors.
+fn load_certs(
+    setting: &'static str,
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let pem = read_pem(setting, path)?;
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(setting, path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(setting, path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// The private key in `tls-key-file`.
+fn load_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    let pem = read_pem("tls-key-file", path)?;
+    rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|e| file_error("tls-key-file", path, e))?
+        .ok_or_else(|| file_error("tls-key-file", path, "no private key in the file"))
+}
+
+/// The trusted roots in `tls-ca-cert-file`.
+fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs("tls-ca-cert-file", path)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_error("tls-ca-cert-file", path, e))?;
+    }
+    Ok(roots)
+}
+
 /// Builds the acceptor from PEM files.
 pub(crate) fn acceptor(
     cert_file: &Path,
     key_file: &Path,
     ca_file: Option<&Path>,
 ) -> Result<TlsAcceptor, TlsError> {
-    let file_error = |setting: &'static str, path: &Path, why: String| TlsError::File {
-        setting,
-        path: path.display().to_string(),
-        why,
-    };
-    let cert_pem = read_pem("tls-cert-file", cert_file)?;
-    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error("tls-cert-file", cert_file, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(file_error(
-            "tls-cert-file",
-            cert_file,
-            "no certificate in the file".into(),
-        ));
-    }
-    let key_pem = read_pem("tls-key-file", key_file)?;
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| file_error("tls-key-file", key_file, e.to_string()))?
-        .ok_or_else(|| {
-            file_error(
-                "tls-key-file",
-                key_file,
-                "no private key in the file".into(),
-            )
-        })?;
+    let certs = load_certs("tls-cert-file", cert_file)?;
+    let key = load_key(key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match ca_file {
         Some(ca_file) => {
-            let ca_pem = read_pem("tls-ca-cert-file", ca_file)?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
-                let cert =
-                    cert.map_err(|e| file_error("tls-ca-cert-file", ca_file, e.to_string()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| file_error("tls-ca-cert-file", ca_file, e.to_string()))?;
-            }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .build()
-                    .map_err(|e| TlsError::Config(e.to_string()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                load_roots(ca_file)?.into(),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -101,4 +112,26 @@ pub(crate) fn acceptor(
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The rustls client for `tls-replication`: trusts `ca_file`, and presents `cert_file` /
+/// `key_file` when both are given (a leader with `tls-ca-cert-file` demands a client
+/// certificate, as Redis' replicas present theirs).
+pub(crate) fn client_config(
+    ca_file: &Path,
+    cert_file: Option<&Path>,
+    key_file: Option<&Path>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| TlsError::Config(e.to_string()))?
+    .with_root_certificates(load_roots(ca_file)?);
+    match (cert_file, key_file) {
+        (Some(cert_file), Some(key_file)) => builder
+            .with_client_auth_cert(load_certs("tls-cert-file", cert_file)?, load_key(key_file)?)
+            .map_err(|e| TlsError::Config(format!("TLS client certificate: {e}"))),
+        _ => Ok(builder.with_no_client_auth()),
+    }
 }

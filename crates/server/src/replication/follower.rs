@@ -244,7 +244,13 @@ fn connect(server: &Server, status: &LinkStatus) -> io::Result<Box<dyn Stream>> 
         stream.set_read_timeout(Some(READ_STEP))?;
         return Ok(Box::new(stream));
     };
-    let config = tls_client_config(ca.as_deref(), cert.as_deref(), key.as_deref())?;
+    let ca = ca.ok_or_else(|| {
+        io::Error::other(
+            "tls-replication needs tls-ca-cert-file (the CA of the leader's certificate)",
+        )
+    })?;
+    let config = crate::tls::client_config(&ca, cert.as_deref(), key.as_deref())
+        .map_err(io::Error::other)?;
     let name = pki_types::ServerName::try_from(status.host.clone())
         .map_err(|e| io::Error::other(format!("leader host {:?} as TLS name: {e}", status.host)))?;
     let mut tls = rustls::ClientConnection::new(Arc::new(config), name)
@@ -263,59 +269,6 @@ fn connect(server: &Server, status: &LinkStatus) -> io::Result<Box<dyn Stream>> 
     stream.set_read_timeout(Some(READ_STEP))?;
     tracing::info!(host = %status.host, port = status.port, "replication link uses TLS");
     Ok(Box::new(rustls::StreamOwned::new(tls, stream)))
-}
-
-/// The rustls client for `tls-replication`: trusts `tls-ca-cert-file`, and presents
-/// `tls-cert-file`/`tls-key-file` when both are set (a leader with `tls-ca-cert-file` demands a
-/// client certificate, as Redis' replicas present theirs).
-fn tls_client_config(
-    ca: Option<&Path>,
-    cert: Option<&Path>,
-    key: Option<&Path>,
-) -> io::Result<rustls::ClientConfig> {
-    let ca = ca.ok_or_else(|| {
-        io::Error::other(
-            "tls-replication needs tls-ca-cert-file (the CA of the leader's certificate)",
-        )
-    })?;
-    let named = |setting: &str, path: &Path, e: &dyn std::fmt::Display| {
-        io::Error::other(format!("{setting} {}: {e}", path.display()))
-    };
-    let read =
-        |setting: &str, path: &Path| std::fs::read(path).map_err(|e| named(setting, path, &e));
-    let ca_pem = read("tls-ca-cert-file", ca)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
-        let cert = cert.map_err(|e| named("tls-ca-cert-file", ca, &e))?;
-        roots
-            .add(cert)
-            .map_err(|e| named("tls-ca-cert-file", ca, &e))?;
-    }
-    if roots.is_empty() {
-        return Err(named("tls-ca-cert-file", ca, &"no certificate in the file"));
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(io::Error::other)?
-    .with_root_certificates(roots);
-    match (cert, key) {
-        (Some(cert), Some(key)) => {
-            let cert_pem = read("tls-cert-file", cert)?;
-            let certs = rustls_pemfile::certs(&mut &cert_pem[..])
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| named("tls-cert-file", cert, &e))?;
-            let key_pem = read("tls-key-file", key)?;
-            let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
-                .map_err(|e| named("tls-key-file", key, &e))?
-                .ok_or_else(|| named("tls-key-file", key, &"no private key in the file"))?;
-            builder
-                .with_client_auth_cert(certs, key_der)
-                .map_err(|e| io::Error::other(format!("TLS client certificate: {e}")))
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
 }
 
 /// One connection to the leader, from handshake to error or stop.
