@@ -192,7 +192,7 @@ async fn flush<W: AsyncWrite + Unpin>(
 ) -> bool {
     let seq = std::mem::take(&mut client.pending_sync_seq);
     if seq > 0 {
-        let engine = server.keyspace.engine().clone();
+        let engine = server.keyspace.engine();
         // `always` is the policy when the connection opened; CONFIG SET appendfsync may have
         // changed it since (the engine's sync follows the live policy either way).
         let synced = if always || engine.fsync_policy() == FsyncPolicy::Always {

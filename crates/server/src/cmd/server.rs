@@ -163,7 +163,7 @@ fn time(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
 /// SAVE: writes a consistent checkpoint (hard-linked tables, see `crate::persistence`) and
 /// answers once it is on disk.
 fn save(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
-    let engine = ctx.keyspace.engine().clone();
+    let engine = ctx.keyspace.engine();
     let persistence = &ctx.server.persistence;
     let saved = super::keyspace::blocking(|| crate::persistence::save(persistence, &engine));
     reply(saved.map(|_| Frame::ok()).map_err(CmdError::from))
@@ -183,7 +183,7 @@ fn bgsave(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         }
         return Frame::error("ERR Background save already in progress");
     }
-    let engine = ctx.keyspace.engine().clone();
+    let engine = ctx.keyspace.engine();
     let background = persistence.clone();
     let started = std::thread::Builder::new()
         .name("ringkv-bgsave".into())
@@ -209,7 +209,7 @@ fn lastsave(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
 /// RINGKV.CHECKPOINT: writes a checkpoint for `ringkv backup` and answers its path (on the
 /// server's machine) and the sequence it holds everything up to.
 fn ringkv_checkpoint(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
-    let engine = ctx.keyspace.engine().clone();
+    let engine = ctx.keyspace.engine();
     let persistence = &ctx.server.persistence;
     let made =
         super::keyspace::blocking(|| crate::persistence::backup_checkpoint(persistence, &engine));
@@ -337,7 +337,7 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             Ok(Frame::ok())
         }
         "reload" => {
-            let engine = ctx.keyspace.engine().clone();
+            let engine = ctx.keyspace.engine();
             super::keyspace::blocking(move || engine.flush())?;
             Ok(Frame::ok())
         }
@@ -1107,7 +1107,7 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
             );
         }
         "persistence" => {
-            let engine = ctx.keyspace.engine().clone();
+            let engine = ctx.keyspace.engine();
             crate::persistence::info_text(
                 &server.persistence,
                 &engine,
