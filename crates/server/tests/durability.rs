@@ -13,20 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{err, error_text, q, Server};
+use common::{config_get, err, error_text, q, Server};
 
 /// One field of `INFO persistence`.
 fn info_field(con: &mut redis::Connection, field: &str) -> String {
     common::info_field(con, "persistence", field)
-}
-
-fn config_get(con: &mut redis::Connection, name: &str) -> String {
-    let pair: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg(name)
-        .query(con)
-        .unwrap();
-    pair[1].clone()
 }
 
 /// Every key and value of db 0, in order.

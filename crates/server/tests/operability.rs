@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{q, render, Server};
+use common::{config_get, q, render, Server};
 
 /// Connects with `password` as the default user's.
 fn client_with_password(server: &Server, password: &str) -> redis::Connection {
@@ -15,12 +15,6 @@ fn client_with_password(server: &Server, password: &str) -> redis::Connection {
         .unwrap()
         .get_connection()
         .unwrap()
-}
-
-fn config_get(con: &mut redis::Connection, name: &str) -> String {
-    let pair: Vec<String> = q(con, &["CONFIG", "GET", name]);
-    assert_eq!(pair.len(), 2, "CONFIG GET {name}: {pair:?}");
-    pair[1].clone()
 }
 
 /// Waits (at most 10 s) until the server's log has `count` lines containing `needle`: the log is

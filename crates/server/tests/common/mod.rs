@@ -421,6 +421,13 @@ fn query<T: redis::FromRedisValue>(
     cmd.query(con)
 }
 
+/// The value of the setting `name` (`CONFIG GET name` must answer exactly one pair).
+pub fn config_get(con: &mut redis::Connection, name: &str) -> String {
+    let pair: Vec<String> = q(con, &["CONFIG", "GET", name]);
+    assert_eq!(pair.len(), 2, "CONFIG GET {name}: {pair:?}");
+    pair[1].clone()
+}
+
 /// The value of `field` in `INFO section`; panics naming the section when it is missing.
 pub fn info_field(con: &mut redis::Connection, section: &str, field: &str) -> String {
     let text: String = q(con, &["INFO", section]);
