@@ -1,5 +1,6 @@
-//! Criterion micro-benchmarks of the RESP hot paths: `parse_request` (single commands,
-//! pipelines, inline commands) and `Frame::encode` of typical replies.
+//! Criterion micro-benchmarks of the RESP hot paths: `parse_request` and `RequestParser`
+//! (single commands, pipelines, inline commands, and one large request trickled in 1 KiB
+//! reads) and `Frame::encode` of typical replies.
 //!
 //! Run with `cargo bench -p ringkv-protocol` (add a filter, e.g. `-- parse_request/pipeline`, to
 //! run a subset). `cargo test --benches` runs each benchmark once as a smoke test.
@@ -10,7 +11,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ringkv_protocol::{encode_request, parse_request, Bytes, BytesMut, Frame, Limits, RespVersion};
+use ringkv_protocol::{
+    encode_request, parse_request, Bytes, BytesMut, Frame, Limits, RequestParser, RespVersion,
+};
 
 /// `key:000000000042`: 16 bytes, like db_bench's and redis-benchmark-style keys.
 fn key(i: usize) -> String {
@@ -45,6 +48,30 @@ fn parse_all(mut buf: BytesMut, limits: &Limits) -> usize {
     let mut args = 0;
     while let Some(request) = parse_request(&mut buf, limits).unwrap() {
         args += black_box(request).len();
+    }
+    args
+}
+
+/// [`parse_all`] through a fresh `RequestParser`, as a new connection's read loop does.
+fn parse_all_stateful(mut buf: BytesMut, limits: &Limits) -> usize {
+    let mut parser = RequestParser::new();
+    let mut args = 0;
+    while let Some(request) = parser.parse(&mut buf, limits).unwrap() {
+        args += black_box(request).len();
+    }
+    args
+}
+
+/// Feeds `wire` to a `RequestParser` in 1 KiB reads, returning the argument count.
+fn trickle_stateful(wire: &[u8], limits: &Limits) -> usize {
+    let mut parser = RequestParser::new();
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut args = 0;
+    for piece in wire.chunks(1024) {
+        input.extend_from_slice(piece);
+        while let Some(request) = parser.parse(&mut input, limits).unwrap() {
+            args += black_box(request).len();
+        }
     }
     args
 }
@@ -86,7 +113,25 @@ fn bench_parse(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
+        // The same through the stateful parser the server uses: the fast path of a request
+        // that arrived whole must cost what `parse_request` costs.
+        group.bench_function(format!("parser/{name}"), |b| {
+            b.iter_batched(
+                || BytesMut::from(&input[..]),
+                |buf| assert_eq!(parse_all_stateful(buf, &limits), expected_args),
+                BatchSize::SmallInput,
+            )
+        });
     }
+    // One request of 10 000 16-byte keys arriving in 1 KiB reads (`parse_request` would start
+    // it over at each of them: see examples/trickle.rs for that comparison).
+    let keys: Vec<String> = (0..10_000).map(key).collect();
+    let mut wire = BytesMut::new();
+    encode_request(&keys, &mut wire);
+    group.throughput(Throughput::Bytes(wire.len() as u64));
+    group.bench_function("parser/trickled/10000args_in_1KiB_reads", |b| {
+        b.iter(|| assert_eq!(trickle_stateful(&wire, &limits), 10_000))
+    });
     group.finish();
 }
 

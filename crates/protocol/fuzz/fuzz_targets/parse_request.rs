@@ -1,8 +1,12 @@
-//! Feeds arbitrary bytes, in arbitrary chunks, to `parse_request` and `Frame::parse`.
+//! Feeds arbitrary bytes, in arbitrary chunks, to `parse_request`, a `RequestParser` and
+//! `Frame::parse`.
 //!
 //! Input: the first byte drives the chunking and the limits, the rest is the wire. Checks:
 //! - nothing panics (including the debug assertions: run.sh builds with them);
-//! - the requests and the error (if any) do not depend on how the wire was chunked;
+//! - the requests and the error (if any) do not depend on how the wire was chunked, and a
+//!   `RequestParser` resuming across reads finds what `parse_request` finds in the whole wire;
+//! - a `RequestParser`'s work stays linear in the bytes fed (`bytes_examined`), and every byte
+//!   fed is either still in the input or counted by `pending_bytes`;
 //! - every parsed request, re-encoded as a RESP array, parses back to the same arguments, and
 //!   `Frame::parse` reads that encoding as an array of the same bulk strings;
 //! - a value `Frame::parse` accepts re-encodes (RESP3) to bytes that parse to a value with the
@@ -12,7 +16,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringkv_protocol::{
-    encode_request, parse_request, Bytes, BytesMut, Frame, Limits, ProtocolError, RespVersion,
+    encode_request, parse_request, Bytes, BytesMut, Frame, Limits, ProtocolError, RequestParser,
+    RespVersion,
 };
 
 /// Everything one connection would see: the requests, then the error that closed it.
@@ -37,8 +42,48 @@ fn run(wire: &[u8], chunk_sizes: &mut dyn Iterator<Item = usize>, limits: &Limit
     (requests, None)
 }
 
+/// [`run`] with one `RequestParser` for the whole wire, as a connection uses it.
+fn run_stateful(
+    wire: &[u8],
+    chunk_sizes: &mut dyn Iterator<Item = usize>,
+    limits: &Limits,
+) -> Outcome {
+    let mut parser = RequestParser::new();
+    let mut buf = BytesMut::new();
+    let mut requests = Vec::new();
+    let mut offset = 0;
+    let mut reads = 0u64;
+    // Bytes fed that no returned request consumed.
+    let mut unparsed = 0;
+    while offset < wire.len() {
+        let end = (offset + chunk_sizes.next().unwrap_or(wire.len())).min(wire.len());
+        buf.extend_from_slice(&wire[offset..end]);
+        unparsed += end - offset;
+        offset = end;
+        reads += 1;
+        loop {
+            match parser.parse(&mut buf, limits) {
+                Ok(Some(args)) => {
+                    requests.push(args);
+                    unparsed = buf.len();
+                }
+                Ok(None) => break,
+                Err(error) => return (requests, Some(error)),
+            }
+        }
+        assert_eq!(buf.len() + parser.pending_bytes(), unparsed);
+        // Line bytes searched at most twice, digits and CRLFs checked once more, and at most
+        // one CR per read looked at again (a read that ended between CR and LF).
+        assert!(parser.bytes_examined() <= 3 * offset as u64 + reads);
+    }
+    (requests, None)
+}
+
 fn check_request_round_trip(args: &[Bytes]) {
-    assert!(!args.is_empty(), "empty requests are skipped, never returned");
+    assert!(
+        !args.is_empty(),
+        "empty requests are skipped, never returned"
+    );
     let mut encoded = BytesMut::new();
     encode_request(args, &mut encoded);
     let wire_length = encoded.len();
@@ -106,6 +151,13 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole, chunked, "the outcome must not depend on chunking");
     let byte_by_byte = run(wire, &mut std::iter::repeat(1), &limits);
     assert_eq!(whole, byte_by_byte);
+    let stateful = run_stateful(wire, &mut chunk_sizes(control), &limits);
+    assert_eq!(
+        whole, stateful,
+        "resuming across reads must not change the outcome"
+    );
+    let stateful_byte_by_byte = run_stateful(wire, &mut std::iter::repeat(1), &limits);
+    assert_eq!(whole, stateful_byte_by_byte);
     for args in &whole.0 {
         check_request_round_trip(args);
     }
