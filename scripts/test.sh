@@ -50,6 +50,16 @@ if ! command -v ip >/dev/null 2>&1; then
     fi
 fi
 
+echo "== layers: ringkv-store builds on the engine only (no tokio, no RESP; docs/architecture.md)"
+store_deps="$(cargo tree -p ringkv-store -e normal --prefix none --format '{p}')"
+for forbidden in tokio ringkv-protocol ringkv-server ringkv-cluster; do
+    if grep -qE "^${forbidden} " <<<"$store_deps"; then
+        echo "ringkv-store must not depend on ${forbidden}:"
+        cargo tree -p ringkv-store -e normal -i "$forbidden"
+        exit 1
+    fi
+done
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 

@@ -116,6 +116,8 @@ pub(crate) struct Inner {
     changelog: ChangeLog,
     snapshots: Mutex<BTreeMap<u64, usize>>,
     closed: AtomicBool,
+    /// Set while writers are slowed down or stalled ([`Db::write_may_wait`]).
+    write_pressure: AtomicBool,
     background: Arc<Background>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// First failure of a background flush or compaction that cannot be
@@ -352,6 +354,7 @@ impl Db {
             changelog: ChangeLog::new(options.change_log_bytes_max, last_seq),
             snapshots: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
+            write_pressure: AtomicBool::new(false),
             background: Arc::new(Background::default()),
             threads: Mutex::new(Vec::new()),
             failed: Mutex::new(None),
@@ -587,6 +590,23 @@ impl Db {
     pub fn sync(&self, seq: u64) -> Result<()> {
         let fsync = self.fsync_policy() == FsyncPolicy::Always;
         self.inner.wal.sync_to(seq, fsync)
+    }
+
+    /// [`Db::sync`] if it can be done without waiting for another caller's
+    /// WAL I/O (a slow fsync in progress): `None` when it would wait, so an
+    /// async caller can move the wait off its worker thread.
+    pub fn try_sync(&self, seq: u64) -> Option<Result<()>> {
+        let fsync = self.fsync_policy() == FsyncPolicy::Always;
+        self.inner.wal.try_sync_to(seq, fsync)
+    }
+
+    /// True when a write now may wait long: writes are being slowed down or
+    /// stalled for flushes and level-0 compaction, or the WAL buffer is
+    /// filling while its I/O is busy. A hint, cheap to ask before each write:
+    /// callers that must not block (an async server) run the write where
+    /// waiting is allowed. A write may still wait briefly when this is false.
+    pub fn write_may_wait(&self) -> bool {
+        self.inner.write_pressure.load(Ordering::Relaxed) || self.inner.wal.appender_may_wait()
     }
 
     /// True when [`Db::sync`] of `seq` has nothing left to do under the
@@ -1000,6 +1020,7 @@ impl Inner {
             let level0 = current.version.levels[0].len();
             if current.mem.approximate_bytes() >= options.memtable_bytes_max {
                 if current.frozen.len() >= options.frozen_memtables_max {
+                    self.write_pressure.store(true, Ordering::Relaxed);
                     self.stall(state, "frozen memtables waiting for flush")?;
                     continue;
                 }
@@ -1007,15 +1028,20 @@ impl Inner {
                 continue;
             }
             if level0 >= options.l0_stop_trigger {
+                self.write_pressure.store(true, Ordering::Relaxed);
                 self.background.signal(|f| f.compact = true);
                 self.stall(state, "too many level-0 tables")?;
                 continue;
             }
             if level0 >= options.l0_slowdown_trigger && !slowed {
+                self.write_pressure.store(true, Ordering::Relaxed);
                 slowed = true;
                 self.counters.slowdowns.fetch_add(1, Ordering::Relaxed);
                 MutexGuard::unlocked(state, || std::thread::sleep(Duration::from_millis(1)));
                 continue;
+            }
+            if !slowed && self.write_pressure.load(Ordering::Relaxed) {
+                self.write_pressure.store(false, Ordering::Relaxed);
             }
             return Ok(current);
         }
@@ -1325,7 +1351,9 @@ fn flush_step(inner: &Inner, _background: &Background) -> bool {
 
 fn compaction_step(inner: &Inner, _background: &Background) -> bool {
     background_flag_take(&inner.background, |f| &mut f.compact);
-    if inner.failed.lock().is_some() {
+    if inner.failed.lock().is_some() || inner.options.faults.compactions_held() {
+        // Held: a stalled writer signals compaction again every 100 ms, so it resumes soon
+        // after the hold is let go.
         return false;
     }
     match inner.compact_once() {

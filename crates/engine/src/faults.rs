@@ -6,7 +6,8 @@
 //! on why the kernel failed, so a counter that turns the next fsyncs into
 //! `EIO` exercises exactly the code that a dying disk would.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Failures armed for the next I/O operations of one database. Shared by
 /// [`crate::Options::faults`]; disarmed by default, and then costs one
@@ -14,6 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub struct Faults {
     wal_fsync_failures: AtomicU64,
+    /// Milliseconds each delayed WAL fsync takes on top of the real one.
+    wal_fsync_delay_ms: AtomicU64,
+    /// WAL fsyncs still to delay.
+    wal_fsync_delays: AtomicU64,
+    /// While set, background compaction does nothing (level 0 then grows until writes
+    /// stall, which is how tests hold a stall for as long as they need).
+    compactions_held: AtomicBool,
 }
 
 impl Faults {
@@ -38,6 +46,37 @@ impl Faults {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .ok()
             .map(|_| std::io::Error::from_raw_os_error(EIO))
+    }
+}
+
+impl Faults {
+    /// Makes each of the next `count` WAL fsyncs take `delay` longer, as a slow or
+    /// overloaded disk would (0 disarms).
+    pub fn delay_wal_fsyncs(&self, delay: Duration, count: u64) {
+        self.wal_fsync_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.wal_fsync_delays.store(count, Ordering::SeqCst);
+    }
+
+    /// Consumes one armed fsync delay: how long to wait before syncing, if one was armed.
+    pub(crate) fn take_wal_fsync_delay(&self) -> Option<Duration> {
+        if self.wal_fsync_delays.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.wal_fsync_delays
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| Duration::from_millis(self.wal_fsync_delay_ms.load(Ordering::SeqCst)))
+    }
+
+    /// Holds (true) or lets go (false) background compaction.
+    pub fn hold_compactions(&self, hold: bool) {
+        self.compactions_held.store(hold, Ordering::SeqCst);
+    }
+
+    /// True while compaction is held.
+    pub fn compactions_held(&self) -> bool {
+        self.compactions_held.load(Ordering::Relaxed)
     }
 }
 

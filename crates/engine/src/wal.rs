@@ -321,6 +321,26 @@ impl Wal {
         Ok(())
     }
 
+    /// [`Wal::sync_to`] when it need not wait for another writer's I/O (a slow fsync):
+    /// `None` when the I/O lock is taken, so the caller can wait elsewhere.
+    pub fn try_sync_to(&self, seq: u64, fsync: bool) -> Option<Result<()>> {
+        if self.covered(seq, fsync) {
+            return Some(Ok(()));
+        }
+        let _io = self.io.try_lock()?;
+        if self.covered(seq, fsync) {
+            return Some(Ok(()));
+        }
+        Some(self.write_out(fsync))
+    }
+
+    /// True when an append may have to wait for another writer's I/O: the buffer is over
+    /// half full (the next appends may write it out themselves) while someone holds the I/O
+    /// lock (a write-out or fsync in progress). A hint for callers that must not block.
+    pub fn appender_may_wait(&self) -> bool {
+        self.io.is_locked() && self.pending.lock().bytes.len() >= BUFFER_BYTES_MAX / 2
+    }
+
     /// Makes every record up to `seq` reach the OS, and the disk when `fsync`.
     pub fn sync_to(&self, seq: u64, fsync: bool) -> Result<()> {
         if self.covered(seq, fsync) {
@@ -471,6 +491,9 @@ impl Wal {
         let started = std::time::Instant::now();
         if let Some(injected) = self.faults.take_wal_fsync_failure() {
             return Err(Error::io(&segment.path, injected));
+        }
+        if let Some(delay) = self.faults.take_wal_fsync_delay() {
+            std::thread::sleep(delay);
         }
         segment
             .file

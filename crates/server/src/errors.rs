@@ -97,6 +97,16 @@ impl CmdError {
     }
 }
 
+impl From<ringkv_store::Error> for CmdError {
+    fn from(error: ringkv_store::Error) -> CmdError {
+        match error {
+            ringkv_store::Error::WrongType => CmdError::WrongType,
+            ringkv_store::Error::Engine(error) => CmdError::Engine(error),
+            other => CmdError::Message(format!("ERR {other}").into()),
+        }
+    }
+}
+
 impl From<ringkv_engine::Error> for CmdError {
     fn from(error: ringkv_engine::Error) -> CmdError {
         CmdError::Engine(error)

@@ -22,8 +22,6 @@ mod config;
 mod connection;
 mod errors;
 mod glob;
-mod keys;
-mod keyspace;
 mod metrics;
 mod persistence;
 mod replication;
@@ -316,7 +314,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
     let opened = tokio::task::spawn_blocking(move || {
         let engine = ringkv_engine::Db::open(&dir, options)?;
         log_recovery(&engine);
-        keyspace::Keyspace::open(engine, replica, recount_gate)
+        ringkv_store::Keyspace::open(engine, replica, recount_gate)
     })
     .await
     .expect("open task");

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cmd::registry;
-use crate::keyspace::DATABASES;
 use crate::server::Server;
+use ringkv_store::DATABASES;
 
 /// Upper bounds of the latency buckets, in microseconds. Roughly 1-2-5 steps from 1 µs to 10 s:
 /// fine enough for p50/p99 of fast commands, few enough (23) that one histogram per command
@@ -413,7 +413,7 @@ pub(crate) fn render(server: &Server) -> String {
         let _ = writeln!(
             o,
             "ringkv_keys{{db=\"{db}\"}} {}",
-            server.keyspace.dbsize(db)
+            crate::cmd::keyspace::key_count(&server.keyspace, db)
         );
     }
     single(

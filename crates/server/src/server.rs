@@ -14,7 +14,7 @@ use ringkv_protocol::RespVersion;
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::keyspace::Keyspace;
+use ringkv_store::Keyspace;
 
 /// Most SCAN cursors remembered (see [`ScanCursors`] for which are forgotten first).
 pub(crate) const SCAN_CURSORS_MAX: usize = 10_000;

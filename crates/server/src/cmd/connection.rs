@@ -8,7 +8,7 @@ use ringkv_protocol::{Frame, RespVersion};
 use super::{reply, spec, CommandSpec, Ctx};
 use crate::args::{self, is};
 use crate::errors::{self, CmdError, CmdResult};
-use crate::keyspace::DATABASES;
+use ringkv_store::DATABASES;
 
 /// The connection commands.
 pub(crate) const COMMANDS: &[CommandSpec] = &[

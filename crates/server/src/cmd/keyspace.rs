@@ -12,8 +12,8 @@ use super::{reply, spec, CommandSpec, Ctx};
 use crate::args::{self, is};
 use crate::errors::{self, CmdError, CmdResult};
 use crate::glob;
-use crate::keyspace::{RenameOutcome, ValueType, DATABASES};
 use crate::server::ScanPosition;
+use ringkv_store::{RenameOutcome, ValueType, DATABASES};
 
 /// Keys KEYS inspects between checks that it may go on blocking its thread.
 const KEYS_BLOCK_IN_PLACE_AFTER: usize = 10_000;
@@ -53,7 +53,8 @@ fn del(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply(
         ctx.keyspace
             .delete_many(ctx.db(), &keys)
-            .map(Frame::Integer),
+            .map(Frame::Integer)
+            .map_err(CmdError::from),
     )
 }
 
@@ -73,7 +74,8 @@ fn type_of(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply(
         ctx.keyspace
             .get(ctx.db(), &args[1])
-            .map(|value| Frame::simple(value.map_or("none", |v| v.value_type.name()))),
+            .map(|value| Frame::simple(value.map_or("none", |v| v.value_type.name())))
+            .map_err(CmdError::from),
     )
 }
 
@@ -82,6 +84,7 @@ fn rename(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply(
         ctx.keyspace
             .rename(ctx.db(), &args[1], &args[2], only_if_absent)
+            .map_err(CmdError::from)
             .and_then(|outcome| match (outcome, only_if_absent) {
                 (RenameOutcome::NoSuchKey, _) => Err(CmdError::msg(errors::NO_SUCH_KEY)),
                 (RenameOutcome::Renamed, false) => Ok(Frame::ok()),
@@ -145,6 +148,15 @@ fn swapdb(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     })())
 }
 
+/// Keys in `db`, waiting off the runtime when the key counts are still being rebuilt after a
+/// crash (seconds at tens of millions of keys).
+pub(crate) fn key_count(keyspace: &ringkv_store::Keyspace, db: usize) -> i64 {
+    if !keyspace.counts_ready() {
+        blocking(|| keyspace.wait_for_counts());
+    }
+    keyspace.dbsize(db)
+}
+
 /// Runs `work` where it may block for long: on a multi-threaded runtime the worker thread is
 /// handed over (`block_in_place`) so other connections keep being served.
 pub(crate) fn blocking<T>(work: impl FnOnce() -> T) -> T {
@@ -171,7 +183,7 @@ fn keys(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         }
         Ok(Frame::Array(out))
     };
-    if keyspace.dbsize(db) as usize > KEYS_BLOCK_IN_PLACE_AFTER {
+    if key_count(keyspace, db) as usize > KEYS_BLOCK_IN_PLACE_AFTER {
         reply(blocking(collect))
     } else {
         reply(collect())
@@ -345,7 +357,7 @@ fn bounds_empty(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bool {
 }
 
 fn dbsize(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
-    Frame::Integer(ctx.keyspace.dbsize(ctx.db()))
+    Frame::Integer(key_count(ctx.keyspace, ctx.db()))
 }
 
 fn flush_mode(args: &[Bytes]) -> CmdResult<()> {
@@ -392,7 +404,7 @@ fn randomkey(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
             return Ok(Frame::Null);
         };
         let mut rng = rand::thread_rng();
-        let size = ctx.keyspace.dbsize(db);
+        let size = key_count(ctx.keyspace, db);
         if size <= RANDOMKEY_WALK_KEYS_MAX {
             let skip = rng.gen_range(0..size.max(1)) as usize;
             let mut chosen = first;

@@ -47,8 +47,8 @@ use ringkv_protocol::{Frame, RespVersion};
 
 use crate::client::Client;
 use crate::errors::{self, CmdResult};
-use crate::keyspace::{KeyGuard, Keyspace, StrValue};
 use crate::server::Server;
+use ringkv_store::{KeyGuard, Keyspace, StrValue};
 
 // Pure helpers of the string engineer's families; some are used only by their unit tests yet.
 #[allow(dead_code)]
@@ -148,7 +148,7 @@ impl<'a> Ctx<'a> {
 
     /// See [`Keyspace::get_string`].
     pub(crate) fn get_string(&self, key: &[u8]) -> CmdResult<Option<StrValue>> {
-        self.keyspace.get_string(self.db(), key)
+        Ok(self.keyspace.get_string(self.db(), key)?)
     }
 
     /// See [`Keyspace::set_string`].
@@ -177,12 +177,12 @@ impl<'a> Ctx<'a> {
 
     /// See [`Keyspace::delete`].
     pub(crate) fn delete(&mut self, key: &[u8]) -> CmdResult<bool> {
-        self.keyspace.delete(self.db(), key)
+        Ok(self.keyspace.delete(self.db(), key)?)
     }
 
     /// See [`Keyspace::exists`].
     pub(crate) fn exists(&self, key: &[u8]) -> CmdResult<bool> {
-        self.keyspace.exists(self.db(), key)
+        Ok(self.keyspace.exists(self.db(), key)?)
     }
 
     /// Largest string value allowed (`proto-max-bulk-len`).

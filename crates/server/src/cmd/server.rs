@@ -12,7 +12,7 @@ use super::{registry, reply, spec, CommandSpec, Ctx};
 use crate::args::{self, is};
 use crate::errors::{self, CmdError, CmdResult};
 use crate::glob;
-use crate::keyspace::DATABASES;
+use ringkv_store::DATABASES;
 
 /// Most index entries INFO keyspace reads to count keys with an expiry per database.
 const INFO_EXPIRES_SCAN_MAX: usize = 1_000_000;
@@ -279,7 +279,7 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             Ok(Frame::simple(format!(
                 "Value at:0x0 refcount:1 encoding:{} serializedlength:{} lru:0 lru_seconds_idle:0",
                 match value.value_type {
-                    crate::keyspace::ValueType::String => {
+                    ringkv_store::ValueType::String => {
                         let data = value.payload();
                         if data.len() <= 20 && args::parse_i64(&data).is_some() {
                             "int"
@@ -1175,7 +1175,7 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
         "keyspace" => {
             out.push_str("# Keyspace\r\n");
             for db in 0..DATABASES {
-                let keys = ctx.keyspace.dbsize(db);
+                let keys = super::keyspace::key_count(ctx.keyspace, db);
                 if keys == 0 {
                     continue;
                 }

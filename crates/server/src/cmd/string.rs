@@ -24,7 +24,7 @@ use super::string_ops::{
 };
 use super::{reply, spec, CommandSpec, Ctx};
 use crate::errors::{self, CmdError, CmdResult};
-use crate::keyspace::{encode_value, StoredValue, ValueType};
+use ringkv_store::{encode_value, StoredValue, ValueType};
 
 /// The string commands.
 pub(crate) const COMMANDS: &[CommandSpec] = &[
@@ -73,14 +73,14 @@ const LCS_TOO_BIG: &str =
 /// The live value at `key` of any type (SET's NX/XX/KEEPTTL and LCS need to see a key of
 /// another type without failing).
 fn get_any(ctx: &Ctx<'_>, key: &[u8]) -> CmdResult<Option<StoredValue>> {
-    ctx.keyspace.get(ctx.db(), key)
+    Ok(ctx.keyspace.get(ctx.db(), key)?)
 }
 
 /// What a read-modify-write decides: the encoded value to store and its expiry (`None`:
 /// write nothing), and the reply.
 pub(super) type Decision = (Option<(Bytes, Option<u64>)>, Frame);
 
-/// [`Keyspace::update`](crate::keyspace::Keyspace::update) on the selected database: one
+/// [`Keyspace::update`](ringkv_store::Keyspace::update) on the selected database: one
 /// engine read and at most one write under the key's lock, the write noted for the sync.
 pub(super) fn update(
     ctx: &mut Ctx<'_>,

@@ -13,7 +13,7 @@ use ringkv_protocol::Frame;
 
 use super::{spec, CommandSpec, Ctx};
 use crate::client::Watched;
-use crate::errors;
+use crate::errors::{self, CmdError};
 
 /// The transaction commands.
 pub(crate) const COMMANDS: &[CommandSpec] = &[
@@ -119,7 +119,7 @@ fn watch(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
                 version,
                 epoch,
             }),
-            Err(error) => return error.into_frame(),
+            Err(error) => return CmdError::from(error).into_frame(),
         }
     }
     Frame::ok()
@@ -152,7 +152,7 @@ fn exec(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
             }
             Ok(version) if version == w.version => {}
             Ok(_) => return Frame::NullArray,
-            Err(error) => return error.into_frame(),
+            Err(error) => return CmdError::from(error).into_frame(),
         }
     }
     let mut replies = Vec::with_capacity(queue.len());

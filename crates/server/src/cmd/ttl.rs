@@ -235,6 +235,7 @@ fn persist(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply(
         ctx.keyspace
             .update_expiry(ctx.db(), &args[1], |current| current.map(|_| None))
-            .map(|changed| Frame::Integer(i64::from(changed))),
+            .map(|changed| Frame::Integer(i64::from(changed)))
+            .map_err(CmdError::from),
     )
 }

@@ -17,22 +17,24 @@
 //! not know the old entry, which stays and is counted until swept. See
 //! docs/server.md for the layout and the restart rules.
 //!
-//! Format of a stored value: `[u8 type tag][payload]`; see [`ValueType`].
+//! What a stored value looks like is `value.rs`'s; where keys go is
+//! `layout.rs`'s. This module only combines them.
 
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, ReentrantMutex, ReentrantMutexGuard, RwLock};
-use ringkv_engine::{Clock, Db, Entry, SystemClock, WriteBatch};
+use ringkv_engine::{Clock, Db, Entry, WriteBatch};
 
-use crate::errors::{CmdError, CmdResult};
-use crate::keys::{self, Namespace};
+use crate::error::{Error, Result};
+use crate::layout::{self as keys, EngineKey, Layout, Namespace};
+use crate::value::{encode_value, StoredValue, StrValue, ValueType};
 
 /// Logical databases, as Redis' default `databases 16`.
-pub(crate) const DATABASES: usize = 16;
+pub const DATABASES: usize = 16;
 
 /// Stripes of the key lock table. Contention between unrelated keys is
 /// 1/STRIPES per pair; 4096 mutexes cost a few tens of KiB.
@@ -55,96 +57,8 @@ thread_local! {
     static DATA_KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Type of a stored value; the first byte of every value in the data family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum ValueType {
-    /// A Redis string.
-    String = 1,
-}
-
-impl ValueType {
-    /// The tag byte.
-    pub(crate) fn tag(self) -> u8 {
-        self as u8
-    }
-
-    /// The type for a tag byte, `None` for an unknown tag (corruption or a newer format).
-    pub(crate) fn from_tag(tag: u8) -> Option<ValueType> {
-        match tag {
-            1 => Some(ValueType::String),
-            _ => None,
-        }
-    }
-
-    /// Name as TYPE and SCAN … TYPE spell it.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            ValueType::String => "string",
-        }
-    }
-}
-
-/// A live string value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StrValue {
-    /// The string.
-    pub data: Bytes,
-    /// Absolute expiry in Unix ms.
-    pub expires_at_ms: Option<u64>,
-    /// Engine version (sequence of the write that set it).
-    pub version: u64,
-}
-
-/// A live value of any type.
-#[derive(Debug, Clone)]
-pub(crate) struct StoredValue {
-    /// Its type.
-    pub value_type: ValueType,
-    /// The whole stored value, tag included (what RENAME/COPY/MOVE carry over).
-    pub raw: Bytes,
-    /// Absolute expiry in Unix ms.
-    pub expires_at_ms: Option<u64>,
-    /// Engine version.
-    pub version: u64,
-}
-
-impl StoredValue {
-    /// The value without its tag.
-    pub(crate) fn payload(&self) -> Bytes {
-        self.raw.slice(1..)
-    }
-
-    fn from_entry(entry: Entry) -> CmdResult<StoredValue> {
-        let tag = *entry
-            .value
-            .first()
-            .ok_or_else(|| corrupt("empty stored value"))?;
-        let value_type =
-            ValueType::from_tag(tag).ok_or_else(|| corrupt("unknown value type tag"))?;
-        Ok(StoredValue {
-            value_type,
-            raw: entry.value,
-            expires_at_ms: entry.expires_at_ms,
-            version: entry.version,
-        })
-    }
-}
-
-fn corrupt(what: &str) -> CmdError {
-    CmdError::msg(format!("ERR storage error: {what}"))
-}
-
-/// Encodes `[tag][payload]`.
-pub(crate) fn encode_value(value_type: ValueType, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(1 + payload.len());
-    out.put_u8(value_type.tag());
-    out.put_slice(payload);
-    out.freeze()
-}
-
 /// Locks held on keys; dropping it releases them.
-pub(crate) enum KeyGuard<'a> {
+pub enum KeyGuard<'a> {
     /// One stripe: the common single-key command, without an allocation.
     One(#[allow(dead_code)] ReentrantMutexGuard<'a, ()>),
     /// Several stripes, taken in ascending order.
@@ -153,7 +67,7 @@ pub(crate) enum KeyGuard<'a> {
 
 /// Outcome of RENAME / RENAMENX.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RenameOutcome {
+pub enum RenameOutcome {
     /// The key was renamed.
     Renamed,
     /// The source does not exist.
@@ -164,6 +78,7 @@ pub(crate) enum RenameOutcome {
 
 /// A write being assembled: the engine batch plus the count changes it makes.
 struct Change {
+    layout: Layout,
     batch: WriteBatch,
     /// Count change per namespace; almost every write touches one namespace, so it is merged in
     /// place and a list is only made for the rest.
@@ -195,8 +110,9 @@ impl<T> SmallList<T> {
 }
 
 impl Change {
-    fn new() -> Change {
+    fn new(layout: Layout) -> Change {
         Change {
+            layout,
             batch: WriteBatch::new(),
             deltas: SmallList::default(),
             stripes: SmallList::default(),
@@ -216,7 +132,7 @@ impl Change {
     /// Removes the key whose live entry is `old`.
     fn remove(&mut self, ns: Namespace, key: &[u8], old: &Entry) {
         self.stripes.push(Keyspace::epoch_slot(ns, key));
-        self.batch.delete(keys::data_key(ns, key));
+        self.batch.delete(self.layout.data_key(ns, key));
         if let Some(at) = old.expires_at_ms {
             self.batch.delete(keys::expiry_key(at, ns, key));
         }
@@ -241,7 +157,8 @@ impl Change {
             }
             self.delta(ns, -1);
         }
-        self.batch.put(keys::data_key(ns, key), raw, expires_at_ms);
+        self.batch
+            .put(self.layout.data_key(ns, key), raw, expires_at_ms);
         if let Some(at) = expires_at_ms {
             if old.and_then(|o| o.expires_at_ms) != Some(at) {
                 self.batch
@@ -284,7 +201,7 @@ struct Admin {
 }
 
 /// The keyspace: see the module doc.
-pub(crate) struct Keyspace {
+pub struct Keyspace {
     /// Behind a lock only so a replica's full sync can swap in the database it received
     /// ([`Keyspace::install_engine`]); every other access clones the handle (an `Arc`).
     engine: RwLock<Db>,
@@ -311,7 +228,11 @@ pub(crate) struct Keyspace {
     /// Reads through [`Keyspace::get`] that found / did not find the key (INFO keyspace_hits).
     hits: AtomicU64,
     misses: AtomicU64,
-    clock: SystemClock,
+    /// The engine's clock (`Options::clock`): expiry decisions here match what the engine
+    /// returns.
+    clock: Arc<dyn Clock>,
+    /// How keys are laid out in the engine (plain for a single node).
+    layout: Layout,
     /// Where the sweep resumes: the last index key it processed, and when it last started from
     /// the beginning. Deleted index entries stay as tombstones until compaction, so starting
     /// every batch from the family's first key would step over all of them again (quadratic).
@@ -326,11 +247,12 @@ impl std::fmt::Debug for Keyspace {
 
 impl Keyspace {
     /// Loads (or initialises) the database map and the key counts.
-    pub(crate) fn open(
+    pub fn open(
         engine: Db,
         replica: bool,
         recount_gate: Option<Arc<std::sync::Barrier>>,
     ) -> Result<Keyspace, ringkv_engine::Error> {
+        let clock = engine.options().clock.clone();
         let keyspace = Keyspace {
             engine: RwLock::new(engine),
             replica: AtomicBool::new(replica),
@@ -349,7 +271,8 @@ impl Keyspace {
             expired_keys: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            clock: SystemClock,
+            clock,
+            layout: Layout::Plain,
             sweep_position: Mutex::new((None, Instant::now())),
         };
         keyspace.load_meta()?;
@@ -360,15 +283,13 @@ impl Keyspace {
         let engine = &self.engine();
         let mut fresh = WriteBatch::new();
         for logical in 0..DATABASES {
-            match engine.get(&keys::meta_db_map(logical as u8))? {
-                Some(entry) if entry.value.len() == 2 => {
-                    let ns = u16::from_be_bytes([entry.value[0], entry.value[1]]);
-                    self.map[logical].store(ns, Ordering::Release);
-                }
-                _ => {
+            let mapped = engine.get(&keys::meta_db_map(logical as u8))?;
+            match mapped.and_then(|entry| keys::decode_namespace(&entry.value)) {
+                Some(ns) => self.map[logical].store(ns, Ordering::Release),
+                None => {
                     fresh.put(
                         keys::meta_db_map(logical as u8),
-                        (logical as u16).to_be_bytes().to_vec(),
+                        keys::encode_namespace(logical as Namespace),
                         None,
                     );
                 }
@@ -376,24 +297,14 @@ impl Keyspace {
         }
         let mut admin = self.admin.lock();
         if let Some(entry) = engine.get(&keys::meta_next_namespace())? {
-            if entry.value.len() == 2 {
-                admin.next_namespace = u16::from_be_bytes([entry.value[0], entry.value[1]]);
+            if let Some(ns) = keys::decode_namespace(&entry.value) {
+                admin.next_namespace = ns;
             }
         }
-        let drop_end = {
-            let mut end = keys::META_DROP_PREFIX.to_vec();
-            end.push(0xff);
-            end.push(0xff);
-            end.push(0xff);
-            end
-        };
-        for entry in engine.range::<[u8], _>(span(keys::META_DROP_PREFIX, &drop_end)) {
-            let entry = entry?;
-            if entry.key.len() == keys::META_DROP_PREFIX.len() + 2 {
-                let n = keys::META_DROP_PREFIX.len();
-                admin
-                    .dropping
-                    .push(u16::from_be_bytes([entry.key[n], entry.key[n + 1]]));
+        let (drop_start, drop_end) = keys::drop_marker_span();
+        for entry in engine.range::<[u8], _>(span(&drop_start, &drop_end)) {
+            if let EngineKey::DropMarker(ns) = self.layout.decode(&entry?.key) {
+                admin.dropping.push(ns);
             }
         }
         drop(admin);
@@ -424,6 +335,7 @@ impl Keyspace {
         *self.recount.running.lock() = true;
         let counts = self.counts.clone();
         let recount = self.recount.clone();
+        let layout = self.layout;
         let gate = self.recount_gate.lock().take();
         tracing::info!("rebuilding key counts in the background (no clean-shutdown record)");
         let spawned = std::thread::Builder::new()
@@ -433,7 +345,7 @@ impl Keyspace {
                     gate.wait();
                 }
                 let started = Instant::now();
-                match count_snapshot(&snapshot) {
+                match count_snapshot(layout, &snapshot) {
                     Ok(found) => {
                         for (ns, n) in found.iter().enumerate().filter(|(_, n)| **n != 0) {
                             counts[ns].fetch_add(*n, Ordering::Relaxed);
@@ -457,16 +369,20 @@ impl Keyspace {
         }
     }
 
-    /// Waits until key counts are exact (a rebuild after a crash may still run).
-    pub(crate) fn wait_for_counts(&self) {
-        if *self.recount.running.lock() {
-            crate::cmd::keyspace::blocking(|| self.recount.wait());
-        }
+    /// True once key counts are exact (false while a rebuild after a crash runs).
+    pub fn counts_ready(&self) -> bool {
+        !*self.recount.running.lock()
+    }
+
+    /// Waits until key counts are exact. Blocking (seconds after a crash with many keys): an
+    /// async caller checks [`Keyspace::counts_ready`] first and waits off its runtime.
+    pub fn wait_for_counts(&self) {
+        self.recount.wait();
     }
 
     /// Saves the counts of mapped namespaces with the engine sequence they match, then closes
     /// the engine. Called once at clean shutdown, after connections and background tasks stop.
-    pub(crate) fn close(&self) -> Result<(), ringkv_engine::Error> {
+    pub fn close(&self) -> Result<(), ringkv_engine::Error> {
         // The record must hold exact counts.
         self.recount.wait();
         let _maintenance = self.maintenance.lock();
@@ -491,23 +407,23 @@ impl Keyspace {
     }
 
     /// The engine (a handle: cheap to clone).
-    pub(crate) fn engine(&self) -> Db {
+    pub fn engine(&self) -> Db {
         self.engine.read().clone()
     }
 
     /// The engine's last committed sequence, without cloning the handle (every write command
     /// asks for it).
-    pub(crate) fn last_sequence(&self) -> u64 {
+    pub fn last_sequence(&self) -> u64 {
         self.engine.read().last_sequence()
     }
 
     /// Current Unix time in ms, from the same clock the engine expires with.
-    pub(crate) fn now_ms(&self) -> u64 {
+    pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
 
     /// The namespace logical database `db` maps to.
-    pub(crate) fn namespace(&self, db: usize) -> Namespace {
+    pub fn namespace(&self, db: usize) -> Namespace {
         assert!(db < DATABASES, "logical db {db} out of range");
         self.map[db].load(Ordering::Acquire)
     }
@@ -526,7 +442,7 @@ impl Keyspace {
     /// across their read and their write so concurrent clients never lose an update. Stripes
     /// are taken in ascending order (no deadlock between multi-key commands) and are
     /// reentrant, so the keyspace's own write functions can lock again on the same thread.
-    pub(crate) fn lock_keys(&self, keys: &[&[u8]]) -> KeyGuard<'_> {
+    pub fn lock_keys(&self, keys: &[&[u8]]) -> KeyGuard<'_> {
         if let [key] = keys {
             return KeyGuard::One(self.stripes[Self::stripe(key)].lock());
         }
@@ -541,17 +457,17 @@ impl Keyspace {
         )
     }
 
-    fn read(&self, ns: Namespace, key: &[u8]) -> CmdResult<Option<Entry>> {
+    fn read(&self, ns: Namespace, key: &[u8]) -> Result<Option<Entry>> {
         // The hot path of every command: build the engine key in a reused buffer and read through
         // the lock guard, so a read allocates nothing and bumps no shared reference count.
         DATA_KEY.with(|buffer| {
             let mut data_key = buffer.borrow_mut();
-            keys::write_data_key(&mut data_key, ns, key);
+            self.layout.write_data_key(&mut data_key, ns, key);
             Ok(self.engine.read().get(&data_key)?)
         })
     }
 
-    fn commit(&self, change: Change) -> CmdResult<u64> {
+    fn commit(&self, change: Change) -> Result<u64> {
         if change.batch.is_empty() {
             return Ok(0);
         }
@@ -566,7 +482,7 @@ impl Keyspace {
     }
 
     /// The live value of `key` in `db`, any type.
-    pub(crate) fn get(&self, db: usize, key: &[u8]) -> CmdResult<Option<StoredValue>> {
+    pub fn get(&self, db: usize, key: &[u8]) -> Result<Option<StoredValue>> {
         match self.read(self.namespace(db), key)? {
             None => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
@@ -580,22 +496,22 @@ impl Keyspace {
     }
 
     /// Zeroes hits, misses and expired keys (CONFIG RESETSTAT).
-    pub(crate) fn reset_stats(&self) {
+    pub fn reset_stats(&self) {
         self.hits.store(0, Ordering::Relaxed);
         self.misses.store(0, Ordering::Relaxed);
         self.expired_keys.store(0, Ordering::Relaxed);
     }
 
     /// (hits, misses) of [`Keyspace::get`] since start.
-    pub(crate) fn hits_and_misses(&self) -> (u64, u64) {
+    pub fn hits_and_misses(&self) -> (u64, u64) {
         (
             self.hits.load(Ordering::Relaxed),
             self.misses.load(Ordering::Relaxed),
         )
     }
 
-    /// The live string at `key`; [`CmdError::WrongType`] if it holds another type.
-    pub(crate) fn get_string(&self, db: usize, key: &[u8]) -> CmdResult<Option<StrValue>> {
+    /// The live string at `key`; [`Error::WrongType`] if it holds another type.
+    pub fn get_string(&self, db: usize, key: &[u8]) -> Result<Option<StrValue>> {
         match self.get(db, key)? {
             None => Ok(None),
             Some(value) if value.value_type == ValueType::String => Ok(Some(StrValue {
@@ -603,20 +519,20 @@ impl Keyspace {
                 expires_at_ms: value.expires_at_ms,
                 version: value.version,
             })),
-            Some(_) => Err(CmdError::WrongType),
+            Some(_) => Err(Error::WrongType),
         }
     }
 
     /// Sets `key` to the string `data` (whatever it held before), expiring at
     /// `expires_at_ms`. An expiry not in the future deletes the key, as Redis does. Returns the
     /// write's sequence (0 when nothing was written).
-    pub(crate) fn set_string(
+    pub fn set_string(
         &self,
         db: usize,
         key: &[u8],
         data: &[u8],
         expires_at_ms: Option<u64>,
-    ) -> CmdResult<u64> {
+    ) -> Result<u64> {
         self.set_raw(
             db,
             key,
@@ -626,17 +542,17 @@ impl Keyspace {
     }
 
     /// Sets `key` to an encoded value (`[tag][payload]`).
-    pub(crate) fn set_raw(
+    pub fn set_raw(
         &self,
         db: usize,
         key: &[u8],
         raw: Bytes,
         expires_at_ms: Option<u64>,
-    ) -> CmdResult<u64> {
+    ) -> Result<u64> {
         let _guard = self.lock_keys(&[key]);
         let ns = self.namespace(db);
         let old = self.read(ns, key)?;
-        let mut change = Change::new();
+        let mut change = Change::new(self.layout);
         self.put_or_expire(&mut change, ns, key, old.as_ref(), raw, expires_at_ms);
         self.commit(change)
     }
@@ -662,11 +578,7 @@ impl Keyspace {
 
     /// Sets several strings at once, all or nothing (MSET): one engine batch. A key given twice
     /// takes its last value.
-    pub(crate) fn write_strings(
-        &self,
-        db: usize,
-        items: &[(Bytes, Bytes, Option<u64>)],
-    ) -> CmdResult<u64> {
+    pub fn write_strings(&self, db: usize, items: &[(Bytes, Bytes, Option<u64>)]) -> Result<u64> {
         let key_refs: Vec<&[u8]> = items.iter().map(|(k, _, _)| &k[..]).collect();
         let _guard = self.lock_keys(&key_refs);
         let ns = self.namespace(db);
@@ -675,7 +587,7 @@ impl Keyspace {
         for (i, (key, _, _)) in items.iter().enumerate() {
             last.insert(&key[..], i);
         }
-        let mut change = Change::new();
+        let mut change = Change::new(self.layout);
         for (i, (key, data, expires_at_ms)) in items.iter().enumerate() {
             if last[&key[..]] != i {
                 continue;
@@ -694,15 +606,15 @@ impl Keyspace {
     }
 
     /// Deletes `key`; true if it existed.
-    pub(crate) fn delete(&self, db: usize, key: &[u8]) -> CmdResult<bool> {
+    pub fn delete(&self, db: usize, key: &[u8]) -> Result<bool> {
         Ok(self.delete_many(db, &[key])? == 1)
     }
 
     /// Deletes `keys` in one batch; the number that existed (a key named twice counts once).
-    pub(crate) fn delete_many(&self, db: usize, keys_to_delete: &[&[u8]]) -> CmdResult<i64> {
+    pub fn delete_many(&self, db: usize, keys_to_delete: &[&[u8]]) -> Result<i64> {
         let _guard = self.lock_keys(keys_to_delete);
         let ns = self.namespace(db);
-        let mut change = Change::new();
+        let mut change = Change::new(self.layout);
         let mut seen = std::collections::HashSet::with_capacity(keys_to_delete.len());
         let mut deleted = 0;
         for &key in keys_to_delete {
@@ -719,7 +631,7 @@ impl Keyspace {
     }
 
     /// True if `key` holds a live value.
-    pub(crate) fn exists(&self, db: usize, key: &[u8]) -> CmdResult<bool> {
+    pub fn exists(&self, db: usize, key: &[u8]) -> Result<bool> {
         Ok(self.read(self.namespace(db), key)?.is_some())
     }
 
@@ -734,24 +646,24 @@ impl Keyspace {
 
     /// The write epoch of `key` in `db`: changes whenever a key hashing to the same slot is
     /// written. Read it before [`Keyspace::version`] when watching.
-    pub(crate) fn write_epoch(&self, db: usize, key: &[u8]) -> u64 {
+    pub fn write_epoch(&self, db: usize, key: &[u8]) -> u64 {
         self.write_epochs[Self::epoch_slot(self.namespace(db), key)].load(Ordering::Acquire)
     }
 
     /// The engine version of `key` (None when absent or expired): what WATCH remembers.
-    pub(crate) fn version(&self, db: usize, key: &[u8]) -> CmdResult<Option<u64>> {
+    pub fn version(&self, db: usize, key: &[u8]) -> Result<Option<u64>> {
         Ok(self.read(self.namespace(db), key)?.map(|e| e.version))
     }
 
     /// Changes the expiry of a live key (None = persist). An expiry not in the future deletes
     /// it. False when the key does not exist. `decide` sees the current expiry and says whether
     /// to go on (EXPIRE's NX/XX/GT/LT), all under the key's lock.
-    pub(crate) fn update_expiry(
+    pub fn update_expiry(
         &self,
         db: usize,
         key: &[u8],
         decide: impl FnOnce(Option<u64>) -> Option<Option<u64>>,
-    ) -> CmdResult<bool> {
+    ) -> Result<bool> {
         let _guard = self.lock_keys(&[key]);
         let ns = self.namespace(db);
         let Some(old) = self.read(ns, key)? else {
@@ -760,7 +672,7 @@ impl Keyspace {
         let Some(expires_at_ms) = decide(old.expires_at_ms) else {
             return Ok(false);
         };
-        let mut change = Change::new();
+        let mut change = Change::new(self.layout);
         self.put_or_expire(
             &mut change,
             ns,
@@ -774,13 +686,13 @@ impl Keyspace {
     }
 
     /// RENAME / RENAMENX (`only_if_absent`): moves the value and its expiry in one batch.
-    pub(crate) fn rename(
+    pub fn rename(
         &self,
         db: usize,
         from: &[u8],
         to: &[u8],
         only_if_absent: bool,
-    ) -> CmdResult<RenameOutcome> {
+    ) -> Result<RenameOutcome> {
         let _guard = self.lock_keys(&[from, to]);
         let ns = self.namespace(db);
         let Some(source) = self.read(ns, from)? else {
@@ -797,7 +709,7 @@ impl Keyspace {
         if only_if_absent && target.is_some() {
             return Ok(RenameOutcome::DestinationExists);
         }
-        let mut change = Change::new();
+        let mut change = Change::new(self.layout);
         change.remove(ns, from, &source);
         change.put(
             ns,
@@ -811,14 +723,14 @@ impl Keyspace {
     }
 
     /// COPY: true if copied. Same key in the same db is the caller's error to report.
-    pub(crate) fn copy(
+    pub fn copy(
         &self,
         from_db: usize,
         from: &[u8],
         to_db: usize,
         to: &[u8],
         replace: bool,
-    ) -> CmdResult<bool> {
+    ) -> Result<bool> {
         let _guard = self.lock_keys(&[from, to]);
         let from_ns = self.namespace(from_db);
         let to_ns = self.namespace(to_db);
@@ -829,7 +741,7 @@ impl Keyspace {
         if target.is_some() && !replace {
             return Ok(false);
         }
-        let mut change = Change::new();
+        let mut change = Change::new(self.layout);
         change.put(
             to_ns,
             to,
@@ -843,7 +755,7 @@ impl Keyspace {
 
     /// MOVE: true if `key` moved from `from_db` to `to_db` (absent in the source or present in
     /// the target: false).
-    pub(crate) fn move_key(&self, from_db: usize, to_db: usize, key: &[u8]) -> CmdResult<bool> {
+    pub fn move_key(&self, from_db: usize, to_db: usize, key: &[u8]) -> Result<bool> {
         let _guard = self.lock_keys(&[key]);
         let from_ns = self.namespace(from_db);
         let to_ns = self.namespace(to_db);
@@ -853,7 +765,7 @@ impl Keyspace {
         if self.read(to_ns, key)?.is_some() {
             return Ok(false);
         }
-        let mut change = Change::new();
+        let mut change = Change::new(self.layout);
         change.remove(from_ns, key, &source);
         change.put(to_ns, key, None, source.value.clone(), source.expires_at_ms);
         self.commit(change)?;
@@ -861,7 +773,7 @@ impl Keyspace {
     }
 
     /// Keys in `db` (expired ones not yet swept included, as Redis' DBSIZE).
-    pub(crate) fn dbsize(&self, db: usize) -> i64 {
+    pub fn dbsize(&self, db: usize) -> i64 {
         self.wait_for_counts();
         self.counts[usize::from(self.namespace(db))]
             .load(Ordering::Relaxed)
@@ -870,10 +782,9 @@ impl Keyspace {
 
     /// Keys with an expiry in `db`, for INFO keyspace: not tracked per namespace, so this is
     /// only computed on demand by scanning the index (bounded by `limit`).
-    pub(crate) fn expiring_keys(&self, db: usize, limit: usize) -> CmdResult<u64> {
+    pub fn expiring_keys(&self, db: usize, limit: usize) -> Result<u64> {
         let ns = self.namespace(db);
-        let start = [keys::FAMILY_EXPIRY];
-        let end = [keys::FAMILY_EXPIRY + 1];
+        let (start, end) = keys::family_span(keys::FAMILY_EXPIRY);
         let mut count = 0;
         for entry in self
             .engine()
@@ -881,7 +792,8 @@ impl Keyspace {
             .take(limit)
         {
             let entry = entry?;
-            if matches!(keys::decode_expiry_key(&entry.key), Some((_, n, _)) if n == ns) {
+            if matches!(self.layout.decode(&entry.key), EngineKey::Expiry { ns: n, .. } if n == ns)
+            {
                 count += 1;
             }
         }
@@ -890,46 +802,38 @@ impl Keyspace {
 
     /// Live entries of `db` between two user-key bounds, in order, at a snapshot taken now.
     /// Items are (user key, entry).
-    pub(crate) fn range(
+    pub fn range(
         &self,
         db: usize,
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
-    ) -> impl Iterator<Item = CmdResult<(Bytes, Entry)>> {
+    ) -> impl Iterator<Item = Result<(Bytes, Entry)>> {
         let ns = self.namespace(db);
-        let start_key = match start {
-            Bound::Included(k) => Bound::Included(keys::data_key(ns, k).to_vec()),
-            Bound::Excluded(k) => Bound::Excluded(keys::data_key(ns, k).to_vec()),
-            Bound::Unbounded => Bound::Included(keys::data_prefix(ns).to_vec()),
-        };
-        let end_key = match end {
-            Bound::Included(k) => Bound::Included(keys::data_key(ns, k).to_vec()),
-            Bound::Excluded(k) => Bound::Excluded(keys::data_key(ns, k).to_vec()),
-            Bound::Unbounded => Bound::Excluded(keys::data_prefix_end(ns)),
-        };
+        let layout = self.layout;
+        let (start_key, end_key) = layout.data_bounds(ns, start, end);
         let bounds: (Bound<&[u8]>, Bound<&[u8]>) =
             (as_ref_bound(&start_key), as_ref_bound(&end_key));
         self.engine()
             .range::<[u8], _>(bounds)
-            .map(|item| match item {
-                Ok(entry) => Ok((keys::user_key_of_data(&entry.key), entry)),
-                Err(error) => Err(CmdError::Engine(error)),
+            .map(move |item| match item {
+                Ok(entry) => Ok((layout.user_key_of_data(&entry.key), entry)),
+                Err(error) => Err(Error::Engine(error)),
             })
     }
 
     /// FLUSHDB: points `db` at a fresh namespace at once; the old one's keys are deleted by
     /// [`Keyspace::drop_pending`] in the background. Returns the dropped namespace.
-    pub(crate) fn flush_db(&self, db: usize) -> CmdResult<()> {
+    pub fn flush_db(&self, db: usize) -> Result<()> {
         self.flush(&[db])
     }
 
     /// FLUSHALL: [`Keyspace::flush_db`] for every database in one batch.
-    pub(crate) fn flush_all(&self) -> CmdResult<()> {
+    pub fn flush_all(&self) -> Result<()> {
         let all: Vec<usize> = (0..DATABASES).collect();
         self.flush(&all)
     }
 
-    fn flush(&self, dbs: &[usize]) -> CmdResult<()> {
+    fn flush(&self, dbs: &[usize]) -> Result<()> {
         let mut admin = self.admin.lock();
         let mut batch = WriteBatch::new();
         let mut remap = Vec::with_capacity(dbs.len());
@@ -948,16 +852,14 @@ impl Keyspace {
                 candidate = candidate.wrapping_add(1);
                 tries += 1;
                 if tries > NAMESPACES {
-                    return Err(CmdError::msg(
-                        "ERR too many flushed databases still being deleted, retry later",
-                    ));
+                    return Err(Error::NamespacesExhausted);
                 }
             }
             taken.push(candidate);
             admin.next_namespace = candidate.wrapping_add(1);
             batch.put(
                 keys::meta_db_map(db as u8),
-                candidate.to_be_bytes().to_vec(),
+                keys::encode_namespace(candidate),
                 None,
             );
             batch.put(keys::meta_drop(old), Bytes::new(), None);
@@ -968,7 +870,7 @@ impl Keyspace {
         }
         batch.put(
             keys::meta_next_namespace(),
-            admin.next_namespace.to_be_bytes().to_vec(),
+            keys::encode_namespace(admin.next_namespace),
             None,
         );
         self.engine().write(batch)?;
@@ -980,32 +882,35 @@ impl Keyspace {
         Ok(())
     }
 
-    fn is_namespace_empty(&self, ns: Namespace) -> CmdResult<bool> {
-        let start = keys::data_prefix(ns);
-        let end = keys::data_prefix_end(ns);
-        let bounds = span(&start, &end);
-        Ok(self
-            .engine()
-            .range::<[u8], _>(bounds)
-            .next()
-            .transpose()?
-            .is_none())
+    fn is_namespace_empty(&self, ns: Namespace) -> Result<bool> {
+        let engine = self.engine();
+        for (start, end) in self.layout.namespace_spans(ns) {
+            if engine
+                .range::<[u8], _>(span(&start, &end))
+                .next()
+                .transpose()?
+                .is_some()
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// SWAPDB: exchanges two map entries in one batch.
-    pub(crate) fn swap_db(&self, a: usize, b: usize) -> CmdResult<()> {
+    pub fn swap_db(&self, a: usize, b: usize) -> Result<()> {
         let _admin = self.admin.lock();
         let ns_a = self.namespace(a);
         let ns_b = self.namespace(b);
         let mut batch = WriteBatch::new();
         batch.put(
             keys::meta_db_map(a as u8),
-            ns_b.to_be_bytes().to_vec(),
+            keys::encode_namespace(ns_b),
             None,
         );
         batch.put(
             keys::meta_db_map(b as u8),
-            ns_a.to_be_bytes().to_vec(),
+            keys::encode_namespace(ns_a),
             None,
         );
         self.engine().write(batch)?;
@@ -1015,26 +920,28 @@ impl Keyspace {
     }
 
     /// True while flushed namespaces wait to be cleared.
-    pub(crate) fn has_pending_drops(&self) -> bool {
+    pub fn has_pending_drops(&self) -> bool {
         self.pending_drops() > 0
     }
 
     /// Flushed namespaces still being cleared (INFO `flushes_pending`).
-    pub(crate) fn pending_drops(&self) -> usize {
+    pub fn pending_drops(&self) -> usize {
         self.admin.lock().dropping.len()
     }
 
     /// Deletes every key of the namespaces FLUSHDB/FLUSHALL let go, then frees them for reuse.
     /// Blocking; run it off the async runtime.
-    pub(crate) fn drop_pending(&self) -> CmdResult<()> {
+    pub fn drop_pending(&self) -> Result<()> {
         let _maintenance = self.maintenance.lock();
         let dropping = self.admin.lock().dropping.clone();
         if dropping.is_empty() {
             return Ok(());
         }
-        for &ns in &dropping {
-            let start = keys::data_prefix(ns);
-            let end = keys::data_prefix_end(ns);
+        let spans: Vec<_> = dropping
+            .iter()
+            .flat_map(|&ns| self.layout.namespace_spans(ns))
+            .collect();
+        for (start, end) in spans {
             // Resume after the last deleted key: starting over would walk the tombstones of
             // every earlier batch again (quadratic in the namespace's size).
             let mut last: Option<Bytes> = None;
@@ -1055,15 +962,14 @@ impl Keyspace {
                 self.engine().write_deferred(batch)?;
             }
         }
-        let index_start = [keys::FAMILY_EXPIRY];
-        let index_end = [keys::FAMILY_EXPIRY + 1];
+        let (index_start, index_end) = keys::family_span(keys::FAMILY_EXPIRY);
         let mut batch = WriteBatch::with_capacity(DROP_BATCH_KEYS);
         for entry in self
             .engine()
             .range::<[u8], _>(span(&index_start, &index_end))
         {
             let entry = entry?;
-            if matches!(keys::decode_expiry_key(&entry.key), Some((_, ns, _)) if dropping.contains(&ns))
+            if matches!(self.layout.decode(&entry.key), EngineKey::Expiry { ns, .. } if dropping.contains(&ns))
             {
                 batch.delete(entry.key);
                 if batch.len() >= DROP_BATCH_KEYS {
@@ -1084,28 +990,28 @@ impl Keyspace {
     }
 
     /// Whether the active expiry sweep runs (`DEBUG SET-ACTIVE-EXPIRE`).
-    pub(crate) fn active_expire(&self) -> bool {
+    pub fn active_expire(&self) -> bool {
         self.active_expire.load(Ordering::Relaxed)
     }
 
     /// Turns the active expiry sweep on or off.
-    pub(crate) fn set_active_expire(&self, on: bool) {
+    pub fn set_active_expire(&self, on: bool) {
         self.active_expire.store(on, Ordering::Relaxed);
     }
 
     /// Keys the sweep found expired and deleted since start (INFO `expired_keys`).
-    pub(crate) fn expired_keys(&self) -> u64 {
+    pub fn expired_keys(&self) -> u64 {
         self.expired_keys.load(Ordering::Relaxed)
     }
 
     /// One active-expiry cycle: removes index entries due by now, and the keys they expired,
     /// until none is due or `deadline` passes. Returns (entries removed, highest sequence
     /// written); the caller syncs that sequence. Blocking.
-    pub(crate) fn expire_cycle(&self, deadline: Instant) -> CmdResult<(u64, u64)> {
+    pub fn expire_cycle(&self, deadline: Instant) -> Result<(u64, u64)> {
         let _maintenance = self.maintenance.lock();
         let mut removed = 0;
         let mut last_seq = 0;
-        let family_start = [keys::FAMILY_EXPIRY];
+        let (family_start, _) = keys::family_span(keys::FAMILY_EXPIRY);
         let mut position = self.sweep_position.lock();
         if position.1.elapsed() >= SWEEP_RESTART_PERIOD {
             // Now and then start over, for entries the resume point skipped (a clock that went
@@ -1138,7 +1044,7 @@ impl Keyspace {
                 };
                 let _guard = self.lock_keys(&[&key]);
                 let current = self.read(ns, &key)?;
-                let mut change = Change::new();
+                let mut change = Change::new(self.layout);
                 match current {
                     Some(entry) if entry.expires_at_ms == Some(at) => continue, // clocks disagree: later
                     Some(_) => {
@@ -1147,7 +1053,7 @@ impl Keyspace {
                     }
                     None => {
                         change.batch.delete(index_key);
-                        change.batch.delete(keys::data_key(ns, &key));
+                        change.batch.delete(self.layout.data_key(ns, &key));
                         self.expired_keys.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -1173,42 +1079,46 @@ impl Keyspace {
     /// INCR, APPEND, SETRANGE, SETBIT, BITFIELD, GETSET and SET with GET/NX/XX/IFEQ/KEEPTTL use
     /// it so they read the key once instead of twice (`get_string` and then `set_string`'s own
     /// read of the old entry).
-    pub(crate) fn update<R>(
+    pub fn update<R, E: From<Error>>(
         &self,
         db: usize,
         key: &[u8],
-        decide: impl FnOnce(Option<&StoredValue>) -> CmdResult<(Option<(Bytes, Option<u64>)>, R)>,
-    ) -> CmdResult<(R, u64)> {
+        decide: impl FnOnce(Option<&StoredValue>) -> Result<(Option<(Bytes, Option<u64>)>, R), E>,
+    ) -> Result<(R, u64), E> {
         let _guard = self.lock_keys(&[key]);
         let ns = self.namespace(db);
-        let old_entry = self.read(ns, key)?;
-        let old = old_entry.clone().map(StoredValue::from_entry).transpose()?;
+        let old_entry = self.read(ns, key).map_err(E::from)?;
+        let old = old_entry
+            .clone()
+            .map(StoredValue::from_entry)
+            .transpose()
+            .map_err(E::from)?;
         let (write, result) = decide(old.as_ref())?;
         let Some((raw, expires_at_ms)) = write else {
             return Ok((result, 0));
         };
-        let mut change = Change::new();
+        let mut change = Change::new(self.layout);
         self.put_or_expire(&mut change, ns, key, old_entry.as_ref(), raw, expires_at_ms);
-        Ok((result, self.commit(change)?))
+        Ok((result, self.commit(change).map_err(E::from)?))
     }
 }
 
 // A replica's side of replication: batches and whole databases from the leader.
 impl Keyspace {
     /// True while this server follows a leader (see `replica` field).
-    pub(crate) fn is_replica(&self) -> bool {
+    pub fn is_replica(&self) -> bool {
         self.replica.load(Ordering::Acquire)
     }
 
     /// Switches replica mode (REPLICAOF host port / REPLICAOF NO ONE).
-    pub(crate) fn set_replica(&self, replica: bool) {
+    pub fn set_replica(&self, replica: bool) {
         self.replica.store(replica, Ordering::Release);
     }
 
     /// Replaces the engine by `engine` (a database a full sync received) and rebuilds the
     /// database map, the pending drops and every key count from it. The caller holds the
     /// exec lock exclusive and has closed the old engine. Writes nothing.
-    pub(crate) fn install_engine(&self, engine: Db) -> Result<(), ringkv_engine::Error> {
+    pub fn install_engine(&self, engine: Db) -> Result<(), ringkv_engine::Error> {
         // A rebuild of the old engine's counts must not add into the new ones.
         self.recount.wait();
         let _maintenance = self.maintenance.lock();
@@ -1234,9 +1144,9 @@ impl Keyspace {
     /// Applies one change-log batch of the leader (`Db::apply_log_batch`) and keeps the key
     /// counts, the database map and the pending drops right. Only the replication link calls
     /// it, one batch at a time, while no client can write. Returns the batch's last sequence.
-    pub(crate) fn apply_replicated(&self, record: &[u8]) -> CmdResult<u64> {
+    pub fn apply_replicated(&self, record: &[u8]) -> Result<u64> {
         let ops = ringkv_engine::decode_log_batch(record)
-            .ok_or_else(|| corrupt("replicated batch does not decode"))?;
+            .ok_or(Error::Corrupt("replicated batch does not decode"))?;
         let engine = self.engine();
         // Count rule (module doc): a data key counts while it lives without an expiry, an
         // expiry-index entry counts while it exists. Compare before and after each op; `after`
@@ -1246,27 +1156,18 @@ impl Keyspace {
         let mut stripes = Vec::new();
         for op in &ops {
             let key = &op.key[..];
-            let (ns, counted_now) = match key.first() {
-                Some(&keys::FAMILY_DATA) if key.len() >= keys::DATA_HEADER_BYTES => {
-                    stripes.push(Self::epoch_slot(
-                        u16::from_be_bytes([key[1], key[2]]),
-                        &key[keys::DATA_HEADER_BYTES..],
-                    ));
-                    (
-                        u16::from_be_bytes([key[1], key[2]]),
-                        !op.is_delete && op.expires_at_ms.is_none(),
-                    )
+            let (ns, counted_now, index_entry) = match self.layout.decode(key) {
+                EngineKey::Data { ns, key: user_key } => {
+                    stripes.push(Self::epoch_slot(ns, user_key));
+                    (ns, !op.is_delete && op.expires_at_ms.is_none(), false)
                 }
-                Some(&keys::FAMILY_EXPIRY) => match keys::decode_expiry_key(&op.key) {
-                    Some((_, ns, _)) => (ns, !op.is_delete),
-                    None => continue,
-                },
+                EngineKey::Expiry { ns, .. } => (ns, !op.is_delete, true),
                 _ => continue,
             };
             let counted_before = match after.get(key) {
                 Some(&counted) => counted,
                 None => match engine.get(key)? {
-                    Some(entry) => key[0] == keys::FAMILY_EXPIRY || entry.expires_at_ms.is_none(),
+                    Some(entry) => index_entry || entry.expires_at_ms.is_none(),
                     None => false,
                 },
             };
@@ -1282,70 +1183,64 @@ impl Keyspace {
         for stripe in stripes {
             self.write_epochs[stripe].fetch_add(1, Ordering::Release);
         }
-        for op in ops
-            .iter()
-            .filter(|op| op.key.first() == Some(&keys::FAMILY_META))
-        {
+        for op in &ops {
             self.follow_meta(&op.key, op.is_delete, &engine)?;
         }
         Ok(seq)
     }
 
     /// Mirrors a replicated metadata write (FLUSHDB/SWAPDB's map, drop markers) in memory.
-    fn follow_meta(&self, key: &[u8], is_delete: bool, engine: &Db) -> CmdResult<()> {
-        let drop_marker = key.len() == keys::META_DROP_PREFIX.len() + 2
-            && key.starts_with(keys::META_DROP_PREFIX);
-        if drop_marker {
-            let n = keys::META_DROP_PREFIX.len();
-            let ns = u16::from_be_bytes([key[n], key[n + 1]]);
-            let mut admin = self.admin.lock();
-            if is_delete {
-                admin.dropping.retain(|&d| d != ns);
-                self.counts[usize::from(ns)].store(0, Ordering::Relaxed);
-            } else if !admin.dropping.contains(&ns) {
-                admin.dropping.push(ns);
-            }
-            return Ok(());
-        }
-        for logical in 0..DATABASES {
-            if key == &keys::meta_db_map(logical as u8)[..] {
-                if let Some(entry) = engine.get(key)? {
-                    if entry.value.len() == 2 {
-                        let ns = u16::from_be_bytes([entry.value[0], entry.value[1]]);
-                        self.map[logical].store(ns, Ordering::Release);
-                    }
+    fn follow_meta(&self, key: &[u8], is_delete: bool, engine: &Db) -> Result<()> {
+        match self.layout.decode(key) {
+            EngineKey::DropMarker(ns) => {
+                let mut admin = self.admin.lock();
+                if is_delete {
+                    admin.dropping.retain(|&d| d != ns);
+                    self.counts[usize::from(ns)].store(0, Ordering::Relaxed);
+                } else if !admin.dropping.contains(&ns) {
+                    admin.dropping.push(ns);
                 }
             }
+            EngineKey::DbMap(logical) if usize::from(logical) < DATABASES => {
+                let mapped = engine.get(key)?;
+                if let Some(ns) = mapped.and_then(|entry| keys::decode_namespace(&entry.value)) {
+                    self.map[usize::from(logical)].store(ns, Ordering::Release);
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
 }
 
-/// `[start, end)` as engine range bounds.
 /// Key count per namespace in `snapshot`, by the module doc's rule: data keys without an
 /// expiry plus expiry-index entries.
-fn count_snapshot(snapshot: &ringkv_engine::Snapshot) -> Result<Vec<i64>, ringkv_engine::Error> {
+fn count_snapshot(
+    layout: Layout,
+    snapshot: &ringkv_engine::Snapshot,
+) -> Result<Vec<i64>, ringkv_engine::Error> {
     let mut counts = vec![0i64; NAMESPACES];
-    let data_start = [keys::FAMILY_DATA];
-    let data_end = [keys::FAMILY_DATA + 1];
+    let (data_start, data_end) = keys::family_span(keys::FAMILY_DATA);
     for entry in snapshot.range::<[u8], _>(span(&data_start, &data_end)) {
         let entry = entry?;
-        if entry.expires_at_ms.is_none() && entry.key.len() >= keys::DATA_HEADER_BYTES {
-            let ns = u16::from_be_bytes([entry.key[1], entry.key[2]]);
+        if entry.expires_at_ms.is_some() {
+            continue;
+        }
+        if let EngineKey::Data { ns, .. } = layout.decode(&entry.key) {
             counts[usize::from(ns)] += 1;
         }
     }
-    let index_start = [keys::FAMILY_EXPIRY];
-    let index_end = [keys::FAMILY_EXPIRY + 1];
+    let (index_start, index_end) = keys::family_span(keys::FAMILY_EXPIRY);
     for entry in snapshot.range::<[u8], _>(span(&index_start, &index_end)) {
         let entry = entry?;
-        if let Some((_, ns, _)) = keys::decode_expiry_key(&entry.key) {
+        if let EngineKey::Expiry { ns, .. } = layout.decode(&entry.key) {
             counts[usize::from(ns)] += 1;
         }
     }
     Ok(counts)
 }
 
+/// `[start, end)` as engine range bounds.
 fn span<'k>(start: &'k [u8], end: &'k [u8]) -> (Bound<&'k [u8]>, Bound<&'k [u8]>) {
     (Bound::Included(start), Bound::Excluded(end))
 }
