@@ -149,6 +149,18 @@ struct Cli {
     /// Log format: text or json (one JSON object per line, for log shippers) [default: text].
     #[arg(long, env = "RINGKV_LOG_FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Level-0 tables at which writes are slowed down.
+    #[arg(long, env = "RINGKV_L0_SLOWDOWN_WRITES_TRIGGER")]
+    l0_slowdown_writes_trigger: Option<usize>,
+    /// Level-0 tables at which writes stall until compaction catches up.
+    #[arg(long, env = "RINGKV_L0_STOP_WRITES_TRIGGER")]
+    l0_stop_writes_trigger: Option<usize>,
+    /// Who may run DEBUG: no, local (loopback clients) or yes [default: local].
+    #[arg(long, env = "RINGKV_ENABLE_DEBUG_COMMAND", value_parser = ["no", "local", "yes"])]
+    enable_debug_command: Option<String>,
+    /// Expiry clock: system, or manual (moves only by DEBUG ADVANCE-CLOCK; tests) [default: system].
+    #[arg(long, env = "RINGKV_CLOCK", value_parser = ["system", "manual"])]
+    clock: Option<String>,
 }
 
 /// The config file: every field optional, same names as the flags (with `-` or `_`:
@@ -337,6 +349,20 @@ fn load(cli: Cli) -> anyhow::Result<Config> {
         .or(file.latency_monitor_threshold)
     {
         config.latency_monitor_threshold = v;
+    }
+    if let Some(v) = cli.l0_slowdown_writes_trigger {
+        config.l0_slowdown_writes_trigger = v.max(1);
+    }
+    if let Some(v) = cli.l0_stop_writes_trigger {
+        config.l0_stop_writes_trigger = v.max(config.l0_slowdown_writes_trigger);
+    }
+    match cli.enable_debug_command.as_deref() {
+        Some("no") => config.enable_debug_command = ringkv_server::DebugCommand::No,
+        Some("yes") => config.enable_debug_command = ringkv_server::DebugCommand::Yes,
+        _ => {}
+    }
+    if cli.clock.as_deref() == Some("manual") {
+        config.clock = ringkv_server::ClockMode::Manual;
     }
     match cli.log_format.or(file.log_format).as_deref() {
         None | Some("text") => {}

@@ -347,16 +347,8 @@ impl Acl {
         spec: &CommandSpec,
         args: &[Bytes],
     ) -> Result<(), Denied> {
-        let generation = self.generation.load(Ordering::Acquire);
-        let user = match &session.cached {
-            Some((seen, user)) if *seen == generation => user.clone(),
-            _ => {
-                let Some(user) = self.users.read().get(&session.user).cloned() else {
-                    return Err(Denied::User);
-                };
-                session.cached = Some((generation, user.clone()));
-                user
-            }
+        let Some(user) = self.session_user(session) else {
+            return Err(Denied::User);
         };
         if !user.enabled {
             return Err(Denied::User);
@@ -368,7 +360,7 @@ impl Acl {
         if user.all_keys || spec.first_key <= 0 {
             return Ok(());
         }
-        for key in command_keys(spec, args) {
+        for key in spec.keys(args) {
             if !user.key_allowed(key) {
                 return Err(Denied::Key);
             }
@@ -377,21 +369,26 @@ impl Acl {
     }
 }
 
-/// The key arguments of a request by the spec's first/last/step.
-fn command_keys<'a>(spec: &CommandSpec, args: &'a [Bytes]) -> impl Iterator<Item = &'a [u8]> {
-    let first = spec.first_key as i64;
-    let last = if spec.last_key < 0 {
-        args.len() as i64 + spec.last_key as i64
-    } else {
-        spec.last_key as i64
-    };
-    let step = spec.step.max(1) as usize;
-    let range = if first > 0 && last >= first {
-        first as usize..(last as usize + 1).min(args.len())
-    } else {
-        0..0
-    };
-    range.step_by(step).map(move |i| &args[i][..])
+impl Acl {
+    /// The user a session acts as, from its cache while no ACL change happened since.
+    fn session_user(&self, session: &mut Session) -> Option<Arc<User>> {
+        let generation = self.generation.load(Ordering::Acquire);
+        match &session.cached {
+            Some((seen, user)) if *seen == generation => Some(user.clone()),
+            _ => {
+                let user = self.users.read().get(&session.user).cloned()?;
+                session.cached = Some((generation, user.clone()));
+                Some(user)
+            }
+        }
+    }
+
+    /// True if the session's user may access `key` (its `~pattern`s): for keys a command
+    /// reaches that its spec does not name, such as RANGE's results.
+    pub(crate) fn key_allowed(&self, session: &mut Session, key: &[u8]) -> bool {
+        self.session_user(session)
+            .is_some_and(|user| user.enabled && (user.all_keys || user.key_allowed(key)))
+    }
 }
 
 /// The error text for a refused command (Redis 7's wording).
@@ -644,7 +641,7 @@ mod tests {
             .iter()
             .map(|s| Bytes::from(s.to_string()))
             .collect();
-        let keys: Vec<&[u8]> = command_keys(mset, &args).collect();
+        let keys: Vec<&[u8]> = mset.keys(&args).map(|k| &k[..]).collect();
         assert_eq!(keys, vec![&b"app:1"[..], &b"other:1"[..]]);
     }
 

@@ -31,6 +31,12 @@ pub(crate) struct Client {
     pub multi: Option<Vec<Vec<Bytes>>>,
     /// A queued command was refused (unknown, wrong arity): EXEC answers EXECABORT.
     pub multi_failed: bool,
+    /// Bytes of arguments queued since MULTI (bounded, see `cmd::admit`).
+    pub multi_bytes: usize,
+    /// True while EXEC runs the queue: commands that would wait answer at once instead (WAIT
+    /// counts the replicas that already acknowledged, DEBUG SLEEP sleeps in place), as Redis
+    /// denies blocking inside MULTI.
+    pub in_exec: bool,
     /// Keys WATCHed, with their versions.
     pub watched: Vec<Watched>,
     /// Close the connection once the replies so far are written (QUIT, CLIENT KILL of self).
@@ -54,6 +60,8 @@ impl Client {
             authenticated,
             multi: None,
             multi_failed: false,
+            multi_bytes: 0,
+            in_exec: false,
             watched: Vec::new(),
             close_after_reply: false,
             no_reply: false,
@@ -94,6 +102,7 @@ impl Client {
     pub(crate) fn end_transaction(&mut self) {
         self.multi = None;
         self.multi_failed = false;
+        self.multi_bytes = 0;
         self.watched.clear();
         self.handle.info.lock().multi = -1;
     }

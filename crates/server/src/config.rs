@@ -15,6 +15,26 @@ pub const ADMIN_PORT_DEFAULT: u16 = 9121;
 /// Default for [`Config::maxclients`], as Redis.
 pub const MAXCLIENTS_DEFAULT: usize = 10_000;
 
+/// Who may run DEBUG (Redis 7's `enable-debug-command`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebugCommand {
+    /// Nobody.
+    No,
+    /// Clients connected over loopback only (the default).
+    Local,
+    /// Everybody.
+    Yes,
+}
+
+/// Where expiry time comes from (`clock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockMode {
+    /// The system clock.
+    System,
+    /// A clock that only moves by `DEBUG ADVANCE-CLOCK` (tests).
+    Manual,
+}
+
 /// Settings of a server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -77,6 +97,14 @@ pub struct Config {
     pub slowlog_max_len: usize,
     /// Latency monitor threshold in ms; 0: off.
     pub latency_monitor_threshold: u64,
+    /// Level-0 tables at which the engine slows writes down.
+    pub l0_slowdown_writes_trigger: usize,
+    /// Level-0 tables at which the engine stalls writes until compaction catches up.
+    pub l0_stop_writes_trigger: usize,
+    /// Who may run DEBUG.
+    pub enable_debug_command: DebugCommand,
+    /// Where expiry time comes from.
+    pub clock: ClockMode,
     /// Logs as one JSON object per line (`log-format = "json"`; informational, the binary sets
     /// up logging).
     pub log_json: bool,
@@ -213,6 +241,10 @@ impl Default for Config {
             slowlog_log_slower_than: crate::slowlog::SLOWLOG_SLOWER_THAN_MICROS_DEFAULT,
             slowlog_max_len: crate::slowlog::SLOWLOG_LEN_MAX_DEFAULT,
             latency_monitor_threshold: 0,
+            l0_slowdown_writes_trigger: engine.l0_slowdown_trigger,
+            l0_stop_writes_trigger: engine.l0_stop_trigger,
+            enable_debug_command: DebugCommand::Local,
+            clock: ClockMode::System,
             log_json: false,
             protected_mode_loopback_is_remote: false,
             recovery_gate: None,

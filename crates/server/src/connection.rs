@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use ringkv_engine::FsyncPolicy;
-use ringkv_protocol::{parse_request, Frame, Limits};
+use ringkv_protocol::{Frame, Limits, RequestParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::client::Client;
-use crate::cmd;
+use crate::exec::{self, Outcome};
 use crate::server::{ClientHandle, Server};
 
 /// Replies buffered before they are written out even if more requests are waiting, so a long
@@ -48,6 +48,9 @@ where
     let mut shutdown = server.shutdown.subscribe();
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut input = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
+    // Keeps a request's progress between reads, so one trickled in small pieces costs work
+    // linear in its size (not a re-parse from its start at every read).
+    let mut parser = RequestParser::new();
     let mut output = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
     loop {
         // Read in large steps: a big bulk argument arrives in few reads, not 64-byte ones.
@@ -94,9 +97,23 @@ where
         };
         let mut close = false;
         loop {
-            match parse_request(&mut input, &limits) {
+            match parser.parse(&mut input, &limits) {
                 Ok(Some(args)) => {
-                    if let Some(reply) = cmd::execute(&server, &mut client, args) {
+                    let reply = match exec::execute(&server, &mut client, args).await {
+                        Outcome::Nothing => None,
+                        Outcome::Now(reply) => Some(reply),
+                        Outcome::Later(later) => {
+                            // A wait (WAIT, DEBUG SLEEP): it holds no lock; a kill ends it
+                            // with the connection, and so does a shutdown once its grace
+                            // period is over (`Bound::serve` aborts what is left), so a
+                            // command in flight still gets its reply when it ends in time.
+                            tokio::select! {
+                                reply = later => Some(reply),
+                                _ = handle.kill.notified() => return,
+                            }
+                        }
+                    };
+                    if let Some(reply) = reply {
                         if !client.no_reply {
                             reply.encode(client.resp(), &mut output);
                         }
@@ -140,6 +157,7 @@ where
         }
         if !flush(&server, &mut client, &mut writer, &mut output, always).await || close {
             if let Some(handoff) = client.handoff.take() {
+                debug_assert!(parser.is_idle(), "PSYNC was a whole request");
                 // PSYNC: the connection now carries the replication stream.
                 crate::replication::leader::serve(
                     server.clone(),
@@ -154,10 +172,12 @@ where
             }
             break;
         }
-        if input.len() > query_buffer_bytes_max {
+        // What the parser holds of a request in progress counts too.
+        let buffered = input.len() + parser.pending_bytes();
+        if buffered > query_buffer_bytes_max {
             tracing::warn!(
                 client = handle.id,
-                bytes = input.len(),
+                bytes = buffered,
                 "closing client that exceeded the query buffer limit"
             );
             break;
@@ -210,7 +230,18 @@ async fn flush<W: AsyncWrite + Unpin>(
                 // covers the rest), as Redis writes its AOF once per event-loop turn.
                 tokio::task::yield_now().await;
             }
-            engine.sync(seq)
+            match engine.try_sync(seq) {
+                Some(synced) => synced,
+                // Another writer's WAL I/O is in progress (a slow fsync under everysec): wait
+                // for it on the blocking pool, not on this worker.
+                None => tokio::task::spawn_blocking(move || engine.sync(seq))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(ringkv_engine::Error::Poisoned {
+                            reason: e.to_string(),
+                        })
+                    }),
+            }
         };
         if let Err(error) = synced {
             // The replies promise writes the disk did not take: replace them by the error.

@@ -199,8 +199,10 @@ impl ScanCursors {
 pub struct Server {
     pub(crate) keyspace: Keyspace,
     pub(crate) config: RwLock<Config>,
-    /// Ordinary commands hold it shared; EXEC, FLUSHDB, FLUSHALL and SWAPDB hold it exclusive.
-    pub(crate) exec_lock: RwLock<()>,
+    /// The executor's gate (`exec.rs`): data commands hold it shared while they run; an EXEC
+    /// whose queue touches whole databases, and a replica swapping in a full sync, exclusive.
+    /// Async, so waiting for it never parks a worker thread.
+    pub(crate) gate: tokio::sync::RwLock<()>,
     pub(crate) clients: Mutex<BTreeMap<u64, Arc<ClientHandle>>>,
     pub(crate) next_client_id: AtomicU64,
     pub(crate) stats: Stats,
@@ -223,6 +225,9 @@ pub struct Server {
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     /// Wakes the background task that clears flushed namespaces.
     pub(crate) drop_wakeup: Notify,
+    /// The clock expiry reads, when it is the manual test clock (`clock = manual`), for
+    /// DEBUG ADVANCE-CLOCK.
+    pub(crate) manual_clock: Option<Arc<ringkv_store::ManualClock>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -254,7 +259,7 @@ impl Server {
         Server {
             keyspace,
             config: RwLock::new(config),
-            exec_lock: RwLock::new(()),
+            gate: tokio::sync::RwLock::new(()),
             clients: Mutex::new(BTreeMap::new()),
             next_client_id: AtomicU64::new(1),
             stats: Stats::default(),
@@ -272,6 +277,7 @@ impl Server {
             bound_port: AtomicU64::new(0),
             shutdown: tokio::sync::watch::channel(false).0,
             drop_wakeup: Notify::new(),
+            manual_clock: None,
         }
     }
 

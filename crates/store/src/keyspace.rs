@@ -221,6 +221,11 @@ pub struct Keyspace {
     /// `None` both times).
     write_epochs: Box<[AtomicU64]>,
     admin: Mutex<Admin>,
+    /// Held shared by every write from its namespace lookup to its commit, exclusive by
+    /// FLUSHDB, FLUSHALL and SWAPDB while they remap databases: a write never lands in a
+    /// namespace that was let go (its keys would be dropped, or come back when the namespace
+    /// is reused). Held for microseconds, never across a wait of the caller's.
+    remap: RwLock<()>,
     /// Serialises the expiry sweep and namespace drops (both delete in bulk).
     maintenance: Mutex<()>,
     active_expire: AtomicBool,
@@ -266,6 +271,7 @@ impl Keyspace {
                 next_namespace: DATABASES as Namespace,
                 dropping: Vec::new(),
             }),
+            remap: RwLock::new(()),
             maintenance: Mutex::new(()),
             active_expire: AtomicBool::new(true),
             expired_keys: AtomicU64::new(0),
@@ -411,6 +417,12 @@ impl Keyspace {
         self.engine.read().clone()
     }
 
+    /// True when a write now may wait long (the engine slows or stalls writers): see
+    /// [`Db::write_may_wait`]. Async callers run such writes off their runtime.
+    pub fn write_may_wait(&self) -> bool {
+        self.engine.read().write_may_wait()
+    }
+
     /// The engine's last committed sequence, without cloning the handle (every write command
     /// asks for it).
     pub fn last_sequence(&self) -> u64 {
@@ -550,6 +562,7 @@ impl Keyspace {
         expires_at_ms: Option<u64>,
     ) -> Result<u64> {
         let _guard = self.lock_keys(&[key]);
+        let _mapped = self.remap.read();
         let ns = self.namespace(db);
         let old = self.read(ns, key)?;
         let mut change = Change::new(self.layout);
@@ -581,6 +594,7 @@ impl Keyspace {
     pub fn write_strings(&self, db: usize, items: &[(Bytes, Bytes, Option<u64>)]) -> Result<u64> {
         let key_refs: Vec<&[u8]> = items.iter().map(|(k, _, _)| &k[..]).collect();
         let _guard = self.lock_keys(&key_refs);
+        let _mapped = self.remap.read();
         let ns = self.namespace(db);
         let mut last: std::collections::HashMap<&[u8], usize> =
             std::collections::HashMap::with_capacity(items.len());
@@ -613,6 +627,7 @@ impl Keyspace {
     /// Deletes `keys` in one batch; the number that existed (a key named twice counts once).
     pub fn delete_many(&self, db: usize, keys_to_delete: &[&[u8]]) -> Result<i64> {
         let _guard = self.lock_keys(keys_to_delete);
+        let _mapped = self.remap.read();
         let ns = self.namespace(db);
         let mut change = Change::new(self.layout);
         let mut seen = std::collections::HashSet::with_capacity(keys_to_delete.len());
@@ -665,6 +680,7 @@ impl Keyspace {
         decide: impl FnOnce(Option<u64>) -> Option<Option<u64>>,
     ) -> Result<bool> {
         let _guard = self.lock_keys(&[key]);
+        let _mapped = self.remap.read();
         let ns = self.namespace(db);
         let Some(old) = self.read(ns, key)? else {
             return Ok(false);
@@ -694,6 +710,7 @@ impl Keyspace {
         only_if_absent: bool,
     ) -> Result<RenameOutcome> {
         let _guard = self.lock_keys(&[from, to]);
+        let _mapped = self.remap.read();
         let ns = self.namespace(db);
         let Some(source) = self.read(ns, from)? else {
             return Ok(RenameOutcome::NoSuchKey);
@@ -732,6 +749,7 @@ impl Keyspace {
         replace: bool,
     ) -> Result<bool> {
         let _guard = self.lock_keys(&[from, to]);
+        let _mapped = self.remap.read();
         let from_ns = self.namespace(from_db);
         let to_ns = self.namespace(to_db);
         let Some(source) = self.read(from_ns, from)? else {
@@ -757,6 +775,7 @@ impl Keyspace {
     /// the target: false).
     pub fn move_key(&self, from_db: usize, to_db: usize, key: &[u8]) -> Result<bool> {
         let _guard = self.lock_keys(&[key]);
+        let _mapped = self.remap.read();
         let from_ns = self.namespace(from_db);
         let to_ns = self.namespace(to_db);
         let Some(source) = self.read(from_ns, key)? else {
@@ -834,6 +853,7 @@ impl Keyspace {
     }
 
     fn flush(&self, dbs: &[usize]) -> Result<()> {
+        let _remapping = self.remap.write();
         let mut admin = self.admin.lock();
         let mut batch = WriteBatch::new();
         let mut remap = Vec::with_capacity(dbs.len());
@@ -899,6 +919,7 @@ impl Keyspace {
 
     /// SWAPDB: exchanges two map entries in one batch.
     pub fn swap_db(&self, a: usize, b: usize) -> Result<()> {
+        let _remapping = self.remap.write();
         let _admin = self.admin.lock();
         let ns_a = self.namespace(a);
         let ns_b = self.namespace(b);
@@ -1086,6 +1107,7 @@ impl Keyspace {
         decide: impl FnOnce(Option<&StoredValue>) -> Result<(Option<(Bytes, Option<u64>)>, R), E>,
     ) -> Result<(R, u64), E> {
         let _guard = self.lock_keys(&[key]);
+        let _mapped = self.remap.read();
         let ns = self.namespace(db);
         let old_entry = self.read(ns, key).map_err(E::from)?;
         let old = old_entry

@@ -38,8 +38,10 @@
 //!   what `COMMAND` returns; `"write"` also drives the sync above).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -67,6 +69,22 @@ pub(crate) mod ttl;
 
 /// A command handler; see the module doc.
 pub(crate) type Handler = fn(&mut Ctx<'_>, &[Bytes]) -> Frame;
+
+/// A reply that comes later (WAIT, DEBUG SLEEP): the connection awaits it after the handler
+/// returned and every lock it took is released, so the wait holds no worker thread and no lock
+/// another connection needs (docs/architecture.md).
+pub(crate) type Deferred = Pin<Box<dyn Future<Output = Frame> + Send + 'static>>;
+
+/// What data a command touches, which decides how the executor isolates it (see `exec.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// No keys: connection and server commands.
+    None,
+    /// The keys its spec names (first/last/step).
+    Keys,
+    /// Data beyond named keys: whole databases (FLUSHALL, SWAPDB, KEYS, SCAN, RANGE, DBSIZE, …).
+    Global,
+}
 
 /// Static description of a command, as `COMMAND INFO` shows it, plus its handler.
 #[derive(Debug)]
@@ -100,6 +118,35 @@ impl CommandSpec {
         self.flags.contains(&flag)
     }
 
+    /// What data it touches: named keys when the spec names key positions, whole databases
+    /// when it reads or writes data without naming keys, else none.
+    pub(crate) fn access(&self) -> Access {
+        if self.first_key > 0 {
+            Access::Keys
+        } else if self.has_flag("write") || self.has_flag("readonly") {
+            Access::Global
+        } else {
+            Access::None
+        }
+    }
+
+    /// The key arguments of a request by the spec's first/last/step.
+    pub(crate) fn keys<'a>(&self, args: &'a [Bytes]) -> impl Iterator<Item = &'a Bytes> {
+        let first = self.first_key as i64;
+        let last = if self.last_key < 0 {
+            args.len() as i64 + self.last_key as i64
+        } else {
+            self.last_key as i64
+        };
+        let step = self.step.max(1) as usize;
+        let range = if first > 0 && last >= first {
+            first as usize..(last as usize + 1).min(args.len())
+        } else {
+            0..0
+        };
+        range.step_by(step).map(move |i| &args[i])
+    }
+
     fn arity_ok(&self, argc: usize) -> bool {
         let argc = argc as i64;
         let arity = i64::from(self.arity);
@@ -114,7 +161,7 @@ impl CommandSpec {
 /// Everything a handler may use while it runs.
 pub(crate) struct Ctx<'a> {
     /// Shared server state (config, clients, stats).
-    pub server: &'a Server,
+    pub server: &'a Arc<Server>,
     /// The data.
     pub keyspace: &'a Keyspace,
     /// The calling connection.
@@ -123,6 +170,9 @@ pub(crate) struct Ctx<'a> {
     pub now_ms: u64,
     /// Highest engine sequence this command wrote; synced before the reply is sent.
     pub last_write_seq: u64,
+    /// Set by a handler whose reply must wait (see [`Deferred`]); never inside EXEC, where
+    /// waits do not wait (as Redis denies blocking inside MULTI).
+    pub deferred: Option<Deferred>,
 }
 
 impl<'a> Ctx<'a> {
@@ -183,6 +233,32 @@ impl<'a> Ctx<'a> {
     /// See [`Keyspace::exists`].
     pub(crate) fn exists(&self, key: &[u8]) -> CmdResult<bool> {
         Ok(self.keyspace.exists(self.db(), key)?)
+    }
+
+    /// Answers later with what `reply` yields; see [`Deferred`]. Returns the placeholder the
+    /// handler returns meanwhile (never sent).
+    pub(crate) fn defer(&mut self, reply: impl Future<Output = Frame> + Send + 'static) -> Frame {
+        debug_assert!(!self.client.in_exec, "no deferred replies inside EXEC");
+        self.deferred = Some(Box::pin(reply));
+        Frame::Null
+    }
+
+    /// NOPERM unless the connection's user may access `key`: for keys a command reaches that
+    /// its spec does not name (RANGE's results, DEBUG OBJECT).
+    pub(crate) fn check_key(&mut self, key: &[u8]) -> CmdResult<()> {
+        if self.server.acl.key_allowed(&mut self.client.acl, key) {
+            Ok(())
+        } else {
+            self.server
+                .metrics
+                .acl_denials
+                .fetch_add(1, Ordering::Relaxed);
+            Err(errors::CmdError::msg(crate::acl::denied_text(
+                crate::acl::Denied::Key,
+                &self.client.acl.user,
+                "",
+            )))
+        }
     }
 
     /// Largest string value allowed (`proto-max-bulk-len`).
@@ -258,11 +334,6 @@ pub(crate) fn registry() -> &'static Registry {
     &REGISTRY
 }
 
-/// Commands that run with the server to themselves (the exec lock held exclusive).
-fn is_exclusive(name: &str) -> bool {
-    matches!(name, "exec" | "flushdb" | "flushall" | "swapdb")
-}
-
 /// Commands run at once inside MULTI instead of being queued.
 fn runs_inside_multi(name: &str) -> bool {
     matches!(
@@ -295,40 +366,49 @@ fn unknown_command(args: &[Bytes]) -> String {
     )
 }
 
-/// Runs one request. `None` for an empty request (an empty inline line), which Redis ignores.
-pub(crate) fn execute(server: &Server, client: &mut Client, args: Vec<Bytes>) -> Option<Frame> {
+/// Most commands one MULTI may queue. Each holds its arguments until EXEC; together with the
+/// byte bound (`client-query-buffer-limit`) this caps what one client can park in memory.
+pub(crate) const MULTI_QUEUE_COMMANDS_MAX: usize = 1_000_000;
+
+/// What [`admit`] decided for a request.
+pub(crate) enum Admission {
+    /// Answered already (refused, or queued inside MULTI), or nothing to answer (an empty
+    /// inline line, which Redis ignores).
+    Done(Option<Frame>),
+    /// To run, by the executor (`exec.rs`): the spec's index in the table, the spec, the
+    /// arguments.
+    Run(usize, &'static CommandSpec, Vec<Bytes>),
+}
+
+/// Looks a request up and checks arity, authentication, permissions, replica writes and
+/// MULTI state, queueing it inside MULTI. Running it is the executor's (`exec.rs`).
+pub(crate) fn admit(server: &Server, client: &mut Client, args: Vec<Bytes>) -> Admission {
+    use Admission::Done;
     if args.is_empty() {
-        return None;
+        return Done(None);
     }
     server
         .stats
         .total_commands_processed
         .fetch_add(1, Ordering::Relaxed);
     let Some((index, spec)) = registry().lookup(&args[0]) else {
-        return Some(reject(server, client, None, unknown_command(&args)));
+        return Done(Some(reject(server, client, None, unknown_command(&args))));
     };
     if !spec.arity_ok(args.len()) {
-        return Some(reject(
-            server,
-            client,
-            Some(index),
-            errors::wrong_arity(spec.name),
-        ));
+        let text = errors::wrong_arity(spec.name);
+        return Done(Some(reject(server, client, Some(index), text)));
     }
     if !client.authenticated && !allowed_without_auth(spec) {
-        return Some(reject(
-            server,
-            client,
-            Some(index),
-            errors::NOAUTH.to_string(),
-        ));
+        let text = errors::NOAUTH.to_string();
+        return Done(Some(reject(server, client, Some(index), text)));
     }
     if let Some(refused) = guard(server, client, index, spec, &args) {
-        return Some(reject(server, client, Some(index), refused));
+        return Done(Some(reject(server, client, Some(index), refused)));
     }
     if spec.has_flag("write") {
         if let Some(refused) = crate::replication::write_refusal(server) {
-            return Some(reject(server, client, Some(index), refused.to_string()));
+            let text = refused.to_string();
+            return Done(Some(reject(server, client, Some(index), text)));
         }
     }
     {
@@ -338,22 +418,28 @@ pub(crate) fn execute(server: &Server, client: &mut Client, args: Vec<Bytes>) ->
             info.last_command_name = spec.name.to_string();
         }
     }
-    if let Some(queue) = client.multi.as_mut() {
-        if !runs_inside_multi(spec.name) {
-            queue.push(args);
-            let queued = queue.len() as i64;
-            client.handle.info.lock().multi = queued;
-            return Some(Frame::simple("QUEUED"));
+    if client.multi.is_some() && !runs_inside_multi(spec.name) {
+        if spec.has_flag("no_multi") {
+            let text = "ERR Command not allowed inside a transaction".to_string();
+            return Done(Some(reject(server, client, Some(index), text)));
         }
+        let bytes: usize = args.iter().map(Bytes::len).sum();
+        let bytes_max = server.config.read().query_buffer_bytes_max;
+        let queued = client.multi.as_ref().map_or(0, Vec::len);
+        if queued >= MULTI_QUEUE_COMMANDS_MAX || client.multi_bytes + bytes > bytes_max {
+            let text = format!(
+                "ERR MULTI queue is full ({MULTI_QUEUE_COMMANDS_MAX} commands or \
+                 client-query-buffer-limit bytes); the transaction is discarded at EXEC"
+            );
+            return Done(Some(reject(server, client, Some(index), text)));
+        }
+        client.multi_bytes += bytes;
+        let queue = client.multi.as_mut().expect("checked");
+        queue.push(args);
+        client.handle.info.lock().multi = queue.len() as i64;
+        return Done(Some(Frame::simple("QUEUED")));
     }
-    let reply = if is_exclusive(spec.name) {
-        let _exclusive = server.exec_lock.write();
-        invoke(server, client, index, spec, &args)
-    } else {
-        let _shared = server.exec_lock.read();
-        invoke(server, client, index, spec, &args)
-    };
-    Some(reply)
+    Admission::Run(index, spec, args)
 }
 
 /// ACL permissions and `maxmemory`: the error text if the command may not run.
@@ -394,14 +480,15 @@ fn reject(server: &Server, client: &mut Client, index: Option<usize>, text: Stri
     Frame::error(text)
 }
 
-/// Calls the handler (locks already taken), with statistics and the write bookkeeping.
+/// Calls the handler, with statistics and the write bookkeeping; the executor took what locks
+/// the command needs. Returns the reply, or the placeholder and the [`Deferred`] reply.
 pub(crate) fn invoke(
-    server: &Server,
+    server: &Arc<Server>,
     client: &mut Client,
     index: usize,
     spec: &CommandSpec,
     args: &[Bytes],
-) -> Frame {
+) -> (Frame, Option<Deferred>) {
     let started = Instant::now();
     let keyspace = &server.keyspace;
     let mut ctx = Ctx {
@@ -410,8 +497,26 @@ pub(crate) fn invoke(
         now_ms: keyspace.now_ms(),
         client,
         last_write_seq: 0,
+        deferred: None,
     };
     let reply = (spec.handler)(&mut ctx, args);
+    let deferred = ctx.deferred.take();
+    let deferred = deferred.map(|later| {
+        // The statistics of a deferred reply are taken when it completes, so SLOWLOG and
+        // LATENCY show how long the client waited (DEBUG SLEEP 1 is a one-second command).
+        let server = server.clone();
+        let args = args.to_vec();
+        let (addr, name) = {
+            let info = ctx.client.handle.info.lock();
+            (info.addr.to_string(), info.name.clone())
+        };
+        Box::pin(async move {
+            let reply = later.await;
+            let elapsed = started.elapsed();
+            record_timing(&server, index, &args, elapsed, || (addr, name));
+            reply
+        }) as Deferred
+    });
     // An error reply acknowledges no write, so it waits for no sync: a client refused with
     // -MISCONF after a failed fsync keeps its connection, as in Redis, instead of having it
     // closed by a sync of other clients' writes that can no longer succeed.
@@ -422,16 +527,13 @@ pub(crate) fn invoke(
     let seq = ctx.last_write_seq;
     client.pending_sync_seq = client.pending_sync_seq.max(seq);
     let stats = &server.command_stats[index];
-    let elapsed = started.elapsed();
     stats.calls.fetch_add(1, Ordering::Relaxed);
-    stats
-        .usec
-        .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-    server.metrics.command_latency[index].observe(elapsed);
-    server.slowlog.observe(elapsed, args, || {
-        let info = client.handle.info.lock();
-        (info.addr.to_string(), info.name.clone())
-    });
+    if deferred.is_none() {
+        record_timing(server, index, args, started.elapsed(), || {
+            let info = client.handle.info.lock();
+            (info.addr.to_string(), info.name.clone())
+        });
+    }
     if failed {
         stats.failed_calls.fetch_add(1, Ordering::Relaxed);
         server
@@ -439,13 +541,33 @@ pub(crate) fn invoke(
             .total_error_replies
             .fetch_add(1, Ordering::Relaxed);
     }
-    reply
+    (reply, deferred)
+}
+
+/// Adds one call's time to INFO commandstats, the latency histogram, SLOWLOG and LATENCY.
+fn record_timing(
+    server: &Server,
+    index: usize,
+    args: &[Bytes],
+    elapsed: std::time::Duration,
+    client: impl FnOnce() -> (String, Bytes),
+) {
+    server.command_stats[index]
+        .usec
+        .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    server.metrics.command_latency[index].observe(elapsed);
+    server.slowlog.observe(elapsed, args, client);
 }
 
 /// Looks up and runs a queued command inside EXEC (arity was checked when it was queued).
-pub(crate) fn invoke_queued(server: &Server, client: &mut Client, args: &[Bytes]) -> Frame {
+/// Inside EXEC nothing defers (`Client::in_exec`).
+pub(crate) fn invoke_queued(server: &Arc<Server>, client: &mut Client, args: &[Bytes]) -> Frame {
     match registry().lookup(&args[0]) {
-        Some((index, spec)) => invoke(server, client, index, spec, args),
+        Some((index, spec)) => {
+            let (reply, deferred) = invoke(server, client, index, spec, args);
+            debug_assert!(deferred.is_none(), "{} deferred inside EXEC", spec.name);
+            reply
+        }
         None => Frame::error(unknown_command(args)),
     }
 }

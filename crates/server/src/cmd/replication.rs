@@ -102,21 +102,16 @@ fn wait(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let wanted = wanted.max(0) as usize;
     let deadline =
         (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
-    let replication = &ctx.server.replication;
-    let acked = if wanted == 0 {
-        replication.acked_count(seq)
-    } else {
-        blocking(|| replication.wait_acks(seq, wanted, deadline))
-    };
-    Frame::Integer(acked as i64)
-}
-
-/// Runs `f`, which blocks, without stalling the runtime's other tasks on this worker.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
+    let acked = ctx.server.replication.acked_count(seq);
+    // Inside MULTI nothing blocks: the count so far, at once, as Redis answers.
+    if acked >= wanted || ctx.client.in_exec {
+        return Frame::Integer(acked as i64);
     }
+    let server = ctx.server.clone();
+    ctx.defer(async move {
+        let acked = server.replication.wait_acks(seq, wanted, deadline).await;
+        Frame::Integer(acked as i64)
+    })
 }
 
 fn replconf(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -134,8 +129,11 @@ fn replconf(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
                 .lock()
                 .insert(ctx.client.id(), port as u16);
         } else if is(&pair[0], "ack") || is(&pair[0], "getack") {
-            // Acknowledgements arrive on the replication link, not as commands.
-            return Frame::Array(vec![]);
+            // Acknowledgements arrive on a replica's link (after PSYNC, read by the leader's
+            // link task), never as a client's command.
+            return Frame::error(
+                "ERR REPLCONF ACK and GETACK are only accepted on a replica's link",
+            );
         }
         // ip-address, capa, rdb-only …: accepted and ignored.
     }

@@ -252,7 +252,27 @@ fn shutdown(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     Frame::ok()
 }
 
+/// Longest DEBUG SLEEP: an hour, far past any test's need.
+const DEBUG_SLEEP_SECONDS_MAX: f64 = 3600.0;
+
+/// Most keys one DEBUG POPULATE writes (it is for filling a test server).
+const POPULATE_KEYS_MAX: i64 = 100_000_000;
+
+/// Most bytes of values one DEBUG POPULATE writes.
+const POPULATE_BYTES_MAX: u128 = 16 << 30;
+
+/// Redis 7's refusal of DEBUG under `enable-debug-command`.
+const DEBUG_NOT_ALLOWED: &str = "ERR DEBUG command not allowed. If the enable-debug-command option is set to \"local\", you can run it from a local connection, otherwise you need to set this option in the configuration file, and then restart the server.";
+
 fn debug(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let allowed = match ctx.server.config.read().enable_debug_command {
+        crate::DebugCommand::Yes => true,
+        crate::DebugCommand::No => false,
+        crate::DebugCommand::Local => ctx.client.handle.info.lock().addr.ip().is_loopback(),
+    };
+    if !allowed {
+        return Frame::error(DEBUG_NOT_ALLOWED);
+    }
     reply(debug_run(ctx, args))
 }
 
@@ -261,11 +281,74 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
     match sub.as_str() {
         "sleep" if args.len() == 3 => {
             let seconds = args::f64_arg(&args[2])?;
-            if seconds > 0.0 {
-                let duration = Duration::from_secs_f64(seconds.min(3600.0));
-                super::keyspace::blocking(|| std::thread::sleep(duration));
+            if !(0.0..=DEBUG_SLEEP_SECONDS_MAX).contains(&seconds) {
+                return Err(CmdError::msg(format!(
+                    "ERR sleep time must be between 0 and {DEBUG_SLEEP_SECONDS_MAX} seconds"
+                )));
             }
+            let duration = Duration::from_secs_f64(seconds);
+            if ctx.client.in_exec {
+                // Inside MULTI nothing defers; the transaction sleeps, as in Redis, while
+                // holding only its own keys.
+                std::thread::sleep(duration);
+                return Ok(Frame::ok());
+            }
+            Ok(ctx.defer(async move {
+                tokio::time::sleep(duration).await;
+                Frame::ok()
+            }))
+        }
+        "slow-fsync" if (3..=4).contains(&args.len()) => {
+            // A drill of a slow disk: the next `count` WAL fsyncs each take `ms` longer.
+            let ms = args::i64_arg(&args[2])?;
+            let count = args
+                .get(3)
+                .map(|c| args::i64_arg(c))
+                .transpose()?
+                .unwrap_or(1);
+            if !(0..=3_600_000).contains(&ms) || count < 0 {
+                return Err(CmdError::msg(
+                    "ERR milliseconds must be 0..3600000 and count non-negative",
+                ));
+            }
+            let engine = ctx.keyspace.engine();
+            engine
+                .options()
+                .faults
+                .delay_wal_fsyncs(Duration::from_millis(ms as u64), count as u64);
+            tracing::warn!(
+                ms,
+                count,
+                "DEBUG SLOW-FSYNC: the next WAL fsyncs will be slow"
+            );
             Ok(Frame::ok())
+        }
+        "compaction" if args.len() == 3 => {
+            // Holds background compaction, so level 0 grows until writes stall (a drill).
+            let hold = match args::lower(&args[2]).as_str() {
+                "pause" => true,
+                "resume" => false,
+                _ => return Err(CmdError::Syntax),
+            };
+            ctx.keyspace
+                .engine()
+                .options()
+                .faults
+                .hold_compactions(hold);
+            tracing::warn!(hold, "DEBUG COMPACTION");
+            Ok(Frame::ok())
+        }
+        "advance-clock" if args.len() == 3 => {
+            let Some(clock) = &ctx.server.manual_clock else {
+                return Err(CmdError::msg(
+                    "ERR the clock is the system's; start with clock = manual to move it",
+                ));
+            };
+            let ms = args::i64_arg(&args[2])?;
+            if ms < 0 {
+                return Err(CmdError::msg("ERR the clock only moves forward"));
+            }
+            Ok(Frame::Integer(clock.advance(ms as u64) as i64))
         }
         "set-active-expire" if args.len() == 3 => {
             let on = args::i64_arg(&args[2])?;
@@ -273,6 +356,7 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             Ok(Frame::ok())
         }
         "object" if args.len() == 3 => {
+            ctx.check_key(&args[2])?;
             let Some(value) = ctx.keyspace.get(ctx.db(), &args[2])? else {
                 return Err(CmdError::msg(errors::NO_SUCH_KEY));
             };
@@ -290,38 +374,10 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                         }
                     }
                 },
-                value.raw.len() - 1
+                value.payload_len()
             )))
         }
-        "populate" if (3..=5).contains(&args.len()) => {
-            let count = args::i64_arg(&args[2])?;
-            if count < 0 {
-                return Err(CmdError::msg(
-                    "ERR count must be greater than or equal to 0",
-                ));
-            }
-            let prefix = args.get(3).map_or(&b"key"[..], |p| &p[..]);
-            let size = match args.get(4) {
-                Some(size) => Some(args::i64_arg(size)?.max(0) as usize),
-                None => None,
-            };
-            let db = ctx.db();
-            for i in 0..count {
-                let mut key = prefix.to_vec();
-                key.extend_from_slice(format!(":{i}").as_bytes());
-                let _guard = ctx.keyspace.lock_keys(&[&key]);
-                if ctx.keyspace.exists(db, &key)? {
-                    continue;
-                }
-                let mut value = format!("value:{i}").into_bytes();
-                if let Some(size) = size {
-                    value.resize(size, 0);
-                }
-                ctx.keyspace.set_string(db, &key, &value, None)?;
-            }
-            ctx.wrote(ctx.keyspace.engine().last_sequence());
-            Ok(Frame::ok())
-        }
+        "populate" if (3..=5).contains(&args.len()) => debug_populate(ctx, args),
         "fail-fsync" if args.len() == 3 => {
             // A drill of the failed-fsync path (docs/durability.md): the next `count` fsyncs of
             // the write-ahead log report EIO, as a disk whose write-back failed would.
@@ -346,6 +402,10 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             "FAIL-FSYNC <count>",
             "    Make the next <count> fsyncs of the write-ahead log fail with EIO (a drill:",
             "    writes are then refused until the server is restarted).",
+            "ADVANCE-CLOCK <milliseconds>",
+            "    Move the manual clock forward (only with clock = manual).",
+            "COMPACTION PAUSE|RESUME",
+            "    Hold background compaction (level 0 then grows until writes stall), or let it go.",
             "OBJECT <key>",
             "    Show low level info about the key and associated value.",
             "POPULATE <count> [<prefix>] [<size>]",
@@ -355,6 +415,9 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             "    current node can be created in cluster mode.",
             "RELOAD",
             "    Flush the engine to disk (ringkv has no RDB to reload).",
+            "SLOW-FSYNC <milliseconds> [<count>]",
+            "    Make the next <count> (default 1) fsyncs of the write-ahead log take",
+            "    <milliseconds> longer (a drill of a slow disk).",
             "SET-ACTIVE-EXPIRE <0|1>",
             "    Setting it to 0 disables expiring keys in background when they are not",
             "    accessed (otherwise the Redis behavior). Setting it to 1 reenables back the",
@@ -366,6 +429,59 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         ])),
         _ => Err(CmdError::msg(errors::unknown_subcommand("debug", &args[1]))),
     }
+}
+
+/// DEBUG POPULATE count [prefix] [size]: bounded (a count or size past the limits is an
+/// error, never an abort or an endless loop), and run off the async workers.
+fn debug_populate(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
+    let count = args::i64_arg(&args[2])?;
+    if !(0..=POPULATE_KEYS_MAX).contains(&count) {
+        return Err(CmdError::msg(format!(
+            "ERR count must be between 0 and {POPULATE_KEYS_MAX}"
+        )));
+    }
+    let prefix = args.get(3).map_or(&b"key"[..], |p| &p[..]);
+    let size = match args.get(4) {
+        Some(size) => {
+            let size = args::i64_arg(size)?;
+            let size_max = ctx.string_bytes_max() as i64;
+            if !(0..=size_max).contains(&size) {
+                return Err(CmdError::msg(format!(
+                    "ERR size must be between 0 and {size_max} (proto-max-bulk-len)"
+                )));
+            }
+            Some(size as usize)
+        }
+        None => None,
+    };
+    let value_bytes = size.unwrap_or(16).max(16) as u128;
+    if count as u128 * value_bytes > POPULATE_BYTES_MAX {
+        return Err(CmdError::msg(format!(
+            "ERR count times size must be at most {POPULATE_BYTES_MAX} bytes"
+        )));
+    }
+    let db = ctx.db();
+    let keyspace = ctx.keyspace;
+    super::keyspace::blocking(|| -> CmdResult<()> {
+        let mut key = Vec::with_capacity(prefix.len() + 21);
+        for i in 0..count {
+            key.clear();
+            key.extend_from_slice(prefix);
+            key.extend_from_slice(format!(":{i}").as_bytes());
+            let _guard = keyspace.lock_keys(&[&key]);
+            if keyspace.exists(db, &key)? {
+                continue;
+            }
+            let mut value = format!("value:{i}").into_bytes();
+            if let Some(size) = size {
+                value.resize(size, 0);
+            }
+            keyspace.set_string(db, &key, &value, None)?;
+        }
+        Ok(())
+    })?;
+    ctx.wrote(ctx.keyspace.last_sequence());
+    Ok(Frame::ok())
 }
 
 // ---------------------------------------------------------------------------------------------

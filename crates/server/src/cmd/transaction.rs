@@ -1,12 +1,16 @@
 //! Transactions: MULTI EXEC DISCARD WATCH UNWATCH.
 //!
-//! MULTI queues commands (the dispatcher does it, see `cmd::execute`); EXEC
-//! runs with the server's exec lock held exclusive, so the queue runs alone,
-//! after checking that every WATCHed key still has the engine version it had
-//! when watched (a key that expired or was deleted counts as changed). A key
-//! absent both times aborts if any key of its epoch slot was written in between
-//! (it may have been created and deleted again): rarely a spurious abort, never
-//! a missed change.
+//! MULTI queues commands (`cmd::admit` does it, bounded); EXEC locks every
+//! key the queue names and every WATCHed key at once (store stripes, taken in
+//! ascending order, so two EXECs never deadlock), then checks that every
+//! WATCHed key still has the engine version it had when watched (a key that
+//! expired or was deleted counts as changed), then runs the queue under those
+//! locks: no other client's command on those keys runs in between. A queue
+//! that touches whole databases (FLUSHALL, SWAPDB, KEYS …) runs with the
+//! executor's gate exclusive instead (`exec.rs`). A key absent both times
+//! aborts if any key of its epoch slot was written in between (it may have
+//! been created and deleted again): rarely a spurious abort, never a missed
+//! change. Inside EXEC nothing waits: WAIT answers at once, as in Redis.
 
 use bytes::Bytes;
 use ringkv_protocol::Frame;
@@ -130,7 +134,7 @@ fn unwatch(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
     Frame::ok()
 }
 
-/// Runs the queue; called with the exec lock held exclusive.
+/// Runs the queue under the locks of every key it names (see the module doc).
 fn exec(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
     let Some(queue) = ctx.client.multi.take() else {
         return Frame::error("ERR EXEC without MULTI");
@@ -141,6 +145,13 @@ fn exec(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
     if failed {
         return Frame::error(errors::EXECABORT);
     }
+    let mut keys: Vec<&[u8]> = watched.iter().map(|w| &w.key[..]).collect();
+    for args in &queue {
+        if let Some((_, spec)) = super::registry().lookup(&args[0]) {
+            keys.extend(spec.keys(args).map(|k| &k[..]));
+        }
+    }
+    let _locked = ctx.keyspace.lock_keys(&keys);
     for w in &watched {
         match ctx.keyspace.version(w.db, &w.key) {
             // Absent then and now: it may have been created and deleted in between; any
@@ -156,10 +167,12 @@ fn exec(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
         }
     }
     let mut replies = Vec::with_capacity(queue.len());
+    ctx.client.in_exec = true;
     for args in &queue {
         let reply = super::invoke_queued(ctx.server, ctx.client, args);
         replies.push(reply);
     }
+    ctx.client.in_exec = false;
     ctx.wrote(ctx.client.pending_sync_seq);
     Frame::Array(replies)
 }

@@ -434,8 +434,8 @@ fn full_sync(server: &Server, conn: &mut Conn<'_>, dir: &Path) -> io::Result<u64
     Ok(seq)
 }
 
-/// Closes the engine, moves the received database into place, opens it. Clients wait on the
-/// exec lock meanwhile.
+/// Closes the engine, moves the received database into place, opens it. Data commands wait
+/// (asynchronously) on the executor's gate meanwhile.
 fn swap_in(
     server: &Server,
     status: &LinkStatus,
@@ -443,12 +443,13 @@ fn swap_in(
     incoming: &Path,
     seq: u64,
 ) -> io::Result<()> {
-    // Waits for the exec lock in steps: REPLICAOF NO ONE holds it shared while it stops this
-    // thread, and must not wait on a thread that waits on it.
+    // Takes the executor's gate exclusive (no data command runs during the swap), trying in
+    // steps so a stop request is seen: commands hold the gate shared only while they run.
     let _exclusive = loop {
-        if let Some(guard) = server.exec_lock.try_write_for(Duration::from_millis(100)) {
+        if let Ok(guard) = server.gate.try_write() {
             break guard;
         }
+        std::thread::sleep(Duration::from_millis(1));
         if status.stop.load(Ordering::Acquire) || *server.shutdown.borrow() {
             return Err(stopped_error());
         }

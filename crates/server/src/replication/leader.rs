@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,7 @@ struct Registration<'a> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         self.server.replication.replicas.lock().remove(&self.id);
-        self.server.replication.acked.notify_all();
+        self.server.replication.acked.notify_waiters();
     }
 }
 
@@ -111,12 +111,16 @@ pub(crate) async fn serve<R, W>(
         id: client_id,
     };
     let closed = Arc::new(AtomicBool::new(false));
+    // The highest sequence this link has sent: an acknowledgement past it is not believed (a
+    // client that sent PSYNC cannot make WAIT count writes it never received).
+    let sent = Arc::new(AtomicU64::new(0));
     let acks = tokio::spawn(read_acks(
         server.clone(),
         reader,
         input,
         client_id,
         closed.clone(),
+        sent.clone(),
     ));
     // CLIENT KILL (ID, TYPE replica, …) ends the link as if the replica had closed it.
     let kill_watch = server
@@ -143,7 +147,10 @@ pub(crate) async fn serve<R, W>(
             next
         }
         Start::Full => match send_checkpoint(&server, &engine, &mut writer, client_id).await {
-            Ok(seq) => seq + 1,
+            Ok(seq) => {
+                sent.fetch_max(seq, Ordering::AcqRel);
+                seq + 1
+            }
             Err(error) => {
                 tracing::warn!(%error, "full sync to replica failed");
                 acks.abort();
@@ -153,7 +160,17 @@ pub(crate) async fn serve<R, W>(
         },
     };
     set_state(&server, client_id, "online");
-    let result = stream(&server, &engine, &mut writer, next, generation, &closed).await;
+    sent.fetch_max(next.saturating_sub(1), Ordering::AcqRel);
+    let result = stream(
+        &server,
+        &engine,
+        &mut writer,
+        next,
+        generation,
+        &closed,
+        &sent,
+    )
+    .await;
     if let Err(error) = result {
         tracing::info!(replica = %handoff.ip, port = handoff.port, %error, "replica link closed");
     }
@@ -258,6 +275,7 @@ async fn stream<W: AsyncWrite + Unpin>(
     mut next: u64,
     generation: u64,
     closed: &AtomicBool,
+    sent: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut last_send = Instant::now();
     let mut out = BytesMut::new();
@@ -277,10 +295,12 @@ async fn stream<W: AsyncWrite + Unpin>(
             LogRead::Batches(batches) if batches.is_empty() => {
                 if last_send.elapsed() >= HEARTBEAT_PERIOD {
                     out.clear();
+                    let last = engine.last_sequence();
                     out.put_u8(wire::TAG_HEARTBEAT);
-                    out.put_u64_le(engine.last_sequence());
+                    out.put_u64_le(last);
                     writer.write_all(&out).await?;
                     writer.flush().await?;
+                    sent.fetch_max(last, Ordering::AcqRel);
                     last_send = Instant::now();
                 }
                 let waiting = engine.clone();
@@ -307,6 +327,7 @@ async fn stream<W: AsyncWrite + Unpin>(
                 }
                 writer.write_all(&out).await?;
                 writer.flush().await?;
+                sent.fetch_max(next - 1, Ordering::AcqRel);
                 last_send = Instant::now();
             }
         }
@@ -320,6 +341,7 @@ async fn read_acks<R: AsyncRead + Unpin>(
     mut input: BytesMut,
     client_id: u64,
     closed: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
 ) {
     let limits = ringkv_protocol::Limits {
         bulk_bytes_max: 1024,
@@ -339,10 +361,11 @@ async fn read_acks<R: AsyncRead + Unpin>(
                     {
                         if let Some(entry) = server.replication.replicas.lock().get_mut(&client_id)
                         {
-                            entry.ack_seq = entry.ack_seq.max(seq);
+                            let believed = seq.min(sent.load(Ordering::Acquire));
+                            entry.ack_seq = entry.ack_seq.max(believed);
                             entry.last_ack = Instant::now();
                         }
-                        server.replication.acked.notify_all();
+                        server.replication.acked.notify_waiters();
                     }
                 }
                 Ok(None) => break,

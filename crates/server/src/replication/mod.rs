@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::server::Server;
 
@@ -145,8 +145,9 @@ struct Link {
 pub(crate) struct Replication {
     pub ids: Mutex<Ids>,
     pub replicas: Mutex<BTreeMap<u64, ReplicaEntry>>,
-    /// Signalled on every acknowledgement (WAIT waits on it).
-    pub acked: Condvar,
+    /// Woken on every acknowledgement and on every change of the replica table (WAIT's
+    /// deferred reply waits on it).
+    pub acked: tokio::sync::Notify,
     /// Bumped when the role changes: leader-side links of the old role end.
     pub generation: AtomicU64,
     link: Mutex<Option<Link>>,
@@ -197,7 +198,7 @@ impl Replication {
                 replid2_seq: 0,
             }),
             replicas: Mutex::new(BTreeMap::new()),
-            acked: Condvar::new(),
+            acked: tokio::sync::Notify::new(),
             generation: AtomicU64::new(0),
             link: Mutex::new(None),
             announced_ports: Mutex::new(HashMap::new()),
@@ -232,19 +233,32 @@ impl Replication {
             .count()
     }
 
-    /// Waits until `wanted` replicas acknowledged `seq` or `deadline`; the number that did.
-    pub(crate) fn wait_acks(&self, seq: u64, wanted: usize, deadline: Option<Instant>) -> usize {
-        let mut replicas = self.replicas.lock();
+    /// Waits until `wanted` replicas acknowledged `seq` or `deadline` passes (never, if
+    /// `None`); returns how many did. Async: WAIT's reply waits here without a thread.
+    pub(crate) async fn wait_acks(
+        &self,
+        seq: u64,
+        wanted: usize,
+        deadline: Option<Instant>,
+    ) -> usize {
         loop {
-            let acked = replicas.values().filter(|r| r.ack_seq >= seq).count();
+            // Registered before counting, so an acknowledgement between the two still wakes us.
+            let notified = self.acked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let acked = self.acked_count(seq);
             if acked >= wanted {
                 return acked;
             }
-            let step = Instant::now() + Duration::from_millis(100);
-            let until = deadline.map_or(step, |d| d.min(step));
-            let _ = self.acked.wait_until(&mut replicas, until);
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return replicas.values().filter(|r| r.ack_seq >= seq).count();
+            match deadline {
+                Some(deadline) if Instant::now() >= deadline => return acked,
+                Some(deadline) => {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(deadline.into()) => {}
+                    }
+                }
+                None => notified.await,
             }
         }
     }
