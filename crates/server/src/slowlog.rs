@@ -123,7 +123,9 @@ impl SlowLog {
                 );
                 kept.push(Bytes::from(text));
             } else {
-                kept.push(arg.clone());
+                // A copy, not a slice: a slice would keep the connection's whole input buffer
+                // (a 50 MiB SET's) alive for as long as the entry.
+                kept.push(Bytes::copy_from_slice(arg));
             }
         }
         // On the kept (already cut) arguments: a long slow command is not copied whole.

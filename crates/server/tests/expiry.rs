@@ -226,9 +226,32 @@ fn huge_and_overflowing_expire_times() {
     assert_eq!(q::<i64>(&mut con, &["EXISTS", "k"]), 0);
 }
 
+/// Moves the server's manual clock (`--clock manual`) forward by `ms`.
+fn advance_clock(con: &mut redis::Connection, ms: u64) {
+    let _: i64 = q(con, &["DEBUG", "ADVANCE-CLOCK", &ms.to_string()]);
+}
+
+/// Waits (on the real clock) for the background sweep, which runs every 100 ms, to bring
+/// DBSIZE to `size`.
+fn wait_for_dbsize(con: &mut redis::Connection, size: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now: i64 = q(con, &["DBSIZE"]);
+        if now == size {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DBSIZE still {now}, expected {size}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn ten_thousand_short_ttls_vanish_from_dbsize_and_are_never_returned_late() {
-    let server = Server::start();
+    // A manual clock: expiry is checked at exact instants instead of racing real time.
+    let server = Server::start_with(&["--clock", "manual"]);
     let mut con = server.client();
     let mut pipe = redis::pipe();
     for i in 0..10_000 {
@@ -241,39 +264,25 @@ fn ten_thousand_short_ttls_vanish_from_dbsize_and_are_never_returned_late() {
             .ignore();
     }
     pipe.query::<()>(&mut con).unwrap();
-    // Every key was written by now, so it expires at the latest at `written + its TTL`.
-    let written = now_ms();
     let _: () = con.set("persistent", "stays").unwrap();
-    assert!(q::<i64>(&mut con, &["DBSIZE"]) > 1);
-    // Reads after each key's deadline never see it.
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 10_001);
+    // 700 ms later every key whose TTL was at most 700 ms is gone, and no other.
+    advance_clock(&mut con, 700);
     let mut checker = server.client();
-    let probe_until = Instant::now() + Duration::from_millis(1500);
-    while Instant::now() < probe_until {
-        let i = (now_ms() as usize * 7919) % 10_000;
-        let read_at = now_ms();
+    for i in (0..10_000).step_by(7) {
         let value: Option<i64> = checker.get(format!("ttl:{i}")).unwrap();
-        let deadline = written + 200 + (i as i64 % 1000);
-        if read_at > deadline + 1 {
-            assert_eq!(
-                value,
-                None,
-                "ttl:{i} returned {}ms after its deadline",
-                read_at - deadline
-            );
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let size: i64 = q(&mut con, &["DBSIZE"]);
-        if size == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "DBSIZE still {size} after the TTLs passed"
+        let due = 200 + (i % 1000) <= 700;
+        assert_eq!(
+            value.is_none(),
+            due,
+            "ttl:{i} (TTL {} ms) at +700 ms",
+            200 + i % 1000
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
+    // The sweep reclaims exactly the due keys: 10 of each of the 501 TTLs up to 700 ms.
+    wait_for_dbsize(&mut con, 10_001 - 5_010);
+    advance_clock(&mut con, 10_000);
+    wait_for_dbsize(&mut con, 1);
     let keys: Vec<String> = q(&mut con, &["KEYS", "*"]);
     assert_eq!(keys, vec!["persistent".to_string()]);
     let (_, scanned): (String, Vec<String>) = q(&mut con, &["SCAN", "0", "COUNT", "100000"]);
@@ -291,7 +300,7 @@ fn ten_thousand_short_ttls_vanish_from_dbsize_and_are_never_returned_late() {
 
 #[test]
 fn active_expire_can_be_turned_off_and_on() {
-    let server = Server::start();
+    let server = Server::start_with(&["--clock", "manual"]);
     let mut con = server.client();
     assert_eq!(
         q::<String>(&mut con, &["DEBUG", "SET-ACTIVE-EXPIRE", "0"]),
@@ -306,7 +315,7 @@ fn active_expire_can_be_turned_off_and_on() {
             .query(&mut con)
             .unwrap();
     }
-    std::thread::sleep(Duration::from_millis(400));
+    advance_clock(&mut con, 400);
     // Invisible to reads at once, still counted until swept (as Redis' DBSIZE).
     assert_eq!(q::<Vec<String>>(&mut con, &["KEYS", "*"]).len(), 0);
     assert_eq!(q::<i64>(&mut con, &["EXISTS", "k1"]), 0);
@@ -317,10 +326,33 @@ fn active_expire_can_be_turned_off_and_on() {
         q::<String>(&mut con, &["DEBUG", "SET-ACTIVE-EXPIRE", "1"]),
         "OK"
     );
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while q::<i64>(&mut con, &["DBSIZE"]) != 1 {
-        assert!(Instant::now() < deadline, "sweep did not run");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_dbsize(&mut con, 1);
     assert_eq!(q::<String>(&mut con, &["GET", "k1"]), "new");
+}
+
+#[test]
+fn the_clock_moves_only_by_debug_advance_clock_in_manual_mode() {
+    let server = Server::start_with(&["--clock", "manual"]);
+    let mut con = server.client();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .arg("PX")
+        .arg(1_000)
+        .query(&mut con)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        q::<i64>(&mut con, &["PTTL", "k"]),
+        1_000,
+        "real time does not count"
+    );
+    advance_clock(&mut con, 999);
+    assert_eq!(q::<i64>(&mut con, &["PTTL", "k"]), 1);
+    advance_clock(&mut con, 1);
+    assert_eq!(q::<i64>(&mut con, &["PTTL", "k"]), -2);
+    // On the system clock the command refuses.
+    let system = Server::start();
+    let mut other = system.client();
+    assert!(err(&mut other, &["DEBUG", "ADVANCE-CLOCK", "1"]).contains("clock = manual"));
 }

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{q, resp, Server};
 use redis::Commands;
 
@@ -54,7 +52,7 @@ fn multi_exec_discard_replies() {
 
 #[test]
 fn watch_aborts_exec_when_a_watched_key_changes() {
-    let server = Server::start();
+    let server = Server::start_with(&["--clock", "manual"]);
     let mut con = server.client();
     let mut other = server.client();
     let _: () = con.set("w", "1").unwrap();
@@ -105,7 +103,11 @@ fn watch_aborts_exec_when_a_watched_key_changes() {
         .query(&mut other)
         .unwrap();
     raw.expect(&resp(&[b"WATCH", b"short"]), "+OK\r\n");
-    std::thread::sleep(Duration::from_millis(300));
+    let _: i64 = redis::cmd("DEBUG")
+        .arg("ADVANCE-CLOCK")
+        .arg(300)
+        .query(&mut other)
+        .unwrap();
     raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
     raw.expect(&resp(&[b"EXEC"]), "*-1\r\n");
     // UNWATCH forgets; EXEC and DISCARD forget too.

@@ -324,7 +324,13 @@ fn range(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         let db = ctx.db();
         let acl = &ctx.server.acl;
         let session = &mut ctx.client.acl;
-        let mut collect = || -> CmdResult<Frame> {
+        // The reply stops growing past client-output-buffer-limit (see `Ctx::reply_bytes`).
+        let output_limit = match ctx.server.config.read().output_buffer_bytes_max {
+            0 => usize::MAX,
+            limit => limit,
+        };
+        let mut reply_bytes = 0usize;
+        let mut collect = || -> CmdResult<Option<Frame>> {
             let mut out = Vec::new();
             let mut taken = 0;
             for item in keyspace.range(db, borrow(&start), borrow(&end)) {
@@ -336,22 +342,31 @@ fn range(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
                     continue;
                 }
                 taken += 1;
+                reply_bytes += key.len() + 16;
                 out.push(Frame::Bulk(key));
                 if with_values {
                     let decoded = ringkv_store::value::decode_value(&entry.value)?;
+                    reply_bytes += entry.value.len();
                     match decoded.value_type {
                         ValueType::String => {
                             out.push(Frame::Bulk(entry.value.slice(decoded.payload_at..)))
                         }
                     }
                 }
+                if reply_bytes > output_limit {
+                    return Ok(None);
+                }
             }
-            Ok(Frame::Array(out))
+            Ok(Some(Frame::Array(out)))
         };
-        if limit as usize > KEYS_BLOCK_IN_PLACE_AFTER {
-            blocking(collect)
+        let built = if limit as usize > KEYS_BLOCK_IN_PLACE_AFTER {
+            blocking(collect)?
         } else {
-            collect()
+            collect()?
+        };
+        match built {
+            Some(frame) => Ok(frame),
+            None => ctx.reply_bytes(usize::MAX).map(|()| Frame::Null),
         }
     })())
 }

@@ -75,6 +75,10 @@ pub(crate) type Handler = fn(&mut Ctx<'_>, &[Bytes]) -> Frame;
 /// another connection needs (docs/architecture.md).
 pub(crate) type Deferred = Pin<Box<dyn Future<Output = Frame> + Send + 'static>>;
 
+/// Reply sizes below this are never checked against `client-output-buffer-limit` (whose
+/// smallest sensible value is far above it), so small replies read no setting.
+const OUTPUT_CHECK_BYTES_MIN: usize = 1 << 20;
+
 /// What data a command touches, which decides how the executor isolates it (see `exec.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
@@ -173,6 +177,8 @@ pub(crate) struct Ctx<'a> {
     /// Set by a handler whose reply must wait (see [`Deferred`]); never inside EXEC, where
     /// waits do not wait (as Redis denies blocking inside MULTI).
     pub deferred: Option<Deferred>,
+    /// Bytes of reply data counted so far by [`Ctx::reply_bytes`].
+    pub reply_bytes: usize,
 }
 
 impl<'a> Ctx<'a> {
@@ -233,6 +239,36 @@ impl<'a> Ctx<'a> {
     /// See [`Keyspace::exists`].
     pub(crate) fn exists(&self, key: &[u8]) -> CmdResult<bool> {
         Ok(self.keyspace.exists(self.db(), key)?)
+    }
+
+    /// Counts `bytes` more of the reply being built. Once the reply passes
+    /// `client-output-buffer-limit`, the command stops building it: the client gets an error
+    /// and is closed, as Redis closes a client past its hard limit, before the reply is in
+    /// memory (`MGET big big …` would otherwise build gigabytes first). Commands whose reply
+    /// grows with their arguments or the data (MGET, KEYS, RANGE) call it per element.
+    pub(crate) fn reply_bytes(&mut self, bytes: usize) -> CmdResult<()> {
+        self.reply_bytes = self.reply_bytes.saturating_add(bytes);
+        if self.reply_bytes <= OUTPUT_CHECK_BYTES_MIN {
+            return Ok(());
+        }
+        let limit = self.server.config.read().output_buffer_bytes_max;
+        if limit == 0 || self.reply_bytes <= limit {
+            return Ok(());
+        }
+        self.client.close_after_reply = true;
+        self.server
+            .metrics
+            .output_limit_disconnects
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            client = self.client.id(),
+            bytes = self.reply_bytes,
+            limit,
+            "reply passes client-output-buffer-limit; closing the client"
+        );
+        Err(errors::CmdError::msg(
+            "ERR reply exceeds client-output-buffer-limit; closing the connection",
+        ))
     }
 
     /// Answers later with what `reply` yields; see [`Deferred`]. Returns the placeholder the
@@ -498,6 +534,7 @@ pub(crate) fn invoke(
         client,
         last_write_seq: 0,
         deferred: None,
+        reply_bytes: 0,
     };
     let reply = (spec.handler)(&mut ctx, args);
     let deferred = ctx.deferred.take();

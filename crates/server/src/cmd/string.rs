@@ -296,7 +296,10 @@ fn mget(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         let mut values = Vec::with_capacity(args.len() - 1);
         for key in &args[1..] {
             let value = match ctx.get_string(key) {
-                Ok(value) => bulk_or_null(value.map(|v| v.data)),
+                Ok(value) => {
+                    ctx.reply_bytes(value.as_ref().map_or(0, |v| v.data.len()) + 16)?;
+                    bulk_or_null(value.map(|v| v.data))
+                }
                 // MGET answers nil for a key of another type.
                 Err(CmdError::WrongType) => Frame::Null,
                 Err(error) => return Err(error),

@@ -119,7 +119,8 @@ fn watch(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         match ctx.keyspace.version(db, key) {
             Ok(version) => ctx.client.watched.push(Watched {
                 db,
-                key: key.clone(),
+                // Copied: a slice would pin the request's input buffer until EXEC.
+                key: Bytes::copy_from_slice(key),
                 version,
                 epoch,
             }),
