@@ -1,6 +1,6 @@
 //! # ringkv-cluster
 //!
-//! The Dynamo-style cluster layer (DESIGN §5, docs/architecture.md): key →
+//! The Dynamo-style cluster layer (docs/architecture.md): key →
 //! slot hashing, the ring of slot owners, preference lists, quorum
 //! coordination, version vectors, hinted handoff, read repair, Merkle
 //! anti-entropy and gossip membership.

@@ -77,7 +77,7 @@ impl Clock for SystemClock {
 
 /// Largest key the engine accepts: Redis' default key limit is 512 MiB, but
 /// keys live in index blocks and memtable nodes, so ringkv bounds them much
-/// lower (DESIGN §1: 512 KiB).
+/// lower: 512 KiB.
 pub const KEY_BYTES_MAX: usize = 512 * 1024;
 
 /// Largest value the engine accepts, as Redis' `proto-max-bulk-len` default.

@@ -1,17 +1,20 @@
 //! # ringkv-server
 //!
-//! The Redis-protocol server of ringkv: TCP connections (tokio), the command
-//! table, and the Redis data model (16 databases, typed values, expiry, key
-//! counts) mapped onto the ringkv engine's ordered key space.
+//! The Redis-protocol server of ringkv: TCP connections (tokio), the
+//! executor, the command table and Redis' command semantics, on the data
+//! model of `ringkv-store`.
 //!
-//! **Owns:** connections and pipelining, command semantics and Redis' error
-//! texts, the key layout in the engine (`keys.rs`), the active expiry sweep,
-//! transactions (MULTI/EXEC/WATCH).
-//! **Must not touch:** bytes on disk (the engine's), RESP framing (the
-//! protocol crate's), cluster placement.
+//! **Owns:** connections and pipelining, running commands so no client can
+//! stall the others (`exec.rs`), command semantics and Redis' error texts,
+//! transactions (MULTI/EXEC/WATCH), settings, ACL, SLOWLOG, metrics,
+//! replication, the schedule of the active expiry sweep.
+//! **Must not touch:** engine keys or stored values (the store's layout and
+//! envelope), bytes on disk (the engine's), RESP framing (the protocol
+//! crate's), cluster placement.
 //!
 //! Entry point: [`run`] serves a [`Config`] until SHUTDOWN or
-//! [`ShutdownHandle::shutdown`]. The design notes are in `docs/server.md`.
+//! [`ShutdownHandle::shutdown`]. The layers and the write path are in
+//! `docs/architecture.md`, the formats and rules in `docs/server.md`.
 
 mod acl;
 mod admin;
