@@ -16,24 +16,21 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
-use ringkv_protocol::Frame;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::args;
-use crate::cmd::keyspace::help_frame;
-use crate::cmd::{registry, reply, spec, CommandSpec, Ctx};
-use crate::errors::{self, CmdError, CmdResult};
+use crate::cmd::{registry, CommandSpec};
 use crate::glob;
 
 /// The user `AUTH <password>` and unauthenticated defaults refer to.
 pub(crate) const DEFAULT_USER: &str = "default";
 
 /// Most users; ACL SETUSER refuses more (a limit on everything).
-const USERS_MAX: usize = 10_000;
+pub(crate) const USERS_MAX: usize = 10_000;
 
 /// Categories ACL CAT lists; every `acl_categories` entry of a spec is one of these.
-const CATEGORIES: &[&str] = &[
+pub(crate) const CATEGORIES: &[&str] = &[
     "keyspace",
     "read",
     "write",
@@ -65,7 +62,7 @@ pub(crate) struct User {
 
 impl User {
     /// A new user as ACL SETUSER creates it: off, no password, no commands, no keys.
-    fn new(name: &str) -> User {
+    pub(crate) fn new(name: &str) -> User {
         User {
             name: name.to_string(),
             enabled: false,
@@ -79,7 +76,7 @@ impl User {
     }
 
     /// `default` as Redis starts it: on, all commands and keys, `requirepass` or nopass.
-    fn default_user(requirepass: Option<&str>) -> User {
+    pub(crate) fn default_user(requirepass: Option<&str>) -> User {
         let mut user = User::new(DEFAULT_USER);
         for rule in ["on", "~*", "+@all"] {
             user.apply(rule.as_bytes()).expect("built-in rule");
@@ -88,7 +85,7 @@ impl User {
         user
     }
 
-    fn set_only_password(&mut self, password: Option<&str>) {
+    pub(crate) fn set_only_password(&mut self, password: Option<&str>) {
         self.password_hashes.clear();
         match password {
             Some(p) => {
@@ -100,7 +97,7 @@ impl User {
     }
 
     /// Applies one ACL SETUSER rule.
-    fn apply(&mut self, rule: &[u8]) -> Result<(), &'static str> {
+    pub(crate) fn apply(&mut self, rule: &[u8]) -> Result<(), &'static str> {
         let text = String::from_utf8_lossy(rule);
         let lower = text.to_ascii_lowercase();
         match lower.as_str() {
@@ -160,7 +157,7 @@ impl User {
     }
 
     /// `+@cat`, `-@cat`, `+cmd`, `-cmd`: updates the compiled flags and remembers the rule.
-    fn command_rule(&mut self, rule: &str) -> Result<(), &'static str> {
+    pub(crate) fn command_rule(&mut self, rule: &str) -> Result<(), &'static str> {
         let allow = rule.starts_with('+');
         let target = &rule[1..];
         if let Some(category) = target.strip_prefix('@') {
@@ -186,7 +183,7 @@ impl User {
     }
 
     /// True if `password` is one of the user's (constant time per stored hash).
-    fn password_matches(&self, password: &[u8]) -> bool {
+    pub(crate) fn password_matches(&self, password: &[u8]) -> bool {
         if self.nopass {
             return true;
         }
@@ -198,7 +195,7 @@ impl User {
         matched.into()
     }
 
-    fn key_allowed(&self, key: &[u8]) -> bool {
+    pub(crate) fn key_allowed(&self, key: &[u8]) -> bool {
         self.all_keys
             || self
                 .key_patterns
@@ -207,7 +204,7 @@ impl User {
     }
 
     /// The rules that rebuild this user, as ACL LIST prints them.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut parts = vec![
             format!("user {}", self.name),
             if self.enabled { "on" } else { "off" }.to_string(),
@@ -238,15 +235,15 @@ impl User {
 }
 
 /// True if `spec` belongs to `category` (its ACL categories, as Redis lists them).
-fn in_category(spec: &CommandSpec, category: &str) -> bool {
+pub(crate) fn in_category(spec: &CommandSpec, category: &str) -> bool {
     spec.acl_categories.contains(&category)
 }
 
-fn hash(password: &[u8]) -> [u8; 32] {
+pub(crate) fn hash(password: &[u8]) -> [u8; 32] {
     Sha256::digest(password).into()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -254,7 +251,7 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
     pub user: String,
-    cached: Option<(u64, Arc<User>)>,
+    pub(crate) cached: Option<(u64, Arc<User>)>,
 }
 
 impl Session {
@@ -263,7 +260,7 @@ impl Session {
         Session::as_user(DEFAULT_USER)
     }
 
-    fn as_user(name: &str) -> Session {
+    pub(crate) fn as_user(name: &str) -> Session {
         Session {
             user: name.to_string(),
             cached: None,
@@ -283,9 +280,9 @@ pub(crate) enum Denied {
 /// Every user.
 #[derive(Debug)]
 pub(crate) struct Acl {
-    users: RwLock<BTreeMap<String, Arc<User>>>,
+    pub(crate) users: RwLock<BTreeMap<String, Arc<User>>>,
     /// Bumped on every change; sessions re-read their user when it moved.
-    generation: AtomicU64,
+    pub(crate) generation: AtomicU64,
 }
 
 impl Acl {
@@ -371,7 +368,7 @@ impl Acl {
 
 impl Acl {
     /// The user a session acts as, from its cache while no ACL change happened since.
-    fn session_user(&self, session: &mut Session) -> Option<Arc<User>> {
+    pub(crate) fn session_user(&self, session: &mut Session) -> Option<Arc<User>> {
         let generation = self.generation.load(Ordering::Acquire);
         match &session.cached {
             Some((seen, user)) if *seen == generation => Some(user.clone()),
@@ -425,180 +422,19 @@ pub(crate) fn protected_mode_refuses(
     protected_mode && default_is_open && (!loopback || loopback_is_remote)
 }
 
-/// ACL.
-pub(crate) const COMMANDS: &[CommandSpec] = &[spec(
-    "acl",
-    -2,
-    &["loading", "stale", "sentinel"],
-    0,
-    0,
-    0,
-    &["admin", "slow", "dangerous"],
-    "A container for Access List Control commands.",
-    "6.0.0",
-    acl,
-)];
-
-fn acl(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply(acl_run(ctx, args))
-}
-
 /// ACL subcommands any authenticated user may run (ACL itself is @admin for the rest).
-fn harmless_acl_subcommand(args: &[Bytes]) -> bool {
+pub(crate) fn harmless_acl_subcommand(args: &[Bytes]) -> bool {
     args.len() >= 2
         && ["whoami", "cat", "help"]
             .iter()
             .any(|s| args::is(&args[1], s))
 }
 
-fn acl_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
-    let sub = args::lower(&args[1]);
-    let acl = &ctx.server.acl;
-    match sub.as_str() {
-        "whoami" if args.len() == 2 => Ok(Frame::bulk(ctx.client.acl.user.clone())),
-        "setuser" if args.len() >= 3 => {
-            let name = String::from_utf8_lossy(&args[2]).into_owned();
-            let mut users = acl.users.write();
-            if !users.contains_key(&name) && users.len() >= USERS_MAX {
-                return Err(CmdError::msg("ERR too many ACL users"));
-            }
-            let mut user = users
-                .get(&name)
-                .map(|u| (**u).clone())
-                .unwrap_or_else(|| User::new(&name));
-            for rule in &args[3..] {
-                user.apply(rule).map_err(|why| {
-                    // The rule may be a password: never echo `>…` back or into logs.
-                    let shown = if rule.first() == Some(&b'>') || rule.first() == Some(&b'<') {
-                        "<password>".to_string()
-                    } else {
-                        errors::printable(rule, 128)
-                    };
-                    CmdError::msg(format!(
-                        "ERR Error in ACL SETUSER modifier '{shown}': {why}"
-                    ))
-                })?;
-            }
-            users.insert(name.clone(), Arc::new(user));
-            acl.generation.fetch_add(1, Ordering::Release);
-            tracing::info!(user = %name, "ACL user changed");
-            Ok(Frame::ok())
-        }
-        "getuser" if args.len() == 3 => {
-            let name = String::from_utf8_lossy(&args[2]);
-            let users = acl.users.read();
-            let Some(user) = users.get(name.as_ref()) else {
-                return Ok(Frame::Null);
-            };
-            let mut flags = vec![Frame::bulk(if user.enabled { "on" } else { "off" })];
-            if user.nopass {
-                flags.push(Frame::bulk("nopass"));
-            }
-            let keys = if user.all_keys {
-                "~*".to_string()
-            } else {
-                user.key_patterns
-                    .iter()
-                    .map(|p| format!("~{}", String::from_utf8_lossy(p)))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
-            Ok(Frame::Map(vec![
-                (Frame::bulk("flags"), Frame::Array(flags)),
-                (
-                    Frame::bulk("passwords"),
-                    Frame::Array(
-                        user.password_hashes
-                            .iter()
-                            .map(|h| Frame::bulk(hex(h)))
-                            .collect(),
-                    ),
-                ),
-                (
-                    Frame::bulk("commands"),
-                    Frame::bulk(if user.command_rules.is_empty() {
-                        "-@all".to_string()
-                    } else {
-                        user.command_rules.join(" ")
-                    }),
-                ),
-                (Frame::bulk("keys"), Frame::bulk(keys)),
-                (Frame::bulk("channels"), Frame::bulk("&*")),
-                (Frame::bulk("selectors"), Frame::Array(vec![])),
-            ]))
-        }
-        "deluser" if args.len() >= 3 => {
-            let mut users = acl.users.write();
-            let mut removed = 0;
-            for name in &args[2..] {
-                let name = String::from_utf8_lossy(name);
-                if name == DEFAULT_USER {
-                    return Err(CmdError::msg("ERR The 'default' user cannot be removed"));
-                }
-                if users.remove(name.as_ref()).is_some() {
-                    removed += 1;
-                }
-            }
-            acl.generation.fetch_add(1, Ordering::Release);
-            Ok(Frame::Integer(removed))
-        }
-        "list" if args.len() == 2 => Ok(Frame::Array(
-            acl.users
-                .read()
-                .values()
-                .map(|u| Frame::bulk(u.describe()))
-                .collect(),
-        )),
-        "users" if args.len() == 2 => Ok(Frame::Array(
-            acl.users
-                .read()
-                .keys()
-                .map(|n| Frame::bulk(n.clone()))
-                .collect(),
-        )),
-        "cat" if args.len() == 2 => Ok(Frame::Array(
-            CATEGORIES.iter().map(|c| Frame::bulk(*c)).collect(),
-        )),
-        "cat" if args.len() == 3 => {
-            let category = args::lower(&args[2]);
-            if !CATEGORIES.contains(&category.as_str()) {
-                return Err(CmdError::msg(format!(
-                    "ERR Unknown category '{}'",
-                    errors::printable(&args[2], 64)
-                )));
-            }
-            Ok(Frame::Array(
-                registry()
-                    .specs()
-                    .iter()
-                    .filter(|s| in_category(s, &category))
-                    .map(|s| Frame::bulk(s.name))
-                    .collect(),
-            ))
-        }
-        "help" if args.len() == 2 => Ok(help_frame(&[
-            "ACL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-            "CAT [<category>]",
-            "SETUSER <username> <attribute> [<attribute> ...]",
-            "GETUSER <username>",
-            "DELUSER <username> [<username> ...]",
-            "LIST",
-            "USERS",
-            "WHOAMI",
-            "HELP",
-        ])),
-        "whoami" | "setuser" | "getuser" | "deluser" | "list" | "users" | "cat" | "help" => {
-            Err(CmdError::msg(errors::wrong_arity(&format!("acl|{sub}"))))
-        }
-        _ => Err(CmdError::msg(errors::unknown_subcommand("acl", &args[1]))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn user(rules: &[&str]) -> User {
+    pub(crate) fn user(rules: &[&str]) -> User {
         let mut u = User::new("u");
         for r in rules {
             u.apply(r.as_bytes()).unwrap();
@@ -606,12 +442,12 @@ mod tests {
         u
     }
 
-    fn allowed(u: &User, name: &str) -> bool {
+    pub(crate) fn allowed(u: &User, name: &str) -> bool {
         u.allowed[registry().lookup(name.as_bytes()).unwrap().0]
     }
 
     #[test]
-    fn categories_compile_in_order() {
+    pub(crate) fn categories_compile_in_order() {
         let u = user(&["on", "+@all", "-@dangerous"]);
         assert!(allowed(&u, "get"));
         assert!(!allowed(&u, "flushall"));
@@ -624,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_hashed_and_checked() {
+    pub(crate) fn passwords_are_hashed_and_checked() {
         let u = user(&["on", ">secret"]);
         assert!(u.password_matches(b"secret"));
         assert!(!u.password_matches(b"secreT"));
@@ -632,7 +468,7 @@ mod tests {
     }
 
     #[test]
-    fn key_patterns_cover_every_key_argument() {
+    pub(crate) fn key_patterns_cover_every_key_argument() {
         let u = user(&["on", "+@all", "~app:*"]);
         assert!(u.key_allowed(b"app:1"));
         assert!(!u.key_allowed(b"other:1"));
@@ -646,7 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn protected_mode_refuses_only_remote_peers_without_password() {
+    pub(crate) fn protected_mode_refuses_only_remote_peers_without_password() {
         let remote: std::net::IpAddr = "10.200.0.2".parse().unwrap();
         let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         let mapped: std::net::IpAddr = "::ffff:127.0.0.1".parse().unwrap();
@@ -665,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_rule_is_refused() {
+    pub(crate) fn unknown_rule_is_refused() {
         let mut u = User::new("u");
         assert!(u.apply(b"+@nosuch").is_err());
         assert!(u.apply(b"bogus").is_err());

@@ -11,12 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use ringkv_protocol::Frame;
 
 use crate::args;
-use crate::cmd::keyspace::help_frame;
-use crate::cmd::{registry, reply, spec, CommandSpec, Ctx};
-use crate::errors::{self, CmdError, CmdResult};
+use crate::errors;
 use crate::server::unix_seconds;
 
 /// Redis' default `slowlog-log-slower-than`: 10 ms.
@@ -32,33 +29,33 @@ const LATENCY_HISTORY_LEN: usize = 160;
 
 /// One slow command.
 #[derive(Debug, Clone)]
-struct Entry {
-    id: u64,
-    unix_seconds: u64,
-    micros: u64,
-    args: Vec<Bytes>,
-    peer: String,
-    name: Bytes,
+pub(crate) struct Entry {
+    pub(crate) id: u64,
+    pub(crate) unix_seconds: u64,
+    pub(crate) micros: u64,
+    pub(crate) args: Vec<Bytes>,
+    pub(crate) peer: String,
+    pub(crate) name: Bytes,
 }
 
 /// Latency samples of one event (e.g. "command").
 #[derive(Debug, Default)]
-struct Event {
-    samples: VecDeque<(u64, u64)>,
-    max_ms: u64,
+pub(crate) struct Event {
+    pub(crate) samples: VecDeque<(u64, u64)>,
+    pub(crate) max_ms: u64,
 }
 
 /// The slow log and the latency monitor.
 #[derive(Debug)]
 pub(crate) struct SlowLog {
-    entries: Mutex<VecDeque<Entry>>,
-    next_id: AtomicU64,
+    pub(crate) entries: Mutex<VecDeque<Entry>>,
+    pub(crate) next_id: AtomicU64,
     /// Microseconds; negative disables, 0 logs every command.
     pub slower_than_micros: AtomicI64,
     pub len_max: AtomicUsize,
     /// Milliseconds; 0 disables the latency monitor.
     pub latency_threshold_ms: AtomicU64,
-    events: Mutex<Vec<(&'static str, Event)>>,
+    pub(crate) events: Mutex<Vec<(&'static str, Event)>>,
 }
 
 impl SlowLog {
@@ -106,7 +103,7 @@ impl SlowLog {
         }
     }
 
-    fn push(&self, micros: u64, args: &[Bytes], peer: String, name: Bytes) {
+    pub(crate) fn push(&self, micros: u64, args: &[Bytes], peer: String, name: Bytes) {
         let mut kept: Vec<Bytes> = Vec::with_capacity(args.len().min(ENTRY_ARGS_MAX));
         for (i, arg) in args.iter().enumerate() {
             if i + 1 == ENTRY_ARGS_MAX && args.len() > ENTRY_ARGS_MAX {
@@ -144,7 +141,7 @@ impl SlowLog {
         entries.truncate(len_max);
     }
 
-    fn add_sample(&self, event: &'static str, ms: u64) {
+    pub(crate) fn add_sample(&self, event: &'static str, ms: u64) {
         let mut events = self.events.lock();
         let index = match events.iter().position(|(name, _)| *name == event) {
             Some(i) => i,
@@ -196,215 +193,12 @@ fn redact(kept: &mut [Bytes]) {
     }
 }
 
-/// SLOWLOG and LATENCY.
-pub(crate) const COMMANDS: &[CommandSpec] = &[
-    spec(
-        "slowlog",
-        -2,
-        &["admin", "loading", "stale"],
-        0,
-        0,
-        0,
-        &["admin", "slow", "dangerous"],
-        "A container for slow log commands.",
-        "2.2.12",
-        slowlog,
-    ),
-    spec(
-        "latency",
-        -2,
-        &["admin", "noscript", "loading", "stale"],
-        0,
-        0,
-        0,
-        &["admin", "slow", "dangerous"],
-        "A container for latency diagnostics commands.",
-        "2.8.13",
-        latency,
-    ),
-];
-
-fn slowlog(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply(slowlog_run(ctx, args))
-}
-
-fn slowlog_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
-    let log = &ctx.server.slowlog;
-    let sub = args::lower(&args[1]);
-    match (sub.as_str(), args.len()) {
-        ("len", 2) => Ok(Frame::Integer(log.len() as i64)),
-        ("reset", 2) => {
-            log.entries.lock().clear();
-            Ok(Frame::ok())
-        }
-        ("get", 2 | 3) => {
-            let count = match args.get(2) {
-                None => 10,
-                Some(arg) => match args::parse_i64(arg) {
-                    Some(-1) => usize::MAX,
-                    Some(n) if n >= 0 => n as usize,
-                    _ => {
-                        return Err(CmdError::msg(
-                            "ERR count should be greater than or equal to -1",
-                        ))
-                    }
-                },
-            };
-            let entries = log.entries.lock();
-            let frames = entries
-                .iter()
-                .take(count)
-                .map(|e| {
-                    Frame::Array(vec![
-                        Frame::Integer(e.id as i64),
-                        Frame::Integer(e.unix_seconds as i64),
-                        Frame::Integer(e.micros as i64),
-                        Frame::Array(e.args.iter().cloned().map(Frame::Bulk).collect()),
-                        Frame::bulk(e.peer.clone()),
-                        Frame::Bulk(e.name.clone()),
-                    ])
-                })
-                .collect();
-            Ok(Frame::Array(frames))
-        }
-        ("help", 2) => Ok(help_frame(&[
-            "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-            "GET [<count>]",
-            "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
-            "LEN",
-            "    Return the length of the slowlog.",
-            "RESET",
-            "    Reset the slowlog.",
-            "HELP",
-            "    Print this help.",
-        ])),
-        _ => Err(CmdError::msg(errors::unknown_subcommand(
-            "slowlog", &args[1],
-        ))),
-    }
-}
-
-fn latency(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply(latency_run(ctx, args))
-}
-
-fn latency_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
-    let log = &ctx.server.slowlog;
-    let sub = args::lower(&args[1]);
-    match sub.as_str() {
-        "latest" => {
-            let events = log.events.lock();
-            Ok(Frame::Array(
-                events
-                    .iter()
-                    .filter_map(|(name, e)| {
-                        let (ts, ms) = *e.samples.back()?;
-                        Some(Frame::Array(vec![
-                            Frame::bulk(*name),
-                            Frame::Integer(ts as i64),
-                            Frame::Integer(ms as i64),
-                            Frame::Integer(e.max_ms as i64),
-                        ]))
-                    })
-                    .collect(),
-            ))
-        }
-        "history" if args.len() == 3 => {
-            let wanted = args::lower(&args[2]);
-            let events = log.events.lock();
-            let samples = events
-                .iter()
-                .find(|(name, _)| *name == wanted)
-                .map(|(_, e)| {
-                    e.samples
-                        .iter()
-                        .map(|(ts, ms)| {
-                            Frame::Array(vec![
-                                Frame::Integer(*ts as i64),
-                                Frame::Integer(*ms as i64),
-                            ])
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            Ok(Frame::Array(samples))
-        }
-        "reset" => {
-            let mut events = log.events.lock();
-            let before = events.len();
-            if args.len() == 2 {
-                events.clear();
-            } else {
-                let names: Vec<String> = args[2..].iter().map(|a| args::lower(a)).collect();
-                events.retain(|(name, _)| !names.iter().any(|n| n == name));
-            }
-            Ok(Frame::Integer((before - events.len()) as i64))
-        }
-        "histogram" => {
-            let mut pairs = Vec::new();
-            for (index, spec) in registry().specs().iter().enumerate() {
-                if args.len() > 2 && !args[2..].iter().any(|a| args::is(a, spec.name)) {
-                    continue;
-                }
-                let histogram = &ctx.server.metrics.command_latency[index];
-                if histogram.count() == 0 {
-                    continue;
-                }
-                let buckets = histogram
-                    .cumulative_micros()
-                    .into_iter()
-                    .map(|(bound, count)| {
-                        (Frame::Integer(bound as i64), Frame::Integer(count as i64))
-                    })
-                    .collect();
-                pairs.push((
-                    Frame::bulk(spec.name),
-                    Frame::Map(vec![
-                        (
-                            Frame::bulk("calls"),
-                            Frame::Integer(histogram.count() as i64),
-                        ),
-                        (Frame::bulk("histogram_usec"), Frame::Map(buckets)),
-                    ]),
-                ));
-            }
-            Ok(Frame::Map(pairs))
-        }
-        "doctor" => {
-            let text = if log.events.lock().is_empty() {
-                "Dave, no latency spike was observed during the lifetime of this Redis instance, not in the slightest bit. I honestly think you ought to sleep tonight.\n"
-            } else {
-                "Latency spikes were observed; see LATENCY LATEST, LATENCY HISTORY and SLOWLOG GET.\n"
-            };
-            Ok(Frame::bulk(text))
-        }
-        "help" => Ok(help_frame(&[
-            "LATENCY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-            "LATEST",
-            "    Return the latest latency samples for all events.",
-            "HISTORY <event>",
-            "    Return time-latency samples for the <event> class.",
-            "RESET [<event> ...]",
-            "    Reset latency data of one or more <event> classes.",
-            "HISTOGRAM [<command> ...]",
-            "    Return a cumulative distribution of latencies per command.",
-            "DOCTOR",
-            "    Return a human readable latency analysis report.",
-            "HELP",
-            "    Print this help.",
-        ])),
-        _ => Err(CmdError::msg(errors::unknown_subcommand(
-            "latency", &args[1],
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn keeps_the_newest_entries_and_truncates_arguments() {
+    pub(crate) fn keeps_the_newest_entries_and_truncates_arguments() {
         let log = SlowLog::new(0, 2, 0);
         let long = Bytes::from(vec![b'x'; 200]);
         for _ in 0..3 {
@@ -421,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_redacted_and_auth_is_not_kept() {
+    pub(crate) fn secrets_are_redacted_and_auth_is_not_kept() {
         let log = SlowLog::new(0, 10, 0);
         let command = |line: &str| -> Vec<Bytes> {
             line.split(' ')
@@ -458,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn negative_threshold_disables() {
+    pub(crate) fn negative_threshold_disables() {
         let log = SlowLog::new(-1, 10, 0);
         log.observe(
             Duration::from_secs(1),

@@ -53,6 +53,7 @@ use crate::server::Server;
 use ringkv_store::{KeyGuard, Keyspace, StrValue};
 
 // Pure helpers of the string engineer's families; some are used only by their unit tests yet.
+pub(crate) mod acl;
 #[allow(dead_code)]
 pub(crate) mod bit_ops;
 pub(crate) mod bitmap;
@@ -61,6 +62,7 @@ pub(crate) mod docs;
 pub(crate) mod keyspace;
 pub(crate) mod replication;
 pub(crate) mod server;
+pub(crate) mod slowlog;
 pub(crate) mod string;
 #[allow(dead_code)]
 pub(crate) mod string_ops;
@@ -345,8 +347,8 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         server::COMMANDS,
         transaction::COMMANDS,
         replication::COMMANDS,
-        crate::acl::COMMANDS,
-        crate::slowlog::COMMANDS,
+        acl::COMMANDS,
+        slowlog::COMMANDS,
     ];
     let mut specs = Vec::new();
     let mut by_name = HashMap::new();
