@@ -338,6 +338,87 @@ fn client_kill_user_filter_kills_only_that_users_connections() {
     assert!(!closed(&mut plain));
 }
 
+/// The race behind a flaky `client_kill_user_filter_kills_only_that_users_connections`: a killed
+/// connection's task leaves the client table only when it ends, after its socket is shut, so a
+/// client that saw the close could still find the killed one in CLIENT LIST and kill it again.
+/// Here the killed connection cannot end on its own: it asked for replies it never reads, so its
+/// task is stuck writing to a full socket. The kill must take it out of the table regardless.
+#[test]
+fn killed_client_is_gone_from_list_info_and_later_kills_once_kill_answers() {
+    let server = Server::start();
+    let mut admin = server.client();
+    common::q::<()>(
+        &mut admin,
+        &["ACL", "SETUSER", "bob", "on", ">pw", "~*", "+@all"],
+    );
+    let big = vec![b'x'; 8 << 20];
+    common::q::<()>(
+        &mut admin,
+        &["SET", "big", std::str::from_utf8(&big).unwrap()],
+    );
+    let mut bob = server.raw();
+    bob.expect(&resp(&[b"AUTH", b"bob", b"pw"]), "+OK\r\n");
+    let bob_id = match bob.call(&resp(&[b"CLIENT", b"ID"])) {
+        Frame::Integer(id) => id,
+        other => panic!("CLIENT ID: {other:?}"),
+    };
+    // 64 MiB of replies that bob never reads: far more than the socket buffers hold.
+    let mut request = Vec::new();
+    for _ in 0..8 {
+        request.extend_from_slice(&resp(&[b"GET", b"big"]));
+    }
+    bob.send(&request);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let list: String = common::q(&mut admin, &["CLIENT", "LIST", "ID", &bob_id.to_string()]);
+        if list.contains(" cmd=get ") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's GET never ran: {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        common::info_field(&mut admin, "clients", "connected_clients"),
+        "2"
+    );
+    assert_eq!(
+        common::q::<i64>(&mut admin, &["CLIENT", "KILL", "USER", "bob"]),
+        1
+    );
+    // No waiting: the answer to the kill is the point from which bob is gone.
+    let list: String = common::q(&mut admin, &["CLIENT", "LIST"]);
+    assert!(
+        !list.contains(" user=bob "),
+        "killed client still listed:\n{list}"
+    );
+    assert_eq!(
+        common::info_field(&mut admin, "clients", "connected_clients"),
+        "1"
+    );
+    assert_eq!(
+        common::q::<i64>(&mut admin, &["CLIENT", "KILL", "USER", "bob"]),
+        0,
+        "a second kill counted the killed client"
+    );
+    assert_eq!(
+        common::q::<i64>(&mut admin, &["CLIENT", "KILL", "ID", &bob_id.to_string()]),
+        0
+    );
+    assert_eq!(
+        common::err(&mut admin, &["CLIENT", "KILL", &list_addr_of(&bob)]),
+        "ERR No such client"
+    );
+    drop(bob);
+}
+
+/// `ip:port` of a raw client as the server sees it (CLIENT KILL's old form).
+fn list_addr_of(raw: &common::Raw) -> String {
+    raw.stream.local_addr().unwrap().to_string()
+}
+
 #[test]
 fn client_kill_type_filter() {
     let server = Server::start();

@@ -621,12 +621,16 @@ fn client_kill(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
     Ok(Frame::Integer(killed))
 }
 
+/// Closes `handle`'s connection and takes it out of the client table at once: its task may
+/// still be writing or shutting its socket down, but once CLIENT KILL has answered, the client is
+/// gone from CLIENT LIST, INFO clients and later kills (the task's own removal is then a no-op).
 fn kill(ctx: &mut Ctx<'_>, handle: &crate::server::ClientHandle) {
     if handle.id == ctx.client.id() {
         ctx.client.close_after_reply = true;
     } else {
         handle.kill();
     }
+    ctx.server.clients.lock().remove(&handle.id);
     let _ = ctx
         .server
         .stats
