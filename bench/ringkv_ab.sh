@@ -10,8 +10,10 @@
 #   A_BIN=x A_ARGS="--row-cache-bytes 0" B_BIN=x bench/ringkv_ab.sh     (a setting)
 #
 # Environment: A_BIN, B_BIN (required), A_ARGS, B_ARGS (extra flags), ROUNDS
-# (3), WORKLOADS ("SET GET INCR"), PIPELINES ("1 16"), KEYSPACE (1000000),
-# CLIENTS (50), REQUESTS_P1 (200000), REQUESTS_PN (1000000), BENCH_DIR.
+# (3), WORKLOADS ("SET GET INCR"; MSET also works), PIPELINES ("1 16"),
+# KEYSPACE (1000000), CLIENTS (50), REQUESTS_P1 (200000), REQUESTS_PN
+# (1000000; MSET runs a quarter of these, as in server_vs_redis.sh: each
+# command sets 10 keys, and its ops/s are MSET commands), BENCH_DIR.
 set -euo pipefail
 
 : "${A_BIN:?set A_BIN}" "${B_BIN:?set B_BIN}"
@@ -59,13 +61,15 @@ for round in $(seq 1 "$ROUNDS"); do
         n=$REQUESTS_PN
         [ "$pipeline" = 1 ] && n=$REQUESTS_P1
         for workload in $WORKLOADS; do
+            requests=$n
+            [ "$workload" = MSET ] && requests=$((n / 4))
             for side in "${order[@]}"; do
                 port=$a_port pid=$a_pid
                 [ "$side" = b ] && port=$b_port pid=$b_pid
                 wait_idle "$a_pid" 60
                 wait_idle "$b_pid" 60
                 line=$(redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -P "$pipeline" -d 100 \
-                    -r "$KEYSPACE" -n "$n" -t "$(echo "$workload" | tr 'A-Z' 'a-z')" --csv 2>/dev/null \
+                    -r "$KEYSPACE" -n "$requests" -t "$(echo "$workload" | tr 'A-Z' 'a-z')" --csv 2>/dev/null \
                     | awk -F'","' 'NR == 2 { print $2, $7 }')
                 printf '%s\t%s\t%s\t%s\t%s\n' "$workload" "$pipeline" "$side" "$round" "$line" >>"$results"
                 log "  round $round $side $workload -P $pipeline: $line (ops/s p99)"
