@@ -25,7 +25,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[spec(
     "A container for Access List Control commands.",
     "6.0.0",
     acl,
-)];
+).syntax("SETUSER username [rule ...]|GETUSER username|DELUSER username [username ...]|LIST|USERS|WHOAMI|CAT [category]|HELP")];
 
 fn acl(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply(acl_run(ctx, args))

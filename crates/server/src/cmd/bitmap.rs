@@ -19,13 +19,13 @@ use crate::errors::{CmdError, CmdResult};
 
 /// The bitmap commands.
 pub(crate) const COMMANDS: &[CommandSpec] = &[
-    spec("setbit", 4, &["write", "denyoom"], 1, 1, 1, &["write", "bitmap", "slow"], "Sets or clears the bit at offset of the string value. Creates the key if it doesn't exist.", "2.2.0", setbit),
-    spec("getbit", 3, &["readonly", "fast"], 1, 1, 1, &["read", "bitmap", "fast"], "Returns a bit value by offset.", "2.2.0", getbit),
-    spec("bitcount", -2, &["readonly"], 1, 1, 1, &["read", "bitmap", "slow"], "Counts the number of set bits (population counting) in a string.", "2.6.0", bitcount),
-    spec("bitpos", -3, &["readonly"], 1, 1, 1, &["read", "bitmap", "slow"], "Finds the first set (1) or clear (0) bit in a string.", "2.8.7", bitpos),
-    spec("bitop", -4, &["write", "denyoom"], 2, -1, 1, &["write", "bitmap", "slow"], "Performs bitwise operations on multiple strings, and stores the result.", "2.6.0", bitop),
-    spec("bitfield", -2, &["write", "denyoom"], 1, 1, 1, &["write", "bitmap", "slow"], "Performs arbitrary bitfield integer operations on strings.", "3.2.0", bitfield),
-    spec("bitfield_ro", -2, &["readonly", "fast"], 1, 1, 1, &["read", "bitmap", "fast"], "Performs arbitrary read-only bitfield integer operations on strings.", "6.0.0", bitfield_ro),
+    spec("setbit", 4, &["write", "denyoom"], 1, 1, 1, &["write", "bitmap", "slow"], "Sets or clears the bit at offset of the string value. Creates the key if it doesn't exist.", "2.2.0", setbit).syntax("key offset value"),
+    spec("getbit", 3, &["readonly", "fast"], 1, 1, 1, &["read", "bitmap", "fast"], "Returns a bit value by offset.", "2.2.0", getbit).syntax("key offset"),
+    spec("bitcount", -2, &["readonly"], 1, 1, 1, &["read", "bitmap", "slow"], "Counts the number of set bits (population counting) in a string.", "2.6.0", bitcount).syntax("key [start end [BYTE|BIT]]"),
+    spec("bitpos", -3, &["readonly"], 1, 1, 1, &["read", "bitmap", "slow"], "Finds the first set (1) or clear (0) bit in a string.", "2.8.7", bitpos).syntax("key bit [start [end [BYTE|BIT]]]"),
+    spec("bitop", -4, &["write", "denyoom"], 2, -1, 1, &["write", "bitmap", "slow"], "Performs bitwise operations on multiple strings, and stores the result.", "2.6.0", bitop).syntax("AND|OR|XOR|NOT destkey key [key ...]"),
+    spec("bitfield", -2, &["write", "denyoom"], 1, 1, 1, &["write", "bitmap", "slow"], "Performs arbitrary bitfield integer operations on strings.", "3.2.0", bitfield).syntax("key [GET encoding offset|[OVERFLOW WRAP|SAT|FAIL] SET encoding offset value|INCRBY encoding offset increment ...]"),
+    spec("bitfield_ro", -2, &["readonly", "fast"], 1, 1, 1, &["read", "bitmap", "fast"], "Performs arbitrary read-only bitfield integer operations on strings.", "6.0.0", bitfield_ro).syntax("key [GET encoding offset ...]"),
 ];
 
 fn bytes_max(ctx: &Ctx<'_>) -> u64 {

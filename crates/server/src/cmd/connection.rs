@@ -23,7 +23,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Returns the server's liveliness response.",
         "1.0.0",
         ping,
-    ),
+    ).syntax("[message]"),
     spec(
         "echo",
         2,
@@ -35,7 +35,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Returns the given string.",
         "1.0.0",
         echo,
-    ),
+    ).syntax("message"),
     spec(
         "quit",
         -1,
@@ -54,7 +54,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Closes the connection.",
         "1.0.0",
         quit,
-    ),
+    ).syntax(""),
     spec(
         "select",
         2,
@@ -66,7 +66,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Changes the selected database.",
         "1.0.0",
         select,
-    ),
+    ).syntax("index"),
     spec(
         "auth",
         -2,
@@ -85,7 +85,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Authenticates the connection.",
         "1.0.0",
         auth,
-    ),
+    ).syntax("[username] password"),
     spec(
         "hello",
         -1,
@@ -104,7 +104,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Handshakes with the Redis server.",
         "6.0.0",
         hello,
-    ),
+    ).syntax("[protover [AUTH username password] [SETNAME clientname]]"),
     spec(
         "reset",
         1,
@@ -123,7 +123,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Resets the connection.",
         "6.2.0",
         reset,
-    ),
+    ).syntax(""),
     spec(
         "client",
         -2,
@@ -135,7 +135,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "A container for client connection commands.",
         "2.4.0",
         client,
-    ),
+    ).syntax("ID|GETNAME|SETNAME name|SETINFO LIB-NAME|LIB-VER value|LIST [TYPE type] [ID id ...]|INFO|KILL [ID id] [TYPE type] [USER username] [ADDR ip:port] [LADDR ip:port] [SKIPME YES|NO] [MAXAGE seconds]|HELP"),
 ];
 
 fn ping(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {

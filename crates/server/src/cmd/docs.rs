@@ -6,81 +6,10 @@
 use bytes::Bytes;
 use ringkv_protocol::Frame;
 
-/// The argument syntax of `name` (lower case), as Redis' documentation writes it.
+/// The argument syntax of `name` (lower case), as Redis' documentation writes it: the
+/// `syntax` of its spec, declared in its family file.
 pub(crate) fn syntax(name: &str) -> Option<&'static str> {
-    Some(match name {
-        // strings
-        "get" | "strlen" | "getdel" | "incr" | "decr" => "key",
-        "set" => "key value [NX|XX|IFEQ comparison-value] [GET] [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|KEEPTTL]",
-        "setnx" | "getset" | "append" => "key value",
-        "setex" => "key seconds value",
-        "psetex" => "key milliseconds value",
-        "getex" => "key [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|PERSIST]",
-        "mget" => "key [key ...]",
-        "mset" | "msetnx" => "key value [key value ...]",
-        "incrby" | "decrby" => "key increment",
-        "incrbyfloat" => "key increment",
-        "getrange" => "key start end",
-        "setrange" => "key offset value",
-        "lcs" => "key1 key2 [LEN] [IDX] [MINMATCHLEN min-match-len] [WITHMATCHLEN]",
-        "substr" => "key start end",
-        // bitmaps
-        "setbit" => "key offset value",
-        "getbit" => "key offset",
-        "bitcount" => "key [start end [BYTE|BIT]]",
-        "bitpos" => "key bit [start [end [BYTE|BIT]]]",
-        "bitop" => "AND|OR|XOR|NOT destkey key [key ...]",
-        "bitfield" => "key [GET encoding offset|[OVERFLOW WRAP|SAT|FAIL] SET encoding offset value|INCRBY encoding offset increment ...]",
-        "bitfield_ro" => "key [GET encoding offset ...]",
-        // keyspace
-        "del" | "unlink" | "exists" | "touch" => "key [key ...]",
-        "type" | "persist" | "ttl" | "pttl" | "expiretime" | "pexpiretime" => "key",
-        "rename" | "renamenx" => "key newkey",
-        "copy" => "source destination [DB destination-db] [REPLACE]",
-        "move" => "key db",
-        "swapdb" => "index1 index2",
-        "keys" => "pattern",
-        "scan" => "cursor [MATCH pattern] [COUNT count] [TYPE type]",
-        "range" => "start end [LIMIT count] [WITHVALUES]",
-        "dbsize" | "randomkey" => "",
-        "flushdb" | "flushall" => "[ASYNC|SYNC]",
-        "object" => "ENCODING|FREQ|IDLETIME|REFCOUNT|HELP key",
-        "memory" => "USAGE key [SAMPLES count]|HELP",
-        // expiry
-        "expire" => "key seconds [NX|XX|GT|LT]",
-        "pexpire" => "key milliseconds [NX|XX|GT|LT]",
-        "expireat" => "key unix-time-seconds [NX|XX|GT|LT]",
-        "pexpireat" => "key unix-time-milliseconds [NX|XX|GT|LT]",
-        // transactions
-        "watch" => "key [key ...]",
-        "multi" | "exec" | "discard" | "unwatch" => "",
-        // connection
-        "ping" => "[message]",
-        "echo" => "message",
-        "quit" | "reset" => "",
-        "select" => "index",
-        "auth" => "[username] password",
-        "hello" => "[protover [AUTH username password] [SETNAME clientname]]",
-        "client" => "ID|GETNAME|SETNAME name|SETINFO LIB-NAME|LIB-VER value|LIST [TYPE type] [ID id ...]|INFO|KILL [ID id] [TYPE type] [USER username] [ADDR ip:port] [LADDR ip:port] [SKIPME YES|NO] [MAXAGE seconds]|HELP",
-        // server
-        "info" => "[section [section ...]]",
-        "config" => "GET parameter [parameter ...]|SET parameter value [parameter value ...]|RESETSTAT|REWRITE|HELP",
-        "command" => "[COUNT|LIST|INFO [command-name ...]|DOCS [command-name ...]|GETKEYS command [arg ...]|HELP]",
-        "time" | "save" | "lastsave" => "",
-        "bgsave" => "[SCHEDULE]",
-        "shutdown" => "[NOSAVE|SAVE] [NOW] [FORCE] [ABORT]",
-        "debug" => "SLEEP seconds|SET-ACTIVE-EXPIRE 0|1|OBJECT key|POPULATE count [prefix] [size]|RELOAD|FAIL-FSYNC count|HELP",
-        "ringkv.checkpoint" => "",
-        "acl" => "SETUSER username [rule ...]|GETUSER username|DELUSER username [username ...]|LIST|USERS|WHOAMI|CAT [category]|HELP",
-        "slowlog" => "GET [count]|LEN|RESET|HELP",
-        "latency" => "LATEST|HISTORY event|RESET [event ...]|HISTOGRAM [command ...]|HELP",
-        "replicaof" | "slaveof" => "host port",
-        "role" | "sync" => "",
-        "wait" => "numreplicas timeout",
-        "replconf" => "option value [option value ...]",
-        "psync" => "replicationid offset",
-        _ => return None,
-    })
+    super::registry().lookup(name.as_bytes())?.1.syntax
 }
 
 /// One node of the argument tree.

@@ -27,27 +27,27 @@ const RANGE_LIMIT_DEFAULT: i64 = 1000;
 
 /// The keyspace commands.
 pub(crate) const COMMANDS: &[CommandSpec] = &[
-    spec("del", -2, &["write"], 1, -1, 1, &["keyspace", "write", "slow"], "Deletes one or more keys.", "1.0.0", del),
-    spec("unlink", -2, &["write", "fast"], 1, -1, 1, &["keyspace", "write", "fast"], "Asynchronously deletes one or more keys.", "4.0.0", del),
-    spec("exists", -2, &["readonly", "fast"], 1, -1, 1, &["keyspace", "read", "fast"], "Determines whether one or more keys exist.", "1.0.0", exists),
-    spec("touch", -2, &["readonly", "fast"], 1, -1, 1, &["keyspace", "read", "fast"], "Returns the number of existing keys out of those specified after updating the time they were last accessed.", "3.2.1", exists),
-    spec("type", 2, &["readonly", "fast"], 1, 1, 1, &["keyspace", "read", "fast"], "Determines the type of value stored at a key.", "1.0.0", type_of),
-    spec("rename", 3, &["write"], 1, 2, 1, &["keyspace", "write", "slow"], "Renames a key and overwrites the destination.", "1.0.0", rename),
-    spec("renamenx", 3, &["write", "fast"], 1, 2, 1, &["keyspace", "write", "fast"], "Renames a key only when the target key name doesn't exist.", "1.0.0", rename),
-    spec("copy", -3, &["write", "denyoom"], 1, 2, 1, &["keyspace", "write", "slow"], "Copies the value of a key to a new key.", "6.2.0", copy),
-    spec("move", 3, &["write", "fast"], 1, 1, 1, &["keyspace", "write", "fast"], "Moves a key to another database.", "1.0.0", move_key),
-    spec("swapdb", 3, &["write", "fast"], 0, 0, 0, &["keyspace", "write", "fast", "dangerous"], "Swaps two Redis databases.", "4.0.0", swapdb),
-    spec("keys", 2, &["readonly"], 0, 0, 0, &["keyspace", "read", "slow", "dangerous"], "Returns all key names that match a pattern.", "1.0.0", keys),
-    spec("scan", -2, &["readonly"], 0, 0, 0, &["keyspace", "read", "slow"], "Iterates over the key names in the database.", "2.8.0", scan),
-    spec("range", -3, &["readonly"], 0, 0, 0, &["keyspace", "read", "slow"], "Returns keys (optionally with values) between two bounds, in order (ringkv).", "ringkv-0.1.0", range),
-    spec("dbsize", 1, &["readonly", "fast"], 0, 0, 0, &["keyspace", "read", "fast"], "Returns the number of keys in the database.", "1.0.0", dbsize),
-    spec("flushdb", -1, &["write"], 0, 0, 0, &["keyspace", "write", "slow", "dangerous"], "Removes all keys from the current database.", "1.0.0", flushdb),
-    spec("flushall", -1, &["write"], 0, 0, 0, &["keyspace", "write", "slow", "dangerous"], "Removes all keys from all databases.", "1.0.0", flushall),
-    spec("randomkey", 1, &["readonly"], 0, 0, 0, &["keyspace", "read", "slow"], "Returns a random key name from the database.", "1.0.0", randomkey),
-    spec("object", -2, &["readonly"], 2, 2, 1, &["keyspace", "read", "slow"], "A container for object introspection commands.", "2.2.3", object),
+    spec("del", -2, &["write"], 1, -1, 1, &["keyspace", "write", "slow"], "Deletes one or more keys.", "1.0.0", del).syntax("key [key ...]"),
+    spec("unlink", -2, &["write", "fast"], 1, -1, 1, &["keyspace", "write", "fast"], "Asynchronously deletes one or more keys.", "4.0.0", del).syntax("key [key ...]"),
+    spec("exists", -2, &["readonly", "fast"], 1, -1, 1, &["keyspace", "read", "fast"], "Determines whether one or more keys exist.", "1.0.0", exists).syntax("key [key ...]"),
+    spec("touch", -2, &["readonly", "fast"], 1, -1, 1, &["keyspace", "read", "fast"], "Returns the number of existing keys out of those specified after updating the time they were last accessed.", "3.2.1", exists).syntax("key [key ...]"),
+    spec("type", 2, &["readonly", "fast"], 1, 1, 1, &["keyspace", "read", "fast"], "Determines the type of value stored at a key.", "1.0.0", type_of).syntax("key"),
+    spec("rename", 3, &["write"], 1, 2, 1, &["keyspace", "write", "slow"], "Renames a key and overwrites the destination.", "1.0.0", rename).syntax("key newkey"),
+    spec("renamenx", 3, &["write", "fast"], 1, 2, 1, &["keyspace", "write", "fast"], "Renames a key only when the target key name doesn't exist.", "1.0.0", rename).syntax("key newkey"),
+    spec("copy", -3, &["write", "denyoom"], 1, 2, 1, &["keyspace", "write", "slow"], "Copies the value of a key to a new key.", "6.2.0", copy).syntax("source destination [DB destination-db] [REPLACE]"),
+    spec("move", 3, &["write", "fast"], 1, 1, 1, &["keyspace", "write", "fast"], "Moves a key to another database.", "1.0.0", move_key).syntax("key db"),
+    spec("swapdb", 3, &["write", "fast"], 0, 0, 0, &["keyspace", "write", "fast", "dangerous"], "Swaps two Redis databases.", "4.0.0", swapdb).syntax("index1 index2"),
+    spec("keys", 2, &["readonly"], 0, 0, 0, &["keyspace", "read", "slow", "dangerous"], "Returns all key names that match a pattern.", "1.0.0", keys).syntax("pattern"),
+    spec("scan", -2, &["readonly"], 0, 0, 0, &["keyspace", "read", "slow"], "Iterates over the key names in the database.", "2.8.0", scan).syntax("cursor [MATCH pattern] [COUNT count] [TYPE type]"),
+    spec("range", -3, &["readonly"], 0, 0, 0, &["keyspace", "read", "slow"], "Returns keys (optionally with values) between two bounds, in order (ringkv).", "ringkv-0.1.0", range).syntax("start end [LIMIT count] [WITHVALUES]"),
+    spec("dbsize", 1, &["readonly", "fast"], 0, 0, 0, &["keyspace", "read", "fast"], "Returns the number of keys in the database.", "1.0.0", dbsize).syntax(""),
+    spec("flushdb", -1, &["write"], 0, 0, 0, &["keyspace", "write", "slow", "dangerous"], "Removes all keys from the current database.", "1.0.0", flushdb).syntax("[ASYNC|SYNC]"),
+    spec("flushall", -1, &["write"], 0, 0, 0, &["keyspace", "write", "slow", "dangerous"], "Removes all keys from all databases.", "1.0.0", flushall).syntax("[ASYNC|SYNC]"),
+    spec("randomkey", 1, &["readonly"], 0, 0, 0, &["keyspace", "read", "slow"], "Returns a random key name from the database.", "1.0.0", randomkey).syntax(""),
+    spec("object", -2, &["readonly"], 2, 2, 1, &["keyspace", "read", "slow"], "A container for object introspection commands.", "2.2.3", object).syntax("ENCODING|FREQ|IDLETIME|REFCOUNT|HELP key"),
     // The key of MEMORY USAGE key (Redis 7 names it in the subcommand's key spec); no other
     // subcommand has a third argument, so ACL checks it against the user's patterns.
-    spec("memory", -2, &["readonly"], 2, 2, 1, &["slow"], "A container for memory diagnostics commands.", "4.0.0", memory),
+    spec("memory", -2, &["readonly"], 2, 2, 1, &["slow"], "A container for memory diagnostics commands.", "4.0.0", memory).syntax("USAGE key [SAMPLES count]|HELP"),
 ];
 
 fn del(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {

@@ -114,6 +114,10 @@ pub(crate) struct CommandSpec {
     pub summary: &'static str,
     /// Redis version that introduced it, for COMMAND DOCS.
     pub since: &'static str,
+    /// Argument syntax as Redis' documentation writes it (`key value [NX|XX]`), for COMMAND
+    /// DOCS and the hints redis-cli shows while typing (`docs.rs` parses it). Every command
+    /// sets it with [`CommandSpec::syntax`]; a test checks none is missing.
+    pub syntax: Option<&'static str>,
     /// The handler.
     pub handler: Handler,
 }
@@ -122,6 +126,12 @@ impl CommandSpec {
     /// True if the spec has `flag`.
     pub(crate) fn has_flag(&self, flag: &str) -> bool {
         self.flags.contains(&flag)
+    }
+
+    /// The spec with its argument syntax (see the field).
+    pub(crate) const fn syntax(mut self, syntax: &'static str) -> CommandSpec {
+        self.syntax = Some(syntax);
+        self
     }
 
     /// What data it touches: named keys when the spec names key positions, whole databases
@@ -635,6 +645,7 @@ pub(crate) const fn spec(
         acl_categories,
         summary,
         since,
+        syntax: None,
         handler,
     }
 }

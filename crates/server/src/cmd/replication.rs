@@ -14,12 +14,12 @@ use crate::replication::{self, leader};
 
 /// The replication commands.
 pub(crate) const COMMANDS: &[CommandSpec] = &[
-    spec("replicaof", 3, &["admin", "noscript", "stale", "no_async_loading"], 0, 0, 0, &["admin", "slow", "dangerous"], "Configures a server as replica of another, or promotes it to a master.", "5.0.0", replicaof),
-    spec("slaveof", 3, &["admin", "noscript", "stale", "no_async_loading"], 0, 0, 0, &["admin", "slow", "dangerous"], "Sets a Redis server as a replica of another, or promotes it to being a master.", "1.0.0", replicaof),
-    spec("role", 1, &["noscript", "loading", "stale", "fast"], 0, 0, 0, &["admin", "fast", "dangerous"], "Returns the replication role.", "2.8.12", role),
-    spec("wait", 3, &["noscript"], 0, 0, 0, &["slow", "connection"], "Blocks until the asynchronous replication of all preceding write commands sent by the connection is completed.", "3.0.0", wait),
-    spec("replconf", -1, &["admin", "noscript", "loading", "stale", "allow_busy"], 0, 0, 0, &["admin", "slow", "dangerous"], "An internal command for configuring the replication stream.", "3.0.0", replconf),
-    spec("psync", -3, &["admin", "noscript", "no_async_loading", "no_multi"], 0, 0, 0, &["admin", "slow", "dangerous"], "An internal command used in replication.", "2.8.0", psync),
+    spec("replicaof", 3, &["admin", "noscript", "stale", "no_async_loading"], 0, 0, 0, &["admin", "slow", "dangerous"], "Configures a server as replica of another, or promotes it to a master.", "5.0.0", replicaof).syntax("host port"),
+    spec("slaveof", 3, &["admin", "noscript", "stale", "no_async_loading"], 0, 0, 0, &["admin", "slow", "dangerous"], "Sets a Redis server as a replica of another, or promotes it to being a master.", "1.0.0", replicaof).syntax("host port"),
+    spec("role", 1, &["noscript", "loading", "stale", "fast"], 0, 0, 0, &["admin", "fast", "dangerous"], "Returns the replication role.", "2.8.12", role).syntax(""),
+    spec("wait", 3, &["noscript"], 0, 0, 0, &["slow", "connection"], "Blocks until the asynchronous replication of all preceding write commands sent by the connection is completed.", "3.0.0", wait).syntax("numreplicas timeout"),
+    spec("replconf", -1, &["admin", "noscript", "loading", "stale", "allow_busy"], 0, 0, 0, &["admin", "slow", "dangerous"], "An internal command for configuring the replication stream.", "3.0.0", replconf).syntax("option value [option value ...]"),
+    spec("psync", -3, &["admin", "noscript", "no_async_loading", "no_multi"], 0, 0, 0, &["admin", "slow", "dangerous"], "An internal command used in replication.", "2.8.0", psync).syntax("replicationid offset"),
 ];
 
 fn replicaof(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {

@@ -30,7 +30,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Returns information and statistics about the server.",
         "1.0.0",
         info,
-    ),
+    ).syntax("[section [section ...]]"),
     spec(
         "config",
         -2,
@@ -42,7 +42,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "A container for server configuration commands.",
         "2.0.0",
         config,
-    ),
+    ).syntax("GET parameter [parameter ...]|SET parameter value [parameter value ...]|RESETSTAT|REWRITE|HELP"),
     spec(
         "command",
         -1,
@@ -54,7 +54,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Returns detailed information about all commands.",
         "2.8.13",
         command,
-    ),
+    ).syntax("[COUNT|LIST|INFO [command-name ...]|DOCS [command-name ...]|GETKEYS command [arg ...]|HELP]"),
     spec(
         "time",
         1,
@@ -66,7 +66,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Returns the server time.",
         "2.6.0",
         time,
-    ),
+    ).syntax(""),
     spec(
         "save",
         1,
@@ -78,7 +78,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Synchronously saves the database(s) to disk.",
         "1.0.0",
         save,
-    ),
+    ).syntax(""),
     spec(
         "bgsave",
         -1,
@@ -90,7 +90,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Asynchronously saves the database(s) to disk.",
         "1.0.0",
         bgsave,
-    ),
+    ).syntax("[SCHEDULE]"),
     spec(
         "lastsave",
         1,
@@ -102,7 +102,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Returns the Unix timestamp of the last successful save to disk.",
         "1.0.0",
         lastsave,
-    ),
+    ).syntax(""),
     spec(
         "ringkv.checkpoint",
         1,
@@ -114,7 +114,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Writes a consistent checkpoint for `ringkv backup`; returns its path and sequence.",
         "7.2.0",
         ringkv_checkpoint,
-    ),
+    ).syntax(""),
     spec(
         "shutdown",
         -1,
@@ -134,7 +134,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Synchronously saves the database(s) to disk and shuts down the Redis server.",
         "1.0.0",
         shutdown,
-    ),
+    ).syntax("[NOSAVE|SAVE] [NOW] [FORCE] [ABORT]"),
     spec(
         "debug",
         -2,
@@ -146,7 +146,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "A container for debugging commands.",
         "1.0.0",
         debug,
-    ),
+    ).syntax("SLEEP seconds|SET-ACTIVE-EXPIRE 0|1|OBJECT key|POPULATE count [prefix] [size]|RELOAD|FAIL-FSYNC count|SLOW-FSYNC milliseconds [count]|COMPACTION PAUSE|RESUME|ADVANCE-CLOCK milliseconds|HELP"),
 ];
 
 fn time(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {

@@ -22,7 +22,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "A container for slow log commands.",
         "2.2.12",
         slowlog,
-    ),
+    )
+    .syntax("GET [count]|LEN|RESET|HELP"),
     spec(
         "latency",
         -2,
@@ -34,7 +35,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "A container for latency diagnostics commands.",
         "2.8.13",
         latency,
-    ),
+    )
+    .syntax("LATEST|HISTORY event|RESET [event ...]|HISTOGRAM [command ...]|HELP"),
 ];
 
 fn slowlog(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {

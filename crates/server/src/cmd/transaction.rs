@@ -32,7 +32,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Starts a transaction.",
         "1.2.0",
         multi,
-    ),
+    )
+    .syntax(""),
     spec(
         "exec",
         1,
@@ -44,7 +45,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Executes all commands in a transaction.",
         "1.2.0",
         exec,
-    ),
+    )
+    .syntax(""),
     spec(
         "discard",
         1,
@@ -56,7 +58,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Discards a transaction.",
         "2.0.0",
         discard,
-    ),
+    )
+    .syntax(""),
     spec(
         "watch",
         -2,
@@ -68,7 +71,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Monitors changes to keys to determine the execution of a transaction.",
         "2.2.0",
         watch,
-    ),
+    )
+    .syntax("key [key ...]"),
     spec(
         "unwatch",
         1,
@@ -80,7 +84,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Forgets about watched keys of a transaction.",
         "2.2.0",
         unwatch,
-    ),
+    )
+    .syntax(""),
 ];
 
 fn multi(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {

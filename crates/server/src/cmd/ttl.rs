@@ -21,7 +21,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Sets the expiration time of a key in seconds.",
         "1.0.0",
         expire,
-    ),
+    )
+    .syntax("key seconds [NX|XX|GT|LT]"),
     spec(
         "pexpire",
         -3,
@@ -33,7 +34,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Sets the expiration time of a key in milliseconds.",
         "2.6.0",
         expire,
-    ),
+    )
+    .syntax("key milliseconds [NX|XX|GT|LT]"),
     spec(
         "expireat",
         -3,
@@ -45,7 +47,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Sets the expiration time of a key to a Unix timestamp.",
         "1.2.0",
         expire,
-    ),
+    )
+    .syntax("key unix-time-seconds [NX|XX|GT|LT]"),
     spec(
         "pexpireat",
         -3,
@@ -57,7 +60,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Sets the expiration time of a key to a Unix milliseconds timestamp.",
         "2.6.0",
         expire,
-    ),
+    )
+    .syntax("key unix-time-milliseconds [NX|XX|GT|LT]"),
     spec(
         "ttl",
         2,
@@ -69,7 +73,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Returns the expiration time in seconds of a key.",
         "1.0.0",
         ttl,
-    ),
+    )
+    .syntax("key"),
     spec(
         "pttl",
         2,
@@ -81,7 +86,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Returns the expiration time in milliseconds of a key.",
         "2.6.0",
         ttl,
-    ),
+    )
+    .syntax("key"),
     spec(
         "expiretime",
         2,
@@ -93,7 +99,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Returns the expiration time of a key as a Unix timestamp.",
         "7.0.0",
         ttl,
-    ),
+    )
+    .syntax("key"),
     spec(
         "pexpiretime",
         2,
@@ -105,7 +112,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Returns the expiration time of a key as a Unix milliseconds timestamp.",
         "7.0.0",
         ttl,
-    ),
+    )
+    .syntax("key"),
     spec(
         "persist",
         2,
@@ -117,7 +125,8 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Removes the expiration time of a key.",
         "2.2.0",
         persist,
-    ),
+    )
+    .syntax("key"),
 ];
 
 /// EXPIRE's NX / XX / GT / LT.
