@@ -8,7 +8,6 @@
 //! WAL once a second under `everysec`.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +15,6 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fs4::fs_std::FileExt;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::batch::{BatchOp, WriteBatch};
@@ -28,6 +26,7 @@ use crate::iter::{self, Entry, MemSource, MergingIter, RangeIter, Source};
 use crate::memtable::Memtable;
 use crate::options::{FsyncPolicy, Options};
 use crate::row_cache::{Lookup, Row, RowCache};
+use crate::storage::{Storage, StorageLock};
 use crate::table::{TableBuilder, TableIter, TableOptions};
 use crate::version::{
     self, table_path, Manifest, TableCache, TableFile, Version, VersionEdit, LEVELS,
@@ -99,7 +98,7 @@ struct Counters {
 pub(crate) struct Inner {
     dir: PathBuf,
     options: Options,
-    _lock_file: File,
+    _lock_file: Box<dyn StorageLock>,
     write: Mutex<WriteState>,
     /// Signalled when a flush or compaction finishes (stalled writers wait).
     progress: Condvar,
@@ -213,17 +212,23 @@ impl Db {
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
         let started = Instant::now();
         let dir = dir.as_ref().to_path_buf();
+        let storage = options.storage.clone();
+        let fs: &dyn Storage = &*storage;
+        let current_path = dir.join("CURRENT");
         if options.create_if_missing {
-            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        } else if !dir.join("CURRENT").exists() {
+            fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        } else if !fs
+            .exists(&current_path)
+            .map_err(|e| Error::io(&current_path, e))?
+        {
             return Err(Error::InvalidArgument(format!(
                 "no database in {} and create_if_missing is off",
                 dir.display()
             )));
         }
-        let lock_file = lock_directory(&dir)?;
-        let recovered = Manifest::recover(&dir)?;
-        let listing = list_files(&dir)?;
+        let lock_file = lock_directory(fs, &dir)?;
+        let recovered = Manifest::recover(fs, &dir)?;
+        let listing = list_files(fs, &dir)?;
         let (mut version, log_number, manifest_next, manifest_seq) = match recovered {
             Some(r) => (r.version, r.log_number, r.next_file_number, r.last_seq),
             None => (Version::default(), 0, 1, 0),
@@ -249,7 +254,7 @@ impl Db {
         let mem = Arc::new(Memtable::new(0));
         for (i, &number) in replay.iter().enumerate() {
             let path = wal::segment_path(&dir, number);
-            let read = wal::read_segment(&path)?;
+            let read = wal::read_segment(fs, &path)?;
             for (_, payload) in &read.payloads {
                 let ops = wal::decode_payload(payload).expect("validated by read_segment");
                 for op in ops {
@@ -275,10 +280,11 @@ impl Db {
                     ));
                 }
                 recovery.wal_bytes_dropped = read.file_bytes - read.valid_bytes;
-                preserve_damaged_segment(&path, read.valid_bytes, &mut recovery)?;
+                preserve_damaged_segment(fs, &path, read.valid_bytes, &mut recovery)?;
             }
         }
         refuse_lost_orphans(
+            fs,
             &dir,
             &version,
             &listing,
@@ -291,7 +297,7 @@ impl Db {
         if !mem.is_empty() {
             let number = next_file;
             next_file += 1;
-            let file = write_memtable(&dir, number, &mem, &table_options)?;
+            let file = write_memtable(fs, &dir, number, &mem, &table_options)?;
             version = version.apply(&VersionEdit {
                 added: vec![(0, Arc::new(file))],
                 ..VersionEdit::default()
@@ -300,8 +306,15 @@ impl Db {
         let wal_number = next_file;
         let manifest_number = next_file + 1;
         next_file += 2;
-        let wal = Wal::create(&dir, wal_number, last_seq, options.faults.clone())?;
+        let wal = Wal::create(
+            storage.clone(),
+            &dir,
+            wal_number,
+            last_seq,
+            options.faults.clone(),
+        )?;
         let manifest = Manifest::create(
+            fs,
             &dir,
             manifest_number,
             &version,
@@ -313,16 +326,20 @@ impl Db {
         let live: std::collections::HashSet<u64> =
             version.levels.iter().flatten().map(|t| t.number).collect();
         for number in listing.tables.iter().filter(|n| !live.contains(n)) {
-            remove_quietly(&table_path(&dir, *number));
+            remove_quietly(fs, &table_path(&dir, *number));
         }
         for number in listing.wal.iter().filter(|&&n| n < wal_number) {
-            remove_quietly(&wal::segment_path(&dir, *number));
+            remove_quietly(fs, &wal::segment_path(&dir, *number));
         }
         for number in listing.manifests.iter().filter(|&&n| n != manifest_number) {
-            remove_quietly(&dir.join(format!("MANIFEST-{number:010}")));
+            remove_quietly(fs, &dir.join(format!("MANIFEST-{number:010}")));
         }
 
-        let tables = TableCache::new(options.open_files_max, options.block_cache_bytes);
+        let tables = TableCache::new(
+            storage.clone(),
+            options.open_files_max,
+            options.block_cache_bytes,
+        );
         recovery.duration_ms = started.elapsed().as_millis() as u64;
         let row_cache =
             (options.row_cache_bytes > 0).then(|| RowCache::new(options.row_cache_bytes));
@@ -796,7 +813,8 @@ impl Db {
     /// the memtable freeze.
     pub fn checkpoint(&self, target: impl AsRef<Path>) -> Result<u64> {
         let target = target.as_ref();
-        if target.exists() {
+        let fs: &dyn Storage = &*self.inner.options.storage;
+        if fs.exists(target).map_err(|e| Error::io(target, e))? {
             return Err(Error::InvalidArgument(format!(
                 "checkpoint target {} already exists",
                 target.display()
@@ -813,16 +831,19 @@ impl Db {
             .max()
             .unwrap_or(0);
         let building = target.with_extension("checkpoint-tmp");
-        let _ = fs::remove_dir_all(&building);
-        fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
+        let _ = fs.remove_dir_all(&building);
+        fs.create_dir_all(&building)
+            .map_err(|e| Error::io(&building, e))?;
         let mut copied = Version::default();
         for (level, tables) in version.levels.iter().enumerate() {
             for table in tables {
                 let to = table_path(&building, table.number);
-                if fs::hard_link(&table.path, &to).is_err() {
-                    fs::copy(&table.path, &to).map_err(|e| Error::io(&to, e))?;
-                    File::open(&to)
-                        .and_then(|f| f.sync_all())
+                if fs.link(&table.path, &to).is_err() {
+                    let data = fs
+                        .read(&table.path)
+                        .map_err(|e| Error::io(&table.path, e))?;
+                    fs.create(&to, true)
+                        .and_then(|f| f.append(&data).and_then(|()| f.sync()))
                         .map_err(|e| Error::io(&to, e))?;
                 }
                 copied.levels[level].push(Arc::new(TableFile::new(
@@ -834,6 +855,7 @@ impl Db {
         }
         let next_file = self.inner.next_file.load(Ordering::Acquire);
         Manifest::create(
+            fs,
             &building,
             next_file,
             &copied,
@@ -841,10 +863,11 @@ impl Db {
             next_file + 2,
             seq,
         )?;
-        wal::sync_dir(&building)?;
-        fs::rename(&building, target).map_err(|e| Error::io(target, e))?;
+        wal::sync_dir(fs, &building)?;
+        fs.rename(&building, target)
+            .map_err(|e| Error::io(target, e))?;
         if let Some(parent) = target.parent() {
-            wal::sync_dir(parent)?;
+            wal::sync_dir(fs, parent)?;
         }
         tracing::info!(target = %target.display(), seq, "checkpoint written");
         Ok(seq)
@@ -1065,6 +1088,7 @@ impl Inner {
             None
         } else {
             let file = write_memtable(
+                &*self.options.storage,
                 &self.dir,
                 number,
                 &mem,
@@ -1125,9 +1149,12 @@ impl Inner {
             self.maybe_rewrite_manifest(&mut versions, &version, log_number)?;
             log_number
         };
-        for number in list_files(&self.dir)?.wal {
+        for number in list_files(&*self.options.storage, &self.dir)?.wal {
             if number < log_number {
-                remove_quietly(&wal::segment_path(&self.dir, number));
+                remove_quietly(
+                    &*self.options.storage,
+                    &wal::segment_path(&self.dir, number),
+                );
             }
         }
         self.progress.notify_all();
@@ -1149,6 +1176,7 @@ impl Inner {
         let number = self.next_file.fetch_add(1, Ordering::AcqRel);
         let last_seq = self.visible_seq.load(Ordering::Acquire);
         versions.manifest = Manifest::create(
+            &*self.options.storage,
             &self.dir,
             number,
             version,
@@ -1156,7 +1184,7 @@ impl Inner {
             self.next_file.load(Ordering::Acquire),
             last_seq,
         )?;
-        remove_quietly(&old);
+        remove_quietly(&*self.options.storage, &old);
         Ok(())
     }
 
@@ -1227,7 +1255,7 @@ impl Inner {
             self.maybe_rewrite_manifest(&mut versions, &next, log_number)?;
         }
         for file in decision.inputs.iter().chain(&decision.overlaps) {
-            file.mark_obsolete();
+            file.mark_obsolete(&self.options.storage);
             self.tables.evict(file.number);
         }
         self.counters.compactions.fetch_add(1, Ordering::Relaxed);
@@ -1396,6 +1424,7 @@ fn stored_value(op: &BatchOp) -> (Kind, Bytes) {
 /// manifest lost a committed edit (a damaged file) and deleting the table
 /// would silently drop acknowledged writes: refuse to open instead.
 fn refuse_lost_orphans(
+    fs: &dyn Storage,
     dir: &Path,
     version: &Version,
     listing: &Listing,
@@ -1408,7 +1437,7 @@ fn refuse_lost_orphans(
     for &number in listing.tables.iter().filter(|n| !live.contains(n)) {
         let path = table_path(dir, number);
         // A table torn by the crash that orphaned it was never committed.
-        let Ok(table) = crate::table::Table::open(&path, number, cache.clone()) else {
+        let Ok(table) = crate::table::Table::open(fs, &path, number, cache.clone()) else {
             continue;
         };
         let meta = table.meta();
@@ -1435,6 +1464,7 @@ fn refuse_lost_orphans(
 
 /// Writes every entry of `mem` to table `number`.
 fn write_memtable(
+    fs: &dyn Storage,
     dir: &Path,
     number: u64,
     mem: &Memtable,
@@ -1442,35 +1472,26 @@ fn write_memtable(
 ) -> Result<TableFile> {
     let path = table_path(dir, number);
     let written = (|| {
-        let mut builder = TableBuilder::create(&path, options)?;
+        let mut builder = TableBuilder::create(fs, &path, options)?;
         mem.try_for_each(|key, value| builder.add(key, value))?;
         builder.finish()
     })();
     match written {
         Ok(meta) => {
-            wal::sync_dir(dir)?;
+            wal::sync_dir(fs, dir)?;
             Ok(TableFile::new(dir, number, meta))
         }
         Err(error) => {
-            remove_quietly(&path);
+            remove_quietly(fs, &path);
             Err(error)
         }
     }
 }
 
-fn lock_directory(dir: &Path) -> Result<File> {
+fn lock_directory(fs: &dyn Storage, dir: &Path) -> Result<Box<dyn StorageLock>> {
     let lock_path = dir.join("LOCK");
-    let lock_file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?;
-    match lock_file.try_lock_exclusive() {
-        Ok(true) => Ok(lock_file),
-        Ok(false) => Err(Error::Locked {
-            path: dir.to_path_buf(),
-        }),
+    match fs.lock(&lock_path) {
+        Ok(lock) => Ok(lock),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::Locked {
             path: dir.to_path_buf(),
         }),
@@ -1660,12 +1681,9 @@ struct Listing {
     max_number: u64,
 }
 
-fn list_files(dir: &Path) -> Result<Listing> {
+fn list_files(fs: &dyn Storage, dir: &Path) -> Result<Listing> {
     let mut listing = Listing::default();
-    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+    for name in fs.list(dir).map_err(|e| Error::io(dir, e))? {
         let (list, number) = if let Some(stem) = name.strip_suffix(".wal") {
             (&mut listing.wal, stem.parse::<u64>().ok())
         } else if let Some(stem) = name.strip_suffix(".sst") {
@@ -1693,8 +1711,13 @@ fn list_files(dir: &Path) -> Result<Listing> {
 /// but that loses acknowledged writes, so it is logged as an error, counted
 /// in [`Recovery::wal_damaged_mid_log`], and the segment is copied to
 /// `<segment>.damaged` first so nothing is destroyed before an operator looks.
-fn preserve_damaged_segment(path: &Path, valid_bytes: u64, recovery: &mut Recovery) -> Result<()> {
-    let data = fs::read(path).map_err(|e| Error::io(path, e))?;
+fn preserve_damaged_segment(
+    fs: &dyn Storage,
+    path: &Path,
+    valid_bytes: u64,
+    recovery: &mut Recovery,
+) -> Result<()> {
+    let data = fs.read(path).map_err(|e| Error::io(path, e))?;
     let Some(intact_at) = wal::intact_record_after(&data, valid_bytes as usize, |payload| {
         wal::decode_payload(payload).is_some()
     }) else {
@@ -1710,14 +1733,14 @@ fn preserve_damaged_segment(path: &Path, valid_bytes: u64, recovery: &mut Recove
     kept.push(".damaged");
     let kept = PathBuf::from(kept);
     // The copy must survive a power loss like any file the engine keeps: contents, then name.
-    File::create(&kept)
-        .and_then(|mut file| {
-            std::io::Write::write_all(&mut file, &data)?;
-            file.sync_all()
+    fs.create(&kept, false)
+        .and_then(|file| {
+            file.append(&data)?;
+            file.sync()
         })
         .map_err(|e| Error::io(&kept, e))?;
     if let Some(parent) = kept.parent() {
-        wal::sync_dir(parent)?;
+        wal::sync_dir(fs, parent)?;
     }
     recovery.wal_damaged_mid_log = true;
     tracing::error!(
@@ -1750,8 +1773,8 @@ fn release_here(mem: Arc<Memtable>) {
     drop(mem);
 }
 
-fn remove_quietly(path: &Path) {
-    if let Err(error) = fs::remove_file(path) {
+fn remove_quietly(fs: &dyn Storage, path: &Path) {
+    if let Err(error) = fs.remove(path) {
         if error.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(file = %path.display(), %error, "could not remove obsolete file");
         }

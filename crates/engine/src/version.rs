@@ -26,14 +26,12 @@
 //! its tables are orphans, removed at open. The first record of every
 //! manifest is a full snapshot of the version (all tables as adds).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::format::{self, compare_internal};
+use crate::storage::{Storage, StorageFile};
 use crate::table::{BlockCache, Table, TableMeta};
 use crate::wal::{self, sync_dir};
 
@@ -56,7 +54,9 @@ pub(crate) struct TableFile {
     pub number: u64,
     pub meta: TableMeta,
     pub path: PathBuf,
-    obsolete: AtomicBool,
+    /// Set when compaction made the table obsolete: the storage to delete
+    /// the file from once the last reference goes.
+    obsolete: OnceLock<Arc<dyn Storage>>,
 }
 
 impl TableFile {
@@ -65,12 +65,12 @@ impl TableFile {
             number,
             meta,
             path: table_path(dir, number),
-            obsolete: AtomicBool::new(false),
+            obsolete: OnceLock::new(),
         }
     }
 
-    pub fn mark_obsolete(&self) {
-        self.obsolete.store(true, Ordering::Release);
+    pub fn mark_obsolete(&self, fs: &Arc<dyn Storage>) {
+        let _ = self.obsolete.set(fs.clone());
     }
 
     pub fn smallest_user_key(&self) -> &[u8] {
@@ -89,8 +89,8 @@ impl TableFile {
 
 impl Drop for TableFile {
     fn drop(&mut self) {
-        if self.obsolete.load(Ordering::Acquire) {
-            if let Err(error) = fs::remove_file(&self.path) {
+        if let Some(fs) = self.obsolete.get() {
+            if let Err(error) = fs.remove(&self.path) {
                 tracing::warn!(file = %self.path.display(), %error, "could not delete obsolete table");
             }
         }
@@ -99,6 +99,7 @@ impl Drop for TableFile {
 
 /// Open tables, bounded by `open_files_max`; evicted tables close their file.
 pub(crate) struct TableCache {
+    fs: Arc<dyn Storage>,
     tables: quick_cache::sync::Cache<u64, Arc<Table>>,
     pub blocks: Arc<BlockCache>,
 }
@@ -112,8 +113,13 @@ impl std::fmt::Debug for TableCache {
 }
 
 impl TableCache {
-    pub fn new(open_files_max: usize, block_cache_bytes: usize) -> TableCache {
+    pub fn new(
+        fs: Arc<dyn Storage>,
+        open_files_max: usize,
+        block_cache_bytes: usize,
+    ) -> TableCache {
         TableCache {
+            fs,
             tables: quick_cache::sync::Cache::new(open_files_max.max(16)),
             blocks: Arc::new(BlockCache::new(block_cache_bytes)),
         }
@@ -122,7 +128,7 @@ impl TableCache {
     /// The open table for `file`, opening it when needed.
     pub fn get(&self, file: &TableFile) -> Result<Arc<Table>> {
         self.tables.get_or_insert_with(&file.number, || {
-            Table::open(&file.path, file.number, self.blocks.clone()).map(Arc::new)
+            Table::open(&*self.fs, &file.path, file.number, self.blocks.clone()).map(Arc::new)
         })
     }
 
@@ -311,7 +317,7 @@ impl VersionEdit {
 /// The manifest file being appended to.
 #[derive(Debug)]
 pub(crate) struct Manifest {
-    file: File,
+    file: Box<dyn StorageFile>,
     path: PathBuf,
     bytes: u64,
 }
@@ -330,10 +336,11 @@ const MANIFEST_BYTES_MAX: u64 = 4 << 20;
 
 impl Manifest {
     /// Reads CURRENT and its manifest; `None` when the directory has none.
-    pub fn recover(dir: &Path) -> Result<Option<Recovered>> {
+    pub fn recover(fs: &dyn Storage, dir: &Path) -> Result<Option<Recovered>> {
         let current_path = dir.join("CURRENT");
-        let name = match fs::read_to_string(&current_path) {
-            Ok(name) => name,
+        let name = match fs.read(&current_path) {
+            Ok(name) => String::from_utf8(name)
+                .map_err(|_| Error::corruption(&current_path, 0, "CURRENT is not UTF-8"))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(&current_path, e)),
         };
@@ -346,7 +353,7 @@ impl Manifest {
             ));
         }
         let path = dir.join(name);
-        let read = wal::read_records(&path)?;
+        let read = wal::read_records(fs, &path)?;
         let mut recovered = Recovered {
             version: Version::default(),
             log_number: 0,
@@ -375,7 +382,10 @@ impl Manifest {
         }
         for level in &recovered.version.levels {
             for table in level {
-                if !table.path.exists() {
+                if !fs
+                    .exists(&table.path)
+                    .map_err(|e| Error::io(&table.path, e))?
+                {
                     return Err(Error::corruption(
                         &path,
                         0,
@@ -390,6 +400,7 @@ impl Manifest {
     /// Starts manifest `number` holding a snapshot of `version` and makes
     /// CURRENT point at it.
     pub fn create(
+        fs: &dyn Storage,
         dir: &Path,
         number: u64,
         version: &Version,
@@ -398,12 +409,7 @@ impl Manifest {
         last_seq: u64,
     ) -> Result<Manifest> {
         let path = dir.join(manifest_name(number));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = fs.create(&path, false).map_err(|e| Error::io(&path, e))?;
         let mut manifest = Manifest {
             file,
             path,
@@ -422,7 +428,7 @@ impl Manifest {
             deleted: Vec::new(),
         };
         manifest.append(&snapshot)?;
-        write_current(dir, &manifest_name(number))?;
+        write_current(fs, dir, &manifest_name(number))?;
         Ok(manifest)
     }
 
@@ -432,8 +438,8 @@ impl Manifest {
         let mut record = Vec::with_capacity(payload.len() + wal::RECORD_HEADER_BYTES);
         wal::frame_record(&mut record, &payload);
         self.file
-            .write_all(&record)
-            .and_then(|_| self.file.sync_data())
+            .append(&record)
+            .and_then(|_| self.file.sync())
             .map_err(|e| Error::io(&self.path, e))?;
         self.bytes += record.len() as u64;
         Ok(())
@@ -449,15 +455,16 @@ impl Manifest {
 }
 
 /// Points CURRENT at `name` atomically.
-pub(crate) fn write_current(dir: &Path, name: &str) -> Result<()> {
+pub(crate) fn write_current(fs: &dyn Storage, dir: &Path, name: &str) -> Result<()> {
     let tmp = dir.join("CURRENT.tmp");
-    let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(format!("{name}\n").as_bytes())
-        .and_then(|_| file.sync_all())
+    let file = fs.create(&tmp, false).map_err(|e| Error::io(&tmp, e))?;
+    file.append(format!("{name}\n").as_bytes())
+        .and_then(|_| file.sync())
         .map_err(|e| Error::io(&tmp, e))?;
     let current = dir.join("CURRENT");
-    fs::rename(&tmp, &current).map_err(|e| Error::io(&current, e))?;
-    sync_dir(dir)
+    fs.rename(&tmp, &current)
+        .map_err(|e| Error::io(&current, e))?;
+    sync_dir(fs, dir)
 }
 
 /// Parses a manifest file name.
