@@ -219,6 +219,8 @@ struct State {
     fired: bool,
     /// `counts.calls` when the faults were set.
     calls_at_config: u64,
+    /// The call at which the power goes (it and every later call fail).
+    die_at_call: Option<u64>,
 }
 
 /// What a call is to do: go on, or fail (after `partial` bytes for a write).
@@ -248,6 +250,7 @@ impl State {
             counts: FaultCounts::default(),
             fired: false,
             calls_at_config: 0,
+            die_at_call: None,
         }
     }
 
@@ -257,6 +260,10 @@ impl State {
             return Verdict::Fail(io::Error::from_raw_os_error(EIO));
         }
         self.counts.calls += 1;
+        if self.die_at_call == Some(self.counts.calls) {
+            self.alive = false;
+            return Verdict::Fail(io::Error::from_raw_os_error(EIO));
+        }
         let f = self.faults;
         if self.counts.calls - self.calls_at_config <= f.start_after_calls
             || (f.one_shot && self.fired)
@@ -351,6 +358,21 @@ impl SimFs {
         state.faults = faults;
         state.fired = false;
         state.calls_at_config = state.counts.calls;
+    }
+
+    /// Makes the power go at call `call` from now (counting from 1): that
+    /// call and every later one fail with EIO and change nothing, so a
+    /// [`SimFs::power_cut`] afterwards sees the disk as it was at that
+    /// instant, possibly in the middle of a flush or a manifest write.
+    pub fn cut_power_at_call(&self, call: u64) {
+        let mut state = self.state.lock();
+        state.die_at_call = Some(state.counts.calls + call.max(1));
+    }
+
+    /// True once the power is gone (by [`SimFs::cut_power_at_call`] or
+    /// [`SimFs::power_cut`]).
+    pub fn is_dead(&self) -> bool {
+        !self.state.lock().alive
     }
 
     /// Faults injected so far, and calls made.
