@@ -511,7 +511,9 @@ impl Db {
             }),
             batch.ops.len() as u32,
         );
-        let must_write = inner.wal.append(&record, last_seq);
+        // Into the memtable first, then the WAL buffer: whatever a WAL write covers is then in
+        // the memtable, so publishing the sequences it covers never shows a half-applied batch.
+        // Entries above `visible_seq` stay invisible to readers until published.
         let mem = &current.mem;
         for (i, op) in batch.ops.iter().enumerate() {
             let (kind, stored) = stored_value(op);
@@ -521,6 +523,7 @@ impl Db {
             }
             mem.insert(op.key(), seq, kind, stored);
         }
+        let must_write = inner.wal.append(&record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, &record);
         state.record = record;
         drop(state);
@@ -556,7 +559,6 @@ impl Db {
                 state.last_seq + 1
             )));
         }
-        let must_write = inner.wal.append(record, last_seq);
         let mem = &current.mem;
         for op in &ops {
             let stored = Bytes::copy_from_slice(op.stored_value);
@@ -565,6 +567,7 @@ impl Db {
             }
             mem.insert(op.key, op.seq, op.kind, stored);
         }
+        let must_write = inner.wal.append(record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, record);
         drop(state);
         if must_write {
@@ -603,7 +606,9 @@ impl Db {
     /// fsynced for `always`, handed to the OS otherwise.
     pub fn sync(&self, seq: u64) -> Result<()> {
         let fsync = self.fsync_policy() == FsyncPolicy::Always;
-        self.inner.wal.sync_to(seq, fsync)
+        self.inner.wal.sync_to(seq, fsync)?;
+        self.inner.publish_synced();
+        Ok(())
     }
 
     /// True when [`Db::sync`] of `seq` has nothing left to do under the
@@ -615,8 +620,11 @@ impl Db {
 
     /// fsyncs the WAL up to the last write, whatever the policy.
     pub fn sync_all(&self) -> Result<()> {
-        let seq = self.inner.visible_seq.load(Ordering::Acquire);
-        self.inner.wal.sync_to(seq, true)
+        // Writes not yet published (under `always`, waiting for their group's fsync) too.
+        let seq = self.inner.wal.appended_seq();
+        self.inner.wal.sync_to(seq, true)?;
+        self.inner.publish_synced();
+        Ok(())
     }
 
     fn validate(&self, batch: &WriteBatch) -> Result<()> {
@@ -900,15 +908,32 @@ impl Inner {
     }
 
     /// Makes a batch applied to the memtable visible to readers and to the
-    /// change log (caller holds the write lock).
+    /// change log (caller holds the write lock). Under `always` readers see
+    /// it only once its WAL record is fsynced ([`Inner::publish_synced`]):
+    /// a write whose fsync fails is answered with an error and must never
+    /// have been visible (RocksDB's write group inserts after the WAL sync
+    /// for the same reason). Under `everysec` and `no` it is visible at once,
+    /// so a pipeline reads its own writes before the one write(2) for all.
     fn publish(&self, state: &mut WriteState, first_seq: u64, last_seq: u64, record: &[u8]) {
         state.last_seq = last_seq;
-        self.visible_seq.store(last_seq, Ordering::Release);
+        if self.fsync_policy() != FsyncPolicy::Always {
+            self.visible_seq.fetch_max(last_seq, Ordering::AcqRel);
+        }
         let kept = self
             .changelog
             .enabled()
             .then(|| Bytes::copy_from_slice(record));
         self.changelog.push(first_seq, last_seq, kept);
+    }
+
+    /// Makes every write whose WAL record is fsynced visible (under
+    /// `always`, the only publication of a write). Every sequence the WAL
+    /// holds is already in a memtable: writers insert before appending.
+    fn publish_synced(&self) {
+        if self.fsync_policy() == FsyncPolicy::Always {
+            let synced = self.wal.stats().synced_seq;
+            self.visible_seq.fetch_max(synced, Ordering::AcqRel);
+        }
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -1083,6 +1108,12 @@ impl Inner {
         let Some(mem) = self.current.read().frozen.last().cloned() else {
             return Ok(false);
         };
+        // As RocksDB's `SyncClosedLogs`: the memtable's WAL records are on disk before its
+        // table is. Otherwise (under `everysec`/`no`, or an `always` write still waiting for its
+        // group's fsync) a power cut between the table and its manifest edit leaves an orphan
+        // table holding writes no WAL has, which the open must refuse as a lost edit.
+        self.wal.sync_to(mem.max_seq(), true)?;
+        self.publish_synced();
         let number = self.next_file.fetch_add(1, Ordering::AcqRel);
         let table = if mem.is_empty() {
             None
@@ -1149,12 +1180,19 @@ impl Inner {
             self.maybe_rewrite_manifest(&mut versions, &version, log_number)?;
             log_number
         };
-        for number in list_files(&*self.options.storage, &self.dir)?.wal {
-            if number < log_number {
-                remove_quietly(
-                    &*self.options.storage,
-                    &wal::segment_path(&self.dir, number),
-                );
+        // The flush is committed: failing to list the directory only leaves old segments
+        // behind for the next flush or open to remove, and must not fail the flush.
+        match list_files(&*self.options.storage, &self.dir) {
+            Ok(listing) => {
+                for number in listing.wal.into_iter().filter(|&n| n < log_number) {
+                    remove_quietly(
+                        &*self.options.storage,
+                        &wal::segment_path(&self.dir, number),
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "flush committed; obsolete WAL segments left for later");
             }
         }
         self.progress.notify_all();
@@ -1174,7 +1212,9 @@ impl Inner {
         }
         let old = versions.manifest.path().to_path_buf();
         let number = self.next_file.fetch_add(1, Ordering::AcqRel);
-        let last_seq = self.visible_seq.load(Ordering::Acquire);
+        // What the tables hold, as the edits so far said: `visible_seq` may be ahead (writes
+        // still in memtables), and a too high value weakens the orphan check at open.
+        let last_seq = versions.manifest.last_seq();
         versions.manifest = Manifest::create(
             &*self.options.storage,
             &self.dir,
@@ -1372,16 +1412,19 @@ fn compaction_step(inner: &Inner, _background: &Background) -> bool {
 
 fn wal_sync_step(inner: &Inner, _background: &Background) -> bool {
     if inner.wal.suspended().is_some() {
-        inner
+        if inner
             .wal
-            .retry_suspended(inner.fsync_policy() != FsyncPolicy::No);
+            .retry_suspended(inner.fsync_policy() != FsyncPolicy::No)
+        {
+            inner.publish_synced();
+        }
         return false;
     }
     let policy = inner.fsync_policy();
     if policy == FsyncPolicy::Always {
         return false;
     }
-    let seq = inner.visible_seq.load(Ordering::Acquire);
+    let seq = inner.wal.appended_seq();
     let fsync = policy == FsyncPolicy::EverySec;
     if let Err(error) = inner.wal.sync_to(seq, fsync) {
         tracing::error!(%error, "background WAL sync failed");

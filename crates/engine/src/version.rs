@@ -319,7 +319,13 @@ impl VersionEdit {
 pub(crate) struct Manifest {
     file: Box<dyn StorageFile>,
     path: PathBuf,
+    /// Bytes of intact records: a failed append is cut back to it.
     bytes: u64,
+    /// Highest `last_seq` the edits recorded: sequences the tables hold.
+    last_seq: u64,
+    /// Set when an fsync failed or a failed append could not be cut off:
+    /// what the file holds on disk is unknown, so no edit may follow.
+    broken: Option<String>,
 }
 
 /// What the manifest said at open.
@@ -414,6 +420,8 @@ impl Manifest {
             file,
             path,
             bytes: 0,
+            last_seq,
+            broken: None,
         };
         let snapshot = VersionEdit {
             log_number: Some(log_number),
@@ -432,17 +440,48 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Appends `edit` and fsyncs it.
+    /// Appends `edit` and fsyncs it. A failed write is cut off again, so
+    /// a retried edit (a full disk is retried) never lands after a torn
+    /// record, where recovery would stop reading. A failed fsync, or a cut
+    /// that fails, leaves the file's durable state unknown: every later
+    /// append fails (the database refuses writes until reopened, and the
+    /// open writes a fresh manifest).
     pub fn append(&mut self, edit: &VersionEdit) -> Result<()> {
+        if let Some(reason) = &self.broken {
+            return Err(Error::Poisoned {
+                reason: reason.clone(),
+            });
+        }
         let payload = edit.encode();
         let mut record = Vec::with_capacity(payload.len() + wal::RECORD_HEADER_BYTES);
         wal::frame_record(&mut record, &payload);
-        self.file
-            .append(&record)
-            .and_then(|_| self.file.sync())
-            .map_err(|e| Error::io(&self.path, e))?;
+        if let Err(error) = self.file.append(&record) {
+            if let Err(cut) = self.file.truncate(self.bytes) {
+                let error = Error::io(&self.path, cut);
+                self.broken = Some(format!(
+                    "manifest append failed and was not cut off: {error}"
+                ));
+                return Err(error);
+            }
+            return Err(Error::io(&self.path, error));
+        }
+        if let Err(error) = self.file.sync() {
+            let error = Error::io(&self.path, error);
+            self.broken = Some(format!("manifest fsync failed: {error}"));
+            return Err(Error::Poisoned {
+                reason: format!("manifest fsync failed: {error}"),
+            });
+        }
         self.bytes += record.len() as u64;
+        if let Some(seq) = edit.last_seq {
+            self.last_seq = self.last_seq.max(seq);
+        }
         Ok(())
+    }
+
+    /// Highest sequence the edits say the tables hold.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
     }
 
     pub fn needs_rewrite(&self) -> bool {
@@ -470,4 +509,75 @@ pub(crate) fn write_current(fs: &dyn Storage, dir: &Path, name: &str) -> Result<
 /// Parses a manifest file name.
 pub(crate) fn manifest_number(name: &str) -> Option<u64> {
     name.strip_prefix("MANIFEST-")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim_fs::{FaultConfig, SimFs};
+
+    fn edit(next_file_number: u64, last_seq: Option<u64>) -> VersionEdit {
+        VersionEdit {
+            next_file_number: Some(next_file_number),
+            last_seq,
+            ..VersionEdit::default()
+        }
+    }
+
+    /// Bug: a partial manifest write (ENOSPC, retried as a full disk) was
+    /// left in place, the retried edit landed after the torn record, and
+    /// recovery, stopping at the torn record, never read it.
+    #[test]
+    fn manifest_append_cuts_off_a_failed_write_so_a_retried_edit_is_read() {
+        let fs = SimFs::new(7);
+        let dir = Path::new("/db");
+        fs.create_dir_all(dir).unwrap();
+        let mut manifest = Manifest::create(&fs, dir, 1, &Version::default(), 1, 2, 0).unwrap();
+        fs.set_faults(FaultConfig {
+            seed: 7,
+            short_write: 1.0,
+            one_shot: true,
+            ..FaultConfig::default()
+        });
+        let error = manifest.append(&edit(10, Some(5))).unwrap_err();
+        assert!(error.is_disk_full(), "{error}");
+        manifest.append(&edit(11, Some(6))).unwrap();
+        let recovered = Manifest::recover(&fs, dir).unwrap().unwrap();
+        assert_eq!(recovered.next_file_number, 11);
+        assert_eq!(recovered.last_seq, 6);
+    }
+
+    /// After a failed manifest fsync the file's durable state is unknown:
+    /// no later edit may be appended to it.
+    #[test]
+    fn manifest_refuses_edits_after_a_failed_fsync() {
+        let fs = SimFs::new(8);
+        let dir = Path::new("/db");
+        fs.create_dir_all(dir).unwrap();
+        let mut manifest = Manifest::create(&fs, dir, 1, &Version::default(), 1, 2, 0).unwrap();
+        fs.set_faults(FaultConfig {
+            seed: 8,
+            fsync: 1.0,
+            one_shot: true,
+            ..FaultConfig::default()
+        });
+        assert!(manifest.append(&edit(10, None)).is_err());
+        let error = manifest.append(&edit(11, None)).unwrap_err();
+        assert!(matches!(error, Error::Poisoned { .. }), "{error}");
+    }
+
+    /// Bug: the rewritten manifest recorded `visible_seq` as its last
+    /// sequence, ahead of what the tables hold; the manifest now tracks the
+    /// sequence its edits recorded, which the rewrite uses.
+    #[test]
+    fn manifest_last_seq_is_what_its_edits_recorded() {
+        let fs = SimFs::new(9);
+        let dir = Path::new("/db");
+        fs.create_dir_all(dir).unwrap();
+        let mut manifest = Manifest::create(&fs, dir, 1, &Version::default(), 1, 2, 4).unwrap();
+        assert_eq!(manifest.last_seq(), 4);
+        manifest.append(&edit(3, Some(9))).unwrap();
+        manifest.append(&edit(4, None)).unwrap();
+        assert_eq!(manifest.last_seq(), 9);
+    }
 }

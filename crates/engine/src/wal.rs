@@ -322,6 +322,11 @@ impl Wal {
         pending.bytes.len() >= BUFFER_BYTES_MAX
     }
 
+    /// The last sequence appended (written out or not).
+    pub fn appended_seq(&self) -> u64 {
+        self.pending.lock().last_seq
+    }
+
     /// Switches appends to a new segment `number` (caller holds the write lock).
     pub fn rotate(&self, number: u64) -> Result<()> {
         let segment = Arc::new(open_segment(&*self.fs, &self.dir, number)?);
