@@ -466,10 +466,18 @@ impl Db {
         Ok(seq)
     }
 
-    /// Applies `batch` atomically and makes it visible to readers, without
-    /// waiting for the WAL. Call [`Db::sync`] with the returned sequence
-    /// before acknowledging the write to anyone (servers do this once per
-    /// pipeline of requests, so one fsync covers many writes).
+    /// Applies `batch` atomically and makes it visible to readers. Call
+    /// [`Db::sync`] with the returned sequence before acknowledging the
+    /// write to anyone.
+    ///
+    /// Under `everysec` and `no` it returns without waiting for the WAL
+    /// (servers sync once per pipeline of requests, so one write(2) covers
+    /// many writes). Under `always` it returns once the WAL record is
+    /// fsynced, the write being visible only then: concurrent writers share
+    /// one fsync (group commit: the first to take the log's I/O lock writes
+    /// and fsyncs every record buffered, the others find theirs covered),
+    /// and a write whose fsync fails is answered with an error and is never
+    /// visible (RocksDB's write group). The [`Db::sync`] after it is then free.
     pub fn write_deferred(&self, batch: WriteBatch) -> Result<u64> {
         self.inner.check_writable()?;
         self.validate(&batch)?;
@@ -527,9 +535,7 @@ impl Db {
         inner.publish(&mut state, first_seq, last_seq, &record);
         state.record = record;
         drop(state);
-        if must_write {
-            inner.wal.sync_to(last_seq, false)?;
-        }
+        inner.finish_write(last_seq, must_write)?;
         Ok(last_seq)
     }
 
@@ -570,9 +576,7 @@ impl Db {
         let must_write = inner.wal.append(record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, record);
         drop(state);
-        if must_write {
-            inner.wal.sync_to(last_seq, false)?;
-        }
+        inner.finish_write(last_seq, must_write)?;
         Ok(last_seq)
     }
 
@@ -924,6 +928,19 @@ impl Inner {
             .enabled()
             .then(|| Bytes::copy_from_slice(record));
         self.changelog.push(first_seq, last_seq, kept);
+    }
+
+    /// After a write is buffered (write lock released): under `always`,
+    /// waits for its group's fsync and publishes it; otherwise writes the
+    /// buffer out if it grew past its bound.
+    fn finish_write(&self, last_seq: u64, must_write: bool) -> Result<()> {
+        if self.fsync_policy() == FsyncPolicy::Always {
+            self.wal.sync_to(last_seq, true)?;
+            self.publish_synced();
+        } else if must_write {
+            self.wal.sync_to(last_seq, false)?;
+        }
+        Ok(())
     }
 
     /// Makes every write whose WAL record is fsynced visible (under

@@ -548,7 +548,7 @@ impl StorageFile for SimFile {
         }
         Ok(())
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         let mut state = self.state.lock();
         state.check(Call::Other)?;
         Ok(state.inodes[&self.inode].data.len() as u64)
@@ -862,7 +862,9 @@ mod tests {
             };
             let data = fs.power_cut(cut, seed).read(&dir().join("f")).unwrap();
             assert!(
-                data.len() == 100 || data.len() % SECTOR_BYTES as usize == 0 || data.len() == 3100
+                data.len() == 100
+                    || data.len().is_multiple_of(SECTOR_BYTES as usize)
+                    || data.len() == 3100
             );
             assert!(data[..100].iter().all(|&b| b == 7));
             assert!(data[100..].iter().all(|&b| b == 9));
@@ -904,9 +906,9 @@ mod tests {
         });
         let error = f.append(&[1u8; 1000]).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(ENOSPC));
-        assert!(f.len().unwrap() < 1000);
+        assert!(f.size().unwrap() < 1000);
         f.append(&[0u8; 64]).unwrap();
-        let len = f.len().unwrap() as usize;
+        let len = f.size().unwrap() as usize;
         let mut clean = vec![0u8; len];
         f.read_at(&mut clean, 0).unwrap();
         fs.set_faults(FaultConfig {

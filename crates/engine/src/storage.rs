@@ -33,7 +33,7 @@ pub trait StorageFile: Send + Sync + Debug {
     /// Fills `buf` from `offset`; `UnexpectedEof` when the file is shorter.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// The file's length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// Makes the file's data and size durable (`fdatasync`). An error means
     /// the kernel may have dropped dirty pages: what is on disk is unknown.
     fn sync(&self) -> io::Result<()>;
@@ -57,7 +57,7 @@ pub trait Storage: Send + Sync + Debug {
     /// Reads a whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let file = self.open(path)?;
-        let mut data = vec![0; file.len()? as usize];
+        let mut data = vec![0; file.size()? as usize];
         file.read_at(&mut data, 0)?;
         Ok(data)
     }
@@ -98,7 +98,7 @@ struct StdFile {
 }
 
 impl StdFile {
-    fn new(file: File, end: u64) -> Box<dyn StorageFile> {
+    fn boxed(file: File, end: u64) -> Box<dyn StorageFile> {
         Box::new(StdFile {
             file,
             end: AtomicU64::new(end),
@@ -137,7 +137,7 @@ impl StorageFile for StdFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
     fn sync(&self) -> io::Result<()> {
@@ -164,12 +164,12 @@ impl Storage for StdStorage {
         } else {
             options.create(true).truncate(true);
         }
-        Ok(StdFile::new(options.open(path)?, 0))
+        Ok(StdFile::boxed(options.open(path)?, 0))
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let file = File::open(path)?;
         let end = file.metadata()?.len();
-        Ok(StdFile::new(file, end))
+        Ok(StdFile::boxed(file, end))
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)

@@ -338,6 +338,32 @@ fn a_write_whose_wal_fsync_fails_is_never_visible() {
     assert_eq!(&db.get(b"before").unwrap().unwrap().value[..], b"1");
 }
 
+/// The server's path: `write_deferred` under `always` answers only once
+/// the group's fsync is done, so a failed fsync is its error and the write
+/// is never visible; the `sync` after a successful one is free.
+#[test]
+fn a_deferred_write_under_always_is_visible_only_once_fsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        fsync: FsyncPolicy::Always,
+        ..Options::default()
+    };
+    let faults = options.faults.clone();
+    let db = Db::open(dir.path(), options).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(&b"a"[..], &b"1"[..], None);
+    let seq = db.write_deferred(batch).unwrap();
+    assert!(db.is_synced(seq));
+    assert_eq!(db.last_sequence(), seq);
+    assert_eq!(&db.get(b"a").unwrap().unwrap().value[..], b"1");
+    faults.fail_wal_fsyncs(1);
+    let mut batch = WriteBatch::new();
+    batch.put(&b"b"[..], &b"2"[..], None);
+    assert!(db.write_deferred(batch).is_err());
+    assert_eq!(db.get(b"b").unwrap(), None);
+    assert_eq!(db.last_sequence(), seq);
+}
+
 #[test]
 fn power_cuts_and_faults_keep_every_acknowledged_write() {
     let seeds: Vec<u64> = match std::env::var("POWER_CUT_SEED") {

@@ -77,7 +77,7 @@ impl Table {
         cache: Arc<BlockCache>,
     ) -> Result<Table> {
         let file = fs.open(path).map_err(|e| Error::io(path, e))?;
-        let file_size = file.len().map_err(|e| Error::io(path, e))?;
+        let file_size = file.size().map_err(|e| Error::io(path, e))?;
         if file_size < FOOTER_LEN as u64 {
             return Err(corruption(path, 0, "file shorter than a table footer"));
         }
