@@ -14,8 +14,10 @@
 //! - a write answered with an error is never visible before the restart.
 //!
 //! Every run prints nothing unless it fails; a failure prints its seed.
-//! `POWER_CUT_RUNS=n` sets the runs (default 150, CI), `POWER_CUT_SEED=s`
-//! replays one seed, `POWER_CUT_REPORT=1` prints totals (the soak figures in
+//! `POWER_CUT_RUNS=n` sets the runs (default 150, CI) and
+//! `POWER_CUT_FIRST=s` the first seed, `POWER_CUT_SEED=s` replays one seed,
+//! `POWER_CUT_THREADS=n` runs seeds on n threads (default 4),
+//! `POWER_CUT_REPORT=1` prints totals (the soak figures in
 //! docs/durability.md).
 
 use std::collections::BTreeMap;
@@ -213,6 +215,10 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
 
 fn accumulate(totals: &mut Totals, counts: FaultCounts) {
     totals.runs += 1;
+    accumulate_faults(totals, counts);
+}
+
+fn accumulate_faults(totals: &mut Totals, counts: FaultCounts) {
     let f = &mut totals.faults;
     f.eio += counts.eio;
     f.enospc += counts.enospc;
@@ -380,17 +386,49 @@ fn power_cuts_and_faults_keep_every_acknowledged_write() {
             (first..first + runs).collect()
         }
     };
+    // Runs are independent and mostly wait (background threads, stalls): spread them.
+    let threads: usize = std::env::var("POWER_CUT_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(4);
+    let shards: Vec<Vec<u64>> = (0..threads)
+        .map(|t| seeds.iter().copied().skip(t).step_by(threads).collect())
+        .collect();
+    let results: Vec<(Totals, Vec<u64>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shards
+            .into_iter()
+            .map(|shard| {
+                scope.spawn(move || {
+                    let mut totals = Totals::default();
+                    let mut failures = Vec::new();
+                    for seed in shard {
+                        if let Err(what) = run(seed, &mut totals) {
+                            eprintln!("power-cut seed {seed} failed: {what}");
+                            eprintln!(
+                                "  replay: POWER_CUT_SEED={seed} cargo test -p ringkv-engine --test power_cut"
+                            );
+                            failures.push(seed);
+                        }
+                    }
+                    (totals, failures)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     let mut totals = Totals::default();
     let mut failures = Vec::new();
-    for seed in seeds {
-        if let Err(what) = run(seed, &mut totals) {
-            eprintln!("power-cut seed {seed} failed: {what}");
-            eprintln!(
-                "  replay: POWER_CUT_SEED={seed} cargo test -p ringkv-engine --test power_cut"
-            );
-            failures.push(seed);
-        }
+    for (t, f) in results {
+        totals.runs += t.runs;
+        totals.writes += t.writes;
+        totals.acked_checked += t.acked_checked;
+        totals.fault_runs += t.fault_runs;
+        totals.corruption_reported += t.corruption_reported;
+        totals.power_cut_mid_run += t.power_cut_mid_run;
+        accumulate_faults(&mut totals, t.faults);
+        failures.extend(f);
     }
+    failures.sort_unstable();
     if std::env::var("POWER_CUT_REPORT").is_ok() {
         eprintln!("{totals:#?}");
     }
