@@ -73,6 +73,37 @@ pub struct FaultConfig {
     pub one_shot: bool,
 }
 
+/// A file system operation, for [`SimFs::fail_next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimOp {
+    /// `Storage::create`.
+    Create,
+    /// `Storage::open`.
+    Open,
+    /// `StorageFile::append` or `write_at`.
+    Write,
+    /// `StorageFile::read_at` (and `Storage::read`).
+    Read,
+    /// `StorageFile::sync`.
+    Sync,
+    /// `Storage::sync_dir`.
+    SyncDir,
+    /// `Storage::rename`.
+    Rename,
+    /// `Storage::remove`.
+    Remove,
+    /// `Storage::list`.
+    List,
+}
+
+/// A fault aimed at one operation on paths containing some text.
+#[derive(Debug, Clone)]
+struct Targeted {
+    op: SimOp,
+    path_contains: String,
+    remaining: u64,
+}
+
 /// Faults injected so far, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultCounts {
@@ -221,6 +252,8 @@ struct State {
     calls_at_config: u64,
     /// The call at which the power goes (it and every later call fail).
     die_at_call: Option<u64>,
+    /// Faults aimed at named operations ([`SimFs::fail_next`]).
+    targeted: Vec<Targeted>,
 }
 
 /// What a call is to do: go on, or fail (after `partial` bytes for a write).
@@ -251,6 +284,7 @@ impl State {
             fired: false,
             calls_at_config: 0,
             die_at_call: None,
+            targeted: Vec::new(),
         }
     }
 
@@ -301,6 +335,23 @@ impl State {
                 Verdict::FlipBit
             }
             _ => Verdict::Proceed,
+        }
+    }
+
+    /// Fails with EIO when a [`SimFs::fail_next`] aims at `op` on `path`.
+    fn aimed(&mut self, op: SimOp, path: &Path) -> io::Result<()> {
+        let path = path.to_string_lossy();
+        let hit = self
+            .targeted
+            .iter_mut()
+            .find(|t| t.op == op && t.remaining > 0 && path.contains(&t.path_contains));
+        match hit {
+            Some(target) => {
+                target.remaining -= 1;
+                self.counts.eio += 1;
+                Err(io::Error::from_raw_os_error(EIO))
+            }
+            None => Ok(()),
         }
     }
 
@@ -367,6 +418,17 @@ impl SimFs {
     pub fn cut_power_at_call(&self, call: u64) {
         let mut state = self.state.lock();
         state.die_at_call = Some(state.counts.calls + call.max(1));
+    }
+
+    /// Makes the next `count` calls of `op` on a path containing
+    /// `path_contains` fail with EIO (counted as EIO faults), whatever the
+    /// fault rates: a test aims at one step of a flush or a manifest write.
+    pub fn fail_next(&self, op: SimOp, path_contains: &str, count: u64) {
+        self.state.lock().targeted.push(Targeted {
+            op,
+            path_contains: path_contains.to_string(),
+            remaining: count,
+        });
     }
 
     /// True once the power is gone (by [`SimFs::cut_power_at_call`] or
@@ -493,6 +555,8 @@ struct SimFile {
     state: Arc<Mutex<State>>,
     inode: u64,
     writable: bool,
+    /// The name it was opened by (for aimed faults).
+    path: PathBuf,
 }
 
 impl SimFile {
@@ -501,11 +565,16 @@ impl SimFile {
         if !self.writable {
             return Err(io::Error::from_raw_os_error(9)); // EBADF
         }
+        state.aimed(SimOp::Write, &self.path)?;
         let (landed, result) = match state.judge(Call::Write) {
             Verdict::Proceed | Verdict::FlipBit => (bytes.len(), Ok(())),
             Verdict::Fail(e) => (0, Err(e)),
             Verdict::Short(e) => {
-                let landed = state.rng.below(bytes.len().max(1) as u64) as usize;
+                // At least one byte and never all: a short write, not a failed one.
+                let landed = match bytes.len() {
+                    0 | 1 => 0,
+                    n => 1 + state.rng.below(n as u64 - 1) as usize,
+                };
                 (landed, Err(e))
             }
         };
@@ -531,6 +600,7 @@ impl StorageFile for SimFile {
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut state = self.state.lock();
+        state.aimed(SimOp::Read, &self.path)?;
         let verdict = state.judge(Call::Read);
         if let Verdict::Fail(e) | Verdict::Short(e) = verdict {
             return Err(e);
@@ -555,7 +625,9 @@ impl StorageFile for SimFile {
     }
     fn sync(&self) -> io::Result<()> {
         let mut state = self.state.lock();
-        let result = state.check(Call::Sync);
+        let result = state
+            .aimed(SimOp::Sync, &self.path)
+            .and_then(|()| state.check(Call::Sync));
         let file = state.inodes.get_mut(&self.inode).expect("open inode");
         // On failure Linux marks the pages clean: they never reach the disk, reads still see
         // them, and a later fsync has nothing to write.
@@ -597,6 +669,7 @@ impl Drop for SimLock {
 impl Storage for SimFs {
     fn create(&self, path: &Path, exclusive: bool) -> io::Result<Box<dyn StorageFile>> {
         let mut state = self.state.lock();
+        state.aimed(SimOp::Create, path)?;
         state.check(Call::Allocate)?;
         state.parent_exists(path)?;
         if let Some(&inode) = state.names.get(path) {
@@ -610,6 +683,7 @@ impl Storage for SimFs {
                 state: self.state.clone(),
                 inode,
                 writable: true,
+                path: path.to_path_buf(),
             }));
         }
         let inode = state.next_inode;
@@ -623,17 +697,20 @@ impl Storage for SimFs {
             state: self.state.clone(),
             inode,
             writable: true,
+            path: path.to_path_buf(),
         }))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let mut state = self.state.lock();
+        state.aimed(SimOp::Open, path)?;
         state.check(Call::Other)?;
         let inode = state.inode_of(path)?;
         Ok(Box::new(SimFile {
             state: self.state.clone(),
             inode,
             writable: false,
+            path: path.to_path_buf(),
         }))
     }
 
@@ -674,6 +751,7 @@ impl Storage for SimFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
+        state.aimed(SimOp::SyncDir, dir)?;
         state.check(Call::Sync)?;
         if !state.dirs.contains(dir) {
             return Err(io::ErrorKind::NotFound.into());
@@ -689,6 +767,7 @@ impl Storage for SimFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
+        state.aimed(SimOp::Rename, from)?;
         state.check(Call::Allocate)?;
         if state.dirs.contains(from) {
             // A whole directory (checkpoints): moved at once, durably.
@@ -749,6 +828,7 @@ impl Storage for SimFs {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
+        state.aimed(SimOp::Remove, path)?;
         state.check(Call::Other)?;
         let inode = state.inode_of(path)?;
         state.rename_change(NameChange::Unlink {
@@ -760,6 +840,7 @@ impl Storage for SimFs {
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut state = self.state.lock();
+        state.aimed(SimOp::List, dir)?;
         state.check(Call::Other)?;
         if !state.dirs.contains(dir) {
             return Err(io::ErrorKind::NotFound.into());

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ringkv_engine::sim_fs::{FaultConfig, FaultCounts, PowerCut, SimFs, SimRng};
+use ringkv_engine::sim_fs::{FaultConfig, FaultCounts, PowerCut, SimFs, SimOp, SimRng};
 use ringkv_engine::{Db, Error, FsyncPolicy, Options, WriteBatch};
 
 /// One write of the history: its operations and whether it was acknowledged.
@@ -368,6 +368,47 @@ fn a_deferred_write_under_always_is_visible_only_once_fsynced() {
     assert!(db.write_deferred(batch).is_err());
     assert_eq!(db.get(b"b").unwrap(), None);
     assert_eq!(db.last_sequence(), seq);
+}
+
+/// Bug: after a flush was installed, a failing directory listing (while
+/// removing old WAL segments) was reported as "memtable flush failed" and
+/// refused every write until restart.
+#[test]
+fn a_failing_listing_after_a_committed_flush_is_not_a_failed_flush() {
+    let fs = SimFs::new(21);
+    let dir = Path::new("/db");
+    let db = Db::open(dir, options(&fs, FsyncPolicy::Always)).unwrap();
+    db.put(b"k", b"v", None).unwrap();
+    fs.fail_next(SimOp::List, "/db", 1);
+    db.flush().unwrap();
+    // The listing runs on the flush thread just after the flush is installed.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(db.stats().write_error, None);
+    db.put(b"k2", b"v2", None).unwrap();
+    assert_eq!(fs.fault_counts().eio, 1);
+}
+
+/// Bug (seeds 119, 276): a flush wrote and synced a table holding writes
+/// whose WAL records were not on disk yet; a power cut before its manifest
+/// edit committed left an orphan table no WAL covered, and the open refused
+/// the database as having lost a committed edit.
+#[test]
+fn a_flush_cut_before_its_manifest_edit_leaves_writes_the_wal_still_holds() {
+    let fs = SimFs::new(22);
+    let dir = Path::new("/db");
+    let db = Db::open(dir, options(&fs, FsyncPolicy::No)).unwrap();
+    for i in 0..20 {
+        db.put(format!("k{i:02}").as_bytes(), b"v", None).unwrap();
+    }
+    fs.fail_next(SimOp::Sync, "MANIFEST", 1);
+    assert!(db.flush().is_err());
+    let after = fs.power_cut(PowerCut::default(), 22);
+    drop(db);
+    let db = Db::open(dir, options(&after, FsyncPolicy::No)).unwrap();
+    for i in 0..20 {
+        let entry = db.get(format!("k{i:02}").as_bytes()).unwrap();
+        assert!(entry.is_some(), "k{i:02} lost");
+    }
 }
 
 #[test]
