@@ -198,10 +198,13 @@ pub(crate) fn run(
     if result.is_err() {
         // Nothing names the partial outputs yet: remove them.
         for number in outputs {
-            let _ = std::fs::remove_file(table_path(context.dir, number));
+            let _ = context
+                .options
+                .storage
+                .remove(&table_path(context.dir, number));
         }
     } else {
-        crate::wal::sync_dir(context.dir)?;
+        crate::wal::sync_dir(&*context.options.storage, context.dir)?;
     }
     result
 }
@@ -282,7 +285,10 @@ fn merge_into_tables(
                     let number = (context.next_file_number)();
                     outputs.push(number);
                     let path = table_path(context.dir, number);
-                    builder = Some((number, TableBuilder::create(&path, &table_options)?));
+                    builder = Some((
+                        number,
+                        TableBuilder::create(&*context.options.storage, &path, &table_options)?,
+                    ));
                 }
                 let (_, b) = builder.as_mut().expect("builder");
                 if matches!(keep, Keep::AsDelete) {

@@ -8,7 +8,6 @@
 //! WAL once a second under `everysec`.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +15,6 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fs4::fs_std::FileExt;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::batch::{BatchOp, WriteBatch};
@@ -28,6 +26,7 @@ use crate::iter::{self, Entry, MemSource, MergingIter, RangeIter, Source};
 use crate::memtable::Memtable;
 use crate::options::{FsyncPolicy, Options};
 use crate::row_cache::{Lookup, Row, RowCache};
+use crate::storage::{Storage, StorageLock};
 use crate::table::{TableBuilder, TableIter, TableOptions};
 use crate::version::{
     self, table_path, Manifest, TableCache, TableFile, Version, VersionEdit, LEVELS,
@@ -99,7 +98,7 @@ struct Counters {
 pub(crate) struct Inner {
     dir: PathBuf,
     options: Options,
-    _lock_file: File,
+    _lock_file: Box<dyn StorageLock>,
     write: Mutex<WriteState>,
     /// Signalled when a flush or compaction finishes (stalled writers wait).
     progress: Condvar,
@@ -215,17 +214,23 @@ impl Db {
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
         let started = Instant::now();
         let dir = dir.as_ref().to_path_buf();
+        let storage = options.storage.clone();
+        let fs: &dyn Storage = &*storage;
+        let current_path = dir.join("CURRENT");
         if options.create_if_missing {
-            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        } else if !dir.join("CURRENT").exists() {
+            fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        } else if !fs
+            .exists(&current_path)
+            .map_err(|e| Error::io(&current_path, e))?
+        {
             return Err(Error::InvalidArgument(format!(
                 "no database in {} and create_if_missing is off",
                 dir.display()
             )));
         }
-        let lock_file = lock_directory(&dir)?;
-        let recovered = Manifest::recover(&dir)?;
-        let listing = list_files(&dir)?;
+        let lock_file = lock_directory(fs, &dir)?;
+        let recovered = Manifest::recover(fs, &dir)?;
+        let listing = list_files(fs, &dir)?;
         let (mut version, log_number, manifest_next, manifest_seq) = match recovered {
             Some(r) => (r.version, r.log_number, r.next_file_number, r.last_seq),
             None => (Version::default(), 0, 1, 0),
@@ -251,7 +256,7 @@ impl Db {
         let mem = Arc::new(Memtable::new(0));
         for (i, &number) in replay.iter().enumerate() {
             let path = wal::segment_path(&dir, number);
-            let read = wal::read_segment(&path)?;
+            let read = wal::read_segment(fs, &path)?;
             for (_, payload) in &read.payloads {
                 let ops = wal::decode_payload(payload).expect("validated by read_segment");
                 for op in ops {
@@ -277,10 +282,11 @@ impl Db {
                     ));
                 }
                 recovery.wal_bytes_dropped = read.file_bytes - read.valid_bytes;
-                preserve_damaged_segment(&path, read.valid_bytes, &mut recovery)?;
+                preserve_damaged_segment(fs, &path, read.valid_bytes, &mut recovery)?;
             }
         }
         refuse_lost_orphans(
+            fs,
             &dir,
             &version,
             &listing,
@@ -293,7 +299,7 @@ impl Db {
         if !mem.is_empty() {
             let number = next_file;
             next_file += 1;
-            let file = write_memtable(&dir, number, &mem, &table_options)?;
+            let file = write_memtable(fs, &dir, number, &mem, &table_options)?;
             version = version.apply(&VersionEdit {
                 added: vec![(0, Arc::new(file))],
                 ..VersionEdit::default()
@@ -302,8 +308,15 @@ impl Db {
         let wal_number = next_file;
         let manifest_number = next_file + 1;
         next_file += 2;
-        let wal = Wal::create(&dir, wal_number, last_seq, options.faults.clone())?;
+        let wal = Wal::create(
+            storage.clone(),
+            &dir,
+            wal_number,
+            last_seq,
+            options.faults.clone(),
+        )?;
         let manifest = Manifest::create(
+            fs,
             &dir,
             manifest_number,
             &version,
@@ -315,16 +328,20 @@ impl Db {
         let live: std::collections::HashSet<u64> =
             version.levels.iter().flatten().map(|t| t.number).collect();
         for number in listing.tables.iter().filter(|n| !live.contains(n)) {
-            remove_quietly(&table_path(&dir, *number));
+            remove_quietly(fs, &table_path(&dir, *number));
         }
         for number in listing.wal.iter().filter(|&&n| n < wal_number) {
-            remove_quietly(&wal::segment_path(&dir, *number));
+            remove_quietly(fs, &wal::segment_path(&dir, *number));
         }
         for number in listing.manifests.iter().filter(|&&n| n != manifest_number) {
-            remove_quietly(&dir.join(format!("MANIFEST-{number:010}")));
+            remove_quietly(fs, &dir.join(format!("MANIFEST-{number:010}")));
         }
 
-        let tables = TableCache::new(options.open_files_max, options.block_cache_bytes);
+        let tables = TableCache::new(
+            storage.clone(),
+            options.open_files_max,
+            options.block_cache_bytes,
+        );
         recovery.duration_ms = started.elapsed().as_millis() as u64;
         let row_cache =
             (options.row_cache_bytes > 0).then(|| RowCache::new(options.row_cache_bytes));
@@ -452,10 +469,18 @@ impl Db {
         Ok(seq)
     }
 
-    /// Applies `batch` atomically and makes it visible to readers, without
-    /// waiting for the WAL. Call [`Db::sync`] with the returned sequence
-    /// before acknowledging the write to anyone (servers do this once per
-    /// pipeline of requests, so one fsync covers many writes).
+    /// Applies `batch` atomically and makes it visible to readers. Call
+    /// [`Db::sync`] with the returned sequence before acknowledging the
+    /// write to anyone.
+    ///
+    /// Under `everysec` and `no` it returns without waiting for the WAL
+    /// (servers sync once per pipeline of requests, so one write(2) covers
+    /// many writes). Under `always` it returns once the WAL record is
+    /// fsynced, the write being visible only then: concurrent writers share
+    /// one fsync (group commit: the first to take the log's I/O lock writes
+    /// and fsyncs every record buffered, the others find theirs covered),
+    /// and a write whose fsync fails is answered with an error and is never
+    /// visible (RocksDB's write group). The [`Db::sync`] after it is then free.
     pub fn write_deferred(&self, batch: WriteBatch) -> Result<u64> {
         self.inner.check_writable()?;
         self.validate(&batch)?;
@@ -497,7 +522,9 @@ impl Db {
             }),
             batch.ops.len() as u32,
         );
-        let must_write = inner.wal.append(&record, last_seq);
+        // Into the memtable first, then the WAL buffer: whatever a WAL write covers is then in
+        // the memtable, so publishing the sequences it covers never shows a half-applied batch.
+        // Entries above `visible_seq` stay invisible to readers until published.
         let mem = &current.mem;
         for (i, op) in batch.ops.iter().enumerate() {
             let (kind, stored) = stored_value(op);
@@ -507,12 +534,11 @@ impl Db {
             }
             mem.insert(op.key(), seq, kind, stored);
         }
+        let must_write = inner.wal.append(&record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, &record);
         state.record = record;
         drop(state);
-        if must_write {
-            inner.wal.sync_to(last_seq, false)?;
-        }
+        inner.finish_write(last_seq, must_write)?;
         Ok(last_seq)
     }
 
@@ -542,7 +568,6 @@ impl Db {
                 state.last_seq + 1
             )));
         }
-        let must_write = inner.wal.append(record, last_seq);
         let mem = &current.mem;
         for op in &ops {
             let stored = Bytes::copy_from_slice(op.stored_value);
@@ -551,11 +576,10 @@ impl Db {
             }
             mem.insert(op.key, op.seq, op.kind, stored);
         }
+        let must_write = inner.wal.append(record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, record);
         drop(state);
-        if must_write {
-            inner.wal.sync_to(last_seq, false)?;
-        }
+        inner.finish_write(last_seq, must_write)?;
         Ok(last_seq)
     }
 
@@ -589,7 +613,9 @@ impl Db {
     /// fsynced for `always`, handed to the OS otherwise.
     pub fn sync(&self, seq: u64) -> Result<()> {
         let fsync = self.fsync_policy() == FsyncPolicy::Always;
-        self.inner.wal.sync_to(seq, fsync)
+        self.inner.wal.sync_to(seq, fsync)?;
+        self.inner.publish_synced();
+        Ok(())
     }
 
     /// [`Db::sync`] if it can be done without waiting for another caller's
@@ -618,8 +644,11 @@ impl Db {
 
     /// fsyncs the WAL up to the last write, whatever the policy.
     pub fn sync_all(&self) -> Result<()> {
-        let seq = self.inner.visible_seq.load(Ordering::Acquire);
-        self.inner.wal.sync_to(seq, true)
+        // Writes not yet published (under `always`, waiting for their group's fsync) too.
+        let seq = self.inner.wal.appended_seq();
+        self.inner.wal.sync_to(seq, true)?;
+        self.inner.publish_synced();
+        Ok(())
     }
 
     fn validate(&self, batch: &WriteBatch) -> Result<()> {
@@ -816,7 +845,8 @@ impl Db {
     /// the memtable freeze.
     pub fn checkpoint(&self, target: impl AsRef<Path>) -> Result<u64> {
         let target = target.as_ref();
-        if target.exists() {
+        let fs: &dyn Storage = &*self.inner.options.storage;
+        if fs.exists(target).map_err(|e| Error::io(target, e))? {
             return Err(Error::InvalidArgument(format!(
                 "checkpoint target {} already exists",
                 target.display()
@@ -833,16 +863,19 @@ impl Db {
             .max()
             .unwrap_or(0);
         let building = target.with_extension("checkpoint-tmp");
-        let _ = fs::remove_dir_all(&building);
-        fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
+        let _ = fs.remove_dir_all(&building);
+        fs.create_dir_all(&building)
+            .map_err(|e| Error::io(&building, e))?;
         let mut copied = Version::default();
         for (level, tables) in version.levels.iter().enumerate() {
             for table in tables {
                 let to = table_path(&building, table.number);
-                if fs::hard_link(&table.path, &to).is_err() {
-                    fs::copy(&table.path, &to).map_err(|e| Error::io(&to, e))?;
-                    File::open(&to)
-                        .and_then(|f| f.sync_all())
+                if fs.link(&table.path, &to).is_err() {
+                    let data = fs
+                        .read(&table.path)
+                        .map_err(|e| Error::io(&table.path, e))?;
+                    fs.create(&to, true)
+                        .and_then(|f| f.append(&data).and_then(|()| f.sync()))
                         .map_err(|e| Error::io(&to, e))?;
                 }
                 copied.levels[level].push(Arc::new(TableFile::new(
@@ -854,6 +887,7 @@ impl Db {
         }
         let next_file = self.inner.next_file.load(Ordering::Acquire);
         Manifest::create(
+            fs,
             &building,
             next_file,
             &copied,
@@ -861,10 +895,11 @@ impl Db {
             next_file + 2,
             seq,
         )?;
-        wal::sync_dir(&building)?;
-        fs::rename(&building, target).map_err(|e| Error::io(target, e))?;
+        wal::sync_dir(fs, &building)?;
+        fs.rename(&building, target)
+            .map_err(|e| Error::io(target, e))?;
         if let Some(parent) = target.parent() {
-            wal::sync_dir(parent)?;
+            wal::sync_dir(fs, parent)?;
         }
         tracing::info!(target = %target.display(), seq, "checkpoint written");
         Ok(seq)
@@ -897,15 +932,45 @@ impl Inner {
     }
 
     /// Makes a batch applied to the memtable visible to readers and to the
-    /// change log (caller holds the write lock).
+    /// change log (caller holds the write lock). Under `always` readers see
+    /// it only once its WAL record is fsynced ([`Inner::publish_synced`]):
+    /// a write whose fsync fails is answered with an error and must never
+    /// have been visible (RocksDB's write group inserts after the WAL sync
+    /// for the same reason). Under `everysec` and `no` it is visible at once,
+    /// so a pipeline reads its own writes before the one write(2) for all.
     fn publish(&self, state: &mut WriteState, first_seq: u64, last_seq: u64, record: &[u8]) {
         state.last_seq = last_seq;
-        self.visible_seq.store(last_seq, Ordering::Release);
+        if self.fsync_policy() != FsyncPolicy::Always {
+            self.visible_seq.fetch_max(last_seq, Ordering::AcqRel);
+        }
         let kept = self
             .changelog
             .enabled()
             .then(|| Bytes::copy_from_slice(record));
         self.changelog.push(first_seq, last_seq, kept);
+    }
+
+    /// After a write is buffered (write lock released): under `always`,
+    /// waits for its group's fsync and publishes it; otherwise writes the
+    /// buffer out if it grew past its bound.
+    fn finish_write(&self, last_seq: u64, must_write: bool) -> Result<()> {
+        if self.fsync_policy() == FsyncPolicy::Always {
+            self.wal.sync_to(last_seq, true)?;
+            self.publish_synced();
+        } else if must_write {
+            self.wal.sync_to(last_seq, false)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every write whose WAL record is fsynced visible (under
+    /// `always`, the only publication of a write). Every sequence the WAL
+    /// holds is already in a memtable: writers insert before appending.
+    fn publish_synced(&self) {
+        if self.fsync_policy() == FsyncPolicy::Always {
+            let synced = self.wal.stats().synced_seq;
+            self.visible_seq.fetch_max(synced, Ordering::AcqRel);
+        }
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -1086,11 +1151,18 @@ impl Inner {
         let Some(mem) = self.current.read().frozen.last().cloned() else {
             return Ok(false);
         };
+        // As RocksDB's `SyncClosedLogs`: the memtable's WAL records are on disk before its
+        // table is. Otherwise (under `everysec`/`no`, or an `always` write still waiting for its
+        // group's fsync) a power cut between the table and its manifest edit leaves an orphan
+        // table holding writes no WAL has, which the open must refuse as a lost edit.
+        self.wal.sync_to(mem.max_seq(), true)?;
+        self.publish_synced();
         let number = self.next_file.fetch_add(1, Ordering::AcqRel);
         let table = if mem.is_empty() {
             None
         } else {
             let file = write_memtable(
+                &*self.options.storage,
                 &self.dir,
                 number,
                 &mem,
@@ -1151,9 +1223,19 @@ impl Inner {
             self.maybe_rewrite_manifest(&mut versions, &version, log_number)?;
             log_number
         };
-        for number in list_files(&self.dir)?.wal {
-            if number < log_number {
-                remove_quietly(&wal::segment_path(&self.dir, number));
+        // The flush is committed: failing to list the directory only leaves old segments
+        // behind for the next flush or open to remove, and must not fail the flush.
+        match list_files(&*self.options.storage, &self.dir) {
+            Ok(listing) => {
+                for number in listing.wal.into_iter().filter(|&n| n < log_number) {
+                    remove_quietly(
+                        &*self.options.storage,
+                        &wal::segment_path(&self.dir, number),
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "flush committed; obsolete WAL segments left for later");
             }
         }
         self.progress.notify_all();
@@ -1173,8 +1255,11 @@ impl Inner {
         }
         let old = versions.manifest.path().to_path_buf();
         let number = self.next_file.fetch_add(1, Ordering::AcqRel);
-        let last_seq = self.visible_seq.load(Ordering::Acquire);
+        // What the tables hold, as the edits so far said: `visible_seq` may be ahead (writes
+        // still in memtables), and a too high value weakens the orphan check at open.
+        let last_seq = versions.manifest.last_seq();
         versions.manifest = Manifest::create(
+            &*self.options.storage,
             &self.dir,
             number,
             version,
@@ -1182,7 +1267,7 @@ impl Inner {
             self.next_file.load(Ordering::Acquire),
             last_seq,
         )?;
-        remove_quietly(&old);
+        remove_quietly(&*self.options.storage, &old);
         Ok(())
     }
 
@@ -1253,7 +1338,7 @@ impl Inner {
             self.maybe_rewrite_manifest(&mut versions, &next, log_number)?;
         }
         for file in decision.inputs.iter().chain(&decision.overlaps) {
-            file.mark_obsolete();
+            file.mark_obsolete(&self.options.storage);
             self.tables.evict(file.number);
         }
         self.counters.compactions.fetch_add(1, Ordering::Relaxed);
@@ -1372,16 +1457,19 @@ fn compaction_step(inner: &Inner, _background: &Background) -> bool {
 
 fn wal_sync_step(inner: &Inner, _background: &Background) -> bool {
     if inner.wal.suspended().is_some() {
-        inner
+        if inner
             .wal
-            .retry_suspended(inner.fsync_policy() != FsyncPolicy::No);
+            .retry_suspended(inner.fsync_policy() != FsyncPolicy::No)
+        {
+            inner.publish_synced();
+        }
         return false;
     }
     let policy = inner.fsync_policy();
     if policy == FsyncPolicy::Always {
         return false;
     }
-    let seq = inner.visible_seq.load(Ordering::Acquire);
+    let seq = inner.wal.appended_seq();
     let fsync = policy == FsyncPolicy::EverySec;
     if let Err(error) = inner.wal.sync_to(seq, fsync) {
         tracing::error!(%error, "background WAL sync failed");
@@ -1424,6 +1512,7 @@ fn stored_value(op: &BatchOp) -> (Kind, Bytes) {
 /// manifest lost a committed edit (a damaged file) and deleting the table
 /// would silently drop acknowledged writes: refuse to open instead.
 fn refuse_lost_orphans(
+    fs: &dyn Storage,
     dir: &Path,
     version: &Version,
     listing: &Listing,
@@ -1436,7 +1525,7 @@ fn refuse_lost_orphans(
     for &number in listing.tables.iter().filter(|n| !live.contains(n)) {
         let path = table_path(dir, number);
         // A table torn by the crash that orphaned it was never committed.
-        let Ok(table) = crate::table::Table::open(&path, number, cache.clone()) else {
+        let Ok(table) = crate::table::Table::open(fs, &path, number, cache.clone()) else {
             continue;
         };
         let meta = table.meta();
@@ -1463,6 +1552,7 @@ fn refuse_lost_orphans(
 
 /// Writes every entry of `mem` to table `number`.
 fn write_memtable(
+    fs: &dyn Storage,
     dir: &Path,
     number: u64,
     mem: &Memtable,
@@ -1470,35 +1560,26 @@ fn write_memtable(
 ) -> Result<TableFile> {
     let path = table_path(dir, number);
     let written = (|| {
-        let mut builder = TableBuilder::create(&path, options)?;
+        let mut builder = TableBuilder::create(fs, &path, options)?;
         mem.try_for_each(|key, value| builder.add(key, value))?;
         builder.finish()
     })();
     match written {
         Ok(meta) => {
-            wal::sync_dir(dir)?;
+            wal::sync_dir(fs, dir)?;
             Ok(TableFile::new(dir, number, meta))
         }
         Err(error) => {
-            remove_quietly(&path);
+            remove_quietly(fs, &path);
             Err(error)
         }
     }
 }
 
-fn lock_directory(dir: &Path) -> Result<File> {
+fn lock_directory(fs: &dyn Storage, dir: &Path) -> Result<Box<dyn StorageLock>> {
     let lock_path = dir.join("LOCK");
-    let lock_file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?;
-    match lock_file.try_lock_exclusive() {
-        Ok(true) => Ok(lock_file),
-        Ok(false) => Err(Error::Locked {
-            path: dir.to_path_buf(),
-        }),
+    match fs.lock(&lock_path) {
+        Ok(lock) => Ok(lock),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::Locked {
             path: dir.to_path_buf(),
         }),
@@ -1688,12 +1769,9 @@ struct Listing {
     max_number: u64,
 }
 
-fn list_files(dir: &Path) -> Result<Listing> {
+fn list_files(fs: &dyn Storage, dir: &Path) -> Result<Listing> {
     let mut listing = Listing::default();
-    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+    for name in fs.list(dir).map_err(|e| Error::io(dir, e))? {
         let (list, number) = if let Some(stem) = name.strip_suffix(".wal") {
             (&mut listing.wal, stem.parse::<u64>().ok())
         } else if let Some(stem) = name.strip_suffix(".sst") {
@@ -1721,8 +1799,13 @@ fn list_files(dir: &Path) -> Result<Listing> {
 /// but that loses acknowledged writes, so it is logged as an error, counted
 /// in [`Recovery::wal_damaged_mid_log`], and the segment is copied to
 /// `<segment>.damaged` first so nothing is destroyed before an operator looks.
-fn preserve_damaged_segment(path: &Path, valid_bytes: u64, recovery: &mut Recovery) -> Result<()> {
-    let data = fs::read(path).map_err(|e| Error::io(path, e))?;
+fn preserve_damaged_segment(
+    fs: &dyn Storage,
+    path: &Path,
+    valid_bytes: u64,
+    recovery: &mut Recovery,
+) -> Result<()> {
+    let data = fs.read(path).map_err(|e| Error::io(path, e))?;
     let Some(intact_at) = wal::intact_record_after(&data, valid_bytes as usize, |payload| {
         wal::decode_payload(payload).is_some()
     }) else {
@@ -1738,14 +1821,14 @@ fn preserve_damaged_segment(path: &Path, valid_bytes: u64, recovery: &mut Recove
     kept.push(".damaged");
     let kept = PathBuf::from(kept);
     // The copy must survive a power loss like any file the engine keeps: contents, then name.
-    File::create(&kept)
-        .and_then(|mut file| {
-            std::io::Write::write_all(&mut file, &data)?;
-            file.sync_all()
+    fs.create(&kept, false)
+        .and_then(|file| {
+            file.append(&data)?;
+            file.sync()
         })
         .map_err(|e| Error::io(&kept, e))?;
     if let Some(parent) = kept.parent() {
-        wal::sync_dir(parent)?;
+        wal::sync_dir(fs, parent)?;
     }
     recovery.wal_damaged_mid_log = true;
     tracing::error!(
@@ -1778,8 +1861,8 @@ fn release_here(mem: Arc<Memtable>) {
     drop(mem);
 }
 
-fn remove_quietly(path: &Path) {
-    if let Err(error) = fs::remove_file(path) {
+fn remove_quietly(fs: &dyn Storage, path: &Path) {
+    if let Err(error) = fs.remove(path) {
         if error.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(file = %path.display(), %error, "could not remove obsolete file");
         }

@@ -44,6 +44,8 @@ mod iter;
 mod memtable;
 mod options;
 mod row_cache;
+pub mod sim_fs;
+mod storage;
 mod table;
 mod verify;
 mod version;
@@ -59,6 +61,7 @@ pub use options::{
     Clock, Compression, FsyncPolicy, Options, SystemClock, KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };
 pub use row_cache::RowCacheStats;
+pub use storage::{StdStorage, Storage, StorageFile, StorageLock};
 pub use verify::{verify_directory, VerifyReport};
 pub use wal::WalStats;
 
@@ -91,7 +94,12 @@ pub mod fuzzing {
     pub fn read_table(path: &Path, bytes: &[u8]) -> crate::Result<usize> {
         std::fs::write(path, bytes).map_err(|e| crate::Error::io(path, e))?;
         let cache = Arc::new(crate::table::BlockCache::new(1 << 20));
-        let table = Arc::new(crate::table::Table::open(path, 1, cache)?);
+        let table = Arc::new(crate::table::Table::open(
+            &crate::storage::StdStorage,
+            path,
+            1,
+            cache,
+        )?);
         let mut iter = crate::table::TableIter::new(table.clone());
         iter.seek_to_first()?;
         let mut keys = Vec::new();

@@ -132,6 +132,9 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// I/O failures to inject (tests and failure drills); disarmed by default.
     pub faults: Arc<crate::Faults>,
+    /// The file system every file operation goes through: [`crate::StdStorage`]
+    /// (`std::fs`) by default; tests give a simulated one (`sim_fs`).
+    pub storage: Arc<dyn crate::Storage>,
 }
 
 impl Default for Options {
@@ -159,6 +162,7 @@ impl Default for Options {
             change_log_bytes_max: 0,
             clock: Arc::new(SystemClock),
             faults: Arc::new(crate::Faults::default()),
+            storage: Arc::new(crate::StdStorage),
         }
     }
 }

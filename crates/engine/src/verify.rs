@@ -36,14 +36,15 @@ pub struct VerifyReport {
 /// file is done. Corruption is an error naming the file and offset; a torn
 /// WAL tail is reported, not an error (recovery cuts it off).
 pub fn verify_directory(dir: &Path, mut progress: impl FnMut(&Path, u64)) -> Result<VerifyReport> {
-    let recovered = Manifest::recover(dir)?.ok_or_else(|| {
+    let fs = &crate::storage::StdStorage;
+    let recovered = Manifest::recover(fs, dir)?.ok_or_else(|| {
         Error::InvalidArgument(format!("{} holds no database (no CURRENT)", dir.display()))
     })?;
     let mut report = VerifyReport::default();
     let cache = Arc::new(BlockCache::new(8 << 20));
     for (level, tables) in recovered.version.levels.iter().enumerate() {
         for file in tables {
-            let table = Arc::new(Table::open(&file.path, file.number, cache.clone())?);
+            let table = Arc::new(Table::open(fs, &file.path, file.number, cache.clone())?);
             let mut iter = TableIter::with_cache_fill(table, false);
             iter.seek_to_first()?;
             let mut entries = 0u64;
@@ -85,7 +86,7 @@ pub fn verify_directory(dir: &Path, mut progress: impl FnMut(&Path, u64)) -> Res
         .collect();
     segments.sort();
     for (i, (_, path)) in segments.iter().enumerate() {
-        let read = wal::read_segment(path)?;
+        let read = wal::read_segment(fs, path)?;
         if read.valid_bytes < read.file_bytes {
             if i + 1 != segments.len() {
                 return Err(Error::corruption(

@@ -26,14 +26,12 @@
 //! its tables are orphans, removed at open. The first record of every
 //! manifest is a full snapshot of the version (all tables as adds).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::format::{self, compare_internal};
+use crate::storage::{Storage, StorageFile};
 use crate::table::{BlockCache, Table, TableMeta};
 use crate::wal::{self, sync_dir};
 
@@ -56,7 +54,9 @@ pub(crate) struct TableFile {
     pub number: u64,
     pub meta: TableMeta,
     pub path: PathBuf,
-    obsolete: AtomicBool,
+    /// Set when compaction made the table obsolete: the storage to delete
+    /// the file from once the last reference goes.
+    obsolete: OnceLock<Arc<dyn Storage>>,
 }
 
 impl TableFile {
@@ -65,12 +65,12 @@ impl TableFile {
             number,
             meta,
             path: table_path(dir, number),
-            obsolete: AtomicBool::new(false),
+            obsolete: OnceLock::new(),
         }
     }
 
-    pub fn mark_obsolete(&self) {
-        self.obsolete.store(true, Ordering::Release);
+    pub fn mark_obsolete(&self, fs: &Arc<dyn Storage>) {
+        let _ = self.obsolete.set(fs.clone());
     }
 
     pub fn smallest_user_key(&self) -> &[u8] {
@@ -89,8 +89,8 @@ impl TableFile {
 
 impl Drop for TableFile {
     fn drop(&mut self) {
-        if self.obsolete.load(Ordering::Acquire) {
-            if let Err(error) = fs::remove_file(&self.path) {
+        if let Some(fs) = self.obsolete.get() {
+            if let Err(error) = fs.remove(&self.path) {
                 tracing::warn!(file = %self.path.display(), %error, "could not delete obsolete table");
             }
         }
@@ -99,6 +99,7 @@ impl Drop for TableFile {
 
 /// Open tables, bounded by `open_files_max`; evicted tables close their file.
 pub(crate) struct TableCache {
+    fs: Arc<dyn Storage>,
     tables: quick_cache::sync::Cache<u64, Arc<Table>>,
     pub blocks: Arc<BlockCache>,
 }
@@ -112,8 +113,13 @@ impl std::fmt::Debug for TableCache {
 }
 
 impl TableCache {
-    pub fn new(open_files_max: usize, block_cache_bytes: usize) -> TableCache {
+    pub fn new(
+        fs: Arc<dyn Storage>,
+        open_files_max: usize,
+        block_cache_bytes: usize,
+    ) -> TableCache {
         TableCache {
+            fs,
             tables: quick_cache::sync::Cache::new(open_files_max.max(16)),
             blocks: Arc::new(BlockCache::new(block_cache_bytes)),
         }
@@ -122,7 +128,7 @@ impl TableCache {
     /// The open table for `file`, opening it when needed.
     pub fn get(&self, file: &TableFile) -> Result<Arc<Table>> {
         self.tables.get_or_insert_with(&file.number, || {
-            Table::open(&file.path, file.number, self.blocks.clone()).map(Arc::new)
+            Table::open(&*self.fs, &file.path, file.number, self.blocks.clone()).map(Arc::new)
         })
     }
 
@@ -311,9 +317,15 @@ impl VersionEdit {
 /// The manifest file being appended to.
 #[derive(Debug)]
 pub(crate) struct Manifest {
-    file: File,
+    file: Box<dyn StorageFile>,
     path: PathBuf,
+    /// Bytes of intact records: a failed append is cut back to it.
     bytes: u64,
+    /// Highest `last_seq` the edits recorded: sequences the tables hold.
+    last_seq: u64,
+    /// Set when an fsync failed or a failed append could not be cut off:
+    /// what the file holds on disk is unknown, so no edit may follow.
+    broken: Option<String>,
 }
 
 /// What the manifest said at open.
@@ -330,10 +342,11 @@ const MANIFEST_BYTES_MAX: u64 = 4 << 20;
 
 impl Manifest {
     /// Reads CURRENT and its manifest; `None` when the directory has none.
-    pub fn recover(dir: &Path) -> Result<Option<Recovered>> {
+    pub fn recover(fs: &dyn Storage, dir: &Path) -> Result<Option<Recovered>> {
         let current_path = dir.join("CURRENT");
-        let name = match fs::read_to_string(&current_path) {
-            Ok(name) => name,
+        let name = match fs.read(&current_path) {
+            Ok(name) => String::from_utf8(name)
+                .map_err(|_| Error::corruption(&current_path, 0, "CURRENT is not UTF-8"))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(&current_path, e)),
         };
@@ -346,7 +359,7 @@ impl Manifest {
             ));
         }
         let path = dir.join(name);
-        let read = wal::read_records(&path)?;
+        let read = wal::read_records(fs, &path)?;
         let mut recovered = Recovered {
             version: Version::default(),
             log_number: 0,
@@ -375,7 +388,10 @@ impl Manifest {
         }
         for level in &recovered.version.levels {
             for table in level {
-                if !table.path.exists() {
+                if !fs
+                    .exists(&table.path)
+                    .map_err(|e| Error::io(&table.path, e))?
+                {
                     return Err(Error::corruption(
                         &path,
                         0,
@@ -390,6 +406,7 @@ impl Manifest {
     /// Starts manifest `number` holding a snapshot of `version` and makes
     /// CURRENT point at it.
     pub fn create(
+        fs: &dyn Storage,
         dir: &Path,
         number: u64,
         version: &Version,
@@ -398,16 +415,13 @@ impl Manifest {
         last_seq: u64,
     ) -> Result<Manifest> {
         let path = dir.join(manifest_name(number));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = fs.create(&path, false).map_err(|e| Error::io(&path, e))?;
         let mut manifest = Manifest {
             file,
             path,
             bytes: 0,
+            last_seq,
+            broken: None,
         };
         let snapshot = VersionEdit {
             log_number: Some(log_number),
@@ -422,21 +436,52 @@ impl Manifest {
             deleted: Vec::new(),
         };
         manifest.append(&snapshot)?;
-        write_current(dir, &manifest_name(number))?;
+        write_current(fs, dir, &manifest_name(number))?;
         Ok(manifest)
     }
 
-    /// Appends `edit` and fsyncs it.
+    /// Appends `edit` and fsyncs it. A failed write is cut off again, so
+    /// a retried edit (a full disk is retried) never lands after a torn
+    /// record, where recovery would stop reading. A failed fsync, or a cut
+    /// that fails, leaves the file's durable state unknown: every later
+    /// append fails (the database refuses writes until reopened, and the
+    /// open writes a fresh manifest).
     pub fn append(&mut self, edit: &VersionEdit) -> Result<()> {
+        if let Some(reason) = &self.broken {
+            return Err(Error::Poisoned {
+                reason: reason.clone(),
+            });
+        }
         let payload = edit.encode();
         let mut record = Vec::with_capacity(payload.len() + wal::RECORD_HEADER_BYTES);
         wal::frame_record(&mut record, &payload);
-        self.file
-            .write_all(&record)
-            .and_then(|_| self.file.sync_data())
-            .map_err(|e| Error::io(&self.path, e))?;
+        if let Err(error) = self.file.append(&record) {
+            if let Err(cut) = self.file.truncate(self.bytes) {
+                let error = Error::io(&self.path, cut);
+                self.broken = Some(format!(
+                    "manifest append failed and was not cut off: {error}"
+                ));
+                return Err(error);
+            }
+            return Err(Error::io(&self.path, error));
+        }
+        if let Err(error) = self.file.sync() {
+            let error = Error::io(&self.path, error);
+            self.broken = Some(format!("manifest fsync failed: {error}"));
+            return Err(Error::Poisoned {
+                reason: format!("manifest fsync failed: {error}"),
+            });
+        }
         self.bytes += record.len() as u64;
+        if let Some(seq) = edit.last_seq {
+            self.last_seq = self.last_seq.max(seq);
+        }
         Ok(())
+    }
+
+    /// Highest sequence the edits say the tables hold.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
     }
 
     pub fn needs_rewrite(&self) -> bool {
@@ -449,18 +494,90 @@ impl Manifest {
 }
 
 /// Points CURRENT at `name` atomically.
-pub(crate) fn write_current(dir: &Path, name: &str) -> Result<()> {
+pub(crate) fn write_current(fs: &dyn Storage, dir: &Path, name: &str) -> Result<()> {
     let tmp = dir.join("CURRENT.tmp");
-    let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(format!("{name}\n").as_bytes())
-        .and_then(|_| file.sync_all())
+    let file = fs.create(&tmp, false).map_err(|e| Error::io(&tmp, e))?;
+    file.append(format!("{name}\n").as_bytes())
+        .and_then(|_| file.sync())
         .map_err(|e| Error::io(&tmp, e))?;
     let current = dir.join("CURRENT");
-    fs::rename(&tmp, &current).map_err(|e| Error::io(&current, e))?;
-    sync_dir(dir)
+    fs.rename(&tmp, &current)
+        .map_err(|e| Error::io(&current, e))?;
+    sync_dir(fs, dir)
 }
 
 /// Parses a manifest file name.
 pub(crate) fn manifest_number(name: &str) -> Option<u64> {
     name.strip_prefix("MANIFEST-")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim_fs::{FaultConfig, SimFs};
+
+    fn edit(next_file_number: u64, last_seq: Option<u64>) -> VersionEdit {
+        VersionEdit {
+            next_file_number: Some(next_file_number),
+            last_seq,
+            ..VersionEdit::default()
+        }
+    }
+
+    /// Bug: a partial manifest write (ENOSPC, retried as a full disk) was
+    /// left in place, the retried edit landed after the torn record, and
+    /// recovery, stopping at the torn record, never read it.
+    #[test]
+    fn manifest_append_cuts_off_a_failed_write_so_a_retried_edit_is_read() {
+        let fs = SimFs::new(7);
+        let dir = Path::new("/db");
+        fs.create_dir_all(dir).unwrap();
+        let mut manifest = Manifest::create(&fs, dir, 1, &Version::default(), 1, 2, 0).unwrap();
+        fs.set_faults(FaultConfig {
+            seed: 7,
+            short_write: 1.0,
+            one_shot: true,
+            ..FaultConfig::default()
+        });
+        let error = manifest.append(&edit(10, Some(5))).unwrap_err();
+        assert!(error.is_disk_full(), "{error}");
+        manifest.append(&edit(11, Some(6))).unwrap();
+        let recovered = Manifest::recover(&fs, dir).unwrap().unwrap();
+        assert_eq!(recovered.next_file_number, 11);
+        assert_eq!(recovered.last_seq, 6);
+    }
+
+    /// After a failed manifest fsync the file's durable state is unknown:
+    /// no later edit may be appended to it.
+    #[test]
+    fn manifest_refuses_edits_after_a_failed_fsync() {
+        let fs = SimFs::new(8);
+        let dir = Path::new("/db");
+        fs.create_dir_all(dir).unwrap();
+        let mut manifest = Manifest::create(&fs, dir, 1, &Version::default(), 1, 2, 0).unwrap();
+        fs.set_faults(FaultConfig {
+            seed: 8,
+            fsync: 1.0,
+            one_shot: true,
+            ..FaultConfig::default()
+        });
+        assert!(manifest.append(&edit(10, None)).is_err());
+        let error = manifest.append(&edit(11, None)).unwrap_err();
+        assert!(matches!(error, Error::Poisoned { .. }), "{error}");
+    }
+
+    /// Bug: the rewritten manifest recorded `visible_seq` as its last
+    /// sequence, ahead of what the tables hold; the manifest now tracks the
+    /// sequence its edits recorded, which the rewrite uses.
+    #[test]
+    fn manifest_last_seq_is_what_its_edits_recorded() {
+        let fs = SimFs::new(9);
+        let dir = Path::new("/db");
+        fs.create_dir_all(dir).unwrap();
+        let mut manifest = Manifest::create(&fs, dir, 1, &Version::default(), 1, 2, 4).unwrap();
+        assert_eq!(manifest.last_seq(), 4);
+        manifest.append(&edit(3, Some(9))).unwrap();
+        manifest.append(&edit(4, None)).unwrap();
+        assert_eq!(manifest.last_seq(), 9);
+    }
 }

@@ -22,8 +22,6 @@
 //! log: the kernel may have dropped the dirty pages, so no later write may
 //! pretend otherwise.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,6 +31,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::faults::Faults;
 use crate::format::{self, Kind};
+use crate::storage::{Storage, StorageFile};
 
 /// Bytes of a record header (crc + length).
 pub(crate) const RECORD_HEADER_BYTES: usize = 8;
@@ -141,18 +140,22 @@ pub(crate) fn frame_record(out: &mut Vec<u8>, payload: &[u8]) {
 
 /// Reads every intact framed record of a file, stopping at the first torn
 /// or corrupt one (whose offset is `valid_bytes`).
-pub(crate) fn read_records(path: &Path) -> Result<SegmentRead> {
-    read_records_checked(path, |_| true)
+pub(crate) fn read_records(fs: &dyn Storage, path: &Path) -> Result<SegmentRead> {
+    read_records_checked(fs, path, |_| true)
 }
 
 /// Reads every intact record of a WAL segment; a record whose payload does
 /// not decode as a batch counts as corrupt.
-pub(crate) fn read_segment(path: &Path) -> Result<SegmentRead> {
-    read_records_checked(path, |payload| decode_payload(payload).is_some())
+pub(crate) fn read_segment(fs: &dyn Storage, path: &Path) -> Result<SegmentRead> {
+    read_records_checked(fs, path, |payload| decode_payload(payload).is_some())
 }
 
-fn read_records_checked(path: &Path, valid: impl Fn(&[u8]) -> bool) -> Result<SegmentRead> {
-    let data = fs::read(path).map_err(|e| Error::io(path, e))?;
+fn read_records_checked(
+    fs: &dyn Storage,
+    path: &Path,
+    valid: impl Fn(&[u8]) -> bool,
+) -> Result<SegmentRead> {
+    let data = fs.read(path).map_err(|e| Error::io(path, e))?;
     Ok(parse_records(&data, valid))
 }
 
@@ -231,7 +234,7 @@ struct Pending {
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
-    file: File,
+    file: Box<dyn StorageFile>,
     /// Bytes successfully written (a failed write is truncated back to it).
     written: AtomicU64,
 }
@@ -239,6 +242,7 @@ struct Segment {
 /// The write-ahead log of one database.
 #[derive(Debug)]
 pub(crate) struct Wal {
+    fs: Arc<dyn Storage>,
     dir: PathBuf,
     pending: Mutex<Pending>,
     /// Held by whoever writes buffered bytes to the file; orders file writes.
@@ -272,9 +276,16 @@ pub struct WalStats {
 
 impl Wal {
     /// Starts a new segment `number` in `dir`; `last_seq` is already durable.
-    pub fn create(dir: &Path, number: u64, last_seq: u64, faults: Arc<Faults>) -> Result<Wal> {
-        let segment = Arc::new(open_segment(dir, number)?);
+    pub fn create(
+        fs: Arc<dyn Storage>,
+        dir: &Path,
+        number: u64,
+        last_seq: u64,
+        faults: Arc<Faults>,
+    ) -> Result<Wal> {
+        let segment = Arc::new(open_segment(&*fs, dir, number)?);
         Ok(Wal {
+            fs,
             dir: dir.to_path_buf(),
             pending: Mutex::new(Pending {
                 segment,
@@ -311,9 +322,14 @@ impl Wal {
         pending.bytes.len() >= BUFFER_BYTES_MAX
     }
 
+    /// The last sequence appended (written out or not).
+    pub fn appended_seq(&self) -> u64 {
+        self.pending.lock().last_seq
+    }
+
     /// Switches appends to a new segment `number` (caller holds the write lock).
     pub fn rotate(&self, number: u64) -> Result<()> {
-        let segment = Arc::new(open_segment(&self.dir, number)?);
+        let segment = Arc::new(open_segment(&*self.fs, &self.dir, number)?);
         let mut pending = self.pending.lock();
         let old = std::mem::replace(&mut pending.segment, segment);
         let bytes = std::mem::take(&mut pending.bytes);
@@ -417,7 +433,7 @@ impl Wal {
         }
         let (failed, _) = &unwritten[0];
         let written = failed.written.load(Ordering::Acquire);
-        if let Err(truncate_error) = failed.file.set_len(written) {
+        if let Err(truncate_error) = failed.file.truncate(written) {
             return self.poison(Error::io(&failed.path, truncate_error));
         }
         let mut pending = self.pending.lock();
@@ -476,8 +492,9 @@ impl Wal {
         if bytes.is_empty() {
             return Ok(());
         }
-        (&segment.file)
-            .write_all(bytes)
+        segment
+            .file
+            .append(bytes)
             .map_err(|e| Error::io(&segment.path, e))?;
         segment
             .written
@@ -497,7 +514,7 @@ impl Wal {
         }
         segment
             .file
-            .sync_data()
+            .sync()
             .map_err(|e| Error::io(&segment.path, e))?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.sync_micros_total
@@ -517,14 +534,10 @@ impl Wal {
     }
 }
 
-fn open_segment(dir: &Path, number: u64) -> Result<Segment> {
+fn open_segment(fs: &dyn Storage, dir: &Path, number: u64) -> Result<Segment> {
     let path = segment_path(dir, number);
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    sync_dir(dir)?;
+    let file = fs.create(&path, true).map_err(|e| Error::io(&path, e))?;
+    sync_dir(fs, dir)?;
     Ok(Segment {
         path,
         file,
@@ -533,15 +546,15 @@ fn open_segment(dir: &Path, number: u64) -> Result<Segment> {
 }
 
 /// fsyncs a directory so a file created or renamed in it survives a crash.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+pub(crate) fn sync_dir(fs: &dyn Storage, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StdStorage;
+    use std::fs::{self, OpenOptions};
 
     fn record(seq: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -557,13 +570,13 @@ mod tests {
     #[test]
     fn records_round_trip_and_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::create(dir.path(), 1, 0, Arc::default()).unwrap();
+        let wal = Wal::create(Arc::new(StdStorage), dir.path(), 1, 0, Arc::default()).unwrap();
         for seq in 1..=10u64 {
             wal.append(&record(seq, format!("k{seq}").as_bytes(), b"v"), seq);
         }
         wal.sync_to(10, true).unwrap();
         let path = segment_path(dir.path(), 1);
-        let full = read_segment(&path).unwrap();
+        let full = read_segment(&StdStorage, &path).unwrap();
         assert_eq!(full.payloads.len(), 10);
         assert_eq!(full.valid_bytes, full.file_bytes);
         let ops = decode_payload(&full.payloads[9].1).unwrap();
@@ -574,7 +587,7 @@ mod tests {
         let len = fs::metadata(&path).unwrap().len();
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(len - 5).unwrap();
-        let torn = read_segment(&path).unwrap();
+        let torn = read_segment(&StdStorage, &path).unwrap();
         assert_eq!(torn.payloads.len(), 9);
         assert_eq!(torn.valid_bytes, full.payloads[9].0);
     }
@@ -582,17 +595,17 @@ mod tests {
     #[test]
     fn flipped_byte_stops_the_read_at_that_record() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::create(dir.path(), 7, 0, Arc::default()).unwrap();
+        let wal = Wal::create(Arc::new(StdStorage), dir.path(), 7, 0, Arc::default()).unwrap();
         for seq in 1..=5u64 {
             wal.append(&record(seq, b"key", b"value"), seq);
         }
         wal.sync_to(5, false).unwrap();
         let path = segment_path(dir.path(), 7);
         let mut data = fs::read(&path).unwrap();
-        let third = read_segment(&path).unwrap().payloads[2].0 as usize;
+        let third = read_segment(&StdStorage, &path).unwrap().payloads[2].0 as usize;
         data[third + 12] ^= 0x40;
         fs::write(&path, &data).unwrap();
-        let read = read_segment(&path).unwrap();
+        let read = read_segment(&StdStorage, &path).unwrap();
         assert_eq!(read.payloads.len(), 2);
         assert_eq!(read.valid_bytes as usize, third);
     }

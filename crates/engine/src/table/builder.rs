@@ -4,8 +4,7 @@ use super::block::BlockBuilder;
 use super::{encode_stored_block, filter, BlockHandle, Footer, TableMeta, TableOptions};
 use crate::error::{Error, Result};
 use crate::format::{self, Kind};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use crate::storage::{Storage, StorageFile};
 use std::path::{Path, PathBuf};
 
 /// Bytes of encoded blocks gathered before one `write` system call.
@@ -22,7 +21,7 @@ const INDEX_RESTART_INTERVAL: usize = 1;
 /// caller deletes it.
 pub(crate) struct TableBuilder {
     /// The file being written.
-    file: File,
+    file: Box<dyn StorageFile>,
     /// Its path, for errors.
     path: PathBuf,
     /// Settings.
@@ -55,12 +54,8 @@ impl std::fmt::Debug for TableBuilder {
 
 impl TableBuilder {
     /// Creates the file (fails if it exists) and an empty builder.
-    pub fn create(path: &Path, options: &TableOptions) -> Result<TableBuilder> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+    pub fn create(fs: &dyn Storage, path: &Path, options: &TableOptions) -> Result<TableBuilder> {
+        let file = fs.create(path, true).map_err(|e| Error::io(path, e))?;
         Ok(TableBuilder {
             file,
             path: path.to_path_buf(),
@@ -215,7 +210,7 @@ impl TableBuilder {
     /// Writes `pending` to the file.
     fn flush_pending(&mut self) -> Result<()> {
         self.file
-            .write_all(&self.pending)
+            .append(&self.pending)
             .map_err(|e| Error::io(&self.path, e))?;
         self.pending.clear();
         Ok(())
@@ -242,7 +237,7 @@ impl TableBuilder {
         self.pending.extend_from_slice(&footer.encode());
         self.offset += super::FOOTER_LEN as u64;
         self.flush_pending()?;
-        self.file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        self.file.sync().map_err(|e| Error::io(&self.path, e))?;
         self.meta.file_size = self.offset;
         debug_assert!(self.meta.check().is_ok());
         Ok(self.meta)

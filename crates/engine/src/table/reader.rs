@@ -11,10 +11,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::format;
+use crate::storage::{Storage, StorageFile};
 use bytes::Bytes;
 use std::cell::Cell;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,7 +36,7 @@ const READ_BUFFER_BYTES_MAX: usize = 256 * 1024;
 /// An open, immutable table. `Send + Sync`: reads use `read_exact_at`.
 pub(crate) struct Table {
     /// The file.
-    file: File,
+    file: Box<dyn StorageFile>,
     /// Its path, for errors.
     path: PathBuf,
     /// Identifies the table's blocks in the cache.
@@ -71,25 +70,30 @@ impl Table {
     /// and that the blocks tile the file). `file_number` identifies the
     /// table in the block cache and must not be reused for another file
     /// while the cache lives.
-    pub fn open(path: &Path, file_number: u64, cache: Arc<BlockCache>) -> Result<Table> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let file_size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    pub fn open(
+        fs: &dyn Storage,
+        path: &Path,
+        file_number: u64,
+        cache: Arc<BlockCache>,
+    ) -> Result<Table> {
+        let file = fs.open(path).map_err(|e| Error::io(path, e))?;
+        let file_size = file.size().map_err(|e| Error::io(path, e))?;
         if file_size < FOOTER_LEN as u64 {
             return Err(corruption(path, 0, "file shorter than a table footer"));
         }
         let footer_offset = file_size - FOOTER_LEN as u64;
         let mut footer_bytes = [0u8; FOOTER_LEN];
-        read_at(&file, path, &mut footer_bytes, footer_offset)?;
+        read_at(&*file, path, &mut footer_bytes, footer_offset)?;
         let footer = Footer::decode(&footer_bytes, footer_offset)
             .map_err(|what| corruption(path, footer_offset, what))?;
 
-        let filter_bytes = read_block(&file, path, footer.filter)?;
+        let filter_bytes = read_block(&*file, path, footer.filter)?;
         let filter = Filter::parse(filter_bytes)
             .map_err(|what| corruption(path, footer.filter.offset, what))?;
-        let properties_bytes = read_block(&file, path, footer.properties)?;
+        let properties_bytes = read_block(&*file, path, footer.properties)?;
         let meta = TableMeta::decode(&properties_bytes, file_size)
             .map_err(|what| corruption(path, footer.properties.offset, what))?;
-        let index_bytes = read_block(&file, path, footer.index)?;
+        let index_bytes = read_block(&*file, path, footer.index)?;
         let index = Block::parse(index_bytes)
             .and_then(Index::decode)
             .map_err(|what| corruption(path, footer.index.offset, what))?;
@@ -267,7 +271,7 @@ impl Table {
         if let Some(block) = self.cache.get(self.file_number, handle.offset) {
             return Ok(block);
         }
-        let bytes = read_block(&self.file, &self.path, handle)?;
+        let bytes = read_block(&*self.file, &self.path, handle)?;
         let block =
             Block::parse(bytes).map_err(|what| corruption(&self.path, handle.offset, what))?;
         if fill_cache {
@@ -294,8 +298,8 @@ impl Table {
 
 /// Reads `buf.len()` bytes at `offset`; reading past the end is corruption
 /// (the file is shorter than its own handles say).
-fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
-    file.read_exact_at(buf, offset).map_err(|e| {
+fn read_at(file: &dyn StorageFile, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    file.read_at(buf, offset).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             corruption(path, offset, "block extends past the end of the file")
         } else {
@@ -308,7 +312,7 @@ fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> 
 /// verifies its checksum and decompresses it. The bytes as stored are read
 /// into a per-thread buffer that is reused from block to block, so a block
 /// costs one allocation (the block handed out) instead of two plus zeroing.
-fn read_block(file: &File, path: &Path, handle: BlockHandle) -> Result<Bytes> {
+fn read_block(file: &dyn StorageFile, path: &Path, handle: BlockHandle) -> Result<Bytes> {
     let stored_len = usize::try_from(handle.size + super::BLOCK_TRAILER_LEN as u64)
         .map_err(|_| corruption(path, handle.offset, "block larger than memory"))?;
     let mut stored = READ_BUFFER.take();

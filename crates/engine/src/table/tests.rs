@@ -32,7 +32,7 @@ fn sorted(mut entries: Vec<Entry>) -> Vec<Entry> {
 
 /// Writes `entries` (already sorted) to a new table at `path`.
 fn write_table(path: &Path, entries: &[Entry], options: &TableOptions) -> TableMeta {
-    let mut builder = TableBuilder::create(path, options).unwrap();
+    let mut builder = TableBuilder::create(&crate::storage::StdStorage, path, options).unwrap();
     assert!(builder.is_empty());
     for (key, value) in entries {
         builder.add(key, value).unwrap();
@@ -43,7 +43,13 @@ fn write_table(path: &Path, entries: &[Entry], options: &TableOptions) -> TableM
 
 /// Opens a table with a fresh cache.
 fn open(path: &Path) -> Result<Arc<Table>> {
-    Table::open(path, 7, Arc::new(BlockCache::new(1 << 20))).map(Arc::new)
+    Table::open(
+        &crate::storage::StdStorage,
+        path,
+        7,
+        Arc::new(BlockCache::new(1 << 20)),
+    )
+    .map(Arc::new)
 }
 
 /// Every entry of a table, in order.
@@ -251,7 +257,8 @@ fn create_refuses_an_existing_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.sst");
     std::fs::write(&path, b"x").unwrap();
-    let error = TableBuilder::create(&path, &TableOptions::default()).unwrap_err();
+    let error = TableBuilder::create(&crate::storage::StdStorage, &path, &TableOptions::default())
+        .unwrap_err();
     assert!(matches!(error, Error::Io { path: p, .. } if p == path));
 }
 
@@ -260,8 +267,12 @@ fn create_refuses_an_existing_file() {
 #[should_panic(expected = "table keys out of order")]
 fn out_of_order_keys_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let mut builder =
-        TableBuilder::create(&dir.path().join("t.sst"), &TableOptions::default()).unwrap();
+    let mut builder = TableBuilder::create(
+        &crate::storage::StdStorage,
+        &dir.path().join("t.sst"),
+        &TableOptions::default(),
+    )
+    .unwrap();
     builder.add(&internal_key(b"b", 1, Kind::Put), b"").unwrap();
     builder.add(&internal_key(b"a", 1, Kind::Put), b"").unwrap();
 }
@@ -271,8 +282,12 @@ fn out_of_order_keys_panic() {
 #[should_panic(expected = "table keys out of order")]
 fn older_version_before_newer_panics() {
     let dir = tempfile::tempdir().unwrap();
-    let mut builder =
-        TableBuilder::create(&dir.path().join("t.sst"), &TableOptions::default()).unwrap();
+    let mut builder = TableBuilder::create(
+        &crate::storage::StdStorage,
+        &dir.path().join("t.sst"),
+        &TableOptions::default(),
+    )
+    .unwrap();
     builder.add(&internal_key(b"a", 1, Kind::Put), b"").unwrap();
     builder.add(&internal_key(b"a", 2, Kind::Put), b"").unwrap();
 }
@@ -286,7 +301,7 @@ fn estimated_bytes_tracks_the_file_size() {
         compression: Compression::None,
         ..TableOptions::default()
     };
-    let mut builder = TableBuilder::create(&path, &options).unwrap();
+    let mut builder = TableBuilder::create(&crate::storage::StdStorage, &path, &options).unwrap();
     for i in 0..10_000u32 {
         let key = internal_key(format!("key{i:08}").as_bytes(), 1, Kind::Put);
         builder.add(&key, &[b'v'; 100]).unwrap();
@@ -351,7 +366,8 @@ fn block_cache_stays_within_capacity() {
     };
     let meta = write_table(&path, &entries, &options);
     assert!(meta.file_size > 20 * capacity as u64);
-    let table = Arc::new(Table::open(&path, 1, cache.clone()).unwrap());
+    let table =
+        Arc::new(Table::open(&crate::storage::StdStorage, &path, 1, cache.clone()).unwrap());
     let blocks = table.data_block_handles().len() as u64;
     assert_eq!(scan(&table).unwrap().len(), entries.len());
     assert!(
@@ -404,7 +420,15 @@ fn concurrent_readers_see_the_same_values() {
     let path = dir.path().join("t.sst");
     let entries = mixed_entries();
     write_table(&path, &entries, &small_block_options(Compression::Lz4));
-    let table = Arc::new(Table::open(&path, 3, Arc::new(BlockCache::new(16 * 1024))).unwrap());
+    let table = Arc::new(
+        Table::open(
+            &crate::storage::StdStorage,
+            &path,
+            3,
+            Arc::new(BlockCache::new(16 * 1024)),
+        )
+        .unwrap(),
+    );
     std::thread::scope(|scope| {
         for thread in 0..4usize {
             let (table, entries) = (&table, &entries);
@@ -427,7 +451,8 @@ fn iteration_without_cache_fill_leaves_the_cache_empty() {
     let entries = mixed_entries();
     write_table(&path, &entries, &small_block_options(Compression::None));
     let cache = Arc::new(BlockCache::new(1 << 20));
-    let table = Arc::new(Table::open(&path, 3, cache.clone()).unwrap());
+    let table =
+        Arc::new(Table::open(&crate::storage::StdStorage, &path, 3, cache.clone()).unwrap());
     let mut iter = TableIter::with_cache_fill(table, false);
     iter.seek_to_first().unwrap();
     let mut count = 0;
