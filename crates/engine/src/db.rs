@@ -148,6 +148,41 @@ pub struct Recovery {
     pub duration_ms: u64,
 }
 
+thread_local! {
+    /// Set inside [`without_waiting`]: (whether this thread's writes may not wait, whether
+    /// one was refused for it).
+    static NO_WAIT: std::cell::Cell<(bool, bool)> = const { std::cell::Cell::new((false, false)) };
+}
+
+/// Runs `f` with this thread's writes refusing to wait: a write that would be slowed down
+/// or stalled (flushes or level-0 compaction behind), or that would wait for an fsync
+/// (`always`), returns [`Error::WouldBlock`] before changing anything, and a WAL write-out
+/// that would wait for another writer's I/O is left to the next sync. Returns `f`'s result
+/// and whether a write was refused, so the caller (an async server, whose worker threads
+/// must not block) can run the work again where waiting is allowed.
+pub fn without_waiting<T>(f: impl FnOnce() -> T) -> (T, bool) {
+    let outer = NO_WAIT.with(|c| c.replace((true, false)));
+    let result = f();
+    let (_, refused) = NO_WAIT.with(|c| c.replace(outer));
+    (result, refused)
+}
+
+/// Inside [`without_waiting`]: notes the refusal and returns the error to give.
+fn refuse_wait() -> Option<Error> {
+    NO_WAIT.with(|c| {
+        let (no_wait, _) = c.get();
+        no_wait.then(|| {
+            c.set((true, true));
+            Error::WouldBlock
+        })
+    })
+}
+
+/// True inside [`without_waiting`].
+fn waiting_forbidden() -> bool {
+    NO_WAIT.with(|c| c.get().0)
+}
+
 /// An open database. Cheap to clone; `Send + Sync`, shared by many threads.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -485,6 +520,12 @@ impl Db {
         self.inner.check_writable()?;
         self.validate(&batch)?;
         let inner = &self.inner;
+        if inner.fsync_policy() == FsyncPolicy::Always && !batch.ops.is_empty() {
+            // It will wait for its group's fsync before it returns.
+            if let Some(refused) = refuse_wait() {
+                return Err(refused);
+            }
+        }
         let mut state = inner.write.lock();
         let current = inner.make_room(&mut state)?;
         if !batch.expectations.is_empty() {
@@ -627,12 +668,16 @@ impl Db {
     }
 
     /// True when a write now may wait long: writes are being slowed down or
-    /// stalled for flushes and level-0 compaction, or the WAL buffer is
-    /// filling while its I/O is busy. A hint, cheap to ask before each write:
-    /// callers that must not block (an async server) run the write where
-    /// waiting is allowed. A write may still wait briefly when this is false.
+    /// stalled for flushes and level-0 compaction, every write waits for its
+    /// fsync (`always`), or the WAL buffer is filling while its I/O is busy.
+    /// A hint, cheap to ask before each write: callers that must not block
+    /// (an async server) run such writes where waiting is allowed, and run
+    /// the others inside [`without_waiting`], which refuses the few that the
+    /// hint missed.
     pub fn write_may_wait(&self) -> bool {
-        self.inner.write_pressure.load(Ordering::Relaxed) || self.inner.wal.appender_may_wait()
+        self.inner.write_pressure.load(Ordering::Relaxed)
+            || self.inner.fsync_policy() == FsyncPolicy::Always
+            || self.inner.wal.appender_may_wait()
     }
 
     /// True when [`Db::sync`] of `seq` has nothing left to do under the
@@ -958,7 +1003,14 @@ impl Inner {
             self.wal.sync_to(last_seq, true)?;
             self.publish_synced();
         } else if must_write {
-            self.wal.sync_to(last_seq, false)?;
+            if waiting_forbidden() {
+                // Written out now if nobody else is writing; else the next sync does it.
+                if let Some(written) = self.wal.try_sync_to(last_seq, false) {
+                    written?;
+                }
+            } else {
+                self.wal.sync_to(last_seq, false)?;
+            }
         }
         Ok(())
     }
@@ -1086,6 +1138,9 @@ impl Inner {
             if current.mem.approximate_bytes() >= options.memtable_bytes_max {
                 if current.frozen.len() >= options.frozen_memtables_max {
                     self.write_pressure.store(true, Ordering::Relaxed);
+                    if let Some(refused) = refuse_wait() {
+                        return Err(refused);
+                    }
                     self.stall(state, "frozen memtables waiting for flush")?;
                     continue;
                 }
@@ -1095,11 +1150,17 @@ impl Inner {
             if level0 >= options.l0_stop_trigger {
                 self.write_pressure.store(true, Ordering::Relaxed);
                 self.background.signal(|f| f.compact = true);
+                if let Some(refused) = refuse_wait() {
+                    return Err(refused);
+                }
                 self.stall(state, "too many level-0 tables")?;
                 continue;
             }
             if level0 >= options.l0_slowdown_trigger && !slowed {
                 self.write_pressure.store(true, Ordering::Relaxed);
+                if let Some(refused) = refuse_wait() {
+                    return Err(refused);
+                }
                 slowed = true;
                 self.counters.slowdowns.fetch_add(1, Ordering::Relaxed);
                 MutexGuard::unlocked(state, || std::thread::sleep(Duration::from_millis(1)));

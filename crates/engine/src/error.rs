@@ -61,6 +61,11 @@ pub enum Error {
     /// The database was closed.
     #[error("database is closed")]
     Closed,
+    /// Inside [`crate::without_waiting`]: the write would have waited (writers are slowed
+    /// down or stalled, or its fsync is due), so it was refused before changing anything.
+    /// Run it again where waiting is allowed.
+    #[error("the write would wait")]
+    WouldBlock,
 }
 
 impl Error {

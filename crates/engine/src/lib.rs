@@ -53,7 +53,7 @@ mod wal;
 
 pub use batch::{BatchOp, WriteBatch};
 pub use changelog::{decode_log_batch, LogBatch, LogOp, LogRead};
-pub use db::{Db, Recovery, Snapshot, Stats};
+pub use db::{without_waiting, Db, Recovery, Snapshot, Stats};
 pub use error::{Error, Result};
 pub use faults::Faults;
 pub use iter::{Entry, RangeIter};

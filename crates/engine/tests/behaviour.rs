@@ -384,3 +384,42 @@ fn memory_stays_within_the_settings_whatever_the_data_size() {
     assert!(stats.row_cache.entries > 0);
     db.close().unwrap();
 }
+
+/// Inside `without_waiting`, a write that would stall (level 0 at its stop trigger while
+/// compaction is held) is refused before it changes anything, and the caller learns it.
+#[test]
+fn without_waiting_refuses_a_write_that_would_stall_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ringkv_engine::Options {
+        memtable_bytes_max: 16 << 10,
+        l0_slowdown_trigger: 2,
+        l0_stop_trigger: 2,
+        ..ringkv_engine::Options::default()
+    };
+    let faults = options.faults.clone();
+    faults.hold_compactions(true);
+    let db = ringkv_engine::Db::open(dir.path(), options).unwrap();
+    let value = vec![b'v'; 1024];
+    // Fill until a write inside without_waiting is refused (flushes push level 0 up to the
+    // stop trigger, and compaction is held).
+    let mut refused_at = None;
+    for i in 0..10_000u32 {
+        let before = db.last_sequence();
+        let (result, refused) =
+            ringkv_engine::without_waiting(|| db.put(&i.to_be_bytes(), &value, None));
+        if refused {
+            assert!(matches!(result, Err(ringkv_engine::Error::WouldBlock)));
+            assert_eq!(db.last_sequence(), before, "a refused write changed nothing");
+            assert!(db.get(&i.to_be_bytes()).unwrap().is_none());
+            assert!(db.write_may_wait(), "the hint says writes wait now");
+            refused_at = Some(i);
+            break;
+        }
+        result.unwrap();
+    }
+    let refused_at = refused_at.expect("a write was refused once writes stalled");
+    // Outside the scope the same write waits for compaction, which finishes once let go.
+    faults.hold_compactions(false);
+    db.put(&refused_at.to_be_bytes(), &value, None).unwrap();
+    assert!(db.get(&refused_at.to_be_bytes()).unwrap().is_some());
+}

@@ -14,9 +14,14 @@
 //!    is an `.await`: it never parks a worker thread, and connection-only
 //!    commands (PING, CLIENT, INFO, …) never wait for it.
 //! 2. **Long work off the workers.** A command that may run long (EXEC, a
-//!    write while the engine stalls writers, KEYS over many keys, checkpoints)
-//!    runs under `block_in_place`: the worker hands its other tasks to a new
-//!    thread first.
+//!    write while the engine stalls writers or under `always`, KEYS over many
+//!    keys, checkpoints) runs under `block_in_place`: the worker hands its
+//!    other tasks to a new thread first. Everything else runs on the worker
+//!    inside `ringkv_engine::without_waiting`, where a write that would wait
+//!    after all is refused before it changes anything and runs again under
+//!    `block_in_place`. A worker that blocks in place would also stop the
+//!    I/O driver when it is the one polling it: on two cores the whole
+//!    server would freeze, not only that client.
 //! 3. **Waits are futures.** WAIT and DEBUG SLEEP return a deferred reply
 //!    (`cmd::Deferred`) that the connection awaits after every lock above is
 //!    released, alongside CLIENT KILL and shutdown, so SIGTERM still stops the
@@ -74,7 +79,16 @@ pub(crate) async fn execute(
     let (reply, deferred) = if may_wait {
         cmd::keyspace::blocking(|| cmd::invoke(server, client, index, spec, &args))
     } else {
-        cmd::invoke(server, client, index, spec, &args)
+        // On the worker, a write the hint above missed is refused by the engine before it
+        // changes anything (`without_waiting`): the command then runs again off the worker.
+        let (ran, refused) =
+            ringkv_engine::without_waiting(|| cmd::invoke(server, client, index, spec, &args));
+        if refused {
+            cmd::uncount(server, index, matches!(ran.0, Frame::Error(_)));
+            cmd::keyspace::blocking(|| cmd::invoke(server, client, index, spec, &args))
+        } else {
+            ran
+        }
     };
     drop(gate);
     match deferred {

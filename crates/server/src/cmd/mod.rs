@@ -593,6 +593,20 @@ pub(crate) fn invoke(
     (reply, deferred)
 }
 
+/// Takes back the counts of a call that is run again (`exec.rs`: a write the engine refused
+/// to wait for on a worker thread), so it counts once.
+pub(crate) fn uncount(server: &Server, index: usize, failed: bool) {
+    let stats = &server.command_stats[index];
+    stats.calls.fetch_sub(1, Ordering::Relaxed);
+    if failed {
+        stats.failed_calls.fetch_sub(1, Ordering::Relaxed);
+        server
+            .stats
+            .total_error_replies
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Adds one call's time to INFO commandstats, the latency histogram, SLOWLOG and LATENCY.
 fn record_timing(
     server: &Server,
