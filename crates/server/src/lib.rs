@@ -26,6 +26,7 @@ mod metrics;
 mod persistence;
 mod replication;
 mod server;
+pub mod settings;
 mod slowlog;
 mod tls;
 
@@ -35,8 +36,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use config::{
-    Config, ADMIN_PORT_DEFAULT, MAXCLIENTS_DEFAULT, OUTPUT_BUFFER_BYTES_MAX_DEFAULT,
-    QUERY_BUFFER_BYTES_MAX_DEFAULT,
+    ClockMode, Config, DebugCommand, ADMIN_PORT_DEFAULT, MAXCLIENTS_DEFAULT,
+    OUTPUT_BUFFER_BYTES_MAX_DEFAULT, QUERY_BUFFER_BYTES_MAX_DEFAULT,
 };
 pub use replication::{parse_replicaof, ReplicationConfig, BACKLOG_BYTES_DEFAULT};
 pub use ringkv_engine::FsyncPolicy;
@@ -304,6 +305,8 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         memtable_bytes_max: config.memtable_bytes_max,
         block_cache_bytes: config.block_cache_bytes,
         row_cache_bytes: config.row_cache_bytes,
+        l0_slowdown_trigger: config.l0_slowdown_writes_trigger,
+        l0_stop_trigger: config.l0_stop_writes_trigger,
         ..ringkv_engine::Options::default()
     };
     options.value_bytes_max = options.value_bytes_max.max(config.proto_max_bulk_len + 1);
