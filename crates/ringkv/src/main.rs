@@ -162,9 +162,7 @@ fn load(matches: &ArgMatches, cli: &Cli) -> anyhow::Result<Config> {
         config.admin = false;
         config.admin_port = None;
     }
-    config
-        .check()
-        .map_err(|(key, why)| anyhow::anyhow!("invalid setting {key}: {why}"))?;
+    config.check().map_err(anyhow::Error::msg)?;
     Ok(config)
 }
 

@@ -231,24 +231,22 @@ settings_table! {
 }
 
 impl Config {
-    /// Checks what involves more than one setting; `Err((key, why))` names the setting to fix.
-    /// The binary calls it after reading flags, variables and the file.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    /// Checks what involves more than one setting; the error names the setting to fix. The
+    /// binary calls it after reading flags, variables and the file.
+    pub fn check(&self) -> Result<(), String> {
         if self.l0_stop_writes_trigger < self.l0_slowdown_writes_trigger {
-            return Err((
-                "l0-stop-writes-trigger",
-                format!(
-                    "{} is below l0-slowdown-writes-trigger ({}): writes would stop before they slow down",
-                    self.l0_stop_writes_trigger, self.l0_slowdown_writes_trigger
-                ),
+            return Err(format!(
+                "invalid setting l0-stop-writes-trigger: {} is below l0-slowdown-writes-trigger \
+                 ({}): writes would stop before they slow down",
+                self.l0_stop_writes_trigger, self.l0_slowdown_writes_trigger
             ));
         }
         // Checked at start: the link would otherwise retry with the same error forever.
         if self.replication.tls_replication && self.tls_ca_cert_file.is_none() {
-            return Err((
-                "tls-replication",
-                "needs tls-ca-cert-file: the CA that signed the leader's certificate".into(),
-            ));
+            return Err(
+                "tls-replication needs tls-ca-cert-file: the CA that signed the leader's certificate"
+                    .into(),
+            );
         }
         Ok(())
     }
