@@ -78,7 +78,15 @@ pub(crate) fn pick(
 ) -> Option<Compaction> {
     // Score every level; the highest score ≥ 1 wins.
     let mut best: Option<(f64, usize)> = None;
-    let l0_score = version.levels[0].len() as f64 / options.l0_compaction_trigger.max(1) as f64;
+    // Level 0 is compacted at the latest when writers start to slow down: a compaction
+    // trigger above the slowdown (or stop) trigger would otherwise stall writers for good,
+    // with nothing ever due.
+    let l0_trigger = options
+        .l0_compaction_trigger
+        .min(options.l0_slowdown_trigger)
+        .min(options.l0_stop_trigger)
+        .max(1);
+    let l0_score = version.levels[0].len() as f64 / l0_trigger as f64;
     if l0_score >= 1.0 {
         best = Some((l0_score, 0));
     }

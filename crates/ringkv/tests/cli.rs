@@ -664,3 +664,122 @@ fn json_log_format_writes_one_object_per_line() {
         );
     }
 }
+
+/// Settings declared only in the table (crates/server/src/config.rs) are a flag, a variable
+/// and a key (snake_case too) without code of their own; CONFIG GET shows them, CONFIG SET
+/// refuses a restart-only one with Redis' immutable-config text, and bounds hold at start.
+#[test]
+fn table_settings_are_flags_env_vars_keys_and_immutable_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let file = dir.path().join("t.toml");
+    std::fs::write(
+        &file,
+        "l0_slowdown_writes_trigger = 3\nl0-stop-writes-trigger = 5\nenable-debug-command = \"yes\"\nclock = \"manual\"\n",
+    )
+    .unwrap();
+    let expected = [
+        ("l0-slowdown-writes-trigger", "3"),
+        ("l0-stop-writes-trigger", "5"),
+        ("enable-debug-command", "yes"),
+        ("clock", "manual"),
+    ];
+    let check = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["--port", "0", "--dir", data];
+        all.extend_from_slice(args);
+        let (child, port, _) = start_with_env(&all, env);
+        for (name, value) in expected {
+            assert_eq!(
+                config_get(port, name),
+                value,
+                "{name} from {args:?} {env:?}"
+            );
+        }
+        let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let error = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("clock")
+            .arg("system")
+            .query::<()>(&mut con)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains(
+                "CONFIG SET failed (possibly related to argument 'clock') - can't set immutable config"
+            ),
+            "{error}"
+        );
+        // INFO's settings fields come from the table too.
+        let info: String = redis::cmd("INFO").arg("memory").query(&mut con).unwrap();
+        let maxmemory = config_get(port, "maxmemory");
+        assert!(
+            info.contains(&format!("maxmemory:{maxmemory}\r\n")),
+            "{info}"
+        );
+        stop(child);
+    };
+    check(
+        &[
+            "--l0-slowdown-writes-trigger",
+            "3",
+            "--l0-stop-writes-trigger",
+            "5",
+            "--enable-debug-command",
+            "yes",
+            "--clock",
+            "manual",
+            "--maxmemory",
+            "5mb",
+        ],
+        &[],
+    );
+    check(
+        &[],
+        &[
+            ("RINGKV_L0_SLOWDOWN_WRITES_TRIGGER", "3"),
+            ("RINGKV_L0_STOP_WRITES_TRIGGER", "5"),
+            ("RINGKV_ENABLE_DEBUG_COMMAND", "yes"),
+            ("RINGKV_CLOCK", "manual"),
+        ],
+    );
+    check(&["--config", file.to_str().unwrap()], &[]);
+
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "--l0-slowdown-writes-trigger",
+                "8",
+                "--l0-stop-writes-trigger",
+                "4",
+            ],
+            "invalid setting l0-stop-writes-trigger",
+        ),
+        (
+            &["--l0-slowdown-writes-trigger", "0"],
+            "invalid setting l0-slowdown-writes-trigger: '0': argument must be between 1 and",
+        ),
+        (
+            &["--enable-debug-command", "maybe"],
+            "invalid setting enable-debug-command: 'maybe'",
+        ),
+        (&["--clock", "sundial"], "invalid setting clock: 'sundial'"),
+    ];
+    for (args, expected) in cases {
+        let (ok, stderr) = refused(args, &[]);
+        assert!(!ok, "{args:?} started");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // --help shows the variables' values, but not a secret's.
+    let help = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .arg("--help")
+        .env("RINGKV_MAXCLIENTS", "77")
+        .env("RINGKV_REQUIREPASS", "hunter2")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("RINGKV_MAXCLIENTS=77"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}

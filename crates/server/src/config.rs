@@ -1,9 +1,20 @@
-//! Server settings: what `ringkv` reads from its TOML file and flags, and
-//! which of them `CONFIG GET/SET` shows and changes at run time.
+//! Server settings: the one table that declares them.
+//!
+//! Each setting is declared once below — key, Rust type, default, bounds, live or
+//! restart-only, secret or not, and a doc line — and everything else comes from that
+//! declaration (see `settings.rs`): the `--<key>` flag and the `RINGKV_<KEY>` variable of the
+//! binary, the TOML key (kebab- or snake_case), CONFIG GET/SET/REWRITE, the INFO fields, and
+//! the check that `docs/config.md` and `ringkv.toml` document exactly these settings.
+//!
+//! To add a setting: declare it here, use its field, and document it in docs/config.md and
+//! ringkv.toml (the test fails until you do). If CONFIG SET must reach something that copied
+//! the value at start, add it to `apply_live` in `cmd/server.rs`.
 
 use std::path::PathBuf;
 
 use ringkv_engine::FsyncPolicy;
+
+use crate::settings::{choice_codec, settings_table, Codec, Kind, Mode, Plain};
 
 /// Default for [`Config::query_buffer_bytes_max`]: 1 GiB, Redis' `client-query-buffer-limit`.
 pub const QUERY_BUFFER_BYTES_MAX_DEFAULT: usize = 1 << 30;
@@ -15,240 +26,372 @@ pub const ADMIN_PORT_DEFAULT: u16 = 9121;
 /// Default for [`Config::maxclients`], as Redis.
 pub const MAXCLIENTS_DEFAULT: usize = 10_000;
 
+/// Default for [`Config::output_buffer_bytes_max`]: 256 MiB, as Redis' pubsub hard limit; a
+/// normal client that lets this much reply data pile up is not reading.
+pub const OUTPUT_BUFFER_BYTES_MAX_DEFAULT: usize = 256 << 20;
+
+/// Default change-log (replication backlog) size: how far a replica may fall behind, or how
+/// long it may be away, and still continue with a partial resync. Holds whole batches.
+pub const BACKLOG_BYTES_DEFAULT: usize = 64 << 20;
+
+/// Smallest replication backlog: a smaller `repl-backlog-size` is raised to this, as Redis
+/// raises it to its minimum, so a replica can always resume after a short hiccup.
+pub const BACKLOG_BYTES_MIN: usize = 1 << 20;
+
+/// Smallest `proto-max-bulk-len` and `client-query-buffer-limit` (1 MiB, Redis' bounds): a
+/// limit below it would refuse ordinary commands.
+const BYTES_LIMIT_MIN: i128 = 1 << 20;
+
 /// Who may run DEBUG (Redis 7's `enable-debug-command`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DebugCommand {
     /// Nobody.
     No,
-    /// Clients connected over loopback only (the default).
+    /// Clients connected over loopback only.
     Local,
-    /// Everybody.
+    /// Every client.
     Yes,
 }
+choice_codec!(DebugCommand { No = "no", Local = "local", Yes = "yes" });
 
 /// Where expiry time comes from (`clock`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClockMode {
-    /// The system clock.
+    /// The system's wall clock.
     System,
-    /// A clock that only moves by `DEBUG ADVANCE-CLOCK` (tests).
+    /// A test mode: time moves only by `DEBUG ADVANCE-CLOCK`.
     Manual,
 }
+choice_codec!(ClockMode { System = "system", Manual = "manual" });
 
-/// Settings of a server.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Address to listen on.
-    pub bind: String,
-    /// TCP port (0: any free port; the bound one is logged).
-    pub port: u16,
-    /// Admin HTTP port (`/health`, `/ready`, `/metrics`); `None`: no admin port, 0: any free port.
-    pub admin_port: Option<u16>,
-    /// Address the admin HTTP port listens on (its own setting: metrics stay on loopback even
-    /// when clients are served on every interface).
-    pub admin_bind: String,
-    /// Data directory (the engine's files).
-    pub dir: PathBuf,
-    /// WAL fsync policy, as Redis' `appendfsync`.
-    pub appendfsync: FsyncPolicy,
-    /// Password every connection must give with AUTH (Redis' `requirepass`); `None`: no AUTH.
-    pub requirepass: Option<String>,
-    /// Largest bulk string a client may send (`proto-max-bulk-len`).
-    pub proto_max_bulk_len: usize,
-    /// Most arguments in one request.
-    pub args_max: usize,
-    /// Most bytes buffered from one client before it is disconnected
-    /// (`client-query-buffer-limit`).
-    pub query_buffer_bytes_max: usize,
-    /// Most simultaneous clients; more are refused with `-ERR max number of clients reached`.
-    pub maxclients: usize,
-    /// Memtable size of the engine.
-    pub memtable_bytes_max: usize,
-    /// Block cache size of the engine.
-    pub block_cache_bytes: usize,
-    /// Row cache size of the engine (0: off).
-    pub row_cache_bytes: usize,
-    /// Log level name (informational; the binary sets up logging).
-    pub loglevel: String,
-    /// Path of the config file it was loaded from, if any (`CONFIG GET` shows nothing of it).
-    pub config_file: Option<PathBuf>,
-    /// Replication: leader to follow, its credentials, backlog, write guards.
-    pub replication: crate::replication::ReplicationConfig,
-    /// Bytes the in-memory parts (memtables) may hold before writes are refused with -OOM;
-    /// 0: no limit (Redis' `maxmemory`, policy `noeviction`).
-    pub maxmemory: u64,
-    /// Seconds a client may stay idle before it is closed; 0: never (Redis' `timeout`).
-    pub timeout_seconds: u64,
-    /// Pending reply bytes a client may have before it is closed (slow readers); 0: no limit.
-    pub output_buffer_bytes_max: usize,
-    /// Refuse non-loopback clients when no password is set and `bind` is not loopback only.
-    pub protected_mode: bool,
-    /// TLS client port (`tls-port`); `None`: no TLS listener.
-    pub tls_port: Option<u16>,
-    /// PEM certificate chain for TLS.
-    pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key for TLS.
-    pub tls_key_file: Option<PathBuf>,
-    /// PEM CA: when set, TLS clients must present a certificate it signed.
-    pub tls_ca_cert_file: Option<PathBuf>,
-    /// Commands slower than this many µs enter the slow log; negative: off.
-    pub slowlog_log_slower_than: i64,
-    /// Most slow log entries.
-    pub slowlog_max_len: usize,
-    /// Latency monitor threshold in ms; 0: off.
-    pub latency_monitor_threshold: u64,
-    /// Level-0 tables at which the engine slows writes down.
-    pub l0_slowdown_writes_trigger: usize,
-    /// Level-0 tables at which the engine stalls writes until compaction catches up.
-    pub l0_stop_writes_trigger: usize,
-    /// Who may run DEBUG.
-    pub enable_debug_command: DebugCommand,
-    /// Where expiry time comes from.
-    pub clock: ClockMode,
-    /// Logs as one JSON object per line (`log-format = "json"`; informational, the binary sets
-    /// up logging).
-    pub log_json: bool,
-    /// Test seam: treat loopback peers as remote in the protected-mode check, so the refusal
-    /// can be tested on 127.0.0.1 (see docs/config.md). Never set by the binary.
-    #[doc(hidden)]
-    pub protected_mode_loopback_is_remote: bool,
-    /// Test seam: start-up waits for this after binding the admin port and before opening the
-    /// data directory, so tests can observe `/ready` during recovery. Never set by the binary.
-    #[doc(hidden)]
-    pub recovery_gate: Option<std::sync::Arc<tokio::sync::Notify>>,
-    /// Test seam: a key-count rebuild after a crash waits at this barrier (two parties) after
-    /// taking its snapshot and before scanning, so tests can write while it runs. Never set by
-    /// the binary.
-    #[doc(hidden)]
-    pub recount_gate: Option<std::sync::Arc<std::sync::Barrier>>,
+settings_table! {
+    /// Settings of a server.
+    #[derive(Debug, Clone)]
+    pub struct Config {
+        /// TCP port (0: any free port; the bound one is logged).
+        port: u16 = 6379;
+        "port" {}
+        /// Address the client and TLS ports listen on.
+        bind: String = "127.0.0.1".into();
+        "bind" {}
+        /// Serve the admin HTTP port (/health, /ready, /metrics): yes or no.
+        admin: bool = true;
+        "admin" {}
+        /// Admin HTTP port serving /health, /ready and /metrics; 0: any free port (logged).
+        admin_port: Option<u16> = Some(ADMIN_PORT_DEFAULT);
+        "admin-port" {}
+        /// Address the admin HTTP port listens on (its own setting: metrics stay on loopback
+        /// when clients are served on every interface).
+        admin_bind: String = "127.0.0.1".into();
+        "admin-bind" {}
+        /// Data directory (the engine's files).
+        dir: PathBuf = PathBuf::from("./data");
+        "dir" {}
+        /// WAL fsync policy, as Redis' appendfsync: always, everysec or no.
+        appendfsync: FsyncPolicy = FsyncPolicy::EverySec;
+        "appendfsync" { mode: Mode::Live }
+        /// Password clients must give with AUTH (the default user's); unset: no AUTH.
+        requirepass: Option<String> = None;
+        "requirepass" { mode: Mode::Live, secret: true }
+        /// Largest bulk string a client may send, in bytes.
+        proto_max_bulk_len: usize = ringkv_protocol::BULK_BYTES_MAX_DEFAULT;
+        "proto-max-bulk-len" { mode: Mode::Live, min: BYTES_LIMIT_MIN }
+        /// Most arguments in one command.
+        args_max: usize = ringkv_protocol::ARGS_MAX_DEFAULT;
+        "proto-max-args" { mode: Mode::Live, min: 1 }
+        /// Most bytes buffered from one client's requests before it is disconnected.
+        query_buffer_bytes_max: usize = QUERY_BUFFER_BYTES_MAX_DEFAULT;
+        "client-query-buffer-limit" { mode: Mode::Live, min: BYTES_LIMIT_MIN }
+        /// Most simultaneous clients; more are refused with -ERR max number of clients reached.
+        maxclients: usize = MAXCLIENTS_DEFAULT;
+        "maxclients" { mode: Mode::Live, min: 1, max: u32::MAX as i128, info: Some("clients") }
+        /// Memtable size in bytes before it is flushed.
+        memtable_bytes_max: usize = ringkv_engine::Options::default().memtable_bytes_max;
+        "memtable-bytes-max" { min: 1 }
+        /// Block cache size in bytes.
+        block_cache_bytes: usize = ringkv_engine::Options::default().block_cache_bytes;
+        "block-cache-bytes" {}
+        /// Row cache size in bytes (latest state of hot keys for point reads; 0 turns it off).
+        row_cache_bytes: usize = ringkv_engine::Options::default().row_cache_bytes;
+        "row-cache-bytes" {}
+        /// Log level: Redis' debug, verbose, notice, warning, nothing, or tracing's error,
+        /// warn, info, trace (the binary sets up logging).
+        loglevel: String = "notice".into();
+        "loglevel" via LogLevel { mode: Mode::Live }
+        /// Bytes the memtables may hold before writes get -OOM; 0: no limit (Redis'
+        /// maxmemory, policy noeviction).
+        maxmemory: u64 = 0;
+        "maxmemory" { mode: Mode::Live, info: Some("memory") }
+        /// Seconds a client may stay idle before it is closed; 0: never (Redis' timeout).
+        timeout_seconds: u64 = 0;
+        "timeout" { mode: Mode::Live }
+        /// Most pending reply bytes per client before it is closed (slow readers); 0: no
+        /// limit.
+        output_buffer_bytes_max: usize = OUTPUT_BUFFER_BYTES_MAX_DEFAULT;
+        "client-output-buffer-limit" via OutputBufferLimit { mode: Mode::Live }
+        /// Refuse non-loopback clients while no password is set and bind is not loopback
+        /// only: yes or no.
+        protected_mode: bool = true;
+        "protected-mode" { mode: Mode::Live }
+        /// TLS client port (needs tls-cert-file and tls-key-file); unset: no TLS listener.
+        tls_port: Option<u16> = None;
+        "tls-port" via UnsetIsZero {}
+        /// PEM certificate chain for TLS.
+        tls_cert_file: Option<PathBuf> = None;
+        "tls-cert-file" {}
+        /// PEM private key for TLS.
+        tls_key_file: Option<PathBuf> = None;
+        "tls-key-file" {}
+        /// PEM CA; when set, TLS clients must present a certificate it signed.
+        tls_ca_cert_file: Option<PathBuf> = None;
+        "tls-ca-cert-file" {}
+        /// Commands slower than this many microseconds enter the slow log; negative: off.
+        slowlog_log_slower_than: i64 = crate::slowlog::SLOWLOG_SLOWER_THAN_MICROS_DEFAULT;
+        "slowlog-log-slower-than" { mode: Mode::Live }
+        /// Most slow log entries.
+        slowlog_max_len: usize = crate::slowlog::SLOWLOG_LEN_MAX_DEFAULT;
+        "slowlog-max-len" { mode: Mode::Live }
+        /// Latency monitor threshold in milliseconds; 0: off.
+        latency_monitor_threshold: u64 = 0;
+        "latency-monitor-threshold" { mode: Mode::Live }
+        /// Log format: text, or json (one JSON object per line, for log shippers; the binary
+        /// sets up logging).
+        log_json: bool = false;
+        "log-format" via LogFormat {}
+        /// Level-0 tables at which the engine starts slowing writes down.
+        l0_slowdown_writes_trigger: usize = ringkv_engine::Options::default().l0_slowdown_trigger;
+        "l0-slowdown-writes-trigger" { min: 1 }
+        /// Level-0 tables at which the engine stops writes until compaction catches up (at
+        /// least l0-slowdown-writes-trigger).
+        l0_stop_writes_trigger: usize = ringkv_engine::Options::default().l0_stop_trigger;
+        "l0-stop-writes-trigger" { min: 1 }
+        /// Who may run DEBUG: no, local (loopback clients only) or yes (Redis 7's
+        /// enable-debug-command).
+        enable_debug_command: DebugCommand = DebugCommand::Local;
+        "enable-debug-command" {}
+        /// Where expiry time comes from: system, or manual (a test mode: time moves only by
+        /// DEBUG ADVANCE-CLOCK).
+        clock: ClockMode = ClockMode::System;
+        "clock" {}
+    }
+    extra {
+        /// Path of the config file it was loaded from, if any (`CONFIG REWRITE` writes it).
+        config_file: Option<PathBuf> = None;
+        /// Replication: leader to follow, its credentials, backlog, write guards.
+        replication: ReplicationConfig = ReplicationConfig::default();
+        /// Test seam: treat loopback peers as remote in the protected-mode check, so the refusal
+        /// can be tested on 127.0.0.1 (see docs/config.md). Never set by the binary.
+        #[doc(hidden)]
+        protected_mode_loopback_is_remote: bool = false;
+        /// Test seam: start-up waits for this after binding the admin port and before opening the
+        /// data directory, so tests can observe `/ready` during recovery. Never set by the binary.
+        #[doc(hidden)]
+        recovery_gate: Option<std::sync::Arc<tokio::sync::Notify>> = None;
+        /// Test seam: a key-count rebuild after a crash waits at this barrier (two parties) after
+        /// taking its snapshot and before scanning, so tests can write while it runs. Never set by
+        /// the binary.
+        #[doc(hidden)]
+        recount_gate: Option<std::sync::Arc<std::sync::Barrier>> = None;
+    }
+    table CONFIG_SETTINGS;
+}
+
+settings_table! {
+    /// Replication settings of a server (the `replication` field of [`Config`]).
+    #[derive(Debug, Clone)]
+    pub struct ReplicationConfig in replication {
+        /// Follow this leader as a read replica: "host port".
+        replicaof: Option<(String, u16)> = None;
+        "replicaof" { mode: Mode::Command("REPLICAOF") }
+        /// Password this replica gives its leader.
+        masterauth: Option<String> = None;
+        "masterauth" { mode: Mode::Live, secret: true }
+        /// ACL user this replica authenticates as on its leader; unset: the default user.
+        masteruser: Option<String> = None;
+        "masteruser" { mode: Mode::Live }
+        /// Bytes of recent writes kept for replicas' partial resyncs (at least 1 MiB).
+        backlog_bytes: usize = BACKLOG_BYTES_DEFAULT;
+        "repl-backlog-size" via BacklogBytes { mode: Mode::Live }
+        /// Refuse client writes while a replica: yes or no.
+        replica_read_only: bool = true;
+        "replica-read-only" { mode: Mode::Live }
+        /// Refuse writes unless this many replicas are connected and recent; 0: off.
+        min_replicas_to_write: usize = 0;
+        "min-replicas-to-write" { mode: Mode::Live }
+        /// Seconds since a replica's last acknowledgement for it to count.
+        min_replicas_max_lag_seconds: u64 = 10;
+        "min-replicas-max-lag" { mode: Mode::Live }
+        /// A replica connects to its leader with TLS (trusting tls-ca-cert-file, presenting
+        /// tls-cert-file/tls-key-file when set): yes or no.
+        tls_replication: bool = false;
+        "tls-replication" {}
+    }
+    extra {}
+    table REPLICATION_SETTINGS;
+}
+
+impl Config {
+    /// Checks what involves more than one setting; the error names the setting to fix. The
+    /// binary calls it after reading flags, variables and the file.
+    pub fn check(&self) -> Result<(), String> {
+        if self.l0_stop_writes_trigger < self.l0_slowdown_writes_trigger {
+            return Err(format!(
+                "invalid setting l0-stop-writes-trigger: {} is below l0-slowdown-writes-trigger \
+                 ({}): writes would stop before they slow down",
+                self.l0_stop_writes_trigger, self.l0_slowdown_writes_trigger
+            ));
+        }
+        // Checked at start: the link would otherwise retry with the same error forever.
+        if self.replication.tls_replication && self.tls_ca_cert_file.is_none() {
+            return Err(
+                "tls-replication needs tls-ca-cert-file: the CA that signed the leader's certificate"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `loglevel`: Redis' names or tracing's, kept as given (lower-cased).
+struct LogLevel;
+
+impl Codec<String> for LogLevel {
+    const KIND: Kind = Kind::String;
+    const CHOICES: &'static [&'static str] = &["debug", "verbose", "notice", "warning", "nothing"];
+    fn parse(text: &str) -> Result<String, String> {
+        let level = text.to_ascii_lowercase();
+        match level.as_str() {
+            "debug" | "verbose" | "notice" | "warning" | "nothing" | "error" | "warn" | "info"
+            | "trace" | "off" => Ok(level),
+            _ => Err(
+                "expected debug, verbose, notice, warning, nothing, or error, warn, info, trace"
+                    .into(),
+            ),
+        }
+    }
+    fn show(value: &String) -> Option<String> {
+        Some(value.clone())
+    }
+}
+
+/// `log-format`: `text` or `json`, held as "logs are JSON".
+struct LogFormat;
+
+impl Codec<bool> for LogFormat {
+    const KIND: Kind = Kind::String;
+    const CHOICES: &'static [&'static str] = &["text", "json"];
+    fn parse(text: &str) -> Result<bool, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "text" => Ok(false),
+            "json" => Ok(true),
+            _ => Err("expected text or json".into()),
+        }
+    }
+    fn show(value: &bool) -> Option<String> {
+        Some(if *value { "json" } else { "text" }.into())
+    }
+}
+
+/// `client-output-buffer-limit`: a size, or Redis' `normal <hard> <soft> <seconds>` (the hard
+/// limit is used); CONFIG GET answers in Redis' form.
+struct OutputBufferLimit;
+
+impl Codec<usize> for OutputBufferLimit {
+    const KIND: Kind = Kind::Integer;
+    const RANGE: (i128, i128) = <Plain as Codec<usize>>::RANGE;
+    fn parse(text: &str) -> Result<usize, String> {
+        let lower = text.to_ascii_lowercase();
+        match lower.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [size] => <Plain as Codec<usize>>::parse(size),
+            ["normal", hard, _, _] => <Plain as Codec<usize>>::parse(hard),
+            _ => Err("argument must be a size or 'normal <hard> <soft> <seconds>'".into()),
+        }
+    }
+    fn show(value: &usize) -> Option<String> {
+        Some(value.to_string())
+    }
+    fn reply(value: &usize) -> String {
+        format!("normal {value} 0 0")
+    }
+    fn integer(value: &usize) -> Option<i128> {
+        Some(*value as i128)
+    }
+}
+
+/// `repl-backlog-size`: a smaller size is raised to [`BACKLOG_BYTES_MIN`].
+struct BacklogBytes;
+
+impl Codec<usize> for BacklogBytes {
+    const KIND: Kind = Kind::Integer;
+    const RANGE: (i128, i128) = <Plain as Codec<usize>>::RANGE;
+    fn parse(text: &str) -> Result<usize, String> {
+        <Plain as Codec<usize>>::parse(text).map(|bytes| bytes.max(BACKLOG_BYTES_MIN))
+    }
+    fn show(value: &usize) -> Option<String> {
+        Some(value.to_string())
+    }
+    fn integer(value: &usize) -> Option<i128> {
+        Some(*value as i128)
+    }
+}
+
+/// `tls-port`: CONFIG GET answers 0 when unset, as Redis.
+struct UnsetIsZero;
+
+impl Codec<Option<u16>> for UnsetIsZero {
+    const KIND: Kind = Kind::Integer;
+    const RANGE: (i128, i128) = <Plain as Codec<u16>>::RANGE;
+    fn parse(text: &str) -> Result<Option<u16>, String> {
+        <Plain as Codec<Option<u16>>>::parse(text)
+    }
+    fn show(value: &Option<u16>) -> Option<String> {
+        value.map(|port| port.to_string())
+    }
+    fn reply(value: &Option<u16>) -> String {
+        value.unwrap_or(0).to_string()
+    }
+    fn integer(value: &Option<u16>) -> Option<i128> {
+        value.map(i128::from)
+    }
 }
 
 /// CONFIG REWRITE: writes the current settings into the config file, keeping keys it does not
 /// manage (and their order), through a temporary file and a rename so a crash leaves the old or
 /// the new file, never half of one.
 ///
-/// `replicaof` is the live link (`"host port"`, empty for a leader): REPLICAOF changes it
-/// without touching `config`.
-pub(crate) fn rewrite(config: &Config, replicaof: &str) -> Result<(), String> {
+/// Every setting of the table is written when it is already in the file or differs from its
+/// default (as Redis' rewrite, so the file stays short); an unset optional setting is removed.
+/// A key read with `_` (the loader accepts both spellings) is replaced, not duplicated.
+/// `replicaof` is the live link (`None` for a leader): REPLICAOF changes it without touching
+/// `config`.
+pub(crate) fn rewrite(config: &Config, replicaof: Option<(String, u16)>) -> Result<(), String> {
     let Some(path) = &config.config_file else {
         return Err("The server is running without a config file".into());
     };
+    let mut config = config.clone();
+    config.replication.replicaof = replicaof;
+    let defaults = Config::default();
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut table: toml::Table = text
         .parse()
         .map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
-    let int = |v: u64| toml::Value::Integer(v.min(i64::MAX as u64) as i64);
-    // A key read with `_` (the loader accepts both spellings) is replaced, not duplicated; an
-    // empty string removes the key (an unset optional setting).
-    let mut set = |key: &str, value: toml::Value| {
-        table.remove(&key.replace('-', "_"));
-        if value.as_str() == Some("") {
-            table.remove(key);
-        } else {
-            table.insert(key.to_string(), value);
+    for setting in crate::settings::all() {
+        let snake = setting.name.replace('-', "_");
+        let present = table.remove(&snake).is_some() | table.contains_key(setting.name);
+        match setting.toml_value(&config) {
+            None => {
+                table.remove(setting.name);
+            }
+            Some(value) => {
+                if present || (setting.get)(&config) != (setting.get)(&defaults) {
+                    table.insert(setting.name.to_string(), value);
+                }
+            }
         }
-    };
-    set("port", int(u64::from(config.port)));
-    set("bind", toml::Value::String(config.bind.clone()));
-    set("dir", toml::Value::String(config.dir.display().to_string()));
-    set(
-        "appendfsync",
-        toml::Value::String(config.appendfsync.to_string()),
-    );
-    set("loglevel", toml::Value::String(config.loglevel.clone()));
-    set("proto-max-bulk-len", int(config.proto_max_bulk_len as u64));
-    set("proto-max-args", int(config.args_max as u64));
-    set("maxclients", int(config.maxclients as u64));
-    set(
-        "client-query-buffer-limit",
-        int(config.query_buffer_bytes_max as u64),
-    );
-    set(
-        "client-output-buffer-limit",
-        int(config.output_buffer_bytes_max as u64),
-    );
-    set("maxmemory", int(config.maxmemory));
-    set("timeout", int(config.timeout_seconds));
-    set(
-        "protected-mode",
-        toml::Value::Boolean(config.protected_mode),
-    );
-    set(
-        "slowlog-log-slower-than",
-        toml::Value::Integer(config.slowlog_log_slower_than),
-    );
-    set("slowlog-max-len", int(config.slowlog_max_len as u64));
-    set(
-        "latency-monitor-threshold",
-        int(config.latency_monitor_threshold),
-    );
-    let r = &config.replication;
-    set(
-        "replica-read-only",
-        toml::Value::Boolean(r.replica_read_only),
-    );
-    set("repl-backlog-size", int(r.backlog_bytes as u64));
-    set("min-replicas-to-write", int(r.min_replicas_to_write as u64));
-    set("min-replicas-max-lag", int(r.min_replicas_max_lag_seconds));
-    for (key, value) in [
-        ("requirepass", config.requirepass.as_deref().unwrap_or("")),
-        ("masterauth", r.masterauth.as_deref().unwrap_or("")),
-        ("masteruser", r.masteruser.as_deref().unwrap_or("")),
-        ("replicaof", replicaof),
-    ] {
-        set(key, toml::Value::String(value.to_string()));
     }
     let body = toml::to_string(&table).map_err(|e| e.to_string())?;
     let temporary = path.with_extension("toml.rewrite");
     std::fs::write(&temporary, body)
         .and_then(|()| std::fs::rename(&temporary, path))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// Default for [`Config::output_buffer_bytes_max`]: 256 MiB, as Redis' pubsub hard limit; a
-/// normal client that lets this much reply data pile up is not reading.
-pub const OUTPUT_BUFFER_BYTES_MAX_DEFAULT: usize = 256 << 20;
-
-impl Default for Config {
-    fn default() -> Config {
-        let engine = ringkv_engine::Options::default();
-        Config {
-            bind: "127.0.0.1".into(),
-            port: 6379,
-            admin_port: Some(ADMIN_PORT_DEFAULT),
-            admin_bind: "127.0.0.1".into(),
-            dir: PathBuf::from("./data"),
-            appendfsync: FsyncPolicy::EverySec,
-            requirepass: None,
-            proto_max_bulk_len: ringkv_protocol::BULK_BYTES_MAX_DEFAULT,
-            args_max: ringkv_protocol::ARGS_MAX_DEFAULT,
-            query_buffer_bytes_max: QUERY_BUFFER_BYTES_MAX_DEFAULT,
-            maxclients: MAXCLIENTS_DEFAULT,
-            memtable_bytes_max: engine.memtable_bytes_max,
-            block_cache_bytes: engine.block_cache_bytes,
-            row_cache_bytes: engine.row_cache_bytes,
-            loglevel: "notice".into(),
-            config_file: None,
-            replication: crate::replication::ReplicationConfig::default(),
-            maxmemory: 0,
-            timeout_seconds: 0,
-            output_buffer_bytes_max: OUTPUT_BUFFER_BYTES_MAX_DEFAULT,
-            protected_mode: true,
-            tls_port: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            tls_ca_cert_file: None,
-            slowlog_log_slower_than: crate::slowlog::SLOWLOG_SLOWER_THAN_MICROS_DEFAULT,
-            slowlog_max_len: crate::slowlog::SLOWLOG_LEN_MAX_DEFAULT,
-            latency_monitor_threshold: 0,
-            l0_slowdown_writes_trigger: engine.l0_slowdown_trigger,
-            l0_stop_writes_trigger: engine.l0_stop_trigger,
-            enable_debug_command: DebugCommand::Local,
-            clock: ClockMode::System,
-            log_json: false,
-            protected_mode_loopback_is_remote: false,
-            recovery_gate: None,
-            recount_gate: None,
-        }
-    }
 }

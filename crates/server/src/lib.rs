@@ -30,6 +30,7 @@ mod metrics;
 mod persistence;
 mod replication;
 mod server;
+pub mod settings;
 mod slowlog;
 mod tls;
 

@@ -161,8 +161,8 @@ impl SlowLog {
 
 /// What the slow log keeps of a command's arguments: passwords replaced by `(redacted)` as
 /// Redis does (`redactClientCommandArgument`): both arguments after HELLO's AUTH, every argument
-/// of ACL SETUSER (its rules hold `>password`), and the value of CONFIG SET requirepass /
-/// masterauth.
+/// of ACL SETUSER (its rules hold `>password`), and the value of CONFIG SET of a secret
+/// setting (requirepass, masterauth).
 fn redact(kept: &mut [Bytes]) {
     const REDACTED: Bytes = Bytes::from_static(b"(redacted)");
     let is = |kept: &[Bytes], i: usize, name: &str| kept.get(i).is_some_and(|a| args::is(a, name));
@@ -185,7 +185,7 @@ fn redact(kept: &mut [Bytes]) {
     } else if is(kept, 0, "config") && is(kept, 1, "set") {
         for pair in kept[2..].chunks_mut(2) {
             if let [name, value] = pair {
-                if args::is(name, "requirepass") || args::is(name, "masterauth") {
+                if crate::settings::is_secret(name) {
                     *value = REDACTED;
                 }
             }

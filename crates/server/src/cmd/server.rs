@@ -486,347 +486,142 @@ fn debug_populate(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
 
 // ---------------------------------------------------------------------------------------------
 // CONFIG
+//
+// CONFIG GET/SET/REWRITE work from the settings table (`config.rs`); what is here is what
+// only a running server knows: the bound port, the live replication link, and which running
+// parts hold a copy of a setting that CONFIG SET must update (`apply_live`).
 
-/// A setting CONFIG GET shows, and whether CONFIG SET may change it.
-struct Param {
-    name: &'static str,
-    mutable: bool,
-}
-
-const PARAMS: &[Param] = &[
-    Param {
-        name: "masterauth",
-        mutable: true,
-    },
-    Param {
-        name: "masteruser",
-        mutable: true,
-    },
-    Param {
-        name: "replica-read-only",
-        mutable: true,
-    },
-    Param {
-        name: "repl-backlog-size",
-        mutable: true,
-    },
-    Param {
-        name: "min-replicas-to-write",
-        mutable: true,
-    },
-    Param {
-        name: "min-replicas-max-lag",
-        mutable: true,
-    },
-    Param {
-        name: "replicaof",
-        mutable: false,
-    },
-    Param {
-        name: "bind",
-        mutable: false,
-    },
-    Param {
-        name: "port",
-        mutable: false,
-    },
-    Param {
-        name: "dir",
-        mutable: false,
-    },
-    Param {
-        name: "appendonly",
-        mutable: false,
-    },
-    Param {
-        name: "appendfsync",
-        mutable: true,
-    },
-    Param {
-        name: "databases",
-        mutable: false,
-    },
-    Param {
-        name: "save",
-        mutable: true,
-    },
-    Param {
-        name: "requirepass",
-        mutable: true,
-    },
-    Param {
-        name: "proto-max-bulk-len",
-        mutable: true,
-    },
-    Param {
-        name: "maxclients",
-        mutable: true,
-    },
-    Param {
-        name: "client-query-buffer-limit",
-        mutable: true,
-    },
-    Param {
-        name: "maxmemory",
-        mutable: true,
-    },
-    Param {
-        name: "maxmemory-policy",
-        mutable: true,
-    },
-    Param {
-        name: "timeout",
-        mutable: true,
-    },
-    Param {
-        name: "tcp-keepalive",
-        mutable: true,
-    },
-    Param {
-        name: "hz",
-        mutable: true,
-    },
-    Param {
-        name: "loglevel",
-        mutable: true,
-    },
-    Param {
-        name: "protected-mode",
-        mutable: true,
-    },
-    Param {
-        name: "client-output-buffer-limit",
-        mutable: true,
-    },
-    Param {
-        name: "slowlog-log-slower-than",
-        mutable: true,
-    },
-    Param {
-        name: "slowlog-max-len",
-        mutable: true,
-    },
-    Param {
-        name: "latency-monitor-threshold",
-        mutable: true,
-    },
-    Param {
-        name: "admin-port",
-        mutable: false,
-    },
-    Param {
-        name: "admin-bind",
-        mutable: false,
-    },
-    Param {
-        name: "proto-max-args",
-        mutable: true,
-    },
-    Param {
-        name: "tls-port",
-        mutable: false,
-    },
-    Param {
-        name: "tls-cert-file",
-        mutable: false,
-    },
-    Param {
-        name: "tls-key-file",
-        mutable: false,
-    },
-    Param {
-        name: "tls-ca-cert-file",
-        mutable: false,
-    },
+/// Redis configs that are not ringkv settings, answered so that clients and tools that read
+/// or set them work: (name, value CONFIG GET shows, CONFIG SET accepts it).
+const REDIS_ONLY: &[(&str, &str, bool)] = &[
+    // ringkv persists through its WAL, not snapshots; always "appendonly".
+    ("appendonly", "yes", false),
+    ("databases", "16", false), // DATABASES, checked below
+    ("save", "", true),
+    // ringkv never evicts: writes over maxmemory are refused.
+    ("maxmemory-policy", "noeviction", true),
+    ("tcp-keepalive", "300", true),
+    ("hz", "10", true),
 ];
 
-fn param_value(ctx: &Ctx<'_>, name: &str) -> String {
-    if let Some(value) = crate::replication::param_get(ctx.server, name) {
-        return value;
-    }
-    let config = ctx.server.config.read();
-    match name {
-        "bind" => config.bind.clone(),
-        "port" => ctx.server.bound_port.load(Ordering::Relaxed).to_string(),
-        "dir" => std::fs::canonicalize(&config.dir)
-            .unwrap_or_else(|_| config.dir.clone())
-            .display()
-            .to_string(),
-        "appendonly" => "yes".into(),
-        "appendfsync" => ctx.keyspace.engine().fsync_policy().to_string(),
-        "databases" => DATABASES.to_string(),
-        "save" => String::new(),
-        "requirepass" => config.requirepass.clone().unwrap_or_default(),
-        "proto-max-bulk-len" => config.proto_max_bulk_len.to_string(),
-        "maxclients" => config.maxclients.to_string(),
-        "client-query-buffer-limit" => config.query_buffer_bytes_max.to_string(),
-        "maxmemory" => config.maxmemory.to_string(),
-        "protected-mode" => if config.protected_mode { "yes" } else { "no" }.into(),
-        "client-output-buffer-limit" => {
-            format!("normal {} 0 0", config.output_buffer_bytes_max)
+const _: () = assert!(DATABASES == 16, "REDIS_ONLY's `databases` is DATABASES");
+
+/// CONFIG GET's answer for `setting`.
+fn config_value(ctx: &Ctx<'_>, setting: &crate::settings::Setting) -> String {
+    let server = ctx.server;
+    match setting.name {
+        "port" => server.bound_port.load(Ordering::Relaxed).to_string(),
+        "replicaof" => server
+            .replication
+            .link()
+            .map(|link| format!("{} {}", link.host, link.port))
+            .unwrap_or_default(),
+        "dir" => {
+            let dir = server.config.read().dir.clone();
+            std::fs::canonicalize(&dir)
+                .unwrap_or(dir)
+                .display()
+                .to_string()
         }
-        "slowlog-log-slower-than" => config.slowlog_log_slower_than.to_string(),
-        "slowlog-max-len" => config.slowlog_max_len.to_string(),
-        "latency-monitor-threshold" => config.latency_monitor_threshold.to_string(),
-        "admin-port" => config.admin_port.map(|p| p.to_string()).unwrap_or_default(),
-        "admin-bind" => config.admin_bind.clone(),
-        "proto-max-args" => config.args_max.to_string(),
-        "tls-port" => config.tls_port.unwrap_or(0).to_string(),
-        "tls-cert-file" | "tls-key-file" | "tls-ca-cert-file" => {
-            let path = match name {
-                "tls-cert-file" => &config.tls_cert_file,
-                "tls-key-file" => &config.tls_key_file,
-                _ => &config.tls_ca_cert_file,
-            };
-            path.as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        }
-        "maxmemory-policy" => "noeviction".into(),
-        "timeout" => config.timeout_seconds.to_string(),
-        "tcp-keepalive" => "300".into(),
-        "hz" => "10".into(),
-        "loglevel" => config.loglevel.clone(),
-        _ => String::new(),
+        _ => (setting.reply)(&server.config.read()),
     }
 }
 
-/// Redis' `memtoll`: an integer with an optional k/kb/m/mb/g/gb suffix (any case).
-fn parse_memory(text: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(text).ok()?.to_ascii_lowercase();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let multiplier: u64 = match unit {
-        "" | "b" => 1,
-        "k" => 1000,
-        "kb" => 1024,
-        "m" => 1000 * 1000,
-        "mb" => 1024 * 1024,
-        "g" => 1000 * 1000 * 1000,
-        "gb" => 1024 * 1024 * 1024,
-        _ => return None,
-    };
-    digits.parse::<u64>().ok()?.checked_mul(multiplier)
-}
-
-fn set_param(ctx: &Ctx<'_>, name: &str, value: &[u8]) -> Result<(), String> {
-    if let Some(result) = crate::replication::param_set(ctx.server, name, value) {
-        return result;
-    }
-    let mut config = ctx.server.config.write();
-    let integer = || {
-        parse_memory(value).ok_or_else(|| "argument couldn't be parsed into an integer".to_string())
-    };
+/// After CONFIG SET changed `name` in the config: updates the running parts that hold their
+/// own copy of it. Settings read from the config at each use need nothing here.
+fn apply_live(ctx: &Ctx<'_>, name: &str) -> Result<(), String> {
+    let server = ctx.server;
+    let config = server.config.read().clone();
+    let replication = &server.replication;
     match name {
-        "requirepass" => {
-            let text = String::from_utf8_lossy(value).into_owned();
-            config.requirepass = (!text.is_empty()).then_some(text);
-            ctx.server
-                .acl
-                .set_default_password(config.requirepass.as_deref());
-        }
-        "proto-max-bulk-len" => {
-            let v = integer()?;
-            if v < 1024 * 1024 {
-                return Err(
-                    "argument must be between 1048576 and 9223372036854775807 inclusive".into(),
-                );
-            }
-            config.proto_max_bulk_len = v as usize;
-        }
-        "proto-max-args" => {
-            let v = integer()?;
-            if v < 1 {
-                return Err("argument must be between 1 and 9223372036854775807 inclusive".into());
-            }
-            config.args_max = v as usize;
-        }
-        "maxclients" => {
-            let v = integer()?;
-            if v < 1 {
-                return Err("argument must be between 1 and 4294967295 inclusive".into());
-            }
-            config.maxclients = v as usize;
-        }
-        "client-query-buffer-limit" => {
-            let v = integer()?;
-            if v < 1024 * 1024 {
-                return Err(
-                    "argument must be between 1048576 and 9223372036854775807 inclusive".into(),
-                );
-            }
-            config.query_buffer_bytes_max = v as usize;
-        }
-        "loglevel" => {
-            let text = String::from_utf8_lossy(value).to_ascii_lowercase();
-            if !matches!(
-                text.as_str(),
-                "debug" | "verbose" | "notice" | "warning" | "nothing"
-            ) {
-                return Err("argument(s) must be one of the following: debug, verbose, notice, warning, nothing".into());
-            }
-            config.loglevel = text;
-        }
-        "appendfsync" => {
-            let text = String::from_utf8_lossy(value).to_ascii_lowercase();
-            let policy: ringkv_engine::FsyncPolicy = text.parse().map_err(|_| {
-                "argument(s) must be one of the following: always, everysec, no".to_string()
-            })?;
-            // Switching to `always` fsyncs what was written so far first (the engine does it).
-            ctx.keyspace
-                .engine()
-                .set_fsync_policy(policy)
-                .map_err(|error| format!("cannot change the fsync policy: {error}"))?;
-            config.appendfsync = policy;
-        }
-        "maxmemory" => config.maxmemory = integer()?,
-        "timeout" => config.timeout_seconds = integer()?,
-        "protected-mode" => {
-            config.protected_mode = match args::lower(value).as_str() {
-                "yes" => true,
-                "no" => false,
-                _ => return Err("argument must be 'yes' or 'no'".into()),
-            }
-        }
-        "client-output-buffer-limit" => {
-            // Redis' form `normal <hard> <soft> <seconds>` (the hard limit is used) or a size.
-            let text = String::from_utf8_lossy(value).to_ascii_lowercase();
-            let hard = match text.split_whitespace().collect::<Vec<_>>().as_slice() {
-                [size] => parse_memory(size.as_bytes()),
-                ["normal", hard, _, _] => parse_memory(hard.as_bytes()),
-                _ => None,
-            };
-            config.output_buffer_bytes_max =
-                hard.ok_or("argument must be a size or 'normal <hard> <soft> <seconds>'")? as usize;
-        }
-        "slowlog-log-slower-than" => {
-            let v = args::parse_i64(value).ok_or("argument couldn't be parsed into an integer")?;
-            config.slowlog_log_slower_than = v;
-            ctx.server
-                .slowlog
-                .slower_than_micros
-                .store(v, Ordering::Relaxed);
-        }
-        "slowlog-max-len" => {
-            let v = integer()? as usize;
-            config.slowlog_max_len = v;
-            ctx.server.slowlog.len_max.store(v, Ordering::Relaxed);
-        }
-        "latency-monitor-threshold" => {
-            let v = integer()?;
-            config.latency_monitor_threshold = v;
-            ctx.server
-                .slowlog
-                .latency_threshold_ms
-                .store(v, Ordering::Relaxed);
-        }
-        "tcp-keepalive" | "hz" => {
-            integer()?;
-        }
-        // Accepted and ignored: ringkv persists through its WAL, not snapshots, and never evicts.
+        "requirepass" => server
+            .acl
+            .set_default_password(config.requirepass.as_deref()),
+        // Switching to `always` fsyncs what was written so far first (the engine does it).
+        "appendfsync" => ctx
+            .keyspace
+            .engine()
+            .set_fsync_policy(config.appendfsync)
+            .map_err(|error| format!("cannot change the fsync policy: {error}"))?,
+        "slowlog-log-slower-than" => server
+            .slowlog
+            .slower_than_micros
+            .store(config.slowlog_log_slower_than, Ordering::Relaxed),
+        "slowlog-max-len" => server
+            .slowlog
+            .len_max
+            .store(config.slowlog_max_len, Ordering::Relaxed),
+        "latency-monitor-threshold" => server
+            .slowlog
+            .latency_threshold_ms
+            .store(config.latency_monitor_threshold, Ordering::Relaxed),
+        "replica-read-only" => replication
+            .read_only
+            .store(config.replication.replica_read_only, Ordering::Relaxed),
+        "repl-backlog-size" => ctx
+            .keyspace
+            .engine()
+            .set_change_log_capacity(config.replication.backlog_bytes),
+        "min-replicas-to-write" => replication
+            .min_replicas_to_write
+            .store(config.replication.min_replicas_to_write, Ordering::Relaxed),
+        "min-replicas-max-lag" => replication.min_replicas_max_lag_seconds.store(
+            config.replication.min_replicas_max_lag_seconds,
+            Ordering::Relaxed,
+        ),
         _ => {}
+    }
+    Ok(())
+}
+
+/// CONFIG SET of one setting; `Err` is the text after Redis' "CONFIG SET failed … - ".
+fn set_setting(ctx: &Ctx<'_>, name: &str, value: &[u8]) -> CmdResult<()> {
+    let failed = |why: &str| {
+        CmdError::msg(format!(
+            "ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"
+        ))
+    };
+    let Some(setting) = crate::settings::find(name) else {
+        return match REDIS_ONLY.iter().find(|(known, _, _)| *known == name) {
+            Some((_, _, false)) => Err(failed("can't set immutable config")),
+            // Accepted and ignored, checked where Redis checks them.
+            Some(_) if matches!(name, "tcp-keepalive" | "hz") => {
+                let text = String::from_utf8_lossy(value);
+                crate::settings::parse_integer(&text).map_err(|why| failed(&why))?;
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None => Err(CmdError::msg(format!(
+                "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
+                errors::printable(name.as_bytes(), 128)
+            ))),
+        };
+    };
+    if setting.mode != crate::settings::Mode::Live {
+        return Err(failed("can't set immutable config"));
+    }
+    let text = String::from_utf8_lossy(value);
+    let previous = {
+        let mut config = ctx.server.config.write();
+        let previous = (setting.get)(&config);
+        setting.apply(&mut config, &text).map_err(|why| {
+            if setting.choices.is_empty() {
+                failed(&why)
+            } else {
+                failed(&format!(
+                    "argument(s) must be one of the following: {}",
+                    setting.choices.join(", ")
+                ))
+            }
+        })?;
+        previous
+    };
+    if let Err(why) = apply_live(ctx, setting.name) {
+        let mut config = ctx.server.config.write();
+        setting
+            .apply(&mut config, previous.as_deref().unwrap_or_default())
+            .expect("the previous value reads back");
+        return Err(failed(&why));
     }
     Ok(())
 }
@@ -843,17 +638,20 @@ fn config_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             if args.len() < 3 {
                 return Err(arity());
             }
-            let mut pairs = Vec::new();
-            for param in PARAMS {
-                if args[2..]
+            let matches = |name: &str| {
+                args[2..]
                     .iter()
-                    .any(|p| glob::matches(p, param.name.as_bytes(), true))
-                {
-                    pairs.push((
-                        Frame::bulk(param.name),
-                        Frame::bulk(param_value(ctx, param.name)),
-                    ));
-                }
+                    .any(|pattern| glob::matches(pattern, name.as_bytes(), true))
+            };
+            let mut pairs = Vec::new();
+            for setting in crate::settings::all().filter(|s| matches(s.name)) {
+                pairs.push((
+                    Frame::bulk(setting.name),
+                    Frame::bulk(config_value(ctx, setting)),
+                ));
+            }
+            for (name, value, _) in REDIS_ONLY.iter().filter(|(name, _, _)| matches(name)) {
+                pairs.push((Frame::bulk(*name), Frame::bulk(*value)));
             }
             Ok(Frame::Map(pairs))
         }
@@ -862,23 +660,7 @@ fn config_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 return Err(arity());
             }
             for pair in args[2..].chunks(2) {
-                let name = args::lower(&pair[0]);
-                let Some(param) = PARAMS.iter().find(|p| p.name == name) else {
-                    return Err(CmdError::msg(format!(
-                        "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
-                        errors::printable(&pair[0], 128)
-                    )));
-                };
-                if !param.mutable {
-                    return Err(CmdError::msg(format!(
-                        "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
-                    )));
-                }
-                set_param(ctx, param.name, &pair[1]).map_err(|why| {
-                    CmdError::msg(format!(
-                        "ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"
-                    ))
-                })?;
+                set_setting(ctx, &args::lower(&pair[0]), &pair[1])?;
             }
             Ok(Frame::ok())
         }
@@ -909,9 +691,12 @@ fn config_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         }
         "rewrite" => {
             let config = ctx.server.config.read().clone();
-            let replicaof =
-                crate::replication::param_get(ctx.server, "replicaof").unwrap_or_default();
-            crate::config::rewrite(&config, &replicaof)
+            let link = ctx
+                .server
+                .replication
+                .link()
+                .map(|link| (link.host.clone(), link.port));
+            crate::config::rewrite(&config, link)
                 .map_err(|why| CmdError::msg(format!("ERR {why}")))?;
             tracing::info!("CONFIG REWRITE wrote the config file");
             Ok(Frame::ok())
@@ -1199,12 +984,10 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
             );
         }
         "clients" => {
-            let config = server.config.read();
             let _ = write!(
                 out,
-                "# Clients\r\nconnected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nclient_recent_max_input_buffer:0\r\nclient_recent_max_output_buffer:0\r\nblocked_clients:0\r\ntracking_clients:0\r\nclients_in_timeout_table:0\r\n",
+                "# Clients\r\nconnected_clients:{}\r\ncluster_connections:0\r\nclient_recent_max_input_buffer:0\r\nclient_recent_max_output_buffer:0\r\nblocked_clients:0\r\ntracking_clients:0\r\nclients_in_timeout_table:0\r\n",
                 server.clients.lock().len(),
-                config.maxclients,
             );
         }
         "memory" => {
@@ -1213,11 +996,12 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
             let used = rss.max((engine.memtable_bytes + engine.frozen_memtable_bytes) as u64);
             let _ = write!(
                 out,
-                "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nused_memory_peak:{used}\r\nused_memory_peak_human:{}\r\nused_memory_dataset:{}\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\nmaxmemory_policy:noeviction\r\nmem_fragmentation_ratio:1.00\r\nmem_allocator:libc\r\nmemtable_bytes:{}\r\nfrozen_memtable_bytes:{}\r\n",
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nused_memory_peak:{used}\r\nused_memory_peak_human:{}\r\nused_memory_dataset:{}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:noeviction\r\nmem_fragmentation_ratio:1.00\r\nmem_allocator:libc\r\nmemtable_bytes:{}\r\nfrozen_memtable_bytes:{}\r\n",
                 human_bytes(used),
                 human_bytes(rss),
                 human_bytes(used),
                 engine.memtable_bytes + engine.frozen_memtable_bytes,
+                human_bytes(server.config.read().maxmemory),
                 engine.memtable_bytes,
                 engine.frozen_memtable_bytes,
             );
@@ -1303,5 +1087,15 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
             }
         }
         _ => {}
+    }
+    // The settings the table puts in this section, after its own fields.
+    let config = server.config.read();
+    for setting in crate::settings::all().filter(|s| s.info == Some(section)) {
+        let _ = write!(
+            out,
+            "{}:{}\r\n",
+            setting.name.replace('-', "_"),
+            (setting.reply)(&config)
+        );
     }
 }

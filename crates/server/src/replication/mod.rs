@@ -34,53 +34,13 @@ use parking_lot::Mutex;
 
 use crate::server::Server;
 
-/// Default change-log (replication backlog) size: how far a replica may fall behind, or how
-/// long it may be away, and still continue with a partial resync. Holds whole batches.
-pub const BACKLOG_BYTES_DEFAULT: usize = 64 << 20;
+pub use crate::config::{ReplicationConfig, BACKLOG_BYTES_DEFAULT};
 
 /// Most commit-time samples kept for the lag-in-seconds estimate (10 ms apart: 100 s).
 const COMMIT_SAMPLES_MAX: usize = 10_000;
 
 /// Period of the commit-time sampler.
 const COMMIT_SAMPLE_PERIOD: Duration = Duration::from_millis(10);
-
-/// Replication settings of a server (the TOML file, flags, CONFIG SET).
-#[derive(Debug, Clone)]
-pub struct ReplicationConfig {
-    /// Leader to follow at start-up (`replicaof = "host port"`); `None`: a leader.
-    pub replicaof: Option<(String, u16)>,
-    /// Password the replica gives its leader (`masterauth`).
-    pub masterauth: Option<String>,
-    /// User the replica authenticates as (`masteruser`); `None`: the default user.
-    pub masteruser: Option<String>,
-    /// Refuse writes from clients while a replica (`replica-read-only`).
-    pub replica_read_only: bool,
-    /// Bytes of recent batches kept for partial resyncs (`repl-backlog-size`).
-    pub backlog_bytes: usize,
-    /// Refuse writes unless this many replicas are good (`min-replicas-to-write`; 0: off).
-    pub min_replicas_to_write: usize,
-    /// A replica is good while its last acknowledgement is at most this old
-    /// (`min-replicas-max-lag`, seconds).
-    pub min_replicas_max_lag_seconds: u64,
-    /// Connect to the leader with TLS (`tls-replication`, Redis' name): trusts
-    /// `tls-ca-cert-file`, presents `tls-cert-file`/`tls-key-file` as client certificate.
-    pub tls_replication: bool,
-}
-
-impl Default for ReplicationConfig {
-    fn default() -> ReplicationConfig {
-        ReplicationConfig {
-            replicaof: None,
-            masterauth: None,
-            masteruser: None,
-            replica_read_only: true,
-            backlog_bytes: BACKLOG_BYTES_DEFAULT,
-            min_replicas_to_write: 0,
-            min_replicas_max_lag_seconds: 10,
-            tls_replication: false,
-        }
-    }
-}
 
 /// Parses `"host port"` (the `replicaof` setting).
 pub fn parse_replicaof(text: &str) -> Result<(String, u16), String> {
@@ -575,94 +535,6 @@ pub(crate) fn info_section(server: &Server, out: &mut String) {
         replication.sync_partial_ok.load(Ordering::Relaxed),
         replication.sync_partial_err.load(Ordering::Relaxed),
     );
-}
-
-/// CONFIG GET of a replication setting; `None` if `name` is not one.
-pub(crate) fn param_get(server: &Server, name: &str) -> Option<String> {
-    let replication = &server.replication;
-    let config = server.config.read();
-    let r = &config.replication;
-    Some(match name {
-        "replicaof" | "slaveof" => match replication.link() {
-            Some(link) => format!("{} {}", link.host, link.port),
-            None => String::new(),
-        },
-        "masterauth" => r.masterauth.clone().unwrap_or_default(),
-        "masteruser" => r.masteruser.clone().unwrap_or_default(),
-        "replica-read-only" | "slave-read-only" => {
-            yes_no(replication.read_only.load(Ordering::Relaxed)).into()
-        }
-        "repl-backlog-size" => r.backlog_bytes.to_string(),
-        "min-replicas-to-write" | "min-slaves-to-write" => replication
-            .min_replicas_to_write
-            .load(Ordering::Relaxed)
-            .to_string(),
-        "min-replicas-max-lag" | "min-slaves-max-lag" => replication
-            .min_replicas_max_lag_seconds
-            .load(Ordering::Relaxed)
-            .to_string(),
-        _ => return None,
-    })
-}
-
-fn yes_no(on: bool) -> &'static str {
-    if on {
-        "yes"
-    } else {
-        "no"
-    }
-}
-
-/// CONFIG SET of a replication setting; `None` if `name` is not one.
-pub(crate) fn param_set(server: &Server, name: &str, value: &[u8]) -> Option<Result<(), String>> {
-    let text = String::from_utf8_lossy(value).into_owned();
-    let replication = &server.replication;
-    let number = || {
-        text.parse::<u64>()
-            .map_err(|_| "argument couldn't be parsed into an integer".to_string())
-    };
-    let boolean = || match text.to_ascii_lowercase().as_str() {
-        "yes" => Ok(true),
-        "no" => Ok(false),
-        _ => Err("argument must be 'yes' or 'no'".to_string()),
-    };
-    let result = match name {
-        "masterauth" => {
-            server.config.write().replication.masterauth = (!text.is_empty()).then_some(text);
-            Ok(())
-        }
-        "masteruser" => {
-            server.config.write().replication.masteruser = (!text.is_empty()).then_some(text);
-            Ok(())
-        }
-        "replica-read-only" | "slave-read-only" => boolean().map(|on| {
-            replication.read_only.store(on, Ordering::Relaxed);
-            server.config.write().replication.replica_read_only = on;
-        }),
-        "repl-backlog-size" => number().map(|bytes| {
-            let bytes = (bytes as usize).max(1 << 20);
-            server.keyspace.engine().set_change_log_capacity(bytes);
-            server.config.write().replication.backlog_bytes = bytes;
-        }),
-        "min-replicas-to-write" | "min-slaves-to-write" => number().map(|n| {
-            replication
-                .min_replicas_to_write
-                .store(n as usize, Ordering::Relaxed);
-            server.config.write().replication.min_replicas_to_write = n as usize;
-        }),
-        "min-replicas-max-lag" | "min-slaves-max-lag" => number().map(|n| {
-            replication
-                .min_replicas_max_lag_seconds
-                .store(n, Ordering::Relaxed);
-            server
-                .config
-                .write()
-                .replication
-                .min_replicas_max_lag_seconds = n;
-        }),
-        _ => return None,
-    };
-    Some(result)
 }
 
 #[cfg(test)]
