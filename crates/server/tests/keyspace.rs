@@ -596,9 +596,36 @@ fn many_concurrent_scans_all_finish_seeing_every_key_once() {
     assert_eq!(seen, expected);
 }
 
+/// One round of churn among the stable `k:i:a` keys: for every seventh `i` (another seventh
+/// each pair of rounds), an even round deletes `k:i:b` and the `k:i:cR` keys the round before
+/// made, and an odd round puts `k:i:b` back and makes new `k:i:cR` keys. So between two pages
+/// the keys on both sides of the cursor either only disappear or only appear.
+fn churn_round(con: &mut Connection, stable: usize, round: usize) {
+    let seventh = |round: usize| ((round / 2) % 7..stable).step_by(7);
+    let mut pipe = redis::pipe();
+    if round.is_multiple_of(2) {
+        for i in seventh(round) {
+            pipe.del(format!("k:{i:05}:b")).ignore();
+        }
+        if round > 0 {
+            for i in seventh(round - 1) {
+                pipe.del(format!("k:{i:05}:c{}", round - 1)).ignore();
+            }
+        }
+    } else {
+        for i in seventh(round) {
+            pipe.set(format!("k:{i:05}:b"), i).ignore();
+            // New keys appear too; a scan may or may not return them.
+            pipe.set(format!("k:{i:05}:c{round}"), 1).ignore();
+        }
+    }
+    let () = pipe.query(con).unwrap();
+}
+
 #[test]
 fn scan_returns_every_key_present_throughout_while_others_are_deleted() {
-    const STABLE: usize = 2000;
+    const STABLE: usize = 1000;
+    const COUNT: usize = 13;
     let server = Server::start();
     let mut con = server.client();
     let mut pipe = redis::pipe();
@@ -609,34 +636,23 @@ fn scan_returns_every_key_present_throughout_while_others_are_deleted() {
         pipe.set(format!("k:{i:05}:b"), i).ignore();
     }
     let () = pipe.query(&mut con).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let churn = {
-        let url = server.url();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
-            let mut round = 0usize;
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                let mut pipe = redis::pipe();
-                for i in (round % 7..STABLE).step_by(7) {
-                    if round.is_multiple_of(2) {
-                        pipe.del(format!("k:{i:05}:b")).ignore();
-                    } else {
-                        pipe.set(format!("k:{i:05}:b"), i).ignore();
-                    }
-                    // New keys appear too; a scan may or may not return them.
-                    pipe.set(format!("k:{i:05}:c{round}"), 1).ignore();
-                }
-                let () = pipe.query(&mut con).unwrap();
-                round += 1;
-            }
-            round
-        })
-    };
-    let (seen, _) = scan_all(&mut con, 13, |_| {});
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let rounds = churn.join().unwrap();
-    assert!(rounds > 1, "the churn thread ran {rounds} rounds");
+    // A churn round runs between every two pages, in lock step, so each page's cursor really
+    // sees keys vanish (even rounds) or appear (odd rounds) before and after it. A churn
+    // thread running freely could finish its work before the scan's first page or after its
+    // last, and the test would pass whatever SCAN does with a changing keyspace.
+    let mut churner = server.client();
+    let mut rounds = 0;
+    let (seen, pages) = scan_all(&mut con, COUNT, |_| {
+        churn_round(&mut churner, STABLE, rounds);
+        rounds += 1;
+    });
+    assert_eq!(rounds, pages);
+    // Fewer pages than keys present throughout means the scan did not walk one key at a time;
+    // more than twice the keyspace at its largest would mean it went round in circles.
+    assert!(
+        pages >= STABLE / COUNT && pages <= 4 * STABLE / COUNT + 2,
+        "{pages} pages of {COUNT}"
+    );
     let seen: BTreeSet<String> = seen.into_iter().collect();
     let missing: Vec<String> = (0..STABLE)
         .map(|i| format!("k:{i:05}:a"))
@@ -644,10 +660,27 @@ fn scan_returns_every_key_present_throughout_while_others_are_deleted() {
         .collect();
     assert!(
         missing.is_empty(),
-        "{} keys missed, e.g. {:?}",
+        "{} keys missed of {STABLE} over {pages} pages, e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(5)]
     );
+    // Nothing that never existed.
+    let strange: Vec<&String> = seen
+        .iter()
+        .filter(|k| {
+            let Some((i, tail)) = k.strip_prefix("k:").and_then(|k| k.split_once(':')) else {
+                return true;
+            };
+            let known_tail = tail == "a"
+                || tail == "b"
+                || tail
+                    .strip_prefix('c')
+                    .and_then(|r| r.parse::<usize>().ok())
+                    .is_some_and(|r| r < rounds && r % 2 == 1);
+            !(i.len() == 5 && i.parse::<usize>().is_ok_and(|i| i < STABLE) && known_tail)
+        })
+        .collect();
+    assert!(strange.is_empty(), "keys that never existed: {strange:?}");
 }
 
 #[test]
