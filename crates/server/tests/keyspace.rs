@@ -702,13 +702,28 @@ fn range_limit_defaults_to_1000() {
     assert_eq!(rest, all[1000..]);
 }
 
+/// Flushed namespaces still being cleared in the background (INFO persistence).
+fn flushes_pending(con: &mut Connection) -> i64 {
+    common::info_field(con, "persistence", "flushes_pending")
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn flushall_and_flushdb_async_empty_at_once_and_stay_empty_after_a_crash() {
+    // Enough keys that the background clear takes seconds on the debug build (about 2.8 s for
+    // 3 × 50 000 here) while the checks below take milliseconds: they must run while it is
+    // still pending, or they would pass whether or not the flush hid the keys at once and
+    // made that durable. The test checks it did run them in time.
+    const KEYS: i64 = 50_000;
     let mut server = Server::start_with(&["--appendfsync", "always"]);
     let mut con = server.client();
     for db in ["0", "3", "15"] {
         q::<String>(&mut con, &["SELECT", db]);
-        q::<String>(&mut con, &["DEBUG", "POPULATE", "2000", &format!("db{db}")]);
+        q::<String>(
+            &mut con,
+            &["DEBUG", "POPULATE", &KEYS.to_string(), &format!("db{db}")],
+        );
     }
     assert_eq!(
         err(&mut con, &["FLUSHALL", "ASYNC", "x"]),
@@ -719,7 +734,7 @@ fn flushall_and_flushdb_async_empty_at_once_and_stay_empty_after_a_crash() {
     assert_eq!(q::<String>(&mut con, &["FLUSHDB", "async"]), "OK");
     assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
     q::<String>(&mut con, &["SELECT", "0"]);
-    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 2000, "FLUSHDB is one db");
+    assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), KEYS, "FLUSHDB is one db");
     assert_eq!(q::<String>(&mut con, &["FLUSHALL", "ASYNC"]), "OK");
     // Gone at once for every reader, before the background clear finishes.
     for db in ["0", "3", "15"] {
@@ -732,18 +747,46 @@ fn flushall_and_flushdb_async_empty_at_once_and_stay_empty_after_a_crash() {
         let (cursor, keys): (String, Vec<String>) = q(&mut con, &["SCAN", "0", "COUNT", "5000"]);
         assert_eq!((cursor.as_str(), keys.len()), ("0", 0), "db {db}");
     }
+    assert!(
+        flushes_pending(&mut con) > 0,
+        "the background clear finished before the checks: they proved nothing"
+    );
     q::<String>(&mut con, &["SELECT", "0"]);
     set(&mut con, "after", "1");
-    // SIGKILL, restart: the flush was committed, so nothing flushed comes back.
+    // SIGKILL in the middle of the clear, restart: the flush was committed, so nothing flushed
+    // comes back, although the old keys are still on disk.
+    assert!(
+        flushes_pending(&mut con) > 0,
+        "the background clear finished before the crash: it proves nothing"
+    );
     server.kill();
     server.restart();
     let mut con = server.client();
-    assert_eq!(q::<Vec<String>>(&mut con, &["KEYS", "*"]), vec!["after"]);
+    let only_after = |con: &mut Connection, when: &str| {
+        let keys: Vec<String> = q(con, &["KEYS", "*"]);
+        assert!(
+            keys == ["after"],
+            "{when}: db 0 holds {} keys, e.g. {:?}",
+            keys.len(),
+            &keys[..keys.len().min(5)]
+        );
+    };
+    only_after(&mut con, "after the restart");
     for db in ["3", "15"] {
         q::<String>(&mut con, &["SELECT", db]);
         assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0, "db {db} after restart");
     }
-    assert_eq!(q::<String>(&mut con, &["FLUSHALL", "SYNC"]), "OK");
+    // The restarted server finishes the interrupted clear, and still nothing comes back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while flushes_pending(&mut con) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clear did not resume"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     q::<String>(&mut con, &["SELECT", "0"]);
+    only_after(&mut con, "after the resumed clear");
+    assert_eq!(q::<String>(&mut con, &["FLUSHALL", "SYNC"]), "OK");
     assert_eq!(q::<i64>(&mut con, &["DBSIZE"]), 0);
 }
