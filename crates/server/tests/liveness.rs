@@ -210,6 +210,17 @@ fn health(admin: u16, what: &str) -> Result<Duration, String> {
 /// then `/health` again. Each must answer within [`REPLY_BOUND`]; the first that does not ends
 /// the probing with a description of how late it was.
 fn probe(conn: &mut Conn, admin: u16, pace: Duration) -> Result<Probed, String> {
+    probe_rounds(conn, admin, pace).map_err(|why| {
+        // After a late reply: is the admin port still answering?
+        let health = match health(admin, "/health after it") {
+            Ok(took) => format!("/health after it answered in {took:?}"),
+            Err(why) => why,
+        };
+        format!("{why}; {health}")
+    })
+}
+
+fn probe_rounds(conn: &mut Conn, admin: u16, pace: Duration) -> Result<Probed, String> {
     let mut probed = Probed::default();
     let with = |probed: &Probed, why: String| {
         format!(
