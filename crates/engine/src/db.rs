@@ -117,6 +117,8 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     /// Set while writers are slowed down or stalled ([`Db::write_may_wait`]).
     write_pressure: AtomicBool,
+    /// Set by [`Db::interrupt_stalls`]: stalled writers give up with [`Error::Closed`].
+    stalls_interrupted: AtomicBool,
     background: Arc<Background>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// First failure of a background flush or compaction that cannot be
@@ -407,6 +409,7 @@ impl Db {
             snapshots: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
             write_pressure: AtomicBool::new(false),
+            stalls_interrupted: AtomicBool::new(false),
             background: Arc::new(Background::default()),
             threads: Mutex::new(Vec::new()),
             failed: Mutex::new(None),
@@ -950,6 +953,16 @@ impl Db {
         Ok(seq)
     }
 
+    /// Makes writers that wait for flushes or compaction give up with
+    /// [`Error::Closed`], now and from then on: a server that is shutting
+    /// down stops waiting for room that may never come (compaction held,
+    /// a disk that does not drain) before it closes the database.
+    pub fn interrupt_stalls(&self) {
+        self.inner.stalls_interrupted.store(true, Ordering::Release);
+        let _state = self.inner.write.lock();
+        self.inner.progress.notify_all();
+    }
+
     /// Closes the database: flushes memtables to tables (so the next open
     /// replays nothing), syncs, and stops background threads. Other clones
     /// of this `Db` see [`Error::Closed`] afterwards.
@@ -1175,7 +1188,7 @@ impl Inner {
 
     fn stall(&self, state: &mut MutexGuard<'_, WriteState>, why: &str) -> Result<()> {
         self.check_writable()?;
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) || self.stalls_interrupted.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         tracing::debug!(why, "write stalled");

@@ -409,7 +409,11 @@ fn without_waiting_refuses_a_write_that_would_stall_and_changes_nothing() {
             ringkv_engine::without_waiting(|| db.put(&i.to_be_bytes(), &value, None));
         if refused {
             assert!(matches!(result, Err(ringkv_engine::Error::WouldBlock)));
-            assert_eq!(db.last_sequence(), before, "a refused write changed nothing");
+            assert_eq!(
+                db.last_sequence(),
+                before,
+                "a refused write changed nothing"
+            );
             assert!(db.get(&i.to_be_bytes()).unwrap().is_none());
             assert!(db.write_may_wait(), "the hint says writes wait now");
             refused_at = Some(i);

@@ -17,6 +17,9 @@ use crate::server::{ClientHandle, Server};
 /// pipeline of large replies does not hold them all in memory.
 const OUTPUT_FLUSH_BYTES: usize = 4 << 20;
 
+/// A buffer this large, once freed, is worth giving back to the OS (`memory.rs`).
+const LARGE_BUFFER_BYTES: usize = 1 << 20;
+
 /// Initial size of the input buffer; it grows as requests need.
 const INPUT_BUFFER_BYTES: usize = 16 * 1024;
 
@@ -183,7 +186,11 @@ where
             break;
         }
         if input.capacity() > 4 * INPUT_BUFFER_BYTES && input.is_empty() {
+            let large = input.capacity() >= LARGE_BUFFER_BYTES;
             input = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
+            if large {
+                crate::memory::large_buffer_released();
+            }
         }
     }
     let _ = writer.shutdown().await;

@@ -26,6 +26,7 @@ mod connection;
 mod errors;
 mod exec;
 mod glob;
+mod memory;
 mod metrics;
 mod persistence;
 mod replication;
@@ -243,7 +244,21 @@ impl Bound {
         }
         let closing = server.clone();
         tokio::task::spawn_blocking(move || {
-            let _exclusive = closing.gate.blocking_write();
+            // Writers stalled in the engine give up, so they let go of the gate.
+            closing.keyspace.interrupt_stalls();
+            let deadline = Instant::now() + SHUTDOWN_GRACE;
+            let _exclusive = loop {
+                if let Ok(exclusive) = closing.gate.try_write() {
+                    break Some(exclusive);
+                }
+                if Instant::now() >= deadline {
+                    // A command still runs (an EXEC sleeping in place): it sees a closed
+                    // engine from here on, rather than holding the shutdown up.
+                    tracing::warn!("closing the engine while a command still runs");
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
             closing.keyspace.close()
         })
         .await
@@ -494,10 +509,17 @@ async fn expire_task(server: Arc<Server>) {
     let mut shutdown = server.shutdown.subscribe();
     let mut interval = tokio::time::interval(EXPIRE_PERIOD);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(10) {
+            // About once a second: give memory freed by large buffers and flushed memtables
+            // back to the OS (`memory.rs`).
+            crate::memory::tick(server.keyspace.engine().stats().flushes);
         }
         // A replica deletes expired keys when its leader's deletes arrive, never itself.
         if !server.keyspace.active_expire() || server.keyspace.is_replica() {
@@ -528,8 +550,11 @@ async fn drop_task(server: Arc<Server>) {
         // A replica's flushed namespaces are cleared by its leader's deletes.
         if server.keyspace.has_pending_drops() && !server.keyspace.is_replica() {
             let dropping = server.clone();
-            let result =
-                tokio::task::spawn_blocking(move || dropping.keyspace.drop_pending()).await;
+            let result = tokio::task::spawn_blocking(move || {
+                let keep_going = || !*dropping.shutdown.borrow();
+                dropping.keyspace.drop_pending(&keep_going)
+            })
+            .await;
             if let Ok(Err(error)) = result {
                 tracing::error!(?error, "clearing flushed databases failed; retrying later");
             }

@@ -417,6 +417,11 @@ impl Keyspace {
         self.engine.read().clone()
     }
 
+    /// Stalled writes give up (the engine's `interrupt_stalls`): the first step of a shutdown.
+    pub fn interrupt_stalls(&self) {
+        self.engine.read().interrupt_stalls();
+    }
+
     /// True when a write now may wait long (the engine slows or stalls writers): see
     /// [`Db::write_may_wait`]. Async callers run such writes off their runtime.
     pub fn write_may_wait(&self) -> bool {
@@ -951,8 +956,9 @@ impl Keyspace {
     }
 
     /// Deletes every key of the namespaces FLUSHDB/FLUSHALL let go, then frees them for reuse.
-    /// Blocking; run it off the async runtime.
-    pub fn drop_pending(&self) -> Result<()> {
+    /// Blocking; run it off the async runtime. Between batches it asks `keep_going` and stops
+    /// early when told (a shutdown): the drop markers stay, so the next run resumes.
+    pub fn drop_pending(&self, keep_going: &dyn Fn() -> bool) -> Result<()> {
         let _maintenance = self.maintenance.lock();
         let dropping = self.admin.lock().dropping.clone();
         if dropping.is_empty() {
@@ -981,6 +987,9 @@ impl Keyspace {
                     break;
                 }
                 self.engine().write_deferred(batch)?;
+                if !keep_going() {
+                    return Ok(());
+                }
             }
         }
         let (index_start, index_end) = keys::family_span(keys::FAMILY_EXPIRY);

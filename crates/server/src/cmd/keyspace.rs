@@ -170,26 +170,90 @@ pub(crate) fn blocking<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Keeps a reply built by walking many keys (KEYS, RANGE) in bounds: it stops when the
+/// server is shutting down (so SIGTERM is not held up by a KEYS over millions of keys) and
+/// when the reply passes `client-output-buffer-limit` (see `Ctx::reply_bytes`).
+struct WalkBudget<'a> {
+    server: &'a crate::server::Server,
+    reply_bytes: usize,
+    reply_bytes_max: usize,
+    steps: usize,
+}
+
+/// Why a walk stopped early.
+enum WalkStop {
+    /// The server is shutting down.
+    Shutdown,
+    /// The reply passed the output limit.
+    TooLarge,
+}
+
+/// Keys walked between two looks at the shutdown flag.
+const WALK_CHECK_EVERY: usize = 4096;
+
+impl<'a> WalkBudget<'a> {
+    fn new(server: &'a crate::server::Server) -> WalkBudget<'a> {
+        let reply_bytes_max = match server.config.read().output_buffer_bytes_max {
+            0 => usize::MAX,
+            limit => limit,
+        };
+        WalkBudget {
+            server,
+            reply_bytes: 0,
+            reply_bytes_max,
+            steps: 0,
+        }
+    }
+
+    /// One key walked, adding `bytes` to the reply.
+    fn step(&mut self, bytes: usize) -> Result<(), WalkStop> {
+        self.reply_bytes += bytes;
+        if self.reply_bytes > self.reply_bytes_max {
+            return Err(WalkStop::TooLarge);
+        }
+        self.steps += 1;
+        if self.steps.is_multiple_of(WALK_CHECK_EVERY) && *self.server.shutdown.borrow() {
+            return Err(WalkStop::Shutdown);
+        }
+        Ok(())
+    }
+}
+
+/// The reply for a walk: its frame, or the error of why it stopped.
+fn walk_reply(ctx: &mut Ctx<'_>, walked: CmdResult<Result<Frame, WalkStop>>) -> CmdResult<Frame> {
+    match walked? {
+        Ok(frame) => Ok(frame),
+        Err(WalkStop::Shutdown) => Err(CmdError::msg("ERR server is shutting down")),
+        Err(WalkStop::TooLarge) => ctx.reply_bytes(usize::MAX).map(|()| Frame::Null),
+    }
+}
+
 fn keys(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let pattern = args[1].clone();
     let db = ctx.db();
     let keyspace = ctx.keyspace;
-    let collect = || -> CmdResult<Frame> {
+    let mut budget = WalkBudget::new(ctx.server);
+    let mut collect = || -> CmdResult<Result<Frame, WalkStop>> {
         let mut out = Vec::new();
         let all = &pattern[..] == b"*";
         for item in keyspace.range(db, Bound::Unbounded, Bound::Unbounded) {
             let (key, _) = item?;
-            if all || glob::matches(&pattern, &key, false) {
+            let wanted = all || glob::matches(&pattern, &key, false);
+            if let Err(stop) = budget.step(if wanted { key.len() + 16 } else { 0 }) {
+                return Ok(Err(stop));
+            }
+            if wanted {
                 out.push(Frame::Bulk(key));
             }
         }
-        Ok(Frame::Array(out))
+        Ok(Ok(Frame::Array(out)))
     };
-    if key_count(keyspace, db) as usize > KEYS_BLOCK_IN_PLACE_AFTER {
-        reply(blocking(collect))
+    let walked = if key_count(keyspace, db) as usize > KEYS_BLOCK_IN_PLACE_AFTER {
+        blocking(collect)
     } else {
-        reply(collect())
-    }
+        collect()
+    };
+    reply(walk_reply(ctx, walked))
 }
 
 /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type].
@@ -324,13 +388,8 @@ fn range(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         let db = ctx.db();
         let acl = &ctx.server.acl;
         let session = &mut ctx.client.acl;
-        // The reply stops growing past client-output-buffer-limit (see `Ctx::reply_bytes`).
-        let output_limit = match ctx.server.config.read().output_buffer_bytes_max {
-            0 => usize::MAX,
-            limit => limit,
-        };
-        let mut reply_bytes = 0usize;
-        let mut collect = || -> CmdResult<Option<Frame>> {
+        let mut budget = WalkBudget::new(ctx.server);
+        let mut collect = || -> CmdResult<Result<Frame, WalkStop>> {
             let mut out = Vec::new();
             let mut taken = 0;
             for item in keyspace.range(db, borrow(&start), borrow(&end)) {
@@ -342,32 +401,28 @@ fn range(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
                     continue;
                 }
                 taken += 1;
-                reply_bytes += key.len() + 16;
+                let value_bytes = if with_values { entry.value.len() } else { 0 };
+                if let Err(stop) = budget.step(key.len() + 16 + value_bytes) {
+                    return Ok(Err(stop));
+                }
                 out.push(Frame::Bulk(key));
                 if with_values {
                     let decoded = ringkv_store::value::decode_value(&entry.value)?;
-                    reply_bytes += entry.value.len();
                     match decoded.value_type {
                         ValueType::String => {
                             out.push(Frame::Bulk(entry.value.slice(decoded.payload_at..)))
                         }
                     }
                 }
-                if reply_bytes > output_limit {
-                    return Ok(None);
-                }
             }
-            Ok(Some(Frame::Array(out)))
+            Ok(Ok(Frame::Array(out)))
         };
-        let built = if limit as usize > KEYS_BLOCK_IN_PLACE_AFTER {
-            blocking(collect)?
+        let walked = if limit as usize > KEYS_BLOCK_IN_PLACE_AFTER {
+            blocking(collect)
         } else {
-            collect()?
+            collect()
         };
-        match built {
-            Some(frame) => Ok(frame),
-            None => ctx.reply_bytes(usize::MAX).map(|()| Frame::Null),
-        }
+        walk_reply(ctx, walked)
     })())
 }
 

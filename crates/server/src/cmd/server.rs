@@ -289,8 +289,12 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             let duration = Duration::from_secs_f64(seconds);
             if ctx.client.in_exec {
                 // Inside MULTI nothing defers; the transaction sleeps, as in Redis, while
-                // holding only its own keys.
-                std::thread::sleep(duration);
+                // holding only its own keys, and wakes for a shutdown.
+                let until = std::time::Instant::now() + duration;
+                while std::time::Instant::now() < until && !*ctx.server.shutdown.borrow() {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    std::thread::sleep(left.min(Duration::from_millis(50)));
+                }
                 return Ok(Frame::ok());
             }
             Ok(ctx.defer(async move {
@@ -462,9 +466,13 @@ fn debug_populate(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
     }
     let db = ctx.db();
     let keyspace = ctx.keyspace;
+    let ctx_server = ctx.server;
     super::keyspace::blocking(|| -> CmdResult<()> {
         let mut key = Vec::with_capacity(prefix.len() + 21);
         for i in 0..count {
+            if i % 4096 == 4095 && *ctx_server.shutdown.borrow() {
+                return Err(CmdError::msg("ERR server is shutting down"));
+            }
             key.clear();
             key.extend_from_slice(prefix);
             key.extend_from_slice(format!(":{i}").as_bytes());
