@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ringkv_engine::sim_fs::{FaultConfig, FaultCounts, PowerCut, SimFs, SimOp, SimRng};
-use ringkv_engine::{Db, Error, FsyncPolicy, Options, WriteBatch};
+use ringkv_engine::{Db, Error, Faults, FsyncPolicy, Options, WriteBatch};
 
 /// One write of the history: its operations and whether it was acknowledged.
 #[derive(Debug, Clone)]
@@ -324,18 +324,23 @@ fn seeds_that_found_bugs_before_the_fixes_pass() {
     }
 }
 
+/// A database in `dir` under `appendfsync always`, with its fault injector.
+fn open_always(dir: &Path) -> (Db, Arc<Faults>) {
+    let options = Options {
+        fsync: FsyncPolicy::Always,
+        ..Options::default()
+    };
+    let faults = options.faults.clone();
+    (Db::open(dir, options).unwrap(), faults)
+}
+
 /// Bug: under `always` a write was inserted into the memtable and visible
 /// before its WAL fsync; when the fsync failed the client got an error but
 /// every reader saw the write until the restart.
 #[test]
 fn a_write_whose_wal_fsync_fails_is_never_visible() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        fsync: FsyncPolicy::Always,
-        ..Options::default()
-    };
-    let faults = options.faults.clone();
-    let db = Db::open(dir.path(), options).unwrap();
+    let (db, faults) = open_always(dir.path());
     db.put(b"before", b"1", None).unwrap();
     faults.fail_wal_fsyncs(1);
     assert!(db.put(b"refused", b"2", None).is_err());
@@ -350,12 +355,7 @@ fn a_write_whose_wal_fsync_fails_is_never_visible() {
 #[test]
 fn a_deferred_write_under_always_is_visible_only_once_fsynced() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        fsync: FsyncPolicy::Always,
-        ..Options::default()
-    };
-    let faults = options.faults.clone();
-    let db = Db::open(dir.path(), options).unwrap();
+    let (db, faults) = open_always(dir.path());
     let mut batch = WriteBatch::new();
     batch.put(&b"a"[..], &b"1"[..], None);
     let seq = db.write_deferred(batch).unwrap();

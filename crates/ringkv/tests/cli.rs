@@ -366,6 +366,29 @@ fn admin_address_is_a_flag_an_env_var_and_a_key() {
     }
 }
 
+/// Starts the server with `args` and `env` (data in `data`), checks that CONFIG GET shows each
+/// of `expected`, runs `more` against its port, and stops it.
+fn check_settings(
+    data: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    expected: &[(&str, &str)],
+    more: impl FnOnce(u16),
+) {
+    let mut all = vec!["--port", "0", "--dir", data];
+    all.extend_from_slice(args);
+    let (child, port, _) = start_with_env(&all, env);
+    for (name, value) in expected {
+        assert_eq!(
+            config_get(port, name),
+            *value,
+            "{name} from {args:?} {env:?}"
+        );
+    }
+    more(port);
+    stop(child);
+}
+
 /// The settings that once existed only in the file, and proto-max-args, as flag, environment
 /// variable and key (kebab-case and snake_case).
 #[test]
@@ -386,17 +409,7 @@ fn replication_guards_and_max_args_are_flags_env_vars_and_keys() {
         ("proto-max-args", "9"),
     ];
     let check = |args: &[&str], env: &[(&str, &str)]| {
-        let mut all = vec!["--port", "0", "--dir", data];
-        all.extend_from_slice(args);
-        let (child, port, _) = start_with_env(&all, env);
-        for (name, value) in expected {
-            assert_eq!(
-                config_get(port, name),
-                value,
-                "{name} from {args:?} {env:?}"
-            );
-        }
-        stop(child);
+        check_settings(data, args, env, &expected, |_| {});
     };
     check(
         &[
@@ -686,40 +699,31 @@ fn table_settings_are_flags_env_vars_keys_and_immutable_configs() {
         ("clock", "manual"),
     ];
     let check = |args: &[&str], env: &[(&str, &str)]| {
-        let mut all = vec!["--port", "0", "--dir", data];
-        all.extend_from_slice(args);
-        let (child, port, _) = start_with_env(&all, env);
-        for (name, value) in expected {
-            assert_eq!(
-                config_get(port, name),
-                value,
-                "{name} from {args:?} {env:?}"
+        check_settings(data, args, env, &expected, |port| {
+            let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let error = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("clock")
+                .arg("system")
+                .query::<()>(&mut con)
+                .unwrap_err();
+            assert!(
+                error.to_string().contains(
+                    "CONFIG SET failed (possibly related to argument 'clock') - can't set immutable config"
+                ),
+                "{error}"
             );
-        }
-        let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let error = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("clock")
-            .arg("system")
-            .query::<()>(&mut con)
-            .unwrap_err();
-        assert!(
-            error.to_string().contains(
-                "CONFIG SET failed (possibly related to argument 'clock') - can't set immutable config"
-            ),
-            "{error}"
-        );
-        // INFO's settings fields come from the table too.
-        let info: String = redis::cmd("INFO").arg("memory").query(&mut con).unwrap();
-        let maxmemory = config_get(port, "maxmemory");
-        assert!(
-            info.contains(&format!("maxmemory:{maxmemory}\r\n")),
-            "{info}"
-        );
-        stop(child);
+            // INFO's settings fields come from the table too.
+            let info: String = redis::cmd("INFO").arg("memory").query(&mut con).unwrap();
+            let maxmemory = config_get(port, "maxmemory");
+            assert!(
+                info.contains(&format!("maxmemory:{maxmemory}\r\n")),
+                "{info}"
+            );
+        });
     };
     check(
         &[

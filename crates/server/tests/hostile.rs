@@ -18,87 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::netns::Namespace;
+use common::raw::{verdict, Conn, REPLY_WAIT};
 use common::{render, resp, Server};
 use ringkv_protocol::Frame;
-
-/// How long one reply is waited for before the test calls the server stuck.
-const REPLY_WAIT: Duration = Duration::from_secs(10);
-
-/// A RESP connection whose every read has a deadline.
-struct Conn {
-    stream: TcpStream,
-    pending: Vec<u8>,
-}
-
-impl Conn {
-    fn connect(port: u16) -> Conn {
-        Conn::over(TcpStream::connect(("127.0.0.1", port)).expect("connect"))
-    }
-
-    fn over(stream: TcpStream) -> Conn {
-        stream.set_nodelay(true).expect("nodelay");
-        stream
-            .set_write_timeout(Some(Duration::from_secs(60)))
-            .expect("write timeout");
-        Conn {
-            stream,
-            pending: Vec::new(),
-        }
-    }
-
-    /// One reply, or why none came within `limit`.
-    fn read_within(&mut self, limit: Duration) -> Result<Frame, String> {
-        let deadline = Instant::now() + limit;
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            if let Some((frame, used)) =
-                Frame::parse(&self.pending).map_err(|e| format!("invalid reply: {e}"))?
-            {
-                self.pending.drain(..used);
-                return Ok(frame);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("no reply within {limit:?}"));
-            }
-            self.stream
-                .set_read_timeout(Some(left))
-                .expect("read timeout");
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err("connection closed without a reply".into()),
-                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(format!("no reply within {limit:?}"))
-                }
-                Err(e) => return Err(format!("connection reset ({e})")),
-            }
-        }
-    }
-
-    fn call_within(&mut self, args: &[&[u8]], limit: Duration) -> Result<Frame, String> {
-        self.stream
-            .write_all(&resp(args))
-            .map_err(|e| format!("send: {e}"))?;
-        self.read_within(limit)
-    }
-
-    /// The rendered reply to a command given as text arguments, or why there was none.
-    fn try_cmd(&mut self, args: &[&str]) -> Result<String, String> {
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        self.call_within(&args, REPLY_WAIT).map(|f| render(&f))
-    }
-
-    /// A command that must answer; its rendered reply.
-    fn cmd(&mut self, args: &[&str]) -> String {
-        self.try_cmd(args)
-            .unwrap_or_else(|why| panic!("{args:?}: {why}"))
-    }
-}
 
 /// Checks the server still serves a new client: PING and a GET of `key` (set beforehand to
 /// `value`, or absent for `None`). The failure, if any.
@@ -148,18 +71,6 @@ fn log_tail(server: &Server) -> String {
     lines[lines.len().saturating_sub(6)..].join("\n")
 }
 
-/// Prints what was measured and fails with every failure.
-fn verdict(case: &str, report: &[String], failures: &[String]) {
-    eprintln!("[{case}]\n  {}", report.join("\n  "));
-    assert!(
-        failures.is_empty(),
-        "[{case}] {} failure(s):\n  {}\nmeasured:\n  {}",
-        failures.len(),
-        failures.join("\n  "),
-        report.join("\n  ")
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // DEBUG from a remote client: Redis 7's `enable-debug-command`.
 
@@ -168,61 +79,23 @@ const DEBUG_REFUSED: &str = "ERR DEBUG command not allowed. If the enable-debug-
 
 /// A network namespace joined to this one by a veth pair (as in `protected_netns.rs`): the
 /// server binds the address on this side, clients connect from inside, a non-loopback peer by
-/// every measure. Needs root and iproute2; if the namespace cannot be made the test fails, it
-/// does not skip. Removed on drop.
-struct Namespace {
-    name: String,
-    host_link: String,
-    /// Address on this side (the server binds it).
-    host: String,
-}
-
-fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().unwrap_or_else(|e| {
-        panic!("the remote-DEBUG test needs iproute2 (`ip`, apt-get install iproute2): {e}")
-    });
-    assert!(
-        output.status.success(),
-        "the remote-DEBUG test needs root and network namespaces; `ip {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
+/// every measure. Unique per test process and per namespace in it (tests of one process run at
+/// once).
+fn namespace() -> Namespace {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let id = std::process::id();
+    let tag = format!("{}{n}", id % 100_000);
+    Namespace::create(
+        "the remote-DEBUG test",
+        format!("rkvh{tag}"),
+        format!("rkvh{tag}h"),
+        format!("rkvh{tag}p"),
+        format!("10.{}.{}", 214 + n % 40, id % 250),
+    )
 }
 
 impl Namespace {
-    fn create() -> Namespace {
-        // Unique per test process and per namespace in it (tests of one process run at once).
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let id = std::process::id();
-        let tag = format!("{}{n}", id % 100_000);
-        let name = format!("rkvh{tag}");
-        let host_link = format!("rkvh{tag}h");
-        let peer_link = format!("rkvh{tag}p");
-        let subnet = format!("10.{}.{}", 214 + n % 40, id % 250);
-        let namespace = Namespace {
-            name: name.clone(),
-            host_link: host_link.clone(),
-            host: format!("{subnet}.1"),
-        };
-        ip(&["netns", "add", &name]);
-        ip(&[
-            "link", "add", &host_link, "type", "veth", "peer", "name", &peer_link,
-        ]);
-        ip(&["link", "set", &peer_link, "netns", &name]);
-        ip(&["addr", "add", &format!("{subnet}.1/30"), "dev", &host_link]);
-        ip(&["link", "set", &host_link, "up"]);
-        let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &name, "ip"];
-            all.extend_from_slice(args);
-            ip(&all);
-        };
-        inside(&["addr", "add", &format!("{subnet}.2/30"), "dev", &peer_link]);
-        inside(&["link", "set", &peer_link, "up"]);
-        inside(&["link", "set", "lo", "up"]);
-        namespace
-    }
-
     /// A connection to the server made from inside the namespace: a thread enters it
     /// (`setns`, which moves only that thread) and connects; the socket stays in it.
     fn connect(&self, port: u16) -> Conn {
@@ -253,23 +126,12 @@ impl Namespace {
     }
 }
 
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_link])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 /// Under the default config (`enable-debug-command local`), DEBUG from a non-loopback client
 /// is refused with Redis' text, and changes nothing (POPULATE adds no key); the server keeps
 /// serving. A loopback client may still run DEBUG.
 #[test]
 fn debug_from_a_remote_client_is_refused_by_default() {
-    let namespace = Namespace::create();
+    let namespace = namespace();
     // Protected mode off, so the remote client gets as far as DEBUG.
     let mut server = Server::start_with(&["--bind", &namespace.host, "--protected-mode", "no"]);
     let port = server.port;
@@ -343,7 +205,7 @@ fn enable_debug_command_no_refuses_loopback_clients() {
 /// `--enable-debug-command yes` lets a remote client run DEBUG.
 #[test]
 fn enable_debug_command_yes_allows_remote_clients() {
-    let namespace = Namespace::create();
+    let namespace = namespace();
     let server = Server::start_with(&[
         "--bind",
         &namespace.host,

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{render, resp, Server};
+use common::raw::{verdict, Conn};
+use common::{render, Server};
 use ringkv_protocol::Frame;
 
 /// How late one reply to PING, GET or `/health` may be. The CI machine is a loaded 2-core box
@@ -40,76 +41,6 @@ const PROBES: usize = 100;
 
 /// The key the probing client reads (set before the long command starts).
 const PROBE_KEY: &str = "probe:key";
-
-/// A RESP connection whose every read has a deadline.
-struct Conn {
-    stream: TcpStream,
-    pending: Vec<u8>,
-}
-
-impl Conn {
-    fn connect(port: u16) -> Conn {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        Conn {
-            stream,
-            pending: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, args: &[&[u8]]) {
-        self.stream.write_all(&resp(args)).expect("send");
-    }
-
-    /// One reply, or why none came within `limit`.
-    fn read_within(&mut self, limit: Duration) -> Result<Frame, String> {
-        let deadline = Instant::now() + limit;
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            if let Some((frame, used)) =
-                Frame::parse(&self.pending).map_err(|e| format!("invalid reply: {e}"))?
-            {
-                self.pending.drain(..used);
-                return Ok(frame);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("no reply within {limit:?}"));
-            }
-            self.stream
-                .set_read_timeout(Some(left))
-                .expect("read timeout");
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err("connection closed".into()),
-                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(format!("no reply within {limit:?}"))
-                }
-                Err(e) => return Err(format!("read failed: {e}")),
-            }
-        }
-    }
-
-    /// Sends a command and waits at most `limit` for its reply.
-    fn call_within(&mut self, args: &[&[u8]], limit: Duration) -> Result<Frame, String> {
-        self.send(args);
-        self.read_within(limit)
-    }
-
-    /// A command that must answer within [`LATE_WAIT`]; its rendered reply.
-    fn cmd(&mut self, args: &[&str]) -> String {
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        match self.call_within(&args, LATE_WAIT) {
-            Ok(frame) => render(&frame),
-            Err(why) => panic!("{args:?}: {why}"),
-        }
-    }
-}
 
 /// SIGKILLs the server if the test is still running after `limit` (a stuck test would
 /// otherwise hang CI); disarmed on drop. Declare it after the server so it drops first.
@@ -366,82 +297,91 @@ fn sigterm_exit_time(server: &mut Server) -> Result<Duration, String> {
 }
 
 /// A started server with its admin port, the probing client connected (before the long
-/// command starts, as an established client), and the probe key set.
+/// command starts, as an established client), the probe key set and a [`Watchdog`] armed; and
+/// what the test measured (`report`) and found wrong (`failures`) so far.
 struct Setup {
+    /// First, so it is disarmed before the server drops.
+    _watchdog: Watchdog,
     server: Server,
     admin: u16,
     prober: Conn,
     admin_client: Conn,
+    report: Vec<String>,
+    failures: Vec<String>,
 }
 
-fn setup(args: &[&str]) -> Setup {
+/// Starts the server with `args`; the watchdog kills it after `watchdog`.
+fn setup(args: &[&str], watchdog: Duration) -> Setup {
     let server = Server::start_with(args);
     let admin = server.admin_port().expect("admin port in the log");
     let mut admin_client = Conn::connect(server.port);
     assert_eq!(admin_client.cmd(&["SET", PROBE_KEY, "probe-value"]), "+OK");
     let prober = Conn::connect(server.port);
     Setup {
+        _watchdog: Watchdog::arm(&server, watchdog),
         server,
         admin,
         prober,
         admin_client,
+        report: Vec::new(),
+        failures: Vec::new(),
     }
 }
 
-/// Fails the test with everything that went wrong (not only the first), after printing the
-/// measurements.
-fn verdict(case: &str, report: &[String], failures: &[String]) {
-    eprintln!("[{case}]\n  {}", report.join("\n  "));
-    assert!(
-        failures.is_empty(),
-        "[{case}] {} failure(s):\n  {}\nmeasured:\n  {}",
-        failures.len(),
-        failures.join("\n  "),
-        report.join("\n  ")
-    );
-}
-
-/// Probes, records the result, then SIGTERM with the long command (maybe) still running.
-fn probe_then_sigterm(
-    setup: &mut Setup,
-    nasty: &Nasty,
-    pace: Duration,
-    report: &mut Vec<String>,
-    failures: &mut Vec<String>,
-) {
-    let probing = Instant::now();
-    match probe(&mut setup.prober, setup.admin, pace) {
-        Ok(probed) => report.push(format!(
-            "probes: {} replies in {:?}, PING max {:?}, GET max {:?}, /health {:?}",
-            probed.answered,
-            probing.elapsed(),
-            probed.ping_max,
-            probed.get_max,
-            probed.health
-        )),
-        Err(why) => {
-            report.push(format!("probes: {why}"));
-            failures.push(why);
-        }
-    }
-    let running = nasty.in_progress();
-    report.push(format!(
-        "long command still in progress at SIGTERM: {running} ({:?} after it was sent)",
-        nasty.started.elapsed()
-    ));
-    match sigterm_exit_time(&mut setup.server) {
-        Ok(took) => {
-            report.push(format!("exit {took:?} after SIGTERM"));
-            if took > STOP_BOUND {
-                failures.push(format!(
-                    "SIGTERM took {took:?} to stop the server (bound {STOP_BOUND:?})"
-                ));
+impl Setup {
+    /// Runs [`probe`] (`pace` apart) and reports it as `label: …`; a late reply is a failure.
+    fn probe(&mut self, pace: Duration, label: &str) {
+        let probing = Instant::now();
+        match probe(&mut self.prober, self.admin, pace) {
+            Ok(probed) => self.report.push(format!(
+                "{label}: {} replies in {:?}, PING max {:?}, GET max {:?}, /health {:?}",
+                probed.answered,
+                probing.elapsed(),
+                probed.ping_max,
+                probed.get_max,
+                probed.health
+            )),
+            Err(why) => {
+                self.report.push(format!("probes: {why}"));
+                self.failures.push(why);
             }
         }
-        Err(why) => {
-            report.push(why.clone());
-            failures.push(why);
+    }
+
+    /// Sends SIGTERM and reports the exit time as `exit … after SIGTERM{after}`; an exit
+    /// later than [`STOP_BOUND`] is a failure, `SIGTERM took …{to_stop} (bound …)`.
+    fn sigterm(&mut self, after: &str, to_stop: &str) {
+        match sigterm_exit_time(&mut self.server) {
+            Ok(took) => {
+                self.report
+                    .push(format!("exit {took:?} after SIGTERM{after}"));
+                if took > STOP_BOUND {
+                    self.failures.push(format!(
+                        "SIGTERM took {took:?}{to_stop} (bound {STOP_BOUND:?})"
+                    ));
+                }
+            }
+            Err(why) => {
+                self.report.push(why.clone());
+                self.failures.push(why);
+            }
         }
+    }
+
+    /// Probes (`pace` apart), then SIGTERM with the long command (maybe) still running.
+    fn probe_then_sigterm(&mut self, nasty: &Nasty, pace: Duration) {
+        self.probe(pace, "probes");
+        let running = nasty.in_progress();
+        self.report.push(format!(
+            "long command still in progress at SIGTERM: {running} ({:?} after it was sent)",
+            nasty.started.elapsed()
+        ));
+        self.sigterm("", " to stop the server");
+    }
+
+    /// Prints the measurements and fails the test with every failure.
+    fn verdict(&self, case: &str) {
+        verdict(case, &self.report, &self.failures);
     }
 }
 
@@ -450,40 +390,23 @@ fn probe_then_sigterm(
 /// `:0`. Others are served meanwhile, SIGTERM stops the server.
 #[test]
 fn multi_wait_exec_answers_at_once_and_freezes_nobody() {
-    let mut setup = setup(&[]);
-    let _watchdog = Watchdog::arm(&setup.server, Duration::from_secs(90));
+    let mut setup = setup(&[], Duration::from_secs(90));
     let nasty = Nasty::spawn(
         setup.server.port,
         &[&["MULTI"], &["WAIT", "1", "0"], &["EXEC"]],
         Duration::from_secs(30),
     );
-    let mut report = Vec::new();
-    let mut failures = Vec::new();
-    let probing = Instant::now();
-    match probe(&mut setup.prober, setup.admin, Duration::ZERO) {
-        Ok(probed) => report.push(format!(
-            "probes: {} replies in {:?}, PING max {:?}, GET max {:?}, /health {:?}",
-            probed.answered,
-            probing.elapsed(),
-            probed.ping_max,
-            probed.get_max,
-            probed.health
-        )),
-        Err(why) => {
-            report.push(format!("probes: {why}"));
-            failures.push(why);
-        }
-    }
+    setup.probe(Duration::ZERO, "probes");
     // EXEC must have answered by now, or within the bound.
     let waited = Instant::now();
     match nasty.replies_within(REPLY_BOUND) {
         Ok(replies) => {
-            report.push(format!(
+            setup.report.push(format!(
                 "MULTI/WAIT/EXEC replies {replies:?} ({:?} after sending)",
                 nasty.finished.lock().unwrap().unwrap()
             ));
             if replies != ["+OK", "+QUEUED", "[:0]"] {
-                failures.push(format!(
+                setup.failures.push(format!(
                     "expected [+OK, +QUEUED, [:0]] as Redis answers, got {replies:?}"
                 ));
             }
@@ -493,74 +416,47 @@ fn multi_wait_exec_answers_at_once_and_freezes_nobody() {
                 "EXEC did not answer promptly: {why} (waited {:?} more)",
                 waited.elapsed()
             );
-            report.push(why.clone());
-            failures.push(why);
+            setup.report.push(why.clone());
+            setup.failures.push(why);
         }
     }
-    match sigterm_exit_time(&mut setup.server) {
-        Ok(took) => {
-            report.push(format!("exit {took:?} after SIGTERM"));
-            if took > STOP_BOUND {
-                failures.push(format!("SIGTERM took {took:?} (bound {STOP_BOUND:?})"));
-            }
-        }
-        Err(why) => {
-            report.push(why.clone());
-            failures.push(why);
-        }
-    }
-    verdict("MULTI/WAIT 1 0/EXEC", &report, &failures);
+    setup.sigterm("", "");
+    setup.verdict("MULTI/WAIT 1 0/EXEC");
 }
 
 /// WAIT 1 0 outside MULTI with no replica blocks that client forever (as Redis); the others
 /// are served, and SIGTERM still stops the server within the bound.
 #[test]
 fn wait_forever_blocks_only_its_client_and_sigterm_still_stops() {
-    let mut setup = setup(&[]);
-    let _watchdog = Watchdog::arm(&setup.server, Duration::from_secs(90));
+    let mut setup = setup(&[], Duration::from_secs(90));
     let nasty = Nasty::spawn(
         setup.server.port,
         &[&["WAIT", "1", "0"]],
         Duration::from_secs(60),
     );
-    let mut report = Vec::new();
-    let mut failures = Vec::new();
-    probe_then_sigterm(
-        &mut setup,
-        &nasty,
-        Duration::ZERO,
-        &mut report,
-        &mut failures,
-    );
+    setup.probe_then_sigterm(&nasty, Duration::ZERO);
     // WAIT 1 0 never answers on its own with no replica: a reply before the shutdown would be
     // wrong, and a reply at shutdown, if any, is an error or the count.
     if let Some(at) = *nasty.finished.lock().unwrap() {
-        report.push(format!("WAIT ended {at:?} after it was sent"));
+        setup
+            .report
+            .push(format!("WAIT ended {at:?} after it was sent"));
     }
-    verdict("WAIT 1 0", &report, &failures);
+    setup.verdict("WAIT 1 0");
 }
 
 /// DEBUG SLEEP 5: only that client waits; SIGTERM sent while it sleeps stops the server within
 /// the bound (not after the remaining seconds).
 #[test]
 fn debug_sleep_blocks_only_its_client() {
-    let mut setup = setup(&[]);
-    let _watchdog = Watchdog::arm(&setup.server, Duration::from_secs(90));
+    let mut setup = setup(&[], Duration::from_secs(90));
     let nasty = Nasty::spawn(
         setup.server.port,
         &[&["DEBUG", "SLEEP", "5"]],
         Duration::from_secs(30),
     );
-    let mut report = Vec::new();
-    let mut failures = Vec::new();
-    probe_then_sigterm(
-        &mut setup,
-        &nasty,
-        Duration::ZERO,
-        &mut report,
-        &mut failures,
-    );
-    verdict("DEBUG SLEEP 5", &report, &failures);
+    setup.probe_then_sigterm(&nasty, Duration::ZERO);
+    setup.verdict("DEBUG SLEEP 5");
 }
 
 /// Keys for the KEYS and FLUSHALL cases, as the issue says. On the debug build (2 loaded
@@ -575,7 +471,7 @@ const MANY_KEYS_ARGS: &[&str] = &["--row-cache-bytes", "0"];
 
 /// Fills the server with [`MANY_KEYS`] keys and flushes them to a table (`DEBUG RELOAD`);
 /// reports how long it took.
-fn populate(setup: &mut Setup, report: &mut Vec<String>) {
+fn populate(setup: &mut Setup) {
     let started = Instant::now();
     let reply = setup
         .admin_client
@@ -591,7 +487,7 @@ fn populate(setup: &mut Setup, report: &mut Vec<String>) {
         .call_within(&[b"DEBUG", b"RELOAD"], Duration::from_secs(120))
         .map(|f| render(&f));
     assert_eq!(reply.as_deref(), Ok("+OK"), "DEBUG RELOAD");
-    report.push(format!(
+    setup.report.push(format!(
         "DEBUG POPULATE {MANY_KEYS} took {filled:?}, DEBUG RELOAD {:?}",
         started.elapsed() - filled
     ));
@@ -606,53 +502,37 @@ fn populate(setup: &mut Setup, report: &mut Vec<String>) {
 /// ~2.7 s on an idle 2-core box and 5+ s on a loaded one.)
 #[test]
 fn keys_over_a_million_keys_blocks_only_its_client() {
-    let mut setup = setup(MANY_KEYS_ARGS);
-    let _watchdog = Watchdog::arm(&setup.server, Duration::from_secs(240));
-    let mut report = Vec::new();
-    let mut failures = Vec::new();
-    populate(&mut setup, &mut report);
+    let mut setup = setup(MANY_KEYS_ARGS, Duration::from_secs(240));
+    populate(&mut setup);
     let nasty = Nasty::spawn_big(&setup.server, &[&["KEYS", "*"]], Duration::from_secs(120));
-    probe_then_sigterm(
-        &mut setup,
-        &nasty,
-        Duration::ZERO,
-        &mut report,
-        &mut failures,
-    );
+    setup.probe_then_sigterm(&nasty, Duration::ZERO);
     if let Some(at) = *nasty.finished.lock().unwrap() {
-        report.push(format!(
+        setup.report.push(format!(
             "KEYS * answered {:?} {at:?} after it was sent",
             nasty.replies_within(Duration::ZERO)
         ));
     }
-    verdict("KEYS * over 1M keys", &report, &failures);
+    setup.verdict("KEYS * over 1M keys");
 }
 
 /// FLUSHALL (synchronous) of a million keys: others are served while it runs (Redis isolation
 /// for it must not park the other connections); SIGTERM stops the server.
 #[test]
 fn flushall_of_a_million_keys_blocks_only_its_client() {
-    let mut setup = setup(MANY_KEYS_ARGS);
-    let _watchdog = Watchdog::arm(&setup.server, Duration::from_secs(240));
-    let mut report = Vec::new();
-    let mut failures = Vec::new();
-    populate(&mut setup, &mut report);
+    let mut setup = setup(MANY_KEYS_ARGS, Duration::from_secs(240));
+    populate(&mut setup);
     let nasty = Nasty::spawn(
         setup.server.port,
         &[&["FLUSHALL"]],
         Duration::from_secs(120),
     );
-    probe_then_sigterm(
-        &mut setup,
-        &nasty,
-        Duration::ZERO,
-        &mut report,
-        &mut failures,
-    );
+    setup.probe_then_sigterm(&nasty, Duration::ZERO);
     if let Some(at) = *nasty.finished.lock().unwrap() {
-        report.push(format!("FLUSHALL answered {at:?} after it was sent"));
+        setup
+            .report
+            .push(format!("FLUSHALL answered {at:?} after it was sent"));
     }
-    verdict("FLUSHALL of 1M keys", &report, &failures);
+    setup.verdict("FLUSHALL of 1M keys");
 }
 
 /// A writer on its own connection: SETs in a loop, counting acknowledged ones.
@@ -776,17 +656,17 @@ fn engine_field(conn: &mut Conn, field: &str) -> u64 {
 /// RESUME` lets the writer proceed, and SIGTERM during a second stall stops the server.
 #[test]
 fn write_stall_blocks_only_the_writer() {
-    let mut setup = setup(&[
-        "--l0-slowdown-writes-trigger",
-        "2",
-        "--l0-stop-writes-trigger",
-        "2",
-        "--memtable-bytes-max",
-        "65536",
-    ]);
-    let _watchdog = Watchdog::arm(&setup.server, Duration::from_secs(120));
-    let mut report = Vec::new();
-    let mut failures = Vec::new();
+    let mut setup = setup(
+        &[
+            "--l0-slowdown-writes-trigger",
+            "2",
+            "--l0-stop-writes-trigger",
+            "2",
+            "--memtable-bytes-max",
+            "65536",
+        ],
+        Duration::from_secs(120),
+    );
     assert_eq!(
         setup.admin_client.cmd(&["DEBUG", "COMPACTION", "PAUSE"]),
         "+OK"
@@ -797,30 +677,19 @@ fn write_stall_blocks_only_the_writer() {
     let stuck = writer
         .wait_stuck(Duration::from_secs(1), Duration::from_secs(30))
         .unwrap_or_else(|why| panic!("{why}"));
-    report.push(format!(
+    setup.report.push(format!(
         "writer stuck after {} SETs ({stuck:?})",
         writer.acked()
     ));
-    let probing = Instant::now();
-    match probe(&mut setup.prober, setup.admin, Duration::ZERO) {
-        Ok(probed) => report.push(format!(
-            "probes during the stall: {} replies in {:?}, PING max {:?}, GET max {:?}, /health {:?}",
-            probed.answered,
-            probing.elapsed(),
-            probed.ping_max,
-            probed.get_max,
-            probed.health
-        )),
-        Err(why) => {
-            report.push(format!("probes: {why}"));
-            failures.push(why);
-        }
-    }
+    setup.probe(Duration::ZERO, "probes during the stall");
     let stalled_acked = writer.acked();
     let stalls = engine_field(&mut setup.admin_client, "write_stall_usec") - stalls_before;
-    report.push(format!("write_stall_usec grew by {stalls}"));
+    setup
+        .report
+        .push(format!("write_stall_usec grew by {stalls}"));
     if stalls == 0 {
-        failures
+        setup
+            .failures
             .push("INFO engine shows no write stall: the writer stopped for another reason".into());
     }
     assert_eq!(
@@ -828,10 +697,10 @@ fn write_stall_blocks_only_the_writer() {
         "+OK"
     );
     match writer.wait_progress(50, Duration::from_secs(30)) {
-        Ok(took) => report.push(format!(
+        Ok(took) => setup.report.push(format!(
             "after RESUME: 50 more SETs in {took:?} (stalled at {stalled_acked})"
         )),
-        Err(why) => failures.push(format!("after RESUME: {why}")),
+        Err(why) => setup.failures.push(format!("after RESUME: {why}")),
     }
     // Stall it again, and stop the server while the writer is stuck.
     assert_eq!(
@@ -839,21 +708,10 @@ fn write_stall_blocks_only_the_writer() {
         "+OK"
     );
     if let Err(why) = writer.wait_stuck(Duration::from_secs(1), Duration::from_secs(30)) {
-        failures.push(format!("second stall: {why}"));
+        setup.failures.push(format!("second stall: {why}"));
     }
-    match sigterm_exit_time(&mut setup.server) {
-        Ok(took) => {
-            report.push(format!("exit {took:?} after SIGTERM (writer stalled)"));
-            if took > STOP_BOUND {
-                failures.push(format!("SIGTERM took {took:?} (bound {STOP_BOUND:?})"));
-            }
-        }
-        Err(why) => {
-            report.push(why.clone());
-            failures.push(why);
-        }
-    }
-    verdict("write stall", &report, &failures);
+    setup.sigterm(" (writer stalled)", "");
+    setup.verdict("write stall");
 }
 
 /// A WAL fsync that takes 2 s (injected with `DEBUG SLOW-FSYNC 2000 3`: the next three WAL
@@ -862,10 +720,7 @@ fn write_stall_blocks_only_the_writer() {
 /// paced over ~7 s so they cover the three slow fsyncs, and `wal_sync_usec` shows they happened.
 #[test]
 fn slow_wal_fsync_under_everysec_blocks_nobody() {
-    let mut setup = setup(&["--appendfsync", "everysec"]);
-    let _watchdog = Watchdog::arm(&setup.server, Duration::from_secs(120));
-    let mut report = Vec::new();
-    let mut failures = Vec::new();
+    let mut setup = setup(&["--appendfsync", "everysec"], Duration::from_secs(120));
     let writer = Writer::spawn(setup.server.port, 100);
     writer
         .wait_progress(100, Duration::from_secs(30))
@@ -878,46 +733,21 @@ fn slow_wal_fsync_under_everysec_blocks_nobody() {
         "+OK"
     );
     let acked_before = writer.acked();
-    let probing = Instant::now();
-    match probe(&mut setup.prober, setup.admin, Duration::from_millis(70)) {
-        Ok(probed) => report.push(format!(
-            "probes: {} replies in {:?}, PING max {:?}, GET max {:?}, /health {:?}",
-            probed.answered,
-            probing.elapsed(),
-            probed.ping_max,
-            probed.get_max,
-            probed.health
-        )),
-        Err(why) => {
-            report.push(format!("probes: {why}"));
-            failures.push(why);
-        }
-    }
-    report.push(format!(
+    setup.probe(Duration::from_millis(70), "probes");
+    setup.report.push(format!(
         "writer: {} SETs acknowledged during the probes",
         writer.acked() - acked_before
     ));
     let slow = engine_field(&mut setup.admin_client, "wal_sync_usec") - sync_usec_before;
-    report.push(format!("wal_sync_usec grew by {slow}"));
+    setup.report.push(format!("wal_sync_usec grew by {slow}"));
     if slow < 4_000_000 {
-        failures.push(format!(
+        setup.failures.push(format!(
             "the injected slow fsyncs did not happen during the probes (wal_sync_usec +{slow})"
         ));
     }
     if let Some(why) = writer.failed() {
-        failures.push(format!("the writer failed: {why}"));
+        setup.failures.push(format!("the writer failed: {why}"));
     }
-    match sigterm_exit_time(&mut setup.server) {
-        Ok(took) => {
-            report.push(format!("exit {took:?} after SIGTERM (writer running)"));
-            if took > STOP_BOUND {
-                failures.push(format!("SIGTERM took {took:?} (bound {STOP_BOUND:?})"));
-            }
-        }
-        Err(why) => {
-            report.push(why.clone());
-            failures.push(why);
-        }
-    }
-    verdict("slow WAL fsync", &report, &failures);
+    setup.sigterm(" (writer running)", "");
+    setup.verdict("slow WAL fsync");
 }

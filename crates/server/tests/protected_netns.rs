@@ -11,62 +11,25 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
+use common::netns::Namespace;
 use common::Server;
 
 /// The start of Redis' protected-mode refusal.
 const DENIED: &str = "DENIED Redis is running in protected mode because protected mode is enabled and no password is set for the default user.";
 
-/// A network namespace with a veth link to this one; removed on drop.
-struct Namespace {
-    name: String,
-    host_link: String,
-    /// Address on this side (the server binds it).
-    host: String,
-}
-
-fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().unwrap_or_else(|e| {
-        panic!("protected-mode test needs iproute2 (`ip`, apt-get install iproute2): {e}")
-    });
-    assert!(
-        output.status.success(),
-        "protected-mode test needs root and network namespaces; `ip {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
+/// The namespace for this test: unique per test process, so two runs at once do not collide.
+fn namespace() -> Namespace {
+    let id = std::process::id();
+    Namespace::create(
+        "protected-mode test",
+        format!("rkv{id}"),
+        format!("rkv{}h", id % 1_000_000),
+        format!("rkv{}p", id % 1_000_000),
+        format!("10.213.{}", id % 250),
+    )
 }
 
 impl Namespace {
-    fn create() -> Namespace {
-        // Unique per test process, so two runs at once do not collide.
-        let id = std::process::id();
-        let name = format!("rkv{id}");
-        let host_link = format!("rkv{}h", id % 1_000_000);
-        let peer_link = format!("rkv{}p", id % 1_000_000);
-        let subnet = format!("10.213.{}", id % 250);
-        let namespace = Namespace {
-            name: name.clone(),
-            host_link: host_link.clone(),
-            host: format!("{subnet}.1"),
-        };
-        ip(&["netns", "add", &name]);
-        ip(&[
-            "link", "add", &host_link, "type", "veth", "peer", "name", &peer_link,
-        ]);
-        ip(&["link", "set", &peer_link, "netns", &name]);
-        ip(&["addr", "add", &format!("{subnet}.1/30"), "dev", &host_link]);
-        ip(&["link", "set", &host_link, "up"]);
-        let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &name, "ip"];
-            all.extend_from_slice(args);
-            ip(&all);
-        };
-        inside(&["addr", "add", &format!("{subnet}.2/30"), "dev", &peer_link]);
-        inside(&["link", "set", &peer_link, "up"]);
-        inside(&["link", "set", "lo", "up"]);
-        namespace
-    }
-
     /// Runs `redis-cli -h <host> -p port args…` inside the namespace; its stdout.
     fn redis_cli(&self, port: u16, args: &[&str]) -> String {
         let output = Command::new("ip")
@@ -76,17 +39,6 @@ impl Namespace {
             .output()
             .expect("run redis-cli in the namespace");
         String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_link])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -105,7 +57,7 @@ fn first_reply(host: &str, port: u16) -> String {
 
 #[test]
 fn remote_client_on_a_real_interface_is_denied_without_a_password() {
-    let namespace = Namespace::create();
+    let namespace = namespace();
     // The helper binds 127.0.0.1 first; the later --bind wins.
     let open = Server::start_with(&["--bind", &namespace.host]);
     let reply = namespace.redis_cli(open.port, &["PING"]);

@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+pub mod raw;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
