@@ -21,7 +21,7 @@
 //! docs/durability.md).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ringkv_engine::sim_fs::{FaultConfig, FaultCounts, PowerCut, SimFs, SimOp, SimRng};
@@ -44,6 +44,7 @@ struct Totals {
     fault_runs: u64,
     corruption_reported: u64,
     power_cut_mid_run: u64,
+    checkpoints_checked: u64,
 }
 
 const KEYS: u64 = 24;
@@ -87,7 +88,10 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
     };
     let dir = Path::new("/db");
     let fs = SimFs::new(seed);
-    let db = Db::open(dir, options(&fs, policy)).map_err(|e| format!("first open: {e}"))?;
+    let mut slot =
+        Some(Db::open(dir, options(&fs, policy)).map_err(|e| format!("first open: {e}"))?);
+    // Checkpoints taken: (directory, history length they hold).
+    let mut checkpoints: Vec<(PathBuf, usize)> = Vec::new();
     let history_len = 20 + rng.below(200) as usize;
     let fault_kind = rng.below(8);
     let fault_after = rng.below(400);
@@ -119,6 +123,7 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
     let mut durable_upto = 0usize;
     let mut value_id = 0u64;
     for _ in 0..history_len {
+        let Some(db) = slot.as_ref() else { break };
         let choice = rng.below(100);
         if choice < 75 {
             let count = if choice < 60 { 1 } else { 2 + rng.below(3) };
@@ -157,18 +162,42 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
             // back by a full disk is applied once space returns, and under `everysec`/`no` a
             // write is visible once buffered, before its write(2) can fail.
             if !acked && !disk_full && policy == FsyncPolicy::Always {
-                refused_write_invisible(&db, &history)?;
+                refused_write_invisible(db, &history)?;
             }
         } else if choice < 85 {
             if db.sync_all().is_ok() {
                 durable_upto = history.len();
             }
-        } else if choice < 95 {
+        } else if choice < 94 {
             if db.flush().is_ok() {
                 durable_upto = history.len();
             }
-        } else if db.compact().is_ok() {
-            durable_upto = history.len();
+        } else if choice < 96 {
+            if db.compact().is_ok() {
+                durable_upto = history.len();
+            }
+        } else if choice < 98 {
+            let target = PathBuf::from(format!("/checkpoint-{}", checkpoints.len()));
+            if db.checkpoint(&target).is_ok() {
+                durable_upto = history.len();
+                checkpoints.push((target, history.len()));
+            }
+        } else {
+            // A clean restart: close flushes and syncs everything.
+            let closed = db.clone().close();
+            slot = None;
+            match Db::open(dir, options(&fs, policy)) {
+                Ok(reopened) => {
+                    if closed.is_ok() {
+                        durable_upto = history.len();
+                    }
+                    slot = Some(reopened);
+                }
+                Err(e) if fs.is_dead() || fs.fault_counts().total() > 0 => {
+                    let _ = e; // the power went or a fault hit: go on to the cut
+                }
+                Err(e) => return Err(format!("clean reopen failed: {e}")),
+            }
         }
     }
     totals.writes += history.len() as u64;
@@ -177,7 +206,7 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
     }
     let counts = fs.fault_counts();
     let after = fs.power_cut(cut, seed ^ 0x5eed);
-    drop(db);
+    drop(slot);
 
     let reopened = match Db::open(dir, options(&after, policy)) {
         Ok(db) => db,
@@ -188,11 +217,7 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
         }
         Err(e) => return Err(format!("reopen failed: {e}")),
     };
-    let mut found = BTreeMap::new();
-    for entry in reopened.iter() {
-        let entry = entry.map_err(|e| format!("scan after reopen: {e}"))?;
-        found.insert(entry.key.to_vec(), entry.value.to_vec());
-    }
+    let found = contents(&reopened)?;
     for k in 0..KEYS {
         let k = format!("key-{k:03}").into_bytes();
         let got = reopened
@@ -207,10 +232,29 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
         }
     }
     check_prefix(&history, durable_upto, &found)?;
+    // A checkpoint holds exactly the writes before it.
+    for (target, held) in &checkpoints {
+        let copy = Db::open(target, options(&after, policy))
+            .map_err(|e| format!("checkpoint {} does not open: {e}", target.display()))?;
+        check_prefix(&history[..*held], *held, &contents(&copy)?)
+            .map_err(|e| format!("checkpoint {}: {e}", target.display()))?;
+        copy.close().map_err(|e| format!("close checkpoint: {e}"))?;
+        totals.checkpoints_checked += 1;
+    }
     totals.acked_checked += history[..durable_upto].iter().filter(|w| w.acked).count() as u64;
     accumulate(totals, counts);
     reopened.close().map_err(|e| format!("close: {e}"))?;
     Ok(())
+}
+
+/// Every live key and its value, by a scan.
+fn contents(db: &Db) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
+    let mut found = BTreeMap::new();
+    for entry in db.iter() {
+        let entry = entry.map_err(|e| format!("scan after reopen: {e}"))?;
+        found.insert(entry.key.to_vec(), entry.value.to_vec());
+    }
+    Ok(found)
 }
 
 fn accumulate(totals: &mut Totals, counts: FaultCounts) {
@@ -466,6 +510,7 @@ fn power_cuts_and_faults_keep_every_acknowledged_write() {
         totals.fault_runs += t.fault_runs;
         totals.corruption_reported += t.corruption_reported;
         totals.power_cut_mid_run += t.power_cut_mid_run;
+        totals.checkpoints_checked += t.checkpoints_checked;
         accumulate_faults(&mut totals, t.faults);
         failures.extend(f);
     }
