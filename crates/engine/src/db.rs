@@ -271,7 +271,11 @@ impl Db {
             }
             recovery.wal_bytes += read.valid_bytes;
             if read.valid_bytes < read.file_bytes {
-                if i + 1 != replay.len() {
+                // A damaged segment followed by segments holding records would lose those
+                // later writes. Followed only by empty ones, it is the log's torn tail: a
+                // power cut while the rotated segment's last bytes were being synced, after
+                // the next segment was created but before anything was written to it.
+                if later_segments_hold_records(fs, &dir, &replay[i + 1..])? {
                     return Err(Error::corruption(
                         &path,
                         read.valid_bytes,
@@ -279,7 +283,7 @@ impl Db {
                          later segments would be lost",
                     ));
                 }
-                recovery.wal_bytes_dropped = read.file_bytes - read.valid_bytes;
+                recovery.wal_bytes_dropped += read.file_bytes - read.valid_bytes;
                 preserve_damaged_segment(fs, &path, read.valid_bytes, &mut recovery)?;
             }
         }
@@ -1761,6 +1765,19 @@ fn list_files(fs: &dyn Storage, dir: &Path) -> Result<Listing> {
     listing.wal.sort_unstable();
     listing.tables.sort_unstable();
     Ok(listing)
+}
+
+/// True when any of the WAL segments `numbers` holds an intact record.
+fn later_segments_hold_records(fs: &dyn Storage, dir: &Path, numbers: &[u64]) -> Result<bool> {
+    for &number in numbers {
+        if !wal::read_segment(fs, &wal::segment_path(dir, number))?
+            .payloads
+            .is_empty()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Reports the unreadable end of the last WAL segment. A torn tail (a crash

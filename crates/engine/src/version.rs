@@ -436,6 +436,9 @@ impl Manifest {
             deleted: Vec::new(),
         };
         manifest.append(&snapshot)?;
+        // The manifest's name must be durable before CURRENT can name it: a file system that
+        // reorders metadata may otherwise commit CURRENT's rename without the create.
+        sync_dir(fs, dir)?;
         write_current(fs, dir, &manifest_name(number))?;
         Ok(manifest)
     }
