@@ -464,6 +464,46 @@ fn a_flush_cut_before_its_manifest_edit_leaves_writes_the_wal_still_holds() {
     }
 }
 
+/// Bug (soak seeds 103177, 105037, 109104): the power went while a
+/// rotated WAL segment's tail was being synced, after the next segment was
+/// created but before anything was written to it; the open refused the
+/// torn segment as "not the last" although nothing after it was lost.
+#[test]
+fn a_torn_segment_followed_only_by_an_empty_one_is_the_logs_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options {
+        fsync: FsyncPolicy::Always,
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), options()).unwrap();
+    for i in 0..10 {
+        db.put(format!("k{i}").as_bytes(), b"v", None).unwrap();
+    }
+    drop(db); // a crash: no flush at close
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    let last = segments.last().unwrap().clone();
+    let len = std::fs::metadata(&last).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    file.set_len(len - 3).unwrap(); // the last record torn
+    let number: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    std::fs::File::create(dir.path().join(format!("{:010}.wal", number + 1))).unwrap();
+
+    let db = Db::open(dir.path(), options()).unwrap();
+    for i in 0..9 {
+        assert!(
+            db.get(format!("k{i}").as_bytes()).unwrap().is_some(),
+            "k{i}"
+        );
+    }
+    assert_eq!(db.get(b"k9").unwrap(), None);
+    assert!(db.stats().recovery.wal_bytes_dropped > 0);
+}
+
 #[test]
 fn power_cuts_and_faults_keep_every_acknowledged_write() {
     let seeds: Vec<u64> = match std::env::var("POWER_CUT_SEED") {
