@@ -299,6 +299,15 @@ impl Db {
         // can retire every old segment.
         let table_options = TableOptions::from_options(&options);
         if !mem.is_empty() {
+            // What was replayed may be only in the page cache (a process crash under `everysec`
+            // or `no`): make it durable before a table holds it, or a power cut before the new
+            // manifest leaves an orphan table with writes no WAL has on disk (as in a flush).
+            for &number in &replay {
+                let path = wal::segment_path(&dir, number);
+                fs.open(&path)
+                    .and_then(|file| file.sync())
+                    .map_err(|e| Error::io(&path, e))?;
+            }
             let number = next_file;
             next_file += 1;
             let file = write_memtable(fs, &dir, number, &mem, &table_options)?;

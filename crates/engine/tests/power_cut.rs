@@ -18,7 +18,14 @@
 //! `POWER_CUT_FIRST=s` the first seed, `POWER_CUT_SEED=s` replays one seed,
 //! `POWER_CUT_THREADS=n` runs seeds on n threads (default 4),
 //! `POWER_CUT_REPORT=1` prints totals (the soak figures in
-//! docs/durability.md).
+//! docs/durability.md), `POWER_CUT_TRACE=1` prints each operation of a run.
+//!
+//! Known to fail now and then (about 1 run in 10 000): seed 200143, a WAL
+//! fsync failed (fault), a clean restart replayed the records the failed
+//! fsync left only in the page cache into a table, and the power went
+//! before the new manifest; the next open refuses the orphan table as "the
+//! manifest lost a committed edit" (a false alarm that fails safe: a clear
+//! error naming the table, nothing wrong served). See docs/durability.md.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -118,6 +125,10 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
         fs.cut_power_at_call(1 + rng.below(600));
     }
 
+    let trace = std::env::var("POWER_CUT_TRACE").is_ok();
+    if trace {
+        eprintln!("policy {policy:?} cut {cut:?} fault_kind {fault_kind} after {fault_after}");
+    }
     let mut history: Vec<Write> = Vec::new();
     // Writes before this index are durable for sure.
     let mut durable_upto = 0usize;
@@ -125,6 +136,14 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
     for _ in 0..history_len {
         let Some(db) = slot.as_ref() else { break };
         let choice = rng.below(100);
+        if trace {
+            eprintln!(
+                "op {} choice {choice} calls {} dead {}",
+                history.len(),
+                fs.fault_counts().calls,
+                fs.is_dead()
+            );
+        }
         if choice < 75 {
             let count = if choice < 60 { 1 } else { 2 + rng.below(3) };
             let mut batch = WriteBatch::new();
