@@ -310,7 +310,11 @@ impl Db {
             }
             recovery.wal_bytes += read.valid_bytes;
             if read.valid_bytes < read.file_bytes {
-                if i + 1 != replay.len() {
+                // A damaged segment followed by segments holding records would lose those
+                // later writes. Followed only by empty ones, it is the log's torn tail: a
+                // power cut while the rotated segment's last bytes were being synced, after
+                // the next segment was created but before anything was written to it.
+                if later_segments_hold_records(fs, &dir, &replay[i + 1..])? {
                     return Err(Error::corruption(
                         &path,
                         read.valid_bytes,
@@ -318,7 +322,7 @@ impl Db {
                          later segments would be lost",
                     ));
                 }
-                recovery.wal_bytes_dropped = read.file_bytes - read.valid_bytes;
+                recovery.wal_bytes_dropped += read.file_bytes - read.valid_bytes;
                 preserve_damaged_segment(fs, &path, read.valid_bytes, &mut recovery)?;
             }
         }
@@ -334,6 +338,15 @@ impl Db {
         // can retire every old segment.
         let table_options = TableOptions::from_options(&options);
         if !mem.is_empty() {
+            // What was replayed may be only in the page cache (a process crash under `everysec`
+            // or `no`): make it durable before a table holds it, or a power cut before the new
+            // manifest leaves an orphan table with writes no WAL has on disk (as in a flush).
+            for &number in &replay {
+                let path = wal::segment_path(&dir, number);
+                fs.open(&path)
+                    .and_then(|file| file.sync())
+                    .map_err(|e| Error::io(&path, e))?;
+            }
             let number = next_file;
             next_file += 1;
             let file = write_memtable(fs, &dir, number, &mem, &table_options)?;
@@ -1863,6 +1876,19 @@ fn list_files(fs: &dyn Storage, dir: &Path) -> Result<Listing> {
     listing.wal.sort_unstable();
     listing.tables.sort_unstable();
     Ok(listing)
+}
+
+/// True when any of the WAL segments `numbers` holds an intact record.
+fn later_segments_hold_records(fs: &dyn Storage, dir: &Path, numbers: &[u64]) -> Result<bool> {
+    for &number in numbers {
+        if !wal::read_segment(fs, &wal::segment_path(dir, number))?
+            .payloads
+            .is_empty()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Reports the unreadable end of the last WAL segment. A torn tail (a crash

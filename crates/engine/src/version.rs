@@ -436,6 +436,9 @@ impl Manifest {
             deleted: Vec::new(),
         };
         manifest.append(&snapshot)?;
+        // The manifest's name must be durable before CURRENT can name it: a file system that
+        // reorders metadata may otherwise commit CURRENT's rename without the create.
+        sync_dir(fs, dir)?;
         write_current(fs, dir, &manifest_name(number))?;
         Ok(manifest)
     }
@@ -564,6 +567,35 @@ mod tests {
         assert!(manifest.append(&edit(10, None)).is_err());
         let error = manifest.append(&edit(11, None)).unwrap_err();
         assert!(matches!(error, Error::Poisoned { .. }), "{error}");
+    }
+
+    /// Bug (soak seeds 101235, 102713, …): the new manifest's create was
+    /// not fsynced before CURRENT's rename; a file system that reorders
+    /// metadata could keep the rename without the create, and the open
+    /// failed on a CURRENT naming a missing manifest.
+    #[test]
+    fn current_never_names_a_manifest_a_power_cut_lost() {
+        use crate::sim_fs::PowerCut;
+        let dir = Path::new("/db");
+        let cut = PowerCut {
+            tear_writes: true,
+            reorder_metadata: true,
+        };
+        for seed in 0..40u64 {
+            for call in 1..16 {
+                let fs = SimFs::new(seed);
+                fs.create_dir_all(dir).unwrap();
+                Manifest::create(&fs, dir, 1, &Version::default(), 1, 2, 0).unwrap();
+                fs.cut_power_at_call(call);
+                let _ = Manifest::create(&fs, dir, 3, &Version::default(), 1, 4, 0);
+                let after = fs.power_cut(cut, seed * 100 + call);
+                let recovered = Manifest::recover(&after, dir);
+                assert!(
+                    matches!(recovered, Ok(Some(_))),
+                    "seed {seed}, power gone at call {call}: {recovered:?}"
+                );
+            }
+        }
     }
 
     /// Bug: the rewritten manifest recorded `visible_seq` as its last

@@ -18,10 +18,17 @@
 //! `POWER_CUT_FIRST=s` the first seed, `POWER_CUT_SEED=s` replays one seed,
 //! `POWER_CUT_THREADS=n` runs seeds on n threads (default 4),
 //! `POWER_CUT_REPORT=1` prints totals (the soak figures in
-//! docs/durability.md).
+//! docs/durability.md), `POWER_CUT_TRACE=1` prints each operation of a run.
+//!
+//! Known to fail now and then (about 1 run in 10 000): seed 200143, a WAL
+//! fsync failed (fault), a clean restart replayed the records the failed
+//! fsync left only in the page cache into a table, and the power went
+//! before the new manifest; the next open refuses the orphan table as "the
+//! manifest lost a committed edit" (a false alarm that fails safe: a clear
+//! error naming the table, nothing wrong served). See docs/durability.md.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ringkv_engine::sim_fs::{FaultConfig, FaultCounts, PowerCut, SimFs, SimOp, SimRng};
@@ -44,6 +51,7 @@ struct Totals {
     fault_runs: u64,
     corruption_reported: u64,
     power_cut_mid_run: u64,
+    checkpoints_checked: u64,
 }
 
 const KEYS: u64 = 24;
@@ -87,7 +95,10 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
     };
     let dir = Path::new("/db");
     let fs = SimFs::new(seed);
-    let db = Db::open(dir, options(&fs, policy)).map_err(|e| format!("first open: {e}"))?;
+    let mut slot =
+        Some(Db::open(dir, options(&fs, policy)).map_err(|e| format!("first open: {e}"))?);
+    // Checkpoints taken: (directory, history length they hold).
+    let mut checkpoints: Vec<(PathBuf, usize)> = Vec::new();
     let history_len = 20 + rng.below(200) as usize;
     let fault_kind = rng.below(8);
     let fault_after = rng.below(400);
@@ -114,12 +125,25 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
         fs.cut_power_at_call(1 + rng.below(600));
     }
 
+    let trace = std::env::var("POWER_CUT_TRACE").is_ok();
+    if trace {
+        eprintln!("policy {policy:?} cut {cut:?} fault_kind {fault_kind} after {fault_after}");
+    }
     let mut history: Vec<Write> = Vec::new();
     // Writes before this index are durable for sure.
     let mut durable_upto = 0usize;
     let mut value_id = 0u64;
     for _ in 0..history_len {
+        let Some(db) = slot.as_ref() else { break };
         let choice = rng.below(100);
+        if trace {
+            eprintln!(
+                "op {} choice {choice} calls {} dead {}",
+                history.len(),
+                fs.fault_counts().calls,
+                fs.is_dead()
+            );
+        }
         if choice < 75 {
             let count = if choice < 60 { 1 } else { 2 + rng.below(3) };
             let mut batch = WriteBatch::new();
@@ -157,18 +181,42 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
             // back by a full disk is applied once space returns, and under `everysec`/`no` a
             // write is visible once buffered, before its write(2) can fail.
             if !acked && !disk_full && policy == FsyncPolicy::Always {
-                refused_write_invisible(&db, &history)?;
+                refused_write_invisible(db, &history)?;
             }
         } else if choice < 85 {
             if db.sync_all().is_ok() {
                 durable_upto = history.len();
             }
-        } else if choice < 95 {
+        } else if choice < 94 {
             if db.flush().is_ok() {
                 durable_upto = history.len();
             }
-        } else if db.compact().is_ok() {
-            durable_upto = history.len();
+        } else if choice < 96 {
+            if db.compact().is_ok() {
+                durable_upto = history.len();
+            }
+        } else if choice < 98 {
+            let target = PathBuf::from(format!("/checkpoint-{}", checkpoints.len()));
+            if db.checkpoint(&target).is_ok() {
+                durable_upto = history.len();
+                checkpoints.push((target, history.len()));
+            }
+        } else {
+            // A clean restart: close flushes and syncs everything.
+            let closed = db.clone().close();
+            slot = None;
+            match Db::open(dir, options(&fs, policy)) {
+                Ok(reopened) => {
+                    if closed.is_ok() {
+                        durable_upto = history.len();
+                    }
+                    slot = Some(reopened);
+                }
+                Err(e) if fs.is_dead() || fs.fault_counts().total() > 0 => {
+                    let _ = e; // the power went or a fault hit: go on to the cut
+                }
+                Err(e) => return Err(format!("clean reopen failed: {e}")),
+            }
         }
     }
     totals.writes += history.len() as u64;
@@ -177,7 +225,7 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
     }
     let counts = fs.fault_counts();
     let after = fs.power_cut(cut, seed ^ 0x5eed);
-    drop(db);
+    drop(slot);
 
     let reopened = match Db::open(dir, options(&after, policy)) {
         Ok(db) => db,
@@ -188,11 +236,7 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
         }
         Err(e) => return Err(format!("reopen failed: {e}")),
     };
-    let mut found = BTreeMap::new();
-    for entry in reopened.iter() {
-        let entry = entry.map_err(|e| format!("scan after reopen: {e}"))?;
-        found.insert(entry.key.to_vec(), entry.value.to_vec());
-    }
+    let found = contents(&reopened)?;
     for k in 0..KEYS {
         let k = format!("key-{k:03}").into_bytes();
         let got = reopened
@@ -207,10 +251,29 @@ fn run(seed: u64, totals: &mut Totals) -> Result<(), String> {
         }
     }
     check_prefix(&history, durable_upto, &found)?;
+    // A checkpoint holds exactly the writes before it.
+    for (target, held) in &checkpoints {
+        let copy = Db::open(target, options(&after, policy))
+            .map_err(|e| format!("checkpoint {} does not open: {e}", target.display()))?;
+        check_prefix(&history[..*held], *held, &contents(&copy)?)
+            .map_err(|e| format!("checkpoint {}: {e}", target.display()))?;
+        copy.close().map_err(|e| format!("close checkpoint: {e}"))?;
+        totals.checkpoints_checked += 1;
+    }
     totals.acked_checked += history[..durable_upto].iter().filter(|w| w.acked).count() as u64;
     accumulate(totals, counts);
     reopened.close().map_err(|e| format!("close: {e}"))?;
     Ok(())
+}
+
+/// Every live key and its value, by a scan.
+fn contents(db: &Db) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
+    let mut found = BTreeMap::new();
+    for entry in db.iter() {
+        let entry = entry.map_err(|e| format!("scan after reopen: {e}"))?;
+        found.insert(entry.key.to_vec(), entry.value.to_vec());
+    }
+    Ok(found)
 }
 
 fn accumulate(totals: &mut Totals, counts: FaultCounts) {
@@ -307,8 +370,17 @@ fn check_prefix(
 ///   132: a retried manifest edit landed after a torn record);
 /// - "the manifest lost a committed edit" (276, then 119 after the first
 ///   fixes: a flushed table held writes no WAL had on disk).
+///
+/// Found by the first 10 000-run soak, after those fixes:
+/// - "I/O error on MANIFEST-…: entity not found" (101235, 102713, 103637,
+///   104089, 105154, 109153): with metadata reordered, CURRENT's rename was
+///   durable but the new manifest's create was not;
+/// - "corrupt WAL record in a segment that is not the last" (103177, 105037,
+///   109104): the power went while a rotated segment's tail was being
+///   synced, after the next (still empty) segment was created.
 const FOUND_BEFORE_FIXES: &[u64] = &[
-    1, 5, 11, 12, 16, 17, 26, 55, 113, 116, 119, 123, 124, 126, 132, 276,
+    1, 5, 11, 12, 16, 17, 26, 55, 113, 116, 119, 123, 124, 126, 132, 276, 101235, 102713, 103177,
+    103637, 104089, 105037, 105154, 109104, 109153,
 ];
 
 #[test]
@@ -411,6 +483,46 @@ fn a_flush_cut_before_its_manifest_edit_leaves_writes_the_wal_still_holds() {
     }
 }
 
+/// Bug (soak seeds 103177, 105037, 109104): the power went while a
+/// rotated WAL segment's tail was being synced, after the next segment was
+/// created but before anything was written to it; the open refused the
+/// torn segment as "not the last" although nothing after it was lost.
+#[test]
+fn a_torn_segment_followed_only_by_an_empty_one_is_the_logs_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options {
+        fsync: FsyncPolicy::Always,
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), options()).unwrap();
+    for i in 0..10 {
+        db.put(format!("k{i}").as_bytes(), b"v", None).unwrap();
+    }
+    drop(db); // a crash: no flush at close
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    let last = segments.last().unwrap().clone();
+    let len = std::fs::metadata(&last).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    file.set_len(len - 3).unwrap(); // the last record torn
+    let number: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    std::fs::File::create(dir.path().join(format!("{:010}.wal", number + 1))).unwrap();
+
+    let db = Db::open(dir.path(), options()).unwrap();
+    for i in 0..9 {
+        assert!(
+            db.get(format!("k{i}").as_bytes()).unwrap().is_some(),
+            "k{i}"
+        );
+    }
+    assert_eq!(db.get(b"k9").unwrap(), None);
+    assert!(db.stats().recovery.wal_bytes_dropped > 0);
+}
+
 #[test]
 fn power_cuts_and_faults_keep_every_acknowledged_write() {
     let seeds: Vec<u64> = match std::env::var("POWER_CUT_SEED") {
@@ -466,6 +578,7 @@ fn power_cuts_and_faults_keep_every_acknowledged_write() {
         totals.fault_runs += t.fault_runs;
         totals.corruption_reported += t.corruption_reported;
         totals.power_cut_mid_run += t.power_cut_mid_run;
+        totals.checkpoints_checked += t.checkpoints_checked;
         accumulate_faults(&mut totals, t.faults);
         failures.extend(f);
     }
