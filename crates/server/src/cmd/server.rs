@@ -258,6 +258,12 @@ const DEBUG_SLEEP_SECONDS_MAX: f64 = 3600.0;
 /// Most keys one DEBUG POPULATE writes (it is for filling a test server).
 const POPULATE_KEYS_MAX: i64 = 100_000_000;
 
+/// Most keys DEBUG POPULATE writes per engine batch.
+const POPULATE_BATCH_KEYS: i64 = 1024;
+
+/// Most value bytes DEBUG POPULATE holds for one batch.
+const POPULATE_BATCH_BYTES: i64 = 64 << 20;
+
 /// Most bytes of values one DEBUG POPULATE writes.
 const POPULATE_BYTES_MAX: u128 = 16 << 30;
 
@@ -468,23 +474,40 @@ fn debug_populate(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
     let keyspace = ctx.keyspace;
     let ctx_server = ctx.server;
     super::keyspace::blocking(|| -> CmdResult<()> {
-        let mut key = Vec::with_capacity(prefix.len() + 21);
-        for i in 0..count {
-            if i % 4096 == 4095 && *ctx_server.shutdown.borrow() {
+        // Keys go in batches (POPULATE_BATCH_KEYS, POPULATE_BATCH_BYTES), each one engine write: under `always`
+        // a write waits for its fsync, and one fsync per key made 100 000 keys take minutes.
+        let key_value_bytes = size.unwrap_or(16).max(16) as i64;
+        let batch_keys = (POPULATE_BATCH_BYTES / key_value_bytes).clamp(1, POPULATE_BATCH_KEYS);
+        let mut start = 0;
+        while start < count {
+            if *ctx_server.shutdown.borrow() {
                 return Err(CmdError::msg("ERR server is shutting down"));
             }
-            key.clear();
-            key.extend_from_slice(prefix);
-            key.extend_from_slice(format!(":{i}").as_bytes());
-            let _guard = keyspace.lock_keys(&[&key]);
-            if keyspace.exists(db, &key)? {
-                continue;
+            let end = (start + batch_keys).min(count);
+            let keys: Vec<Bytes> = (start..end)
+                .map(|i| {
+                    let mut key = prefix.to_vec();
+                    key.extend_from_slice(format!(":{i}").as_bytes());
+                    Bytes::from(key)
+                })
+                .collect();
+            let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+            let _guard = keyspace.lock_keys(&refs);
+            let mut items = Vec::with_capacity(keys.len());
+            for (i, key) in (start..end).zip(keys) {
+                if keyspace.exists(db, &key)? {
+                    continue; // existing keys are left alone
+                }
+                let mut value = format!("value:{i}").into_bytes();
+                if let Some(size) = size {
+                    value.resize(size, 0);
+                }
+                items.push((key, Bytes::from(value), None));
             }
-            let mut value = format!("value:{i}").into_bytes();
-            if let Some(size) = size {
-                value.resize(size, 0);
+            if !items.is_empty() {
+                keyspace.write_strings(db, &items)?;
             }
-            keyspace.set_string(db, &key, &value, None)?;
+            start = end;
         }
         Ok(())
     })?;
