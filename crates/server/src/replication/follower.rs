@@ -463,11 +463,13 @@ fn swap_in(
     let _ = std::fs::remove_dir_all(&retired);
     std::fs::rename(dir, &retired)?;
     std::fs::rename(incoming, dir)?;
-    if let Some(parent) = dir.parent() {
-        if let Ok(parent) = File::open(parent) {
-            let _ = parent.sync_all();
-        }
-    }
+    // The swap is durable only once the parent directory is: a failure here fails the sync
+    // (the replica retries it) rather than being ignored.
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()?;
     let engine = ringkv_engine::Db::open(dir, options).map_err(io::Error::other)?;
     if engine.last_sequence() != seq {
         return Err(io::Error::other(format!(
