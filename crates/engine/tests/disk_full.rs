@@ -101,7 +101,18 @@ fn a_disk_that_fills_during_flushes_refuses_writes_keeps_reads_and_loses_nothing
     // process crash, so this is what a restart after a kill finds).
     std::fs::remove_file(&filler).unwrap();
     drop(db);
-    let db = Db::open(&dir, options()).unwrap();
+    // A background thread may still hold the dropped handle for a moment (a flush retrying
+    // on the full disk), and with it the directory lock: the "restart" waits for it, as a
+    // restarted process would wait for the old one to exit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let db = loop {
+        match Db::open(&dir, options()) {
+            Err(ringkv_engine::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => break opened.unwrap(),
+        }
+    };
     for i in 0..acked {
         let entry = db.get(format!("key-{i:08}").as_bytes()).unwrap();
         assert_eq!(entry.map(|e| e.value.to_vec()), Some(value(i)), "key {i}");
