@@ -555,14 +555,11 @@ pub(crate) fn invoke(
         // LATENCY show how long the client waited (DEBUG SLEEP 1 is a one-second command).
         let server = server.clone();
         let args = args.to_vec();
-        let (addr, name) = {
-            let info = ctx.client.handle.info.lock();
-            (info.addr.to_string(), info.name.clone())
-        };
+        let peer = peer(ctx.client);
         Box::pin(async move {
             let reply = later.await;
             let elapsed = started.elapsed();
-            record_timing(&server, index, &args, elapsed, || (addr, name));
+            record_timing(&server, index, &args, elapsed, || peer);
             reply
         }) as Deferred
     });
@@ -578,10 +575,7 @@ pub(crate) fn invoke(
     let stats = &server.command_stats[index];
     stats.calls.fetch_add(1, Ordering::Relaxed);
     if deferred.is_none() {
-        record_timing(server, index, args, started.elapsed(), || {
-            let info = client.handle.info.lock();
-            (info.addr.to_string(), info.name.clone())
-        });
+        record_timing(server, index, args, started.elapsed(), || peer(client));
     }
     if failed {
         stats.failed_calls.fetch_add(1, Ordering::Relaxed);
@@ -605,6 +599,12 @@ pub(crate) fn uncount(server: &Server, index: usize, failed: bool) {
             .total_error_replies
             .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The client's address and name, as SLOWLOG keeps them.
+fn peer(client: &Client) -> (String, Bytes) {
+    let info = client.handle.info.lock();
+    (info.addr.to_string(), info.name.clone())
 }
 
 /// Adds one call's time to INFO commandstats, the latency histogram, SLOWLOG and LATENCY.
