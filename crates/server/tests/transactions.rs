@@ -158,3 +158,36 @@ fn concurrent_watch_transactions_never_lose_an_increment() {
     }
     assert_eq!(con.get::<_, i64>("counter").unwrap(), 200);
 }
+
+#[test]
+fn a_multi_queue_past_the_query_buffer_limit_is_refused_and_exec_aborts() {
+    // client-query-buffer-limit bounds what one MULTI may park in memory too.
+    let server = Server::start_with(&["--client-query-buffer-limit", "1mb"]);
+    let mut raw = server.raw();
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    let value = vec![b'v'; 100 * 1024];
+    let mut refused = false;
+    for i in 0..20 {
+        let key = format!("k{i}");
+        raw.send(&resp(&[b"SET", key.as_bytes(), &value]));
+        match raw.read_frame() {
+            ringkv_protocol::Frame::Error(text) if text.starts_with(b"ERR MULTI queue is full") => {
+                refused = true;
+                break;
+            }
+            ringkv_protocol::Frame::Simple(text) => assert_eq!(&text[..], b"QUEUED", "command {i}"),
+            other => panic!("command {i}: {other:?}"),
+        }
+    }
+    assert!(refused, "a queue of 2 MB of arguments was accepted");
+    raw.expect(
+        &resp(&[b"EXEC"]),
+        "-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    let mut con = server.client();
+    assert_eq!(
+        q::<i64>(&mut con, &["EXISTS", "k0"]),
+        0,
+        "nothing of it ran"
+    );
+}
