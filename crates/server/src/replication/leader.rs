@@ -146,11 +146,9 @@ pub(crate) async fn serve<R, W>(
             tracing::info!(replica = %handoff.ip, port = handoff.port, from_seq = next, "partial resync: streaming the change log");
             next
         }
-        Start::Full => match send_checkpoint(&server, &engine, &mut writer, client_id).await {
-            Ok(seq) => {
-                sent.fetch_max(seq, Ordering::AcqRel);
-                seq + 1
-            }
+        Start::Full => match send_checkpoint(&server, &engine, &mut writer, client_id, &sent).await
+        {
+            Ok(seq) => seq + 1,
             Err(error) => {
                 tracing::warn!(%error, "full sync to replica failed");
                 acks.abort();
@@ -193,6 +191,7 @@ async fn send_checkpoint<W: AsyncWrite + Unpin>(
     engine: &Db,
     writer: &mut W,
     client_id: u64,
+    sent: &AtomicU64,
 ) -> std::io::Result<u64> {
     server.replication.sync_full.fetch_add(1, Ordering::Relaxed);
     // Absolute: the engine syncs the checkpoint's parent directory, and `data` has none.
@@ -213,9 +212,9 @@ async fn send_checkpoint<W: AsyncWrite + Unpin>(
         .map_err(std::io::Error::other)?;
     tracing::info!(seq, "full sync: checkpoint made, sending files");
     set_state(server, client_id, "send_bulk");
-    let sent = send_files(&target, seq, writer).await;
+    let result = send_files(&target, seq, writer, sent).await;
     let _ = tokio::fs::remove_dir_all(&target).await;
-    sent.map(|bytes| {
+    result.map(|bytes| {
         tracing::info!(seq, bytes, "full sync: checkpoint sent");
         seq
     })
@@ -225,6 +224,7 @@ async fn send_files<W: AsyncWrite + Unpin>(
     dir: &Path,
     seq: u64,
     writer: &mut W,
+    sent: &AtomicU64,
 ) -> std::io::Result<u64> {
     let mut names = Vec::new();
     let mut entries = tokio::fs::read_dir(dir).await?;
@@ -261,6 +261,8 @@ async fn send_files<W: AsyncWrite + Unpin>(
     let mut end = BytesMut::with_capacity(9);
     end.put_u8(wire::TAG_END);
     end.put_u64_le(seq);
+    // Counted as sent before the bytes leave (see `stream`).
+    sent.fetch_max(seq, Ordering::AcqRel);
     writer.write_all(&end).await?;
     writer.flush().await?;
     Ok(total)
@@ -298,9 +300,9 @@ async fn stream<W: AsyncWrite + Unpin>(
                     let last = engine.last_sequence();
                     out.put_u8(wire::TAG_HEARTBEAT);
                     out.put_u64_le(last);
+                    sent.fetch_max(last, Ordering::AcqRel);
                     writer.write_all(&out).await?;
                     writer.flush().await?;
-                    sent.fetch_max(last, Ordering::AcqRel);
                     last_send = Instant::now();
                 }
                 let waiting = engine.clone();
@@ -325,9 +327,12 @@ async fn stream<W: AsyncWrite + Unpin>(
                     out.put_slice(&batch.record);
                     next = batch.last_seq + 1;
                 }
+                // Counted before the write: the replica can apply, sync and acknowledge before
+                // this task runs again, and an ack above `sent` would be clamped and only
+                // believed at the next idle ack a second later (WAIT timed out on it in CI).
+                sent.fetch_max(next - 1, Ordering::AcqRel);
                 writer.write_all(&out).await?;
                 writer.flush().await?;
-                sent.fetch_max(next - 1, Ordering::AcqRel);
                 last_send = Instant::now();
             }
         }
