@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::args;
-use crate::cmd::{registry, CommandSpec};
+use crate::catalog::commands;
 use crate::glob;
 
 /// The user `AUTH <password>` and unauthenticated defaults refer to.
@@ -69,7 +69,7 @@ impl User {
             nopass: false,
             password_hashes: Vec::new(),
             command_rules: Vec::new(),
-            allowed: vec![false; registry().len()],
+            allowed: vec![false; commands().len()],
             all_keys: false,
             key_patterns: Vec::new(),
         }
@@ -164,13 +164,14 @@ impl User {
             if category != "all" && !CATEGORIES.contains(&category) {
                 return Err("Unknown command or category name in ACL");
             }
-            for (flag, spec) in self.allowed.iter_mut().zip(registry().specs()) {
-                if category == "all" || in_category(spec, category) {
+            let catalog = commands();
+            for (index, flag) in self.allowed.iter_mut().enumerate() {
+                if category == "all" || catalog.categories(index).contains(&category) {
                     *flag = allow;
                 }
             }
         } else {
-            let Some((index, _)) = registry().lookup(target.as_bytes()) else {
+            let Some(index) = commands().index_of(target.as_bytes()) else {
                 return Err("Unknown command or category name in ACL");
             };
             self.allowed[index] = allow;
@@ -232,11 +233,6 @@ impl User {
         }
         parts.join(" ")
     }
-}
-
-/// True if `spec` belongs to `category` (its ACL categories, as Redis lists them).
-pub(crate) fn in_category(spec: &CommandSpec, category: &str) -> bool {
-    spec.acl_categories.contains(&category)
 }
 
 pub(crate) fn hash(password: &[u8]) -> [u8; 32] {
@@ -336,13 +332,14 @@ impl Acl {
         ok
     }
 
-    /// May the session's user run `args` (command `index`)?
-    pub(crate) fn check(
+    /// May the session's user run command `index` (`args`) on `keys`, the keys its spec
+    /// names?
+    pub(crate) fn check<'k>(
         &self,
         session: &mut Session,
         index: usize,
-        spec: &CommandSpec,
         args: &[Bytes],
+        keys: impl Iterator<Item = &'k Bytes>,
     ) -> Result<(), Denied> {
         let Some(user) = self.session_user(session) else {
             return Err(Denied::User);
@@ -350,14 +347,14 @@ impl Acl {
         if !user.enabled {
             return Err(Denied::User);
         }
-        let harmless = spec.name == "acl" && harmless_acl_subcommand(args);
+        let harmless = commands().name(index) == "acl" && harmless_acl_subcommand(args);
         if !user.allowed[index] && !harmless {
             return Err(Denied::Command);
         }
-        if user.all_keys || spec.first_key <= 0 {
+        if user.all_keys {
             return Ok(());
         }
-        for key in spec.keys(args) {
+        for key in keys {
             if !user.key_allowed(key) {
                 return Err(Denied::Key);
             }
@@ -435,6 +432,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn user(rules: &[&str]) -> User {
+        crate::cmd::install_catalog();
         let mut u = User::new("u");
         for r in rules {
             u.apply(r.as_bytes()).unwrap();
@@ -443,7 +441,7 @@ mod tests {
     }
 
     pub(crate) fn allowed(u: &User, name: &str) -> bool {
-        u.allowed[registry().lookup(name.as_bytes()).unwrap().0]
+        u.allowed[commands().index_of(name.as_bytes()).unwrap()]
     }
 
     #[test]
@@ -472,7 +470,7 @@ mod tests {
         let u = user(&["on", "+@all", "~app:*"]);
         assert!(u.key_allowed(b"app:1"));
         assert!(!u.key_allowed(b"other:1"));
-        let (_, mset) = registry().lookup(b"mset").unwrap();
+        let (_, mset) = crate::cmd::registry().lookup(b"mset").unwrap();
         let args: Vec<Bytes> = ["mset", "app:1", "v", "other:1", "v"]
             .iter()
             .map(|s| Bytes::from(s.to_string()))
@@ -502,6 +500,7 @@ mod tests {
 
     #[test]
     pub(crate) fn unknown_rule_is_refused() {
+        crate::cmd::install_catalog();
         let mut u = User::new("u");
         assert!(u.apply(b"+@nosuch").is_err());
         assert!(u.apply(b"bogus").is_err());

@@ -76,7 +76,14 @@ pub(crate) enum CmdError {
     Message(Cow<'static, str>),
     /// The storage engine failed.
     Engine(ringkv_engine::Error),
+    /// The reply would pass `client-output-buffer-limit` (`Ctx::reply_bytes`); the
+    /// connection is closed after this error.
+    OutputLimit,
 }
+
+/// The error a client gets when its reply passes `client-output-buffer-limit`.
+pub(crate) const OUTPUT_LIMIT: &str =
+    "ERR reply exceeds client-output-buffer-limit; closing the connection";
 
 impl CmdError {
     /// A [`CmdError::Message`] from a static text such as the constants above.
@@ -93,6 +100,7 @@ impl CmdError {
             CmdError::Syntax => Frame::error(SYNTAX),
             CmdError::Message(text) => Frame::error(text.into_owned()),
             CmdError::Engine(error) => engine_error_frame(&error),
+            CmdError::OutputLimit => Frame::error(OUTPUT_LIMIT),
         }
     }
 }

@@ -77,7 +77,7 @@ pub(crate) async fn execute(
     };
     let may_wait = is_exec || (spec.has_flag("write") && server.keyspace.write_may_wait());
     let (reply, deferred) = if may_wait {
-        cmd::keyspace::blocking(|| cmd::invoke(server, client, index, spec, &args))
+        crate::data::blocking(|| cmd::invoke(server, client, index, spec, &args))
     } else {
         // On the worker, a write the hint above missed is refused by the engine before it
         // changes anything (`without_waiting`): the command then runs again off the worker.
@@ -85,7 +85,7 @@ pub(crate) async fn execute(
             ringkv_engine::without_waiting(|| cmd::invoke(server, client, index, spec, &args));
         if refused {
             cmd::uncount(server, index, matches!(ran.0, Frame::Error(_)));
-            cmd::keyspace::blocking(|| cmd::invoke(server, client, index, spec, &args))
+            crate::data::blocking(|| cmd::invoke(server, client, index, spec, &args))
         } else {
             ran
         }

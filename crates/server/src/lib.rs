@@ -19,10 +19,12 @@
 mod acl;
 mod admin;
 mod args;
+mod catalog;
 mod client;
 mod cmd;
 mod config;
 mod connection;
+mod data;
 mod errors;
 mod exec;
 mod glob;
@@ -378,6 +380,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         }
         _ => None,
     };
+    crate::cmd::install_catalog();
     let mut server = Server::new(keyspace, config);
     server.manual_clock = manual_clock;
     let server = Arc::new(server);

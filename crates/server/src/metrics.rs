@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::cmd::registry;
+use crate::catalog::commands;
 use crate::server::Server;
 use ringkv_store::DATABASES;
 
@@ -170,15 +170,12 @@ const INFO_PERCENTILES: [f64; 3] = [50.0, 99.0, 99.9];
 /// INFO `latencystats`: `latency_percentiles_usec_<cmd>:p50=…,p99=…,p99.9=…`.
 pub(crate) fn info_latencystats(server: &Server, out: &mut String) {
     out.push_str("# Latencystats\r\n");
-    for (spec, histogram) in registry()
-        .specs()
-        .iter()
-        .zip(&server.metrics.command_latency)
-    {
+    let names = (0..commands().len()).map(|index| commands().name(index));
+    for (name, histogram) in names.zip(&server.metrics.command_latency) {
         if histogram.count() == 0 {
             continue;
         }
-        let _ = write!(out, "latency_percentiles_usec_{}:", spec.name);
+        let _ = write!(out, "latency_percentiles_usec_{name}:");
         for (i, p) in INFO_PERCENTILES.iter().enumerate() {
             let value = histogram.percentile_micros(*p).unwrap_or(0);
             let sep = if i == 0 { "" } else { "," };
@@ -352,15 +349,11 @@ pub(crate) fn render(server: &Server) -> String {
         "counter",
         "Calls per command (INFO commandstats calls).",
     );
-    let specs = registry().specs();
-    for (spec, command) in specs.iter().zip(&server.command_stats) {
+    let names = || (0..commands().len()).map(|index| commands().name(index));
+    for (name, command) in names().zip(&server.command_stats) {
         let calls = load(&command.calls);
         if calls > 0 {
-            let _ = writeln!(
-                o,
-                "ringkv_command_calls_total{{cmd=\"{}\"}} {calls}",
-                spec.name
-            );
+            let _ = writeln!(o, "ringkv_command_calls_total{{cmd=\"{name}\"}} {calls}");
         }
     }
     header(
@@ -369,13 +362,12 @@ pub(crate) fn render(server: &Server) -> String {
         "counter",
         "Calls per command that replied with an error.",
     );
-    for (spec, command) in specs.iter().zip(&server.command_stats) {
+    for (name, command) in names().zip(&server.command_stats) {
         let failed = load(&command.failed_calls);
         if failed > 0 {
             let _ = writeln!(
                 o,
-                "ringkv_command_failed_calls_total{{cmd=\"{}\"}} {failed}",
-                spec.name
+                "ringkv_command_failed_calls_total{{cmd=\"{name}\"}} {failed}"
             );
         }
     }
@@ -385,12 +377,12 @@ pub(crate) fn render(server: &Server) -> String {
         "histogram",
         "Time to run a command, per command.",
     );
-    for (spec, histogram) in specs.iter().zip(&m.command_latency) {
+    for (name, histogram) in names().zip(&m.command_latency) {
         if histogram.count() > 0 {
             histogram.write_prometheus(
                 o,
                 "ringkv_command_duration_seconds",
-                &format!("cmd=\"{}\"", spec.name),
+                &format!("cmd=\"{name}\""),
             );
         }
     }
@@ -413,7 +405,7 @@ pub(crate) fn render(server: &Server) -> String {
         let _ = writeln!(
             o,
             "ringkv_keys{{db=\"{db}\"}} {}",
-            crate::cmd::keyspace::key_count(&server.keyspace, db)
+            crate::data::key_count(&server.keyspace, db)
         );
     }
     single(

@@ -197,7 +197,10 @@ impl ScanCursors {
 
 /// Everything connections share.
 pub struct Server {
-    pub(crate) keyspace: Keyspace,
+    pub(crate) keyspace: Arc<Keyspace>,
+    /// `DEBUG DATA-PATH deferred`: operations answer later, from the blocking pool, as the
+    /// cluster coordinator will (`data::Spawned`), to exercise that path end to end.
+    pub(crate) deferred_data_path: AtomicBool,
     pub(crate) config: RwLock<Config>,
     /// The executor's gate (`exec.rs`): data commands hold it shared while they run; an EXEC
     /// whose queue touches whole databases, and a replica swapping in a full sync, exclusive.
@@ -257,17 +260,18 @@ impl Server {
             .map(|_| char::from(b"0123456789abcdef"[rand::random::<usize>() % 16]))
             .collect();
         Server {
-            keyspace,
+            keyspace: Arc::new(keyspace),
+            deferred_data_path: AtomicBool::new(false),
             config: RwLock::new(config),
             gate: tokio::sync::RwLock::new(()),
             clients: Mutex::new(BTreeMap::new()),
             next_client_id: AtomicU64::new(1),
             stats: Stats::default(),
-            metrics: crate::metrics::Metrics::new(crate::cmd::registry().len()),
+            metrics: crate::metrics::Metrics::new(crate::catalog::commands().len()),
             slowlog,
             acl,
             replication,
-            command_stats: (0..crate::cmd::registry().len())
+            command_stats: (0..crate::catalog::commands().len())
                 .map(|_| CommandStats::default())
                 .collect(),
             scan_cursors: Mutex::new(ScanCursors::new()),

@@ -706,6 +706,18 @@ impl Drop for RedisOracle {
 /// NX/XX/GT/LT) or read back with a second's slack; TTL and IFEQ (not in Redis 7.0) are left out.
 #[test]
 fn differential_against_redis_7_0() {
+    differential(false);
+}
+
+/// The same sequence with every data operation answering later, from the blocking pool, as
+/// the cluster coordinator will (`DEBUG DATA-PATH deferred`, crates/server/src/data.rs): the
+/// replies must not change.
+#[test]
+fn differential_against_redis_7_0_through_the_deferred_data_path() {
+    differential(true);
+}
+
+fn differential(deferred: bool) {
     use rand::rngs::StdRng;
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
@@ -714,6 +726,12 @@ fn differential_against_redis_7_0() {
     let server = Server::start();
     let mut ringkv = server.raw();
     let mut redis = common::Raw::connect(oracle.port);
+    if deferred {
+        assert_eq!(
+            render(&ringkv.call_args(&[b"DEBUG", b"DATA-PATH", b"deferred"])),
+            "+OK"
+        );
+    }
 
     const KEYS: [&str; 3] = ["a", "b", "c"];
     const VALUES: [&str; 19] = [

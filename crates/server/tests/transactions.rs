@@ -191,3 +191,35 @@ fn a_multi_queue_past_the_query_buffer_limit_is_refused_and_exec_aborts() {
         "nothing of it ran"
     );
 }
+
+/// With every data operation answering later (`DEBUG DATA-PATH deferred`, the shape of the
+/// cluster coordinator), EXEC still runs its queue as one unit with replies in order, and a
+/// pipeline's replies keep their order.
+#[test]
+fn exec_and_pipelines_through_the_deferred_data_path() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    raw.expect(&resp(&[b"DEBUG", b"DATA-PATH", b"deferred"]), "+OK\r\n");
+    raw.expect(&resp(&[b"MULTI"]), "+OK\r\n");
+    raw.expect(&resp(&[b"SET", b"a", b"1"]), "+QUEUED\r\n");
+    raw.expect(&resp(&[b"INCRBY", b"a", b"41"]), "+QUEUED\r\n");
+    raw.expect(&resp(&[b"MGET", b"a", b"b"]), "+QUEUED\r\n");
+    raw.expect(&resp(&[b"DEL", b"b", b"a"]), "+QUEUED\r\n");
+    raw.expect(&resp(&[b"EXISTS", b"a"]), "+QUEUED\r\n");
+    raw.expect(
+        &resp(&[b"EXEC"]),
+        "*5\r\n+OK\r\n:42\r\n*2\r\n$2\r\n42\r\n$-1\r\n:1\r\n:0\r\n",
+    );
+    // A pipeline of 200 dependent commands: each reply reflects every write before it.
+    let mut pipeline = Vec::new();
+    let mut expected = String::new();
+    for i in 1..=100 {
+        pipeline.extend_from_slice(&resp(&[b"INCR", b"n"]));
+        pipeline.extend_from_slice(&resp(&[b"GET", b"n"]));
+        expected.push_str(&format!(":{i}\r\n${}\r\n{i}\r\n", i.to_string().len()));
+    }
+    raw.expect(&pipeline, &expected);
+    // And back to the local path, with the same data.
+    raw.expect(&resp(&[b"DEBUG", b"DATA-PATH", b"local"]), "+OK\r\n");
+    raw.expect(&resp(&[b"GET", b"n"]), "$3\r\n100\r\n");
+}

@@ -151,7 +151,7 @@ fn acl_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 registry()
                     .specs()
                     .iter()
-                    .filter(|s| in_category(s, &category))
+                    .filter(|s| s.acl_categories.contains(&category.as_str()))
                     .map(|s| Frame::bulk(s.name))
                     .collect(),
             ))

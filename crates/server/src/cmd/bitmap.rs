@@ -12,7 +12,7 @@ use super::bit_ops::{
     self, bitfield_apply, bitfield_get, parse_bit_offset, parse_bit_value, parse_bitfield, BitOp,
     BITFIELD_RO_ERROR, BITOP_NOT_ERROR, BITPOS_BIT_ERROR, BIT_OFFSET_ERROR, BIT_VALUE_ERROR,
 };
-use super::string::{encoded_with, old_string, update};
+use super::string::{encoded_with, old_string, read_string, update};
 use super::string_ops::parse_i64;
 use super::{reply, spec, CommandSpec, Ctx};
 use crate::errors::{CmdError, CmdResult};
@@ -37,7 +37,7 @@ fn setbit(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         let offset = parse_bit_offset(&args[2], None, bytes_max(ctx))
             .ok_or(CmdError::msg(BIT_OFFSET_ERROR))?;
         let on = parse_bit_value(&args[3]).ok_or(CmdError::msg(BIT_VALUE_ERROR))?;
-        update(ctx, &args[1], |old| {
+        update(ctx, &args[1], move |old| {
             let expires_at_ms = old.and_then(|o| o.expires_at_ms);
             let current = old_string(old)?.unwrap_or_default();
             let was = bit_ops::get_bit(&current, offset);
@@ -65,10 +65,11 @@ fn getbit(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply((|| {
         let offset = parse_bit_offset(&args[2], None, bytes_max(ctx))
             .ok_or(CmdError::msg(BIT_OFFSET_ERROR))?;
-        let value = ctx.get_string(&args[1])?;
-        Ok(Frame::Integer(i64::from(
-            value.is_some_and(|v| bit_ops::get_bit(&v.data, offset)),
-        )))
+        read_string(ctx, &args[1], move |value| {
+            Ok(Frame::Integer(i64::from(
+                value.is_some_and(|v| bit_ops::get_bit(&v.data, offset)),
+            )))
+        })
     })())
 }
 
@@ -90,8 +91,9 @@ fn integer(arg: &[u8]) -> CmdResult<i64> {
 /// Redis 7.0 `bitcountCommand`: the key is looked up first (a missing key answers 0 before
 /// the range is even parsed), then `start end [BYTE|BIT]`.
 fn bitcount(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply((|| {
-        let Some(value) = ctx.get_string(&args[1])? else {
+    let args = args.to_vec();
+    reply(read_string(ctx, &args[1].clone(), move |value| {
+        let Some(value) = value else {
             return Ok(Frame::Integer(0));
         };
         let range = match args.len() {
@@ -113,7 +115,7 @@ fn bitcount(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
             _ => return Err(CmdError::Syntax),
         };
         Ok(Frame::Integer(bit_ops::bitcount(&value.data, range)))
-    })())
+    }))
 }
 
 /// Redis 7.0 `bitposCommand`: the bit, then the key (missing: 0 for a clear bit, -1 for a
@@ -125,25 +127,28 @@ fn bitpos(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
             1 => true,
             _ => return Err(CmdError::msg(BITPOS_BIT_ERROR)),
         };
-        let Some(value) = ctx.get_string(&args[1])? else {
-            return Ok(Frame::Integer(if bit { -1 } else { 0 }));
-        };
-        if args.len() > 6 {
-            return Err(CmdError::Syntax);
-        }
-        let start = args.get(3).map(|arg| integer(arg)).transpose()?;
-        let bit_mode = match args.get(5) {
-            Some(arg) => bit_mode(arg)?,
-            None => false,
-        };
-        let end = args.get(4).map(|arg| integer(arg)).transpose()?;
-        Ok(Frame::Integer(bit_ops::bitpos(
-            &value.data,
-            bit,
-            start,
-            end,
-            bit_mode,
-        )))
+        let args = args.to_vec();
+        read_string(ctx, &args[1].clone(), move |value| {
+            let Some(value) = value else {
+                return Ok(Frame::Integer(if bit { -1 } else { 0 }));
+            };
+            if args.len() > 6 {
+                return Err(CmdError::Syntax);
+            }
+            let start = args.get(3).map(|arg| integer(arg)).transpose()?;
+            let bit_mode = match args.get(5) {
+                Some(arg) => bit_mode(arg)?,
+                None => false,
+            };
+            let end = args.get(4).map(|arg| integer(arg)).transpose()?;
+            Ok(Frame::Integer(bit_ops::bitpos(
+                &value.data,
+                bit,
+                start,
+                end,
+                bit_mode,
+            )))
+        })
     })())
 }
 
@@ -192,19 +197,20 @@ fn run_bitfield(ctx: &mut Ctx<'_>, args: &[Bytes], read_only: bool) -> CmdResult
     let key = &args[1];
     let plan = parse_bitfield(&args[2..], bytes_max(ctx)).map_err(CmdError::msg)?;
     let Some(highest_bit) = plan.highest_write_bit else {
-        let value = ctx.get_string(key)?;
-        let data = value.as_ref().map(|v| &v.data[..]);
-        return Ok(Frame::Array(
-            plan.ops
-                .iter()
-                .map(|op| Frame::Integer(bitfield_get(data, op)))
-                .collect(),
-        ));
+        return read_string(ctx, key, move |value| {
+            let data = value.as_ref().map(|v| &v.data[..]);
+            Ok(Frame::Array(
+                plan.ops
+                    .iter()
+                    .map(|op| Frame::Integer(bitfield_get(data, op)))
+                    .collect(),
+            ))
+        });
     };
     if read_only {
         return Err(CmdError::msg(BITFIELD_RO_ERROR));
     }
-    update(ctx, key, |old| {
+    update(ctx, key, move |old| {
         let expires_at_ms = old.and_then(|o| o.expires_at_ms);
         let current = old_string(old)?.unwrap_or_default();
         let length = ((highest_bit >> 3) as usize + 1).max(current.len());

@@ -8,8 +8,10 @@ use bytes::Bytes;
 use ringkv_protocol::Frame;
 
 use super::connection::db_index;
+use super::string::one;
 use super::{reply, spec, CommandSpec, Ctx};
 use crate::args::{self, is};
+use crate::data::{blocking, key_count, Done, Op};
 use crate::errors::{self, CmdError, CmdResult};
 use crate::glob;
 use crate::server::ScanPosition;
@@ -51,34 +53,27 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
 ];
 
 fn del(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    let keys: Vec<&[u8]> = args[1..].iter().map(|k| &k[..]).collect();
-    reply(
-        ctx.keyspace
-            .delete_many(ctx.db(), &keys)
-            .map(Frame::Integer)
-            .map_err(CmdError::from),
-    )
+    ctx.run(Op::Delete(args[1..].to_vec()), count)
 }
 
 fn exists(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply((|| {
-        let mut count = 0;
-        for key in &args[1..] {
-            if ctx.exists(key)? {
-                count += 1;
-            }
-        }
-        Ok(Frame::Integer(count))
-    })())
+    ctx.run(Op::Exists(args[1..].to_vec()), count)
+}
+
+/// The integer reply of [`Op::Delete`] and [`Op::Exists`].
+fn count(done: Done) -> CmdResult<Frame> {
+    match done {
+        Done::Count(count) => Ok(Frame::Integer(count)),
+        _ => unreachable!("a delete or exists answers with a count"),
+    }
 }
 
 fn type_of(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply(
-        ctx.keyspace
-            .get(ctx.db(), &args[1])
-            .map(|value| Frame::simple(value.map_or("none", |v| v.value_type.name())))
-            .map_err(CmdError::from),
-    )
+    ctx.run(Op::Get(args[1].clone()), |done| {
+        Ok(Frame::simple(
+            one(done).map_or("none", |v| v.value_type.name()),
+        ))
+    })
 }
 
 fn rename(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -148,26 +143,6 @@ fn swapdb(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         }
         Ok(Frame::ok())
     })())
-}
-
-/// Keys in `db`, waiting off the runtime when the key counts are still being rebuilt after a
-/// crash (seconds at tens of millions of keys).
-pub(crate) fn key_count(keyspace: &ringkv_store::Keyspace, db: usize) -> i64 {
-    if !keyspace.counts_ready() {
-        blocking(|| keyspace.wait_for_counts());
-    }
-    keyspace.dbsize(db)
-}
-
-/// Runs `work` where it may block for long: on a multi-threaded runtime the worker thread is
-/// handed over (`block_in_place`) so other connections keep being served.
-pub(crate) fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    }
 }
 
 /// Keeps a reply built by walking many keys (KEYS, RANGE) in bounds: it stops when the

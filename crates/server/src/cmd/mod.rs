@@ -18,15 +18,17 @@
 //!   rules (`string2ll`, `strtod`, case-insensitive options) in `crate::args`.
 //!   A handler body is typically `run(ctx, args).unwrap_or_else(CmdError::into_frame)`
 //!   over an inner `fn run(..) -> CmdResult<Frame>`.
-//! * Data goes through [`Ctx`]'s helpers, which use the selected database:
-//!   `ctx.get_string(key)`, `ctx.set_string(key, data, expires_at_ms)`,
-//!   `ctx.write_strings(&[(key, data, expires)])` (MSET: one atomic batch),
-//!   `ctx.delete(key)`, `ctx.exists(key)`, and `ctx.lock_keys(&[key, …])`,
-//!   which read-modify-write commands (INCR, APPEND, SETRANGE, SETBIT, GETSET,
-//!   SET with GET/NX/XX/IFEQ, MSETNX, GETDEL, GETEX …) must hold from their read
-//!   to their write so concurrent clients never lose an update (locks are
-//!   reentrant: the write helpers lock again safely). `ctx.keyspace` offers
-//!   the same functions with an explicit db index.
+//! * Data goes through the data interface (`crate::data`, docs/architecture.md):
+//!   the handler builds an `Op` (get, get-many, update with a decide function,
+//!   set, put, put-if-absent, delete, exists) and calls `ctx.run(op, then)`;
+//!   `then` turns the result into the reply. It runs at once on a single node
+//!   and later (a deferred reply) when the data path is remote, so it and a
+//!   decide function own what they use (`Send + 'static`). Read-modify-write
+//!   commands (INCR, APPEND, SETRANGE, SETBIT, GETSET, SET with options,
+//!   GETDEL, GETEX, EXPIRE …) are one `Op::Update`: read, decide and write are
+//!   atomic for the key, so concurrent clients never lose an update. Commands
+//!   over whole databases or several keys at once (SCAN, FLUSHDB, RENAME,
+//!   BITOP …) use `ctx.keyspace` and `ctx.lock_keys` directly.
 //! * Expiry times are absolute Unix milliseconds (`Option<u64>`); `ctx.now_ms`
 //!   is the time of this command. An expiry not in the future deletes the key.
 //!   Values come back with `expires_at_ms` and `version`.
@@ -48,6 +50,7 @@ use bytes::Bytes;
 use ringkv_protocol::{Frame, RespVersion};
 
 use crate::client::Client;
+use crate::data::{DataPath, Done, Local, Op, Pending, Spawned};
 use crate::errors::{self, CmdResult};
 use crate::server::Server;
 use ringkv_store::{KeyGuard, Keyspace, StrValue};
@@ -178,8 +181,11 @@ impl CommandSpec {
 pub(crate) struct Ctx<'a> {
     /// Shared server state (config, clients, stats).
     pub server: &'a Arc<Server>,
-    /// The data.
+    /// The data, for what is not an operation of the data path (WATCH versions, SCAN, whole
+    /// databases, statistics).
     pub keyspace: &'a Keyspace,
+    /// Where operations run ([`Ctx::run`]): the local store, or the cluster coordinator.
+    pub data: &'a dyn DataPath,
     /// The calling connection.
     pub client: &'a mut Client,
     /// Wall-clock time of this command, Unix ms.
@@ -233,24 +239,9 @@ impl<'a> Ctx<'a> {
         Ok(seq)
     }
 
-    /// See [`Keyspace::write_strings`].
-    pub(crate) fn write_strings(
-        &mut self,
-        items: &[(Bytes, Bytes, Option<u64>)],
-    ) -> CmdResult<u64> {
-        let seq = self.keyspace.write_strings(self.db(), items)?;
-        self.wrote(seq);
-        Ok(seq)
-    }
-
     /// See [`Keyspace::delete`].
     pub(crate) fn delete(&mut self, key: &[u8]) -> CmdResult<bool> {
         Ok(self.keyspace.delete(self.db(), key)?)
-    }
-
-    /// See [`Keyspace::exists`].
-    pub(crate) fn exists(&self, key: &[u8]) -> CmdResult<bool> {
-        Ok(self.keyspace.exists(self.db(), key)?)
     }
 
     /// Counts `bytes` more of the reply being built. Once the reply passes
@@ -263,10 +254,20 @@ impl<'a> Ctx<'a> {
         if self.reply_bytes <= OUTPUT_CHECK_BYTES_MIN {
             return Ok(());
         }
-        let limit = self.server.config.read().output_buffer_bytes_max;
+        let limit = self.output_bytes_max();
         if limit == 0 || self.reply_bytes <= limit {
             return Ok(());
         }
+        Err(self.output_limit_passed())
+    }
+
+    /// `client-output-buffer-limit` (0: none).
+    pub(crate) fn output_bytes_max(&self) -> usize {
+        self.server.config.read().output_buffer_bytes_max
+    }
+
+    /// Marks the client to be closed after this reply, counts it, and returns the error.
+    fn output_limit_passed(&mut self) -> errors::CmdError {
         self.client.close_after_reply = true;
         self.server
             .metrics
@@ -275,12 +276,35 @@ impl<'a> Ctx<'a> {
         tracing::warn!(
             client = self.client.id(),
             bytes = self.reply_bytes,
-            limit,
+            limit = self.output_bytes_max(),
             "reply passes client-output-buffer-limit; closing the client"
         );
-        Err(errors::CmdError::msg(
-            "ERR reply exceeds client-output-buffer-limit; closing the connection",
-        ))
+        errors::CmdError::OutputLimit
+    }
+
+    /// Runs `op` on the selected database through the data path, then `then` on its result:
+    /// at once when the data path answers at once (the single node), or as a deferred reply
+    /// when it answers later (the cluster coordinator), so no worker waits for it. Inside EXEC
+    /// a data path must answer at once (docs/architecture.md).
+    pub(crate) fn run(
+        &mut self,
+        op: Op,
+        then: impl FnOnce(Done) -> CmdResult<Frame> + Send + 'static,
+    ) -> Frame {
+        let pending = if self.client.in_exec {
+            // EXEC runs its queue off the workers (`exec.rs`) with its keys locked on this
+            // thread: each operation runs here, so the queue stays one isolated unit.
+            Pending::Ready(self.data.run_in_place(self.db(), op))
+        } else {
+            self.data.run(self.db(), op)
+        };
+        match pending {
+            Pending::Ready(Err(errors::CmdError::OutputLimit)) => {
+                self.output_limit_passed().into_frame()
+            }
+            Pending::Ready(result) => reply(result.and_then(then)),
+            Pending::Later(later) => self.defer(async move { reply(later.await.and_then(then)) }),
+        }
     }
 
     /// Answers later with what `reply` yields; see [`Deferred`]. Returns the placeholder the
@@ -380,6 +404,29 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
 /// The command table.
 pub(crate) fn registry() -> &'static Registry {
     &REGISTRY
+}
+
+/// Hands the command table to the services below (ACL, metrics): see `crate::catalog`.
+pub(crate) fn install_catalog() {
+    crate::catalog::install(registry());
+}
+
+impl crate::catalog::Catalog for Registry {
+    fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    fn name(&self, index: usize) -> &'static str {
+        self.specs[index].name
+    }
+
+    fn categories(&self, index: usize) -> &'static [&'static str] {
+        self.specs[index].acl_categories
+    }
+
+    fn index_of(&self, name: &[u8]) -> Option<usize> {
+        self.lookup(name).map(|(index, _)| index)
+    }
 }
 
 /// Commands run at once inside MULTI instead of being queued.
@@ -498,7 +545,10 @@ fn guard(
     spec: &CommandSpec,
     args: &[Bytes],
 ) -> Option<String> {
-    if let Err(denied) = server.acl.check(&mut client.acl, index, spec, args) {
+    if let Err(denied) = server
+        .acl
+        .check(&mut client.acl, index, args, spec.keys(args))
+    {
         server.metrics.acl_denials.fetch_add(1, Ordering::Relaxed);
         return Some(crate::acl::denied_text(denied, &client.acl.user, spec.name));
     }
@@ -539,9 +589,18 @@ pub(crate) fn invoke(
 ) -> (Frame, Option<Deferred>) {
     let started = Instant::now();
     let keyspace = &server.keyspace;
+    let local = Local(keyspace);
+    let spawned;
+    let data: &dyn DataPath = if server.deferred_data_path.load(Ordering::Relaxed) {
+        spawned = Spawned(keyspace.clone());
+        &spawned
+    } else {
+        &local
+    };
     let mut ctx = Ctx {
         server,
         keyspace,
+        data,
         now_ms: keyspace.now_ms(),
         client,
         last_write_seq: 0,

@@ -146,7 +146,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "A container for debugging commands.",
         "1.0.0",
         debug,
-    ).syntax("SLEEP seconds|SET-ACTIVE-EXPIRE 0|1|OBJECT key|POPULATE count [prefix] [size]|RELOAD|FAIL-FSYNC count|SLOW-FSYNC milliseconds [count]|COMPACTION PAUSE|RESUME|ADVANCE-CLOCK milliseconds|HELP"),
+    ).syntax("SLEEP seconds|SET-ACTIVE-EXPIRE 0|1|OBJECT key|POPULATE count [prefix] [size]|RELOAD|FAIL-FSYNC count|SLOW-FSYNC milliseconds [count]|COMPACTION PAUSE|RESUME|DATA-PATH LOCAL|DEFERRED|ADVANCE-CLOCK milliseconds|HELP"),
 ];
 
 fn time(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
@@ -165,7 +165,7 @@ fn time(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
 fn save(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
     let engine = ctx.keyspace.engine();
     let persistence = &ctx.server.persistence;
-    let saved = super::keyspace::blocking(|| crate::persistence::save(persistence, &engine));
+    let saved = crate::data::blocking(|| crate::persistence::save(persistence, &engine));
     reply(saved.map(|_| Frame::ok()).map_err(CmdError::from))
 }
 
@@ -212,7 +212,7 @@ fn ringkv_checkpoint(ctx: &mut Ctx<'_>, _args: &[Bytes]) -> Frame {
     let engine = ctx.keyspace.engine();
     let persistence = &ctx.server.persistence;
     let made =
-        super::keyspace::blocking(|| crate::persistence::backup_checkpoint(persistence, &engine));
+        crate::data::blocking(|| crate::persistence::backup_checkpoint(persistence, &engine));
     match made {
         Ok((path, seq)) => Frame::Array(vec![
             Frame::bulk(path.display().to_string()),
@@ -333,6 +333,19 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             );
             Ok(Frame::ok())
         }
+        "data-path" if args.len() == 3 => {
+            // A drill of the cluster's seam: `deferred` makes every data operation answer
+            // later, from the blocking pool, as a remote coordinator will (`data::Spawned`).
+            let deferred = match args::lower(&args[2]).as_str() {
+                "deferred" => true,
+                "local" => false,
+                _ => return Err(CmdError::Syntax),
+            };
+            ctx.server
+                .deferred_data_path
+                .store(deferred, std::sync::atomic::Ordering::Relaxed);
+            Ok(Frame::ok())
+        }
         "compaction" if args.len() == 3 => {
             // Holds background compaction, so level 0 grows until writes stall (a drill).
             let hold = match args::lower(&args[2]).as_str() {
@@ -404,7 +417,7 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         }
         "reload" => {
             let engine = ctx.keyspace.engine();
-            super::keyspace::blocking(move || engine.flush())?;
+            crate::data::blocking(move || engine.flush())?;
             Ok(Frame::ok())
         }
         "help" => Ok(help_frame(&[
@@ -414,6 +427,9 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             "    writes are then refused until the server is restarted).",
             "ADVANCE-CLOCK <milliseconds>",
             "    Move the manual clock forward (only with clock = manual).",
+            "DATA-PATH LOCAL|DEFERRED",
+            "    Run data operations in place (the default), or answer them later from the",
+            "    blocking pool, as a cluster coordinator does (a drill of that path).",
             "COMPACTION PAUSE|RESUME",
             "    Hold background compaction (level 0 then grows until writes stall), or let it go.",
             "OBJECT <key>",
@@ -473,7 +489,7 @@ fn debug_populate(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
     let db = ctx.db();
     let keyspace = ctx.keyspace;
     let ctx_server = ctx.server;
-    super::keyspace::blocking(|| -> CmdResult<()> {
+    crate::data::blocking(|| -> CmdResult<()> {
         // Keys go in batches (POPULATE_BATCH_KEYS, POPULATE_BATCH_BYTES), each one engine write: under `always`
         // a write waits for its fsync, and one fsync per key made 100 000 keys take minutes.
         let key_value_bytes = size.unwrap_or(16).max(16) as i64;
@@ -1106,7 +1122,7 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
         "keyspace" => {
             out.push_str("# Keyspace\r\n");
             for db in 0..DATABASES {
-                let keys = super::keyspace::key_count(ctx.keyspace, db);
+                let keys = crate::data::key_count(ctx.keyspace, db);
                 if keys == 0 {
                     continue;
                 }

@@ -23,8 +23,9 @@ use super::string_ops::{
     FloatError, OptionsFor, RangeError, SetCondition,
 };
 use super::{reply, spec, CommandSpec, Ctx};
+use crate::data::{self, Decision, Done, Op};
 use crate::errors::{self, CmdError, CmdResult};
-use ringkv_store::{encode_value, StoredValue, ValueType};
+use ringkv_store::{encode_value, StoredValue, StrValue, ValueType};
 
 /// The string commands.
 pub(crate) const COMMANDS: &[CommandSpec] = &[
@@ -70,26 +71,64 @@ const LCS_TOO_BIG: &str =
 // Shared helpers
 // ---------------------------------------------------------------------------------------------
 
-/// The live value at `key` of any type (SET's NX/XX/KEEPTTL and LCS need to see a key of
-/// another type without failing).
-fn get_any(ctx: &Ctx<'_>, key: &[u8]) -> CmdResult<Option<StoredValue>> {
-    Ok(ctx.keyspace.get(ctx.db(), key)?)
-}
-
-/// What a read-modify-write decides: the encoded value to store and its expiry (`None`:
-/// write nothing), and the reply.
-pub(super) type Decision = (Option<(Bytes, Option<u64>)>, Frame);
-
-/// [`Keyspace::update`](ringkv_store::Keyspace::update) on the selected database: one
-/// engine read and at most one write under the key's lock, the write noted for the sync.
+/// [`Op::Update`] on the selected database: one read and at most one write, atomic for that
+/// key; the decision's reply is the command's.
 pub(super) fn update(
     ctx: &mut Ctx<'_>,
-    key: &[u8],
-    decide: impl FnOnce(Option<&StoredValue>) -> CmdResult<Decision>,
+    key: &Bytes,
+    decide: impl FnOnce(Option<&StoredValue>) -> CmdResult<Decision> + Send + 'static,
 ) -> CmdResult<Frame> {
-    let (reply, seq) = ctx.keyspace.update(ctx.db(), key, decide)?;
-    ctx.wrote(seq);
-    Ok(reply)
+    Ok(ctx.run(
+        Op::Update(key.clone(), Box::new(decide)),
+        |done| match done {
+            Done::Reply(reply) => Ok(reply),
+            _ => unreachable!("an update answers with its reply"),
+        },
+    ))
+}
+
+/// [`Op::Get`] of a string: `then` gets the value (a missing key: `None`); a key of another
+/// type answers WRONGTYPE.
+pub(super) fn read_string(
+    ctx: &mut Ctx<'_>,
+    key: &Bytes,
+    then: impl FnOnce(Option<StrValue>) -> CmdResult<Frame> + Send + 'static,
+) -> CmdResult<Frame> {
+    Ok(ctx.run(Op::Get(key.clone()), |done| then(string_of(one(done))?)))
+}
+
+/// The value of an [`Op::Get`].
+pub(super) fn one(done: Done) -> Option<StoredValue> {
+    match done {
+        Done::Value(value) => value,
+        _ => unreachable!("a get answers with a value"),
+    }
+}
+
+/// The values of an [`Op::GetMany`].
+fn many(done: Done) -> Vec<Option<StoredValue>> {
+    match done {
+        Done::Values(values) => values,
+        _ => unreachable!("a multi-get answers with values"),
+    }
+}
+
+/// A string's view of a stored value, or WRONGTYPE.
+pub(super) fn string_of(value: Option<StoredValue>) -> CmdResult<Option<StrValue>> {
+    match value {
+        None => Ok(None),
+        Some(stored) if stored.value_type == ValueType::String => Ok(Some(StrValue {
+            data: stored.payload(),
+            expires_at_ms: stored.expires_at_ms,
+            version: stored.version,
+        })),
+        Some(_) => Err(CmdError::WrongType),
+    }
+}
+
+/// `OK` for a written [`Op::Put`].
+fn ok(_done: Done) -> CmdResult<Frame> {
+    Ok(Frame::ok())
 }
 
 /// The string held by `old` (a missing key: `None`), or WRONGTYPE.
@@ -124,8 +163,8 @@ fn expiry_error(error: ExpiryError, command: &str) -> CmdError {
     }
 }
 
-fn deadline(ctx: &Ctx<'_>, unit: ExpireUnit, text: &[u8], command: &str) -> CmdResult<u64> {
-    let now_ms = i64::try_from(ctx.now_ms).unwrap_or(i64::MAX);
+fn deadline(now_ms: u64, unit: ExpireUnit, text: &[u8], command: &str) -> CmdResult<u64> {
+    let now_ms = i64::try_from(now_ms).unwrap_or(i64::MAX);
     let at = resolve_expiry(unit, text, now_ms).map_err(|error| expiry_error(error, command))?;
     Ok(u64::try_from(at).expect("resolve_expiry returns a positive deadline"))
 }
@@ -159,10 +198,9 @@ fn i64_text(value: i64, buffer: &mut [u8; 20]) -> &[u8] {
 // ---------------------------------------------------------------------------------------------
 
 fn get(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply(
-        ctx.get_string(&args[1])
-            .map(|value| bulk_or_null(value.map(|v| v.data))),
-    )
+    reply(read_string(ctx, &args[1], |value| {
+        Ok(bulk_or_null(value.map(|v| v.data)))
+    }))
 }
 
 fn set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -172,17 +210,27 @@ fn set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 fn run_set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
     let options = parse_set_options(&args[3..], OptionsFor::Set).map_err(|()| CmdError::Syntax)?;
     let expires_at_ms = match options.expire {
-        Some((unit, text)) => Some(deadline(ctx, unit, text, "set")?),
+        Some((unit, text)) => Some(deadline(ctx.now_ms, unit, text, "set")?),
         None => None,
     };
-    let (key, value) = (&args[1], &args[2]);
+    let (key, value) = (&args[1], args[2].clone());
     if options.condition == SetCondition::Always && !options.get && !options.keep_ttl {
         // The common case: one write, no read.
-        ctx.set_string(key, value, expires_at_ms)?;
-        return Ok(Frame::ok());
+        return Ok(ctx.run(Op::Set(key.clone(), value, expires_at_ms), ok));
     }
-    let (get, condition, keep_ttl) = (options.get, options.condition, options.keep_ttl);
-    update(ctx, key, |old| {
+    let (get, keep_ttl) = (options.get, options.keep_ttl);
+    // Owned, for the decide function (it may run after the caller's arguments are gone).
+    let expected = match options.condition {
+        SetCondition::IfEqual(expected) => Some(Bytes::copy_from_slice(expected)),
+        _ => None,
+    };
+    let condition: SetCondition<'static> = match options.condition {
+        SetCondition::Always => SetCondition::Always,
+        SetCondition::IfMissing => SetCondition::IfMissing,
+        SetCondition::IfExists => SetCondition::IfExists,
+        SetCondition::IfEqual(_) => SetCondition::IfEqual(&[]),
+    };
+    update(ctx, key, move |old| {
         let old_string = match old {
             Some(stored) if stored.value_type == ValueType::String => Some(stored.payload()),
             Some(_) if get || matches!(condition, SetCondition::IfEqual(_)) => {
@@ -194,7 +242,7 @@ fn run_set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             SetCondition::Always => true,
             SetCondition::IfMissing => old.is_none(),
             SetCondition::IfExists => old.is_some(),
-            SetCondition::IfEqual(expected) => old_string.as_deref() == Some(expected),
+            SetCondition::IfEqual(_) => old_string.as_deref() == expected.as_deref(),
         };
         let write = proceed.then(|| {
             let expires_at_ms = if keep_ttl {
@@ -202,7 +250,7 @@ fn run_set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             } else {
                 expires_at_ms
             };
-            (encoded(value), expires_at_ms)
+            (encoded(&value), expires_at_ms)
         });
         let reply = if get {
             bulk_or_null(old_string)
@@ -216,11 +264,11 @@ fn run_set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
 }
 
 fn setnx(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    let value = &args[2];
-    reply(update(ctx, &args[1], |old| {
+    let value = args[2].clone();
+    reply(update(ctx, &args[1], move |old| {
         Ok(match old {
             Some(_) => (None, Frame::Integer(0)),
-            None => (Some((encoded(value), None)), Frame::Integer(1)),
+            None => (Some((encoded(&value), None)), Frame::Integer(1)),
         })
     }))
 }
@@ -236,29 +284,24 @@ fn psetex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 /// SETEX / PSETEX `key amount value`.
 fn set_with_expiry(ctx: &mut Ctx<'_>, args: &[Bytes], unit: ExpireUnit, command: &str) -> Frame {
     reply((|| {
-        let at = deadline(ctx, unit, &args[2], command)?;
-        ctx.set_string(&args[1], &args[3], Some(at))?;
-        Ok(Frame::ok())
+        let at = deadline(ctx.now_ms, unit, &args[2], command)?;
+        Ok(ctx.run(Op::Set(args[1].clone(), args[3].clone(), Some(at)), ok))
     })())
 }
 
 fn getset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    let value = &args[2];
-    reply(update(ctx, &args[1], |old| {
+    let value = args[2].clone();
+    reply(update(ctx, &args[1], move |old| {
         let old = old_string(old)?;
-        Ok((Some((encoded(value), None)), bulk_or_null(old)))
+        Ok((Some((encoded(&value), None)), bulk_or_null(old)))
     }))
 }
 
 fn getdel(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply((|| {
-        let _guard = ctx.lock_keys(&[&args[1]]);
-        let old = ctx.get_string(&args[1])?;
-        if old.is_some() {
-            ctx.delete(&args[1])?;
-        }
-        Ok(bulk_or_null(old.map(|v| v.data)))
-    })())
+    reply(update(ctx, &args[1], |old| {
+        let value = old_string(old)?;
+        Ok((old.and_then(data::delete), bulk_or_null(value)))
+    }))
 }
 
 fn getex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -270,44 +313,46 @@ fn getex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 fn run_getex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
     let options =
         parse_set_options(&args[2..], OptionsFor::Getex).map_err(|()| CmdError::Syntax)?;
-    let key = &args[1];
-    let _guard = ctx.lock_keys(&[key]);
-    let Some(value) = ctx.get_string(key)? else {
-        return Ok(Frame::Null);
-    };
-    let new_expiry = match options.expire {
-        Some((unit, text)) => Some(Some(deadline(ctx, unit, text, "getex")?)),
-        None if options.persist => Some(None),
-        None => None,
-    };
-    match new_expiry {
-        Some(None) if value.expires_at_ms.is_none() => {} // PERSIST on a persistent key
-        Some(expiry) => {
-            ctx.keyspace
-                .update_expiry(ctx.db(), key, |_| Some(expiry))?;
-        }
-        None => {}
-    }
-    Ok(Frame::Bulk(value.data))
+    let expire = options
+        .expire
+        .map(|(unit, text)| (unit, Bytes::copy_from_slice(text)));
+    let (persist, now_ms) = (options.persist, ctx.now_ms);
+    update(ctx, &args[1], move |old| {
+        let Some(value) = old_string(old)? else {
+            return Ok((None, Frame::Null));
+        };
+        let old = old.expect("a string was read");
+        let new_expiry = match expire {
+            Some((unit, text)) => Some(Some(deadline(now_ms, unit, &text, "getex")?)),
+            None if persist => Some(None),
+            None => None,
+        };
+        let write = match new_expiry {
+            Some(None) if old.expires_at_ms.is_none() => None, // PERSIST on a persistent key
+            Some(expiry) => data::with_expiry(old, expiry),
+            None => None,
+        };
+        Ok((write, Frame::Bulk(value)))
+    })
 }
 
 fn mget(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply((|| {
-        let mut values = Vec::with_capacity(args.len() - 1);
-        for key in &args[1..] {
-            let value = match ctx.get_string(key) {
-                Ok(value) => {
-                    ctx.reply_bytes(value.as_ref().map_or(0, |v| v.data.len()) + 16)?;
-                    bulk_or_null(value.map(|v| v.data))
-                }
+    let op = Op::GetMany {
+        keys: args[1..].to_vec(),
+        bytes_max: ctx.output_bytes_max(),
+    };
+    ctx.run(op, |done| {
+        Ok(Frame::Array(
+            many(done)
+                .into_iter()
                 // MGET answers nil for a key of another type.
-                Err(CmdError::WrongType) => Frame::Null,
-                Err(error) => return Err(error),
-            };
-            values.push(value);
-        }
-        Ok(Frame::Array(values))
-    })())
+                .map(|value| match value {
+                    Some(v) if v.value_type == ValueType::String => Frame::Bulk(v.payload()),
+                    _ => Frame::Null,
+                })
+                .collect(),
+        ))
+    })
 }
 
 /// MSET/MSETNX's pairs, or the arity error Redis gives for an odd count.
@@ -324,23 +369,17 @@ fn pairs(args: &[Bytes], command: &str) -> CmdResult<Vec<(Bytes, Bytes, Option<u
 fn mset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply((|| {
         let items = pairs(args, "mset")?;
-        ctx.write_strings(&items)?;
-        Ok(Frame::ok())
+        Ok(ctx.run(Op::Put(items), ok))
     })())
 }
 
 fn msetnx(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply((|| {
         let items = pairs(args, "msetnx")?;
-        let keys: Vec<&[u8]> = items.iter().map(|(key, _, _)| &key[..]).collect();
-        let _guard = ctx.lock_keys(&keys);
-        for key in &keys {
-            if ctx.exists(key)? {
-                return Ok(Frame::Integer(0));
-            }
-        }
-        ctx.write_strings(&items)?;
-        Ok(Frame::Integer(1))
+        Ok(ctx.run(Op::PutIfAbsent(items), |done| match done {
+            Done::Applied(applied) => Ok(Frame::Integer(i64::from(applied))),
+            _ => unreachable!("a conditional put answers whether it applied"),
+        }))
     })())
 }
 
@@ -374,8 +413,8 @@ fn decrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 
 /// Redis' `incrDecrCommand`: the value must be a `string2ll` integer; the sum must not
 /// overflow; the key keeps its expiry.
-fn increment(ctx: &mut Ctx<'_>, key: &[u8], by: i64) -> CmdResult<Frame> {
-    update(ctx, key, |old| {
+fn increment(ctx: &mut Ctx<'_>, key: &Bytes, by: i64) -> CmdResult<Frame> {
+    update(ctx, key, move |old| {
         let expires_at_ms = old.and_then(|o| o.expires_at_ms);
         let current = match old_string(old)? {
             Some(text) => string_ops::parse_i64(&text).ok_or(CmdError::NotInteger)?,
@@ -392,12 +431,12 @@ fn increment(ctx: &mut Ctx<'_>, key: &[u8], by: i64) -> CmdResult<Frame> {
 }
 
 fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    let increment = &args[2];
-    reply(update(ctx, &args[1], |old| {
+    let increment = args[2].clone();
+    reply(update(ctx, &args[1], move |old| {
         let expires_at_ms = old.and_then(|o| o.expires_at_ms);
         let current = old_string(old)?;
         let current: &[u8] = current.as_deref().unwrap_or(b"0");
-        let text = increment_by_float(current, increment).map_err(|error| match error {
+        let text = increment_by_float(current, &increment).map_err(|error| match error {
             FloatError::NotAFloat => CmdError::NotFloat,
             FloatError::NanOrInfinity => CmdError::msg(NAN_OR_INFINITY),
         })?;
@@ -420,14 +459,14 @@ fn range_error(error: RangeError) -> CmdError {
 }
 
 fn append(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    let tail = &args[2];
+    let tail = args[2].clone();
     let bytes_max = ctx.string_bytes_max() as u64;
-    reply(update(ctx, &args[1], |old| {
+    reply(update(ctx, &args[1], move |old| {
         let expires_at_ms = old.and_then(|o| o.expires_at_ms);
         let Some(current) = old_string(old)? else {
             // A new key: Redis checks no length (the argument is within the limit already).
             return Ok((
-                Some((encoded(tail), None)),
+                Some((encoded(&tail), None)),
                 Frame::Integer(tail.len() as i64),
             ));
         };
@@ -435,42 +474,43 @@ fn append(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
             .map_err(range_error)?;
         let raw = encoded_with(length, |out| {
             out.put_slice(&current);
-            out.put_slice(tail);
+            out.put_slice(&tail);
         });
         Ok((Some((raw, expires_at_ms)), Frame::Integer(length as i64)))
     }))
 }
 
 fn strlen(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply(
-        ctx.get_string(&args[1])
-            .map(|value| Frame::Integer(value.map_or(0, |v| v.data.len() as i64))),
-    )
+    reply(read_string(ctx, &args[1], |value| {
+        Ok(Frame::Integer(value.map_or(0, |v| v.data.len() as i64)))
+    }))
 }
 
 fn getrange(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply((|| {
         let start = string_ops::parse_i64(&args[2]).ok_or(CmdError::NotInteger)?;
         let end = string_ops::parse_i64(&args[3]).ok_or(CmdError::NotInteger)?;
-        let Some(value) = ctx.get_string(&args[1])? else {
-            return Ok(Frame::Bulk(Bytes::new()));
-        };
-        Ok(Frame::Bulk(
-            match getrange_bounds(start, end, value.data.len()) {
-                Some(range) => value.data.slice(range),
-                None => Bytes::new(),
-            },
-        ))
+        read_string(ctx, &args[1], move |value| {
+            let Some(value) = value else {
+                return Ok(Frame::Bulk(Bytes::new()));
+            };
+            Ok(Frame::Bulk(
+                match getrange_bounds(start, end, value.data.len()) {
+                    Some(range) => value.data.slice(range),
+                    None => Bytes::new(),
+                },
+            ))
+        })
     })())
 }
 
 fn setrange(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply((|| {
-        let patch = &args[3];
+        let patch = args[3].clone();
         let offset = string_ops::parse_i64(&args[2]).ok_or(CmdError::NotInteger)?;
         let offset = check_setrange_offset(offset).map_err(range_error)?;
         let bytes_max = ctx.string_bytes_max() as u64;
-        update(ctx, &args[1], |old| {
+        update(ctx, &args[1], move |old| {
             let expires_at_ms = old.and_then(|o| o.expires_at_ms);
             let current = old_string(old)?.unwrap_or_default();
             if patch.is_empty() {
@@ -484,10 +524,10 @@ fn setrange(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
             let raw = encoded_with(length, |out| {
                 if current.len() >= end {
                     out.put_slice(&current[..offset]);
-                    out.put_slice(patch);
+                    out.put_slice(&patch);
                     out.put_slice(&current[end..]);
                 } else {
-                    out.put_slice(&apply_setrange(&current, offset, patch));
+                    out.put_slice(&apply_setrange(&current, offset, &patch));
                 }
             });
             Ok((Some((raw, expires_at_ms)), Frame::Integer(length as i64)))
@@ -508,47 +548,77 @@ fn lcs_command(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 /// (last first, each `[[a_start, a_end], [b_start, b_end]]` plus the length with
 /// WITHMATCHLEN) and the length.
 fn run_lcs(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
-    let string_of = |value: Option<StoredValue>| -> CmdResult<Bytes> {
-        match value {
-            None => Ok(Bytes::new()),
-            Some(stored) if stored.value_type == ValueType::String => Ok(stored.payload()),
-            Some(_) => Err(CmdError::msg(LCS_WRONG_TYPE)),
-        }
+    // Parsed first, answered after the keys are read: Redis reports a key of another type
+    // before a bad option.
+    let options = parse_lcs_options(&args[3..]);
+    let bytes_max = ctx.string_bytes_max() as u64;
+    let op = Op::GetMany {
+        keys: vec![args[1].clone(), args[2].clone()],
+        bytes_max: 0,
     };
-    let a = get_any(ctx, &args[1])?;
-    let b = get_any(ctx, &args[2])?;
-    let (a, b) = (string_of(a)?, string_of(b)?);
-    let (mut want_index, mut want_length, mut with_match_length) = (false, false, false);
-    let mut min_match_length: u64 = 0;
-    let mut index = 3;
+    Ok(ctx.run(op, move |done| {
+        let string_of = |value: Option<StoredValue>| -> CmdResult<Bytes> {
+            match value {
+                None => Ok(Bytes::new()),
+                Some(stored) if stored.value_type == ValueType::String => Ok(stored.payload()),
+                Some(_) => Err(CmdError::msg(LCS_WRONG_TYPE)),
+            }
+        };
+        let mut values = many(done).into_iter();
+        let a = string_of(values.next().flatten())?;
+        let b = string_of(values.next().flatten())?;
+        lcs_reply(&a, &b, options?, bytes_max)
+    }))
+}
+
+/// LCS's options.
+struct LcsOptions {
+    want_index: bool,
+    want_length: bool,
+    with_match_length: bool,
+    min_match_length: u64,
+}
+
+fn parse_lcs_options(args: &[Bytes]) -> CmdResult<LcsOptions> {
+    let mut options = LcsOptions {
+        want_index: false,
+        want_length: false,
+        with_match_length: false,
+        min_match_length: 0,
+    };
+    let mut index = 0;
     while index < args.len() {
         let option = &args[index][..];
         if option.eq_ignore_ascii_case(b"IDX") {
-            want_index = true;
+            options.want_index = true;
         } else if option.eq_ignore_ascii_case(b"LEN") {
-            want_length = true;
+            options.want_length = true;
         } else if option.eq_ignore_ascii_case(b"WITHMATCHLEN") {
-            with_match_length = true;
+            options.with_match_length = true;
         } else if option.eq_ignore_ascii_case(b"MINMATCHLEN") && index + 1 < args.len() {
             let value = string_ops::parse_i64(&args[index + 1]).ok_or(CmdError::NotInteger)?;
-            min_match_length = u64::try_from(value).unwrap_or(0);
+            options.min_match_length = u64::try_from(value).unwrap_or(0);
             index += 1;
         } else {
             return Err(CmdError::Syntax);
         }
         index += 1;
     }
-    if want_index && want_length {
+    if options.want_index && options.want_length {
         return Err(CmdError::msg(LCS_LEN_AND_IDX));
     }
-    if !lcs_fits(a.len(), b.len(), ctx.string_bytes_max() as u64) {
+    Ok(options)
+}
+
+fn lcs_reply(a: &[u8], b: &[u8], options: LcsOptions, bytes_max: u64) -> CmdResult<Frame> {
+    if !lcs_fits(a.len(), b.len(), bytes_max) {
         return Err(CmdError::msg(LCS_TOO_BIG));
     }
-    let result = lcs(&a, &b, min_match_length);
-    if want_length {
+    let result = lcs(a, b, options.min_match_length);
+    if options.want_length {
         return Ok(Frame::Integer(result.length as i64));
     }
-    if !want_index {
+    if !options.want_index {
         return Ok(Frame::Bulk(Bytes::from(result.text)));
     }
     let range = |(start, end): (usize, usize)| {
@@ -562,7 +632,7 @@ fn run_lcs(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         .iter()
         .map(|found| {
             let mut item = vec![range(found.a), range(found.b)];
-            if with_match_length {
+            if options.with_match_length {
                 item.push(Frame::Integer(found.length as i64));
             }
             Frame::Array(item)

@@ -4,8 +4,10 @@
 use bytes::Bytes;
 use ringkv_protocol::Frame;
 
+use super::string::{one, update};
 use super::{reply, spec, CommandSpec, Ctx};
 use crate::args::{self, is};
+use crate::data::{self, Op};
 use crate::errors::{self, CmdError, CmdResult};
 
 /// The expiry commands.
@@ -215,36 +217,41 @@ fn expire_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
     when += base;
     // A time at or before now deletes the key (the keyspace does it when the expiry is past).
     let expires_at = if when <= 0 { 0 } else { when as u64 };
-    let changed = ctx.keyspace.update_expiry(ctx.db(), &args[1], |current| {
-        conditions.allow(current, when).then_some(Some(expires_at))
-    })?;
-    Ok(Frame::Integer(i64::from(changed)))
+    update(ctx, &args[1], move |old| {
+        let allowed = old.filter(|old| conditions.allow(old.expires_at_ms, when));
+        Ok((
+            allowed.and_then(|old| data::with_expiry(old, Some(expires_at))),
+            Frame::Integer(i64::from(allowed.is_some())),
+        ))
+    })
 }
 
 fn ttl(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply((|| {
-        let name = args::lower(&args[0]);
-        let Some(value) = ctx.keyspace.get(ctx.db(), &args[1])? else {
+    let name = args::lower(&args[0]);
+    let now_ms = ctx.now_ms;
+    ctx.run(Op::Get(args[1].clone()), move |done| {
+        let Some(value) = one(done) else {
             return Ok(Frame::Integer(-2));
         };
         let Some(at) = value.expires_at_ms else {
             return Ok(Frame::Integer(-1));
         };
-        let remaining = (at as i64 - ctx.now_ms as i64).max(0);
+        let remaining = (at as i64 - now_ms as i64).max(0);
         Ok(Frame::Integer(match name.as_str() {
             "ttl" => (remaining + 500) / 1000,
             "pttl" => remaining,
             "expiretime" => at as i64 / 1000,
             _ => at as i64,
         }))
-    })())
+    })
 }
 
 fn persist(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    reply(
-        ctx.keyspace
-            .update_expiry(ctx.db(), &args[1], |current| current.map(|_| None))
-            .map(|changed| Frame::Integer(i64::from(changed)))
-            .map_err(CmdError::from),
-    )
+    reply(update(ctx, &args[1], |old| {
+        let expiring = old.filter(|old| old.expires_at_ms.is_some());
+        Ok((
+            expiring.and_then(|old| data::with_expiry(old, None)),
+            Frame::Integer(i64::from(expiring.is_some())),
+        ))
+    }))
 }
