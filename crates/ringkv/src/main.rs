@@ -7,6 +7,16 @@
 
 mod backup;
 
+// The global allocator. glibc's malloc took about a quarter of the server's CPU on SET at
+// pipeline 16 (malloc, free, malloc_consolidate); see docs/BENCHMARKS.md (issue 12) for the
+// measurement that chose it. jemalloc wins if both features are on.
+#[cfg(feature = "alloc-jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(all(feature = "alloc-mimalloc", not(feature = "alloc-jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
