@@ -85,6 +85,12 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
+    pub(crate) fn u128_le(&mut self) -> Result<u128, DecodeError> {
+        let mut raw = [0u8; 16];
+        raw.copy_from_slice(self.bytes(16)?);
+        Ok(u128::from_le_bytes(raw))
+    }
+
     pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
         let start = self.offset;
         let mut value: u64 = 0;
