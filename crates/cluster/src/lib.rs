@@ -34,7 +34,7 @@ mod codec;
 pub mod counter;
 pub mod dvv;
 // pub mod frame;
-// pub mod hlc;
+pub mod hlc;
 // pub mod plan;
 
 pub use codec::DecodeError;
