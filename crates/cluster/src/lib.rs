@@ -35,7 +35,7 @@ pub mod counter;
 pub mod dvv;
 // pub mod frame;
 pub mod hlc;
-// pub mod plan;
+pub mod plan;
 
 pub use codec::DecodeError;
 
