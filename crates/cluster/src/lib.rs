@@ -33,7 +33,7 @@ pub use ringkv_store::layout::{hash_tag, key_slot, SLOT_COUNT};
 mod codec;
 pub mod counter;
 pub mod dvv;
-// pub mod frame;
+pub mod frame;
 pub mod hlc;
 pub mod plan;
 
