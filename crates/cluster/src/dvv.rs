@@ -573,7 +573,7 @@ mod tests {
         values
     }
 
-    // The examples of dvvset.erl's tests, with nodes a=1, b=2, c=3.
+    // Worked examples of update (docs/cluster.md, "Versions"), nodes a=1, b=2, c=3.
     #[test]
     fn update_follows_dvvset_examples() {
         let a0 = DvvSet::new("v1").update(&DvvSet::default(), 1);

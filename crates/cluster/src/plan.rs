@@ -480,6 +480,13 @@ impl Planner {
                 break;
             }
         }
+        // The rounds are bounded, and single moves can use them all while a
+        // dead end sits beside them: relay what is still short.
+        for _ in 0..BALANCE_ROUNDS {
+            if !self.relay() {
+                break;
+            }
+        }
     }
 
     /// Moves replicas away from `from` while it is above its ceiling.
@@ -815,10 +822,7 @@ mod tests {
                 );
             }
         } else {
-            // Shares differ between zones but not within one. Known limit:
-            // with uneven zones the balance moves (single and two-step) can
-            // leave one node up to ~6% off its zone's share, so this bound
-            // is looser than the even case's 2% (docs/cluster.md).
+            // Shares differ between zones but not within one.
             for zone in sizes.keys() {
                 let in_zone: Vec<f64> = members
                     .iter()
@@ -925,6 +929,12 @@ mod tests {
             prop_assert_eq!(&plan(&shuffled, replication, None).unwrap(), &a);
             prop_assert_eq!(Assignment::decode(&a.encode()).unwrap(), a.clone());
 
+            // Movement bound: 1.1 × the ideal in one zone. With several zones
+            // the zone rule can leave too few slots where a node fits
+            // directly, and two-step relays move two copies per fix
+            // (docs/cluster.md, "Properties").
+            let slack = if zone_sizes(&before).len() == 1 { 1.1 } else { 1.25 };
+
             // Join a node into an existing zone.
             let new_node = u64::from(u32::MAX) + 1;
             let zone = spec[usize::from(pick) % spec.len()].1;
@@ -937,7 +947,7 @@ mod tests {
             let taken = b.replica_counts().get(&new_node).copied().unwrap_or(0);
             if !zones_bind(&before, replication) && !zones_bind(&joined, replication) && replication <= before.len() {
                 let moved = b.moves_from(&a);
-                prop_assert!(moved as f64 <= 1.1 * taken as f64 + 64.0, "join moved {} for a share of {}", moved, taken);
+                prop_assert!(moved as f64 <= slack * taken as f64 + 64.0, "join moved {} for a share of {}", moved, taken);
             }
 
             // A node leaves (one whose zone keeps other members).
@@ -951,7 +961,7 @@ mod tests {
                 let gone = a.replica_counts().get(&leaver.0).copied().unwrap_or(0);
                 if same_zones && !zones_bind(&before, replication) && !zones_bind(&left, replication) && replication < before.len() {
                     let moved = c.moves_from(&a);
-                    prop_assert!(moved as f64 <= 1.1 * gone as f64 + 64.0, "leave moved {} for {} lost", moved, gone);
+                    prop_assert!(moved as f64 <= slack * gone as f64 + 64.0, "leave moved {} for {} lost", moved, gone);
                 }
             }
         }
@@ -969,5 +979,42 @@ mod tests {
         let mut out = members.to_vec();
         out.reverse();
         out
+    }
+}
+
+#[cfg(test)]
+mod uneven_zones {
+    use super::*;
+
+    /// Found by the property test: after a leave, five nodes in one zone
+    /// share exactly two replicas of every slot; one of them ended 6% short.
+    #[test]
+    fn leave_with_a_tight_zone_stays_balanced_within_the_zone() {
+        let spec: [(NodeId, u8); 8] = [
+            (0, 0),
+            (1, 2),
+            (276251, 2),
+            (18240815, 0),
+            (297995956, 2),
+            (968002324, 0),
+            (1059050985, 0),
+            (3904592551, 0),
+        ];
+        let member = |&(node, zone): &(NodeId, u8)| Member {
+            node,
+            zone: format!("zone-{zone}"),
+        };
+        let before: Vec<Member> = spec.iter().map(member).collect();
+        let a = plan(&before, 3, None).unwrap();
+        let after: Vec<Member> = spec.iter().filter(|x| x.0 != 1).map(member).collect();
+        let b = plan(&after, 3, Some(&a)).unwrap();
+        let counts = b.replica_counts();
+        let zone0: Vec<usize> = after
+            .iter()
+            .filter(|m| m.zone == "zone-0")
+            .map(|m| counts[&m.node])
+            .collect();
+        let (lo, hi) = (zone0.iter().min().unwrap(), zone0.iter().max().unwrap());
+        assert!(*hi - *lo <= *hi / 50 + 2, "zone-0 holds {zone0:?}");
     }
 }
