@@ -1,18 +1,44 @@
 //! # ringkv-cluster
 //!
-//! The Dynamo-style cluster layer (docs/architecture.md): key →
-//! slot hashing, the ring of slot owners, preference lists, quorum
-//! coordination, version vectors, hinted handoff, read repair, Merkle
-//! anti-entropy and gossip membership.
+//! The Dynamo-style cluster layer (docs/architecture.md, docs/cluster.md):
+//! key → slot hashing, the slot map and its planning, quorum coordination,
+//! version vectors, CRDT counters, the internode protocol, hinted handoff,
+//! read repair, Merkle anti-entropy and gossip membership.
 //!
 //! **Owns:** placement and replication decisions between nodes.
 //! **Must not touch:** on-disk formats (that is `ringkv-engine`), the key
 //! layout and value envelope of one node (that is `ringkv-store`, which it
 //! builds on), or RESP framing (that is `ringkv-protocol`).
 //!
-//! Today it holds the one piece every layer already agrees on: the slot
-//! function, the same as Redis Cluster's so cluster-aware clients can route.
-//! It lives in the store's key layout (slot-first keys need it) and is
-//! re-exported here.
+//! Everything here so far is I/O-free core logic, each piece a pure
+//! function or a state machine that tests drive directly:
+//!
+//! - [`dvv`] — dotted version vector sets: siblings, the causal context,
+//!   sync and update, their compact encoding.
+//! - [`hlc`] — the hybrid logical clock and the deterministic
+//!   last-writer-wins pick among siblings.
+//! - [`counter`] — the PN-counter behind cluster INCR/DECR/INCRBY, with
+//!   request-id dedupe so a retry counts once.
+//! - [`plan`] — slot planning: the replica list of every slot from the
+//!   members, their zones and the previous assignment.
+//! - [`frame`] — the internode frame codec and the HMAC challenge–response
+//!   handshake.
+//!
+//! The slot function is the same as Redis Cluster's so cluster-aware
+//! clients can route. It lives in the store's key layout (slot-first keys
+//! need it) and is re-exported here.
 
 pub use ringkv_store::layout::{hash_tag, key_slot, SLOT_COUNT};
+
+mod codec;
+pub mod counter;
+pub mod dvv;
+pub mod frame;
+pub mod hlc;
+pub mod plan;
+
+pub use codec::DecodeError;
+
+/// A cluster node's identity: a 64-bit id, stable for the node's life and
+/// never reused (docs/cluster.md).
+pub type NodeId = u64;
