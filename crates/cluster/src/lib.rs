@@ -23,6 +23,9 @@
 //!   members, their zones and the previous assignment.
 //! - [`frame`] — the internode frame codec and the HMAC challenge–response
 //!   handshake.
+//! - [`record`] — one key's versioned record on a replica: siblings
+//!   (values, tombstones, counters), write and increment events, merge, and
+//!   the read's deterministic resolution.
 //!
 //! The slot function is the same as Redis Cluster's so cluster-aware
 //! clients can route. It lives in the store's key layout (slot-first keys
@@ -36,6 +39,7 @@ pub mod dvv;
 pub mod frame;
 pub mod hlc;
 pub mod plan;
+pub mod record;
 
 pub use codec::DecodeError;
 
