@@ -23,6 +23,8 @@
 //!   members, their zones and the previous assignment.
 //! - [`frame`] — the internode frame codec and the HMAC challenge–response
 //!   handshake.
+//! - [`quorum`] — the coordinator's write and read rounds: W acks, R
+//!   copies merged, the stale replicas read repair goes to.
 //! - [`record`] — one key's versioned record on a replica: siblings
 //!   (values, tombstones, counters), write and increment events, merge, and
 //!   the read's deterministic resolution.
@@ -39,6 +41,7 @@ pub mod dvv;
 pub mod frame;
 pub mod hlc;
 pub mod plan;
+pub mod quorum;
 pub mod record;
 
 pub use codec::DecodeError;
