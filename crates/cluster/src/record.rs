@@ -274,13 +274,13 @@ impl Record {
     fn live_counter(&self, hlc: Hlc) -> Result<(PnCounter, Option<u64>), IncrementError> {
         let now_ms = hlc.physical_ms();
         if let Some(found) = self.counters_after(self.latest_plain().map(|s| s.hlc))? {
-            if !found.1.is_some_and(|at| at <= now_ms) {
+            if found.1.is_none_or(|at| at > now_ms) {
                 return Ok(found);
             }
             return Ok((PnCounter::new(), None));
         }
         match self.latest_plain() {
-            Some(sibling) if !sibling.expires_at_ms.is_some_and(|at| at <= now_ms) => {
+            Some(sibling) if sibling.expires_at_ms.is_none_or(|at| at > now_ms) => {
                 let Body::Value(text) = &sibling.body else {
                     return Ok((PnCounter::new(), None));
                 };
