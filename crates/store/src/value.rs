@@ -38,6 +38,10 @@ pub const CONTEXT_BYTES_MAX: usize = u16::MAX as usize;
 pub enum ValueType {
     /// A Redis string.
     String = 1,
+    /// A cluster replica's versioned record of a key (siblings under a dotted version
+    /// vector set, docs/cluster.md "Records"): the payload is the cluster layer's encoding,
+    /// opaque here; the envelope's HLC and context summarise it.
+    Record = 2,
 }
 
 impl ValueType {
@@ -50,6 +54,7 @@ impl ValueType {
     pub fn from_tag(tag: u8) -> Option<ValueType> {
         match tag {
             1 => Some(ValueType::String),
+            2 => Some(ValueType::Record),
             _ => None,
         }
     }
@@ -57,7 +62,8 @@ impl ValueType {
     /// Name as TYPE and SCAN … TYPE spell it.
     pub fn name(self) -> &'static str {
         match self {
-            ValueType::String => "string",
+            // A record holds a string or a counter, which Redis clients know as strings.
+            ValueType::String | ValueType::Record => "string",
         }
     }
 }

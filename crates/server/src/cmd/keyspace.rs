@@ -387,6 +387,9 @@ fn range(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
                         ValueType::String => {
                             out.push(Frame::Bulk(entry.value.slice(decoded.payload_at..)))
                         }
+                        // A cluster record is read through the coordinator (docs/cluster.md),
+                        // which resolves its siblings; a local range does not.
+                        ValueType::Record => out.push(Frame::Null),
                     }
                 }
             }
@@ -541,6 +544,7 @@ fn object(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Ok(match sub.as_str() {
             "encoding" => Frame::bulk(match value.value_type {
                 ValueType::String => string_encoding(&value.payload()),
+                ValueType::Record => "raw",
             }),
             "refcount" => Frame::Integer(1),
             // Access times are not tracked: every key reads as just used.

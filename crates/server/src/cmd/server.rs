@@ -396,6 +396,7 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                             "raw"
                         }
                     }
+                    ringkv_store::ValueType::Record => "raw",
                 },
                 value.payload_len()
             )))
