@@ -47,6 +47,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// peer cannot start unbounded work on a node.
 pub const DEFAULT_MAX_IN_FLIGHT_PER_CONN: usize = 256;
 
+/// Default bound on connections a node serves at once, authenticated or
+/// not: far above a cluster's peers times their `conns_per_peer`, and a
+/// ceiling on what connections that never authenticate can hold (each
+/// until its handshake timeout).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 /// Default connections per peer: two, so one large transfer does not
 /// queue every small request behind it.
 pub const DEFAULT_CONNS_PER_PEER: usize = 2;
@@ -72,6 +78,9 @@ pub struct TransportConfig {
     pub max_in_flight_per_conn: usize,
     /// Connections kept per peer address, used round-robin.
     pub conns_per_peer: usize,
+    /// Accepted connections served at once; at the bound the listener
+    /// stops accepting until one closes.
+    pub max_connections: usize,
 }
 
 impl TransportConfig {
@@ -84,6 +93,7 @@ impl TransportConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_in_flight_per_conn: DEFAULT_MAX_IN_FLIGHT_PER_CONN,
             conns_per_peer: DEFAULT_CONNS_PER_PEER,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 
@@ -95,6 +105,9 @@ impl TransportConfig {
         }
         if self.max_in_flight_per_conn == 0 {
             return invalid("max_in_flight_per_conn must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections must be at least 1");
         }
         if self.conns_per_peer == 0 {
             return invalid("conns_per_peer must be at least 1");

@@ -556,3 +556,41 @@ async fn handler_errors_and_panics_come_back_as_remote_errors() {
     assert!(matches!(result, Err(CallError::ShutDown)), "{result:?}");
     b.transport.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_max_connections_are_served_at_once() {
+    let mut server_config = config(1, SECRET);
+    server_config.max_connections = 2;
+    let server = start(server_config).await;
+    let good = start(config(2, SECRET)).await;
+    // Two silent connections take both places until their handshake
+    // deadline (300 ms) closes them.
+    let silent = [
+        TcpStream::connect(server.addr()).await.unwrap(),
+        TcpStream::connect(server.addr()).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let result = good
+        .transport
+        .call(
+            server.addr(),
+            KIND_ECHO,
+            Bytes::new(),
+            Duration::from_millis(150),
+        )
+        .await;
+    assert!(
+        matches!(result, Err(CallError::TimedOut)),
+        "expected TimedOut while full, got {result:?}"
+    );
+    for stream in silent {
+        assert_closed(stream, Duration::from_secs(2), "silent connection").await;
+    }
+    let reply = good
+        .call(&server, KIND_ECHO, Bytes::from_static(b"in"))
+        .await
+        .unwrap();
+    assert_echo(reply, KIND_ECHO, b"in", 1);
+    server.transport.shutdown().await;
+    good.transport.shutdown().await;
+}

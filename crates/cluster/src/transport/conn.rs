@@ -31,6 +31,9 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// a frame larger than this goes straight to the stream.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
+/// Bytes of a frame's length prefix (docs/cluster.md, "Internode frames").
+const LENGTH_BYTES: usize = 4;
+
 /// Why reading frames stopped.
 #[derive(Debug, Error)]
 pub(crate) enum ReadError {
@@ -95,7 +98,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = Frame::decode(&mut self.buffer, self.max_frame_bytes)? {
                 return Ok(Some(frame));
             }
-            self.buffer.reserve(READ_CHUNK_BYTES);
+            // Before the handshake the limit is small, and so is the room
+            // an unauthenticated peer gets.
+            self.buffer
+                .reserve(READ_CHUNK_BYTES.min(self.max_frame_bytes + LENGTH_BYTES));
             if self.io.read_buf(&mut self.buffer).await? == 0 {
                 return if self.buffer.is_empty() {
                     Ok(None)

@@ -31,15 +31,26 @@ use crate::NodeId;
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts connections until the transport shuts down (the task is
-/// dropped, and the listener with it).
+/// dropped, and the listener with it), at most `max_connections` at once.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let connections = Arc::new(Semaphore::new(shared.config.max_connections));
     loop {
+        let permit = connections
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap_or_else(|_| unreachable!("the connection semaphore is never closed"));
         match listener.accept().await {
             Ok((stream, remote)) => {
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%remote, %error, "set_nodelay failed");
                 }
-                if !shared.spawn(serve(stream, remote, shared.clone())) {
+                let served = serve(stream, remote, shared.clone());
+                let task = async move {
+                    served.await;
+                    drop(permit);
+                };
+                if !shared.spawn(task) {
                     return;
                 }
             }
