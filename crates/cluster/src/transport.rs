@@ -172,8 +172,11 @@ pub enum CallError {
     /// not have run; the next call re-dials.
     #[error("connection lost")]
     ConnectionLost,
-    /// The peer failed authentication, refused ours, or did not finish
-    /// the handshake in time.
+    /// The peer failed authentication, closed the connection during the
+    /// handshake, or did not finish it in time. (A peer that refuses our
+    /// final proof can only close the connection after it; the first call
+    /// on it then fails with `ConnectionLost`. With honest peers that
+    /// cannot happen first: a different secret fails our check of theirs.)
     #[error("handshake refused: {reason}")]
     HandshakeRefused {
         /// What went wrong.
