@@ -53,6 +53,9 @@ pub enum FrameKind {
     /// A refusal: the request's epoch is older than the receiver's; the
     /// sender refreshes its slot map and retries.
     StaleEpoch = 18,
+    /// A request the receiver accepted but could not answer; the payload is
+    /// a UTF-8 message (docs/cluster.md, "Transport").
+    Error = 19,
 }
 
 impl FrameKind {
@@ -64,6 +67,7 @@ impl FrameKind {
             16 => Self::Request,
             17 => Self::Response,
             18 => Self::StaleEpoch,
+            19 => Self::Error,
             _ => return None,
         })
     }
@@ -553,6 +557,7 @@ mod tests {
             frame(FrameKind::Request, b"get key"),
             frame(FrameKind::Response, b""),
             frame(FrameKind::StaleEpoch, b"7"),
+            frame(FrameKind::Error, b"handler failed"),
         ];
         let mut buffer = BytesMut::new();
         for f in &frames {

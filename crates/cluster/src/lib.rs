@@ -29,6 +29,12 @@
 //!   (values, tombstones, counters), write and increment events, merge, and
 //!   the read's deterministic resolution.
 //!
+//! Around that core, the one piece that does I/O so far:
+//!
+//! - [`transport`] — the internode transport on tokio: authenticated TCP
+//!   connections, requests multiplexed by id on pooled connections, the
+//!   epoch check.
+//!
 //! The slot function is the same as Redis Cluster's so cluster-aware
 //! clients can route. It lives in the store's key layout (slot-first keys
 //! need it) and is re-exported here.
@@ -43,6 +49,7 @@ pub mod hlc;
 pub mod plan;
 pub mod quorum;
 pub mod record;
+pub mod transport;
 
 pub use codec::DecodeError;
 
