@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use ringkv_engine::{StdStorage, Storage};
 
 /// Name, size and CRC32C of every file of a backup, one per line
 /// (`crc32c-hex size name`); not part of the database.
@@ -107,10 +108,16 @@ pub fn restore(from: &Path, dir: &Path, quiet: bool) -> anyhow::Result<()> {
         let mut want = expected;
         want.sort_by(|a, b| a.name.cmp(&b.name));
         if got != want {
-            let _ = fs::remove_dir_all(dir);
+            let removed = match fs::remove_dir_all(dir) {
+                Ok(()) => "restore target removed".to_string(),
+                Err(error) => format!(
+                    "removing the restore target {} failed too: {error}; delete it by hand",
+                    dir.display()
+                ),
+            };
             bail!(
                 "the backup in {} does not match its {CHECKSUMS_FILE}: a file changed or is \
-                 missing since the backup was taken (restore target removed)",
+                 missing since the backup was taken ({removed})",
                 from.display()
             );
         }
@@ -149,7 +156,8 @@ fn ask_checkpoint(address: &ServerAddress) -> anyhow::Result<(PathBuf, u64)> {
     Ok((PathBuf::from(path), seq))
 }
 
-/// Refuses a directory that exists and holds anything; creates it otherwise.
+/// Refuses a directory that exists and holds anything; creates it otherwise, its name made
+/// durable (the parent directory's fsync is checked).
 fn ensure_empty(dir: &Path, what: &str) -> anyhow::Result<()> {
     if dir.exists() {
         let mut entries =
@@ -168,7 +176,18 @@ fn ensure_empty(dir: &Path, what: &str) -> anyhow::Result<()> {
         }
     }
     fs::create_dir_all(dir).with_context(|| format!("creating {what} {}", dir.display()))?;
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if let Some(parent) = absolute.parent() {
+        sync_dir(parent)?;
+    }
     Ok(())
+}
+
+/// Makes the names in `dir` durable, through the engine's storage seam.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    StdStorage
+        .sync_dir(dir)
+        .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// True when another process holds the engine's `flock` on `lock`.
@@ -228,9 +247,7 @@ fn copy_and_verify(from: &Path, to: &Path, quiet: bool) -> anyhow::Result<Vec<Fi
         });
     }
     bar.finish_and_clear();
-    File::open(to)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", to.display()))?;
+    sync_dir(to)?;
     let bar = progress_bar(total, quiet, "verifying");
     let report = ringkv_engine::verify_directory(to, |_, bytes| bar.inc(bytes))
         .with_context(|| format!("verifying {}", to.display()))?;
@@ -325,10 +342,10 @@ fn write_checksums(dir: &Path, sums: &[FileSum]) -> anyhow::Result<()> {
     }
     let path = dir.join(CHECKSUMS_FILE);
     let mut file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    sync_dir(dir)
 }
 
 /// The checksums a backup recorded, or `None` for a directory without them

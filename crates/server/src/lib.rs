@@ -341,6 +341,12 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
     let dir = config.dir.clone();
     let recount_gate = config.recount_gate.clone();
     let opened = tokio::task::spawn_blocking(move || {
+        // A replica's full-sync swap cut short by a crash: finish or undo it first.
+        let swap = replication::follower::recover_swap(&*options.storage, &dir)
+            .map_err(|e| ringkv_engine::Error::io(&dir, e))?;
+        if swap.acted() {
+            tracing::warn!(?swap, dir = %dir.display(), "recovered an interrupted replica full-sync swap");
+        }
         let engine = ringkv_engine::Db::open(&dir, options)?;
         log_recovery(&engine);
         ringkv_store::Keyspace::open(engine, replica, recount_gate)

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use ringkv_engine::Storage;
 
 use crate::server::unix_seconds;
 
@@ -71,15 +72,32 @@ pub(crate) fn checkpoint_root(data_dir: &Path) -> PathBuf {
 }
 
 /// A fresh name `<prefix><unix time>` (or `-N` suffixed) under `root`.
-fn fresh_target(root: &Path, prefix: &str) -> PathBuf {
+fn fresh_target(fs: &dyn Storage, root: &Path, prefix: &str) -> ringkv_engine::Result<PathBuf> {
     let now = unix_seconds();
     let mut target = root.join(format!("{prefix}{now}"));
     let mut n = 1;
-    while target.exists() || target.with_extension("checkpoint-tmp").exists() {
+    let taken = |path: &Path| {
+        fs.exists(path)
+            .map_err(|e| ringkv_engine::Error::io(path, e))
+    };
+    while taken(&target)? || taken(&target.with_extension("checkpoint-tmp"))? {
         target = root.join(format!("{prefix}{now}-{n}"));
         n += 1;
     }
-    target
+    Ok(target)
+}
+
+/// Creates the checkpoints directory if missing and makes its name durable (the fsync of its
+/// parent is checked: a checkpoint in a directory a power cut can take away is no checkpoint).
+fn ensure_root(fs: &dyn Storage, root: &Path) -> ringkv_engine::Result<()> {
+    let io = |e| ringkv_engine::Error::io(root, e);
+    if fs.exists(root).map_err(io)? {
+        return Ok(());
+    }
+    fs.create_dir_all(root).map_err(io)?;
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    fs.sync_dir(parent)
+        .map_err(|e| ringkv_engine::Error::io(parent, e))
 }
 
 /// Writes a checkpoint of `engine` for SAVE/BGSAVE, records the outcome and
@@ -91,12 +109,11 @@ pub(crate) fn save(
     let _one = persistence.save_lock.lock();
     let started = std::time::Instant::now();
     let root = checkpoint_root(engine.path());
-    let result = std::fs::create_dir_all(&root)
-        .map_err(|e| ringkv_engine::Error::io(&root, e))
-        .and_then(|()| {
-            let target = fresh_target(&root, "");
-            engine.checkpoint(&target).map(|seq| (target, seq))
-        });
+    let fs: &dyn Storage = &*engine.options().storage;
+    let result = ensure_root(fs, &root).and_then(|()| {
+        let target = fresh_target(fs, &root, "")?;
+        engine.checkpoint(&target).map(|seq| (target, seq))
+    });
     persistence
         .last_save_duration_ms
         .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -108,7 +125,9 @@ pub(crate) fn save(
                 .store(unix_seconds(), Ordering::Relaxed);
             *persistence.last_checkpoint.lock() = Some((path.clone(), *seq));
             tracing::info!(path = %path.display(), seq, millis = started.elapsed().as_millis() as u64, "DB saved on disk (checkpoint)");
-            prune(&root, SAVE_CHECKPOINTS_KEPT);
+            if let Err(error) = prune(fs, &root, SAVE_CHECKPOINTS_KEPT) {
+                tracing::warn!(%error, "could not delete old checkpoints");
+            }
         }
         Err(error) => {
             persistence.last_save_ok.store(false, Ordering::Relaxed);
@@ -147,8 +166,9 @@ pub(crate) fn backup_checkpoint(
 ) -> ringkv_engine::Result<(PathBuf, u64)> {
     let _one = persistence.save_lock.lock();
     let root = checkpoint_root(engine.path());
-    std::fs::create_dir_all(&root).map_err(|e| ringkv_engine::Error::io(&root, e))?;
-    let target = fresh_target(&root, BACKUP_PREFIX);
+    let fs: &dyn Storage = &*engine.options().storage;
+    ensure_root(fs, &root)?;
+    let target = fresh_target(fs, &root, BACKUP_PREFIX)?;
     let seq = engine.checkpoint(&target)?;
     tracing::info!(path = %target.display(), seq, "checkpoint for a backup written");
     Ok((target, seq))
@@ -156,29 +176,37 @@ pub(crate) fn backup_checkpoint(
 
 /// Deletes all but the newest `keep` SAVE/BGSAVE checkpoints under `root`
 /// (names that are a unix time, optionally `-N`); backups and anything else
-/// there are left alone.
-fn prune(root: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    let mut saves: Vec<((u64, u64), PathBuf)> = entries
-        .filter_map(|entry| {
-            let path = entry.ok()?.path();
-            let name = path.file_name()?.to_str()?.to_string();
+/// there are left alone. The removals are made durable (a checkpoint that comes back after a
+/// power cut is only space, but the directory fsync's result is not dropped either); the first
+/// failure is returned after trying every removal.
+fn prune(fs: &dyn Storage, root: &Path, keep: usize) -> ringkv_engine::Result<()> {
+    let names = fs
+        .list(root)
+        .map_err(|e| ringkv_engine::Error::io(root, e))?;
+    let mut saves: Vec<((u64, u64), PathBuf)> = names
+        .into_iter()
+        .filter_map(|name| {
             let (time, n) = match name.split_once('-') {
                 Some((time, n)) => (time.parse().ok()?, n.parse().ok()?),
                 None => (name.parse().ok()?, 0),
             };
-            Some(((time, n), path))
+            Some(((time, n), root.join(name)))
         })
         .collect();
     saves.sort();
     let excess = saves.len().saturating_sub(keep);
+    let mut first_error = None;
     for (_, path) in saves.into_iter().take(excess) {
-        if let Err(error) = std::fs::remove_dir_all(&path) {
-            tracing::warn!(%error, path = %path.display(), "could not delete an old checkpoint");
+        if let Err(error) = fs.remove_dir_all(&path) {
+            first_error.get_or_insert(ringkv_engine::Error::io(&path, error));
         }
     }
+    if excess > 0 {
+        if let Err(error) = fs.sync_dir(root) {
+            first_error.get_or_insert(ringkv_engine::Error::io(root, error));
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// The `# Persistence` section of INFO.
@@ -264,12 +292,45 @@ mod tests {
         for name in ["100", "100-1", "101", "99", "backup-50", "other"] {
             std::fs::create_dir(dir.path().join(name)).unwrap();
         }
-        prune(dir.path(), 2);
+        prune(&ringkv_engine::StdStorage, dir.path(), 2).unwrap();
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
         assert_eq!(left, vec!["100-1", "101", "backup-50", "other"]);
+    }
+
+    /// The first save creates the checkpoints directory; the fsync that makes its name durable
+    /// fails: the save fails and says so, instead of reporting a checkpoint a power cut can
+    /// take away.
+    #[test]
+    fn a_failed_fsync_of_the_new_checkpoints_directory_fails_the_save() {
+        use ringkv_engine::sim_fs::{PowerCut, SimFs, SimOp};
+        let fs = SimFs::new(11);
+        let options = ringkv_engine::Options {
+            storage: std::sync::Arc::new(fs.clone()),
+            ..ringkv_engine::Options::default()
+        };
+        let engine = ringkv_engine::Db::open("/srv/data", options).unwrap();
+        engine.put(b"k", b"v", None).unwrap();
+        let persistence = Persistence::new();
+        // The directory fsync of `/srv`, parent of the new `/srv/data-checkpoints`.
+        fs.fail_next(SimOp::SyncDir, "/srv", 1);
+        let error = save(&persistence, &engine).unwrap_err();
+        assert!(error.to_string().contains("/srv"), "{error}");
+        assert!(!persistence.last_save_ok.load(Ordering::Relaxed));
+        // The next save finds the directory and writes a checkpoint that opens after a cut.
+        let (path, seq) = save(&persistence, &engine).unwrap();
+        assert!(persistence.last_save_ok.load(Ordering::Relaxed));
+        drop(engine);
+        let after = fs.power_cut(PowerCut::default(), 11);
+        let options = ringkv_engine::Options {
+            storage: std::sync::Arc::new(after),
+            ..ringkv_engine::Options::default()
+        };
+        let copy = ringkv_engine::Db::open(&path, options).unwrap();
+        assert_eq!(copy.last_sequence(), seq);
+        assert_eq!(&copy.get(b"k").unwrap().unwrap().value[..], b"v");
     }
 }

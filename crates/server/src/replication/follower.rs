@@ -3,7 +3,6 @@
 //! applies the stream of batches and acknowledges them; it reconnects after
 //! any error until the link is stopped.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -12,6 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_rustls::rustls::{self, pki_types};
+
+use ringkv_engine::Storage;
 
 use super::{replid_path, wire, LinkStatus};
 use crate::server::Server;
@@ -321,8 +322,9 @@ fn session(server: &Server, status: &LinkStatus) -> io::Result<()> {
             }
         })?;
     let applied = server.keyspace.engine().last_sequence();
+    let fs = server.keyspace.engine().options().storage.clone();
     let replid = server.replication.ids.lock().replid.clone();
-    let offset = if std::fs::metadata(replid_path(&dir)).is_ok() {
+    let offset = if fs.exists(&replid_path(&dir))? {
         applied.to_string()
     } else {
         "-1".to_string()
@@ -354,8 +356,10 @@ fn session(server: &Server, status: &LinkStatus) -> io::Result<()> {
                     .fetch_add(1, Ordering::Relaxed);
             }
             status.sync_in_progress.store(true, Ordering::Release);
-            let _ = std::fs::remove_file(replid_path(&dir));
-            let seq = full_sync(server, &mut conn, &dir)?;
+            // Durably forgotten before the data changes: a replica restarting after a cut
+            // mid-sync must not claim the old history for whatever data it then holds.
+            remove_replid(&*fs, &dir)?;
+            let seq = full_sync(server, &*fs, &mut conn, &dir)?;
             status.sync_in_progress.store(false, Ordering::Release);
             server.replication.sync_full.fetch_add(1, Ordering::Relaxed);
             tracing::info!(seq, "full sync done: loaded the leader's checkpoint");
@@ -363,7 +367,7 @@ fn session(server: &Server, status: &LinkStatus) -> io::Result<()> {
         _ => return Err(io::Error::other(format!("bad PSYNC reply {reply:?}"))),
     }
     server.replication.ids.lock().replid = leader_replid.to_string();
-    write_replid(&dir, leader_replid)?;
+    write_replid(&*fs, &dir, leader_replid)?;
     status.up.store(true, Ordering::Release);
     *status.last_error.lock() = None;
     conn.ack_seq = server.keyspace.engine().last_sequence();
@@ -371,21 +375,42 @@ fn session(server: &Server, status: &LinkStatus) -> io::Result<()> {
     stream_batches(server, &mut conn)
 }
 
-fn write_replid(dir: &Path, replid: &str) -> io::Result<()> {
+/// Records the history `dir`'s data belongs to: written beside, synced, renamed into place, and
+/// the rename made durable.
+fn write_replid(fs: &dyn Storage, dir: &Path, replid: &str) -> io::Result<()> {
     let path = replid_path(dir);
     let temporary = PathBuf::from(format!("{}.tmp", path.display()));
-    let mut file = File::create(&temporary)?;
-    file.write_all(replid.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)
+    let file = fs.create(&temporary, false)?;
+    file.append(replid.as_bytes())?;
+    file.sync()?;
+    drop(file);
+    fs.rename(&temporary, &path)?;
+    fs.sync_dir(parent_of(&path))
+}
+
+/// Forgets the history `dir`'s data belonged to (no file: the next PSYNC asks for a full sync).
+fn remove_replid(fs: &dyn Storage, dir: &Path) -> io::Result<()> {
+    let path = replid_path(dir);
+    match fs.remove(&path) {
+        Ok(()) => fs.sync_dir(parent_of(&path)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// Receives the checkpoint into a directory beside the data directory, verifies every file,
 /// and swaps it in for the current database. Returns its sequence.
-fn full_sync(server: &Server, conn: &mut Conn<'_>, dir: &Path) -> io::Result<u64> {
-    let incoming = PathBuf::from(format!("{}.sync-incoming", dir.display()));
-    let _ = std::fs::remove_dir_all(&incoming);
-    std::fs::create_dir_all(&incoming)?;
+fn full_sync(
+    server: &Server,
+    fs: &dyn Storage,
+    conn: &mut Conn<'_>,
+    dir: &Path,
+) -> io::Result<u64> {
+    let incoming = incoming_path(dir);
+    if fs.exists(&incoming)? {
+        fs.remove_dir_all(&incoming)?;
+    }
+    fs.create_dir_all(&incoming)?;
     let mut bytes_total = 0u64;
     let seq = loop {
         match conn.u8()? {
@@ -397,7 +422,7 @@ fn full_sync(server: &Server, conn: &mut Conn<'_>, dir: &Path) -> io::Result<u64
                 }
                 let size = conn.u64()?;
                 let path = incoming.join(&name);
-                let mut file = File::create(&path)?;
+                let file = fs.create(&path, true)?;
                 let mut crc = 0u32;
                 let mut left = size;
                 while left > 0 {
@@ -407,7 +432,7 @@ fn full_sync(server: &Server, conn: &mut Conn<'_>, dir: &Path) -> io::Result<u64
                     let step = (left as usize).min(conn.buffered());
                     let chunk = &conn.buffer[conn.start..conn.start + step];
                     crc = crc32c::crc32c_append(crc, chunk);
-                    file.write_all(chunk)?;
+                    file.append(chunk)?;
                     conn.start += step;
                     left -= step as u64;
                 }
@@ -417,14 +442,14 @@ fn full_sync(server: &Server, conn: &mut Conn<'_>, dir: &Path) -> io::Result<u64
                         "checkpoint file {name}: crc32c {crc:08x}, leader sent {expected:08x}"
                     )));
                 }
-                file.sync_all()?;
+                file.sync()?;
                 bytes_total += size;
             }
             wire::TAG_END => break conn.u64()?,
             tag => return Err(io::Error::other(format!("unexpected frame tag {tag}"))),
         }
     };
-    File::open(&incoming)?.sync_all()?;
+    fs.sync_dir(&incoming)?;
     tracing::info!(
         seq,
         bytes = bytes_total,
@@ -459,17 +484,25 @@ fn swap_in(
     if let Err(error) = old.close() {
         tracing::warn!(%error, "closing the old database before the swap");
     }
-    let retired = PathBuf::from(format!("{}.sync-retired", dir.display()));
-    let _ = std::fs::remove_dir_all(&retired);
-    std::fs::rename(dir, &retired)?;
-    std::fs::rename(incoming, dir)?;
-    // The swap is durable only once the parent directory is: a failure here fails the sync
-    // (the replica retries it) rather than being ignored.
-    let parent = match dir.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    File::open(parent)?.sync_all()?;
+    let fs = options.storage.clone();
+    if let Err(error) = swap_directories(&*fs, dir, incoming) {
+        // Whatever step failed, recovery leaves the old or the new database whole in `dir`:
+        // serve that until the link's retry syncs again (the replid file is gone, so the retry
+        // is a full sync).
+        tracing::error!(%error, "full sync: swapping the received database in failed; recovering");
+        let reopened = recover_swap(&*fs, dir)
+            .and_then(|_| ringkv_engine::Db::open(dir, options).map_err(io::Error::other))
+            .and_then(|engine| {
+                server
+                    .keyspace
+                    .install_engine(engine)
+                    .map_err(io::Error::other)
+            });
+        if let Err(reopen_error) = reopened {
+            tracing::error!(%reopen_error, dir = %dir.display(), "full sync: reopening the data directory after a failed swap failed; data commands fail until the next sync");
+        }
+        return Err(error);
+    }
     let engine = ringkv_engine::Db::open(dir, options).map_err(io::Error::other)?;
     if engine.last_sequence() != seq {
         return Err(io::Error::other(format!(
@@ -481,8 +514,120 @@ fn swap_in(
         .keyspace
         .install_engine(engine)
         .map_err(io::Error::other)?;
-    let _ = std::fs::remove_dir_all(&retired);
     Ok(())
+}
+
+/// Where a full sync receives the leader's checkpoint: beside the data directory, on the same
+/// file system (the swap is a rename).
+pub(crate) fn incoming_path(dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.sync-incoming", dir.display()))
+}
+
+/// Where the replaced database waits during a swap until the new one is in place.
+pub(crate) fn retired_path(dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.sync-retired", dir.display()))
+}
+
+/// The directory holding `path`'s name, whose fsync makes a rename or removal of `path` durable.
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// Replaces the database in `dir` with the complete, synced one in `incoming`, so that a power
+/// cut at any point leaves a state that [`recover_swap`] turns into the old or the new database
+/// whole, never neither or a mix (docs/durability.md, "Replica full-sync swap"). Each step is
+/// made durable (parent directory fsynced, result checked) before the next:
+///
+/// | after step                      | on disk                       | recovery keeps |
+/// |---------------------------------|-------------------------------|----------------|
+/// | 1. settle a stale retired dir   | dir = old, incoming = new     | old            |
+/// | 2. rename dir → retired         | retired = old, incoming = new | old (put back) |
+/// | 3. rename incoming → dir        | dir = new, retired = old      | new            |
+/// | 4. remove retired               | dir = new                     | new            |
+///
+/// An error at any step leaves one of these states too: the caller runs [`recover_swap`] and
+/// reopens `dir`.
+pub(crate) fn swap_directories(fs: &dyn Storage, dir: &Path, incoming: &Path) -> io::Result<()> {
+    let parent = parent_of(dir);
+    assert_eq!(
+        parent_of(incoming),
+        parent,
+        "the swap renames within one directory"
+    );
+    if !fs.exists(&incoming.join("CURRENT"))? {
+        return Err(io::Error::other(format!(
+            "{} holds no database (no CURRENT): refusing to swap it in",
+            incoming.display()
+        )));
+    }
+    let retired = retired_path(dir);
+    // 1. A retired directory left by an earlier failed swap: put back or dropped, as at start.
+    settle_retired(fs, dir)?;
+    // 2. From here until step 3 is durable, `dir` is missing and recovery puts `retired` back.
+    fs.rename(dir, &retired)?;
+    fs.sync_dir(parent)?;
+    // 3. The commit point: once durable, the new database is the one that opens.
+    fs.rename(incoming, dir)?;
+    fs.sync_dir(parent)?;
+    // 4. A failure here leaves `retired` for the next start's recovery to remove.
+    fs.remove_dir_all(&retired)?;
+    fs.sync_dir(parent)?;
+    Ok(())
+}
+
+/// What [`recover_swap`] found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SwapRecovery {
+    /// `dir` was missing: the retired database was put back.
+    pub restored_retired: bool,
+    /// `dir` was in place: the retired database beside it was removed.
+    pub removed_retired: bool,
+    /// A received database that was never swapped in was removed.
+    pub removed_incoming: bool,
+}
+
+impl SwapRecovery {
+    /// True when there was anything to recover.
+    pub(crate) fn acted(&self) -> bool {
+        self.restored_retired || self.removed_retired || self.removed_incoming
+    }
+}
+
+/// Finishes or undoes a replica full-sync swap a crash or a failed step interrupted (see
+/// [`swap_directories`]): when `dir` is missing and `<dir>.sync-retired` exists, puts it back;
+/// when both exist, removes the retired one; removes a stale `<dir>.sync-incoming`. Each change
+/// is made durable before returning. Run before the engine opens `dir`.
+pub(crate) fn recover_swap(fs: &dyn Storage, dir: &Path) -> io::Result<SwapRecovery> {
+    let mut recovery = settle_retired(fs, dir)?;
+    let incoming = incoming_path(dir);
+    if fs.exists(&incoming)? {
+        fs.remove_dir_all(&incoming)?;
+        fs.sync_dir(parent_of(dir))?;
+        recovery.removed_incoming = true;
+    }
+    Ok(recovery)
+}
+
+/// Step 1 of the swap and of its recovery: no `<dir>.sync-retired` is left, and `dir` holds
+/// the database that was there before the interrupted swap, or the one it swapped in.
+fn settle_retired(fs: &dyn Storage, dir: &Path) -> io::Result<SwapRecovery> {
+    let retired = retired_path(dir);
+    let mut recovery = SwapRecovery::default();
+    if !fs.exists(&retired)? {
+        return Ok(recovery);
+    }
+    if fs.exists(dir)? {
+        fs.remove_dir_all(&retired)?;
+        recovery.removed_retired = true;
+    } else {
+        fs.rename(&retired, dir)?;
+        recovery.restored_retired = true;
+    }
+    fs.sync_dir(parent_of(dir))?;
+    Ok(recovery)
 }
 
 /// Applies batches and heartbeats until an error or stop; acknowledges after every burst.
@@ -520,3 +665,7 @@ fn stream_batches(server: &Server, conn: &mut Conn<'_>) -> io::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "follower_swap_tests.rs"]
+mod swap_tests;
