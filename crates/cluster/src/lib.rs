@@ -28,6 +28,8 @@
 //! - [`record`] — one key's versioned record on a replica: siblings
 //!   (values, tombstones, counters), write and increment events, merge, and
 //!   the read's deterministic resolution.
+//! - [`replica`] — records kept in the local store: events and merges as one
+//!   atomic read-modify-write per key, the sibling cap, tombstone grace.
 //!
 //! Around that core, the one piece that does I/O so far:
 //!
@@ -49,6 +51,7 @@ pub mod hlc;
 pub mod plan;
 pub mod quorum;
 pub mod record;
+pub mod replica;
 pub mod transport;
 
 pub use codec::DecodeError;
