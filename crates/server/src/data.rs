@@ -65,6 +65,17 @@ pub(crate) enum Op {
     /// Reads a key, decides, writes at most once, atomically with respect to other writers of
     /// that key: [`Done::Reply`] with the decision's reply.
     Update(Bytes, Decide),
+    /// INCR, DECR, INCRBY, DECRBY: adds `by` to the integer at `key`: [`Done::Reply`]. A data
+    /// path that keeps values as they are (the single node) runs `decide`, the Redis
+    /// read-modify-write; the cluster coordinator runs a counter event of `by` instead
+    /// (docs/cluster.md, "Counters"), so concurrent increments through different nodes add up.
+    Increment {
+        key: Bytes,
+        // Read by the coordinator only, which is not written yet (issue 13).
+        #[allow(dead_code)]
+        by: i64,
+        decide: Decide,
+    },
     /// Writes one string value with its expiry (SET, SETEX): [`Done::Written`].
     Set(Bytes, Bytes, Option<u64>),
     /// Writes string values, all or nothing: [`Done::Written`].
@@ -175,7 +186,7 @@ impl Local<'_> {
                 }
                 Done::Values(values)
             }
-            Op::Update(key, decide) => {
+            Op::Update(key, decide) | Op::Increment { key, decide, .. } => {
                 let (reply, _seq) = keyspace.update(db, &key, decide)?;
                 Done::Reply(reply)
             }

@@ -414,7 +414,7 @@ fn decrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 /// Redis' `incrDecrCommand`: the value must be a `string2ll` integer; the sum must not
 /// overflow; the key keeps its expiry.
 fn increment(ctx: &mut Ctx<'_>, key: &Bytes, by: i64) -> CmdResult<Frame> {
-    update(ctx, key, move |old| {
+    let decide = Box::new(move |old: Option<&StoredValue>| {
         let expires_at_ms = old.and_then(|o| o.expires_at_ms);
         let current = match old_string(old)? {
             Some(text) => string_ops::parse_i64(&text).ok_or(CmdError::NotInteger)?,
@@ -427,7 +427,16 @@ fn increment(ctx: &mut Ctx<'_>, key: &Bytes, by: i64) -> CmdResult<Frame> {
             Some((encoded(i64_text(new, &mut buffer)), expires_at_ms)),
             Frame::Integer(new),
         ))
-    })
+    });
+    let op = Op::Increment {
+        key: key.clone(),
+        by,
+        decide,
+    };
+    Ok(ctx.run(op, |done| match done {
+        Done::Reply(reply) => Ok(reply),
+        _ => unreachable!("an increment answers with its reply"),
+    }))
 }
 
 fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
