@@ -7,9 +7,9 @@
 
 mod backup;
 
-// The global allocator. glibc's malloc took about a quarter of the server's CPU on SET at
-// pipeline 16 (malloc, free, malloc_consolidate); see docs/BENCHMARKS.md (issue 12) for the
-// measurement that chose it. jemalloc wins if both features are on.
+// The global allocator, when a feature picks one (default: the system's). glibc's malloc took
+// about a quarter of the server's CPU on SET at pipeline 16 (malloc, free, malloc_consolidate);
+// see docs/BENCHMARKS.md (issue 12). jemalloc wins if both features are on.
 #[cfg(feature = "alloc-jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -243,7 +243,8 @@ mod tests {
     #[test]
     fn unknown_flags_and_tags_are_corruption() {
         assert!(decode_value(&Bytes::from_static(b"")).is_err());
-        assert!(decode_value(&Bytes::from_static(b"\x02x")).is_err());
+        assert!(decode_value(&Bytes::from_static(b"\x03x")).is_err());
+        assert!(decode_value(&Bytes::from_static(b"\x0fx")).is_err());
         assert!(decode_value(&Bytes::from_static(b"\x11x")).is_err());
     }
 }
