@@ -7,9 +7,10 @@
 
 mod backup;
 
-// The global allocator, when a feature picks one (default: the system's). glibc's malloc took
-// about a quarter of the server's CPU on SET at pipeline 16 (malloc, free, malloc_consolidate);
-// see docs/BENCHMARKS.md (issue 12). jemalloc wins if both features are on.
+// The global allocator: mimalloc by default. glibc's malloc took about a quarter of the
+// server's CPU on SET at pipeline 16 (malloc, free, malloc_consolidate); mimalloc gave SET and
+// INCR 1.4-1.6x at pipeline 16 (docs/BENCHMARKS.md, issue 12). jemalloc wins if both
+// features are on.
 #[cfg(feature = "alloc-jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -200,6 +201,14 @@ fn main() -> anyhow::Result<()> {
             .init();
     }
     tracing::info!(version = ringkv_server::RINGKV_VERSION, dir = %config.dir.display(), "starting ringkv");
+    #[cfg(all(feature = "alloc-mimalloc", not(feature = "alloc-jemalloc")))]
+    ringkv_server::set_allocator("mimalloc", || {
+        // SAFETY: mi_collect takes no pointers and touches only mimalloc's own state, which it
+        // guards itself; mimalloc documents it as callable from any thread at any time (it
+        // collects the calling thread's heap and, forced, purges free memory to the OS).
+        // Exercised by tests/hostile.rs (RSS after large frees) on a mimalloc build.
+        unsafe { libmimalloc_sys::mi_collect(true) }
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ringkv")

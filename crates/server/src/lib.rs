@@ -46,6 +46,7 @@ pub use config::{
     ClockMode, Config, DebugCommand, ADMIN_PORT_DEFAULT, MAXCLIENTS_DEFAULT,
     OUTPUT_BUFFER_BYTES_MAX_DEFAULT, QUERY_BUFFER_BYTES_MAX_DEFAULT,
 };
+pub use memory::set_allocator;
 pub use replication::{parse_replicaof, ReplicationConfig, BACKLOG_BYTES_DEFAULT};
 pub use ringkv_engine::FsyncPolicy;
 pub use tls::TlsError;

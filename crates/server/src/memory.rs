@@ -10,10 +10,27 @@
 //! within a period of the last trim.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Least time between two trims, in milliseconds.
 const TRIM_PERIOD_MS: u64 = 1_000;
+
+/// The global allocator the binary chose, when not the system's: its name (INFO's
+/// `mem_allocator`) and what gives its free memory back to the OS, run at every trim after
+/// `malloc_trim` (the server crate does not know which allocator runs).
+static ALLOCATOR: OnceLock<(&'static str, fn())> = OnceLock::new();
+
+/// Names the global allocator and registers its `release` (mimalloc's `mi_collect`). The
+/// first registration stays.
+pub fn set_allocator(name: &'static str, release: fn()) {
+    let _ = ALLOCATOR.set((name, release));
+}
+
+/// INFO's `mem_allocator`: `libc` unless the binary registered another.
+pub(crate) fn allocator_name() -> &'static str {
+    ALLOCATOR.get().map_or("libc", |(name, _)| name)
+}
 
 /// When the last trim ran, Unix ms.
 static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
@@ -54,6 +71,9 @@ pub(crate) fn large_buffer_released() -> bool {
     }
     PENDING.store(false, Ordering::Relaxed);
     trim();
+    if let Some((_, release)) = ALLOCATOR.get() {
+        release();
+    }
     true
 }
 

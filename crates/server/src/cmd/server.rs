@@ -1044,12 +1044,13 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
             let used = rss.max((engine.memtable_bytes + engine.frozen_memtable_bytes) as u64);
             let _ = write!(
                 out,
-                "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nused_memory_peak:{used}\r\nused_memory_peak_human:{}\r\nused_memory_dataset:{}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:noeviction\r\nmem_fragmentation_ratio:1.00\r\nmem_allocator:libc\r\nmemtable_bytes:{}\r\nfrozen_memtable_bytes:{}\r\n",
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nused_memory_peak:{used}\r\nused_memory_peak_human:{}\r\nused_memory_dataset:{}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:noeviction\r\nmem_fragmentation_ratio:1.00\r\nmem_allocator:{}\r\nmemtable_bytes:{}\r\nfrozen_memtable_bytes:{}\r\n",
                 human_bytes(used),
                 human_bytes(rss),
                 human_bytes(used),
                 engine.memtable_bytes + engine.frozen_memtable_bytes,
                 human_bytes(server.config.read().maxmemory),
+                crate::memory::allocator_name(),
                 engine.memtable_bytes,
                 engine.frozen_memtable_bytes,
             );
