@@ -7,10 +7,10 @@
 
 mod backup;
 
-// The global allocator: mimalloc by default. glibc's malloc took about a quarter of the
-// server's CPU on SET at pipeline 16 (malloc, free, malloc_consolidate); mimalloc gave SET and
-// INCR 1.4-1.6x at pipeline 16 (docs/BENCHMARKS.md, issue 12). jemalloc wins if both
-// features are on.
+// The global allocator, when a feature picks one (default: the system's; see Cargo.toml for
+// why). glibc's malloc took about a quarter of the server's CPU on SET at pipeline 16
+// (malloc, free, malloc_consolidate); mimalloc gave SET and INCR 1.4-1.6x at pipeline 16
+// (docs/BENCHMARKS.md, issue 12). jemalloc wins if both features are on.
 #[cfg(feature = "alloc-jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
