@@ -8,38 +8,12 @@
 //! Skipped, with a message, when the tmpfs cannot be mounted, unless
 //! `RINGKV_MOUNT_TESTS=1` (then it fails loudly).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use ringkv_engine::{Compression, Db, FsyncPolicy, Options};
 
-/// Unmounts the tmpfs however the test ends.
-struct Mount(PathBuf);
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn mount_tmpfs(at: &Path, size: &str) -> Option<Mount> {
-    std::fs::create_dir_all(at).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(at)
-        .output()
-        .expect("run mount");
-    if mounted.status.success() {
-        return Some(Mount(at.to_path_buf()));
-    }
-    let why = String::from_utf8_lossy(&mounted.stderr).into_owned();
-    assert!(
-        std::env::var("RINGKV_MOUNT_TESTS").as_deref() != Ok("1"),
-        "this test needs to mount a tmpfs (run as root): {why}"
-    );
-    eprintln!("skipped: cannot mount a tmpfs ({why})");
-    None
-}
+use tmpfs::mount_tmpfs;
 
 fn options() -> Options {
     Options {

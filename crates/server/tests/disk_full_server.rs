@@ -14,8 +14,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{error_text, info_field, Server};
 
@@ -28,33 +26,10 @@ const MEMTABLE_BYTES: &str = "262144";
 /// Writes tried at most: 3 MiB fills long before.
 const WRITES_MAX: u64 = 20_000;
 
-/// Unmounts the tmpfs however the test ends.
-struct Mount(PathBuf);
+#[path = "../../engine/tests/support/tmpfs.rs"]
+mod tmpfs;
 
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn mount_tmpfs(at: &Path, size: &str) -> Option<Mount> {
-    std::fs::create_dir_all(at).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(at)
-        .output()
-        .expect("run mount");
-    if mounted.status.success() {
-        return Some(Mount(at.to_path_buf()));
-    }
-    let why = String::from_utf8_lossy(&mounted.stderr).into_owned();
-    assert!(
-        std::env::var("RINGKV_MOUNT_TESTS").as_deref() != Ok("1"),
-        "this test needs to mount a tmpfs (run as root): {why}"
-    );
-    eprintln!("skipped: cannot mount a tmpfs ({why})");
-    None
-}
+use tmpfs::mount_tmpfs;
 
 /// A 1 KiB value unique to `i` throughout (a value served for the wrong key
 /// shows) and random-looking, so the engine's block compression cannot
