@@ -274,6 +274,7 @@ impl Bound {
 /// Binds the admin port first (so `/health` answers and `/ready` says "recovering" while the
 /// data directory opens), opens the data directory, then binds the client and TLS ports.
 pub async fn bind(config: Config) -> Result<Bound, ServerError> {
+    memory::tune_system_allocator();
     let tls_acceptor = match (
         &config.tls_port,
         &config.tls_cert_file,
@@ -337,8 +338,14 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         clock
     });
     options.value_bytes_max = options.value_bytes_max.max(config.proto_max_bulk_len + 1);
-    options.change_log_bytes_max = config.replication.backlog_bytes;
     let replica = config.replication.replicaof.is_some();
+    // The backlog starts with the first replica (replication::activate_backlog); a replica
+    // keeps one from the start, for replicas of its own and for after a failover.
+    options.change_log_bytes_max = if replica {
+        config.replication.backlog_bytes
+    } else {
+        0
+    };
     let dir = config.dir.clone();
     let recount_gate = config.recount_gate.clone();
     let opened = tokio::task::spawn_blocking(move || {

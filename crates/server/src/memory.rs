@@ -8,6 +8,12 @@
 //! (`malloc_trim`), at most once per `TRIM_PERIOD_MS` so a busy server does
 //! not spend its time trimming; a periodic [`tick`] catches what happened
 //! within a period of the last trim.
+//!
+//! Trimming cannot give back a free chunk glibc keeps inside a thread's arena between live
+//! ones, and glibc's dynamic mmap threshold sends every value up to 32 MiB into the arenas
+//! once a large block was freed. So the server fixes the threshold at [`MMAP_THRESHOLD`]
+//! ([`tune_system_allocator`]): a value that large is its own mapping, returned to the OS when
+//! it is freed (the SLOWLOG/RSS test in tests/hostile.rs measures it).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -31,6 +37,33 @@ pub fn set_allocator(name: &'static str, release: fn()) {
 pub(crate) fn allocator_name() -> &'static str {
     ALLOCATOR.get().map_or("libc", |(name, _)| name)
 }
+
+/// Allocations this large or larger get their own mapping from glibc (`M_MMAP_THRESHOLD`).
+/// Below the 1 MiB the engine's blocks and most values stay under; above, a copy costs far
+/// more than the `mmap`/`munmap` pair.
+const MMAP_THRESHOLD: i32 = 1 << 20;
+
+/// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD`] when the system allocator serves the
+/// process (no [`set_allocator`] registration); does nothing elsewhere.
+pub(crate) fn tune_system_allocator() {
+    if ALLOCATOR.get().is_none() {
+        set_mmap_threshold();
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn set_mmap_threshold() {
+    // SAFETY: mallopt takes two integers and changes a glibc tunable under the allocator's
+    // own lock; glibc documents M_MMAP_THRESHOLD as settable at any time. Exercised at every
+    // server start (and so by every integration test).
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+    if ok != 1 {
+        tracing::warn!("mallopt(M_MMAP_THRESHOLD) refused; large freed values may stay resident");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn set_mmap_threshold() {}
 
 /// When the last trim ran, Unix ms.
 static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);

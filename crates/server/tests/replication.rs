@@ -222,6 +222,33 @@ fn replication_replica_restart_partial_then_full_resync() {
     assert_eq!(dump(&replica), dump(&leader));
 }
 
+/// A leader keeps no backlog until a replica first asks to sync (as Redis): a server without
+/// replicas holds no copy of its last 64 MiB of writes. From the first sync on it does, and a
+/// replica keeps one too (for a failover). The SLOWLOG/RSS test in hostile.rs counts on this.
+#[test]
+fn replication_backlog_is_made_when_the_first_replica_syncs() {
+    let leader = Server::start();
+    let mut l = leader.client();
+    load(&leader, 500, 1, "before");
+    let info = info_map(&mut l);
+    assert_eq!(info["repl_backlog_active"], "0", "{info:?}");
+    assert_eq!(info["repl_backlog_histlen"], "0", "{info:?}");
+    let replica = replica_of(&leader, &[]);
+    wait_caught_up(&leader, &replica);
+    load(&leader, 500, 1, "after");
+    wait_caught_up(&leader, &replica);
+    let info = info_map(&mut l);
+    assert_eq!(info["repl_backlog_active"], "1", "{info:?}");
+    assert!(number(&info, "repl_backlog_histlen") > 0.0, "{info:?}");
+    let on_replica = info_map(&mut replica.client());
+    assert_eq!(on_replica["repl_backlog_active"], "1", "{on_replica:?}");
+    assert!(
+        number(&on_replica, "repl_backlog_histlen") > 0.0,
+        "{on_replica:?}"
+    );
+    assert_eq!(dump(&replica), dump(&leader));
+}
+
 #[test]
 fn replication_wait_then_leader_killed_keeps_acknowledged_writes() {
     let mut leader = Server::start();

@@ -609,7 +609,7 @@ fn apply_live(ctx: &Ctx<'_>, name: &str) -> Result<(), String> {
         "repl-backlog-size" => ctx
             .keyspace
             .engine()
-            .set_change_log_capacity(config.replication.backlog_bytes),
+            .set_change_log_capacity(crate::replication::backlog_capacity(ctx.server)),
         "min-replicas-to-write" => replication
             .min_replicas_to_write
             .store(config.replication.min_replicas_to_write, Ordering::Relaxed),

@@ -480,7 +480,9 @@ fn swap_in(
         }
     };
     let old = server.keyspace.engine();
-    let options = old.options().clone();
+    let mut options = old.options().clone();
+    // The capacity as set now (CONFIG SET repl-backlog-size), not as the old engine opened.
+    options.change_log_bytes_max = super::backlog_capacity(server);
     if let Err(error) = old.close() {
         tracing::warn!(%error, "closing the old database before the swap");
     }

@@ -48,6 +48,7 @@ pub(crate) struct Handoff {
 /// Decides partial or full sync for `PSYNC replid seq` (`seq`: the replica's last applied
 /// sequence, `None` for `-1`).
 pub(crate) fn decide(server: &Server, replid: &str, seq: Option<u64>) -> Start {
+    super::activate_backlog(server);
     let Some(seq) = seq else {
         return Start::Full;
     };

@@ -114,6 +114,10 @@ pub(crate) struct Replication {
     /// `listening-port` each handshaking connection announced, by client id.
     pub announced_ports: Mutex<HashMap<u64, u16>>,
     pub read_only: AtomicBool,
+    /// The backlog (the engine's change log) is kept: set when a replica first asks to sync
+    /// or this server first follows a leader, as Redis creates its backlog; until then the
+    /// engine keeps no copy of the writes (see [`activate_backlog`]).
+    backlog_active: AtomicBool,
     pub min_replicas_to_write: AtomicUsize,
     pub min_replicas_max_lag_seconds: AtomicU64,
     pub sync_full: AtomicU64,
@@ -163,6 +167,7 @@ impl Replication {
             link: Mutex::new(None),
             announced_ports: Mutex::new(HashMap::new()),
             read_only: AtomicBool::new(config.replica_read_only),
+            backlog_active: AtomicBool::new(config.replicaof.is_some()),
             min_replicas_to_write: AtomicUsize::new(config.min_replicas_to_write),
             min_replicas_max_lag_seconds: AtomicU64::new(config.min_replicas_max_lag_seconds),
             sync_full: AtomicU64::new(0),
@@ -300,6 +305,7 @@ pub(crate) fn start(server: &Arc<Server>) {
 /// this server's own replicas, and starts the link thread.
 pub(crate) fn follow(server: &Arc<Server>, host: String, port: u16) {
     stop_link(server);
+    activate_backlog(server);
     server.keyspace.set_replica(true);
     server.replication.generation.fetch_add(1, Ordering::AcqRel);
     let status = Arc::new(LinkStatus {
@@ -325,6 +331,32 @@ pub(crate) fn follow(server: &Arc<Server>, host: String, port: u16) {
         status,
         thread: Some(thread),
     });
+}
+
+/// Starts keeping the backlog if it is not kept yet: the engine's change log holds
+/// `repl-backlog-size` bytes of the writes from now on. A leader that never had a replica keeps
+/// none (a 64 MiB copy of the last writes nobody reads, as Redis leaves its backlog unmade).
+/// Called before a full sync's checkpoint, so every batch after the checkpoint is held.
+pub(crate) fn activate_backlog(server: &Server) {
+    if !server
+        .replication
+        .backlog_active
+        .swap(true, Ordering::AcqRel)
+    {
+        let bytes = server.config.read().replication.backlog_bytes;
+        tracing::info!(bytes, "replication backlog created");
+        server.keyspace.engine().set_change_log_capacity(bytes);
+    }
+}
+
+/// The change-log size the engine should keep now: `repl-backlog-size` once the backlog is
+/// active, none before.
+pub(crate) fn backlog_capacity(server: &Server) -> usize {
+    if server.replication.backlog_active.load(Ordering::Acquire) {
+        server.config.read().replication.backlog_bytes
+    } else {
+        0
+    }
 }
 
 /// REPLICAOF host port from a command handler.
@@ -525,10 +557,11 @@ pub(crate) fn info_section(server: &Server, out: &mut String) {
     let (backlog_bytes, oldest) = engine.change_log_usage();
     let _ = write!(
         out,
-        "master_failover_state:no-failover\r\nmaster_replid:{}\r\nmaster_replid2:{}\r\nmaster_repl_offset:{last_seq}\r\nsecond_repl_offset:{}\r\nrepl_backlog_active:1\r\nrepl_backlog_size:{}\r\nrepl_backlog_first_byte_offset:{}\r\nrepl_backlog_histlen:{backlog_bytes}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n",
+        "master_failover_state:no-failover\r\nmaster_replid:{}\r\nmaster_replid2:{}\r\nmaster_repl_offset:{last_seq}\r\nsecond_repl_offset:{}\r\nrepl_backlog_active:{}\r\nrepl_backlog_size:{}\r\nrepl_backlog_first_byte_offset:{}\r\nrepl_backlog_histlen:{backlog_bytes}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n",
         ids.replid,
         ids.replid2,
         if ids.replid2_seq > 0 { ids.replid2_seq as i64 + 1 } else { -1 },
+        u8::from(replication.backlog_active.load(Ordering::Acquire)),
         server.config.read().replication.backlog_bytes,
         oldest.unwrap_or(last_seq + 1),
         replication.sync_full.load(Ordering::Relaxed),
