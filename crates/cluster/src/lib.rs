@@ -19,6 +19,8 @@
 //!   last-writer-wins pick among siblings.
 //! - [`counter`] — the PN-counter behind cluster INCR/DECR/INCRBY, with
 //!   request-id dedupe so a retry counts once.
+//! - [`map`] — the cluster map the control plane commits: members, their
+//!   addresses, zones and states, every slot's replicas, the epoch.
 //! - [`plan`] — slot planning: the replica list of every slot from the
 //!   members, their zones and the previous assignment.
 //! - [`frame`] — the internode frame codec and the HMAC challenge–response
@@ -48,6 +50,7 @@ pub mod counter;
 pub mod dvv;
 pub mod frame;
 pub mod hlc;
+pub mod map;
 pub mod plan;
 pub mod quorum;
 pub mod record;

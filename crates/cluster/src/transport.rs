@@ -156,6 +156,14 @@ pub trait Handler: Send + Sync + 'static {
     /// This node's current cluster epoch: sent with every request, and
     /// requests from an older epoch are refused with it.
     fn epoch(&self) -> u64;
+
+    /// Whether requests of `kind` are refused from an older epoch (the
+    /// default). The control plane's and gossip's own messages are not
+    /// fenced: they are how a node behind learns the new epoch.
+    fn fenced(&self, kind: u8) -> bool {
+        let _ = kind;
+        true
+    }
 }
 
 /// Why a [`Transport::call`] failed.

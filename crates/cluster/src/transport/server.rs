@@ -136,7 +136,11 @@ async fn read_requests<R: AsyncRead + Unpin>(
             )));
         }
         let own_epoch = shared.handler.epoch();
-        if frame.epoch < own_epoch {
+        let fenced = frame
+            .payload
+            .first()
+            .is_none_or(|&kind| shared.handler.fenced(kind));
+        if fenced && frame.epoch < own_epoch {
             // A stale sender: answer with our epoch so it refreshes
             // (docs/cluster.md, "Transport"); the handler never sees it.
             let reply = Frame {
