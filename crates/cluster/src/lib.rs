@@ -35,6 +35,10 @@
 //!
 //! Around that core, the one piece that does I/O so far:
 //!
+//! - [`coordinator`] — the data plane between nodes: a replica's answers to
+//!   data requests, and the coordinator's fan-out of reads and writes to a
+//!   slot's replicas through the quorum rounds (through [`coordinator::Peers`],
+//!   so a simulation can stand in for the network).
 //! - [`transport`] — the internode transport on tokio: authenticated TCP
 //!   connections, requests multiplexed by id on pooled connections, the
 //!   epoch check.
@@ -46,6 +50,7 @@
 pub use ringkv_store::layout::{hash_tag, key_slot, SLOT_COUNT};
 
 mod codec;
+pub mod coordinator;
 pub mod counter;
 pub mod dvv;
 pub mod frame;

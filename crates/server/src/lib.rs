@@ -21,6 +21,7 @@ mod admin;
 mod args;
 mod catalog;
 mod client;
+mod cluster;
 mod cmd;
 mod config;
 mod connection;
@@ -97,6 +98,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// Cluster mode could not start (internode port, node id, secret, joining).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -404,6 +408,13 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         server
             .bound_port
             .store(u64::from(local.port()), Ordering::Relaxed);
+    }
+    if server.config.read().cluster.enabled {
+        cluster::start(&server)
+            .await
+            .map_err(|source| ServerError::Cluster(source.to_string()))?;
+    }
+    if let Ok(local) = listener.local_addr() {
         tracing::info!(addr = %local, "Ready to accept connections tcp");
     }
     Ok(Bound {

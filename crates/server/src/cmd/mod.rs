@@ -591,7 +591,11 @@ pub(crate) fn invoke(
     let keyspace = &server.keyspace;
     let local = Local(keyspace);
     let spawned;
-    let data: &dyn DataPath = if server.deferred_data_path.load(Ordering::Relaxed) {
+    let coordinated;
+    let data: &dyn DataPath = if let Some(node) = server.cluster.get() {
+        coordinated = crate::cluster::Coordinated::new(server, node.clone());
+        &coordinated
+    } else if server.deferred_data_path.load(Ordering::Relaxed) {
         spawned = Spawned(keyspace.clone());
         &spawned
     } else {
