@@ -8,6 +8,7 @@
 //! parsing and the command table (`cmd`): handlers build the same [`Op`]s in both modes.
 
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -26,6 +27,7 @@ use ringkv_cluster::NodeId;
 use ringkv_protocol::Frame;
 use ringkv_store::{encode_value, StoredValue, ValueType};
 
+use crate::client::Client;
 use crate::data::{DataPath, Done, Op, Pending};
 use crate::errors::{CmdError, CmdResult};
 use crate::server::Server;
@@ -242,13 +244,34 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
     Ok(node)
 }
 
-/// The quorum a connection's operations use: the settings' defaults.
-fn quorum(server: &Server) -> Quorum {
-    let config = server.config.read();
-    Quorum {
-        r: config.cluster.read_quorum,
-        w: config.cluster.write_quorum,
+/// The quorum a connection's operations use: its own (CLUSTER QUORUM), else the settings'.
+pub(crate) fn quorum_of(server: &Server, client: &Client) -> Quorum {
+    let (r, w) = client.cluster_quorum.unwrap_or_else(|| {
+        let config = server.config.read();
+        (config.cluster.read_quorum, config.cluster.write_quorum)
+    });
+    Quorum { r, w }
+}
+
+/// Up to `limit` keys of `db` in `slot` that this node's store holds (CLUSTER
+/// COUNTKEYSINSLOT / GETKEYSINSLOT): a scan of the database.
+pub(crate) fn local_keys_in_slot(
+    keyspace: &ringkv_store::Keyspace,
+    db: usize,
+    slot: u16,
+    limit: usize,
+) -> CmdResult<Vec<Bytes>> {
+    let mut keys = Vec::new();
+    for item in keyspace.range(db, Bound::Unbounded, Bound::Unbounded) {
+        let (key, _) = item?;
+        if keys.len() >= limit {
+            break;
+        }
+        if ringkv_cluster::key_slot(&key) == slot {
+            keys.push(key);
+        }
     }
+    Ok(keys)
 }
 
 /// The data path of cluster mode: every operation goes to its keys' replicas.
@@ -258,9 +281,9 @@ pub(crate) struct Coordinated {
 }
 
 impl Coordinated {
-    pub(crate) fn new(server: &Server, node: Arc<ClusterNode>) -> Self {
+    pub(crate) fn new(server: &Server, client: &Client, node: Arc<ClusterNode>) -> Self {
         Self {
-            quorum: quorum(server),
+            quorum: quorum_of(server, client),
             node,
         }
     }
@@ -302,20 +325,40 @@ fn stored(resolved: Resolved) -> Option<StoredValue> {
 
 /// Everything an operation needs on another task.
 #[derive(Clone)]
-struct Run {
+pub(crate) struct Run {
     node: Arc<ClusterNode>,
     quorum: Quorum,
     db: usize,
 }
 
 impl Run {
+    /// An operation of `client` on `db` through `node`.
+    pub(crate) fn new(server: &Server, client: &Client, node: Arc<ClusterNode>, db: usize) -> Self {
+        Self {
+            quorum: quorum_of(server, client),
+            node,
+            db,
+        }
+    }
+
+    /// The merged record of `key` (VGET).
+    pub(crate) async fn read_record(&self, key: &Bytes) -> CmdResult<Record> {
+        self.read(key).await
+    }
+
+    /// A write event as given (VSET).
+    pub(crate) async fn write_event(&self, event: WriteEvent) -> CmdResult<bool> {
+        self.write(event.key, event.context, event.body, event.expires_at_ms)
+            .await
+    }
+
     fn map(&self) -> CmdResult<Arc<ClusterMap>> {
         self.node
             .map()
             .ok_or_else(|| coord_error(CoordError::NoMap))
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
