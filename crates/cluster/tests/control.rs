@@ -98,7 +98,7 @@ async fn try_start(id: NodeId, dir: &Path, addr: SocketAddr) -> Result<Node, Con
     };
     match ControlPlane::open(config, transport.clone()).await {
         Ok(plane) => {
-            handler.plane.set(plane.clone()).ok().expect("set once");
+            handler.plane.set(plane.clone()).expect("set once");
             Ok(Node {
                 id,
                 dir: dir.to_owned(),

@@ -129,8 +129,8 @@ struct LogInner {
 }
 
 impl LogInner {
-    fn persist_log(&self) -> Result<(), StorageError<NodeId>> {
-        write_file(&self.dir, LOG_FILE, &self.log).map_err(write_error)
+    fn persist_log(&self) -> io::Result<()> {
+        write_file(&self.dir, LOG_FILE, &self.log)
     }
 }
 
@@ -252,7 +252,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .log
             .entries
             .retain(|entry| entry.log_id.index < log_id.index);
-        inner.persist_log()
+        inner.persist_log().map_err(write_error)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
@@ -262,7 +262,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .entries
             .retain(|entry| entry.log_id.index > log_id.index);
         inner.log.last_purged = Some(log_id);
-        inner.persist_log()
+        inner.persist_log().map_err(write_error)
     }
 }
 
