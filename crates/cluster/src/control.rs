@@ -66,6 +66,10 @@ pub const ELECTION_TIMEOUT: (Duration, Duration) =
 /// included).
 pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the leader waits for a new learner to catch up with the log
+/// before it gives up on this attempt (the joiner retries).
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(10);
+
 /// Pause between retries of a proposal that found no leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -609,7 +613,7 @@ impl ControlPlane {
                 )));
             }
         }
-        // A learner first, blocking until it has caught up with the log;
+        // A learner first, waiting until it has caught up with the log;
         // then a voter while there are fewer than MAX_VOTERS.
         let in_raft = raft
             .metrics()
@@ -620,10 +624,11 @@ impl ControlPlane {
             .is_some();
         if !in_raft {
             let node = BasicNode::new(member.cluster_addr.clone());
-            raft.add_learner(member.node, node, true)
+            raft.add_learner(member.node, node, false)
                 .await
                 .map_err(write_failure)?;
         }
+        self.wait_caught_up(member.node).await?;
         self.promote_if_room(member.node).await?;
         if existing.is_some() {
             // A join retried after its map committed: already done.
@@ -642,7 +647,14 @@ impl ControlPlane {
             .client_write(ControlRequest::RemoveMember(node))
             .await
             .map_err(write_failure)?;
-        let map = applied(response.data)?;
+        // Out of the Raft group too, even when the map refused (a node
+        // whose join stopped after it became a learner is in the group but
+        // not in the map).
+        let result = applied(response.data);
+        if self.map().is_some_and(|map| map.member(node).is_some()) {
+            // Refused and still a member (the last one): nothing to undo.
+            return result;
+        }
         let membership = raft
             .metrics()
             .borrow()
@@ -658,20 +670,27 @@ impl ControlPlane {
             None
         };
         if let Some(change) = change {
-            // The map has committed; a failure here leaves the node in the
-            // Raft group, which a retried remove (refused: not a member)
-            // would not clean up, so say it loudly.
             if let Err(e) = raft.change_membership(change, false).await {
+                // Gone from the map but still in the group: a retried
+                // remove (refused by the map) comes back here and retries.
                 tracing::warn!(node, error = %e, "removed from the map but not from the Raft group");
+                if result.is_ok() {
+                    return result;
+                }
+                return Err(write_failure(e));
             }
         }
-        // Keep MAX_VOTERS voters while learners remain.
+        // Keep MAX_VOTERS voters while learners that are members remain.
+        let Some(map) = self.map() else {
+            return result;
+        };
         let learners: Vec<NodeId> = raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
             .learner_ids()
+            .filter(|learner| map.member(*learner).is_some())
             .collect();
         for learner in learners {
             if let Err(e) = self.promote_if_room(learner).await {
@@ -679,7 +698,37 @@ impl ControlPlane {
                 break;
             }
         }
-        Ok(map)
+        result
+    }
+
+    /// Waits until the leader's replication to `node` has reached the end
+    /// of the log as it was on entry, at most [`LEARNER_CATCH_UP`].
+    async fn wait_caught_up(&self, node: NodeId) -> Result<(), ProposeFailure> {
+        let me = self.inner.me.node;
+        let mut metrics = self.inner.raft.metrics();
+        let target = metrics.borrow().last_log_index;
+        let wait = metrics.wait_for(|m| {
+            let caught_up = m
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(&node))
+                .is_some_and(|matched| matched.map(|id| id.index) >= target);
+            caught_up || m.current_leader != Some(me)
+        });
+        let leading = match tokio::time::timeout(LEARNER_CATCH_UP, wait).await {
+            Ok(Ok(m)) => m.current_leader == Some(me),
+            Ok(Err(_)) => return Err(ProposeFailure::Failed("raft stopped".into())),
+            Err(_) => {
+                return Err(ProposeFailure::Failed(format!(
+                    "node {node:016x} did not catch up with the log in {LEARNER_CATCH_UP:?}"
+                )))
+            }
+        };
+        if leading {
+            Ok(())
+        } else {
+            Err(ProposeFailure::NotLeader(self.known_leader()))
+        }
     }
 
     /// Makes `node` a voter if there are fewer than [`MAX_VOTERS`].

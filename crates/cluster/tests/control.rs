@@ -356,6 +356,14 @@ async fn damaged_files_are_a_clear_error() {
     let root = tempfile::tempdir().unwrap();
     let node = start(1, root.path()).await;
     node.plane.found().await.unwrap();
+    // Refused changes commit as no-ops: the epoch stays.
+    for (victim, expected) in [(1, "last member"), (99, "not a member")] {
+        match node.plane.remove_member(victim).await {
+            Err(ControlError::Refused(reason)) => assert!(reason.contains(expected), "{reason}"),
+            other => panic!("removing {victim}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(node.plane.epoch(), 1);
     let encoded = node.plane.map().unwrap().encode();
     let dir = node.dir.clone();
     node.stop().await;
