@@ -33,7 +33,7 @@
 //! - [`replica`] — records kept in the local store: events and merges as one
 //!   atomic read-modify-write per key, the sibling cap, tombstone grace.
 //!
-//! Around that core, the one piece that does I/O so far:
+//! Around that core, the pieces that do I/O:
 //!
 //! - [`coordinator`] — the data plane between nodes: a replica's answers to
 //!   data requests, and the coordinator's fan-out of reads and writes to a
@@ -42,6 +42,9 @@
 //! - [`transport`] — the internode transport on tokio: authenticated TCP
 //!   connections, requests multiplexed by id on pooled connections, the
 //!   epoch check.
+//! - [`control`] — the control plane: one Raft group (openraft) over the
+//!   transport whose state is the cluster map; founding, joining, voters
+//!   and learners, the vote, log and map kept durably on disk.
 //!
 //! The slot function is the same as Redis Cluster's so cluster-aware
 //! clients can route. It lives in the store's key layout (slot-first keys
@@ -50,6 +53,7 @@
 pub use ringkv_store::layout::{hash_tag, key_slot, SLOT_COUNT};
 
 mod codec;
+pub mod control;
 pub mod coordinator;
 pub mod counter;
 pub mod dvv;
