@@ -33,11 +33,14 @@
 //! - [`replica`] — records kept in the local store: events and merges as one
 //!   atomic read-modify-write per key, the sibling cap, tombstone grace.
 //!
-//! Around that core, the one piece that does I/O so far:
+//! Around that core, the pieces that do I/O so far:
 //!
 //! - [`transport`] — the internode transport on tokio: authenticated TCP
 //!   connections, requests multiplexed by id on pooled connections, the
 //!   epoch check.
+//! - [`gossip`] — membership liveness: SWIM with suspicion on `foca`, an
+//!   I/O-free core and its runtime sending datagrams over the transport;
+//!   every node's health (alive, suspect, down) and load.
 //!
 //! The slot function is the same as Redis Cluster's so cluster-aware
 //! clients can route. It lives in the store's key layout (slot-first keys
@@ -49,6 +52,7 @@ mod codec;
 pub mod counter;
 pub mod dvv;
 pub mod frame;
+pub mod gossip;
 pub mod hlc;
 pub mod map;
 pub mod plan;
