@@ -45,6 +45,9 @@
 //! - [`control`] — the control plane: one Raft group (openraft) over the
 //!   transport whose state is the cluster map; founding, joining, voters
 //!   and learners, the vote, log and map kept durably on disk.
+//! - [`gossip`] — membership liveness: SWIM with suspicion on `foca`, an
+//!   I/O-free core and its runtime sending datagrams over the transport;
+//!   every node's health (alive, suspect, down) and load.
 //!
 //! The slot function is the same as Redis Cluster's so cluster-aware
 //! clients can route. It lives in the store's key layout (slot-first keys
@@ -58,6 +61,7 @@ pub mod coordinator;
 pub mod counter;
 pub mod dvv;
 pub mod frame;
+pub mod gossip;
 pub mod hlc;
 pub mod map;
 pub mod plan;
