@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,9 +16,13 @@ use ringkv_cluster::NodeId;
 const SECRET: &[u8] = b"the cluster secret for the tests";
 
 /// Forwards gossip requests to the node's runtime (set once it exists:
-/// the transport is bound first) and answers an empty reply.
+/// the transport is bound first) and answers an empty reply; while `deaf`,
+/// drops them instead.
 #[derive(Default)]
-struct GossipHandler(OnceLock<GossipRuntime>);
+struct GossipHandler {
+    gossip: OnceLock<GossipRuntime>,
+    deaf: AtomicBool,
+}
 
 impl Handler for GossipHandler {
     fn handle(
@@ -28,8 +33,10 @@ impl Handler for GossipHandler {
         payload: Bytes,
     ) -> BoxFuture<'static, Result<(u8, Bytes), HandlerError>> {
         let reply = if kind == GOSSIP_KIND {
-            if let Some(gossip) = self.0.get() {
-                gossip.handle(from, payload);
+            if let Some(gossip) = self.gossip.get() {
+                if !self.deaf.load(Ordering::SeqCst) {
+                    gossip.handle(from, payload);
+                }
             }
             Ok((GOSSIP_KIND, Bytes::new()))
         } else {
@@ -51,6 +58,7 @@ struct Node {
     id: NodeId,
     transport: Transport,
     gossip: GossipRuntime,
+    handler: Arc<GossipHandler>,
 }
 
 impl Node {
@@ -69,11 +77,12 @@ impl Node {
             transport.clone(),
             config.clone(),
         );
-        assert!(handler.0.set(gossip.clone()).is_ok());
+        assert!(handler.gossip.set(gossip.clone()).is_ok());
         Node {
             id,
             transport,
             gossip,
+            handler,
         }
     }
 
@@ -211,6 +220,63 @@ async fn three_nodes_detect_a_crash_and_a_restart() {
     assert_eq!(seen.addr, c2.addr());
 
     for node in [&a, &b, &c2] {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_listening_is_down_and_alive_again_when_it_listens() {
+    let config = GossipConfig::default();
+    let nodes = [
+        Node::start(1, &config).await,
+        Node::start(2, &config).await,
+        Node::start(3, &config).await,
+    ];
+    for node in &nodes {
+        for peer in &nodes {
+            node.gossip.add_peer(peer.addr());
+        }
+    }
+    for node in &nodes {
+        wait_for(
+            node,
+            Duration::from_secs(5),
+            "all Alive",
+            all_alive(&[1, 2, 3]),
+        )
+        .await;
+    }
+    let [a, b, c] = &nodes;
+    let generation = c.gossip.peers()[2].generation;
+
+    // C drops every datagram it gets (it still sends): its pings are not
+    // a refutation, the others' probes fail, it is Down.
+    c.handler.deaf.store(true, Ordering::SeqCst);
+    let bound = config.probe_period * 4 + config.suspect_to_down_after;
+    for node in [a, b] {
+        wait_for(node, bound + Duration::from_secs(2), "C Down", |view| {
+            view.get(&3) == Some(&Health::Down)
+        })
+        .await;
+    }
+
+    // C listens again: it hears it was declared Down, renews its
+    // generation and is Alive everywhere.
+    c.handler.deaf.store(false, Ordering::SeqCst);
+    for node in &nodes {
+        let took = wait_for(
+            node,
+            Duration::from_secs(5),
+            "all Alive again",
+            all_alive(&[1, 2, 3]),
+        )
+        .await;
+        eprintln!("node {}: all Alive {took:?} after C listens again", node.id);
+    }
+    let renewed = a.gossip.peers()[2].generation;
+    assert!(renewed > generation, "{renewed} > {generation}");
+
+    for node in &nodes {
         node.stop().await;
     }
 }

@@ -366,43 +366,62 @@ fn a_datagram_claiming_another_sender_is_dropped() {
 
 #[test]
 fn garbage_and_mangled_datagrams_are_dropped_without_panic() {
-    let mut sim = Sim::new(3);
+    let everyone = [0, 1, 2, 3, 4];
+    let mut sim = Sim::new(5);
     sim.introduce_all();
-    sim.converge(&[0, 1, 2], Duration::from_secs(1));
-    sim.nodes[1].gossip.set_load(42, sim.now);
-    sim.run_for(Duration::from_secs(2));
+    sim.converge(&everyone, Duration::from_secs(1));
+    for i in everyone {
+        sim.nodes[i].gossip.set_load(i as u64, sim.now);
+    }
+    sim.run_for(Duration::from_secs(3));
     let genuine = sim.sent.clone();
-    assert!(genuine.len() > 20);
+    assert!(genuine.len() > 100, "{}", genuine.len());
 
+    // Node 1 receives it all, and what it sends in reaction goes out.
     let mut rng = foca_rand::rngs::Xoshiro256PlusPlus::seed_from_u64(5);
-    let target = &mut sim.nodes[0].gossip;
+    let feed = |sim: &mut Sim, from: NodeId, data: &[u8]| {
+        let out = sim.nodes[0].gossip.on_datagram(from, data, sim.now);
+        sim.enqueue(0, out);
+    };
     // Random bytes of every small length, and some large ones.
     for len in (0..300).chain([8191, 8192, 8193, 70_000]) {
         let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-        for from in [1, 2, 3, 99] {
-            let _ = target.on_datagram(from, &data, Duration::ZERO);
+        for from in [2, 3, 99] {
+            feed(&mut sim, from, &data);
         }
     }
-    // Real datagrams, truncated, extended and with bytes flipped.
-    for (n, datagram) in genuine.iter().enumerate().take(200) {
+    // Real datagrams cut short or with bytes after them.
+    for datagram in &genuine {
         for cut in 0..datagram.len() {
-            let _ = target.on_datagram(2, &datagram[..cut], Duration::ZERO);
+            feed(&mut sim, 2, &datagram[..cut]);
         }
         let mut longer = datagram.to_vec();
         longer.extend_from_slice(&[0xff; 3]);
-        let _ = target.on_datagram(2, &longer, Duration::ZERO);
-        for _ in 0..50 {
+        feed(&mut sim, 2, &longer);
+    }
+    // None of it changed anything: all Alive, no node that does not exist.
+    sim.run_for(Duration::from_secs(5));
+    assert!(sim.all_alive(&everyone));
+    let known: Vec<NodeId> = sim.nodes[0].gossip.health().into_keys().collect();
+    assert_eq!(known, vec![1, 2, 3, 4, 5]);
+
+    // Real datagrams with bytes changed, as if from each node (one of them
+    // the real sender). What still decodes is believed, as gossip relayed
+    // by an authenticated peer always is (docs/cluster.md, "Membership"):
+    // this part checks only that nothing panics, reacting included.
+    for (n, datagram) in genuine.iter().enumerate() {
+        for _ in 0..20 {
             let mut mangled = datagram.to_vec();
-            let flips = 1 + n % 3;
-            for _ in 0..flips {
+            for _ in 0..1 + n % 3 {
                 let at = rng.random_range(0..mangled.len());
                 mangled[at] = rng.random();
             }
-            for from in [2, 3] {
-                let _ = target.on_datagram(from, &mangled, Duration::ZERO);
+            for from in 2..=5 {
+                feed(&mut sim, from, &mangled);
             }
         }
     }
+    sim.run_for(Duration::from_secs(10));
     // Load broadcasts that are not 33 bytes of version 1 are refused.
     assert!(decode_load(&[1; 32]).is_err());
     assert!(decode_load(&[2; 33]).is_err());
