@@ -17,12 +17,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use parking_lot::RwLock;
+use ringkv_cluster::control::{ControlConfig, ControlPlane, CONTROL_KINDS};
 use ringkv_cluster::coordinator::{CoordError, DataNode, Peers, Quorum, WriteEvent, DATA_KINDS};
 use ringkv_cluster::frame::ClusterSecret;
+use ringkv_cluster::gossip::{GossipConfig, GossipRuntime, Health, GOSSIP_KIND};
 use ringkv_cluster::map::{ClusterMap, MemberInfo, MemberState};
 use ringkv_cluster::record::{Body, IncrementError, Record, Resolved};
 use ringkv_cluster::replica::DEFAULT_TOMBSTONE_GRACE_MS;
-use ringkv_cluster::transport::{BoxFuture, Handler, HandlerError, Transport, TransportConfig};
+use ringkv_cluster::transport::{
+    BoxFuture, CallError, Handler, HandlerError, Transport, TransportConfig,
+};
 use ringkv_cluster::NodeId;
 use ringkv_protocol::Frame;
 use ringkv_store::{encode_value, StoredValue, ValueType};
@@ -46,6 +50,10 @@ pub(crate) struct ClusterNode {
     map: Arc<RwLock<Option<Arc<ClusterMap>>>>,
     /// This node's entry in the map.
     pub me: MemberInfo,
+    /// Slot ownership and membership, committed through Raft.
+    pub control: ControlPlane,
+    /// Liveness of the members, by gossip.
+    pub gossip: GossipRuntime,
     /// Requests coordinated, for INFO.
     pub coordinated: AtomicU64,
 }
@@ -68,22 +76,59 @@ impl ClusterNode {
     pub fn epoch(&self) -> u64 {
         self.map.read().as_ref().map_or(0, |map| map.epoch)
     }
+
+    /// What gossip says of `node` (this node is always alive).
+    pub fn health(&self, node: NodeId) -> Health {
+        if node == self.id {
+            return Health::Alive;
+        }
+        self.gossip
+            .health()
+            .get(&node)
+            .copied()
+            .unwrap_or(Health::Alive)
+    }
+
+    /// Stops gossip, the control plane and the transport (server shutdown).
+    pub async fn shutdown(&self) {
+        self.gossip.shutdown().await;
+        self.control.shutdown().await;
+        self.transport.shutdown().await;
+    }
 }
 
-/// The transport's handler: data requests to the data plane.
+/// The transport's handler: data requests to the data plane, control requests to Raft,
+/// gossip to foca.
 struct NodeHandler {
     node: OnceLock<Weak<ClusterNode>>,
+    control: OnceLock<ControlPlane>,
+    gossip: OnceLock<GossipRuntime>,
     map: Arc<RwLock<Option<Arc<ClusterMap>>>>,
 }
 
 impl Handler for NodeHandler {
     fn handle(
         &self,
-        _from: NodeId,
+        from: NodeId,
         kind: u8,
         _epoch: u64,
         payload: Bytes,
     ) -> BoxFuture<'static, Result<(u8, Bytes), HandlerError>> {
+        if kind == GOSSIP_KIND {
+            if let Some(gossip) = self.gossip.get() {
+                gossip.handle(from, payload);
+            }
+            return Box::pin(async move { Ok((kind, Bytes::new())) });
+        }
+        if CONTROL_KINDS.contains(&kind) {
+            let control = self.control.get().cloned();
+            return Box::pin(async move {
+                match control {
+                    Some(control) => control.handle(from, kind, payload).await,
+                    None => Err(HandlerError::new("node is starting")),
+                }
+            });
+        }
         let node = self.node.get().and_then(Weak::upgrade);
         Box::pin(async move {
             let Some(node) = node else {
@@ -103,12 +148,32 @@ impl Handler for NodeHandler {
     fn epoch(&self) -> u64 {
         self.map.read().as_ref().map_or(0, |map| map.epoch)
     }
+
+    fn fenced(&self, kind: u8) -> bool {
+        kind != GOSSIP_KIND && !CONTROL_KINDS.contains(&kind)
+    }
 }
 
-/// Reaches other members through the transport, by their address in the map.
+/// Reaches other members through the transport, by their address in the map. A peer at a
+/// newer epoch refuses the request: this node waits until its own map reaches that epoch
+/// (the control plane applies it), then sends once more with the new map.
 struct TransportPeers {
     transport: OnceLock<Transport>,
+    control: OnceLock<ControlPlane>,
     map: Arc<RwLock<Option<Arc<ClusterMap>>>>,
+}
+
+impl TransportPeers {
+    fn addr_of(&self, node: NodeId) -> Result<SocketAddr, String> {
+        let addr = self
+            .map
+            .read()
+            .as_ref()
+            .and_then(|map| map.member(node).map(|m| m.cluster_addr.clone()))
+            .ok_or_else(|| format!("node {node:016x} is not in the map"))?;
+        addr.parse()
+            .map_err(|_| format!("bad cluster address {addr:?}"))
+    }
 }
 
 impl Peers for TransportPeers {
@@ -119,18 +184,40 @@ impl Peers for TransportPeers {
         payload: Bytes,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Bytes, String>> {
-        let addr = self
-            .map
-            .read()
-            .as_ref()
-            .and_then(|map| map.member(node).map(|m| m.cluster_addr.clone()));
+        let addr = self.addr_of(node);
         let transport = self.transport.get().cloned();
+        let control = self.control.get().cloned();
+        let map = self.map.clone();
         Box::pin(async move {
-            let addr = addr.ok_or_else(|| format!("node {node:016x} is not in the map"))?;
-            let addr: SocketAddr = addr
-                .parse()
-                .map_err(|_| format!("bad cluster address {addr:?}"))?;
             let transport = transport.ok_or("transport not started")?;
+            let first = transport.call(addr?, kind, payload.clone(), timeout).await;
+            let theirs = match first {
+                Err(CallError::StaleEpoch { theirs }) => theirs,
+                other => return other.map(|(_, reply)| reply).map_err(|e| e.to_string()),
+            };
+            let control = control.ok_or("control plane not started")?;
+            let mut watch = control.watch();
+            let caught_up = matches!(
+                tokio::time::timeout(
+                    timeout,
+                    watch.wait_for(|m| m.as_ref().is_some_and(|m| m.epoch >= theirs)),
+                )
+                .await,
+                Ok(Ok(_))
+            );
+            if !caught_up {
+                return Err(format!(
+                    "stale epoch: the peer is at {theirs} and this node did not catch up in time"
+                ));
+            }
+            tracing::debug!(node, theirs, "stale epoch: map refreshed, sending again");
+            *map.write() = control.map();
+            let addr = map
+                .read()
+                .as_ref()
+                .and_then(|m| m.member(node).map(|m| m.cluster_addr.clone()))
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .ok_or_else(|| format!("node {node:016x} left the cluster"))?;
             transport
                 .call(addr, kind, payload, timeout)
                 .await
@@ -201,6 +288,8 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
     let map = Arc::new(RwLock::new(None));
     let handler = Arc::new(NodeHandler {
         node: OnceLock::new(),
+        control: OnceLock::new(),
+        gossip: OnceLock::new(),
         map: map.clone(),
     });
     let bind_addr: SocketAddr = format!("{bind}:{cluster_port}")
@@ -210,6 +299,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         Transport::bind(bind_addr, TransportConfig::new(id, secret), handler.clone()).await?;
     let peers = Arc::new(TransportPeers {
         transport: OnceLock::new(),
+        control: OnceLock::new(),
         map: map.clone(),
     });
     let _ = peers.transport.set(transport.clone());
@@ -218,7 +308,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         server.keyspace.clone(),
         settings.sibling_cap,
         DEFAULT_TOMBSTONE_GRACE_MS,
-        peers,
+        peers.clone(),
         Duration::from_millis(settings.request_timeout_ms),
     ));
     let me = MemberInfo {
@@ -228,21 +318,110 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         zone: settings.zone.clone(),
         state: MemberState::Up,
     };
+    let control = ControlPlane::open(
+        ControlConfig {
+            me: me.clone(),
+            dir: dir.join("cluster"),
+            replication: settings.replicas,
+        },
+        transport.clone(),
+    )
+    .await
+    .map_err(std::io::Error::other)?;
+    let _ = handler.control.set(control.clone());
+    let _ = peers.control.set(control.clone());
+    let gossip = GossipRuntime::start(
+        id,
+        transport.local_addr(),
+        transport.clone(),
+        GossipConfig::default(),
+    );
+    let _ = handler.gossip.set(gossip.clone());
+    if control.map().is_none() {
+        match &settings.join {
+            None => {
+                control.found().await.map_err(std::io::Error::other)?;
+                tracing::info!("cluster founded: this node holds every slot");
+            }
+            Some(seed) => {
+                let seed_addr = seed_cluster_addr(seed, JOIN_TIMEOUT).await?;
+                tracing::info!(%seed, %seed_addr, "joining the cluster");
+                let joined = control
+                    .join_via(seed_addr, JOIN_TIMEOUT)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                tracing::info!(
+                    epoch = joined.epoch,
+                    members = joined.members.len(),
+                    "joined the cluster"
+                );
+            }
+        }
+    } else if settings.join.is_some() {
+        tracing::info!(
+            "cluster-join ignored: this node is already a member (its data directory says so)"
+        );
+    }
     let node = Arc::new(ClusterNode {
         id,
         data,
         transport,
         map: map.clone(),
         me: me.clone(),
+        control: control.clone(),
+        gossip: gossip.clone(),
         coordinated: AtomicU64::new(0),
     });
     let _ = handler.node.set(Arc::downgrade(&node));
-    let founded = ClusterMap::founded_by(me, settings.replicas).map_err(std::io::Error::other)?;
-    *map.write() = Some(Arc::new(founded));
-    tracing::info!(node = %format!("{id:016x}"), cluster_addr = %node.me.cluster_addr, "cluster mode: node started");
+    // Route by the map as it applies; introduce every member to gossip.
+    let mut changes = control.watch();
+    follow_map(&map, &gossip, id, changes.borrow_and_update().clone());
+    {
+        let map = map.clone();
+        let gossip = gossip.clone();
+        let mut shutdown = server.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                }
+                let current = changes.borrow_and_update().clone();
+                if let Some(current) = &current {
+                    tracing::info!(
+                        epoch = current.epoch,
+                        members = current.members.len(),
+                        "cluster map applied"
+                    );
+                }
+                follow_map(&map, &gossip, id, current);
+            }
+        });
+    }
+    tracing::info!(node = %format!("{id:016x}"), cluster_addr = %node.me.cluster_addr, epoch = node.epoch(), "cluster mode: node started");
     let _ = server.cluster.set(node.clone());
     Ok(node)
 }
+
+/// Routes by `current` from now on, and introduces its members to gossip.
+fn follow_map(
+    map: &RwLock<Option<Arc<ClusterMap>>>,
+    gossip: &GossipRuntime,
+    me: NodeId,
+    current: Option<Arc<ClusterMap>>,
+) {
+    if let Some(current) = &current {
+        for member in current.members.values().filter(|m| m.node != me) {
+            if let Ok(addr) = member.cluster_addr.parse() {
+                gossip.add_peer(addr);
+            }
+        }
+    }
+    *map.write() = current;
+}
+
+/// How long a joining node waits for the cluster to take it in.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The quorum a connection's operations use: its own (CLUSTER QUORUM), else the settings'.
 pub(crate) fn quorum_of(server: &Server, client: &Client) -> Quorum {
@@ -552,4 +731,73 @@ impl DataPath for Coordinated {
             "ERR MULTI/EXEC is not supported in cluster mode yet (docs/cluster.md)",
         ))
     }
+}
+
+/// The cluster address of the member whose client port is `seed` (`cluster-join`): asks it
+/// `CLUSTER NODES` over RESP and reads its own line's `@cport`.
+async fn seed_cluster_addr(seed: &str, timeout: Duration) -> std::io::Result<SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(seed).await?;
+        stream
+            .write_all(b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n")
+            .await?;
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                break;
+            }
+            reply.extend_from_slice(&chunk[..read]);
+            if nodes_reply_complete(&reply) {
+                break;
+            }
+            if reply.len() > 1 << 20 {
+                return Err(std::io::Error::other("CLUSTER NODES reply too long"));
+            }
+        }
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = tokio::time::timeout(timeout, ask).await.map_err(|_| {
+        std::io::Error::other(format!("{seed} did not answer CLUSTER NODES in time"))
+    })??;
+    let text = String::from_utf8_lossy(&reply);
+    if let Some(error) = text.strip_prefix('-') {
+        return Err(std::io::Error::other(format!(
+            "{seed} refused CLUSTER NODES: {}",
+            error.trim()
+        )));
+    }
+    let line = text
+        .lines()
+        .find(|line| {
+            line.split(' ')
+                .nth(2)
+                .is_some_and(|flags| flags.contains("myself"))
+        })
+        .ok_or_else(|| std::io::Error::other(format!("{seed} is not a cluster member")))?;
+    let addr = line.split(' ').nth(1).unwrap_or_default();
+    let (client, cport) = addr
+        .split_once('@')
+        .ok_or_else(|| std::io::Error::other(format!("no cluster port in {addr:?}")))?;
+    let host = client.rsplit_once(':').map_or(client, |(host, _)| host);
+    format!("{host}:{cport}")
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("bad cluster address {host}:{cport}")))
+}
+
+/// Whether `reply` holds a whole RESP bulk string (or an error line).
+fn nodes_reply_complete(reply: &[u8]) -> bool {
+    if reply.first() == Some(&b'-') {
+        return reply.ends_with(b"\r\n");
+    }
+    let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    let len: usize = std::str::from_utf8(&reply[1..end])
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    reply.len() >= end + 2 + len + 2
 }

@@ -265,6 +265,10 @@ impl Bound {
         if let Some(admin) = admin {
             admin.abort();
         }
+        if let Some(node) = server.cluster.get() {
+            // Bounded: a peer that does not answer must not hold the exit up.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, node.shutdown()).await;
+        }
         let closing = server.clone();
         tokio::task::spawn_blocking(move || {
             // Writers stalled in the engine give up, so they let go of the gate.
