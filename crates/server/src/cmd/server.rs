@@ -346,6 +346,36 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 .store(deferred, std::sync::atomic::Ordering::Relaxed);
             Ok(Frame::ok())
         }
+        "cluster-pause-replication" if args.len() == 3 => {
+            // A drill: this node's writes reach only their event replica (siblings on demand).
+            let node = ctx
+                .server
+                .cluster
+                .get()
+                .ok_or_else(|| CmdError::msg("ERR cluster mode is off"))?;
+            let paused = match args::lower(&args[2]).as_str() {
+                "yes" => true,
+                "no" => false,
+                _ => return Err(CmdError::Syntax),
+            };
+            node.data.pause_replication(paused);
+            tracing::warn!(paused, "DEBUG CLUSTER-PAUSE-REPLICATION");
+            Ok(Frame::ok())
+        }
+        "cluster-fence" if args.len() == 3 => {
+            // A drill: this node refuses internode data requests from below this epoch, as if
+            // its map were that new (the stale-epoch path end to end).
+            let node = ctx
+                .server
+                .cluster
+                .get()
+                .ok_or_else(|| CmdError::msg("ERR cluster mode is off"))?;
+            let epoch = args::parse_u64(&args[2]).ok_or(CmdError::NotInteger)?;
+            node.fence
+                .store(epoch, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(epoch, "DEBUG CLUSTER-FENCE");
+            Ok(Frame::ok())
+        }
         "compaction" if args.len() == 3 => {
             // Holds background compaction, so level 0 grows until writes stall (a drill).
             let hold = match args::lower(&args[2]).as_str() {
