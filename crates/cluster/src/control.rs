@@ -485,6 +485,30 @@ impl ControlPlane {
         }
     }
 
+    /// Takes a snapshot of the applied map now and purges the log up to it
+    /// (normally automatic every 1000 entries). A member that is behind the
+    /// purged log, or that joins later, then gets the snapshot.
+    pub async fn compact(&self) -> Result<(), ControlError> {
+        let raft = &self.inner.raft;
+        let mut metrics = raft.metrics();
+        let applied = metrics.borrow().last_applied;
+        raft.trigger().snapshot().await.map_err(raft_error)?;
+        let deadline = Instant::now() + CHANGE_TIMEOUT;
+        let wait = metrics.wait_for(|m| m.snapshot >= applied);
+        let snapshot = match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(m)) => m.snapshot,
+            Ok(Err(_)) => return Err(ControlError::Raft("the control plane stopped".into())),
+            Err(_) => return Err(ControlError::Timeout("no snapshot taken".into())),
+        };
+        if let Some(snapshot) = snapshot {
+            raft.trigger()
+                .purge_log(snapshot.index)
+                .await
+                .map_err(raft_error)?;
+        }
+        Ok(())
+    }
+
     /// Stops this node's Raft (the transport is the caller's to stop).
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {
