@@ -121,6 +121,14 @@ pub enum ControlError {
     /// No committed answer in time (no leader reachable, say).
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The directory holds another node's state.
+    #[error("the control directory belongs to node {found:016x}, not {expected:016x}")]
+    WrongNode {
+        /// The node whose state is there.
+        found: NodeId,
+        /// This node.
+        expected: NodeId,
+    },
 }
 
 /// What the control plane reports for CLUSTER INFO and `ringkv cluster
@@ -301,7 +309,9 @@ impl ControlPlane {
     ) -> Result<ControlPlane, ControlError> {
         std::fs::create_dir_all(&config.dir)?;
         let dir = config.dir.clone();
+        let me = config.me.node;
         let (log, machine) = tokio::task::spawn_blocking(move || {
+            store::claim_dir(&dir, me)?;
             Ok::<_, ControlError>((
                 store::LogStore::open(&dir)?,
                 store::StateMachine::open(&dir)?,

@@ -368,6 +368,16 @@ async fn damaged_files_are_a_clear_error() {
     let dir = node.dir.clone();
     node.stop().await;
 
+    // Another node's directory is refused.
+    match try_start(2, &dir, "127.0.0.1:0".parse().unwrap()).await {
+        Err(ControlError::WrongNode { found, expected }) => assert_eq!((found, expected), (1, 2)),
+        Err(other) => panic!("expected WrongNode, got {other}"),
+        Ok(node) => {
+            node.stop().await;
+            panic!("node 2 opened node 1's directory");
+        }
+    }
+
     // Intact: the same map comes back.
     let node = try_start(1, &dir, "127.0.0.1:0".parse().unwrap())
         .await
@@ -385,7 +395,7 @@ async fn damaged_files_are_a_clear_error() {
         .iter()
         .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for wanted in ["log", "state", "vote"] {
+    for wanted in ["log", "node", "state", "vote"] {
         assert!(names.iter().any(|name| name == wanted), "{names:?}");
     }
     for file in &files {
