@@ -35,12 +35,19 @@
 //!
 //! Around that core, the pieces that do I/O:
 //!
+//! - [`coordinator`] — the data plane between nodes: a replica's answers to
+//!   data requests, and the coordinator's fan-out of reads and writes to a
+//!   slot's replicas through the quorum rounds (through [`coordinator::Peers`],
+//!   so a simulation can stand in for the network).
 //! - [`transport`] — the internode transport on tokio: authenticated TCP
 //!   connections, requests multiplexed by id on pooled connections, the
 //!   epoch check.
 //! - [`control`] — the control plane: one Raft group (openraft) over the
 //!   transport whose state is the cluster map; founding, joining, voters
 //!   and learners, the vote, log and map kept durably on disk.
+//! - [`gossip`] — membership liveness: SWIM with suspicion on `foca`, an
+//!   I/O-free core and its runtime sending datagrams over the transport;
+//!   every node's health (alive, suspect, down) and load.
 //!
 //! The slot function is the same as Redis Cluster's so cluster-aware
 //! clients can route. It lives in the store's key layout (slot-first keys
@@ -50,9 +57,11 @@ pub use ringkv_store::layout::{hash_tag, key_slot, SLOT_COUNT};
 
 mod codec;
 pub mod control;
+pub mod coordinator;
 pub mod counter;
 pub mod dvv;
 pub mod frame;
+pub mod gossip;
 pub mod hlc;
 pub mod map;
 pub mod plan;

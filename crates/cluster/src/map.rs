@@ -247,7 +247,9 @@ impl ClusterMap {
                 .iter()
                 .any(|node| !members.contains_key(node))
             {
-                return Err(DecodeError::Invalid("a slot names a node that is no member"));
+                return Err(DecodeError::Invalid(
+                    "a slot names a node that is no member",
+                ));
             }
         }
         Ok(Self {

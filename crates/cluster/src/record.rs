@@ -93,6 +93,15 @@ pub struct Incremented {
     pub applied: bool,
 }
 
+/// A counter sibling's value (VGET shows each sibling); `None` for other bodies or a
+/// damaged state.
+pub fn counter_value(body: &Body) -> Option<i64> {
+    match body {
+        Body::Counter(state) => PnCounter::decode(state).ok()?.value().ok(),
+        _ => None,
+    }
+}
+
 /// The siblings of one key and their causal history.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Record(DvvSet<Sibling>);

@@ -37,6 +37,8 @@ pub(crate) struct Client {
     /// counts the replicas that already acknowledged, DEBUG SLEEP sleeps in place), as Redis
     /// denies blocking inside MULTI.
     pub in_exec: bool,
+    /// Cluster mode: this connection's (R, W), set by CLUSTER QUORUM; `None`: the settings'.
+    pub cluster_quorum: Option<(usize, usize)>,
     /// Keys WATCHed, with their versions.
     pub watched: Vec<Watched>,
     /// Close the connection once the replies so far are written (QUIT, CLIENT KILL of self).
@@ -62,6 +64,7 @@ impl Client {
             multi_failed: false,
             multi_bytes: 0,
             in_exec: false,
+            cluster_quorum: None,
             watched: Vec::new(),
             close_after_reply: false,
             no_reply: false,

@@ -179,6 +179,8 @@ settings_table! {
         config_file: Option<PathBuf> = None;
         /// Replication: leader to follow, its credentials, backlog, write guards.
         replication: ReplicationConfig = ReplicationConfig::default();
+        /// Cluster mode: membership, ports, quorum defaults (docs/cluster.md).
+        cluster: ClusterConfig = ClusterConfig::default();
         /// Test seam: treat loopback peers as remote in the protected-mode check, so the refusal
         /// can be tested on 127.0.0.1 (see docs/config.md). Never set by the binary.
         #[doc(hidden)]
@@ -228,6 +230,48 @@ settings_table! {
     }
     extra {}
     table REPLICATION_SETTINGS;
+}
+
+settings_table! {
+    /// Cluster settings of a server (the `cluster` field of [`Config`], docs/cluster.md).
+    #[derive(Debug, Clone)]
+    pub struct ClusterConfig in cluster {
+        /// Run as a member of a Dynamo-style cluster: yes or no. A fresh data directory forms a
+        /// one-node cluster, or joins one with cluster-join.
+        enabled: bool = false;
+        "cluster-enabled" {}
+        /// At start, ask the cluster a member of which listens at this client address
+        /// (HOST:PORT) to add this node.
+        join: Option<String> = None;
+        "cluster-join" {}
+        /// Internode port; unset: the client port + 10000 (0 when the client port is 0).
+        port: Option<u16> = None;
+        "cluster-port" via UnsetIsZero {}
+        /// Secret every member proves it knows (at least 16 bytes); unset: a built-in one, so
+        /// any process that reaches the cluster port can join (bind to a private interface).
+        secret: Option<String> = None;
+        "cluster-secret" { secret: true }
+        /// This node's failure domain: a slot's copies go to distinct zones when there are enough.
+        zone: String = "default".to_string();
+        "cluster-zone" {}
+        /// N: copies of each key, when this node founds the cluster.
+        replicas: usize = 3;
+        "cluster-replicas" { min: 1, max: 16 }
+        /// R: copies a read waits for, by default (CLUSTER QUORUM changes it per connection).
+        read_quorum: usize = 2;
+        "cluster-read-quorum" { mode: Mode::Live, min: 1, max: 16 }
+        /// W: acknowledgements a write waits for, by default.
+        write_quorum: usize = 2;
+        "cluster-write-quorum" { mode: Mode::Live, min: 1, max: 16 }
+        /// Most siblings a key may have; a write past it is refused.
+        sibling_cap: usize = 100;
+        "cluster-sibling-cap" { mode: Mode::Live, min: 1 }
+        /// Milliseconds a coordinator waits for replicas before answering with how many did.
+        request_timeout_ms: u64 = 2000;
+        "cluster-request-timeout" { mode: Mode::Live, min: 1 }
+    }
+    extra {}
+    table CLUSTER_SETTINGS;
 }
 
 impl Config {

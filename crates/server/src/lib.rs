@@ -21,6 +21,7 @@ mod admin;
 mod args;
 mod catalog;
 mod client;
+mod cluster;
 mod cmd;
 mod config;
 mod connection;
@@ -68,6 +69,10 @@ const EXPIRE_CYCLE_BUDGET: Duration = Duration::from_millis(25);
 /// How long shutdown waits for connections to finish their current batch.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a shutdown lets commands finish before it interrupts writers stalled in the
+/// engine.
+const STALL_PATIENCE: Duration = Duration::from_millis(300);
+
 /// Errors that stop the server from starting or stopping cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -97,6 +102,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// Cluster mode could not start (internode port, node id, secret, joining).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -234,16 +242,32 @@ impl Bound {
         }
         drop(listener);
         tracing::info!("shutting down: closing connections");
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        // Commands in flight get a moment to finish; a writer stalled in the engine (L0 full,
+        // compaction behind) would hold the grace up whole, so after that moment the stalls
+        // are interrupted (those writers get an error, nothing acknowledged is lost) and the
+        // rest of the grace waits for what remains.
+        let drained = tokio::time::timeout(STALL_PATIENCE, async {
             while connections.join_next().await.is_some() {}
         })
         .await;
+        if drained.is_err() {
+            let stalled = server.clone();
+            let _ = tokio::task::spawn_blocking(move || stalled.keyspace.interrupt_stalls()).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+                while connections.join_next().await.is_some() {}
+            })
+            .await;
+        }
         connections.abort_all();
         for task in background {
             let _ = task.await;
         }
         if let Some(admin) = admin {
             admin.abort();
+        }
+        if let Some(node) = server.cluster.get() {
+            // Bounded: a peer that does not answer must not hold the exit up.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, node.shutdown()).await;
         }
         let closing = server.clone();
         tokio::task::spawn_blocking(move || {
@@ -404,6 +428,13 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         server
             .bound_port
             .store(u64::from(local.port()), Ordering::Relaxed);
+    }
+    if server.config.read().cluster.enabled {
+        cluster::start(&server)
+            .await
+            .map_err(|source| ServerError::Cluster(source.to_string()))?;
+    }
+    if let Ok(local) = listener.local_addr() {
         tracing::info!(addr = %local, "Ready to accept connections tcp");
     }
     Ok(Bound {

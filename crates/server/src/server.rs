@@ -201,6 +201,8 @@ pub struct Server {
     /// `DEBUG DATA-PATH deferred`: operations answer later, from the blocking pool, as the
     /// cluster coordinator will (`data::Spawned`), to exercise that path end to end.
     pub(crate) deferred_data_path: AtomicBool,
+    /// This node in cluster mode (`cluster-enabled yes`): operations go to the coordinator.
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterNode>>,
     pub(crate) config: RwLock<Config>,
     /// The executor's gate (`exec.rs`): data commands hold it shared while they run; an EXEC
     /// whose queue touches whole databases, and a replica swapping in a full sync, exclusive.
@@ -262,6 +264,7 @@ impl Server {
         Server {
             keyspace: Arc::new(keyspace),
             deferred_data_path: AtomicBool::new(false),
+            cluster: std::sync::OnceLock::new(),
             config: RwLock::new(config),
             gate: tokio::sync::RwLock::new(()),
             clients: Mutex::new(BTreeMap::new()),

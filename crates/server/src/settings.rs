@@ -155,6 +155,7 @@ pub fn all() -> impl Iterator<Item = &'static Setting> {
     crate::config::CONFIG_SETTINGS
         .iter()
         .chain(crate::config::REPLICATION_SETTINGS)
+        .chain(crate::config::CLUSTER_SETTINGS)
 }
 
 /// The setting named `name` (kebab-case, as given), if there is one.

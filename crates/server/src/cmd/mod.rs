@@ -60,6 +60,7 @@ pub(crate) mod acl;
 #[allow(dead_code)]
 pub(crate) mod bit_ops;
 pub(crate) mod bitmap;
+pub(crate) mod cluster;
 pub(crate) mod connection;
 pub(crate) mod docs;
 pub(crate) mod keyspace;
@@ -381,6 +382,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         server::COMMANDS,
         transaction::COMMANDS,
         replication::COMMANDS,
+        cluster::COMMANDS,
         acl::COMMANDS,
         slowlog::COMMANDS,
     ];
@@ -591,7 +593,11 @@ pub(crate) fn invoke(
     let keyspace = &server.keyspace;
     let local = Local(keyspace);
     let spawned;
-    let data: &dyn DataPath = if server.deferred_data_path.load(Ordering::Relaxed) {
+    let coordinated;
+    let data: &dyn DataPath = if let Some(node) = server.cluster.get() {
+        coordinated = crate::cluster::Coordinated::new(server, client, node.clone());
+        &coordinated
+    } else if server.deferred_data_path.load(Ordering::Relaxed) {
         spawned = Spawned(keyspace.clone());
         &spawned
     } else {

@@ -1098,7 +1098,11 @@ fn section_text(ctx: &Ctx<'_>, section: &str, out: &mut String) {
         "latencystats" => crate::metrics::info_latencystats(server, out),
         "engine" => crate::metrics::info_engine(server, out),
         "errorstats" => out.push_str("# Errorstats\r\n"),
-        "cluster" => out.push_str("# Cluster\r\ncluster_enabled:0\r\n"),
+        "cluster" => out.push_str(if server.cluster.get().is_some() {
+            "# Cluster\r\ncluster_enabled:1\r\n"
+        } else {
+            "# Cluster\r\ncluster_enabled:0\r\n"
+        }),
         "commandstats" => {
             out.push_str("# Commandstats\r\n");
             for (spec, stats) in registry().specs().iter().zip(&server.command_stats) {

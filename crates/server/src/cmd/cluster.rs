@@ -1,0 +1,363 @@
+//! Cluster commands (docs/cluster.md, "Commands"): CLUSTER INFO, MYID, KEYSLOT, NODES,
+//! SLOTS, SHARDS, COUNTKEYSINSLOT, GETKEYSINSLOT as Redis Cluster answers them (so
+//! cluster-aware clients route), and ringkv's own: CLUSTER QUORUM (R and W of this
+//! connection), CLUSTER HOLDS (what this node's store holds), VGET and VSET (versioned read
+//! and write: every sibling, and the context that resolves them).
+//!
+//! Every node serves every key (it coordinates what it does not hold), so no reply here is
+//! ever MOVED or ASK: the slot table tells clients a good node, not the only one.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ringkv_cluster::coordinator::WriteEvent;
+use ringkv_cluster::dvv::VersionVector;
+use ringkv_cluster::map::ClusterMap;
+use ringkv_cluster::record::Body;
+use ringkv_cluster::{key_slot, NodeId, SLOT_COUNT};
+use ringkv_protocol::Frame;
+
+use super::{spec, CommandSpec, Ctx};
+use crate::args;
+use crate::cluster::ClusterNode;
+use crate::errors::{self, CmdError, CmdResult};
+
+/// The cluster commands.
+pub(crate) const COMMANDS: &[CommandSpec] = &[
+    spec("cluster", -2, &[], 0, 0, 0, &["slow"], "A container for Redis Cluster commands.", "3.0.0", cluster)
+        .syntax("INFO|MYID|KEYSLOT key|NODES|SLOTS|SHARDS|COUNTKEYSINSLOT slot|GETKEYSINSLOT slot count|QUORUM [r w]|HOLDS key [key ...]|HELP"),
+    spec("vget", 2, &["readonly"], 1, 1, 1, &["read", "string", "slow"], "Returns every sibling of a key and the context that resolves them (cluster mode).", "ringkv", vget)
+        .syntax("key"),
+    spec("vset", 4, &["write", "denyoom"], 1, 1, 1, &["write", "string", "slow"], "Writes a value that supersedes the siblings a VGET context covers (cluster mode).", "ringkv", vset)
+        .syntax("key value context"),
+];
+
+const DISABLED: &str = "ERR This instance has cluster support disabled";
+
+fn node_of(ctx: &Ctx<'_>) -> CmdResult<Arc<ClusterNode>> {
+    ctx.server
+        .cluster
+        .get()
+        .cloned()
+        .ok_or_else(|| CmdError::msg(DISABLED))
+}
+
+fn map_of(node: &ClusterNode) -> CmdResult<Arc<ClusterMap>> {
+    node.map()
+        .ok_or_else(|| CmdError::msg("CLUSTERDOWN the cluster map is not known yet"))
+}
+
+/// A node id as Redis Cluster spells one: 40 hex digits.
+pub(crate) fn node_name(node: NodeId) -> String {
+    format!("{node:040x}")
+}
+
+/// `host:port` split, for replies that give them apart.
+fn host_port(addr: &str) -> (String, i64) {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => (host.to_string(), port.parse().unwrap_or(0)),
+        None => (addr.to_string(), 0),
+    }
+}
+
+/// Runs of consecutive slots with the same replica list: (first, last, replicas).
+fn slot_runs(map: &ClusterMap) -> Vec<(u16, u16, Vec<NodeId>)> {
+    let mut runs: Vec<(u16, u16, Vec<NodeId>)> = Vec::new();
+    for slot in 0..SLOT_COUNT {
+        let replicas = map.replicas(slot);
+        match runs.last_mut() {
+            Some((_, last, list)) if list.as_slice() == replicas => *last = slot,
+            _ => runs.push((slot, slot, replicas.to_vec())),
+        }
+    }
+    runs
+}
+
+/// Slot ranges whose first replica is `node` (the node cluster clients send them to).
+fn primary_ranges(map: &ClusterMap, node: NodeId) -> Vec<(u16, u16)> {
+    let mut ranges: Vec<(u16, u16)> = Vec::new();
+    for slot in 0..SLOT_COUNT {
+        if map.replicas(slot).first() != Some(&node) {
+            continue;
+        }
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 == slot => *last = slot,
+            _ => ranges.push((slot, slot)),
+        }
+    }
+    ranges
+}
+
+fn cluster(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    match cluster_run(ctx, args) {
+        Ok(frame) => frame,
+        Err(error) => error.into_frame(),
+    }
+}
+
+fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
+    let sub = args::lower(&args[1]);
+    let arity = || CmdError::msg(errors::wrong_arity(&format!("cluster|{sub}")));
+    match sub.as_str() {
+        "keyslot" => {
+            if args.len() != 3 {
+                return Err(arity());
+            }
+            Ok(Frame::Integer(i64::from(key_slot(&args[2]))))
+        }
+        "help" => Ok(Frame::Array(
+            [
+                "CLUSTER INFO: state, members, epoch, quorum defaults.",
+                "CLUSTER MYID: this node's id.",
+                "CLUSTER KEYSLOT <key>: the key's hash slot.",
+                "CLUSTER NODES / SLOTS / SHARDS: the slot table, as Redis Cluster gives it.",
+                "CLUSTER COUNTKEYSINSLOT <slot> / GETKEYSINSLOT <slot> <count>: keys this node holds in a slot.",
+                "CLUSTER QUORUM [<r> <w>]: this connection's read and write quorums.",
+                "CLUSTER HOLDS <key> [<key> ...]: 1 for each key this node's store holds a copy of.",
+            ]
+            .into_iter()
+            .map(Frame::simple)
+            .collect(),
+        )),
+        "info" => {
+            let Some(node) = ctx.server.cluster.get().cloned() else {
+                return Ok(Frame::bulk(
+                    "cluster_state:fail\r\ncluster_enabled:0\r\ncluster_known_nodes:1\r\n",
+                ));
+            };
+            let map = map_of(&node)?;
+            let quorum = crate::cluster::quorum_of(ctx.server, ctx.client);
+            let text = format!(
+                "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOT_COUNT}\r\ncluster_slots_ok:{SLOT_COUNT}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{}\r\ncluster_my_epoch:{}\r\ncluster_replicas:{}\r\ncluster_read_quorum:{}\r\ncluster_write_quorum:{}\r\ncluster_my_id:{}\r\n",
+                map.members.len(),
+                map.members.len(),
+                map.epoch,
+                map.epoch,
+                map.assignment.replication(),
+                quorum.r,
+                quorum.w,
+                node_name(node.id),
+            );
+            Ok(Frame::bulk(text))
+        }
+        "myid" => Ok(Frame::bulk(node_name(node_of(ctx)?.id))),
+        "nodes" => {
+            let node = node_of(ctx)?;
+            let map = map_of(&node)?;
+            let mut text = String::new();
+            for member in map.members.values() {
+                let (host, port) = host_port(&member.client_addr);
+                let (_, cport) = host_port(&member.cluster_addr);
+                let flags = if member.node == node.id {
+                    "myself,master"
+                } else {
+                    "master"
+                };
+                text.push_str(&format!(
+                    "{} {host}:{port}@{cport} {flags} - 0 0 {} connected",
+                    node_name(member.node),
+                    map.epoch
+                ));
+                for (first, last) in primary_ranges(&map, member.node) {
+                    if first == last {
+                        text.push_str(&format!(" {first}"));
+                    } else {
+                        text.push_str(&format!(" {first}-{last}"));
+                    }
+                }
+                text.push('\n');
+            }
+            Ok(Frame::bulk(text))
+        }
+        "slots" => {
+            let node = node_of(ctx)?;
+            let map = map_of(&node)?;
+            let entry = |id: NodeId| {
+                let member = map.member(id);
+                let (host, port) = member.map_or((String::new(), 0), |m| host_port(&m.client_addr));
+                Frame::Array(vec![
+                    Frame::bulk(host),
+                    Frame::Integer(port),
+                    Frame::bulk(node_name(id)),
+                ])
+            };
+            let ranges = slot_runs(&map)
+                .into_iter()
+                .map(|(first, last, replicas)| {
+                    let mut out = vec![
+                        Frame::Integer(i64::from(first)),
+                        Frame::Integer(i64::from(last)),
+                    ];
+                    out.extend(replicas.into_iter().map(entry));
+                    Frame::Array(out)
+                })
+                .collect();
+            Ok(Frame::Array(ranges))
+        }
+        "shards" => {
+            let node = node_of(ctx)?;
+            let map = map_of(&node)?;
+            let shards = map
+                .members
+                .values()
+                .map(|member| {
+                    let (host, port) = host_port(&member.client_addr);
+                    let slots = primary_ranges(&map, member.node)
+                        .into_iter()
+                        .flat_map(|(a, b)| [Frame::Integer(i64::from(a)), Frame::Integer(i64::from(b))])
+                        .collect();
+                    Frame::Map(vec![
+                        (Frame::bulk("slots"), Frame::Array(slots)),
+                        (
+                            Frame::bulk("nodes"),
+                            Frame::Array(vec![Frame::Map(vec![
+                                (Frame::bulk("id"), Frame::bulk(node_name(member.node))),
+                                (Frame::bulk("port"), Frame::Integer(port)),
+                                (Frame::bulk("ip"), Frame::bulk(host.clone())),
+                                (Frame::bulk("endpoint"), Frame::bulk(host)),
+                                (Frame::bulk("role"), Frame::bulk("master")),
+                                (Frame::bulk("replication-offset"), Frame::Integer(0)),
+                                (Frame::bulk("health"), Frame::bulk("online")),
+                            ])]),
+                        ),
+                    ])
+                })
+                .collect();
+            Ok(Frame::Array(shards))
+        }
+        "countkeysinslot" | "getkeysinslot" => {
+            node_of(ctx)?;
+            let want = if sub == "countkeysinslot" { 3 } else { 4 };
+            if args.len() != want {
+                return Err(arity());
+            }
+            let slot = args::parse_u64(&args[2])
+                .filter(|&slot| slot < u64::from(SLOT_COUNT))
+                .ok_or_else(|| CmdError::msg("ERR Invalid slot"))? as u16;
+            let limit = if sub == "getkeysinslot" {
+                args::parse_u64(&args[3])
+                    .ok_or_else(|| CmdError::msg("ERR Invalid number of keys"))?
+                    as usize
+            } else {
+                usize::MAX
+            };
+            let keys = crate::cluster::local_keys_in_slot(ctx.keyspace, ctx.db(), slot, limit)?;
+            if sub == "countkeysinslot" {
+                Ok(Frame::Integer(keys.len() as i64))
+            } else {
+                Ok(Frame::Array(keys.into_iter().map(Frame::Bulk).collect()))
+            }
+        }
+        "quorum" => {
+            let node = node_of(ctx)?;
+            match args.len() {
+                2 => {}
+                4 => {
+                    let parse = |arg: &Bytes| {
+                        args::parse_u64(arg)
+                            .filter(|&n| (1..=16).contains(&n))
+                            .map(|n| n as usize)
+                            .ok_or_else(|| CmdError::msg("ERR quorum must be 1 to 16"))
+                    };
+                    ctx.client.cluster_quorum = Some((parse(&args[2])?, parse(&args[3])?));
+                }
+                _ => return Err(arity()),
+            }
+            let _ = node;
+            let quorum = crate::cluster::quorum_of(ctx.server, ctx.client);
+            Ok(Frame::Array(vec![
+                Frame::Integer(quorum.r as i64),
+                Frame::Integer(quorum.w as i64),
+            ]))
+        }
+        "holds" => {
+            node_of(ctx)?;
+            if args.len() < 3 {
+                return Err(arity());
+            }
+            let mut out = Vec::with_capacity(args.len() - 2);
+            for key in &args[2..] {
+                out.push(Frame::Integer(i64::from(
+                    ctx.keyspace.get(ctx.db(), key)?.is_some(),
+                )));
+            }
+            Ok(Frame::Array(out))
+        }
+        _ => Err(CmdError::msg(format!(
+            "ERR unknown subcommand '{}'. Try CLUSTER HELP.",
+            String::from_utf8_lossy(&args[1])
+        ))),
+    }
+}
+
+/// `VGET key`: `[context, [sibling, ...]]`; a sibling is its value (a bulk string, an integer
+/// for a counter), deleted and expired ones left out. The context is opaque: give it to VSET.
+fn vget(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let node = match node_of(ctx) {
+        Ok(node) => node,
+        Err(error) => return error.into_frame(),
+    };
+    let run = crate::cluster::Run::new(ctx.server, ctx.client, node, ctx.db());
+    let key = args[1].clone();
+    ctx.defer(async move {
+        match run.read_record(&key).await {
+            Ok(record) => {
+                let now = run.now_ms();
+                let siblings = record
+                    .siblings()
+                    .filter(|s| s.expires_at_ms.is_none_or(|at| at > now))
+                    .filter_map(|s| match &s.body {
+                        Body::Value(value) => Some(Frame::Bulk(value.clone())),
+                        Body::Counter(_) => {
+                            ringkv_cluster::record::counter_value(&s.body).map(Frame::Integer)
+                        }
+                        Body::Tombstone => None,
+                    })
+                    .collect();
+                Frame::Array(vec![
+                    Frame::Bulk(Bytes::from(hex(&record.context().encode()))),
+                    Frame::Array(siblings),
+                ])
+            }
+            Err(error) => error.into_frame(),
+        }
+    })
+}
+
+/// `VSET key value context`: the value supersedes what the context (from VGET) covers.
+fn vset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let node = match node_of(ctx) {
+        Ok(node) => node,
+        Err(error) => return error.into_frame(),
+    };
+    let Some(context) = unhex(&args[3]).and_then(|bytes| VersionVector::decode(&bytes).ok()) else {
+        return Frame::error("ERR invalid context: pass the one VGET returned");
+    };
+    let run = crate::cluster::Run::new(ctx.server, ctx.client, node, ctx.db());
+    let event = WriteEvent {
+        db: ctx.db(),
+        key: args[1].clone(),
+        context: Some(context),
+        body: Body::Value(args[2].clone()),
+        expires_at_ms: None,
+    };
+    ctx.defer(async move {
+        match run.write_event(event).await {
+            Ok(_) => Frame::ok(),
+            Err(error) => error.into_frame(),
+        }
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &[u8]) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    text.chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
+}
