@@ -348,11 +348,7 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         }
         "cluster-pause-replication" if args.len() == 3 => {
             // A drill: this node's writes reach only their event replica (siblings on demand).
-            let node = ctx
-                .server
-                .cluster
-                .get()
-                .ok_or_else(|| CmdError::msg("ERR cluster mode is off"))?;
+            let node = cluster_node(ctx)?;
             let paused = match args::lower(&args[2]).as_str() {
                 "yes" => true,
                 "no" => false,
@@ -365,11 +361,7 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         "cluster-fence" if args.len() == 3 => {
             // A drill: this node refuses internode data requests from below this epoch, as if
             // its map were that new (the stale-epoch path end to end).
-            let node = ctx
-                .server
-                .cluster
-                .get()
-                .ok_or_else(|| CmdError::msg("ERR cluster mode is off"))?;
+            let node = cluster_node(ctx)?;
             let epoch = args::parse_u64(&args[2]).ok_or(CmdError::NotInteger)?;
             node.fence
                 .store(epoch, std::sync::atomic::Ordering::Relaxed);
@@ -702,6 +694,16 @@ fn set_setting(ctx: &Ctx<'_>, name: &str, value: &[u8]) -> CmdResult<()> {
         return Err(failed(&why));
     }
     Ok(())
+}
+
+/// This node in cluster mode, for the cluster drills of DEBUG.
+fn cluster_node<'a>(
+    ctx: &'a Ctx<'_>,
+) -> CmdResult<&'a std::sync::Arc<crate::cluster::ClusterNode>> {
+    ctx.server
+        .cluster
+        .get()
+        .ok_or_else(|| CmdError::msg("ERR cluster mode is off"))
 }
 
 fn config(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
