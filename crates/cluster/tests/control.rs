@@ -480,3 +480,40 @@ async fn a_node_joining_after_compaction_gets_the_snapshot() {
     second.stop().await;
     stop_all(&nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_each_commit_once() {
+    let root = tempfile::tempdir().unwrap();
+    let first = start(1, root.path()).await;
+    first.plane.found().await.unwrap();
+    let seed = first.addr();
+    let mut joiners = Vec::new();
+    for id in 2..=5 {
+        joiners.push(start(id, root.path()).await);
+    }
+    // Started together, through the same seed: the leader takes them one
+    // at a time.
+    let joins: Vec<_> = joiners
+        .iter()
+        .map(|node| {
+            let plane = node.plane.clone();
+            tokio::spawn(async move { plane.join_via(seed, JOIN_TIMEOUT).await })
+        })
+        .collect();
+    for (join, id) in joins.into_iter().zip(2..) {
+        let map = join.await.unwrap().unwrap();
+        assert!(
+            map.member(id).is_some(),
+            "node {id} missing at epoch {}",
+            map.epoch
+        );
+        assert!((2..=5).contains(&map.epoch), "epoch {}", map.epoch);
+    }
+    let mut nodes = vec![first];
+    nodes.extend(joiners);
+    // One epoch per join, no more.
+    let map = converged(&nodes.iter().collect::<Vec<_>>(), 5).await;
+    assert_eq!(map.members.len(), 5);
+    wait_until("five voters", || nodes[0].plane.status().voters.len() == 5).await;
+    stop_all(&nodes).await;
+}
