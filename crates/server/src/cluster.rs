@@ -641,9 +641,14 @@ impl Run {
                 self.apply_decision(key, record.context(), write).await?;
                 Done::Reply(reply)
             }
-            Op::Increment { key, by, .. } => {
+            Op::Increment {
+                key,
+                by,
+                request_id,
+                ..
+            } => {
                 let map = self.map()?;
-                let request_id: u128 = rand::random();
+                let request_id: u128 = request_id.unwrap_or_else(rand::random);
                 let value = self
                     .node
                     .data

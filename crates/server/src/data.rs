@@ -71,9 +71,10 @@ pub(crate) enum Op {
     /// (docs/cluster.md, "Counters"), so concurrent increments through different nodes add up.
     Increment {
         key: Bytes,
-        // Read by the coordinator only, which is not written yet (issue 13).
-        #[allow(dead_code)]
         by: i64,
+        /// The request id a retry repeats (INCRBYID); `None`: a fresh one. Only the
+        /// coordinator's counters remember ids.
+        request_id: Option<u128>,
         decide: Decide,
     },
     /// Writes one string value with its expiry (SET, SETEX): [`Done::Written`].

@@ -387,3 +387,33 @@ fn a_request_from_a_stale_epoch_is_refused_and_retried_after_a_refresh() {
         .unwrap();
     assert_eq!(value, "v");
 }
+
+#[test]
+fn a_retried_increment_with_the_same_request_id_counts_once_through_any_node() {
+    let cluster = Cluster::start(3, &[]);
+    let incr = |node: &Server, by: i64, id: &str| -> i64 {
+        redis::cmd("INCRBYID")
+            .arg("orders")
+            .arg(by)
+            .arg(id)
+            .query(&mut node.client())
+            .unwrap()
+    };
+    assert_eq!(incr(&cluster.nodes[0], 5, "req-1"), 5);
+    // The client's retry after a timeout: the same id, through the same node or another.
+    assert_eq!(incr(&cluster.nodes[0], 5, "req-1"), 5);
+    assert_eq!(incr(&cluster.nodes[1], 5, "req-1"), 5);
+    assert_eq!(incr(&cluster.nodes[2], 7, "req-2"), 12);
+    assert_eq!(incr(&cluster.nodes[1], 7, "req-2"), 12);
+    for node in &cluster.nodes {
+        let total: i64 = redis::cmd("GET")
+            .arg("orders")
+            .query(&mut node.client())
+            .unwrap();
+        assert_eq!(total, 12, "through {}", node.port);
+    }
+    // A single node keeps no request ids: it refuses rather than count twice.
+    let single = Server::start();
+    let refused = single.cli(&["INCRBYID", "orders", "5", "req-1"]);
+    assert!(refused.contains("needs cluster mode"), "{refused}");
+}

@@ -43,6 +43,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
     spec("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Increments the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.", "1.0.0", incr).syntax("key"),
     spec("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Decrements the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.", "1.0.0", decr).syntax("key"),
     spec("incrby", 3, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Increments the integer value of a key by a number. Uses 0 as initial value if the key doesn't exist.", "1.0.0", incrby).syntax("key increment"),
+    spec("incrbyid", 4, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "INCRBY that counts once however often it is retried with the same request id (cluster mode).", "ringkv", incrbyid).syntax("key increment request-id"),
     spec("decrby", 3, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist.", "1.0.0", decrby).syntax("key increment"),
     spec("incrbyfloat", 3, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Increment the floating point value of a key by a number. Uses 0 as initial value if the key doesn't exist.", "2.6.0", incrbyfloat).syntax("key increment"),
     spec("append", 3, &["write", "denyoom", "fast"], 1, 1, 1, &["write", "string", "fast"], "Appends a string to the value of a key. Creates the key if it doesn't exist.", "2.0.0", append).syntax("key value"),
@@ -403,6 +404,25 @@ fn incrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     )
 }
 
+/// `INCRBYID key increment request-id`: the cluster's counter remembers the request ids it
+/// applied (docs/cluster.md, "Retries count once"), so a client that retries after a timeout
+/// counts once. A single node keeps no ids: refused there rather than counting twice.
+fn incrbyid(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    if ctx.server.cluster.get().is_none() {
+        return Frame::error("ERR INCRBYID needs cluster mode (docs/cluster.md)");
+    }
+    reply(
+        string_ops::parse_i64(&args[2])
+            .ok_or(CmdError::NotInteger)
+            .and_then(|by| {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(&args[3]);
+                let id = u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"));
+                increment_with(ctx, &args[1], by, Some(id))
+            }),
+    )
+}
+
 fn decrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     reply((|| {
         let by = string_ops::parse_i64(&args[2]).ok_or(CmdError::NotInteger)?;
@@ -414,6 +434,16 @@ fn decrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 /// Redis' `incrDecrCommand`: the value must be a `string2ll` integer; the sum must not
 /// overflow; the key keeps its expiry.
 fn increment(ctx: &mut Ctx<'_>, key: &Bytes, by: i64) -> CmdResult<Frame> {
+    increment_with(ctx, key, by, None)
+}
+
+/// [`increment`] with the request id of a retried increment (`None`: a fresh one).
+fn increment_with(
+    ctx: &mut Ctx<'_>,
+    key: &Bytes,
+    by: i64,
+    request_id: Option<u128>,
+) -> CmdResult<Frame> {
     let decide = Box::new(move |old: Option<&StoredValue>| {
         let expires_at_ms = old.and_then(|o| o.expires_at_ms);
         let current = match old_string(old)? {
@@ -431,6 +461,7 @@ fn increment(ctx: &mut Ctx<'_>, key: &Bytes, by: i64) -> CmdResult<Frame> {
     let op = Op::Increment {
         key: key.clone(),
         by,
+        request_id,
         decide,
     };
     Ok(ctx.run(op, |done| match done {
