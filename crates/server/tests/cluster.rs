@@ -77,6 +77,14 @@ fn three_nodes_form_from_a_seed_and_serve_every_key_through_every_node() {
             assert!(nodes.contains(id.as_str()), "{id} missing from {nodes}");
         }
     }
+    // One node's store holds some slots only: whole-database and multi-key moves are refused.
+    for command in [&["RENAME", "a", "b"][..], &["FLUSHALL"], &["MULTI"]] {
+        let refused = cluster.nodes[0].cli(command);
+        assert!(
+            refused.contains("not supported in cluster mode"),
+            "{command:?}: {refused}"
+        );
+    }
     let count = keys_wanted();
     let keys: Vec<String> = (0..count).map(|i| format!("k:{i}")).collect();
     let started = Instant::now();
