@@ -272,7 +272,7 @@ fn redis_py_redis_cluster() {
         format!("get=[{}]", values.join(", ")),
         "incr=[1, 2, 42, 41]".to_string(),
         "incr_other=b'41'".to_string(),
-        format!("mset=[{}]", vec!["True"; 8].join(", ")),
+        format!("mset=[{}]", ["True"; 8].join(", ")),
         format!("mget=[{}, None]", m.join(", ")),
         "delete=3".to_string(),
         "get_deleted=[None, None, None]".to_string(),
@@ -285,7 +285,7 @@ fn redis_py_redis_cluster() {
         format!(
             "pipeline_other=[{}, {}]",
             pv.join(", "),
-            vec!["b'1'"; 6].join(", ")
+            ["b'1'"; 6].join(", ")
         ),
     ];
     let got: Vec<&str> = stdout.lines().collect();
