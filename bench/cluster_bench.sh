@@ -28,8 +28,9 @@
 # Configurations, one after the other (only one is ever under load):
 #   single     one ringkv node, cluster mode off
 #   cluster-c  the cluster with redis-benchmark --cluster pointed at node 1:
-#              the benchmark reads CLUSTER NODES and sends each key to the node
-#              listed as its slot's owner (so all three nodes coordinate)
+#              the benchmark reads CLUSTER NODES, spreads its clients over the
+#              three masters, and each client uses keys of a slot its node
+#              lists as its own (a hash tag), so all three nodes coordinate
 #   one-node   the cluster through node 1 only (plain redis-benchmark): node 1
 #              coordinates every request
 #   three      three plain redis-benchmark processes at once, one per node,
