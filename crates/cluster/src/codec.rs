@@ -91,6 +91,15 @@ impl<'a> Reader<'a> {
         Ok(u128::from_le_bytes(raw))
     }
 
+    /// Reads the leading format version byte and refuses any but `expected`.
+    pub(crate) fn version(&mut self, expected: u8) -> Result<(), DecodeError> {
+        let found = self.u8()?;
+        if found != expected {
+            return Err(DecodeError::BadVersion { found, expected });
+        }
+        Ok(())
+    }
+
     pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
         let start = self.offset;
         let mut value: u64 = 0;

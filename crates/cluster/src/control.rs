@@ -121,6 +121,14 @@ pub enum ControlError {
     /// No committed answer in time (no leader reachable, say).
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The directory holds another node's state.
+    #[error("the control directory belongs to node {found:016x}, not {expected:016x}")]
+    WrongNode {
+        /// The node whose state is there.
+        found: NodeId,
+        /// This node.
+        expected: NodeId,
+    },
 }
 
 /// What the control plane reports for CLUSTER INFO and `ringkv cluster
@@ -301,7 +309,9 @@ impl ControlPlane {
     ) -> Result<ControlPlane, ControlError> {
         std::fs::create_dir_all(&config.dir)?;
         let dir = config.dir.clone();
+        let me = config.me.node;
         let (log, machine) = tokio::task::spawn_blocking(move || {
+            store::claim_dir(&dir, me)?;
             Ok::<_, ControlError>((
                 store::LogStore::open(&dir)?,
                 store::StateMachine::open(&dir)?,
@@ -483,6 +493,30 @@ impl ControlPlane {
             last_applied: metrics.last_applied.map(|id| id.index),
             epoch: self.epoch(),
         }
+    }
+
+    /// Takes a snapshot of the applied map now and purges the log up to it
+    /// (normally automatic every 1000 entries). A member that is behind the
+    /// purged log, or that joins later, then gets the snapshot.
+    pub async fn compact(&self) -> Result<(), ControlError> {
+        let raft = &self.inner.raft;
+        let mut metrics = raft.metrics();
+        let applied = metrics.borrow().last_applied;
+        raft.trigger().snapshot().await.map_err(raft_error)?;
+        let deadline = Instant::now() + CHANGE_TIMEOUT;
+        let wait = metrics.wait_for(|m| m.snapshot >= applied);
+        let snapshot = match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(m)) => m.snapshot,
+            Ok(Err(_)) => return Err(ControlError::Raft("the control plane stopped".into())),
+            Err(_) => return Err(ControlError::Timeout("no snapshot taken".into())),
+        };
+        if let Some(snapshot) = snapshot {
+            raft.trigger()
+                .purge_log(snapshot.index)
+                .await
+                .map_err(raft_error)?;
+        }
+        Ok(())
     }
 
     /// Stops this node's Raft (the transport is the caller's to stop).

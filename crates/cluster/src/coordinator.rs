@@ -15,6 +15,7 @@
 //! fans requests out and feeds the replies in.
 
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +115,8 @@ pub struct DataNode {
     tombstone_grace_ms: u64,
     peers: Arc<dyn Peers>,
     timeout: Duration,
+    /// A drill (`DEBUG CLUSTER-PAUSE-REPLICATION`): writes stop at their event replica.
+    replication_paused: AtomicBool,
 }
 
 impl std::fmt::Debug for DataNode {
@@ -142,7 +145,15 @@ impl DataNode {
             tombstone_grace_ms,
             peers,
             timeout,
+            replication_paused: AtomicBool::new(false),
         }
+    }
+
+    /// Stops (or resumes) sending this node's write events to the other replicas: with W=1
+    /// the writes succeed on their event replica alone, so writes through two coordinators
+    /// become siblings on demand (tests, drills).
+    pub fn pause_replication(&self, paused: bool) {
+        self.replication_paused.store(paused, Ordering::Relaxed);
     }
 
     /// This node's id.
@@ -425,7 +436,8 @@ impl DataNode {
         }
         let payload = encode_merge(db, key, record);
         let (tx, mut rx) = mpsc::channel(replicas.len());
-        for &node in replicas.iter().filter(|&&node| node != done) {
+        let paused = self.replication_paused.load(Ordering::Relaxed);
+        for &node in replicas.iter().filter(|&&node| node != done && !paused) {
             let call = self.send(node, KIND_MERGE, payload.clone());
             let tx = tx.clone();
             tokio::spawn(async move {

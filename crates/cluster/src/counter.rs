@@ -164,13 +164,7 @@ impl PnCounter {
     /// Decodes [`PnCounter::encode`]'s output. Never panics.
     pub fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader::new(input);
-        let found = reader.u8()?;
-        if found != FORMAT_VERSION {
-            return Err(DecodeError::BadVersion {
-                found,
-                expected: FORMAT_VERSION,
-            });
-        }
+        reader.version(FORMAT_VERSION)?;
         let node_count = reader.count(5)?;
         let mut nodes = BTreeMap::new();
         let mut previous: Option<NodeId> = None;

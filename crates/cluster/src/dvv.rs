@@ -474,14 +474,7 @@ impl ValueReader<'_, '_> {
 }
 
 fn check_version(reader: &mut Reader<'_>) -> Result<(), DecodeError> {
-    let found = reader.u8()?;
-    if found != FORMAT_VERSION {
-        return Err(DecodeError::BadVersion {
-            found,
-            expected: FORMAT_VERSION,
-        });
-    }
-    Ok(())
+    reader.version(FORMAT_VERSION)
 }
 
 fn check_entry_order(

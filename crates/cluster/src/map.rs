@@ -198,13 +198,7 @@ impl ClusterMap {
     /// Decodes [`ClusterMap::encode`]'s output. Never panics.
     pub fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader::new(input);
-        let found = reader.u8()?;
-        if found != FORMAT_VERSION {
-            return Err(DecodeError::BadVersion {
-                found,
-                expected: FORMAT_VERSION,
-            });
-        }
+        reader.version(FORMAT_VERSION)?;
         let epoch = reader.varint()?;
         let replication = reader.u8()? as usize;
         // A member takes at least 1 + 3 + 1 bytes.

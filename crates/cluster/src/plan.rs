@@ -168,13 +168,7 @@ impl Assignment {
     /// Decodes [`Assignment::encode`]'s output. Never panics.
     pub fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader::new(input);
-        let found = reader.u8()?;
-        if found != FORMAT_VERSION {
-            return Err(DecodeError::BadVersion {
-                found,
-                expected: FORMAT_VERSION,
-            });
-        }
+        reader.version(FORMAT_VERSION)?;
         let replication = usize::from(reader.u8()?);
         let node_count = reader.count(1)?;
         if node_count > MAX_MEMBERS

@@ -368,6 +368,16 @@ async fn damaged_files_are_a_clear_error() {
     let dir = node.dir.clone();
     node.stop().await;
 
+    // Another node's directory is refused.
+    match try_start(2, &dir, "127.0.0.1:0".parse().unwrap()).await {
+        Err(ControlError::WrongNode { found, expected }) => assert_eq!((found, expected), (1, 2)),
+        Err(other) => panic!("expected WrongNode, got {other}"),
+        Ok(node) => {
+            node.stop().await;
+            panic!("node 2 opened node 1's directory");
+        }
+    }
+
     // Intact: the same map comes back.
     let node = try_start(1, &dir, "127.0.0.1:0".parse().unwrap())
         .await
@@ -385,7 +395,7 @@ async fn damaged_files_are_a_clear_error() {
         .iter()
         .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for wanted in ["log", "state", "vote"] {
+    for wanted in ["log", "node", "state", "vote"] {
         assert!(names.iter().any(|name| name == wanted), "{names:?}");
     }
     for file in &files {
@@ -399,6 +409,16 @@ async fn damaged_files_are_a_clear_error() {
         let mut header = good.clone();
         header[13] ^= 0x40;
         damages.push(("a flipped length byte", header));
+        // A digit changed: the JSON body still parses, only the checksum
+        // can tell.
+        let mut digit = good.clone();
+        let at = 16 + good[16..].iter().position(u8::is_ascii_digit).unwrap();
+        digit[at] = if digit[at] == b'9' {
+            b'0'
+        } else {
+            digit[at] + 1
+        };
+        damages.push(("a changed digit", digit));
         damages.push(("a torn tail", good[..good.len() - 3].to_vec()));
         damages.push(("a torn header", good[..5].to_vec()));
         for (what, bytes) in damages {
@@ -421,4 +441,79 @@ async fn damaged_files_are_a_clear_error() {
         .unwrap();
     assert_eq!(node.plane.map().unwrap().encode(), encoded);
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_after_compaction_gets_the_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 2).await;
+    converged(&nodes.iter().collect::<Vec<_>>(), 2).await;
+    let leader = nodes[0].plane.status().leader.unwrap();
+    let leader = nodes.iter().find(|node| node.id == leader).unwrap();
+    leader.plane.compact().await.unwrap();
+    assert!(leader.dir.join("snapshot").exists());
+
+    // The log it would need is gone: the leader sends the snapshot.
+    let third = start(3, root.path()).await;
+    let map = third
+        .plane
+        .join_via(nodes[0].addr(), JOIN_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(map.epoch, 3);
+    assert!(third.dir.join("snapshot").exists(), "no snapshot arrived");
+    nodes.push(third);
+    converged(&nodes.iter().collect::<Vec<_>>(), 3).await;
+
+    // And a compacted node restarts from its snapshot and log.
+    let third = nodes.pop().unwrap();
+    third.plane.compact().await.unwrap();
+    let (dir, addr, before) = (third.dir.clone(), third.addr(), third.plane.map().unwrap());
+    third.stop().await;
+    let third = try_start(3, &dir, addr).await.unwrap();
+    assert_eq!(third.plane.map().unwrap().encode(), before.encode());
+    nodes.push(third);
+    let map = nodes[0].plane.remove_member(2).await.unwrap();
+    assert_eq!(map.epoch, 4);
+    let second = nodes.remove(1);
+    converged(&nodes.iter().collect::<Vec<_>>(), 4).await;
+    second.stop().await;
+    stop_all(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_each_commit_once() {
+    let root = tempfile::tempdir().unwrap();
+    let first = start(1, root.path()).await;
+    first.plane.found().await.unwrap();
+    let seed = first.addr();
+    let mut joiners = Vec::new();
+    for id in 2..=5 {
+        joiners.push(start(id, root.path()).await);
+    }
+    // Started together, through the same seed: the leader takes them one
+    // at a time.
+    let joins: Vec<_> = joiners
+        .iter()
+        .map(|node| {
+            let plane = node.plane.clone();
+            tokio::spawn(async move { plane.join_via(seed, JOIN_TIMEOUT).await })
+        })
+        .collect();
+    for (join, id) in joins.into_iter().zip(2..) {
+        let map = join.await.unwrap().unwrap();
+        assert!(
+            map.member(id).is_some(),
+            "node {id} missing at epoch {}",
+            map.epoch
+        );
+        assert!((2..=5).contains(&map.epoch), "epoch {}", map.epoch);
+    }
+    let mut nodes = vec![first];
+    nodes.extend(joiners);
+    // One epoch per join, no more.
+    let map = converged(&nodes.iter().collect::<Vec<_>>(), 5).await;
+    assert_eq!(map.members.len(), 5);
+    wait_until("five voters", || nodes[0].plane.status().voters.len() == 5).await;
+    stop_all(&nodes).await;
 }

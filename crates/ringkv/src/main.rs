@@ -104,8 +104,10 @@ fn filter_for(level: &str) -> anyhow::Result<&'static str> {
     Ok(match level.to_ascii_lowercase().as_str() {
         "nothing" | "off" => "off",
         "warning" | "warn" => "warn",
-        "notice" | "info" => "info",
-        "verbose" | "debug" => "debug",
+        // openraft narrates every vote and heartbeat at info: its warnings are what an
+        // operator needs (membership changes are logged by ringkv itself).
+        "notice" | "info" => "info,openraft=warn",
+        "verbose" | "debug" => "debug,openraft=info",
         "error" => "error",
         "trace" => "trace",
         _ => anyhow::bail!(

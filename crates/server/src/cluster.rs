@@ -56,6 +56,8 @@ pub(crate) struct ClusterNode {
     pub gossip: GossipRuntime,
     /// Requests coordinated, for INFO.
     pub coordinated: AtomicU64,
+    /// `DEBUG CLUSTER-FENCE`: the transport answers as if the map were at least this epoch.
+    pub fence: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -104,6 +106,7 @@ struct NodeHandler {
     control: OnceLock<ControlPlane>,
     gossip: OnceLock<GossipRuntime>,
     map: Arc<RwLock<Option<Arc<ClusterMap>>>>,
+    fence: Arc<AtomicU64>,
 }
 
 impl Handler for NodeHandler {
@@ -146,7 +149,8 @@ impl Handler for NodeHandler {
     }
 
     fn epoch(&self) -> u64 {
-        self.map.read().as_ref().map_or(0, |map| map.epoch)
+        let epoch = self.map.read().as_ref().map_or(0, |map| map.epoch);
+        epoch.max(self.fence.load(Ordering::Relaxed))
     }
 
     fn fenced(&self, kind: u8) -> bool {
@@ -210,7 +214,7 @@ impl Peers for TransportPeers {
                     "stale epoch: the peer is at {theirs} and this node did not catch up in time"
                 ));
             }
-            tracing::debug!(node, theirs, "stale epoch: map refreshed, sending again");
+            tracing::info!(node, theirs, "stale epoch: map refreshed, sending again");
             *map.write() = control.map();
             let addr = map
                 .read()
@@ -291,6 +295,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         control: OnceLock::new(),
         gossip: OnceLock::new(),
         map: map.clone(),
+        fence: Arc::new(AtomicU64::new(0)),
     });
     let bind_addr: SocketAddr = format!("{bind}:{cluster_port}")
         .parse()
@@ -371,6 +376,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         control: control.clone(),
         gossip: gossip.clone(),
         coordinated: AtomicU64::new(0),
+        fence: handler.fence.clone(),
     });
     let _ = handler.node.set(Arc::downgrade(&node));
     // Route by the map as it applies; introduce every member to gossip.

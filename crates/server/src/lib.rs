@@ -324,7 +324,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         }
     };
     let admin_state = Arc::new(admin::AdminState::default());
-    let (admin, admin_addr) = match config.admin_port {
+    let (admin, admin_addr) = match cluster_admin_port(&config) {
         Some(port) => {
             let admin_addr = format!("{}:{}", config.admin_bind, port);
             let admin = tokio::net::TcpListener::bind(&admin_addr)
@@ -444,6 +444,23 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         admin_addr,
         tls,
     })
+}
+
+/// The admin port to bind. Several cluster nodes share a machine (docs/cluster.md,
+/// "Starting"), so in cluster mode the default 9121 becomes the client port + 20000 (7001 →
+/// 27001; ephemeral past 65535 or with an ephemeral client port); a port set explicitly to
+/// anything else stays.
+fn cluster_admin_port(config: &Config) -> Option<u16> {
+    match config.admin_port {
+        Some(ADMIN_PORT_DEFAULT) if config.cluster.enabled && config.port != 6379 => {
+            Some(if config.port == 0 {
+                0
+            } else {
+                config.port.checked_add(20_000).unwrap_or(0)
+            })
+        }
+        other => other,
+    }
 }
 
 /// Accepts on `listener`, or waits forever if there is none (an optional arm of `select!`).

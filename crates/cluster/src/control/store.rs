@@ -39,6 +39,7 @@ pub(super) const VOTE_FILE: &str = "vote";
 pub(super) const LOG_FILE: &str = "log";
 pub(super) const STATE_FILE: &str = "state";
 pub(super) const SNAPSHOT_FILE: &str = "snapshot";
+pub(super) const NODE_FILE: &str = "node";
 
 // Format of every file: [8 bytes MAGIC][u32 LE crc32c(body)][u32 LE body length][body]
 // where body is the JSON of the file's record below.
@@ -106,6 +107,19 @@ pub(super) fn read_file<T: DeserializeOwned>(
     serde_json::from_slice(body)
         .map(Some)
         .map_err(|e| corrupt(format!("undecodable: {e}")))
+}
+
+/// Records that `dir` holds `node`'s state, or refuses if it holds
+/// another node's.
+pub(super) fn claim_dir(dir: &Path, node: NodeId) -> Result<(), ControlError> {
+    match read_file::<NodeId>(dir, NODE_FILE)? {
+        Some(found) if found != node => Err(ControlError::WrongNode {
+            found,
+            expected: node,
+        }),
+        Some(_) => Ok(()),
+        None => Ok(write_file(dir, NODE_FILE, &node)?),
+    }
 }
 
 fn write_error(e: io::Error) -> StorageError<NodeId> {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ringkv_cluster::coordinator::WriteEvent;
 use ringkv_cluster::dvv::VersionVector;
+use ringkv_cluster::gossip::Health;
 use ringkv_cluster::map::ClusterMap;
 use ringkv_cluster::record::Body;
 use ringkv_cluster::{key_slot, NodeId, SLOT_COUNT};
@@ -148,13 +149,14 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             for member in map.members.values() {
                 let (host, port) = host_port(&member.client_addr);
                 let (_, cport) = host_port(&member.cluster_addr);
-                let flags = if member.node == node.id {
-                    "myself,master"
-                } else {
-                    "master"
+                let (flags, link) = match node.health(member.node) {
+                    _ if member.node == node.id => ("myself,master", "connected"),
+                    Health::Alive => ("master", "connected"),
+                    Health::Suspect => ("master,fail?", "connected"),
+                    Health::Down => ("master,fail", "disconnected"),
                 };
                 text.push_str(&format!(
-                    "{} {host}:{port}@{cport} {flags} - 0 0 {} connected",
+                    "{} {host}:{port}@{cport} {flags} - 0 0 {} {link}",
                     node_name(member.node),
                     map.epoch
                 ));

@@ -346,6 +346,28 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 .store(deferred, std::sync::atomic::Ordering::Relaxed);
             Ok(Frame::ok())
         }
+        "cluster-pause-replication" if args.len() == 3 => {
+            // A drill: this node's writes reach only their event replica (siblings on demand).
+            let node = cluster_node(ctx)?;
+            let paused = match args::lower(&args[2]).as_str() {
+                "yes" => true,
+                "no" => false,
+                _ => return Err(CmdError::Syntax),
+            };
+            node.data.pause_replication(paused);
+            tracing::warn!(paused, "DEBUG CLUSTER-PAUSE-REPLICATION");
+            Ok(Frame::ok())
+        }
+        "cluster-fence" if args.len() == 3 => {
+            // A drill: this node refuses internode data requests from below this epoch, as if
+            // its map were that new (the stale-epoch path end to end).
+            let node = cluster_node(ctx)?;
+            let epoch = args::parse_u64(&args[2]).ok_or(CmdError::NotInteger)?;
+            node.fence
+                .store(epoch, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(epoch, "DEBUG CLUSTER-FENCE");
+            Ok(Frame::ok())
+        }
         "compaction" if args.len() == 3 => {
             // Holds background compaction, so level 0 grows until writes stall (a drill).
             let hold = match args::lower(&args[2]).as_str() {
@@ -672,6 +694,16 @@ fn set_setting(ctx: &Ctx<'_>, name: &str, value: &[u8]) -> CmdResult<()> {
         return Err(failed(&why));
     }
     Ok(())
+}
+
+/// This node in cluster mode, for the cluster drills of DEBUG.
+fn cluster_node<'a>(
+    ctx: &'a Ctx<'_>,
+) -> CmdResult<&'a std::sync::Arc<crate::cluster::ClusterNode>> {
+    ctx.server
+        .cluster
+        .get()
+        .ok_or_else(|| CmdError::msg("ERR cluster mode is off"))
 }
 
 fn config(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {

@@ -31,7 +31,10 @@ impl Cluster {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("join a node")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("join a node"))
+                .collect()
         });
         let mut nodes = vec![first];
         nodes.extend(joiners);
