@@ -50,6 +50,26 @@ if ! command -v ip >/dev/null 2>&1; then
     fi
 fi
 
+# redis-py (`redis.cluster.RedisCluster`): tests/cluster_clients.rs runs it against a real
+# cluster with `python3`, or `/usr/bin/python3` when `python3` is another interpreter (pyenv).
+# Debian's python3-redis serves the system python; pip is the fallback for any other.
+has_redis_py() {
+    python3 -c 'import redis.cluster' >/dev/null 2>&1 \
+        || /usr/bin/python3 -c 'import redis.cluster' >/dev/null 2>&1
+}
+if ! has_redis_py; then
+    echo "== installing python3-redis"
+    SUDO=""
+    if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+    if ! $SUDO apt-get install -y python3-redis; then
+        $SUDO apt-get update
+        $SUDO apt-get install -y python3-redis || true
+    fi
+    if ! has_redis_py; then
+        python3 -m pip install redis
+    fi
+fi
+
 echo "== layers: ringkv-store builds on the engine only (no tokio, no RESP; docs/architecture.md)"
 store_deps="$(cargo tree -p ringkv-store -e normal --prefix none --format '{p}')"
 for forbidden in tokio ringkv-protocol ringkv-server ringkv-cluster; do
