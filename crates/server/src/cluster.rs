@@ -438,23 +438,36 @@ pub(crate) fn quorum_of(server: &Server, client: &Client) -> Quorum {
     Quorum { r, w }
 }
 
-/// Up to `limit` keys of `db` in `slot` that this node's store holds (CLUSTER
-/// COUNTKEYSINSLOT / GETKEYSINSLOT): a scan of the database.
+/// Up to `limit` live keys of `db` in `slot` in this node's store (CLUSTER
+/// COUNTKEYSINSLOT / GETKEYSINSLOT): a scan of the database. A record whose copy here reads
+/// as nothing (a delete's tombstone kept for its grace period, expired siblings) is left out.
 pub(crate) fn local_keys_in_slot(
     keyspace: &ringkv_store::Keyspace,
     db: usize,
     slot: u16,
     limit: usize,
 ) -> CmdResult<Vec<Bytes>> {
+    let now = keyspace.now_ms();
     let mut keys = Vec::new();
     for item in keyspace.range(db, Bound::Unbounded, Bound::Unbounded) {
-        let (key, _) = item?;
+        let (key, entry) = item?;
         if keys.len() >= limit {
             break;
         }
-        if ringkv_cluster::key_slot(&key) == slot {
-            keys.push(key);
+        if ringkv_cluster::key_slot(&key) != slot {
+            continue;
         }
+        let decoded = ringkv_store::value::decode_value(&entry.value)?;
+        if decoded.value_type == ValueType::Record {
+            let live = Record::decode(&entry.value[decoded.payload_at..])
+                .ok()
+                .and_then(|record| record.resolve(now).ok())
+                .is_some_and(|resolved| resolved != Resolved::Absent);
+            if !live {
+                continue;
+            }
+        }
+        keys.push(key);
     }
     Ok(keys)
 }

@@ -287,6 +287,18 @@ fn writes_through_two_coordinators_become_siblings_and_a_versioned_write_resolve
         let (_, siblings) = vget(&mut con, "doc");
         assert_eq!(siblings, vec!["merged"], "through {}", node.port);
     }
+    // Deleted, the key is gone from the slot counts too (its tombstone stays for the grace
+    // period, and is not a key).
+    let deleted: i64 = redis::cmd("DEL").arg("doc").query(&mut cc).unwrap();
+    assert_eq!(deleted, 1);
+    let slot = c.cli(&["CLUSTER", "KEYSLOT", "doc"]).trim().to_string();
+    for node in &cluster.nodes {
+        assert_eq!(node.cli(&["CLUSTER", "COUNTKEYSINSLOT", &slot]).trim(), "0");
+        assert_eq!(
+            node.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "10"]).trim(),
+            ""
+        );
+    }
     // A context that does not decode is refused.
     let refused = redis::cmd("VSET")
         .arg("doc")
