@@ -559,10 +559,11 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_the_passwords() {
+    fn secrets_are_the_passwords_and_the_cluster_secret() {
         let secret: Vec<&str> = all().filter(|s| s.secret).map(|s| s.name).collect();
-        assert_eq!(secret, ["requirepass", "masterauth"]);
+        assert_eq!(secret, ["requirepass", "masterauth", "cluster-secret"]);
         assert!(is_secret(b"REQUIREPASS"));
+        assert!(is_secret(b"cluster-secret"));
         assert!(!is_secret(b"maxclients"));
     }
 }
