@@ -30,7 +30,7 @@ use crate::dvv::VersionVector;
 use crate::hlc::{self, Hlc};
 use crate::map::ClusterMap;
 use crate::quorum::{Progress, QuorumError, ReadRound, WriteRound};
-use crate::record::{Body, IncrementError, Record, Resolved};
+use crate::record::{Body, IncrementError, Record};
 use crate::replica::{Replica, ReplicaError};
 use crate::transport::BoxFuture;
 use crate::{key_slot, DecodeError, NodeId};
@@ -231,16 +231,12 @@ impl DataNode {
             .map_err(|e| e.to_string())
     }
 
-    /// The write event on this node: (held a live value before, record after).
+    /// The write event on this node: (held a live value before, record after), one read
+    /// under the key lock.
     fn write_here(&self, event: &WriteEvent) -> Result<(bool, Record), String> {
-        let replica = self.replica();
-        let now = self.keyspace.now_ms();
-        let before = replica
-            .read(event.db, &event.key)
-            .map_err(|e| e.to_string())?;
-        let existed = !matches!(before.resolve(now), Ok(Resolved::Absent));
-        let record = replica
-            .write(
+        let (record, existed) = self
+            .replica()
+            .write_noting_live(
                 event.db,
                 &event.key,
                 event.context.as_ref(),

@@ -18,7 +18,7 @@ use ringkv_store::{Envelope, Keyspace, StoredValue, ValueType};
 use crate::counter::RequestId;
 use crate::dvv::VersionVector;
 use crate::hlc::Hlc;
-use crate::record::{Body, IncrementError, Incremented, Record, Sibling};
+use crate::record::{Body, IncrementError, Incremented, Record, Resolved, Sibling};
 use crate::{DecodeError, NodeId};
 
 /// How long a tombstone is kept after a delete, by default: long enough for
@@ -87,13 +87,30 @@ impl<'a> Replica<'a> {
         expires_at_ms: Option<u64>,
         hlc: Hlc,
     ) -> Result<Record, ReplicaError> {
+        self.write_noting_live(db, key, context, body, expires_at_ms, hlc)
+            .map(|(record, _)| record)
+    }
+
+    /// [`Replica::write`], also saying whether this copy held a live value before it (DEL's
+    /// count), judged under the same key lock as the write.
+    pub fn write_noting_live(
+        &self,
+        db: usize,
+        key: &[u8],
+        context: Option<&VersionVector>,
+        body: Body,
+        expires_at_ms: Option<u64>,
+        hlc: Hlc,
+    ) -> Result<(Record, bool), ReplicaError> {
         let sibling = Sibling {
             hlc,
             node: self.node,
             expires_at_ms,
             body,
         };
+        let now_ms = self.keyspace.now_ms();
         self.event(db, key, |local| {
+            let live = !matches!(local.resolve(now_ms), Ok(Resolved::Absent));
             let record = local.write(context, sibling, self.node);
             if record.sibling_count() > self.sibling_cap {
                 return Err(ReplicaError::TooManySiblings {
@@ -101,7 +118,7 @@ impl<'a> Replica<'a> {
                     cap: self.sibling_cap,
                 });
             }
-            Ok((Some(record.clone()), record))
+            Ok((Some(record.clone()), (record, live)))
         })
     }
 
