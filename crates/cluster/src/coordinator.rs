@@ -46,6 +46,16 @@ pub const KIND_WRITE: u8 = 2;
 pub const KIND_INCREMENT: u8 = 3;
 /// Merge a copy: `[varint db][varint key len][key][record]` → empty.
 pub const KIND_MERGE: u8 = 4;
+/// Blind write events on distinct keys of one slot, stored as one batch (MSET within a
+/// slot): `[varint count]` then per key `[varint len][WriteEvent]`, every event of one
+/// database, without a context → per key `[u8 existed][varint len][record]`.
+pub const KIND_WRITE_MANY: u8 = 5;
+/// Merge several copies as one batch: `[varint db][varint count]` then per key
+/// `[varint key len][key][varint record len][record]` → empty.
+pub const KIND_MERGE_MANY: u8 = 6;
+
+/// Most keys in one [`KIND_WRITE_MANY`] or [`KIND_MERGE_MANY`] request.
+pub const MANY_KEYS_MAX: usize = 4096;
 
 /// How a coordinator reaches the other nodes.
 pub trait Peers: Send + Sync + 'static {
@@ -174,10 +184,65 @@ impl DataNode {
         self.clock.lock().now(self.keyspace.now_ms())
     }
 
-    /// Answers one data request (the replica's side). Synchronous and may
-    /// wait on the disk: run it on the blocking pool. Writes are synced
-    /// before the reply, so an acknowledgement is as durable as a local write.
-    pub fn answer(&self, kind: u8, payload: &[u8]) -> Result<Bytes, String> {
+    /// Answers one data request (the replica's side). A write's reply waits
+    /// until its WAL record is written out as a local write's reply does
+    /// (fsynced under `always`), so an acknowledgement is as durable as a
+    /// local write.
+    ///
+    /// Runs on the calling worker inside `ringkv_engine::without_waiting`,
+    /// as the single node's commands do (`crates/server/src/exec.rs`): most
+    /// requests cost a few microseconds, and a hop to the blocking pool
+    /// would cost more than the work. A write the engine would make wait
+    /// (a stall, an fsync under `always`) is refused before it changes
+    /// anything and runs again on the blocking pool.
+    pub async fn answer(self: &Arc<Self>, kind: u8, payload: Bytes) -> Result<Bytes, String> {
+        let engine = self.keyspace.engine();
+        let reply = if engine.write_may_wait() {
+            None
+        } else {
+            match ringkv_engine::without_waiting(|| self.apply(kind, &payload)) {
+                (_, true) => None,
+                (reply, false) => Some(reply),
+            }
+        };
+        let reply = match reply {
+            Some(reply) => reply,
+            None => {
+                let this = self.clone();
+                let payload = payload.clone();
+                tokio::task::spawn_blocking(move || this.apply(kind, &payload))
+                    .await
+                    .map_err(|e| format!("replica task failed: {e}"))?
+            }
+        }?;
+        if kind != KIND_READ {
+            self.sync().await?;
+        }
+        Ok(reply)
+    }
+
+    /// Writes the WAL out to this node's last write (fsyncs it under `always`).
+    /// Requests answered at the same moment share one write: the task yields
+    /// first, so the others append their records before whoever syncs first.
+    async fn sync(&self) -> Result<(), String> {
+        let engine = self.keyspace.engine();
+        let seq = self.keyspace.last_sequence();
+        if !engine.is_synced(seq) {
+            tokio::task::yield_now().await;
+        }
+        let synced = match engine.try_sync(seq) {
+            Some(synced) => synced,
+            // Another writer's WAL I/O is in progress: wait for it off the worker.
+            None => tokio::task::spawn_blocking(move || engine.sync(seq))
+                .await
+                .map_err(|e| format!("replica sync task failed: {e}"))?,
+        };
+        synced.map_err(|e| e.to_string())
+    }
+
+    /// Applies one data request to this node's store and encodes the reply;
+    /// synchronous. The WAL is left for [`DataNode::answer`] to write out.
+    fn apply(&self, kind: u8, payload: &[u8]) -> Result<Bytes, String> {
         let replica = self.replica();
         let text = |e: ReplicaError| e.to_string();
         let reply = match kind {
@@ -190,7 +255,6 @@ impl DataNode {
                 let (existed, record) = self.write_here(&event)?;
                 let mut out = vec![u8::from(existed)];
                 out.extend_from_slice(&record.encode());
-                self.sync()?;
                 Bytes::from(out)
             }
             KIND_INCREMENT => {
@@ -205,7 +269,6 @@ impl DataNode {
                 let mut out = vec![u8::from(done.applied)];
                 out.extend_from_slice(&done.value.to_be_bytes());
                 out.extend_from_slice(&done.record.encode());
-                self.sync()?;
                 Bytes::from(out)
             }
             KIND_MERGE => {
@@ -216,19 +279,35 @@ impl DataNode {
                     .map_err(|e| e.to_string())?;
                 let incoming = Record::decode(rest).map_err(|e| e.to_string())?;
                 replica.merge(db, key, &incoming).map_err(text)?;
-                self.sync()?;
+                Bytes::new()
+            }
+            KIND_WRITE_MANY => {
+                let events = decode_write_many(payload).map_err(|e| e.to_string())?;
+                let writes: Vec<(&[u8], Body, Option<u64>)> = events
+                    .iter()
+                    .map(|e| (&e.key[..], e.body.clone(), e.expires_at_ms))
+                    .collect();
+                let db = events.first().map_or(0, |e| e.db);
+                let done = replica
+                    .write_many(db, &writes, self.stamp())
+                    .map_err(text)?;
+                let mut out = Vec::new();
+                for (record, existed) in done {
+                    out.push(u8::from(existed));
+                    let bytes = record.encode();
+                    put_varint(&mut out, bytes.len() as u64);
+                    out.extend_from_slice(&bytes);
+                }
+                Bytes::from(out)
+            }
+            KIND_MERGE_MANY => {
+                let (db, copies) = decode_merge_many(payload).map_err(|e| e.to_string())?;
+                replica.merge_many(db, &copies).map_err(text)?;
                 Bytes::new()
             }
             other => return Err(format!("unknown data request kind {other}")),
         };
         Ok(reply)
-    }
-
-    fn sync(&self) -> Result<(), String> {
-        self.keyspace
-            .engine()
-            .sync(self.keyspace.last_sequence())
-            .map_err(|e| e.to_string())
     }
 
     /// The write event on this node: (held a live value before, record after), one read
@@ -258,11 +337,7 @@ impl DataNode {
     ) -> BoxFuture<'static, Result<Bytes, String>> {
         if node == self.me {
             let this = self.clone();
-            Box::pin(async move {
-                tokio::task::spawn_blocking(move || this.answer(kind, &payload))
-                    .await
-                    .map_err(|e| format!("local replica task failed: {e}"))?
-            })
+            Box::pin(async move { this.answer(kind, payload).await })
         } else {
             self.peers.call(node, kind, payload, self.timeout)
         }
@@ -365,15 +440,64 @@ impl DataNode {
             .ok_or_else(|| CoordError::Event("empty write reply".into()))?;
         let record = Record::decode(record)
             .map_err(|e| CoordError::Event(format!("damaged write reply: {e}")))?;
+        let payload = encode_merge(event.db, &event.key, &record);
         let acked = self
-            .replicate(
-                &replicas, event_node, event.db, &event.key, &record, quorum.w,
-            )
+            .replicate(&replicas, event_node, KIND_MERGE, payload, quorum.w)
             .await?;
         Ok(Written {
             existed: existed != 0,
             acked,
         })
+    }
+
+    /// Blind writes of several distinct keys of one slot (MSET within a slot): one event on
+    /// the event replica that stores them all in one batch, the records merged into the
+    /// other replicas as one batch each, answered at W acknowledgements. Every replica holds
+    /// all of these writes or none of them.
+    pub async fn write_many(
+        self: &Arc<Self>,
+        map: &ClusterMap,
+        events: Vec<WriteEvent>,
+        quorum: Quorum,
+    ) -> Result<Vec<Written>, CoordError> {
+        let Some(first) = events.first() else {
+            return Ok(Vec::new());
+        };
+        let (db, slot) = (first.db, key_slot(&first.key));
+        debug_assert!(events
+            .iter()
+            .all(|e| e.db == db && key_slot(&e.key) == slot && e.context.is_none()));
+        let replicas = map.replicas(slot).to_vec();
+        let event_node = self.event_replica(&replicas);
+        let reply = self
+            .send(event_node, KIND_WRITE_MANY, encode_write_many(&events))
+            .await
+            .map_err(CoordError::Event)?;
+        let damaged = |e: DecodeError| CoordError::Event(format!("damaged write reply: {e}"));
+        let mut reader = Reader::new(&reply);
+        let mut done = Vec::with_capacity(events.len());
+        for _ in &events {
+            let existed = reader.u8().map_err(damaged)? != 0;
+            let len = reader.varint().map_err(damaged)? as usize;
+            done.push((
+                existed,
+                Record::decode(reader.bytes(len).map_err(damaged)?).map_err(damaged)?,
+            ));
+        }
+        reader.finish().map_err(damaged)?;
+        let copies: Vec<(&[u8], &Record)> = events
+            .iter()
+            .zip(&done)
+            .map(|(event, (_, record))| (&event.key[..], record))
+            .collect();
+        let payload = encode_merge_many(db, &copies);
+        let acked = self
+            .replicate(&replicas, event_node, KIND_MERGE_MANY, payload, quorum.w)
+            .await?;
+        Ok(done
+            .into_iter()
+            .map(|(existed, _)| Written { existed, acked })
+            .collect())
     }
 
     /// An increment: the counter event on the event replica, merged into the
@@ -410,7 +534,8 @@ impl DataNode {
         let value = i64::from_be_bytes(reply[1..9].try_into().expect("8 bytes"));
         let record = Record::decode(&reply[9..])
             .map_err(|e| CoordError::Event(format!("damaged increment reply: {e}")))?;
-        self.replicate(&replicas, event_node, db, key, &record, quorum.w)
+        let payload = encode_merge(db, key, &record);
+        self.replicate(&replicas, event_node, KIND_MERGE, payload, quorum.w)
             .await?;
         Ok(value)
     }
@@ -421,20 +546,18 @@ impl DataNode {
         self: &Arc<Self>,
         replicas: &[NodeId],
         done: NodeId,
-        db: usize,
-        key: &Bytes,
-        record: &Record,
+        kind: u8,
+        payload: Bytes,
         w: usize,
     ) -> Result<usize, CoordError> {
         let mut round = WriteRound::new(replicas.to_vec(), w.clamp(1, replicas.len()));
         if round.on_ack(done) == Progress::Succeeded && replicas.len() == 1 {
             return Ok(1);
         }
-        let payload = encode_merge(db, key, record);
         let (tx, mut rx) = mpsc::channel(replicas.len());
         let paused = self.replication_paused.load(Ordering::Relaxed);
         for &node in replicas.iter().filter(|&&node| node != done && !paused) {
-            let call = self.send(node, KIND_MERGE, payload.clone());
+            let call = self.send(node, kind, payload.clone());
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _ = tx.send((node, call.await)).await;
@@ -555,6 +678,85 @@ fn encode_merge(db: usize, key: &[u8], record: &Record) -> Bytes {
     Bytes::from(out)
 }
 
+fn encode_write_many(events: &[WriteEvent]) -> Bytes {
+    let mut out = Vec::new();
+    put_varint(&mut out, events.len() as u64);
+    for event in events {
+        let bytes = event.encode();
+        put_varint(&mut out, bytes.len() as u64);
+        out.extend_from_slice(&bytes);
+    }
+    Bytes::from(out)
+}
+
+/// [`KIND_WRITE_MANY`]'s events: at least one, at most [`MANY_KEYS_MAX`], one database,
+/// distinct keys, no context (blind writes).
+fn decode_write_many(input: &[u8]) -> Result<Vec<WriteEvent>, DecodeError> {
+    let mut reader = Reader::new(input);
+    let count = reader.varint()? as usize;
+    if count == 0 || count > MANY_KEYS_MAX {
+        return Err(DecodeError::Invalid("write batch size out of range"));
+    }
+    let mut events: Vec<WriteEvent> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = reader.varint()? as usize;
+        let event = WriteEvent::decode(reader.bytes(len)?)?;
+        if event.context.is_some() || events.first().is_some_and(|first| first.db != event.db) {
+            return Err(DecodeError::Invalid("write batch of mixed kinds"));
+        }
+        events.push(event);
+    }
+    reader.finish()?;
+    let distinct: std::collections::HashSet<&Bytes> = events.iter().map(|e| &e.key).collect();
+    if distinct.len() != events.len() {
+        return Err(DecodeError::Invalid("write batch names a key twice"));
+    }
+    Ok(events)
+}
+
+fn encode_merge_many(db: usize, copies: &[(&[u8], &Record)]) -> Bytes {
+    let mut out = Vec::new();
+    put_varint(&mut out, db as u64);
+    put_varint(&mut out, copies.len() as u64);
+    for (key, record) in copies {
+        put_varint(&mut out, key.len() as u64);
+        out.extend_from_slice(key);
+        let bytes = record.encode();
+        put_varint(&mut out, bytes.len() as u64);
+        out.extend_from_slice(&bytes);
+    }
+    Bytes::from(out)
+}
+
+/// [`KIND_MERGE_MANY`]'s copies: at most [`MANY_KEYS_MAX`], distinct keys.
+/// A key and its copy, borrowed from a request.
+type KeyCopy<'a> = (&'a [u8], Record);
+
+fn decode_merge_many(input: &[u8]) -> Result<(usize, Vec<KeyCopy<'_>>), DecodeError> {
+    let mut reader = Reader::new(input);
+    let db = reader.varint()?;
+    if db >= DB_COUNT {
+        return Err(DecodeError::Invalid("database out of range"));
+    }
+    let count = reader.varint()? as usize;
+    if count == 0 || count > MANY_KEYS_MAX {
+        return Err(DecodeError::Invalid("merge batch size out of range"));
+    }
+    let mut copies = Vec::with_capacity(count);
+    let mut keys = std::collections::HashSet::with_capacity(count);
+    for _ in 0..count {
+        let len = reader.varint()? as usize;
+        let key = reader.bytes(len)?;
+        if !keys.insert(key) {
+            return Err(DecodeError::Invalid("merge batch names a key twice"));
+        }
+        let len = reader.varint()? as usize;
+        copies.push((key, Record::decode(reader.bytes(len)?)?));
+    }
+    reader.finish()?;
+    Ok((db as usize, copies))
+}
+
 fn decode_key<'a>(reader: &mut Reader<'a>) -> Result<(usize, &'a [u8]), DecodeError> {
     let db = reader.varint()?;
     if db >= DB_COUNT {
@@ -603,10 +805,43 @@ mod tests {
         assert_eq!(WriteEvent::decode(&tombstone.encode()).unwrap(), tombstone);
     }
 
+    #[test]
+    fn batches_round_trip_and_refuse_repeated_keys() {
+        let event = |key: &'static [u8]| WriteEvent {
+            db: 2,
+            key: Bytes::from_static(key),
+            context: None,
+            body: Body::Value(Bytes::from_static(b"v")),
+            expires_at_ms: None,
+        };
+        let events = vec![event(b"{t}a"), event(b"{t}b")];
+        assert_eq!(
+            decode_write_many(&encode_write_many(&events)).unwrap(),
+            events
+        );
+        let twice = vec![event(b"{t}a"), event(b"{t}a")];
+        assert!(decode_write_many(&encode_write_many(&twice)).is_err());
+        assert!(decode_write_many(&encode_write_many(&[])).is_err());
+        let record = Record::empty();
+        let copies = [(&b"x"[..], &record), (&b"y"[..], &record)];
+        let encoded = encode_merge_many(3, &copies);
+        let (db, decoded) = decode_merge_many(&encoded).unwrap();
+        assert_eq!(db, 3);
+        assert_eq!(
+            decoded,
+            vec![(&b"x"[..], Record::empty()), (&b"y"[..], Record::empty())]
+        );
+        let repeated = [(&b"x"[..], &record), (&b"x"[..], &record)];
+        let encoded = encode_merge_many(3, &repeated);
+        assert!(decode_merge_many(&encoded).is_err());
+    }
+
     proptest! {
         #[test]
         fn write_event_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = WriteEvent::decode(&bytes);
+            let _ = decode_write_many(&bytes);
+            let _ = decode_merge_many(&bytes);
         }
     }
 }

@@ -138,6 +138,44 @@ impl<'a> Replica<'a> {
         })
     }
 
+    /// Write events on several distinct keys (MSET within one slot), stored in one engine
+    /// batch: this replica holds all of them or none. Each is a blind write of its body, as
+    /// [`Replica::write`] with no context, stamped `hlc`. Returns each key's record and
+    /// whether it held a live value before, in order.
+    pub fn write_many(
+        &self,
+        db: usize,
+        writes: &[(&[u8], Body, Option<u64>)],
+        hlc: Hlc,
+    ) -> Result<Vec<(Record, bool)>, ReplicaError> {
+        let now_ms = self.keyspace.now_ms();
+        let keys: Vec<&[u8]> = writes.iter().map(|(key, _, _)| *key).collect();
+        self.events(db, &keys, |i, local| {
+            let (_, body, expires_at_ms) = &writes[i];
+            let live = !matches!(local.resolve(now_ms), Ok(Resolved::Absent));
+            let sibling = Sibling {
+                hlc,
+                node: self.node,
+                expires_at_ms: *expires_at_ms,
+                body: body.clone(),
+            };
+            let record = local.write(None, sibling, self.node);
+            Ok((Some(record.clone()), (record, live)))
+        })
+    }
+
+    /// Merges several keys' copies in one engine batch (the other replicas' side of
+    /// [`Replica::write_many`]).
+    pub fn merge_many(&self, db: usize, copies: &[(&[u8], Record)]) -> Result<(), ReplicaError> {
+        let keys: Vec<&[u8]> = copies.iter().map(|(key, _)| *key).collect();
+        self.events(db, &keys, |i, local| {
+            let merged = local.merge(&copies[i].1);
+            let write = (&merged != local).then_some(merged);
+            Ok((write, ()))
+        })?;
+        Ok(())
+    }
+
     /// Merges another replica's copy into this one's (replication of an
     /// event, read repair, handoff). Returns the merged record.
     pub fn merge(&self, db: usize, key: &[u8], incoming: &Record) -> Result<Record, ReplicaError> {
@@ -167,6 +205,26 @@ impl<'a> Replica<'a> {
             Ok::<_, ReplicaError>((write, result))
         })?;
         Ok(result)
+    }
+
+    /// [`Replica::event`] on several distinct keys, committed as one batch.
+    fn events<R>(
+        &self,
+        db: usize,
+        keys: &[&[u8]],
+        mut change: impl FnMut(usize, &Record) -> Result<(Option<Record>, R), ReplicaError>,
+    ) -> Result<Vec<R>, ReplicaError> {
+        let now_ms = self.keyspace.now_ms();
+        let (results, _seq) = self.keyspace.update_many(db, keys, |i, stored| {
+            let local = self.record_of(stored)?;
+            let (write, result) = change(i, &local)?;
+            let write = write.map(|record| {
+                let expiry = record.storage_expiry(now_ms, self.tombstone_grace_ms);
+                (stored_form(&record), expiry)
+            });
+            Ok::<_, ReplicaError>((write, result))
+        })?;
+        Ok(results)
     }
 
     /// A stored value as a record. A string from before the node was in a

@@ -137,6 +137,15 @@ pub fn restore(from: &Path, dir: &Path, quiet: bool) -> anyhow::Result<()> {
 
 /// `RINGKV.CHECKPOINT` on the server: (path, sequence).
 fn ask_checkpoint(address: &ServerAddress) -> anyhow::Result<(PathBuf, u64)> {
+    let mut connection = connect(address)?;
+    let (path, seq): (String, u64) = redis::cmd("RINGKV.CHECKPOINT")
+        .query(&mut connection)
+        .context("RINGKV.CHECKPOINT failed")?;
+    Ok((PathBuf::from(path), seq))
+}
+
+/// A RESP connection to the server at `address`, authenticated if it says how.
+pub fn connect(address: &ServerAddress) -> anyhow::Result<redis::Connection> {
     let info = redis::ConnectionInfo {
         addr: redis::ConnectionAddr::Tcp(address.host.clone(), address.port),
         redis: redis::RedisConnectionInfo {
@@ -147,13 +156,9 @@ fn ask_checkpoint(address: &ServerAddress) -> anyhow::Result<(PathBuf, u64)> {
         },
     };
     let client = redis::Client::open(info).context("server address")?;
-    let mut connection = client
+    client
         .get_connection()
-        .with_context(|| format!("connecting to {}:{}", address.host, address.port))?;
-    let (path, seq): (String, u64) = redis::cmd("RINGKV.CHECKPOINT")
-        .query(&mut connection)
-        .context("RINGKV.CHECKPOINT failed")?;
-    Ok((PathBuf::from(path), seq))
+        .with_context(|| format!("connecting to {}:{}", address.host, address.port))
 }
 
 /// Refuses a directory that exists and holds anything; creates it otherwise, its name made
@@ -375,7 +380,7 @@ fn read_checksums(dir: &Path) -> anyhow::Result<Option<Vec<FileSum>>> {
     Ok(Some(sums))
 }
 
-/// `ringkv backup …` and `ringkv restore …` (instead of serving).
+/// `ringkv backup …`, `ringkv restore …` and `ringkv cluster …` (instead of serving).
 #[derive(Debug, clap::Subcommand)]
 pub enum Tool {
     /// Copy a consistent checkpoint of a running server (on this machine) into DIR, verified.
@@ -414,6 +419,11 @@ pub enum Tool {
         #[arg(long)]
         quiet: bool,
     },
+    /// Operator commands against a running cluster node (docs/cluster.md).
+    Cluster {
+        #[command(subcommand)]
+        action: crate::cluster_tool::Action,
+    },
 }
 
 /// Runs a tool subcommand.
@@ -439,5 +449,6 @@ pub fn run(tool: Tool) -> anyhow::Result<()> {
             quiet,
         ),
         Tool::Restore { from, dir, quiet } => restore(&from, &dir, quiet),
+        Tool::Cluster { action } => crate::cluster_tool::run(action),
     }
 }

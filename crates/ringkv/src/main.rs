@@ -6,6 +6,7 @@
 //! (`--config FILE`), an environment variable and a flag, and a flag beats the file.
 
 mod backup;
+mod cluster_tool;
 
 // The global allocator, when a feature picks one (default: the system's; see Cargo.toml for
 // why). glibc's malloc took about a quarter of the server's CPU on SET at pipeline 16
@@ -40,7 +41,7 @@ use ringkv_server::Config;
     args_override_self = true
 )]
 struct Cli {
-    /// Instead of serving: back up a running server or restore a backup.
+    /// Instead of serving: back up a running server, restore a backup, or ask a cluster node.
     #[command(subcommand)]
     tool: Option<backup::Tool>,
     /// TOML config file (keys as the long flags, e.g. `port = 6380`, `appendfsync = "always"`).

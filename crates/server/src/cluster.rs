@@ -7,6 +7,7 @@
 //! **Must not touch:** the quorum rules, records and versions (`ringkv-cluster`), RESP
 //! parsing and the command table (`cmd`): handlers build the same [`Op`]s in both modes.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::path::Path;
@@ -18,7 +19,9 @@ use bytes::Bytes;
 use futures::future::join_all;
 use parking_lot::RwLock;
 use ringkv_cluster::control::{ControlConfig, ControlPlane, CONTROL_KINDS};
-use ringkv_cluster::coordinator::{CoordError, DataNode, Peers, Quorum, WriteEvent, DATA_KINDS};
+use ringkv_cluster::coordinator::{
+    CoordError, DataNode, Peers, Quorum, WriteEvent, DATA_KINDS, MANY_KEYS_MAX,
+};
 use ringkv_cluster::frame::ClusterSecret;
 use ringkv_cluster::gossip::{GossipConfig, GossipRuntime, Health, GOSSIP_KIND};
 use ringkv_cluster::map::{ClusterMap, MemberInfo, MemberState};
@@ -27,7 +30,7 @@ use ringkv_cluster::replica::DEFAULT_TOMBSTONE_GRACE_MS;
 use ringkv_cluster::transport::{
     BoxFuture, CallError, Handler, HandlerError, Transport, TransportConfig,
 };
-use ringkv_cluster::NodeId;
+use ringkv_cluster::{key_slot, NodeId};
 use ringkv_protocol::Frame;
 use ringkv_store::{encode_value, StoredValue, ValueType};
 
@@ -138,10 +141,7 @@ impl Handler for NodeHandler {
                 return Err(HandlerError::new("node is starting"));
             };
             if DATA_KINDS.contains(&kind) {
-                let data = node.data.clone();
-                let reply = tokio::task::spawn_blocking(move || data.answer(kind, &payload))
-                    .await
-                    .map_err(|e| HandlerError::new(format!("replica task failed: {e}")))?;
+                let reply = node.data.answer(kind, payload).await;
                 return reply.map(|bytes| (kind, bytes)).map_err(HandlerError::new);
             }
             Err(HandlerError::new(format!("unknown request kind {kind}")))
@@ -676,8 +676,22 @@ impl Run {
                 Done::Written
             }
             Op::Put(items) => {
-                let writes = items.into_iter().map(|(key, value, expires_at_ms)| {
-                    self.write(key, None, Body::Value(value), expires_at_ms)
+                // MSET: the keys of one slot as one batch, all slots at once
+                // (docs/cluster.md, "What is atomic").
+                let map = self.map()?;
+                let (data, quorum) = (&self.node.data, self.quorum);
+                let writes = by_slot(self.db, items).into_iter().map(|events| {
+                    let map = map.clone();
+                    async move {
+                        match <[WriteEvent; 1]>::try_from(events) {
+                            Ok([event]) => data.write(&map, event, quorum).await,
+                            Err(events) => data
+                                .write_many(&map, events, quorum)
+                                .await
+                                .map(|mut done| done.pop().expect("a batch is not empty")),
+                        }
+                        .map_err(coord_error)
+                    }
                 });
                 for result in join_all(writes).await {
                     result?;
@@ -738,6 +752,40 @@ impl Run {
             }
         })
     }
+}
+
+/// MSET's items as blind write events grouped by slot, each group at most
+/// `MANY_KEYS_MAX` keys; a key given twice takes its last value, as in Redis.
+fn by_slot(db: usize, items: Vec<(Bytes, Bytes, Option<u64>)>) -> Vec<Vec<WriteEvent>> {
+    let mut last = HashMap::with_capacity(items.len());
+    for (i, (key, _, _)) in items.iter().enumerate() {
+        last.insert(key.clone(), i);
+    }
+    let mut slots: BTreeMap<u16, Vec<WriteEvent>> = BTreeMap::new();
+    for (i, (key, value, expires_at_ms)) in items.into_iter().enumerate() {
+        if last[&key] != i {
+            continue;
+        }
+        slots.entry(key_slot(&key)).or_default().push(WriteEvent {
+            db,
+            key,
+            context: None,
+            body: Body::Value(value),
+            expires_at_ms,
+        });
+    }
+    slots
+        .into_values()
+        .flat_map(|mut events| {
+            let mut groups = Vec::new();
+            while events.len() > MANY_KEYS_MAX {
+                let rest = events.split_off(MANY_KEYS_MAX);
+                groups.push(std::mem::replace(&mut events, rest));
+            }
+            groups.push(events);
+            groups
+        })
+        .collect()
 }
 
 impl DataPath for Coordinated {

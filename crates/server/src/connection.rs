@@ -1,15 +1,18 @@
 //! One client connection: read bytes, parse every complete request, run
 //! them, make their writes durable with one sync, answer with one write.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesOrdered, StreamExt};
 use ringkv_engine::FsyncPolicy;
 use ringkv_protocol::{Frame, Limits, RequestParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::client::Client;
+use crate::cmd::{self, Access, Deferred};
 use crate::exec::{self, Outcome};
 use crate::server::{ClientHandle, Server};
 
@@ -54,7 +57,16 @@ where
     // Keeps a request's progress between reads, so one trickled in small pieces costs work
     // linear in its size (not a re-parse from its start at every read).
     let mut parser = RequestParser::new();
-    let mut output = BytesMut::with_capacity(INPUT_BUFFER_BYTES);
+    let mut out = Output {
+        server: server.clone(),
+        buffer: BytesMut::with_capacity(INPUT_BUFFER_BYTES),
+        bytes_max: 0,
+        flush_bytes: OUTPUT_FLUSH_BYTES,
+        always,
+    };
+    // Cluster mode: a pipeline's data commands on distinct keys run at once (`Pipeline`).
+    let concurrent = server.cluster.get().is_some();
+    let mut pipeline = Pipeline::default();
     loop {
         // Read in large steps: a big bulk argument arrives in few reads, not 64-byte ones.
         if input.capacity() - input.len() < INPUT_BUFFER_BYTES / 2 {
@@ -92,9 +104,9 @@ where
         // Read each batch, so CONFIG SET proto-max-bulk-len / client-query-buffer-limit apply to
         // connections already open.
         let (limits, query_buffer_bytes_max) = current_limits(&server);
-        let output_bytes_max = server.config.read().output_buffer_bytes_max;
+        out.bytes_max = server.config.read().output_buffer_bytes_max;
         // Write out before the limit is reached, so only a single over-large reply trips it.
-        let flush_bytes = match output_bytes_max {
+        out.flush_bytes = match out.bytes_max {
             0 => OUTPUT_FLUSH_BYTES,
             limit => OUTPUT_FLUSH_BYTES.min(limit),
         };
@@ -102,47 +114,53 @@ where
         loop {
             match parser.parse(&mut input, &limits) {
                 Ok(Some(args)) => {
-                    let reply = match exec::execute(&server, &mut client, args).await {
-                        Outcome::Nothing => None,
-                        Outcome::Now(reply) => Some(reply),
+                    if concurrent
+                        && !pipeline.admits(&args)
+                        && !pipeline
+                            .drain(&mut out, &mut client, &mut writer, &handle)
+                            .await
+                    {
+                        return;
+                    }
+                    let keys = if concurrent {
+                        pipeline.keys_of(&args)
+                    } else {
+                        Vec::new()
+                    };
+                    let outcome = exec::execute(&server, &mut client, args).await;
+                    let silent = client.no_reply;
+                    match outcome {
+                        Outcome::Nothing => {}
+                        Outcome::Now(reply) if pipeline.is_empty() => {
+                            if !out.deliver(&mut client, &mut writer, reply, silent).await {
+                                return;
+                            }
+                        }
+                        Outcome::Now(reply) => {
+                            pipeline.push(Vec::new(), silent, Box::pin(std::future::ready(reply)));
+                        }
+                        // A keyed data command joins the pipeline; a keyless wait (it found
+                        // the pipeline drained: `admits`) is awaited alone, below.
+                        Outcome::Later(later) if !keys.is_empty() => {
+                            pipeline.push(keys, silent, later);
+                        }
                         Outcome::Later(later) => {
                             // A wait (WAIT, DEBUG SLEEP): it holds no lock; a kill ends it
                             // with the connection, and so does a shutdown once its grace
                             // period is over (`Bound::serve` aborts what is left), so a
                             // command in flight still gets its reply when it ends in time.
-                            tokio::select! {
-                                reply = later => Some(reply),
+                            let reply = tokio::select! {
+                                reply = later => reply,
                                 _ = handle.kill.notified() => return,
+                            };
+                            if !out.deliver(&mut client, &mut writer, reply, silent).await {
+                                return;
                             }
-                        }
-                    };
-                    if let Some(reply) = reply {
-                        if !client.no_reply {
-                            reply.encode(client.resp(), &mut output);
                         }
                     }
                     if client.close_after_reply || client.handoff.is_some() {
                         close = true;
                         break;
-                    }
-                    if output_bytes_max > 0 && output.len() > output_bytes_max {
-                        // A reply (or a pipeline of them) larger than the limit: Redis' hard
-                        // `client-output-buffer-limit` closes such a client rather than hold it.
-                        server
-                            .metrics
-                            .output_limit_disconnects
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            client = handle.id,
-                            bytes = output.len(),
-                            "closing client that exceeded the output buffer limit"
-                        );
-                        return;
-                    }
-                    if output.len() >= flush_bytes
-                        && !flush(&server, &mut client, &mut writer, &mut output, always).await
-                    {
-                        return;
                     }
                 }
                 Ok(None) => break,
@@ -152,13 +170,25 @@ where
                         .stats
                         .total_error_replies
                         .fetch_add(1, Ordering::Relaxed);
-                    Frame::error(format!("ERR {error}")).encode(client.resp(), &mut output);
+                    let reply = Frame::error(format!("ERR {error}"));
+                    if !pipeline.is_empty() {
+                        pipeline.push(Vec::new(), false, Box::pin(std::future::ready(reply)));
+                    } else if !out.deliver(&mut client, &mut writer, reply, false).await {
+                        return;
+                    }
                     close = true;
                     break;
                 }
             }
         }
-        if !flush(&server, &mut client, &mut writer, &mut output, always).await || close {
+        if !pipeline
+            .drain(&mut out, &mut client, &mut writer, &handle)
+            .await
+        {
+            return;
+        }
+        let output = &mut out.buffer;
+        if !flush(&server, &mut client, &mut writer, output, always).await || close {
             if let Some(handoff) = client.handoff.take() {
                 debug_assert!(parser.is_idle(), "PSYNC was a whole request");
                 // PSYNC: the connection now carries the replication stream.
@@ -194,6 +224,124 @@ where
         }
     }
     let _ = writer.shutdown().await;
+}
+
+/// Where a connection's replies collect before they are written out.
+struct Output {
+    server: Arc<Server>,
+    buffer: BytesMut,
+    /// `client-output-buffer-limit` (0: none), read once per batch.
+    bytes_max: usize,
+    /// Written out once this much is buffered.
+    flush_bytes: usize,
+    always: bool,
+}
+
+impl Output {
+    /// Adds one reply (unless the client silenced it), closing a client past the output
+    /// limit and writing out a large buffer. False if the connection must close.
+    async fn deliver<W: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut Client,
+        writer: &mut W,
+        reply: Frame,
+        silent: bool,
+    ) -> bool {
+        if !silent {
+            reply.encode(client.resp(), &mut self.buffer);
+        }
+        if self.bytes_max > 0 && self.buffer.len() > self.bytes_max {
+            // A reply (or a pipeline of them) larger than the limit: Redis' hard
+            // `client-output-buffer-limit` closes such a client rather than hold it.
+            self.server
+                .metrics
+                .output_limit_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                client = client.handle.id,
+                bytes = self.buffer.len(),
+                "closing client that exceeded the output buffer limit"
+            );
+            return false;
+        }
+        self.buffer.len() < self.flush_bytes
+            || flush(&self.server, client, writer, &mut self.buffer, self.always).await
+    }
+}
+
+/// Pipelined requests in flight at once, replies in request order (cluster mode, where each
+/// data command waits on replicas: one connection's pipeline would otherwise pay every round
+/// trip in turn). A request joins only if it is a data command whose keys no request in
+/// flight touches, so commands on one key still run in the order sent; any other request
+/// (no keys, whole-database, connection state) waits until those in flight are answered.
+/// docs/cluster.md, "Pipelines".
+#[derive(Default)]
+struct Pipeline {
+    running: FuturesOrdered<Deferred>,
+    /// Whether each reply, in order, is silenced (CLIENT REPLY OFF when it ran).
+    silent: VecDeque<bool>,
+    keys: HashSet<Bytes>,
+}
+
+/// Requests in flight on one connection at most; the next waits for them.
+const PIPELINE_DEPTH_MAX: usize = 256;
+
+impl Pipeline {
+    fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// True if `args` may run alongside the requests in flight.
+    fn admits(&self, args: &[Bytes]) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        if self.running.len() >= PIPELINE_DEPTH_MAX {
+            return false;
+        }
+        let Some((_, spec)) = args.first().and_then(|name| cmd::registry().lookup(name)) else {
+            return false;
+        };
+        spec.access() == Access::Keys && spec.keys(args).all(|key| !self.keys.contains(key))
+    }
+
+    /// The keys `args` names (empty for a command without keys).
+    fn keys_of(&self, args: &[Bytes]) -> Vec<Bytes> {
+        match args.first().and_then(|name| cmd::registry().lookup(name)) {
+            Some((_, spec)) if spec.access() == Access::Keys => spec.keys(args).cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn push(&mut self, keys: Vec<Bytes>, silent: bool, reply: Deferred) {
+        self.keys.extend(keys);
+        self.silent.push_back(silent);
+        self.running.push_back(reply);
+    }
+
+    /// Waits for every request in flight and delivers the replies in order. False if the
+    /// connection must close (killed, over its output limit, or the write failed).
+    async fn drain<W: AsyncWrite + Unpin>(
+        &mut self,
+        out: &mut Output,
+        client: &mut Client,
+        writer: &mut W,
+        handle: &ClientHandle,
+    ) -> bool {
+        while !self.running.is_empty() {
+            let reply = tokio::select! {
+                reply = self.running.next() => reply,
+                _ = handle.kill.notified() => return false,
+            };
+            let Some(reply) = reply else { break };
+            let silent = self.silent.pop_front().unwrap_or(false);
+            if !out.deliver(client, writer, reply, silent).await {
+                return false;
+            }
+        }
+        self.keys.clear();
+        true
+    }
 }
 
 fn current_limits(server: &Server) -> (Limits, usize) {

@@ -437,3 +437,205 @@ fn a_retried_increment_with_the_same_request_id_counts_once_through_any_node() {
     let refused = single.cli(&["INCRBYID", "orders", "5", "req-1"]);
     assert!(refused.contains("needs cluster mode"), "{refused}");
 }
+
+/// A pipeline's data commands on distinct keys run at once in cluster mode (docs/cluster.md,
+/// "Pipelines"); on one key they run in the order sent, and replies come back in request
+/// order. 1,800 commands in one pipeline, past the 256 in flight of one connection.
+#[test]
+fn a_pipeline_runs_in_request_order_per_key_and_answers_in_order() {
+    let cluster = Cluster::start(3, &[]);
+    const KEYS: usize = 30;
+    const ROUNDS: usize = 20;
+    let mut con = cluster.nodes[0].client();
+    let mut pipe = redis::pipe();
+    for round in 0..ROUNDS {
+        for k in 0..KEYS {
+            pipe.cmd("SET").arg(format!("p:{k}")).arg(round);
+        }
+        for k in 0..KEYS {
+            pipe.cmd("GET").arg(format!("p:{k}"));
+        }
+        for k in 0..KEYS {
+            pipe.cmd("APPEND")
+                .arg(format!("log:{k}"))
+                .arg(format!("{round},"));
+        }
+    }
+    let replies: Vec<redis::Value> = pipe.query(&mut con).expect("the pipeline");
+    assert_eq!(replies.len(), ROUNDS * KEYS * 3);
+    let mut log_len = vec![0usize; KEYS];
+    for (i, reply) in replies.iter().enumerate() {
+        let round = i / (KEYS * 3);
+        let k = i % KEYS;
+        let expected = match (i / KEYS) % 3 {
+            0 => redis::Value::Okay,
+            1 => redis::Value::BulkString(round.to_string().into_bytes()),
+            _ => {
+                log_len[k] += format!("{round},").len();
+                redis::Value::Int(log_len[k] as i64)
+            }
+        };
+        assert_eq!(reply, &expected, "reply {i} (round {round}, key {k})");
+    }
+    let order: String = (0..ROUNDS).map(|round| format!("{round},")).collect();
+    for node in &cluster.nodes {
+        let mut con = node.client();
+        for k in 0..KEYS {
+            let log: String = redis::cmd("GET")
+                .arg(format!("log:{k}"))
+                .query(&mut con)
+                .unwrap();
+            assert_eq!(log, order, "log:{k} through {}", node.port);
+        }
+    }
+    // A keyless command waits for what is in flight: DBSIZE after a pipeline of SETs
+    // through the same connection counts them on this node (each key is on every node at
+    // N=3 with 3 nodes).
+    let mut pipe = redis::pipe();
+    for k in 0..KEYS {
+        pipe.cmd("SET").arg(format!("fresh:{k}")).arg(k).ignore();
+    }
+    pipe.cmd("DBSIZE");
+    let (size,): (i64,) = pipe.query(&mut con).unwrap();
+    assert_eq!(size, (KEYS * 3) as i64, "p:*, log:* and fresh:* keys");
+}
+
+/// `ringkv cluster status`'s member rows, split into their columns (id, client, cluster,
+/// zone, state, health, slots, first), after its summary and header lines.
+fn cluster_status(port: u16) -> (String, Vec<Vec<String>>) {
+    let output = std::process::Command::new(common::binary())
+        .args(["cluster", "status", "--port", &port.to_string()])
+        .output()
+        .expect("run ringkv cluster status");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "ringkv cluster status failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows = text
+        .lines()
+        .skip(2)
+        .filter(|line| !line.starts_with('('))
+        .map(|line| line.split_whitespace().map(str::to_string).collect())
+        .collect();
+    (text, rows)
+}
+
+/// `ringkv cluster status` prints every member with its state, liveness and slot counts, and
+/// the epoch; a killed member shows as down (by gossip) and keeps its slots.
+#[test]
+fn ringkv_cluster_status_shows_members_epoch_slot_counts_and_a_dead_member() {
+    let mut cluster = Cluster::start(3, &[]);
+    let (text, rows) = cluster_status(cluster.nodes[1].port);
+    let epoch: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query::<String>(&mut cluster.nodes[1].client())
+        .unwrap()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("cluster_current_epoch:")
+                .map(str::to_string)
+        })
+        .expect("cluster_current_epoch");
+    assert!(
+        text.starts_with(&format!(
+            "cluster at epoch {epoch}: 3 members, 0 down, 3 replicas"
+        )),
+        "{text}"
+    );
+    assert_eq!(rows.len(), 3, "{text}");
+    let mut firsts = 0;
+    for row in &rows {
+        assert_eq!(row.len(), 8, "{text}");
+        assert_eq!(
+            (row[4].as_str(), row[5].as_str()),
+            ("up", "alive"),
+            "{text}"
+        );
+        // N=3 on three members: every member holds a copy of every slot.
+        assert_eq!(row[6], "16384", "{text}");
+        firsts += row[7].parse::<usize>().unwrap();
+    }
+    assert_eq!(firsts, 16384, "each slot has one first replica: {text}");
+    let asked = format!("127.0.0.1:{}", cluster.nodes[1].port);
+    assert!(
+        rows.iter()
+            .any(|row| row[0].ends_with('*') && row[1] == asked),
+        "the asked node is marked: {text}"
+    );
+    let dead = format!("127.0.0.1:{}", cluster.nodes[2].port);
+    cluster.nodes[2].kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (text, rows) = cluster_status(cluster.nodes[0].port);
+        let row = rows
+            .iter()
+            .find(|row| row[1] == dead)
+            .expect("the dead member stays");
+        if row[5] == "down" {
+            assert_eq!(row[6], "16384", "a down member keeps its slots: {text}");
+            assert!(text.contains("3 members, 1 down"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never shown down: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// MSET writes one slot's keys as one batch (docs/cluster.md, "What is atomic"): with
+/// replication paused the event replica holds every key of the batch and no other node
+/// holds any; once replication runs, a batch reaches every replica, and a key given twice
+/// takes its last value.
+#[test]
+fn mset_writes_one_slots_keys_as_one_batch_on_each_replica() {
+    let cluster = Cluster::start(3, &[]);
+    let node = &cluster.nodes[0];
+    let mut con = node.client();
+    quorum(&mut con, 2, 1);
+    assert_eq!(
+        node.cli(&["DEBUG", "CLUSTER-PAUSE-REPLICATION", "yes"])
+            .trim(),
+        "OK"
+    );
+    let batch: Vec<String> = (0..20).map(|i| format!("{{order:7}}line:{i}")).collect();
+    let mut mset = redis::cmd("MSET");
+    for (i, key) in batch.iter().enumerate() {
+        mset.arg(key).arg(i);
+    }
+    mset.query::<()>(&mut con).expect("MSET at W=1");
+    // N=3 on three nodes: node 0 is a replica of every slot, so it is the event replica.
+    for (i, held) in holders(&cluster, &batch).into_iter().enumerate() {
+        assert_eq!(held, vec![0], "{}: only the event replica has it", batch[i]);
+    }
+    assert_eq!(
+        node.cli(&["DEBUG", "CLUSTER-PAUSE-REPLICATION", "no"])
+            .trim(),
+        "OK"
+    );
+    quorum(&mut con, 2, 3);
+    let mut mset = redis::cmd("MSET");
+    for key in &batch {
+        mset.arg(key).arg("second");
+    }
+    // Two slots and a key given twice in one MSET.
+    mset.arg("{order:8}x")
+        .arg("first")
+        .arg("{order:8}x")
+        .arg("last");
+    mset.query::<()>(&mut con).expect("MSET at W=3");
+    for (i, held) in holders(&cluster, &batch).into_iter().enumerate() {
+        assert_eq!(held, vec![0, 1, 2], "{}: on every replica", batch[i]);
+    }
+    for other in &cluster.nodes {
+        let mut con = other.client();
+        let values: Vec<String> = redis::cmd("MGET").arg(&batch).query(&mut con).unwrap();
+        assert!(
+            values.iter().all(|v| v == "second"),
+            "through {}: {values:?}",
+            other.port
+        );
+        let x: String = redis::cmd("GET").arg("{order:8}x").query(&mut con).unwrap();
+        assert_eq!(x, "last");
+    }
+}

@@ -1132,6 +1132,51 @@ impl Keyspace {
         self.put_or_expire(&mut change, ns, key, old_entry.as_ref(), raw, expires_at_ms);
         Ok((result, self.commit(change).map_err(E::from)?))
     }
+
+    /// [`Keyspace::update`] of several distinct keys as one change: every key is locked,
+    /// each is read and decided in turn, and all the writes commit in one engine batch, so a
+    /// reader (and a restart) sees all of them or none. An error from any decision writes
+    /// nothing. Returns the decisions' results in order and the batch's sequence (0 if
+    /// nothing was written).
+    ///
+    /// # Panics
+    ///
+    /// If a key is given twice (the caller merges such writes first).
+    pub fn update_many<R, E: From<Error>>(
+        &self,
+        db: usize,
+        keys: &[&[u8]],
+        mut decide: impl FnMut(
+            usize,
+            Option<&StoredValue>,
+        ) -> Result<(Option<(Bytes, Option<u64>)>, R), E>,
+    ) -> Result<(Vec<R>, u64), E> {
+        let distinct: std::collections::HashSet<&[u8]> = keys.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            keys.len(),
+            "update_many takes distinct keys"
+        );
+        let _guard = self.lock_keys(keys);
+        let _mapped = self.remap.read();
+        let ns = self.namespace(db);
+        let mut change = Change::new(self.layout);
+        let mut results = Vec::with_capacity(keys.len());
+        for (i, &key) in keys.iter().enumerate() {
+            let old_entry = self.read(ns, key).map_err(E::from)?;
+            let old = old_entry
+                .clone()
+                .map(StoredValue::from_entry)
+                .transpose()
+                .map_err(E::from)?;
+            let (write, result) = decide(i, old.as_ref())?;
+            results.push(result);
+            if let Some((raw, expires_at_ms)) = write {
+                self.put_or_expire(&mut change, ns, key, old_entry.as_ref(), raw, expires_at_ms);
+            }
+        }
+        Ok((results, self.commit(change).map_err(E::from)?))
+    }
 }
 
 // A replica's side of replication: batches and whole databases from the leader.

@@ -115,6 +115,7 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 "CLUSTER COUNTKEYSINSLOT <slot> / GETKEYSINSLOT <slot> <count>: keys this node holds in a slot.",
                 "CLUSTER QUORUM [<r> <w>]: this connection's read and write quorums.",
                 "CLUSTER HOLDS <key> [<key> ...]: 1 for each key this node's store holds a copy of.",
+                "CLUSTER STATUS: members, their state and liveness, the epoch and slot counts (`ringkv cluster status`).",
             ]
             .into_iter()
             .map(Frame::simple)
@@ -140,6 +141,14 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 node_name(node.id),
             );
             Ok(Frame::bulk(text))
+        }
+        "status" => {
+            if args.len() != 2 {
+                return Err(arity());
+            }
+            let node = node_of(ctx)?;
+            let map = map_of(&node)?;
+            Ok(Frame::bulk(status_text(&node, &map)))
         }
         "myid" => Ok(Frame::bulk(node_name(node_of(ctx)?.id))),
         "nodes" => {
@@ -290,6 +299,56 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             String::from_utf8_lossy(&args[1])
         ))),
     }
+}
+
+/// CLUSTER STATUS (and `ringkv cluster status`): the map as an operator reads it, one
+/// `key:value` line for the cluster, then one line per member: its id, addresses, zone,
+/// state in the map (up, leaving), liveness by gossip (alive, suspect, down), and how many
+/// slots it holds a copy of and is first replica of.
+fn status_text(node: &ClusterNode, map: &ClusterMap) -> String {
+    let copies = map.assignment.replica_counts();
+    let firsts = map.assignment.primary_counts();
+    let down = map
+        .members
+        .keys()
+        .filter(|&&id| id != node.id && node.health(id) == Health::Down)
+        .count();
+    let mut text = format!(
+        "epoch:{} members:{} down:{} replicas:{} slots:{SLOT_COUNT} myself:{}\n",
+        map.epoch,
+        map.members.len(),
+        down,
+        map.assignment.replication(),
+        node_name(node.id),
+    );
+    for member in map.members.values() {
+        let health = match node.health(member.node) {
+            _ if member.node == node.id => "alive",
+            Health::Alive => "alive",
+            Health::Suspect => "suspect",
+            Health::Down => "down",
+        };
+        let zone = if member.zone.is_empty() {
+            "-"
+        } else {
+            &member.zone
+        };
+        text.push_str(&format!(
+            "{} client:{} cluster:{} zone:{zone} state:{} health:{health} slots:{} first:{}{}\n",
+            node_name(member.node),
+            member.client_addr,
+            member.cluster_addr,
+            member.state.name(),
+            copies.get(&member.node).copied().unwrap_or(0),
+            firsts.get(&member.node).copied().unwrap_or(0),
+            if member.node == node.id {
+                " myself"
+            } else {
+                ""
+            },
+        ));
+    }
+    text
 }
 
 /// `VGET key`: `[context, [sibling, ...]]`; a sibling is its value (a bulk string, an integer

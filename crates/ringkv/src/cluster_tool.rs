@@ -1,0 +1,152 @@
+//! `ringkv cluster …`: operator commands that ask a running cluster node over RESP
+//! (docs/cluster.md, "Operating"). They change nothing on their own: the node answers from
+//! its cluster map (committed by Raft) and its gossip view of liveness.
+
+use anyhow::Context;
+
+use crate::backup::{connect, ServerAddress};
+
+/// A cluster subcommand.
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Print the members, their state and liveness, the epoch and the slot counts, as the
+    /// node at HOST:PORT sees them.
+    Status {
+        /// A member's host.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// A member's client port.
+        #[arg(long, default_value_t = 6379)]
+        port: u16,
+        /// AUTH password.
+        #[arg(long, env = "RINGKV_PASSWORD")]
+        password: Option<String>,
+        /// ACL user for AUTH.
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+/// Runs a cluster subcommand, printing its result on stdout.
+pub fn run(action: Action) -> anyhow::Result<()> {
+    match action {
+        Action::Status {
+            host,
+            port,
+            password,
+            user,
+        } => {
+            let address = ServerAddress {
+                host,
+                port,
+                password,
+                user,
+            };
+            let mut connection = connect(&address)?;
+            let text: String = redis::cmd("CLUSTER")
+                .arg("STATUS")
+                .query(&mut connection)
+                .with_context(|| format!("CLUSTER STATUS on {}:{}", address.host, address.port))?;
+            print!("{}", render_status(&text, &address)?);
+            Ok(())
+        }
+    }
+}
+
+/// CLUSTER STATUS's `key:value` lines as a table: a summary line, then one row per member.
+fn render_status(text: &str, address: &ServerAddress) -> anyhow::Result<String> {
+    let mut lines = text.lines();
+    let head = fields(lines.next().context("CLUSTER STATUS: empty reply")?);
+    let get = |fields: &[(String, String)], key: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "?".to_string())
+    };
+    let mut out = format!(
+        "cluster at epoch {}: {} members, {} down, {} replicas of each of {} slots (asked {}:{})\n",
+        get(&head, "epoch"),
+        get(&head, "members"),
+        get(&head, "down"),
+        get(&head, "replicas"),
+        get(&head, "slots"),
+        address.host,
+        address.port,
+    );
+    let columns = [
+        "client", "cluster", "zone", "state", "health", "slots", "first",
+    ];
+    let mut rows = vec![std::iter::once("id".to_string())
+        .chain(columns.iter().map(|c| c.to_string()))
+        .collect::<Vec<_>>()];
+    for line in lines.filter(|line| !line.is_empty()) {
+        let (id, rest) = line
+            .split_once(' ')
+            .with_context(|| format!("CLUSTER STATUS: bad member line {line:?}"))?;
+        let member = fields(rest);
+        let mut row = vec![if rest.ends_with(" myself") {
+            format!("{id}*")
+        } else {
+            id.to_string()
+        }];
+        row.extend(columns.iter().map(|c| get(&member, c)));
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|row| row[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out.push_str("(* the node asked)\n");
+    Ok(out)
+}
+
+/// `key:value` words of a line (addresses keep their own colons: split at the first).
+fn fields(line: &str) -> Vec<(String, String)> {
+    line.split_whitespace()
+        .filter_map(|word| word.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_renders_one_row_per_member_with_the_asked_node_marked() {
+        let text = "epoch:4 members:2 down:1 replicas:2 slots:16384 myself:aa\n\
+                    aa client:127.0.0.1:7001 cluster:127.0.0.1:17001 zone:- state:up health:alive slots:16384 first:8192 myself\n\
+                    bb client:127.0.0.1:7002 cluster:127.0.0.1:17002 zone:b state:up health:down slots:16384 first:8192\n";
+        let address = ServerAddress {
+            host: "127.0.0.1".into(),
+            port: 7001,
+            password: None,
+            user: None,
+        };
+        let out = render_status(text, &address).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].starts_with("cluster at epoch 4: 2 members, 1 down, 2 replicas"),
+            "{out}"
+        );
+        assert!(lines[1].starts_with("id "), "{out}");
+        assert!(
+            lines[2].starts_with("aa* ") && lines[2].contains("127.0.0.1:17001"),
+            "{out}"
+        );
+        assert!(
+            lines[3].contains(" down ") && lines[3].contains(" b "),
+            "{out}"
+        );
+        assert_eq!(lines.len(), 5, "{out}");
+    }
+}
