@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use ringkv_store::Keyspace;
-use tokio::sync::mpsc;
 
 use crate::codec::{put_varint, Reader};
 use crate::counter::RequestId;
@@ -59,6 +59,12 @@ pub const MANY_KEYS_MAX: usize = 4096;
 
 /// How a coordinator reaches the other nodes.
 pub trait Peers: Send + Sync + 'static {
+    /// True if `node` is known to be down (gossip): a read asks it only when the replicas
+    /// thought alive cannot make the quorum.
+    fn is_down(&self, _node: NodeId) -> bool {
+        false
+    }
+
     /// Sends one data request of `kind` to `node`; its reply's payload, or why it failed.
     fn call(
         &self,
@@ -353,9 +359,15 @@ impl DataNode {
         }
     }
 
-    /// Reads `key` from its replicas: the merge of the first R copies. The
-    /// replicas that answered with an older copy get the merge (read repair);
-    /// so do those that answer after the quorum, if behind.
+    /// Reads `key` from its replicas: the merge of R copies. It asks R replicas
+    /// first (this node first when it holds the slot, then those gossip does not
+    /// find down), and asks one more for each that fails, and all the rest once
+    /// [`DataNode::hedge_delay`] passes without a quorum (a replica that hangs
+    /// without failing costs that delay, not the whole timeout). Asking R rather
+    /// than all N saves a network round trip and a replica's work per read; the
+    /// replicas not asked are brought up to date by writes, read repair of
+    /// later reads and anti-entropy. Replicas that answered with an older copy
+    /// get the merge (read repair). docs/cluster.md, "Reads".
     pub async fn read(
         self: &Arc<Self>,
         map: &ClusterMap,
@@ -365,34 +377,50 @@ impl DataNode {
     ) -> Result<Record, CoordError> {
         let replicas = map.replicas(key_slot(key)).to_vec();
         let r = quorum.r.clamp(1, replicas.len());
+        let order = self.read_order(&replicas);
         let payload = encode_key(db, key);
-        let (tx, mut rx) = mpsc::channel(replicas.len());
-        for &node in &replicas {
+        let mut asking = FuturesUnordered::new();
+        let ask = |node: NodeId| {
             let call = self.send(node, KIND_READ, payload.clone());
-            let tx = tx.clone();
-            tokio::spawn(async move {
+            async move {
                 let copy = call.await.and_then(|bytes| {
                     Record::decode(&bytes).map_err(|e| format!("damaged copy: {e}"))
                 });
-                let _ = tx.send((node, copy)).await;
-            });
+                (node, copy)
+            }
+        };
+        let mut next = 0;
+        while next < r {
+            asking.push(ask(order[next]));
+            next += 1;
         }
-        drop(tx);
         let mut round = ReadRound::new(replicas, r);
         let deadline = tokio::time::sleep(self.timeout);
-        tokio::pin!(deadline);
+        let hedge = tokio::time::sleep(self.hedge_delay());
+        tokio::pin!(deadline, hedge);
         let progress = loop {
-            let next = tokio::select! {
-                next = rx.recv() => next,
+            let (node, copy) = tokio::select! {
+                Some(answer) = asking.next() => answer,
+                () = &mut hedge, if next < order.len() => {
+                    while next < order.len() {
+                        asking.push(ask(order[next]));
+                        next += 1;
+                    }
+                    continue;
+                }
                 () = &mut deadline => break round.on_timeout(),
+                else => break round.on_timeout(),
             };
-            let progress = match next {
-                Some((node, Ok(copy))) => round.on_reply(node, copy),
-                Some((node, Err(error))) => {
+            let progress = match copy {
+                Ok(copy) => round.on_reply(node, copy),
+                Err(error) => {
                     tracing::debug!(node, %error, "read from a replica failed");
+                    if next < order.len() {
+                        asking.push(ask(order[next]));
+                        next += 1;
+                    }
                     round.on_failure(node)
                 }
-                None => round.on_timeout(),
             };
             if progress != Progress::Pending {
                 break progress;
@@ -408,6 +436,20 @@ impl DataNode {
                 Ok(merged)
             }
         }
+    }
+
+    /// The order a read asks a slot's replicas in: this node, then the others
+    /// in the map's order, those gossip finds down last.
+    fn read_order(&self, replicas: &[NodeId]) -> Vec<NodeId> {
+        let mut order: Vec<NodeId> = replicas.to_vec();
+        order.sort_by_key(|&node| (node != self.me, self.peers.is_down(node)));
+        order
+    }
+
+    /// How long a read waits for its first R replicas before it asks the rest:
+    /// a tenth of the request timeout, at least 10 ms (200 ms by default).
+    fn hedge_delay(&self) -> Duration {
+        (self.timeout / 10).max(Duration::from_millis(10))
     }
 
     /// Sends `record` to `node` to merge, without waiting (read repair).
@@ -554,16 +596,17 @@ impl DataNode {
         if round.on_ack(done) == Progress::Succeeded && replicas.len() == 1 {
             return Ok(1);
         }
-        let (tx, mut rx) = mpsc::channel(replicas.len());
         let paused = self.replication_paused.load(Ordering::Relaxed);
-        for &node in replicas.iter().filter(|&&node| node != done && !paused) {
-            let call = self.send(node, kind, payload.clone());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send((node, call.await)).await;
-            });
-        }
-        drop(tx);
+        let mut sending = Merges(
+            replicas
+                .iter()
+                .filter(|&&node| node != done && !paused)
+                .map(|&node| {
+                    let call = self.send(node, kind, payload.clone());
+                    Box::pin(async move { (node, call.await) }) as MergeCall
+                })
+                .collect(),
+        );
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
         let mut progress = if w <= 1 {
@@ -573,7 +616,7 @@ impl DataNode {
         };
         while progress == Progress::Pending {
             let next = tokio::select! {
-                next = rx.recv() => next,
+                next = sending.0.next() => next,
                 () = &mut deadline => { progress = round.on_timeout(); break; }
             };
             progress = match next {
@@ -585,9 +628,38 @@ impl DataNode {
                 None => round.on_timeout(),
             };
         }
+        // The merges not waited for finish on their own task (`Merges`' drop).
+        drop(sending);
         match progress {
             Progress::Failed(error) => Err(CoordError::Quorum(error)),
             _ => Ok(round.acked().len()),
+        }
+    }
+}
+
+/// One replica's merge of a write: its id and how the call ended.
+type MergeCall = BoxFuture<'static, (NodeId, Result<Bytes, String>)>;
+
+/// A write's merges in flight. Every replica gets the write, not only the W
+/// the reply waits for, and not only while the coordinator waits (a client
+/// that disconnects drops its request's future): whatever is still in flight
+/// when this is dropped finishes on a task of its own (one per write).
+struct Merges(FuturesUnordered<MergeCall>);
+
+impl Drop for Merges {
+    fn drop(&mut self) {
+        let mut rest = std::mem::take(&mut self.0);
+        if rest.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                while let Some((node, result)) = rest.next().await {
+                    if let Err(error) = result {
+                        tracing::debug!(node, %error, "replicating a write failed");
+                    }
+                }
+            });
         }
     }
 }

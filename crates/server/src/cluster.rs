@@ -164,6 +164,7 @@ impl Handler for NodeHandler {
 struct TransportPeers {
     transport: OnceLock<Transport>,
     control: OnceLock<ControlPlane>,
+    gossip: OnceLock<GossipRuntime>,
     map: Arc<RwLock<Option<Arc<ClusterMap>>>>,
 }
 
@@ -181,6 +182,12 @@ impl TransportPeers {
 }
 
 impl Peers for TransportPeers {
+    fn is_down(&self, node: NodeId) -> bool {
+        self.gossip
+            .get()
+            .is_some_and(|gossip| gossip.health().get(&node) == Some(&Health::Down))
+    }
+
     fn call(
         &self,
         node: NodeId,
@@ -305,6 +312,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
     let peers = Arc::new(TransportPeers {
         transport: OnceLock::new(),
         control: OnceLock::new(),
+        gossip: OnceLock::new(),
         map: map.clone(),
     });
     let _ = peers.transport.set(transport.clone());
@@ -342,6 +350,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         GossipConfig::default(),
     );
     let _ = handler.gossip.set(gossip.clone());
+    let _ = peers.gossip.set(gossip.clone());
     if control.map().is_none() {
         match &settings.join {
             None => {

@@ -639,3 +639,56 @@ fn mset_writes_one_slots_keys_as_one_batch_on_each_replica() {
         assert_eq!(x, "last");
     }
 }
+
+/// A read asks R replicas first and the others only when one fails or does not answer in
+/// the hedge delay (docs/cluster.md, "Reads"): with one replica stopped (SIGSTOP: it holds
+/// its connections open and answers nothing, unlike a dead process), every read at R=2
+/// still succeeds through the other two, before and after gossip finds it down.
+#[test]
+fn reads_go_around_a_replica_that_hangs() {
+    let cluster = Cluster::start(3, &[]);
+    let keys: Vec<String> = (0..40).map(|i| format!("hang:{i}")).collect();
+    let mut con = cluster.nodes[0].client();
+    for key in &keys {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(key)
+            .query::<()>(&mut con)
+            .unwrap();
+    }
+    let stopped = cluster.nodes[2].pid().expect("running");
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &stopped.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let read_all = |con: &mut Connection, round: &str| {
+        for key in &keys {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(key)
+                .query(con)
+                .unwrap_or_else(|e| panic!("{round}: GET {key}: {e}"));
+            assert_eq!(value.as_deref(), Some(key.as_str()), "{round}");
+        }
+    };
+    // Right away: gossip still thinks the node alive, so for some keys it is among the
+    // first two asked; the hedge asks the third.
+    read_all(&mut con, "before gossip notices");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.nodes[0]
+        .cli(&["CLUSTER", "NODES"])
+        .lines()
+        .any(|line| line.contains(&format!(":{}@", cluster.nodes[2].port)) && line.contains("fail"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "gossip never marked the stopped node"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    read_all(&mut con, "after gossip marks it");
+    signal("-CONT");
+}

@@ -134,16 +134,30 @@ pub(crate) fn encode(frame: &Frame, max_frame_bytes: usize) -> Result<Bytes, Fra
 }
 
 /// Writes queued frames in order until every sender is gone. Flushes
-/// whenever the queue runs empty, so a lone frame never waits for company.
+/// whenever the queue runs empty, so a lone frame never waits for company;
+/// before that it yields once, so the tasks ready to run on this worker
+/// (other requests' coordinators) queue their frames first and share the
+/// write(2): on loopback a send costs the receiver's TCP work too, and was
+/// the largest item of a cluster node's profile (docs/BENCHMARKS.md).
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     io: W,
     mut queue: mpsc::Receiver<Bytes>,
 ) -> io::Result<()> {
     let mut io = BufWriter::with_capacity(WRITE_BUFFER_BYTES, io);
+    let mut yielded = false;
     loop {
         let frame = match queue.try_recv() {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                yielded = false;
+                frame
+            }
+            Err(mpsc::error::TryRecvError::Empty) if !yielded && !io.buffer().is_empty() => {
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
+            }
             Err(mpsc::error::TryRecvError::Empty) => {
+                yielded = false;
                 io.flush().await?;
                 match queue.recv().await {
                     Some(frame) => frame,
