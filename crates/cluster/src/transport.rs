@@ -81,6 +81,35 @@ pub struct TransportConfig {
     /// Accepted connections served at once; at the bound the listener
     /// stops accepting until one closes.
     pub max_connections: usize,
+    /// Wraps every connection before the handshake (TLS between nodes,
+    /// `tls-cluster`); `None`: plain TCP.
+    pub layer: Option<Arc<dyn StreamLayer>>,
+}
+
+/// A byte stream the transport runs on: TCP, or TLS around it.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// A boxed [`Stream`].
+pub type BoxStream = Box<dyn Stream>;
+
+/// Wraps the internode TCP connections, both accepted and dialled, before the
+/// HMAC handshake runs inside (TLS between nodes: the server's `tls-cluster`).
+/// The transport stays free of any TLS library; the layer's own handshake is
+/// bounded by `handshake_timeout` like the transport's.
+pub trait StreamLayer: Send + Sync + std::fmt::Debug + 'static {
+    /// The server side of an accepted connection from `remote`.
+    fn accept(
+        &self,
+        stream: tokio::net::TcpStream,
+        remote: SocketAddr,
+    ) -> BoxFuture<'static, io::Result<BoxStream>>;
+    /// The client side of a connection dialled to `peer`.
+    fn connect(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> BoxFuture<'static, io::Result<BoxStream>>;
 }
 
 impl TransportConfig {
@@ -94,6 +123,7 @@ impl TransportConfig {
             max_in_flight_per_conn: DEFAULT_MAX_IN_FLIGHT_PER_CONN,
             conns_per_peer: DEFAULT_CONNS_PER_PEER,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            layer: None,
         }
     }
 

@@ -307,8 +307,22 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
     let bind_addr: SocketAddr = format!("{bind}:{cluster_port}")
         .parse()
         .map_err(|_| std::io::Error::other(format!("bad cluster bind address {bind}")))?;
-    let transport =
-        Transport::bind(bind_addr, TransportConfig::new(id, secret), handler.clone()).await?;
+    let mut transport_config = TransportConfig::new(id, secret);
+    if settings.tls {
+        let config = server.config.read();
+        let (Some(cert), Some(key), Some(ca)) = (
+            &config.tls_cert_file,
+            &config.tls_key_file,
+            &config.tls_ca_cert_file,
+        ) else {
+            return Err(std::io::Error::other(
+                "tls-cluster needs tls-cert-file, tls-key-file and tls-ca-cert-file",
+            ));
+        };
+        let tls = crate::tls::ClusterTls::load(cert, key, ca).map_err(std::io::Error::other)?;
+        transport_config.layer = Some(Arc::new(tls));
+    }
+    let transport = Transport::bind(bind_addr, transport_config, handler.clone()).await?;
     let peers = Arc::new(TransportPeers {
         transport: OnceLock::new(),
         control: OnceLock::new(),

@@ -269,6 +269,10 @@ settings_table! {
         /// Milliseconds a coordinator waits for replicas before answering with how many did.
         request_timeout_ms: u64 = 2000;
         "cluster-request-timeout" { mode: Mode::Live, min: 1 }
+        /// Internode connections use TLS with tls-cert-file/tls-key-file, both sides verified
+        /// against tls-ca-cert-file (as Redis' tls-cluster): yes or no.
+        tls: bool = false;
+        "tls-cluster" {}
     }
     extra {}
     table CLUSTER_SETTINGS;
@@ -284,6 +288,17 @@ impl Config {
                  ({}): writes would stop before they slow down",
                 self.l0_stop_writes_trigger, self.l0_slowdown_writes_trigger
             ));
+        }
+        if self.cluster.tls
+            && (self.tls_cert_file.is_none()
+                || self.tls_key_file.is_none()
+                || self.tls_ca_cert_file.is_none())
+        {
+            return Err(
+                "tls-cluster needs tls-cert-file, tls-key-file and tls-ca-cert-file: \
+                        every member presents its certificate and verifies the other's"
+                    .into(),
+            );
         }
         // Checked at start: the link would otherwise retry with the same error forever.
         if self.replication.tls_replication && self.tls_ca_cert_file.is_none() {

@@ -135,3 +135,68 @@ pub(crate) fn client_config(
         _ => Ok(builder.with_no_client_auth()),
     }
 }
+
+/// TLS between cluster members (`tls-cluster`): every connection, accepted or dialled,
+/// presents this node's certificate and verifies the other side's against the CA (mutual
+/// TLS). A dialled peer is named by its IP address, so each node's certificate must carry
+/// its cluster address as an IP subject alternative name (docs/cluster.md, "TLS").
+pub(crate) struct ClusterTls {
+    acceptor: TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for ClusterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterTls")
+    }
+}
+
+impl ClusterTls {
+    pub(crate) fn load(
+        cert_file: &Path,
+        key_file: &Path,
+        ca_file: &Path,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            acceptor: acceptor(cert_file, key_file, Some(ca_file))?,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client_config(
+                ca_file,
+                Some(cert_file),
+                Some(key_file),
+            )?)),
+        })
+    }
+}
+
+impl ringkv_cluster::transport::StreamLayer for ClusterTls {
+    fn accept(
+        &self,
+        stream: tokio::net::TcpStream,
+        _remote: std::net::SocketAddr,
+    ) -> ringkv_cluster::transport::BoxFuture<
+        'static,
+        std::io::Result<ringkv_cluster::transport::BoxStream>,
+    > {
+        let accept = self.acceptor.accept(stream);
+        Box::pin(async move {
+            let stream = accept.await?;
+            Ok(Box::new(stream) as ringkv_cluster::transport::BoxStream)
+        })
+    }
+
+    fn connect(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> ringkv_cluster::transport::BoxFuture<
+        'static,
+        std::io::Result<ringkv_cluster::transport::BoxStream>,
+    > {
+        let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
+        let connect = self.connector.connect(name, stream);
+        Box::pin(async move {
+            let stream = connect.await?;
+            Ok(Box::new(stream) as ringkv_cluster::transport::BoxStream)
+        })
+    }
+}

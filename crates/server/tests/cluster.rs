@@ -692,3 +692,86 @@ fn reads_go_around_a_replica_that_hangs() {
     read_all(&mut con, "after gossip marks it");
     signal("-CONT");
 }
+
+/// `tls-cluster yes`: members talk TLS with mutual certificates from one CA (docs/cluster.md,
+/// "TLS"): a 3-node cluster forms and serves keys through every node, and the internode port
+/// closes a connection that speaks the transport's handshake in plain TCP.
+#[test]
+fn a_cluster_over_tls_forms_serves_and_refuses_plain_tcp() {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    use std::io::{Read, Write};
+    let files = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let node_key = KeyPair::generate().unwrap();
+    let mut node_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    node_params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let node_cert = node_params.signed_by(&node_key, &ca, &ca_key).unwrap();
+    let write = |name: &str, text: String| {
+        let path = files.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (ca_file, cert_file, key_file) = (
+        write("ca.pem", ca.pem()),
+        write("node.pem", node_cert.pem()),
+        write("node.key", node_key.serialize_pem()),
+    );
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--tls-cluster",
+            "yes",
+            "--tls-cert-file",
+            &cert_file,
+            "--tls-key-file",
+            &key_file,
+            "--tls-ca-cert-file",
+            &ca_file,
+        ],
+    );
+    let mut con = cluster.nodes[1].client();
+    for i in 0..50 {
+        redis::cmd("SET")
+            .arg(format!("tls:{i}"))
+            .arg(i)
+            .query::<()>(&mut con)
+            .unwrap();
+    }
+    for node in &cluster.nodes {
+        let mut con = node.client();
+        for i in 0..50 {
+            let value: i64 = redis::cmd("GET")
+                .arg(format!("tls:{i}"))
+                .query(&mut con)
+                .unwrap();
+            assert_eq!(value, i, "through {}", node.port);
+        }
+    }
+    // Plain TCP to the internode port: the bytes of a transport handshake frame are not a
+    // TLS ClientHello; the node closes the connection and logs why.
+    let node = &cluster.nodes[0];
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", node.port + 10_000)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(&[1, 0, 0, 0, 40, 0, 0, 0, 0, 0, 0, 0, 0])
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.log().contains("internode TLS handshake failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no TLS refusal logged:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -97,11 +97,32 @@ impl ClientConn {
             .map_err(CallError::ConnectFailed)?;
         // Requests are small and latency-bound; do not wait to coalesce.
         stream.set_nodelay(true).map_err(CallError::ConnectFailed)?;
-        Self::start(stream, peer, shared).await
+        match shared.config.layer.clone() {
+            None => Self::start(stream, peer, shared).await,
+            Some(layer) => {
+                let timeout = shared.config.handshake_timeout;
+                let stream = match tokio::time::timeout(timeout, layer.connect(stream, peer)).await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::warn!(%peer, %error, "internode TLS handshake failed");
+                        return Err(CallError::HandshakeRefused {
+                            reason: format!("TLS: {error}"),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(CallError::HandshakeRefused {
+                            reason: format!("TLS: no answer within {timeout:?}"),
+                        })
+                    }
+                };
+                Self::start(stream, peer, shared).await
+            }
+        }
     }
 
-    /// Runs the handshake on an open stream, then starts the connection
-    /// task. Generic over the stream: a TLS stream would come in here.
+    /// Runs the handshake on an open stream (TCP, or what the layer made of
+    /// it), then starts the connection task.
     async fn start<S>(stream: S, peer: SocketAddr, shared: &Arc<Shared>) -> Result<Self, CallError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

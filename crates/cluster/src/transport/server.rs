@@ -45,9 +45,24 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%remote, %error, "set_nodelay failed");
                 }
-                let served = serve(stream, remote, shared.clone());
+                let shared_task = shared.clone();
                 let task = async move {
-                    served.await;
+                    match shared_task.config.layer.clone() {
+                        None => serve(stream, remote, shared_task).await,
+                        Some(layer) => {
+                            let timeout = shared_task.config.handshake_timeout;
+                            match tokio::time::timeout(timeout, layer.accept(stream, remote)).await
+                            {
+                                Ok(Ok(stream)) => serve(stream, remote, shared_task).await,
+                                Ok(Err(error)) => {
+                                    tracing::warn!(%remote, %error, "internode TLS handshake failed; closing");
+                                }
+                                Err(_) => {
+                                    tracing::warn!(%remote, ?timeout, "internode TLS handshake timed out; closing");
+                                }
+                            }
+                        }
+                    }
                     drop(permit);
                 };
                 if !shared.spawn(task) {
@@ -62,8 +77,8 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Serves one accepted connection. Generic over the stream: a TLS stream
-/// would come in here.
+/// Serves one accepted connection: plain TCP, or the stream the
+/// configuration's [`crate::transport::StreamLayer`] made of it.
 pub(crate) async fn serve<S>(stream: S, remote: SocketAddr, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
