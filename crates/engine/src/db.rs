@@ -291,13 +291,10 @@ impl Db {
             .filter(|&n| n >= log_number)
             .collect();
         let mem = Arc::new(Memtable::new(0));
-        // The records replayed, framed again: copied to a fresh segment below.
-        let mut replayed_log = Vec::new();
         for (i, &number) in replay.iter().enumerate() {
             let path = wal::segment_path(&dir, number);
             let read = wal::read_segment(fs, &path)?;
             for (_, payload) in &read.payloads {
-                wal::frame_record(&mut replayed_log, payload);
                 let ops = wal::decode_payload(payload).expect("validated by read_segment");
                 for op in ops {
                     mem.insert(
@@ -340,28 +337,16 @@ impl Db {
         // Write what the WAL held to a level-0 table, so the new manifest
         // can retire every old segment.
         let table_options = TableOptions::from_options(&options);
-        let mut recovery_segment = None;
         if !mem.is_empty() {
-            // What was replayed may be only in the page cache: a process crash under
-            // `everysec` or `no`, or a WAL fsync that failed, after which the kernel may mark
-            // the pages clean without writing them, so fsyncing the segment again proves
-            // nothing ("fsyncgate"). Copy the records to a fresh segment and fsync it (and the
-            // directory) before a table holds them: a power cut before the new manifest then
-            // leaves an orphan table whose writes a WAL on disk holds too, which the next open
-            // replays (numbered above every segment, it is replayed last), instead of one the
-            // orphan check must refuse (docs/durability.md, "The power-cut loop").
-            let number = next_file;
-            next_file += 1;
-            recovery_segment = Some(number);
-            let path = wal::segment_path(&dir, number);
-            fs.create(&path, true)
-                .and_then(|file| {
-                    file.append(&replayed_log)?;
-                    file.sync()
-                })
-                .map_err(|e| Error::io(&path, e))?;
-            wal::sync_dir(fs, &dir)?;
-            drop(replayed_log);
+            // What was replayed may be only in the page cache (a process crash under `everysec`
+            // or `no`): make it durable before a table holds it, or a power cut before the new
+            // manifest leaves an orphan table with writes no WAL has on disk (as in a flush).
+            for &number in &replay {
+                let path = wal::segment_path(&dir, number);
+                fs.open(&path)
+                    .and_then(|file| file.sync())
+                    .map_err(|e| Error::io(&path, e))?;
+            }
             let number = next_file;
             next_file += 1;
             let file = write_memtable(fs, &dir, number, &mem, &table_options)?;
@@ -397,9 +382,6 @@ impl Db {
         }
         for number in listing.wal.iter().filter(|&&n| n < wal_number) {
             remove_quietly(fs, &wal::segment_path(&dir, *number));
-        }
-        if let Some(number) = recovery_segment {
-            remove_quietly(fs, &wal::segment_path(&dir, number));
         }
         for number in listing.manifests.iter().filter(|&&n| n != manifest_number) {
             remove_quietly(fs, &dir.join(format!("MANIFEST-{number:010}")));
