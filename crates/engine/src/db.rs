@@ -281,6 +281,7 @@ impl Db {
             .fold(manifest_seq, u64::max);
         let manifest_known_seq = last_seq;
         let mut replayed_min_seq: Option<u64> = None;
+        let mut replayed_max_seq = 0u64;
 
         // Replay the WAL segments not yet flushed, oldest first.
         let mut recovery = Recovery::default();
@@ -305,6 +306,7 @@ impl Db {
                     );
                     last_seq = last_seq.max(op.seq);
                     replayed_min_seq = Some(replayed_min_seq.map_or(op.seq, |m| m.min(op.seq)));
+                    replayed_max_seq = replayed_max_seq.max(op.seq);
                     recovery.wal_ops += 1;
                 }
             }
@@ -326,6 +328,7 @@ impl Db {
                 preserve_damaged_segment(fs, &path, read.valid_bytes, &mut recovery)?;
             }
         }
+        let marker = RecoveryMarker::read(fs, &dir);
         refuse_lost_orphans(
             fs,
             &dir,
@@ -333,6 +336,7 @@ impl Db {
             &listing,
             manifest_known_seq,
             replayed_min_seq,
+            marker,
         )?;
         // Write what the WAL held to a level-0 table, so the new manifest
         // can retire every old segment.
@@ -349,6 +353,12 @@ impl Db {
             }
             let number = next_file;
             next_file += 1;
+            RecoveryMarker {
+                table: number,
+                seq_min: replayed_min_seq.unwrap_or(0),
+                seq_max: replayed_max_seq,
+            }
+            .write(fs, &dir)?;
             let file = write_memtable(fs, &dir, number, &mem, &table_options)?;
             version = version.apply(&VersionEdit {
                 added: vec![(0, Arc::new(file))],
@@ -386,6 +396,8 @@ impl Db {
         for number in listing.manifests.iter().filter(|&&n| n != manifest_number) {
             remove_quietly(fs, &dir.join(format!("MANIFEST-{number:010}")));
         }
+        // The new manifest names the recovery table (if any): the marker has done its job.
+        remove_quietly(fs, &dir.join(RecoveryMarker::NAME));
 
         let tables = TableCache::new(
             storage.clone(),
@@ -1605,6 +1617,7 @@ fn refuse_lost_orphans(
     listing: &Listing,
     manifest_known_seq: u64,
     replayed_min_seq: Option<u64>,
+    marker: Option<RecoveryMarker>,
 ) -> Result<()> {
     let live: std::collections::HashSet<u64> =
         version.levels.iter().flatten().map(|t| t.number).collect();
@@ -1616,6 +1629,12 @@ fn refuse_lost_orphans(
             continue;
         };
         let meta = table.meta();
+        if marker.is_some_and(|m| m.covers(number, meta.seq_min, meta.seq_max)) {
+            // An earlier open's recovery table, orphaned by a power cut before its manifest:
+            // its writes come from WAL segments this open replays again, or were only ever in
+            // the page cache after a failed fsync (never acknowledged as durable).
+            continue;
+        }
         let newer = meta.entries > 0 && meta.seq_max > manifest_known_seq;
         let replayed =
             replayed_min_seq.is_some_and(|min| min <= meta.seq_min.max(manifest_known_seq + 1));
@@ -1635,6 +1654,66 @@ fn refuse_lost_orphans(
         }
     }
     Ok(())
+}
+
+/// The fsynced note an open writes before its recovery table (the replayed
+/// WAL written to level 0), naming the table and the sequences it holds. The
+/// WAL segments it replays may hold records a failed fsync left only in the
+/// page cache (Linux keeps them readable but never writes them back); if the
+/// power goes before the new manifest names the table, the next open finds an
+/// orphan holding writes no WAL on disk has, exactly what a manifest that lost
+/// a committed flush looks like. The marker tells the two apart: an orphan it
+/// names is debris, and removed. Removed once the new manifest is written.
+/// Format: `table seq_min seq_max crc32c\n`, decimal. See docs/durability.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecoveryMarker {
+    table: u64,
+    seq_min: u64,
+    seq_max: u64,
+}
+
+impl RecoveryMarker {
+    const NAME: &'static str = "RECOVERY";
+
+    fn body(&self) -> String {
+        format!("{} {} {}", self.table, self.seq_min, self.seq_max)
+    }
+
+    /// Writes the marker, durably: the file, then its directory entry, before any byte
+    /// of the table it names.
+    fn write(&self, fs: &dyn Storage, dir: &Path) -> Result<()> {
+        let path = dir.join(Self::NAME);
+        let body = self.body();
+        let text = format!("{body} {}\n", crc32c::crc32c(body.as_bytes()));
+        let file = fs.create(&path, false).map_err(|e| Error::io(&path, e))?;
+        file.append(text.as_bytes())
+            .and_then(|()| file.sync())
+            .map_err(|e| Error::io(&path, e))?;
+        fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
+    }
+
+    /// The marker left by an earlier open, if any. A torn or damaged one (the power went
+    /// while it was written) is ignored: its table was not started.
+    fn read(fs: &dyn Storage, dir: &Path) -> Option<RecoveryMarker> {
+        let bytes = fs.read(&dir.join(Self::NAME)).ok()?;
+        let text = std::str::from_utf8(&bytes).ok()?.strip_suffix('\n')?;
+        let (body, crc) = text.rsplit_once(' ')?;
+        if crc.parse::<u32>().ok()? != crc32c::crc32c(body.as_bytes()) {
+            return None;
+        }
+        let mut fields = body.split(' ').map(|f| f.parse::<u64>());
+        let marker = RecoveryMarker {
+            table: fields.next()?.ok()?,
+            seq_min: fields.next()?.ok()?,
+            seq_max: fields.next()?.ok()?,
+        };
+        fields.next().is_none().then_some(marker)
+    }
+
+    /// True when `table` holding `seq_min..=seq_max` is the table this marker names.
+    fn covers(&self, table: u64, seq_min: u64, seq_max: u64) -> bool {
+        self.table == table && self.seq_min <= seq_min && seq_max <= self.seq_max
+    }
 }
 
 /// Writes every entry of `mem` to table `number`.
@@ -1966,5 +2045,36 @@ fn remove_quietly(fs: &dyn Storage, path: &Path) {
         if error.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(file = %path.display(), %error, "could not remove obsolete file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StdStorage;
+
+    #[test]
+    fn a_recovery_marker_reads_back_and_a_torn_or_damaged_one_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = StdStorage;
+        assert_eq!(RecoveryMarker::read(&fs, dir.path()), None);
+        let marker = RecoveryMarker {
+            table: 9,
+            seq_min: 3,
+            seq_max: 17,
+        };
+        marker.write(&fs, dir.path()).unwrap();
+        assert_eq!(RecoveryMarker::read(&fs, dir.path()), Some(marker));
+        assert!(marker.covers(9, 3, 17) && marker.covers(9, 5, 9));
+        assert!(!marker.covers(10, 3, 17) && !marker.covers(9, 2, 17) && !marker.covers(9, 3, 18));
+
+        let path = dir.path().join(RecoveryMarker::NAME);
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() - 3]).unwrap(); // torn
+        assert_eq!(RecoveryMarker::read(&fs, dir.path()), None);
+        let mut flipped = text.clone();
+        flipped[0] = b'8'; // names another table, CRC no longer matches
+        std::fs::write(&path, &flipped).unwrap();
+        assert_eq!(RecoveryMarker::read(&fs, dir.path()), None);
     }
 }
