@@ -16,6 +16,7 @@
 #   RUNS        times each side runs, alternating ringkv/RocksDB (default 1)
 #   BENCH_DIR   parent of the temporary database directories (default /tmp)
 #   RINGKV_EXTRA, ROCKSDB_EXTRA   extra flags for one side only
+#   RINGKV_DB_BENCH  a prebuilt ringkv db_bench to run instead of building this tree's
 #
 # Results are not asserted anywhere: they depend on the machine and its load.
 set -euo pipefail
@@ -41,8 +42,12 @@ if db_bench --benchmarks=fillseq --num=1 --compression_type=lz4 \
 fi
 rm -rf "$BENCH_DIR"/lz4-probe.*
 
-(cd "$ROOT" && cargo build --release --quiet -p ringkv-engine --example db_bench)
-RINGKV="$ROOT/target/release/examples/db_bench"
+if [ -n "${RINGKV_DB_BENCH:-}" ]; then
+    RINGKV=$RINGKV_DB_BENCH        # an A/B: another commit's build of the example
+else
+    (cd "$ROOT" && cargo build --release --quiet -p ringkv-engine --example db_bench)
+    RINGKV="$ROOT/target/release/examples/db_bench"
+fi
 
 WORK=$(mktemp -d "$BENCH_DIR/engine-vs-rocksdb.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

@@ -15,7 +15,7 @@
 //! fans requests out and feeds the replies in.
 
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use ringkv_store::Keyspace;
 use crate::codec::{put_varint, Reader};
 use crate::counter::RequestId;
 use crate::dvv::VersionVector;
+use crate::hints::Hints;
 use crate::hlc::{self, Hlc};
 use crate::map::ClusterMap;
 use crate::quorum::{Progress, QuorumError, ReadRound, WriteRound};
@@ -54,6 +55,21 @@ pub const KIND_WRITE_MANY: u8 = 5;
 /// `[varint key len][key][varint record len][record]` → empty.
 pub const KIND_MERGE_MANY: u8 = 6;
 
+/// A hint for a replica that failed (sloppy quorum): `[varint target]` then a
+/// [`KIND_MERGE`] payload → empty, once the hint is durable on this (fallback) node.
+pub const KIND_HINT: u8 = 7;
+/// Hints for several keys: `[varint target]` then a [`KIND_MERGE_MANY`] payload → empty.
+pub const KIND_HINT_MANY: u8 = 8;
+
+/// How a [`Peers::call`] error starts when the request never left this node (the
+/// transport's `CallError::ConnectFailed`): it did not run, so another replica may run it.
+pub const NOT_REACHED: &str = "connect failed";
+
+/// Most hints one delivery pass sends to one node.
+const HINTS_PER_PASS: usize = 1024;
+/// Hint deliveries in flight to one node.
+const HINTS_IN_FLIGHT: usize = 32;
+
 /// Most keys in one [`KIND_WRITE_MANY`] or [`KIND_MERGE_MANY`] request.
 pub const MANY_KEYS_MAX: usize = 4096;
 
@@ -80,8 +96,11 @@ pub trait Peers: Send + Sync + 'static {
 pub struct Quorum {
     /// Copies that must answer a read.
     pub r: usize,
-    /// Acknowledgements a write waits for.
+    /// Acknowledgements a write waits for, hints on fallback nodes included (sloppy quorum).
     pub w: usize,
+    /// Of those, acknowledgements that must come from the slot's own replicas, not hints
+    /// (Riak's PW); 0 accepts a quorum made of hints. docs/cluster.md, "Sloppy quorum".
+    pub pw: usize,
 }
 
 /// Why a coordinated operation failed.
@@ -99,6 +118,15 @@ pub enum CoordError {
     /// This node has no cluster map yet.
     #[error("the cluster map is not known yet")]
     NoMap,
+    /// W was reached, but with fewer of the slot's own replicas than the request's PW: the
+    /// write is stored (on those replicas and as hints) and will reach the others, but the
+    /// client asked for more than that.
+    #[error("the write reached {strict} of the slot's replicas ({hinted} more as hints), {pw} needed; it is stored and will be handed off")]
+    Strict {
+        strict: usize,
+        hinted: usize,
+        pw: usize,
+    },
 }
 
 /// A write event: what the event replica writes, under which context.
@@ -117,8 +145,26 @@ pub struct WriteEvent {
 pub struct Written {
     /// Whether the event replica held a live value before the write.
     pub existed: bool,
-    /// Replicas that acknowledged.
+    /// Acknowledgements, hints included.
     pub acked: usize,
+    /// Of those, hints on fallback nodes for replicas that did not answer.
+    pub hinted: usize,
+}
+
+/// How a write's replication ended: acknowledgements, and how many were hints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Acks {
+    acked: usize,
+    hinted: usize,
+}
+
+/// Counters of the sloppy quorum, for metrics.
+#[derive(Debug, Default)]
+pub struct SloppyStats {
+    /// Hints sent to fallback nodes and acknowledged.
+    pub hints_sent: AtomicU64,
+    /// Writes refused for too few strict acknowledgements (PW).
+    pub strict_refused: AtomicU64,
 }
 
 /// One node's data plane: its store seen as records, its clock, and the way
@@ -133,6 +179,9 @@ pub struct DataNode {
     timeout: Duration,
     /// A drill (`DEBUG CLUSTER-PAUSE-REPLICATION`): writes stop at their event replica.
     replication_paused: AtomicBool,
+    /// The hints this node holds for others (`None`: it takes no hints, and sends none).
+    hints: Option<Arc<Hints>>,
+    sloppy: SloppyStats,
 }
 
 impl std::fmt::Debug for DataNode {
@@ -162,7 +211,26 @@ impl DataNode {
             peers,
             timeout,
             replication_paused: AtomicBool::new(false),
+            hints: None,
+            sloppy: SloppyStats::default(),
         }
+    }
+
+    /// Takes hints for other nodes into `hints`, and sends hints to fallback nodes when a
+    /// write's replica fails (sloppy quorum). Without it, a failed replica is a failed ack.
+    pub fn with_hints(mut self, hints: Arc<Hints>) -> Self {
+        self.hints = Some(hints);
+        self
+    }
+
+    /// The hints this node holds, if it takes any.
+    pub fn hints(&self) -> Option<&Arc<Hints>> {
+        self.hints.as_ref()
+    }
+
+    /// The sloppy quorum's counters.
+    pub fn sloppy_stats(&self) -> &SloppyStats {
+        &self.sloppy
     }
 
     /// Stops (or resumes) sending this node's write events to the other replicas: with W=1
@@ -203,7 +271,8 @@ impl DataNode {
     /// anything and runs again on the blocking pool.
     pub async fn answer(self: &Arc<Self>, kind: u8, payload: Bytes) -> Result<Bytes, String> {
         let engine = self.keyspace.engine();
-        let reply = if engine.write_may_wait() {
+        // Hints are a rare path with their own database: always off the worker.
+        let reply = if engine.write_may_wait() || kind == KIND_HINT || kind == KIND_HINT_MANY {
             None
         } else {
             match ringkv_engine::without_waiting(|| self.apply(kind, &payload)) {
@@ -221,7 +290,7 @@ impl DataNode {
                     .map_err(|e| format!("replica task failed: {e}"))?
             }
         }?;
-        if kind != KIND_READ {
+        if kind != KIND_READ && kind != KIND_HINT && kind != KIND_HINT_MANY {
             self.sync().await?;
         }
         Ok(reply)
@@ -311,6 +380,36 @@ impl DataNode {
                 replica.merge_many(db, &copies).map_err(text)?;
                 Bytes::new()
             }
+            KIND_HINT | KIND_HINT_MANY => {
+                let hints = self.hints.as_ref().ok_or("this node takes no hints")?;
+                let mut reader = Reader::new(payload);
+                let target = reader.varint().map_err(|e| e.to_string())?;
+                let rest = reader
+                    .bytes(reader.remaining())
+                    .map_err(|e| e.to_string())?;
+                let now_ms = self.keyspace.now_ms();
+                if kind == KIND_HINT {
+                    let mut reader = Reader::new(rest);
+                    let (db, key) = decode_key(&mut reader).map_err(|e| e.to_string())?;
+                    let record = Record::decode(
+                        reader
+                            .bytes(reader.remaining())
+                            .map_err(|e| e.to_string())?,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    hints
+                        .store(target, db, key, &record, now_ms)
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    let (db, copies) = decode_merge_many(rest).map_err(|e| e.to_string())?;
+                    for (key, record) in &copies {
+                        hints
+                            .store(target, db, key, record, now_ms)
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                Bytes::new()
+            }
             other => return Err(format!("unknown data request kind {other}")),
         };
         Ok(reply)
@@ -350,13 +449,105 @@ impl DataNode {
     }
 
     /// The event replica of a slot: this node when it holds a copy, else the
-    /// first replica in preference order.
+    /// first replica in preference order that gossip does not find down.
     fn event_replica(&self, replicas: &[NodeId]) -> NodeId {
         if replicas.contains(&self.me) {
             self.me
         } else {
-            replicas[0]
+            replicas
+                .iter()
+                .copied()
+                .find(|&node| !self.peers.is_down(node))
+                .unwrap_or(replicas[0])
         }
+    }
+
+    /// Runs a write event on the event replica; if it cannot be reached at all (the
+    /// connection was refused: the event cannot have run), on the next replica that
+    /// gossip does not find down. The replica that ran it and its reply.
+    async fn run_event(
+        self: &Arc<Self>,
+        replicas: &[NodeId],
+        kind: u8,
+        payload: Bytes,
+    ) -> Result<(NodeId, Bytes), String> {
+        let first = self.event_replica(replicas);
+        let mut candidates = std::iter::once(first).chain(
+            replicas
+                .iter()
+                .copied()
+                .filter(|&node| node != first && !self.peers.is_down(node)),
+        );
+        let mut node = candidates.next().expect("a slot has a replica");
+        loop {
+            match self.send(node, kind, payload.clone()).await {
+                Ok(reply) => return Ok((node, reply)),
+                Err(error) if error.starts_with(NOT_REACHED) => match candidates.next() {
+                    Some(next) => {
+                        tracing::debug!(node, %error, "event replica unreachable: trying the next");
+                        node = next;
+                    }
+                    None => return Err(error),
+                },
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The nodes that take hints for `slot`'s replicas, in the order to try them: the
+    /// members outside the replica list, starting at a place the slot picks (so one down
+    /// node's hints spread over the others), those gossip finds down left out.
+    fn fallbacks(&self, map: &ClusterMap, slot: u16, replicas: &[NodeId]) -> Vec<NodeId> {
+        let others: Vec<NodeId> = map
+            .members
+            .keys()
+            .copied()
+            .filter(|node| !replicas.contains(node))
+            .collect();
+        if others.is_empty() {
+            return others;
+        }
+        let start = usize::from(slot) % others.len();
+        others[start..]
+            .iter()
+            .chain(&others[..start])
+            .copied()
+            .filter(|&node| node == self.me || !self.peers.is_down(node))
+            .collect()
+    }
+
+    /// Stores `payload` (a merge of `kind`) as a hint for `target` on the first fallback
+    /// that takes it; the fallback that did.
+    fn hint(
+        self: &Arc<Self>,
+        fallbacks: Arc<Vec<NodeId>>,
+        target: NodeId,
+        kind: u8,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<NodeId, String>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let hint_kind = if kind == KIND_MERGE_MANY {
+                KIND_HINT_MANY
+            } else {
+                KIND_HINT
+            };
+            let mut hinted = Vec::with_capacity(payload.len() + 10);
+            put_varint(&mut hinted, target);
+            hinted.extend_from_slice(&payload);
+            let hinted = Bytes::from(hinted);
+            let mut last_error = "no fallback node is up".to_string();
+            for &fallback in fallbacks.iter() {
+                match this.send(fallback, hint_kind, hinted.clone()).await {
+                    Ok(_) => {
+                        this.sloppy.hints_sent.fetch_add(1, Ordering::Relaxed);
+                        return Ok(fallback);
+                    }
+                    Err(error) => last_error = format!("fallback {fallback:016x}: {error}"),
+                }
+            }
+            Err(last_error)
+        })
     }
 
     /// Reads `key` from its replicas: the merge of R copies. It asks R replicas
@@ -472,9 +663,8 @@ impl DataNode {
         quorum: Quorum,
     ) -> Result<Written, CoordError> {
         let replicas = map.replicas(key_slot(&event.key)).to_vec();
-        let event_node = self.event_replica(&replicas);
-        let reply = self
-            .send(event_node, KIND_WRITE, event.encode())
+        let (event_node, reply) = self
+            .run_event(&replicas, KIND_WRITE, event.encode())
             .await
             .map_err(CoordError::Event)?;
         let (&existed, record) = reply
@@ -483,12 +673,21 @@ impl DataNode {
         let record = Record::decode(record)
             .map_err(|e| CoordError::Event(format!("damaged write reply: {e}")))?;
         let payload = encode_merge(event.db, &event.key, &record);
-        let acked = self
-            .replicate(&replicas, event_node, KIND_MERGE, payload, quorum.w)
+        let acks = self
+            .replicate(
+                map,
+                key_slot(&event.key),
+                &replicas,
+                event_node,
+                KIND_MERGE,
+                payload,
+                quorum,
+            )
             .await?;
         Ok(Written {
             existed: existed != 0,
-            acked,
+            acked: acks.acked,
+            hinted: acks.hinted,
         })
     }
 
@@ -510,9 +709,8 @@ impl DataNode {
             .iter()
             .all(|e| e.db == db && key_slot(&e.key) == slot && e.context.is_none()));
         let replicas = map.replicas(slot).to_vec();
-        let event_node = self.event_replica(&replicas);
-        let reply = self
-            .send(event_node, KIND_WRITE_MANY, encode_write_many(&events))
+        let (event_node, reply) = self
+            .run_event(&replicas, KIND_WRITE_MANY, encode_write_many(&events))
             .await
             .map_err(CoordError::Event)?;
         let damaged = |e: DecodeError| CoordError::Event(format!("damaged write reply: {e}"));
@@ -533,12 +731,24 @@ impl DataNode {
             .map(|(event, (_, record))| (&event.key[..], record))
             .collect();
         let payload = encode_merge_many(db, &copies);
-        let acked = self
-            .replicate(&replicas, event_node, KIND_MERGE_MANY, payload, quorum.w)
+        let acks = self
+            .replicate(
+                map,
+                slot,
+                &replicas,
+                event_node,
+                KIND_MERGE_MANY,
+                payload,
+                quorum,
+            )
             .await?;
         Ok(done
             .into_iter()
-            .map(|(existed, _)| Written { existed, acked })
+            .map(|(existed, _)| Written {
+                existed,
+                acked: acks.acked,
+                hinted: acks.hinted,
+            })
             .collect())
     }
 
@@ -554,14 +764,13 @@ impl DataNode {
         quorum: Quorum,
     ) -> Result<i64, CoordError> {
         let replicas = map.replicas(key_slot(key)).to_vec();
-        let event_node = self.event_replica(&replicas);
         let mut payload = BytesMut::from(&encode_key(db, key)[..]);
         let mut tail = Vec::new();
         put_varint(&mut tail, zigzag(delta));
         tail.extend_from_slice(&request_id.to_le_bytes());
         payload.put_slice(&tail);
-        let reply = self
-            .send(event_node, KIND_INCREMENT, payload.freeze())
+        let (event_node, reply) = self
+            .run_event(&replicas, KIND_INCREMENT, payload.freeze())
             .await
             .map_err(|message| {
                 if message == IncrementError::NotInteger.to_string() {
@@ -577,34 +786,85 @@ impl DataNode {
         let record = Record::decode(&reply[9..])
             .map_err(|e| CoordError::Event(format!("damaged increment reply: {e}")))?;
         let payload = encode_merge(db, key, &record);
-        self.replicate(&replicas, event_node, KIND_MERGE, payload, quorum.w)
-            .await?;
+        self.replicate(
+            map,
+            key_slot(key),
+            &replicas,
+            event_node,
+            KIND_MERGE,
+            payload,
+            quorum,
+        )
+        .await?;
         Ok(value)
     }
 
     /// Merges `record` into every replica but `done` (which holds it) and
-    /// waits for W acknowledgements in all, `done`'s included.
+    /// waits for W acknowledgements in all, `done`'s included. A replica that
+    /// fails, or that gossip finds down, gets its copy as a hint on a fallback
+    /// node instead, and the hint counts as its acknowledgement (sloppy
+    /// quorum), unless the request's PW asks for more of the slot's own
+    /// replicas than answered. docs/cluster.md, "Sloppy quorum and hinted handoff".
+    #[allow(clippy::too_many_arguments)]
     async fn replicate(
         self: &Arc<Self>,
+        map: &ClusterMap,
+        slot: u16,
         replicas: &[NodeId],
         done: NodeId,
         kind: u8,
         payload: Bytes,
-        w: usize,
-    ) -> Result<usize, CoordError> {
-        let mut round = WriteRound::new(replicas.to_vec(), w.clamp(1, replicas.len()));
+        quorum: Quorum,
+    ) -> Result<Acks, CoordError> {
+        let w = quorum.w.clamp(1, replicas.len());
+        let pw = quorum.pw.min(replicas.len());
+        let mut round = WriteRound::new(replicas.to_vec(), w);
+        let mut strict = 1;
+        let mut hinted = 0;
         if round.on_ack(done) == Progress::Succeeded && replicas.len() == 1 {
-            return Ok(1);
+            return Ok(Acks {
+                acked: 1,
+                hinted: 0,
+            });
         }
         let paused = self.replication_paused.load(Ordering::Relaxed);
+        let fallbacks = match &self.hints {
+            Some(_) if !paused => Some(Arc::new(self.fallbacks(map, slot, replicas))),
+            _ => None,
+        };
+        // Each replica's delivery: its own merge, or (down, or the merge failed) a hint.
+        // Either way it runs to the end even after the client has its answer (`Merges`).
+        let deliver = |node: NodeId| -> MergeCall {
+            let down = self.peers.is_down(node);
+            let direct =
+                (fallbacks.is_none() || !down).then(|| self.send(node, kind, payload.clone()));
+            let hint = fallbacks
+                .clone()
+                .map(|fallbacks| (self.clone(), fallbacks, payload.clone()));
+            Box::pin(async move {
+                if let Some(direct) = direct {
+                    match direct.await {
+                        Ok(_) => return (node, Delivery::Direct(Ok(()))),
+                        Err(error) if hint.is_none() => {
+                            return (node, Delivery::Direct(Err(error)))
+                        }
+                        Err(error) => {
+                            tracing::debug!(node, %error, "replicating a write failed: hinting")
+                        }
+                    }
+                }
+                let (this, fallbacks, payload) = hint.expect("hinting when the merge is skipped");
+                (
+                    node,
+                    Delivery::Hinted(this.hint(fallbacks, node, kind, payload).await),
+                )
+            })
+        };
         let mut sending = Merges(
             replicas
                 .iter()
                 .filter(|&&node| node != done && !paused)
-                .map(|&node| {
-                    let call = self.send(node, kind, payload.clone());
-                    Box::pin(async move { (node, call.await) }) as MergeCall
-                })
+                .map(|&node| deliver(node))
                 .collect(),
         );
         let deadline = tokio::time::sleep(self.timeout);
@@ -614,31 +874,140 @@ impl DataNode {
         } else {
             Progress::Pending
         };
-        while progress == Progress::Pending {
+        // Past W, a request with PW goes on waiting for its replicas' own answers.
+        while progress == Progress::Pending
+            || (progress == Progress::Succeeded && strict < pw && !sending.0.is_empty())
+        {
             let next = tokio::select! {
                 next = sending.0.next() => next,
-                () = &mut deadline => { progress = round.on_timeout(); break; }
+                () = &mut deadline => {
+                    if progress == Progress::Pending {
+                        progress = round.on_timeout();
+                    }
+                    break;
+                }
             };
-            progress = match next {
-                Some((node, Ok(_))) => round.on_ack(node),
-                Some((node, Err(error))) => {
+            let step = match next {
+                Some((node, Delivery::Direct(Ok(())))) => {
+                    strict += 1;
+                    round.on_ack(node)
+                }
+                Some((node, Delivery::Direct(Err(error)))) => {
                     tracing::debug!(node, %error, "replicating a write failed");
+                    round.on_failure(node)
+                }
+                Some((node, Delivery::Hinted(Ok(fallback)))) => {
+                    tracing::debug!(node, fallback, "a hint stands in for a replica");
+                    hinted += 1;
+                    round.on_ack(node)
+                }
+                Some((node, Delivery::Hinted(Err(error)))) => {
+                    tracing::debug!(node, %error, "no fallback took the hint");
                     round.on_failure(node)
                 }
                 None => round.on_timeout(),
             };
+            if progress == Progress::Pending {
+                progress = step;
+            }
         }
         // The merges not waited for finish on their own task (`Merges`' drop).
         drop(sending);
         match progress {
             Progress::Failed(error) => Err(CoordError::Quorum(error)),
-            _ => Ok(round.acked().len()),
+            _ if strict < pw => {
+                self.sloppy.strict_refused.fetch_add(1, Ordering::Relaxed);
+                Err(CoordError::Strict { strict, hinted, pw })
+            }
+            _ => Ok(Acks {
+                acked: round.acked().len(),
+                hinted,
+            }),
         }
+    }
+
+    /// Sends the hints this node holds to their replicas that are back up (gossip), and
+    /// deletes each one its replica acknowledged; drops those past the age bound, and those
+    /// for nodes no longer in `map`. One pass: at most [`HINTS_PER_PASS`] per node, with
+    /// [`HINTS_IN_FLIGHT`] in flight. Returns the hints delivered.
+    pub async fn deliver_hints(self: &Arc<Self>, map: &ClusterMap) -> usize {
+        let Some(hints) = self.hints.clone() else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for target in hints.targets() {
+            if !map.members.contains_key(&target) {
+                let dropped = hints.forget(target);
+                tracing::info!(
+                    node = %format!("{target:016x}"),
+                    dropped,
+                    "hints for a node that left the cluster dropped"
+                );
+                continue;
+            }
+            if target == self.me || self.peers.is_down(target) {
+                continue;
+            }
+            let batch = match hints.for_target(target, HINTS_PER_PASS) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the hints");
+                    continue;
+                }
+            };
+            let now_ms = self.keyspace.now_ms();
+            let mut in_flight = FuturesUnordered::new();
+            let mut failed = false;
+            for hint in batch {
+                if hints.expire_if_old(&hint, now_ms) {
+                    continue;
+                }
+                if failed {
+                    break;
+                }
+                let call = self.peers.call(
+                    target,
+                    KIND_MERGE,
+                    encode_merge(hint.db, &hint.key, &hint.record),
+                    self.timeout,
+                );
+                in_flight.push(async move { (hint, call.await) });
+                while in_flight.len() >= HINTS_IN_FLIGHT {
+                    match in_flight.next().await {
+                        Some((hint, Ok(_))) => {
+                            hints.delivered(&hint);
+                            delivered += 1;
+                        }
+                        Some((_, Err(error))) => {
+                            tracing::debug!(target, %error, "delivering a hint failed");
+                            failed = true;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            while let Some((hint, result)) = in_flight.next().await {
+                if result.is_ok() {
+                    hints.delivered(&hint);
+                    delivered += 1;
+                }
+            }
+        }
+        if delivered > 0 {
+            tracing::info!(delivered, "hints handed off");
+        }
+        delivered
     }
 }
 
+/// How a replica got a write: its own merge, or a hint on a fallback (the one that took it).
+enum Delivery {
+    Direct(Result<(), String>),
+    Hinted(Result<NodeId, String>),
+}
+
 /// One replica's merge of a write: its id and how the call ended.
-type MergeCall = BoxFuture<'static, (NodeId, Result<Bytes, String>)>;
+type MergeCall = BoxFuture<'static, (NodeId, Delivery)>;
 
 /// A write's merges in flight. Every replica gets the write, not only the W
 /// the reply waits for, and not only while the coordinator waits (a client
@@ -654,9 +1023,12 @@ impl Drop for Merges {
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                while let Some((node, result)) = rest.next().await {
-                    if let Err(error) = result {
-                        tracing::debug!(node, %error, "replicating a write failed");
+                while let Some((node, delivery)) = rest.next().await {
+                    match delivery {
+                        Delivery::Direct(Err(error)) | Delivery::Hinted(Err(error)) => {
+                            tracing::debug!(node, %error, "replicating a write failed");
+                        }
+                        _ => {}
                     }
                 }
             });
@@ -850,6 +1222,15 @@ fn unzigzag(value: u64) -> i64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_connect_failure_reads_as_not_reached() {
+        let error = crate::transport::CallError::ConnectFailed(std::io::Error::other("refused"));
+        assert!(error.to_string().starts_with(NOT_REACHED));
+        assert!(!crate::transport::CallError::TimedOut
+            .to_string()
+            .starts_with(NOT_REACHED));
+    }
 
     #[test]
     fn zigzag_round_trips_the_extremes() {

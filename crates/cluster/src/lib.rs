@@ -62,6 +62,7 @@ pub mod counter;
 pub mod dvv;
 pub mod frame;
 pub mod gossip;
+pub mod hints;
 pub mod hlc;
 pub mod map;
 pub mod plan;

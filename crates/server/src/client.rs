@@ -38,7 +38,7 @@ pub(crate) struct Client {
     /// denies blocking inside MULTI.
     pub in_exec: bool,
     /// Cluster mode: this connection's (R, W), set by CLUSTER QUORUM; `None`: the settings'.
-    pub cluster_quorum: Option<(usize, usize)>,
+    pub cluster_quorum: Option<(usize, usize, usize)>,
     /// Keys WATCHed, with their versions.
     pub watched: Vec<Watched>,
     /// Close the connection once the replies so far are written (QUIT, CLIENT KILL of self).

@@ -24,6 +24,7 @@ use ringkv_cluster::coordinator::{
 };
 use ringkv_cluster::frame::ClusterSecret;
 use ringkv_cluster::gossip::{GossipConfig, GossipRuntime, Health, GOSSIP_KIND};
+use ringkv_cluster::hints::{HintLimits, Hints};
 use ringkv_cluster::map::{ClusterMap, MemberInfo, MemberState};
 use ringkv_cluster::record::{Body, IncrementError, Record, Resolved};
 use ringkv_cluster::replica::DEFAULT_TOMBSTONE_GRACE_MS;
@@ -330,14 +331,25 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         map: map.clone(),
     });
     let _ = peers.transport.set(transport.clone());
-    let data = Arc::new(DataNode::new(
+    let mut data = DataNode::new(
         id,
         server.keyspace.clone(),
         settings.sibling_cap,
         DEFAULT_TOMBSTONE_GRACE_MS,
         peers.clone(),
         Duration::from_millis(settings.request_timeout_ms),
-    ));
+    );
+    if settings.hinted_handoff {
+        let limits = HintLimits {
+            bytes_max: settings.hints_max_bytes,
+            age_max_ms: settings.hint_max_age_s.saturating_mul(1000),
+        };
+        let fsync = server.keyspace.engine().fsync_policy();
+        let hints =
+            Hints::open(&dir.join(HINTS_DIR), limits, fsync).map_err(std::io::Error::other)?;
+        data = data.with_hints(Arc::new(hints));
+    }
+    let data = Arc::new(data);
     let me = MemberInfo {
         node: id,
         client_addr: format!("{bind}:{client_port}"),
@@ -427,6 +439,25 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
             }
         });
     }
+    if node.data.hints().is_some() {
+        let data = node.data.clone();
+        let map = map.clone();
+        let mut shutdown = server.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(HINT_DELIVERY_INTERVAL) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                }
+                let current = map.read().clone();
+                if let Some(current) = current {
+                    // A full pass goes again at once: a backlog drains at the speed of the
+                    // replica, not one pass a second.
+                    while data.deliver_hints(&current).await >= HINT_PASS_FULL {}
+                }
+            }
+        });
+    }
     tracing::info!(node = %format!("{id:016x}"), cluster_addr = %node.me.cluster_addr, epoch = node.epoch(), "cluster mode: node started");
     let _ = server.cluster.set(node.clone());
     Ok(node)
@@ -449,16 +480,27 @@ fn follow_map(
     *map.write() = current;
 }
 
+/// Where a node keeps the hints it holds for others, under its data directory.
+const HINTS_DIR: &str = "hints";
+/// How often a node looks for hints to hand off.
+const HINT_DELIVERY_INTERVAL: Duration = Duration::from_secs(1);
+/// Hints delivered in one pass past which the next pass starts at once.
+const HINT_PASS_FULL: usize = 256;
+
 /// How long a joining node waits for the cluster to take it in.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The quorum a connection's operations use: its own (CLUSTER QUORUM), else the settings'.
 pub(crate) fn quorum_of(server: &Server, client: &Client) -> Quorum {
-    let (r, w) = client.cluster_quorum.unwrap_or_else(|| {
+    let (r, w, pw) = client.cluster_quorum.unwrap_or_else(|| {
         let config = server.config.read();
-        (config.cluster.read_quorum, config.cluster.write_quorum)
+        (
+            config.cluster.read_quorum,
+            config.cluster.write_quorum,
+            config.cluster.write_strict_quorum,
+        )
     });
-    Quorum { r, w }
+    Quorum { r, w, pw }
 }
 
 /// Up to `limit` live keys of `db` in `slot` in this node's store (CLUSTER
@@ -518,6 +560,7 @@ fn coord_error(error: CoordError) -> CmdError {
         CoordError::Event(message) if message.contains("not an integer") => CmdError::NotInteger,
         CoordError::Event(message) => CmdError::Message(format!("ERR cluster: {message}").into()),
         CoordError::NoMap => CmdError::msg("CLUSTERDOWN the cluster map is not known yet"),
+        error @ CoordError::Strict { .. } => CmdError::Message(format!("NOQUORUM {error}").into()),
     }
 }
 

@@ -263,6 +263,22 @@ settings_table! {
         /// W: acknowledgements a write waits for, by default.
         write_quorum: usize = 2;
         "cluster-write-quorum" { mode: Mode::Live, min: 1, max: 16 }
+        /// Of W, acknowledgements that must come from the slot's own replicas rather than
+        /// hints on fallback nodes (Riak's PW); 0 lets hints make up the quorum (sloppy
+        /// quorum). CLUSTER QUORUM changes it per connection.
+        write_strict_quorum: usize = 0;
+        "cluster-write-strict-quorum" { mode: Mode::Live, max: 16 }
+        /// When a write's replica is down or fails, store its copy as a hint on another
+        /// node, delivered when the replica is back (hinted handoff): yes or no.
+        hinted_handoff: bool = true;
+        "cluster-hinted-handoff" {}
+        /// Bytes of hints this node holds for others at most; past it a hint is refused.
+        hints_max_bytes: u64 = 256 << 20;
+        "cluster-hints-max-bytes" {}
+        /// Seconds a hint is kept undelivered before it is dropped (anti-entropy repairs
+        /// what it held).
+        hint_max_age_s: u64 = 10_800;
+        "cluster-hint-max-age" { min: 1 }
         /// Most siblings a key may have; a write past it is refused.
         sibling_cap: usize = 100;
         "cluster-sibling-cap" { mode: Mode::Live, min: 1 }

@@ -615,6 +615,7 @@ pub(crate) fn render(server: &Server) -> String {
         u8::from(e.write_error.is_some()),
     );
     replication_metrics(server, o);
+    cluster_metrics(server, o);
     single(
         o,
         "ringkv_uptime_seconds",
@@ -768,6 +769,75 @@ pub(crate) fn resident_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(0) as u64
+}
+
+/// Cluster mode's sloppy quorum and hinted handoff (docs/cluster.md, "Sloppy quorum and
+/// hinted handoff"); nothing on a single node.
+fn cluster_metrics(server: &Server, o: &mut String) {
+    let Some(node) = server.cluster.get() else {
+        return;
+    };
+    let sloppy = node.data.sloppy_stats();
+    single(
+        o,
+        "ringkv_cluster_hints_sent_total",
+        "counter",
+        "Hints this node (as coordinator) stored on fallback nodes for replicas that failed or were down.",
+        sloppy.hints_sent.load(Ordering::Relaxed),
+    );
+    single(
+        o,
+        "ringkv_cluster_writes_strict_refused_total",
+        "counter",
+        "Writes answered NOQUORUM for reaching fewer of the slot's own replicas than their PW.",
+        sloppy.strict_refused.load(Ordering::Relaxed),
+    );
+    let Some(hints) = node.data.hints() else {
+        return;
+    };
+    let h = hints.stats();
+    single(
+        o,
+        "ringkv_cluster_hints_pending",
+        "gauge",
+        "Hints this node holds for other nodes.",
+        h.pending,
+    );
+    single(
+        o,
+        "ringkv_cluster_hints_bytes",
+        "gauge",
+        "Bytes of the hints this node holds.",
+        h.bytes,
+    );
+    single(
+        o,
+        "ringkv_cluster_hints_stored_total",
+        "counter",
+        "Hints stored on this node (merges into a held hint included).",
+        h.stored,
+    );
+    single(
+        o,
+        "ringkv_cluster_hints_delivered_total",
+        "counter",
+        "Hints this node delivered to their replica.",
+        h.delivered,
+    );
+    single(
+        o,
+        "ringkv_cluster_hints_expired_total",
+        "counter",
+        "Hints dropped undelivered: past cluster-hint-max-age, or their node left.",
+        h.expired,
+    );
+    single(
+        o,
+        "ringkv_cluster_hints_refused_total",
+        "counter",
+        "Hints refused at cluster-hints-max-bytes.",
+        h.refused,
+    );
 }
 
 #[cfg(test)]

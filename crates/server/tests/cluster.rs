@@ -206,7 +206,7 @@ fn quorum(con: &mut Connection, r: usize, w: usize) {
         .arg(w)
         .query(con)
         .unwrap();
-    assert_eq!(set, vec![r as i64, w as i64]);
+    assert_eq!(set, vec![r as i64, w as i64, 0]);
 }
 
 fn vget(con: &mut Connection, key: &str) -> (String, Vec<String>) {
@@ -773,5 +773,168 @@ fn a_cluster_over_tls_forms_serves_and_refuses_plain_tcp() {
             node.log()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Which of `keys` `node`'s own store holds (CLUSTER HOLDS).
+fn holds(node: &Server, keys: &[String]) -> Vec<bool> {
+    let mut con = node.client();
+    let flags: Vec<i64> = redis::cmd("CLUSTER")
+        .arg("HOLDS")
+        .arg(keys)
+        .query(&mut con)
+        .expect("CLUSTER HOLDS");
+    flags.into_iter().map(|f| f == 1).collect()
+}
+
+fn cluster_info(node: &Server, field: &str) -> u64 {
+    node.cli(&["CLUSTER", "INFO"])
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in CLUSTER INFO"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Sloppy quorum and hinted handoff (docs/cluster.md, "Sloppy quorum and hinted handoff"):
+/// 4 nodes at N=3, one killed. Writes at W=3 still succeed: the dead replica's copy goes to
+/// the fourth node as a hint, counted as its acknowledgement. A connection asking PW=3 (three
+/// of the slot's own replicas) is refused for those keys with an error that says so. Once
+/// the node is back, the hints are handed off: every key is on exactly its 3 replicas again,
+/// a delete included, and no hint is left.
+#[test]
+fn a_dead_replicas_writes_are_hinted_and_handed_off_when_it_returns() {
+    let mut cluster = Cluster::start(4, &[]);
+    let keys: Vec<String> = (0..300).map(|i| format!("hint:{i}")).collect();
+    let mut con = cluster.nodes[0].client();
+    quorum(&mut con, 2, 3);
+    for key in &keys {
+        redis::cmd("SET")
+            .arg(key)
+            .arg("v1")
+            .query::<()>(&mut con)
+            .unwrap();
+    }
+    // The slots node 3 replicates: the keys it holds now.
+    let on_dead: Vec<bool> = holds(&cluster.nodes[3], &keys);
+    let theirs: Vec<String> = keys
+        .iter()
+        .zip(&on_dead)
+        .filter(|(_, &held)| held)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(
+        theirs.len() > 100 && theirs.len() < keys.len(),
+        "node 3 replicates {} of {} keys",
+        theirs.len(),
+        keys.len()
+    );
+    // Its addresses, to come back on (the map names a member by them).
+    let cluster_port = cluster.nodes[3]
+        .cli(&["CLUSTER", "NODES"])
+        .lines()
+        .find(|line| line.contains("myself"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|addr| addr.split(['@', ',']).nth(1))
+        .expect("CLUSTER NODES names this node's cluster port")
+        .to_string();
+    let client_port = cluster.nodes[3].port.to_string();
+    cluster.nodes[3].kill();
+
+    // W=3 with a replica dead: every write succeeds, a hint standing in for it.
+    for key in &keys {
+        redis::cmd("SET")
+            .arg(key)
+            .arg("v2")
+            .query::<()>(&mut con)
+            .unwrap_or_else(|e| panic!("SET {key} at W=3 with one replica dead: {e}"));
+    }
+    redis::cmd("DEL")
+        .arg(&theirs[0])
+        .query::<i64>(&mut con)
+        .unwrap();
+    let pending: u64 = cluster.nodes[..3]
+        .iter()
+        .map(|n| cluster_info(n, "cluster_hints_pending"))
+        .sum();
+    assert_eq!(
+        pending as usize,
+        theirs.len(),
+        "one hint per key node 3 missed"
+    );
+    assert!(cluster_info(&cluster.nodes[0], "cluster_hints_sent") > 0);
+
+    // PW=3: the same write is stored, but the client is told too few replicas had it.
+    let mut strict = cluster.nodes[1].client();
+    let set: Vec<i64> = redis::cmd("CLUSTER")
+        .arg("QUORUM")
+        .arg(2)
+        .arg(3)
+        .arg(3)
+        .query(&mut strict)
+        .unwrap();
+    assert_eq!(set, vec![2, 3, 3]);
+    let refused = redis::cmd("SET")
+        .arg(&theirs[1])
+        .arg("v3")
+        .query::<()>(&mut strict)
+        .expect_err("PW=3 with a replica dead");
+    let text = refused.to_string();
+    assert!(
+        text.contains("NOQUORUM")
+            && text.contains("2 of the slot's replicas (1 more as hints), 3 needed"),
+        "{text}"
+    );
+    let other: Vec<&String> = keys
+        .iter()
+        .zip(&on_dead)
+        .filter(|(_, &h)| !h)
+        .map(|(k, _)| k)
+        .collect();
+    redis::cmd("SET")
+        .arg(other[0])
+        .arg("v3")
+        .query::<()>(&mut strict)
+        .expect("PW=3 on a slot whose replicas are all up");
+
+    // Back: node 3 gets every write it missed, the delete included, and the hints go.
+    cluster.nodes[3].restart_with(&["--port", &client_port, "--cluster-port", &cluster_port]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pending: u64 = cluster.nodes[..3]
+            .iter()
+            .map(|n| cluster_info(n, "cluster_hints_pending"))
+            .sum();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} hints still pending 60 s after the node came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let delivered: u64 = cluster.nodes[..3]
+        .iter()
+        .map(|n| cluster_info(n, "cluster_hints_delivered"))
+        .sum();
+    assert_eq!(delivered as usize, theirs.len());
+    // Its own store now holds a record of every key (the delete as a tombstone), and read
+    // at R=1 (its own copy first) each is at its last value, the deleted one gone.
+    assert!(
+        holds(&cluster.nodes[3], &theirs).iter().all(|&h| h),
+        "every write handed off"
+    );
+    let mut alone = cluster.nodes[3].client();
+    quorum(&mut alone, 1, 2);
+    for (i, key) in theirs.iter().enumerate() {
+        let value: Option<String> = redis::cmd("GET").arg(key).query(&mut alone).unwrap();
+        let want = match i {
+            0 => None,
+            1 => Some("v3"),
+            _ => Some("v2"),
+        };
+        assert_eq!(value.as_deref(), want, "{key} read from node 3 alone");
     }
 }

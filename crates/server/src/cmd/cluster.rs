@@ -26,7 +26,7 @@ use crate::errors::{self, CmdError, CmdResult};
 /// The cluster commands.
 pub(crate) const COMMANDS: &[CommandSpec] = &[
     spec("cluster", -2, &[], 0, 0, 0, &["slow"], "A container for Redis Cluster commands.", "3.0.0", cluster)
-        .syntax("INFO|MYID|KEYSLOT key|NODES|SLOTS|SHARDS|COUNTKEYSINSLOT slot|GETKEYSINSLOT slot count|QUORUM [r w]|HOLDS key [key ...]|HELP"),
+        .syntax("INFO|MYID|KEYSLOT key|NODES|SLOTS|SHARDS|COUNTKEYSINSLOT slot|GETKEYSINSLOT slot count|QUORUM [r w [pw]]|HOLDS key [key ...]|HELP"),
     spec("vget", 2, &["readonly"], 1, 1, 1, &["read", "string", "slow"], "Returns every sibling of a key and the context that resolves them (cluster mode).", "ringkv", vget)
         .syntax("key"),
     spec("vset", 4, &["write", "denyoom"], 1, 1, 1, &["write", "string", "slow"], "Writes a value that supersedes the siblings a VGET context covers (cluster mode).", "ringkv", vset)
@@ -113,7 +113,7 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 "CLUSTER KEYSLOT <key>: the key's hash slot.",
                 "CLUSTER NODES / SLOTS / SHARDS: the slot table, as Redis Cluster gives it.",
                 "CLUSTER COUNTKEYSINSLOT <slot> / GETKEYSINSLOT <slot> <count>: keys this node holds in a slot.",
-                "CLUSTER QUORUM [<r> <w>]: this connection's read and write quorums.",
+                "CLUSTER QUORUM [<r> <w> [<pw>]]: this connection's read and write quorums, and how many of W must be the slot's own replicas (not hints).",
                 "CLUSTER HOLDS <key> [<key> ...]: 1 for each key this node's store holds a copy of.",
                 "CLUSTER STATUS: members, their state and liveness, the epoch and slot counts (`ringkv cluster status`).",
             ]
@@ -129,8 +129,9 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             };
             let map = map_of(&node)?;
             let quorum = crate::cluster::quorum_of(ctx.server, ctx.client);
+            let hints = node.data.hints().map(|h| h.stats()).unwrap_or_default();
             let text = format!(
-                "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOT_COUNT}\r\ncluster_slots_ok:{SLOT_COUNT}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{}\r\ncluster_my_epoch:{}\r\ncluster_replicas:{}\r\ncluster_read_quorum:{}\r\ncluster_write_quorum:{}\r\ncluster_my_id:{}\r\n",
+                "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOT_COUNT}\r\ncluster_slots_ok:{SLOT_COUNT}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{}\r\ncluster_my_epoch:{}\r\ncluster_replicas:{}\r\ncluster_read_quorum:{}\r\ncluster_write_quorum:{}\r\ncluster_write_strict_quorum:{}\r\ncluster_my_id:{}\r\ncluster_hints_pending:{}\r\ncluster_hints_delivered:{}\r\ncluster_hints_sent:{}\r\n",
                 map.members.len(),
                 map.members.len(),
                 map.epoch,
@@ -138,7 +139,14 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 map.assignment.replication(),
                 quorum.r,
                 quorum.w,
+                quorum.pw,
                 node_name(node.id),
+                hints.pending,
+                hints.delivered,
+                node.data
+                    .sloppy_stats()
+                    .hints_sent
+                    .load(std::sync::atomic::Ordering::Relaxed),
             );
             Ok(Frame::bulk(text))
         }
@@ -263,14 +271,20 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             let node = node_of(ctx)?;
             match args.len() {
                 2 => {}
-                4 => {
-                    let parse = |arg: &Bytes| {
+                4 | 5 => {
+                    let parse = |arg: &Bytes, min: u64| {
                         args::parse_u64(arg)
-                            .filter(|&n| (1..=16).contains(&n))
+                            .filter(|&n| (min..=16).contains(&n))
                             .map(|n| n as usize)
-                            .ok_or_else(|| CmdError::msg("ERR quorum must be 1 to 16"))
+                            .ok_or_else(|| {
+                                CmdError::msg(format!("ERR quorum must be {min} to 16"))
+                            })
                     };
-                    ctx.client.cluster_quorum = Some((parse(&args[2])?, parse(&args[3])?));
+                    let pw = match args.get(4) {
+                        Some(arg) => parse(arg, 0)?,
+                        None => 0,
+                    };
+                    ctx.client.cluster_quorum = Some((parse(&args[2], 1)?, parse(&args[3], 1)?, pw));
                 }
                 _ => return Err(arity()),
             }
@@ -279,6 +293,7 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             Ok(Frame::Array(vec![
                 Frame::Integer(quorum.r as i64),
                 Frame::Integer(quorum.w as i64),
+                Frame::Integer(quorum.pw as i64),
             ]))
         }
         "holds" => {

@@ -254,6 +254,14 @@ impl Server {
         self.spawn();
     }
 
+    /// Kills the server and starts it again with `more` flags after its own (a later flag
+    /// wins: `--port` keeps a cluster node's address, which the cluster map holds).
+    pub fn restart_with(&mut self, more: &[&str]) {
+        self.kill();
+        self.extra_args.extend(more.iter().map(|s| s.to_string()));
+        self.spawn();
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
