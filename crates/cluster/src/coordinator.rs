@@ -24,9 +24,11 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use ringkv_store::Keyspace;
 
+use crate::aae::Trees;
 use crate::codec::{put_varint, Reader};
 use crate::counter::RequestId;
 use crate::dvv::VersionVector;
+use crate::exchange::{KIND_AAE_KEYS, KIND_AAE_ROOTS, KIND_AAE_SEGMENTS};
 use crate::hints::Hints;
 use crate::hlc::{self, Hlc};
 use crate::map::ClusterMap;
@@ -182,6 +184,8 @@ pub struct DataNode {
     /// The hints this node holds for others (`None`: it takes no hints, and sends none).
     hints: Option<Arc<Hints>>,
     sloppy: SloppyStats,
+    /// Anti-entropy's trees of this node's records (`aae.rs`, `exchange.rs`).
+    trees: Trees,
 }
 
 impl std::fmt::Debug for DataNode {
@@ -213,7 +217,39 @@ impl DataNode {
             replication_paused: AtomicBool::new(false),
             hints: None,
             sloppy: SloppyStats::default(),
+            trees: Trees::new(),
         }
+    }
+
+    /// Anti-entropy's trees of this node's records.
+    pub fn trees(&self) -> &Trees {
+        &self.trees
+    }
+
+    pub(crate) fn keyspace(&self) -> &Keyspace {
+        &self.keyspace
+    }
+
+    /// One request to `node` (this node: answered here), its reply.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        node: NodeId,
+        kind: u8,
+        payload: Bytes,
+    ) -> Result<Bytes, String> {
+        self.send(node, kind, payload).await
+    }
+
+    /// Merges `incoming` into this node's copy of `key`; the merged record. Blocking.
+    pub(crate) fn merge_here(
+        &self,
+        db: usize,
+        key: &[u8],
+        incoming: &Record,
+    ) -> Result<Record, String> {
+        self.replica()
+            .merge(db, key, incoming)
+            .map_err(|e| e.to_string())
     }
 
     /// Takes hints for other nodes into `hints`, and sends hints to fallback nodes when a
@@ -252,6 +288,7 @@ impl DataNode {
             self.sibling_cap,
             self.tombstone_grace_ms,
         )
+        .with_trees(&self.trees)
     }
 
     fn stamp(&self) -> Hlc {
@@ -272,7 +309,8 @@ impl DataNode {
     pub async fn answer(self: &Arc<Self>, kind: u8, payload: Bytes) -> Result<Bytes, String> {
         let engine = self.keyspace.engine();
         // Hints are a rare path with their own database: always off the worker.
-        let reply = if engine.write_may_wait() || kind == KIND_HINT || kind == KIND_HINT_MANY {
+        let off_worker = matches!(kind, KIND_HINT | KIND_HINT_MANY | KIND_AAE_KEYS);
+        let reply = if engine.write_may_wait() || off_worker {
             None
         } else {
             match ringkv_engine::without_waiting(|| self.apply(kind, &payload)) {
@@ -290,7 +328,10 @@ impl DataNode {
                     .map_err(|e| format!("replica task failed: {e}"))?
             }
         }?;
-        if kind != KIND_READ && kind != KIND_HINT && kind != KIND_HINT_MANY {
+        if matches!(
+            kind,
+            KIND_WRITE | KIND_INCREMENT | KIND_MERGE | KIND_WRITE_MANY | KIND_MERGE_MANY
+        ) {
             self.sync().await?;
         }
         Ok(reply)
@@ -409,6 +450,9 @@ impl DataNode {
                     }
                 }
                 Bytes::new()
+            }
+            KIND_AAE_ROOTS | KIND_AAE_SEGMENTS | KIND_AAE_KEYS => {
+                self.answer_exchange(kind, payload)?
             }
             other => return Err(format!("unknown data request kind {other}")),
         };
@@ -1108,7 +1152,7 @@ impl WriteEvent {
 /// Databases a request may name (Redis' 16).
 const DB_COUNT: u64 = 16;
 
-fn encode_key(db: usize, key: &[u8]) -> Bytes {
+pub(crate) fn encode_key(db: usize, key: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(key.len() + 4);
     put_varint(&mut out, db as u64);
     put_varint(&mut out, key.len() as u64);
@@ -1116,7 +1160,7 @@ fn encode_key(db: usize, key: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-fn encode_merge(db: usize, key: &[u8], record: &Record) -> Bytes {
+pub(crate) fn encode_merge(db: usize, key: &[u8], record: &Record) -> Bytes {
     let mut out = encode_key(db, key).to_vec();
     out.extend_from_slice(&record.encode());
     Bytes::from(out)

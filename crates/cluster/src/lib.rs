@@ -42,6 +42,12 @@
 //! - [`transport`] — the internode transport on tokio: authenticated TCP
 //!   connections, requests multiplexed by id on pooled connections, the
 //!   epoch check.
+//! - [`aae`] — anti-entropy's hash trees, Tictac style: per slot, XOR of
+//!   per-key digests, kept current by every stored record.
+//! - [`exchange`] — the anti-entropy exchange: roots, then segments, then
+//!   keys, and only the differing keys repaired, both ways.
+//! - [`hints`] — hinted handoff's store: the writes a node holds for a
+//!   replica that was down, merged per key, bounded in bytes and age.
 //! - [`control`] — the control plane: one Raft group (openraft) over the
 //!   transport whose state is the cluster map; founding, joining, voters
 //!   and learners, the vote, log and map kept durably on disk.
@@ -55,11 +61,13 @@
 
 pub use ringkv_store::layout::{hash_tag, key_slot, SLOT_COUNT};
 
+pub mod aae;
 mod codec;
 pub mod control;
 pub mod coordinator;
 pub mod counter;
 pub mod dvv;
+pub mod exchange;
 pub mod frame;
 pub mod gossip;
 pub mod hints;

@@ -15,11 +15,12 @@ use bytes::Bytes;
 use ringkv_store::value::encode_enveloped;
 use ringkv_store::{Envelope, Keyspace, StoredValue, ValueType};
 
+use crate::aae::Trees;
 use crate::counter::RequestId;
 use crate::dvv::VersionVector;
 use crate::hlc::Hlc;
 use crate::record::{Body, IncrementError, Incremented, Record, Resolved, Sibling};
-use crate::{DecodeError, NodeId};
+use crate::{key_slot, DecodeError, NodeId};
 
 /// How long a tombstone is kept after a delete, by default: long enough for
 /// every replica to learn of the delete (hinted handoff, read repair,
@@ -51,6 +52,8 @@ pub struct Replica<'a> {
     node: NodeId,
     sibling_cap: usize,
     tombstone_grace_ms: u64,
+    /// Anti-entropy's trees, kept current by every stored record (`aae.rs`).
+    trees: Option<&'a Trees>,
 }
 
 impl<'a> Replica<'a> {
@@ -66,7 +69,14 @@ impl<'a> Replica<'a> {
             node,
             sibling_cap,
             tombstone_grace_ms,
+            trees: None,
         }
+    }
+
+    /// Keeps `trees` current with every record this replica stores.
+    pub fn with_trees(mut self, trees: &'a Trees) -> Self {
+        self.trees = Some(trees);
+        self
     }
 
     /// The record at `key` (empty when there is none).
@@ -195,6 +205,7 @@ impl<'a> Replica<'a> {
         change: impl FnOnce(&Record) -> Result<(Option<Record>, R), ReplicaError>,
     ) -> Result<R, ReplicaError> {
         let now_ms = self.keyspace.now_ms();
+        let mut stored_change = None;
         let (result, _seq) = self.keyspace.update(db, key, |stored| {
             let local = self.record_of(stored)?;
             let (write, result) = change(&local)?;
@@ -202,8 +213,14 @@ impl<'a> Replica<'a> {
                 let expiry = record.storage_expiry(now_ms, self.tombstone_grace_ms);
                 (stored_form(&record), expiry)
             });
+            if let (Some(_), Some((new, _))) = (self.trees, &write) {
+                stored_change = Some((stored.map(|old| old.raw.clone()), new.clone()));
+            }
             Ok::<_, ReplicaError>((write, result))
         })?;
+        if let (Some(trees), Some((old, new))) = (self.trees, stored_change) {
+            trees.update(key_slot(key), db, key, old.as_deref(), Some(&new));
+        }
         Ok(result)
     }
 
@@ -215,6 +232,7 @@ impl<'a> Replica<'a> {
         mut change: impl FnMut(usize, &Record) -> Result<(Option<Record>, R), ReplicaError>,
     ) -> Result<Vec<R>, ReplicaError> {
         let now_ms = self.keyspace.now_ms();
+        let mut stored_changes = Vec::new();
         let (results, _seq) = self.keyspace.update_many(db, keys, |i, stored| {
             let local = self.record_of(stored)?;
             let (write, result) = change(i, &local)?;
@@ -222,8 +240,16 @@ impl<'a> Replica<'a> {
                 let expiry = record.storage_expiry(now_ms, self.tombstone_grace_ms);
                 (stored_form(&record), expiry)
             });
+            if let (Some(_), Some((new, _))) = (self.trees, &write) {
+                stored_changes.push((i, stored.map(|old| old.raw.clone()), new.clone()));
+            }
             Ok::<_, ReplicaError>((write, result))
         })?;
+        if let Some(trees) = self.trees {
+            for (i, old, new) in stored_changes {
+                trees.update(key_slot(keys[i]), db, keys[i], old.as_deref(), Some(&new));
+            }
+        }
         Ok(results)
     }
 

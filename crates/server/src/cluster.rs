@@ -13,7 +13,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::join_all;
@@ -22,6 +22,7 @@ use ringkv_cluster::control::{ControlConfig, ControlPlane, CONTROL_KINDS};
 use ringkv_cluster::coordinator::{
     CoordError, DataNode, Peers, Quorum, WriteEvent, DATA_KINDS, MANY_KEYS_MAX,
 };
+use ringkv_cluster::exchange::ExchangeLimits;
 use ringkv_cluster::frame::ClusterSecret;
 use ringkv_cluster::gossip::{GossipConfig, GossipRuntime, Health, GOSSIP_KIND};
 use ringkv_cluster::hints::{HintLimits, Hints};
@@ -458,6 +459,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
             }
         });
     }
+    spawn_anti_entropy(server, &node);
     tracing::info!(node = %format!("{id:016x}"), cluster_addr = %node.me.cluster_addr, epoch = node.epoch(), "cluster mode: node started");
     let _ = server.cluster.set(node.clone());
     Ok(node)
@@ -479,6 +481,107 @@ fn follow_map(
     }
     *map.write() = current;
 }
+
+/// Anti-entropy (docs/cluster.md, "Anti-entropy"): builds this node's trees from its store,
+/// then every `cluster-anti-entropy-interval` (jittered) exchanges with the next member in
+/// turn that gossip finds alive, and rebuilds the trees from the store about once a day as
+/// a check.
+fn spawn_anti_entropy(server: &Arc<Server>, node: &Arc<ClusterNode>) {
+    let data = node.data.clone();
+    let map = node.map.clone();
+    let gossip = node.gossip.clone();
+    let server = server.clone();
+    let mut shutdown = server.shutdown.subscribe();
+    tokio::spawn(async move {
+        let build = |data: Arc<DataNode>| async move {
+            let started = Instant::now();
+            match tokio::task::spawn_blocking(move || data.build_trees()).await {
+                Ok(Ok(())) => tracing::info!(
+                    millis = started.elapsed().as_millis() as u64,
+                    "anti-entropy trees built from the store"
+                ),
+                Ok(Err(error)) => tracing::warn!(%error, "building the anti-entropy trees failed"),
+                Err(error) => tracing::warn!(%error, "the anti-entropy build task failed"),
+            }
+        };
+        build(data.clone()).await;
+        let mut built = Instant::now();
+        let mut rebuild_after = jittered(AAE_REBUILD_EVERY);
+        let mut turn = 0usize;
+        loop {
+            let (interval_s, keys) = {
+                let config = server.config.read();
+                (
+                    config.cluster.anti_entropy_interval_s,
+                    config.cluster.anti_entropy_keys_per_pass,
+                )
+            };
+            let wait = if interval_s == 0 {
+                Duration::from_secs(1)
+            } else {
+                jittered(Duration::from_secs(interval_s))
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            if interval_s == 0 {
+                continue;
+            }
+            if built.elapsed() >= rebuild_after {
+                build(data.clone()).await;
+                built = Instant::now();
+                rebuild_after = jittered(AAE_REBUILD_EVERY);
+            }
+            let Some(current) = map.read().clone() else {
+                continue;
+            };
+            let health = gossip.health();
+            let peers: Vec<NodeId> = current
+                .members
+                .keys()
+                .copied()
+                .filter(|&n| n != data.id() && health.get(&n) != Some(&Health::Down))
+                .collect();
+            if peers.is_empty() {
+                continue;
+            }
+            let peer = peers[turn % peers.len()];
+            turn = turn.wrapping_add(1);
+            let limits = ExchangeLimits {
+                keys,
+                ..ExchangeLimits::default()
+            };
+            match data.exchange(&current, peer, limits).await {
+                Ok(done) if done.keys_differing > 0 => tracing::info!(
+                    peer = %format!("{peer:016x}"),
+                    slots = done.slots_compared,
+                    slots_differing = done.slots_differing,
+                    keys_differing = done.keys_differing,
+                    keys_repaired = done.keys_repaired,
+                    bytes = done.bytes,
+                    "anti-entropy exchange repaired keys"
+                ),
+                Ok(done) => tracing::debug!(peer, ?done, "anti-entropy exchange"),
+                Err(error) => tracing::debug!(peer, %error, "anti-entropy exchange failed"),
+            }
+        }
+    });
+}
+
+/// `base`, plus or minus up to a quarter, so that nodes do not fall into step.
+fn jittered(base: Duration) -> Duration {
+    let quarter = base.as_millis() as u64 / 4;
+    let offset = if quarter == 0 {
+        0
+    } else {
+        rand::random::<u64>() % (2 * quarter + 1)
+    };
+    Duration::from_millis(base.as_millis() as u64 - quarter + offset)
+}
+
+/// How often the anti-entropy trees are rebuilt from the store, as a check (jittered).
+const AAE_REBUILD_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// Where a node keeps the hints it holds for others, under its data directory.
 const HINTS_DIR: &str = "hints";

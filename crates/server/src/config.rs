@@ -279,6 +279,13 @@ settings_table! {
         /// what it held).
         hint_max_age_s: u64 = 10_800;
         "cluster-hint-max-age" { min: 1 }
+        /// Seconds between anti-entropy exchanges of this node with its next peer (each
+        /// jittered by up to a quarter); 0 turns anti-entropy off.
+        anti_entropy_interval_s: u64 = 30;
+        "cluster-anti-entropy-interval" { mode: Mode::Live }
+        /// Most keys one anti-entropy exchange repairs.
+        anti_entropy_keys_per_pass: usize = 10_000;
+        "cluster-anti-entropy-keys-per-pass" { mode: Mode::Live, min: 1 }
         /// Most siblings a key may have; a write past it is refused.
         sibling_cap: usize = 100;
         "cluster-sibling-cap" { mode: Mode::Live, min: 1 }

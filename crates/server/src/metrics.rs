@@ -792,6 +792,57 @@ fn cluster_metrics(server: &Server, o: &mut String) {
         "Writes answered NOQUORUM for reaching fewer of the slot's own replicas than their PW.",
         sloppy.strict_refused.load(Ordering::Relaxed),
     );
+    let aae = node.data.trees().stats();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    single(
+        o,
+        "ringkv_cluster_aae_trees_ready",
+        "gauge",
+        "1 once the anti-entropy trees are built from the store.",
+        u8::from(node.data.trees().is_ready()),
+    );
+    single(
+        o,
+        "ringkv_cluster_aae_builds_total",
+        "counter",
+        "Builds of the anti-entropy trees from the store.",
+        load(&aae.builds),
+    );
+    single(
+        o,
+        "ringkv_cluster_aae_exchanges_total",
+        "counter",
+        "Anti-entropy exchanges with a peer completed.",
+        load(&aae.exchanges),
+    );
+    single(
+        o,
+        "ringkv_cluster_aae_slots_differing_total",
+        "counter",
+        "Slots whose tree roots differed in an exchange.",
+        load(&aae.slots_differing),
+    );
+    single(
+        o,
+        "ringkv_cluster_aae_keys_differing_total",
+        "counter",
+        "Keys found different or missing on one side in an exchange.",
+        load(&aae.keys_differing),
+    );
+    single(
+        o,
+        "ringkv_cluster_aae_keys_repaired_total",
+        "counter",
+        "Keys repaired by anti-entropy.",
+        load(&aae.keys_repaired),
+    );
+    single(
+        o,
+        "ringkv_cluster_aae_repair_bytes_total",
+        "counter",
+        "Record bytes anti-entropy moved for repairs, both ways.",
+        load(&aae.repair_bytes),
+    );
     let Some(hints) = node.data.hints() else {
         return;
     };

@@ -938,3 +938,98 @@ fn a_dead_replicas_writes_are_hinted_and_handed_off_when_it_returns() {
         assert_eq!(value.as_deref(), want, "{key} read from node 3 alone");
     }
 }
+
+/// The cluster port of `node` (CLUSTER NODES, its own line).
+fn own_cluster_port(node: &Server) -> String {
+    node.cli(&["CLUSTER", "NODES"])
+        .lines()
+        .find(|line| line.contains("myself"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|addr| addr.split(['@', ',']).nth(1))
+        .expect("CLUSTER NODES names this node's cluster port")
+        .to_string()
+}
+
+/// Anti-entropy (docs/cluster.md, "Anti-entropy"): a replica whose store is wiped (a disk
+/// replaced) comes back empty; with no reads through it and no hints (three nodes at N=3:
+/// no fallback), only anti-entropy can refill it. It does: every key, a delete included,
+/// is back on it at its last value, and the exchanges say how many keys they repaired.
+#[test]
+fn anti_entropy_refills_a_wiped_replica() {
+    let mut cluster = Cluster::start(3, &["--cluster-anti-entropy-interval", "1"]);
+    let keys: Vec<String> = (0..2000).map(|i| format!("aae:{i}")).collect();
+    let mut con = cluster.nodes[0].client();
+    quorum(&mut con, 2, 3);
+    for chunk in keys.chunks(100) {
+        let mut mset = redis::cmd("MSET");
+        for key in chunk {
+            mset.arg(key).arg(format!("value of {key}"));
+        }
+        // Keys of many slots: MSET splits them by slot.
+        mset.query::<()>(&mut con).unwrap();
+    }
+    redis::cmd("DEL")
+        .arg(&keys[0])
+        .query::<i64>(&mut con)
+        .unwrap();
+    assert!(holds(&cluster.nodes[2], &keys).iter().all(|&h| h));
+
+    let client_port = cluster.nodes[2].port.to_string();
+    let cluster_port = own_cluster_port(&cluster.nodes[2]);
+    cluster.nodes[2].kill();
+    // Wipe the store; keep the node's identity and membership.
+    let dir = cluster.nodes[2].data_dir();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name == "cluster-node-id" || name == "cluster" || name == "hints" {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    cluster.nodes[2].restart_with(&["--port", &client_port, "--cluster-port", &cluster_port]);
+    assert!(
+        holds(&cluster.nodes[2], &keys).iter().all(|&h| !h),
+        "the wiped store starts empty"
+    );
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(90);
+    loop {
+        let missing = holds(&cluster.nodes[2], &keys)
+            .iter()
+            .filter(|&&h| !h)
+            .count();
+        if missing == 0 {
+            eprintln!("refilled in {:?}", started.elapsed());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} keys still missing on the wiped replica after 90 s; its log:\n{}",
+            cluster.nodes[2].log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let repaired: u64 = cluster
+        .nodes
+        .iter()
+        .map(|n| cluster_info(n, "cluster_aae_keys_repaired"))
+        .sum();
+    assert!(repaired >= keys.len() as u64, "repaired {repaired}");
+    // Read from its own copy alone (R=1, itself first): the values and the delete.
+    let mut alone = cluster.nodes[2].client();
+    quorum(&mut alone, 1, 2);
+    for key in keys.iter().step_by(37) {
+        let value: Option<String> = redis::cmd("GET").arg(key).query(&mut alone).unwrap();
+        if key == &keys[0] {
+            assert_eq!(value, None, "the delete came back with its tombstone");
+        } else {
+            assert_eq!(value.as_deref(), Some(format!("value of {key}").as_str()));
+        }
+    }
+}

@@ -845,6 +845,38 @@ impl Keyspace {
             })
     }
 
+    /// Every live entry of the hash slots `wanted` accepts, in every logical database, at a
+    /// snapshot per database taken now: `each(slot, database, user key, stored value)`. In
+    /// the plain layout this reads every key (anti-entropy batches the slots it asks for,
+    /// so an exchange costs one pass); the slot-first layout reads only the slots' ranges.
+    pub fn for_each_in_slots(
+        &self,
+        wanted: &dyn Fn(u16) -> bool,
+        each: &mut dyn FnMut(u16, usize, Bytes, StoredValue),
+    ) -> Result<()> {
+        for db in 0..DATABASES {
+            let ns = self.namespace(db);
+            for (start, end) in self.layout.namespace_spans(ns) {
+                for item in self
+                    .engine()
+                    .range::<[u8], _>((Bound::Included(&start[..]), Bound::Excluded(&end[..])))
+                {
+                    let entry = item.map_err(Error::Engine)?;
+                    let Some((_, key)) = self.layout.decode_data_key(&entry.key) else {
+                        continue;
+                    };
+                    let slot = keys::key_slot(key);
+                    if !wanted(slot) {
+                        continue;
+                    }
+                    let key = Bytes::copy_from_slice(key);
+                    each(slot, db, key, StoredValue::from_entry(entry)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// FLUSHDB: points `db` at a fresh namespace at once; the old one's keys are deleted by
     /// [`Keyspace::drop_pending`] in the background. Returns the dropped namespace.
     pub fn flush_db(&self, db: usize) -> Result<()> {

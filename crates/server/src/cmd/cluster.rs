@@ -131,7 +131,7 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             let quorum = crate::cluster::quorum_of(ctx.server, ctx.client);
             let hints = node.data.hints().map(|h| h.stats()).unwrap_or_default();
             let text = format!(
-                "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOT_COUNT}\r\ncluster_slots_ok:{SLOT_COUNT}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{}\r\ncluster_my_epoch:{}\r\ncluster_replicas:{}\r\ncluster_read_quorum:{}\r\ncluster_write_quorum:{}\r\ncluster_write_strict_quorum:{}\r\ncluster_my_id:{}\r\ncluster_hints_pending:{}\r\ncluster_hints_delivered:{}\r\ncluster_hints_sent:{}\r\n",
+                "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOT_COUNT}\r\ncluster_slots_ok:{SLOT_COUNT}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{}\r\ncluster_my_epoch:{}\r\ncluster_replicas:{}\r\ncluster_read_quorum:{}\r\ncluster_write_quorum:{}\r\ncluster_write_strict_quorum:{}\r\ncluster_my_id:{}\r\ncluster_hints_pending:{}\r\ncluster_hints_delivered:{}\r\ncluster_hints_sent:{}\r\ncluster_aae_ready:{}\r\ncluster_aae_exchanges:{}\r\ncluster_aae_keys_repaired:{}\r\n",
                 map.members.len(),
                 map.members.len(),
                 map.epoch,
@@ -146,6 +146,17 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 node.data
                     .sloppy_stats()
                     .hints_sent
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                u8::from(node.data.trees().is_ready()),
+                node.data
+                    .trees()
+                    .stats()
+                    .exchanges
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                node.data
+                    .trees()
+                    .stats()
+                    .keys_repaired
                     .load(std::sync::atomic::Ordering::Relaxed),
             );
             Ok(Frame::bulk(text))
