@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::StreamExt;
 
 use crate::aae::{differing_segments, key_digest, segment_of, SEGMENTS};
 use crate::codec::{put_varint, Reader};
@@ -42,6 +43,9 @@ pub const KIND_AAE_KEYS: u8 = 11;
 const ROOTS_PER_REQUEST: usize = 4096;
 /// Slots whose keys one request lists (one pass over the store on each side).
 const SLOTS_PER_KEYS_REQUEST: usize = 1024;
+
+/// Key repairs of one exchange in flight at once.
+const REPAIRS_IN_FLIGHT: usize = 16;
 
 /// How much one exchange may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,11 +289,12 @@ impl DataNode {
                 .stats()
                 .keys_differing
                 .fetch_add(keys.len() as u64, Ordering::Relaxed);
-            for (db, key) in keys {
-                if done.keys_repaired >= limits.keys {
-                    break;
-                }
-                done.bytes += self.repair_key(peer, db, &key).await?;
+            let budget = limits.keys - done.keys_repaired;
+            let mut repairs = futures::stream::iter(keys.into_iter().take(budget))
+                .map(|(db, key)| async move { self.repair_key(peer, db, &key).await })
+                .buffer_unordered(REPAIRS_IN_FLIGHT);
+            while let Some(repaired) = repairs.next().await {
+                done.bytes += repaired?;
                 done.keys_repaired += 1;
                 trees.stats().keys_repaired.fetch_add(1, Ordering::Relaxed);
             }
