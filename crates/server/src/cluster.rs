@@ -28,7 +28,6 @@ use ringkv_cluster::gossip::{GossipConfig, GossipRuntime, Health, GOSSIP_KIND};
 use ringkv_cluster::hints::{HintLimits, Hints};
 use ringkv_cluster::map::{ClusterMap, MemberInfo, MemberState};
 use ringkv_cluster::record::{Body, IncrementError, Record, Resolved};
-use ringkv_cluster::replica::DEFAULT_TOMBSTONE_GRACE_MS;
 use ringkv_cluster::transport::{
     BoxFuture, CallError, Handler, HandlerError, Transport, TransportConfig,
 };
@@ -336,7 +335,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         id,
         server.keyspace.clone(),
         settings.sibling_cap,
-        DEFAULT_TOMBSTONE_GRACE_MS,
+        settings.tombstone_grace_s.saturating_mul(1000),
         peers.clone(),
         Duration::from_millis(settings.request_timeout_ms),
     );

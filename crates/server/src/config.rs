@@ -286,6 +286,11 @@ settings_table! {
         /// Most keys one anti-entropy exchange repairs.
         anti_entropy_keys_per_pass: usize = 10_000;
         "cluster-anti-entropy-keys-per-pass" { mode: Mode::Live, min: 1 }
+        /// Seconds a delete's tombstone is kept before the store may drop it: longer than
+        /// the longest outage and anti-entropy cycle, or a replica that missed the delete
+        /// could bring the key back (Cassandra's gc_grace_seconds).
+        tombstone_grace_s: u64 = 864_000;
+        "cluster-tombstone-grace" { min: 1 }
         /// Most siblings a key may have; a write past it is refused.
         sibling_cap: usize = 100;
         "cluster-sibling-cap" { mode: Mode::Live, min: 1 }
