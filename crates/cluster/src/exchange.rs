@@ -234,7 +234,15 @@ impl DataNode {
             .fetch_add(differing.len() as u64, Ordering::Relaxed);
         // Segments of the differing slots, then their differing segments' keys, a batch of
         // slots at a time (one pass over each store per batch), then the repairs.
-        differing.truncate(limits.slots);
+        if differing.len() > limits.slots {
+            // A window at a random place: exchanges running at once on several nodes (all
+            // repairing one wiped replica) then work on different slots, not the same first
+            // ones (measured: 1.67 repairs per key when they all started at slot 0).
+            let start = rand::random::<u64>() as usize % differing.len();
+            differing.rotate_left(start);
+            differing.truncate(limits.slots);
+            differing.sort_unstable();
+        }
         let mut masks = BTreeMap::new();
         for chunk in differing.chunks(ROOTS_PER_REQUEST) {
             let reply = self.call(peer, KIND_AAE_SEGMENTS, slot_list(chunk)).await?;

@@ -64,15 +64,22 @@ fn verify(con: &mut redis::Connection, client: usize, from: u64, acked: Option<u
 }
 
 fn drill(mode: &str) {
+    drill_with(mode, &[]);
+}
+
+fn drill_with(mode: &str, extra: &[&str]) {
     let cycles: usize = std::env::var("RINGKV_DRILL_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let mut server = Server::start_with(&["--appendfsync", mode]);
+    let mut args = vec!["--appendfsync", mode];
+    args.extend_from_slice(extra);
+    let mut server = Server::start_with(&args);
     let mut rng = rand::thread_rng();
     let mut next: Vec<u64> = vec![0; CLIENTS];
     let mut total_acked = 0u64;
     let mut restart_ms_max = 0u128;
+    let mut total_flushes = 0u64;
     for cycle in 0..cycles {
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Arc<Vec<AtomicU64>> =
@@ -104,6 +111,15 @@ fn drill(mode: &str) {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
+        if let Ok(mut con) = redis::Client::open(server.url()).unwrap().get_connection() {
+            if let Ok(info) = redis::cmd("INFO").arg("engine").query::<String>(&mut con) {
+                total_flushes += info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("flushes:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
         server.kill();
         stop.store(true, Ordering::Release);
         for writer in writers {
@@ -127,8 +143,14 @@ fn drill(mode: &str) {
             eprintln!("{mode} cycle {cycle}: keys per client {next:?}");
         }
     }
-    eprintln!("{mode}: {cycles} kills, {total_acked} acknowledged writes, none lost; slowest restart {restart_ms_max} ms");
+    eprintln!("{mode} {extra:?}: {cycles} kills, {total_acked} acknowledged writes, none lost; {total_flushes} flushes seen just before the kills; slowest restart {restart_ms_max} ms");
     assert!(total_acked > 0, "no write was ever acknowledged");
+    if extra.contains(&"--memtable-bytes-max") {
+        assert!(
+            total_flushes >= cycles as u64,
+            "{total_flushes} flushes in {cycles} cycles: the kills do not land among flushes"
+        );
+    }
 }
 
 #[test]
@@ -144,4 +166,12 @@ fn sigkill_under_load_loses_no_acknowledged_write_fsync_everysec() {
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_write_fsync_no() {
     drill("no");
+}
+
+/// A 64 KiB memtable: a flush (a table written, a manifest edit, old WAL segments retired)
+/// every few hundred writes, so the kills land in the middle of flushes and manifest
+/// rewrites too (docs/durability.md, "Recovery after a crash").
+#[test]
+fn sigkill_during_flushes_and_manifest_edits_loses_no_acknowledged_write() {
+    drill_with("everysec", &["--memtable-bytes-max", "65536"]);
 }
