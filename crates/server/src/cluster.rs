@@ -62,6 +62,8 @@ pub(crate) struct ClusterNode {
     pub coordinated: AtomicU64,
     /// `DEBUG CLUSTER-FENCE`: the transport answers as if the map were at least this epoch.
     pub fence: Arc<AtomicU64>,
+    /// `DEBUG CLUSTER-PARTITION`: the nodes whose internode requests this node refuses.
+    pub cut_off: Arc<RwLock<Vec<NodeId>>>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -111,6 +113,7 @@ struct NodeHandler {
     gossip: OnceLock<GossipRuntime>,
     map: Arc<RwLock<Option<Arc<ClusterMap>>>>,
     fence: Arc<AtomicU64>,
+    cut_off: Arc<RwLock<Vec<NodeId>>>,
 }
 
 impl Handler for NodeHandler {
@@ -121,6 +124,12 @@ impl Handler for NodeHandler {
         _epoch: u64,
         payload: Bytes,
     ) -> BoxFuture<'static, Result<(u8, Bytes), HandlerError>> {
+        if self.cut_off.read().contains(&from) {
+            // A partition drill: nothing from that node gets through, gossip and Raft included.
+            return Box::pin(async move {
+                Err(HandlerError::new("partitioned (DEBUG CLUSTER-PARTITION)"))
+            });
+        }
         if kind == GOSSIP_KIND {
             if let Some(gossip) = self.gossip.get() {
                 gossip.handle(from, payload);
@@ -304,6 +313,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         gossip: OnceLock::new(),
         map: map.clone(),
         fence: Arc::new(AtomicU64::new(0)),
+        cut_off: Arc::new(RwLock::new(Vec::new())),
     });
     let bind_addr: SocketAddr = format!("{bind}:{cluster_port}")
         .parse()
@@ -412,6 +422,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         gossip: gossip.clone(),
         coordinated: AtomicU64::new(0),
         fence: handler.fence.clone(),
+        cut_off: handler.cut_off.clone(),
     });
     let _ = handler.node.set(Arc::downgrade(&node));
     // Route by the map as it applies; introduce every member to gossip.

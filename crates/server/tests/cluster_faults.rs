@@ -1,7 +1,8 @@
 //! The cluster under failure with real processes (docs/cluster.md, "Sloppy quorum and
 //! hinted handoff", "Anti-entropy"; docs/testing.md): 5 nodes on loopback at N=3, R=2, W=2
 //! under client load from several threads while random nodes are killed with SIGKILL and
-//! restarted on their addresses, one at a time. Every client operation is recorded with
+//! restarted on their addresses, one at a time, then one node at a time is cut off from the
+//! others both ways (`DEBUG CLUSTER-PARTITION`). Every client operation is recorded with
 //! whether it was acknowledged; after the last restart, hinted handoff and anti-entropy
 //! settle, and the history is checked:
 //! - every acknowledged write is readable: each key holds its last acknowledged value or a
@@ -13,8 +14,9 @@
 //!   the key, before any read at R > 1 could repair it), and at R=2 and R=3 through every
 //!   node.
 //!
-//! Not covered here: network partitions (a later step: network namespaces or a proxy on
-//! the internode port), joins and leaves under load.
+//! The partition is the server's drill: the cut-off node's requests are refused, not dropped
+//! (no timeouts). Not covered here: partitions made in the network (namespaces, a proxy),
+//! joins and leaves under load.
 
 mod common;
 
@@ -29,6 +31,7 @@ const STRING_KEYS: usize = 40;
 const COUNTERS: usize = 4;
 const DELETE_KEYS: usize = 10;
 const KILLS: usize = 5;
+const PARTITIONS: usize = 2;
 
 /// A small deterministic generator per thread (the test's randomness is seeded, printed).
 struct Rng(u64);
@@ -185,6 +188,7 @@ fn five_nodes_under_load_with_nodes_killed_keep_every_acknowledged_write() {
         .map(|n| (n.port.to_string(), cluster_port(n)))
         .collect();
     let stop = AtomicBool::new(false);
+    let began = Instant::now();
     let mut chaos = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let histories: Vec<History> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..WORKERS)
@@ -208,10 +212,39 @@ fn five_nodes_under_load_with_nodes_killed_keep_every_acknowledged_write() {
             ]);
             std::thread::sleep(Duration::from_millis(1000 + chaos.below(1500)));
         }
+        // Partitions: one node at a time cut off from all the others, both ways, under load.
+        let ids = cluster.ids();
+        for _ in 0..PARTITIONS {
+            let alone = chaos.below(cluster.nodes.len() as u64) as usize;
+            for (i, node) in cluster.nodes.iter().enumerate() {
+                let mut args = vec!["DEBUG", "CLUSTER-PARTITION"];
+                if i == alone {
+                    args.extend(
+                        ids.iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != alone)
+                            .map(|(_, id)| id.as_str()),
+                    );
+                } else {
+                    args.push(&ids[alone]);
+                }
+                assert_eq!(node.cli(&args).trim(), "OK");
+            }
+            std::thread::sleep(Duration::from_millis(2000 + chaos.below(2000)));
+            eprintln!(
+                "partition of node {alone} healing after {:?}",
+                began.elapsed()
+            );
+            for node in &cluster.nodes {
+                assert_eq!(node.cli(&["DEBUG", "CLUSTER-PARTITION"]).trim(), "OK");
+            }
+            std::thread::sleep(Duration::from_millis(1000 + chaos.below(1000)));
+        }
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::Relaxed);
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
+    eprintln!("load and faults done after {:?}", began.elapsed());
     let ops: u64 = histories.iter().map(|h| h.ops).sum();
     let failed: u64 = histories.iter().map(|h| h.failed).sum();
     eprintln!("{ops} operations, {failed} refused or failed");
@@ -235,6 +268,7 @@ fn five_nodes_under_load_with_nodes_killed_keep_every_acknowledged_write() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    eprintln!("settled after {:?}", began.elapsed());
     // A few anti-entropy rounds (every second on every node).
     std::thread::sleep(Duration::from_secs(4));
 

@@ -358,6 +358,22 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             tracing::warn!(paused, "DEBUG CLUSTER-PAUSE-REPLICATION");
             Ok(Frame::ok())
         }
+        "cluster-partition" => {
+            // A drill: this node refuses every internode request (data, gossip, Raft) from
+            // the nodes named, by id; run it on both sides for a two-way partition. With no
+            // ids the partition heals.
+            let node = cluster_node(ctx)?;
+            let mut ids = Vec::with_capacity(args.len() - 2);
+            for arg in &args[2..] {
+                let text = String::from_utf8_lossy(arg);
+                let id = u64::from_str_radix(&text, 16)
+                    .map_err(|_| CmdError::msg(format!("ERR not a node id: {text}")))?;
+                ids.push(id);
+            }
+            tracing::warn!(?ids, "DEBUG CLUSTER-PARTITION");
+            *node.cut_off.write() = ids;
+            Ok(Frame::ok())
+        }
         "cluster-fence" if args.len() == 3 => {
             // A drill: this node refuses internode data requests from below this epoch, as if
             // its map were that new (the stale-epoch path end to end).
