@@ -1033,3 +1033,67 @@ fn anti_entropy_refills_a_wiped_replica() {
         }
     }
 }
+
+/// Replacing a dead node (docs/cluster.md, "Replacing a dead node"): 4 nodes at N=3, one
+/// killed for good and removed with CLUSTER FORGET. The map drops it at a new epoch and
+/// plans its slots over the other three, which then each replicate every slot; anti-entropy
+/// fills the copies they gain, so every key ends up on exactly the 3 survivors, readable
+/// through each of them.
+#[test]
+fn a_dead_node_forgotten_leaves_every_key_on_the_survivors() {
+    let mut cluster = Cluster::start(4, &["--cluster-anti-entropy-interval", "1"]);
+    let keys: Vec<String> = (0..400).map(|i| format!("forget:{i}")).collect();
+    let mut con = cluster.nodes[0].client();
+    for key in &keys {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(key)
+            .query::<()>(&mut con)
+            .unwrap();
+    }
+    let dead_id = cluster.ids()[3].clone();
+    cluster.nodes[3].kill();
+    assert!(
+        cluster.nodes[1]
+            .cli(&["CLUSTER", "FORGET", &cluster.ids()[1]])
+            .contains("forget myself"),
+        "a node cannot forget itself"
+    );
+    assert_eq!(
+        cluster.nodes[1]
+            .cli(&["CLUSTER", "FORGET", &dead_id])
+            .trim(),
+        "OK"
+    );
+    let survivors = &cluster.nodes[..3];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let known = survivors
+            .iter()
+            .all(|n| cluster_info(n, "cluster_known_nodes") == 3);
+        let held: Vec<Vec<bool>> = survivors.iter().map(|n| holds(n, &keys)).collect();
+        let missing = (0..keys.len())
+            .filter(|&i| held.iter().any(|h| !h[i]))
+            .count();
+        if known && missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 90 s: members known everywhere {known}, {missing} keys not on all 3 survivors"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for node in survivors {
+        let mut con = node.client();
+        for key in keys.iter().step_by(13) {
+            let value: Option<String> = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+            assert_eq!(
+                value.as_deref(),
+                Some(key.as_str()),
+                "through {}",
+                node.port
+            );
+        }
+    }
+}

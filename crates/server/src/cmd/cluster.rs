@@ -26,7 +26,7 @@ use crate::errors::{self, CmdError, CmdResult};
 /// The cluster commands.
 pub(crate) const COMMANDS: &[CommandSpec] = &[
     spec("cluster", -2, &[], 0, 0, 0, &["slow"], "A container for Redis Cluster commands.", "3.0.0", cluster)
-        .syntax("INFO|MYID|KEYSLOT key|NODES|SLOTS|SHARDS|COUNTKEYSINSLOT slot|GETKEYSINSLOT slot count|QUORUM [r w [pw]]|HOLDS key [key ...]|HELP"),
+        .syntax("INFO|MYID|KEYSLOT key|NODES|SLOTS|SHARDS|COUNTKEYSINSLOT slot|GETKEYSINSLOT slot count|QUORUM [r w [pw]]|FORGET node-id|HOLDS key [key ...]|HELP"),
     spec("vget", 2, &["readonly"], 1, 1, 1, &["read", "string", "slow"], "Returns every sibling of a key and the context that resolves them (cluster mode).", "ringkv", vget)
         .syntax("key"),
     spec("vset", 4, &["write", "denyoom"], 1, 1, 1, &["write", "string", "slow"], "Writes a value that supersedes the siblings a VGET context covers (cluster mode).", "ringkv", vset)
@@ -113,6 +113,7 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 "CLUSTER KEYSLOT <key>: the key's hash slot.",
                 "CLUSTER NODES / SLOTS / SHARDS: the slot table, as Redis Cluster gives it.",
                 "CLUSTER COUNTKEYSINSLOT <slot> / GETKEYSINSLOT <slot> <count>: keys this node holds in a slot.",
+                "CLUSTER FORGET <node-id>: remove a (dead) member from the cluster; its slots go to the others.",
                 "CLUSTER QUORUM [<r> <w> [<pw>]]: this connection's read and write quorums, and how many of W must be the slot's own replicas (not hints).",
                 "CLUSTER HOLDS <key> [<key> ...]: 1 for each key this node's store holds a copy of.",
                 "CLUSTER STATUS: members, their state and liveness, the epoch and slot counts (`ringkv cluster status`).",
@@ -306,6 +307,36 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 Frame::Integer(quorum.w as i64),
                 Frame::Integer(quorum.pw as i64),
             ]))
+        }
+        "forget" => {
+            // Removes a member from the cluster, committed through Raft (unlike Redis
+            // Cluster's, which only edits this node's table): its slots are planned anew over
+            // the others, and anti-entropy fills the replicas that gain slots
+            // (docs/cluster.md, "Replacing a dead node").
+            if args.len() != 3 {
+                return Err(arity());
+            }
+            let node = node_of(ctx)?;
+            let text = String::from_utf8_lossy(&args[2]).into_owned();
+            let id = u64::from_str_radix(&text, 16)
+                .map_err(|_| CmdError::msg(format!("ERR Unknown node {text}")))?;
+            if id == node.id {
+                return Err(CmdError::msg("ERR I tried hard but I can't forget myself..."));
+            }
+            if !map_of(&node)?.members.contains_key(&id) {
+                return Err(CmdError::msg(format!("ERR Unknown node {text}")));
+            }
+            let control = node.control.clone();
+            tracing::warn!(node = %text, "CLUSTER FORGET: removing a member");
+            Ok(ctx.defer(async move {
+                match control.remove_member(id).await {
+                    Ok(map) => {
+                        tracing::info!(epoch = map.epoch, members = map.members.len(), "member removed");
+                        Frame::ok()
+                    }
+                    Err(error) => Frame::error(format!("ERR {error}")),
+                }
+            }))
         }
         "holds" => {
             node_of(ctx)?;
