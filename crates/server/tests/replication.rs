@@ -725,6 +725,17 @@ fn replication_lag_metrics_match_info() {
     // A frozen replica (SIGSTOP) acknowledges nothing: lag in offsets and seconds shows on
     // the leader and grows, identically in INFO and /metrics.
     signal(&replica, "STOP");
+    // An acknowledgement already in flight when the replica stopped (of a heartbeat the
+    // leader wrote since `offset` was read) may still land: what the leader holds a moment
+    // after the stop is what the frozen replica acknowledged, and it must not move again.
+    std::thread::sleep(Duration::from_millis(200));
+    let offset = {
+        let info = info_map(&mut l);
+        number(
+            &replica_line(&info, replica.port).expect("replica registered"),
+            "offset",
+        )
+    };
     let first_write = Instant::now();
     for i in 0..100 {
         q::<()>(&mut l, &["SET", &format!("lag:{i}"), "v"]);
