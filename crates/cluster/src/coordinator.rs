@@ -560,38 +560,37 @@ impl DataNode {
             .collect()
     }
 
-    /// Stores `payload` (a merge of `kind`) as a hint for `target` on the first fallback
-    /// that takes it; the fallback that did.
-    fn hint(
+    /// Stores `payload` (a merge of `kind`) as a hint for `target`, a replica of `slot`, on
+    /// the first of the slot's fallbacks that takes it; the fallback that did.
+    async fn hint(
         self: &Arc<Self>,
-        fallbacks: Arc<Vec<NodeId>>,
+        map: &ClusterMap,
+        slot: u16,
         target: NodeId,
         kind: u8,
         payload: Bytes,
-    ) -> BoxFuture<'static, Result<NodeId, String>> {
-        let this = self.clone();
-        Box::pin(async move {
-            let hint_kind = if kind == KIND_MERGE_MANY {
-                KIND_HINT_MANY
-            } else {
-                KIND_HINT
-            };
-            let mut hinted = Vec::with_capacity(payload.len() + 10);
-            put_varint(&mut hinted, target);
-            hinted.extend_from_slice(&payload);
-            let hinted = Bytes::from(hinted);
-            let mut last_error = "no fallback node is up".to_string();
-            for &fallback in fallbacks.iter() {
-                match this.send(fallback, hint_kind, hinted.clone()).await {
-                    Ok(_) => {
-                        this.sloppy.hints_sent.fetch_add(1, Ordering::Relaxed);
-                        return Ok(fallback);
-                    }
-                    Err(error) => last_error = format!("fallback {fallback:016x}: {error}"),
+    ) -> Result<NodeId, String> {
+        let fallbacks = self.fallbacks(map, slot, map.replicas(slot));
+        let hint_kind = if kind == KIND_MERGE_MANY {
+            KIND_HINT_MANY
+        } else {
+            KIND_HINT
+        };
+        let mut hinted = Vec::with_capacity(payload.len() + 10);
+        put_varint(&mut hinted, target);
+        hinted.extend_from_slice(&payload);
+        let hinted = Bytes::from(hinted);
+        let mut last_error = "no fallback node is up".to_string();
+        for fallback in fallbacks {
+            match self.send(fallback, hint_kind, hinted.clone()).await {
+                Ok(_) => {
+                    self.sloppy.hints_sent.fetch_add(1, Ordering::Relaxed);
+                    return Ok(fallback);
                 }
+                Err(error) => last_error = format!("fallback {fallback:016x}: {error}"),
             }
-            Err(last_error)
-        })
+        }
+        Err(last_error)
     }
 
     /// Reads `key` from its replicas: the merge of R copies. It asks R replicas
@@ -702,7 +701,7 @@ impl DataNode {
     /// replica's included.
     pub async fn write(
         self: &Arc<Self>,
-        map: &ClusterMap,
+        map: &Arc<ClusterMap>,
         event: WriteEvent,
         quorum: Quorum,
     ) -> Result<Written, CoordError> {
@@ -741,7 +740,7 @@ impl DataNode {
     /// all of these writes or none of them.
     pub async fn write_many(
         self: &Arc<Self>,
-        map: &ClusterMap,
+        map: &Arc<ClusterMap>,
         events: Vec<WriteEvent>,
         quorum: Quorum,
     ) -> Result<Vec<Written>, CoordError> {
@@ -800,7 +799,7 @@ impl DataNode {
     /// others; the value after it as the event replica saw it.
     pub async fn increment(
         self: &Arc<Self>,
-        map: &ClusterMap,
+        map: &Arc<ClusterMap>,
         db: usize,
         key: &Bytes,
         delta: i64,
@@ -852,7 +851,7 @@ impl DataNode {
     #[allow(clippy::too_many_arguments)]
     async fn replicate(
         self: &Arc<Self>,
-        map: &ClusterMap,
+        map: &Arc<ClusterMap>,
         slot: u16,
         replicas: &[NodeId],
         done: NodeId,
@@ -872,19 +871,17 @@ impl DataNode {
             });
         }
         let paused = self.replication_paused.load(Ordering::Relaxed);
-        let fallbacks = match &self.hints {
-            Some(_) if !paused => Some(Arc::new(self.fallbacks(map, slot, replicas))),
-            _ => None,
-        };
+        // What a hint needs, if hints are on: the fallbacks are found only when one is sent.
+        let hinting = (self.hints.is_some() && !paused).then(|| map.clone());
         // Each replica's delivery: its own merge, or (down, or the merge failed) a hint.
         // Either way it runs to the end even after the client has its answer (`Merges`).
         let deliver = |node: NodeId| -> MergeCall {
             let down = self.peers.is_down(node);
             let direct =
-                (fallbacks.is_none() || !down).then(|| self.send(node, kind, payload.clone()));
-            let hint = fallbacks
+                (hinting.is_none() || !down).then(|| self.send(node, kind, payload.clone()));
+            let hint = hinting
                 .clone()
-                .map(|fallbacks| (self.clone(), fallbacks, payload.clone()));
+                .map(|map| (self.clone(), map, payload.clone()));
             Box::pin(async move {
                 if let Some(direct) = direct {
                     match direct.await {
@@ -897,11 +894,9 @@ impl DataNode {
                         }
                     }
                 }
-                let (this, fallbacks, payload) = hint.expect("hinting when the merge is skipped");
-                (
-                    node,
-                    Delivery::Hinted(this.hint(fallbacks, node, kind, payload).await),
-                )
+                let (this, map, payload) = hint.expect("hinting when the merge is skipped");
+                let hinted = this.hint(&map, slot, node, kind, payload).await;
+                (node, Delivery::Hinted(hinted))
             })
         };
         let mut sending = Merges(
