@@ -429,26 +429,20 @@ impl DataNode {
                     .bytes(reader.remaining())
                     .map_err(|e| e.to_string())?;
                 let now_ms = self.keyspace.now_ms();
-                if kind == KIND_HINT {
+                let (db, copies) = if kind == KIND_HINT {
                     let mut reader = Reader::new(rest);
                     let (db, key) = decode_key(&mut reader).map_err(|e| e.to_string())?;
-                    let record = Record::decode(
-                        reader
-                            .bytes(reader.remaining())
-                            .map_err(|e| e.to_string())?,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    hints
-                        .store(target, db, key, &record, now_ms)
-                        .map_err(|e| e.to_string())?;
+                    let record = reader
+                        .bytes(reader.remaining())
+                        .map_err(|e| e.to_string())
+                        .and_then(|bytes| Record::decode(bytes).map_err(|e| e.to_string()))?;
+                    (db, vec![(key, record)])
                 } else {
-                    let (db, copies) = decode_merge_many(rest).map_err(|e| e.to_string())?;
-                    for (key, record) in &copies {
-                        hints
-                            .store(target, db, key, record, now_ms)
-                            .map_err(|e| e.to_string())?;
-                    }
-                }
+                    decode_merge_many(rest).map_err(|e| e.to_string())?
+                };
+                hints
+                    .store_many(target, db, &copies, now_ms)
+                    .map_err(|e| e.to_string())?;
                 Bytes::new()
             }
             KIND_AAE_ROOTS | KIND_AAE_SEGMENTS | KIND_AAE_KEYS => {
@@ -966,17 +960,20 @@ impl DataNode {
     }
 
     /// Sends the hints this node holds to their replicas that are back up (gossip), and
-    /// deletes each one its replica acknowledged; drops those past the age bound, and those
+    /// deletes those their replica acknowledged; drops those past the age bound, and those
     /// for nodes no longer in `map`. One pass: at most [`HINTS_PER_PASS`] per node, with
-    /// [`HINTS_IN_FLIGHT`] in flight. Returns the hints delivered.
+    /// [`HINTS_IN_FLIGHT`] in flight; the hints' store is read and written on the blocking
+    /// pool (it may wait on the disk), deletions as one write per node. Returns the hints
+    /// delivered.
     pub async fn deliver_hints(self: &Arc<Self>, map: &ClusterMap) -> usize {
         let Some(hints) = self.hints.clone() else {
             return 0;
         };
         let mut delivered = 0;
-        for target in hints.targets() {
+        let targets = off_worker(&hints, |hints| hints.targets()).await;
+        for target in targets {
             if !map.members.contains_key(&target) {
-                let dropped = hints.forget(target);
+                let dropped = off_worker(&hints, move |hints| hints.forget(target)).await;
                 tracing::info!(
                     node = %format!("{target:016x}"),
                     dropped,
@@ -987,56 +984,62 @@ impl DataNode {
             if target == self.me || self.peers.is_down(target) {
                 continue;
             }
-            let batch = match hints.for_target(target, HINTS_PER_PASS) {
+            let now_ms = self.keyspace.now_ms();
+            let batch = off_worker(&hints, move |hints| {
+                hints
+                    .for_target(target, HINTS_PER_PASS)
+                    .map(|batch| hints.expire_old(batch, now_ms))
+            })
+            .await;
+            let batch = match batch {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::warn!(%error, "could not read the hints");
                     continue;
                 }
             };
-            let now_ms = self.keyspace.now_ms();
-            let mut in_flight = FuturesUnordered::new();
-            let mut failed = false;
-            for hint in batch {
-                if hints.expire_if_old(&hint, now_ms) {
-                    continue;
-                }
-                if failed {
-                    break;
-                }
-                let call = self.peers.call(
-                    target,
-                    KIND_MERGE,
-                    encode_merge(hint.db, &hint.key, &hint.record),
-                    self.timeout,
-                );
-                in_flight.push(async move { (hint, call.await) });
-                while in_flight.len() >= HINTS_IN_FLIGHT {
-                    match in_flight.next().await {
-                        Some((hint, Ok(_))) => {
-                            hints.delivered(&hint);
-                            delivered += 1;
-                        }
-                        Some((_, Err(error))) => {
-                            tracing::debug!(target, %error, "delivering a hint failed");
-                            failed = true;
-                        }
-                        None => break,
+            // Until the first failure (the node went again): the rest waits for next pass.
+            let mut sends = futures::stream::iter(batch)
+                .map(|hint| {
+                    let call = self.peers.call(
+                        target,
+                        KIND_MERGE,
+                        encode_merge(hint.db, &hint.key, &hint.record),
+                        self.timeout,
+                    );
+                    async move { (hint, call.await) }
+                })
+                .buffer_unordered(HINTS_IN_FLIGHT);
+            let mut done = Vec::new();
+            while let Some((hint, result)) = sends.next().await {
+                match result {
+                    Ok(_) => done.push(hint),
+                    Err(error) => {
+                        tracing::debug!(target, %error, "delivering a hint failed");
+                        break;
                     }
                 }
             }
-            while let Some((hint, result)) = in_flight.next().await {
-                if result.is_ok() {
-                    hints.delivered(&hint);
-                    delivered += 1;
-                }
-            }
+            drop(sends);
+            delivered += done.len();
+            off_worker(&hints, move |hints| hints.delivered(&done)).await;
         }
         if delivered > 0 {
             tracing::info!(delivered, "hints handed off");
         }
         delivered
     }
+}
+
+/// Runs `f` on the hints' store on the blocking pool (the store may wait on the disk).
+async fn off_worker<T: Send + 'static>(
+    hints: &Arc<Hints>,
+    f: impl FnOnce(&Hints) -> T + Send + 'static,
+) -> T {
+    let hints = hints.clone();
+    tokio::task::spawn_blocking(move || f(&hints))
+        .await
+        .expect("a hints task panicked")
 }
 
 /// How a replica got a write: its own merge, or a hint on a fallback (the one that took it).

@@ -23,14 +23,14 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
-use ringkv_engine::{Db, FsyncPolicy, Options};
+use parking_lot::{Mutex, MutexGuard};
+use ringkv_engine::{Db, FsyncPolicy, Options, WriteBatch};
 
 use crate::codec::{put_varint, Reader};
 use crate::record::Record;
 use crate::NodeId;
 
-/// How much a node holds for others.
+/// How much a node holds for others (`cluster-hints-max-bytes`, `cluster-hint-max-age`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HintLimits {
     /// Bytes of hints (keys and records) this node holds at most; a hint past it is refused
@@ -38,15 +38,6 @@ pub struct HintLimits {
     pub bytes_max: u64,
     /// A hint older than this is dropped undelivered (anti-entropy repairs the replica).
     pub age_max_ms: u64,
-}
-
-impl Default for HintLimits {
-    fn default() -> Self {
-        Self {
-            bytes_max: 256 << 20,
-            age_max_ms: 3 * 60 * 60 * 1000,
-        }
-    }
 }
 
 /// Why a hint was not stored.
@@ -93,8 +84,9 @@ pub struct HintStats {
 pub struct Hints {
     db: Db,
     limits: HintLimits,
-    /// Serialises a key's read-merge-write against delivery's compare-and-delete.
-    lock: Mutex<()>,
+    /// Serialise a key's read-merge-write against delivery's compare-and-delete, by the
+    /// key's stripe: hints for different keys are stored at once (their fsyncs grouped).
+    stripes: Vec<Mutex<()>>,
     pending: AtomicU64,
     bytes: AtomicU64,
     stored: AtomicU64,
@@ -110,6 +102,9 @@ impl std::fmt::Debug for Hints {
             .finish_non_exhaustive()
     }
 }
+
+/// Lock stripes of the hints' keys.
+const STRIPES: usize = 64;
 
 fn hint_key(target: NodeId, db: usize, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + 2 + key.len());
@@ -136,7 +131,7 @@ impl Hints {
         let hints = Hints {
             db,
             limits,
-            lock: Mutex::new(()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             pending: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             stored: AtomicU64::new(0),
@@ -155,47 +150,74 @@ impl Hints {
         Ok(hints)
     }
 
-    /// Stores `record` for `target`, merged with what is held for that key already.
-    /// Durable (as the store's policy says) when it returns.
-    pub fn store(
+    /// Locks the stripes of `raw_keys`, in stripe order (no two callers wait on each other
+    /// in a cycle).
+    fn lock_stripes<'a>(
+        &self,
+        raw_keys: impl Iterator<Item = &'a [u8]>,
+    ) -> Vec<MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = raw_keys
+            .map(|key| (xxhash_rust::xxh3::xxh3_64(key) % STRIPES as u64) as usize)
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|i| self.stripes[i].lock())
+            .collect()
+    }
+
+    /// Stores a hint for `target` of each of `copies` (distinct keys of database `db`),
+    /// each merged with what is held for its key, all in one write: durable (as the
+    /// store's policy says) when it returns, all or none. Refused whole past the bytes bound.
+    pub fn store_many(
         &self,
         target: NodeId,
         db: usize,
-        key: &[u8],
-        record: &Record,
+        copies: &[(&[u8], Record)],
         now_ms: u64,
     ) -> Result<(), HintError> {
         let store = |e: ringkv_engine::Error| HintError::Store(e.to_string());
-        let raw_key = hint_key(target, db, key);
-        let _guard = self.lock.lock();
-        let held = self.db.get(&raw_key).map_err(store)?;
-        let (merged, old_len) = match &held {
-            Some(entry) => {
-                let old = decode_value(&entry.value)
-                    .map(|(_, r)| r)
-                    .map_err(|e| HintError::Store(format!("a damaged hint: {e}")))?;
-                (old.merge(record), entry.key.len() + entry.value.len())
-            }
-            None => (record.clone(), 0),
-        };
-        let mut value = now_ms.to_be_bytes().to_vec();
-        value.extend_from_slice(&merged.encode());
-        let new_len = raw_key.len() + value.len();
-        let held_bytes = self.bytes.load(Ordering::Relaxed);
-        if new_len > old_len && held_bytes + (new_len - old_len) as u64 > self.limits.bytes_max {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+        let raw_keys: Vec<Vec<u8>> = copies
+            .iter()
+            .map(|(key, _)| hint_key(target, db, key))
+            .collect();
+        let _guards = self.lock_stripes(raw_keys.iter().map(|k| &k[..]));
+        let mut batch = WriteBatch::with_capacity(copies.len());
+        let (mut added, mut removed, mut new_keys) = (0u64, 0u64, 0u64);
+        for (raw_key, (_, record)) in raw_keys.into_iter().zip(copies) {
+            let merged = match self.db.get(&raw_key).map_err(store)? {
+                Some(entry) => {
+                    let (_, old) = decode_value(&entry.value)
+                        .map_err(|e| HintError::Store(format!("a damaged hint: {e}")))?;
+                    removed += (entry.key.len() + entry.value.len()) as u64;
+                    old.merge(record)
+                }
+                None => {
+                    new_keys += 1;
+                    record.clone()
+                }
+            };
+            let mut value = now_ms.to_be_bytes().to_vec();
+            value.extend_from_slice(&merged.encode());
+            added += (raw_key.len() + value.len()) as u64;
+            batch.put(Bytes::from(raw_key), Bytes::from(value), None);
+        }
+        let held = self.bytes.load(Ordering::Relaxed);
+        if added > removed && held + (added - removed) > self.limits.bytes_max {
+            self.refused
+                .fetch_add(copies.len() as u64, Ordering::Relaxed);
             return Err(HintError::Full {
-                held: held_bytes,
+                held,
                 max: self.limits.bytes_max,
             });
         }
-        self.db.put(&raw_key, &value, None).map_err(store)?;
-        if held.is_none() {
-            self.pending.fetch_add(1, Ordering::Relaxed);
-        }
-        self.bytes.fetch_add(new_len as u64, Ordering::Relaxed);
-        self.bytes.fetch_sub(old_len as u64, Ordering::Relaxed);
-        self.stored.fetch_add(1, Ordering::Relaxed);
+        self.db.write(batch).map_err(store)?;
+        self.pending.fetch_add(new_keys, Ordering::Relaxed);
+        self.bytes.fetch_add(added, Ordering::Relaxed);
+        self.bytes.fetch_sub(removed, Ordering::Relaxed);
+        self.stored
+            .fetch_add(copies.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -233,7 +255,7 @@ impl Hints {
             let key = Bytes::copy_from_slice(reader.bytes(reader.remaining()).unwrap_or(&[]));
             let Ok((stored_at_ms, record)) = decode_value(&entry.value) else {
                 tracing::warn!(target, "a damaged hint is dropped");
-                self.remove_if_unchanged(&entry.key, &entry.value);
+                self.remove_raw(&[(&entry.key, &entry.value)]);
                 continue;
             };
             out.push(Hint {
@@ -248,51 +270,62 @@ impl Hints {
         Ok(out)
     }
 
-    /// `hint` reached its replica: deleted, unless a newer write merged into it meanwhile
-    /// (that one is delivered next pass).
-    pub fn delivered(&self, hint: &Hint) {
-        if self.remove_if_unchanged(&hint.raw_key, &hint.raw_value) {
-            self.delivered.fetch_add(1, Ordering::Relaxed);
-        }
+    /// `hints` reached their replica: deleted, those a newer write merged into meanwhile
+    /// excepted (they go next pass). One write for all.
+    pub fn delivered(&self, hints: &[Hint]) {
+        let removed = self.remove_unchanged(hints);
+        self.delivered.fetch_add(removed, Ordering::Relaxed);
     }
 
-    /// True (and dropped) when `hint` is older than the age bound at `now_ms`.
-    pub fn expire_if_old(&self, hint: &Hint, now_ms: u64) -> bool {
-        if now_ms.saturating_sub(hint.stored_at_ms) <= self.limits.age_max_ms {
-            return false;
+    /// Drops the hints older than the age bound at `now_ms` from `hints` (deleted from the
+    /// store, counted as expired) and returns the rest.
+    pub fn expire_old(&self, hints: Vec<Hint>, now_ms: u64) -> Vec<Hint> {
+        let (old, young): (Vec<Hint>, Vec<Hint>) = hints
+            .into_iter()
+            .partition(|hint| now_ms.saturating_sub(hint.stored_at_ms) > self.limits.age_max_ms);
+        if !old.is_empty() {
+            let removed = self.remove_unchanged(&old);
+            self.expired.fetch_add(removed, Ordering::Relaxed);
         }
-        if self.remove_if_unchanged(&hint.raw_key, &hint.raw_value) {
-            self.expired.fetch_add(1, Ordering::Relaxed);
-        }
-        true
+        young
     }
 
     /// Drops every hint for `target` (it left the cluster). Returns how many.
     pub fn forget(&self, target: NodeId) -> usize {
         let hints = self.for_target(target, usize::MAX).unwrap_or_default();
-        for hint in &hints {
-            if self.remove_if_unchanged(&hint.raw_key, &hint.raw_value) {
-                self.expired.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let removed = self.remove_unchanged(&hints);
+        self.expired.fetch_add(removed, Ordering::Relaxed);
         hints.len()
     }
 
-    fn remove_if_unchanged(&self, raw_key: &[u8], raw_value: &[u8]) -> bool {
-        let _guard = self.lock.lock();
-        match self.db.get(raw_key) {
-            Ok(Some(entry)) if entry.value == raw_value => {
-                if let Err(error) = self.db.delete(raw_key) {
-                    tracing::warn!(%error, "could not delete a hint");
-                    return false;
-                }
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-                self.bytes
-                    .fetch_sub((raw_key.len() + raw_value.len()) as u64, Ordering::Relaxed);
-                true
+    /// Deletes each of `hints` still stored as listed, in one write; how many.
+    fn remove_unchanged(&self, hints: &[Hint]) -> u64 {
+        let raw: Vec<(&Bytes, &Bytes)> = hints.iter().map(|h| (&h.raw_key, &h.raw_value)).collect();
+        self.remove_raw(&raw)
+    }
+
+    /// Deletes each stored (key, value) still stored with that value, in one write; how many.
+    fn remove_raw(&self, raw: &[(&Bytes, &Bytes)]) -> u64 {
+        let _guards = self.lock_stripes(raw.iter().map(|(key, _)| &key[..]));
+        let mut batch = WriteBatch::with_capacity(raw.len());
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for &(key, value) in raw {
+            if matches!(self.db.get(key), Ok(Some(entry)) if entry.value == value) {
+                batch.delete(key.clone());
+                count += 1;
+                bytes += (key.len() + value.len()) as u64;
             }
-            _ => false,
         }
+        if count == 0 {
+            return 0;
+        }
+        if let Err(error) = self.db.write(batch) {
+            tracing::warn!(%error, "could not delete hints");
+            return 0;
+        }
+        self.pending.fetch_sub(count, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        count
     }
 
     /// The counters and gauges.
@@ -322,6 +355,17 @@ mod tests {
     use crate::hlc::Hlc;
     use crate::record::{Body, Sibling};
 
+    fn store(
+        hints: &Hints,
+        target: NodeId,
+        db: usize,
+        key: &[u8],
+        record: &Record,
+        now_ms: u64,
+    ) -> Result<(), HintError> {
+        hints.store_many(target, db, &[(key, record.clone())], now_ms)
+    }
+
     fn record(node: NodeId, value: &[u8], at: u64) -> Record {
         let sibling = Sibling {
             hlc: Hlc::new(at, 0),
@@ -335,20 +379,15 @@ mod tests {
     #[test]
     fn hints_merge_per_key_survive_a_reopen_and_are_deleted_once_delivered() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = HintLimits::default();
+        let limits = HintLimits {
+            bytes_max: 1 << 20,
+            age_max_ms: 60_000,
+        };
         let hints = Hints::open(dir.path(), limits, FsyncPolicy::Always).unwrap();
-        hints
-            .store(7, 0, b"k1", &record(1, b"a", 10), 1_000)
-            .unwrap();
-        hints
-            .store(7, 0, b"k1", &record(2, b"b", 11), 1_001)
-            .unwrap();
-        hints
-            .store(7, 3, b"k2", &record(1, b"c", 12), 1_002)
-            .unwrap();
-        hints
-            .store(9, 0, b"k1", &record(1, b"d", 13), 1_003)
-            .unwrap();
+        store(&hints, 7, 0, b"k1", &record(1, b"a", 10), 1_000).unwrap();
+        store(&hints, 7, 0, b"k1", &record(2, b"b", 11), 1_001).unwrap();
+        store(&hints, 7, 3, b"k2", &record(1, b"c", 12), 1_002).unwrap();
+        store(&hints, 9, 0, b"k1", &record(1, b"d", 13), 1_003).unwrap();
         assert_eq!(hints.stats().pending, 3);
         drop(hints);
 
@@ -362,16 +401,14 @@ mod tests {
         assert_eq!((held[1].db, &held[1].key[..]), (3, &b"k2"[..]));
 
         // A write merged in after the listing keeps the hint for the next pass.
-        hints
-            .store(7, 0, b"k1", &record(3, b"e", 14), 1_004)
-            .unwrap();
-        hints.delivered(&held[0]);
-        hints.delivered(&held[1]);
+        store(&hints, 7, 0, b"k1", &record(3, b"e", 14), 1_004).unwrap();
+        hints.delivered(std::slice::from_ref(&held[0]));
+        hints.delivered(std::slice::from_ref(&held[1]));
         assert_eq!(hints.stats().delivered, 1);
         let left = hints.for_target(7, 100).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].record.sibling_count(), 3);
-        hints.delivered(&left[0]);
+        hints.delivered(&left);
         assert_eq!(hints.targets(), vec![9]);
         assert_eq!(hints.forget(9), 1);
         assert_eq!(hints.stats().pending, 0);
@@ -389,9 +426,14 @@ mod tests {
         let mut refused = 0;
         for i in 0..20 {
             let key = format!("key-{i}");
-            if let Err(HintError::Full { .. }) =
-                hints.store(1, 0, key.as_bytes(), &record(2, &[b'x'; 30], i), 5_000)
-            {
+            if let Err(HintError::Full { .. }) = store(
+                &hints,
+                1,
+                0,
+                key.as_bytes(),
+                &record(2, &[b'x'; 30], i),
+                5_000,
+            ) {
                 refused += 1;
             }
         }
@@ -399,9 +441,25 @@ mod tests {
         assert!(hints.stats().bytes <= 200);
         assert_eq!(hints.stats().refused, refused);
         let held = hints.for_target(1, 100).unwrap();
-        assert!(!hints.expire_if_old(&held[0], 5_500));
-        assert!(hints.expire_if_old(&held[0], 6_001));
+        assert_eq!(
+            hints.expire_old(held.clone(), 5_500).len(),
+            held.len(),
+            "young"
+        );
+        let first = held[0].clone();
+        assert!(hints.expire_old(vec![first], 6_001).is_empty(), "old");
         assert_eq!(hints.stats().expired, 1);
         assert_eq!(hints.stats().pending as usize, held.len() - 1);
+        // A batch stored whole or refused whole at the bound.
+        let batch: Vec<(&[u8], Record)> = vec![
+            (&b"batch-a"[..], record(2, &[b'y'; 60], 1)),
+            (&b"batch-b"[..], record(2, &[b'y'; 60], 2)),
+        ];
+        let before = hints.stats().pending;
+        assert!(matches!(
+            hints.store_many(1, 0, &batch, 5_000),
+            Err(HintError::Full { .. })
+        ));
+        assert_eq!(hints.stats().pending, before, "nothing of a refused batch");
     }
 }
