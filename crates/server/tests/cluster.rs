@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use common::cluster::{cluster_info, own_addresses, Cluster};
 use common::Server;
 use redis::Connection;
 
@@ -787,16 +787,6 @@ fn holds(node: &Server, keys: &[String]) -> Vec<bool> {
     flags.into_iter().map(|f| f == 1).collect()
 }
 
-fn cluster_info(node: &Server, field: &str) -> u64 {
-    node.cli(&["CLUSTER", "INFO"])
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in CLUSTER INFO"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Sloppy quorum and hinted handoff (docs/cluster.md, "Sloppy quorum and hinted handoff"):
 /// 4 nodes at N=3, one killed. Writes at W=3 still succeed: the dead replica's copy goes to
 /// the fourth node as a hint, counted as its acknowledgement. A connection asking PW=3 (three
@@ -831,15 +821,7 @@ fn a_dead_replicas_writes_are_hinted_and_handed_off_when_it_returns() {
         keys.len()
     );
     // Its addresses, to come back on (the map names a member by them).
-    let cluster_port = cluster.nodes[3]
-        .cli(&["CLUSTER", "NODES"])
-        .lines()
-        .find(|line| line.contains("myself"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|addr| addr.split(['@', ',']).nth(1))
-        .expect("CLUSTER NODES names this node's cluster port")
-        .to_string();
-    let client_port = cluster.nodes[3].port.to_string();
+    let addresses = own_addresses(&cluster.nodes[3]);
     cluster.nodes[3].kill();
 
     // W=3 with a replica dead: every write succeeds, a hint standing in for it.
@@ -899,7 +881,7 @@ fn a_dead_replicas_writes_are_hinted_and_handed_off_when_it_returns() {
         .expect("PW=3 on a slot whose replicas are all up");
 
     // Back: node 3 gets every write it missed, the delete included, and the hints go.
-    cluster.nodes[3].restart_with(&["--port", &client_port, "--cluster-port", &cluster_port]);
+    cluster.nodes[3].restart_with(&addresses);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let pending: u64 = cluster.nodes[..3]
@@ -939,17 +921,6 @@ fn a_dead_replicas_writes_are_hinted_and_handed_off_when_it_returns() {
     }
 }
 
-/// The cluster port of `node` (CLUSTER NODES, its own line).
-fn own_cluster_port(node: &Server) -> String {
-    node.cli(&["CLUSTER", "NODES"])
-        .lines()
-        .find(|line| line.contains("myself"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|addr| addr.split(['@', ',']).nth(1))
-        .expect("CLUSTER NODES names this node's cluster port")
-        .to_string()
-}
-
 /// Anti-entropy (docs/cluster.md, "Anti-entropy"): a replica whose store is wiped (a disk
 /// replaced) comes back empty; with no reads through it and no hints (three nodes at N=3:
 /// no fallback), only anti-entropy can refill it. It does: every key, a delete included,
@@ -974,8 +945,7 @@ fn anti_entropy_refills_a_wiped_replica() {
         .unwrap();
     assert!(holds(&cluster.nodes[2], &keys).iter().all(|&h| h));
 
-    let client_port = cluster.nodes[2].port.to_string();
-    let cluster_port = own_cluster_port(&cluster.nodes[2]);
+    let addresses = own_addresses(&cluster.nodes[2]);
     cluster.nodes[2].kill();
     // Wipe the store; keep the node's identity and membership.
     let dir = cluster.nodes[2].data_dir();
@@ -991,7 +961,7 @@ fn anti_entropy_refills_a_wiped_replica() {
             std::fs::remove_file(&path).unwrap();
         }
     }
-    cluster.nodes[2].restart_with(&["--port", &client_port, "--cluster-port", &cluster_port]);
+    cluster.nodes[2].restart_with(&addresses);
     assert!(
         holds(&cluster.nodes[2], &keys).iter().all(|&h| !h),
         "the wiped store starts empty"

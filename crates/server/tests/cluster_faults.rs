@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use common::cluster::{cluster_info, own_addresses, Cluster};
 
 const WORKERS: usize = 4;
 const STRING_KEYS: usize = 40;
@@ -150,24 +150,6 @@ fn work(worker: usize, ports: &[u16], seed: u64, stop: &AtomicBool) -> History {
     history
 }
 
-fn cluster_port(node: &common::Server) -> String {
-    node.cli(&["CLUSTER", "NODES"])
-        .lines()
-        .find(|line| line.contains("myself"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|addr| addr.split(['@', ',']).nth(1))
-        .expect("CLUSTER NODES names this node's cluster port")
-        .to_string()
-}
-
-fn info_field(node: &common::Server, field: &str) -> u64 {
-    node.cli(&["CLUSTER", "INFO"])
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(u64::MAX)
-}
-
 #[test]
 fn five_nodes_under_load_with_nodes_killed_keep_every_acknowledged_write() {
     let seed: u64 = std::env::var("CLUSTER_FAULTS_SEED")
@@ -182,11 +164,7 @@ fn five_nodes_under_load_with_nodes_killed_keep_every_acknowledged_write() {
     eprintln!("cluster faults seed {seed} (CLUSTER_FAULTS_SEED={seed} replays the choices)");
     let mut cluster = Cluster::start(5, &["--cluster-anti-entropy-interval", "1"]);
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
-    let addresses: Vec<(String, String)> = cluster
-        .nodes
-        .iter()
-        .map(|n| (n.port.to_string(), cluster_port(n)))
-        .collect();
+    let addresses: Vec<Vec<String>> = cluster.nodes.iter().map(own_addresses).collect();
     let stop = AtomicBool::new(false);
     let began = Instant::now();
     let mut chaos = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -203,13 +181,7 @@ fn five_nodes_under_load_with_nodes_killed_keep_every_acknowledged_write() {
             let victim = chaos.below(cluster.nodes.len() as u64) as usize;
             cluster.nodes[victim].kill();
             std::thread::sleep(Duration::from_millis(1500 + chaos.below(1500)));
-            let (client_port, cluster_port) = &addresses[victim];
-            cluster.nodes[victim].restart_with(&[
-                "--port",
-                client_port,
-                "--cluster-port",
-                cluster_port,
-            ]);
+            cluster.nodes[victim].restart_with(&addresses[victim]);
             std::thread::sleep(Duration::from_millis(1000 + chaos.below(1500)));
         }
         // Partitions: one node at a time cut off from all the others, both ways, under load.
@@ -230,6 +202,16 @@ fn five_nodes_under_load_with_nodes_killed_keep_every_acknowledged_write() {
                 }
                 assert_eq!(node.cli(&args).trim(), "OK");
             }
+            // The cut is real: a write through the cut-off node finds no second replica
+            // and no fallback for its W=2.
+            let probe = redis::cmd("SET")
+                .arg("partition-probe")
+                .arg(1)
+                .query::<()>(&mut cluster.nodes[alone].client());
+            assert!(
+                probe.is_err(),
+                "a write through the cut-off node {alone} made W=2"
+            );
             std::thread::sleep(Duration::from_millis(2000 + chaos.below(2000)));
             eprintln!(
                 "partition of node {alone} healing after {:?}",
@@ -257,7 +239,7 @@ fn five_nodes_under_load_with_nodes_killed_keep_every_acknowledged_write() {
         let pending: u64 = cluster
             .nodes
             .iter()
-            .map(|n| info_field(n, "cluster_hints_pending"))
+            .map(|n| cluster_info(n, "cluster_hints_pending"))
             .sum();
         if pending == 0 {
             break;

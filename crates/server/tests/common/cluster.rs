@@ -73,3 +73,33 @@ impl Cluster {
             .collect()
     }
 }
+
+/// A field of `node`'s CLUSTER INFO, as a number.
+pub fn cluster_info(node: &Server, field: &str) -> u64 {
+    node.cli(&["CLUSTER", "INFO"])
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in CLUSTER INFO"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `node`'s client and internode ports, to restart it on (the cluster map names a member
+/// by its addresses): `["--port", p, "--cluster-port", c]` for [`Server::restart_with`].
+pub fn own_addresses(node: &Server) -> Vec<String> {
+    let cluster_port = node
+        .cli(&["CLUSTER", "NODES"])
+        .lines()
+        .find(|line| line.contains("myself"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|addr| addr.split(['@', ',']).nth(1))
+        .expect("CLUSTER NODES names this node's cluster port")
+        .to_string();
+    vec![
+        "--port".into(),
+        node.port.to_string(),
+        "--cluster-port".into(),
+        cluster_port,
+    ]
+}

@@ -256,9 +256,10 @@ impl Server {
 
     /// Kills the server and starts it again with `more` flags after its own (a later flag
     /// wins: `--port` keeps a cluster node's address, which the cluster map holds).
-    pub fn restart_with(&mut self, more: &[&str]) {
+    pub fn restart_with<S: AsRef<str>>(&mut self, more: &[S]) {
         self.kill();
-        self.extra_args.extend(more.iter().map(|s| s.to_string()));
+        self.extra_args
+            .extend(more.iter().map(|s| s.as_ref().to_string()));
         self.spawn();
     }
 
