@@ -128,22 +128,6 @@ impl Trees {
         self.cell(slot, segment).store(value, Ordering::Relaxed);
     }
 
-    /// Replaces slot `slot`'s segments with those of `entries` (its keys as the store holds
-    /// them: database, key, stored record).
-    pub fn load_slot<'a>(
-        &self,
-        slot: u16,
-        entries: impl Iterator<Item = (usize, &'a [u8], &'a [u8])>,
-    ) {
-        let mut segments = [0u64; SEGMENTS];
-        for (db, key, stored) in entries {
-            segments[segment_of(key)] ^= key_digest(db, key, stored);
-        }
-        for (i, value) in segments.into_iter().enumerate() {
-            self.set_segment(slot, i, value);
-        }
-    }
-
     /// The build from the store has run: this node may take part in exchanges.
     pub fn set_ready(&self) {
         self.stats.builds.fetch_add(1, Ordering::Relaxed);
@@ -188,8 +172,10 @@ mod tests {
             let old = held.insert(key.clone(), value.clone());
             a.update(7, 0, key, old.as_deref(), Some(value));
         }
-        // `b` is built from the final state at once.
-        b.load_slot(7, held.iter().map(|(k, v)| (0, &k[..], &v[..])));
+        // `b` is built from the final state at once, as a build from the store does.
+        for (key, value) in &held {
+            b.update(7, 0, key, None, Some(value));
+        }
         assert_eq!(a.segments(7), b.segments(7));
         assert_ne!(a.root(7), 0);
         // One key differing shows in exactly one segment.

@@ -230,16 +230,6 @@ impl DataNode {
         &self.keyspace
     }
 
-    /// One request to `node` (this node: answered here), its reply.
-    pub(crate) async fn call(
-        self: &Arc<Self>,
-        node: NodeId,
-        kind: u8,
-        payload: Bytes,
-    ) -> Result<Bytes, String> {
-        self.send(node, kind, payload).await
-    }
-
     /// Merges `incoming` into this node's copy of `key`; the merged record. Blocking.
     pub(crate) fn merge_here(
         &self,
@@ -470,9 +460,9 @@ impl DataNode {
         Ok((existed, record))
     }
 
-    /// Sends a request to `node`: run here on the blocking pool when it is
-    /// this node, else through [`Peers`].
-    fn send(
+    /// Sends a request to `node`: answered here when it is this node, else
+    /// through [`Peers`].
+    pub(crate) fn send(
         self: &Arc<Self>,
         node: NodeId,
         kind: u8,

@@ -113,13 +113,7 @@ impl DataNode {
                 let mut masks = BTreeMap::new();
                 for _ in 0..count {
                     let slot = read_slot(&mut reader)?;
-                    let mask = u16::from_be_bytes(
-                        reader
-                            .bytes(2)
-                            .map_err(|e| e.to_string())?
-                            .try_into()
-                            .expect("2 bytes"),
-                    );
+                    let mask = read_u16(&mut reader)?;
                     masks.insert(slot, mask);
                 }
                 for ((db, key), digest) in self.local_keys(&masks)? {
@@ -215,7 +209,7 @@ impl DataNode {
         // Roots.
         let mut differing = Vec::new();
         for chunk in common.chunks(ROOTS_PER_REQUEST) {
-            let reply = self.call(peer, KIND_AAE_ROOTS, slot_list(chunk)).await?;
+            let reply = self.send(peer, KIND_AAE_ROOTS, slot_list(chunk)).await?;
             let mut reader = Reader::new(&reply);
             if reader.u8().map_err(damaged)? == 0 {
                 return Err("the peer's trees are still being built".into());
@@ -245,7 +239,7 @@ impl DataNode {
         }
         let mut masks = BTreeMap::new();
         for chunk in differing.chunks(ROOTS_PER_REQUEST) {
-            let reply = self.call(peer, KIND_AAE_SEGMENTS, slot_list(chunk)).await?;
+            let reply = self.send(peer, KIND_AAE_SEGMENTS, slot_list(chunk)).await?;
             let mut reader = Reader::new(&reply);
             if reader.u8().map_err(damaged)? == 0 {
                 return Err("the peer's trees are still being built".into());
@@ -274,7 +268,7 @@ impl DataNode {
                 request.extend_from_slice(&slot.to_be_bytes());
                 request.extend_from_slice(&mask.to_be_bytes());
             }
-            let reply = self.call(peer, KIND_AAE_KEYS, Bytes::from(request)).await?;
+            let reply = self.send(peer, KIND_AAE_KEYS, Bytes::from(request)).await?;
             let theirs = decode_key_list(&reply)?;
             let this = self.clone();
             let wanted: BTreeMap<u16, u16> = chunk.iter().copied().collect();
@@ -324,7 +318,7 @@ impl DataNode {
         db: usize,
         key: &Bytes,
     ) -> Result<u64, String> {
-        let reply = self.call(peer, KIND_READ, encode_key(db, key)).await?;
+        let reply = self.send(peer, KIND_READ, encode_key(db, key)).await?;
         let theirs = Record::decode(&reply).map_err(|e| format!("damaged copy: {e}"))?;
         let this = self.clone();
         let key_here = key.clone();
@@ -336,7 +330,7 @@ impl DataNode {
         if merged != theirs {
             let payload = encode_merge(db, key, &merged);
             bytes += payload.len() as u64;
-            self.call(peer, KIND_MERGE, payload).await?;
+            self.send(peer, KIND_MERGE, payload).await?;
         }
         Ok(bytes)
     }
@@ -353,17 +347,21 @@ fn slot_list(slots: &[u16]) -> Bytes {
 }
 
 fn read_slot(reader: &mut Reader<'_>) -> Result<u16, String> {
-    let slot = u16::from_be_bytes(
-        reader
-            .bytes(2)
-            .map_err(|e| e.to_string())?
-            .try_into()
-            .expect("2 bytes"),
-    );
+    let slot = read_u16(reader)?;
     if slot >= SLOT_COUNT {
         return Err(format!("slot {slot} out of range"));
     }
     Ok(slot)
+}
+
+fn read_u16(reader: &mut Reader<'_>) -> Result<u16, String> {
+    Ok(u16::from_be_bytes(
+        reader
+            .bytes(2)
+            .map_err(damaged)?
+            .try_into()
+            .expect("2 bytes"),
+    ))
 }
 
 fn read_u64(reader: &mut Reader<'_>) -> Result<u64, String> {
