@@ -1255,6 +1255,101 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Peers where node 2 cannot be reached (the connection is refused), node 3 times out,
+    /// and every other node answers as `node` would (its request counted).
+    struct FlakyPeers {
+        node: Arc<DataNode>,
+        asked: Mutex<Vec<NodeId>>,
+    }
+
+    impl Peers for Arc<FlakyPeers> {
+        fn call(
+            &self,
+            node: NodeId,
+            kind: u8,
+            payload: Bytes,
+            _timeout: Duration,
+        ) -> BoxFuture<'static, Result<Bytes, String>> {
+            self.asked.lock().push(node);
+            let answering = self.node.clone();
+            Box::pin(async move {
+                match node {
+                    2 => Err(
+                        crate::transport::CallError::ConnectFailed(std::io::Error::other(
+                            "refused",
+                        ))
+                        .to_string(),
+                    ),
+                    3 => Err(crate::transport::CallError::TimedOut.to_string()),
+                    _ => answering.answer(kind, payload).await,
+                }
+            })
+        }
+    }
+
+    fn data_node(dir: &std::path::Path, me: NodeId, peers: Arc<dyn Peers>) -> Arc<DataNode> {
+        let db = ringkv_engine::Db::open(dir, ringkv_engine::Options::default()).unwrap();
+        let keyspace = Arc::new(Keyspace::open(db, false, None).unwrap());
+        Arc::new(DataNode::new(
+            me,
+            keyspace,
+            10,
+            1000,
+            peers,
+            Duration::from_secs(1),
+        ))
+    }
+
+    /// The event replica rule (docs/cluster.md, "Liveness"): an event replica that cannot
+    /// be reached at all passes the event to the next replica; one that times out does
+    /// not (the event may have run there), and the write fails with its error.
+    #[tokio::test]
+    async fn an_unreachable_event_replica_passes_the_event_on_and_a_timed_out_one_does_not() {
+        let (here, there) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let answering = data_node(there.path(), 4, Arc::new(NoPeers));
+        let peers = Arc::new(FlakyPeers {
+            node: answering.clone(),
+            asked: Mutex::new(Vec::new()),
+        });
+        let coordinator = data_node(here.path(), 1, Arc::new(peers.clone()));
+        let event = WriteEvent {
+            db: 0,
+            key: Bytes::from_static(b"k"),
+            context: None,
+            body: Body::Value(Bytes::from_static(b"v")),
+            expires_at_ms: None,
+        };
+        let (ran_on, _) = coordinator
+            .run_event(&[2, 4], KIND_WRITE, event.encode())
+            .await
+            .expect("the next replica runs it");
+        assert_eq!(ran_on, 4);
+        assert_eq!(*peers.asked.lock(), vec![2, 4]);
+        assert!(answering.replica().read(0, b"k").unwrap().sibling_count() == 1);
+
+        peers.asked.lock().clear();
+        let error = coordinator
+            .run_event(&[3, 4], KIND_WRITE, event.encode())
+            .await
+            .expect_err("a timed-out event replica is not replaced");
+        assert!(error.contains("timed out"), "{error}");
+        assert_eq!(*peers.asked.lock(), vec![3]);
+    }
+
+    struct NoPeers;
+
+    impl Peers for NoPeers {
+        fn call(
+            &self,
+            node: NodeId,
+            _kind: u8,
+            _payload: Bytes,
+            _timeout: Duration,
+        ) -> BoxFuture<'static, Result<Bytes, String>> {
+            Box::pin(async move { Err(format!("no peer {node}")) })
+        }
+    }
+
     #[test]
     fn a_connect_failure_reads_as_not_reached() {
         let error = crate::transport::CallError::ConnectFailed(std::io::Error::other("refused"));
