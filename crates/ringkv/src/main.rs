@@ -218,10 +218,19 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // The handlers go in before `bind`, which logs "Ready to accept connections": a
+        // SIGTERM sent once that line is out must find them. They used to be installed by the
+        // task below, on whichever worker ran it first, and a SIGTERM sent right after the
+        // first reply (sigterm_shuts_down_cleanly) could beat it: the process then died of the
+        // signal's default action or, inside tokio's own install window, the signal was taken
+        // and dropped and the server ran on. A slower build (debug, an unoptimised allocator)
+        // only widened the window. A signal during start-up (recovery) is now acted on once
+        // the server is bound: it shuts down cleanly at once.
+        let signals = Signals::install().context("installing the SIGTERM/SIGINT handlers")?;
         let bound = ringkv_server::bind(config).await?;
         let handle = bound.shutdown_handle();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.recv().await;
             tracing::info!("received a termination signal, shutting down");
             handle.shutdown();
         });
@@ -230,18 +239,41 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), caught from the moment [`Signals::install`] returns: a signal
+/// that comes before [`Signals::recv`] is waited on is kept, not lost.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Waits for the first termination signal.
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -382,6 +382,31 @@ fn sigterm_shuts_down_cleanly() {
     assert_eq!(q::<String>(&mut con, &["GET", "k"]), "v");
 }
 
+/// SIGTERM the moment the server logs "Ready to accept connections" (which is when a
+/// supervisor may first signal it): the handlers must already be in. They used to be installed
+/// by a task that could run after that line, and the signal then killed the process (no clean
+/// shutdown) in most tries on a debug build.
+#[test]
+fn sigterm_right_after_ready_shuts_down_cleanly() {
+    for _ in 0..5 {
+        let mut server = Server::start();
+        let pid = server.pid().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+        assert_eq!(
+            server.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "{}",
+            server.log()
+        );
+        assert!(
+            server.log().contains("ringkv is now ready to exit"),
+            "{}",
+            server.log()
+        );
+    }
+}
+
 #[test]
 fn maxclients_refuses_extra_connections() {
     let server = Server::start_with(&["--maxclients", "2"]);
