@@ -50,6 +50,18 @@ if ! command -v ip >/dev/null 2>&1; then
     fi
 fi
 
+# nftables (`nft`): tests/cluster_netsplit.rs partitions a cluster of nodes in network
+# namespaces by dropping packets between them (it fails, rather than skips, without it).
+if ! command -v nft >/dev/null 2>&1; then
+    echo "== installing nftables"
+    SUDO=""
+    if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+    if ! $SUDO apt-get install -y nftables; then
+        $SUDO apt-get update
+        $SUDO apt-get install -y nftables
+    fi
+fi
+
 # redis-py (`redis.cluster.RedisCluster`): tests/cluster_clients.rs runs it against a real
 # cluster with `python3`, or `/usr/bin/python3` when `python3` is another interpreter (pyenv).
 # Debian's python3-redis serves the system python; pip is the fallback for any other.
