@@ -210,6 +210,15 @@ pub enum ControlRequest {
     AddMember(WireMember),
     /// `map.without_member(node)`.
     RemoveMember(NodeId),
+    /// `map.with_leaving(node)`: a planned leave.
+    Leave(NodeId),
+    /// `map.with_ready(node, started)`: the node streamed what it gains.
+    Ready {
+        /// The node.
+        node: NodeId,
+        /// The epoch the change it streamed for was made at.
+        started: u64,
+    },
 }
 
 /// What applying an entry did, returned to the proposer.
@@ -233,6 +242,10 @@ enum Proposal {
     Add(WireMember),
     /// Remove a member.
     Remove(NodeId),
+    /// A member asks to leave.
+    Leave(NodeId),
+    /// A node streamed every slot it gains in the change started at `started`.
+    Ready(NodeId, u64),
 }
 
 /// Why a proposal did not commit.
@@ -433,6 +446,25 @@ impl ControlPlane {
         Ok(self.settle(committed).await)
     }
 
+    /// Asks the cluster to let `node` leave: commits `map.with_leaving(node)` (its slots
+    /// are streamed to the others, then it leaves the map and the Raft group). Returns the
+    /// committed map.
+    pub async fn leave(&self, node: NodeId) -> Result<Arc<ClusterMap>, ControlError> {
+        let deadline = Instant::now() + CHANGE_TIMEOUT;
+        let committed = self.submit(Proposal::Leave(node), None, deadline).await?;
+        Ok(self.settle(committed).await)
+    }
+
+    /// Says that `node` has streamed every slot it gains in the change started at
+    /// `started`: commits `map.with_ready(node, started)`. Returns the committed map.
+    pub async fn ready(&self, node: NodeId, started: u64) -> Result<Arc<ClusterMap>, ControlError> {
+        let deadline = Instant::now() + CHANGE_TIMEOUT;
+        let committed = self
+            .submit(Proposal::Ready(node, started), None, deadline)
+            .await?;
+        Ok(self.settle(committed).await)
+    }
+
     /// The latest applied map on this node (None before found/join).
     pub fn map(&self) -> Option<Arc<ClusterMap>> {
         self.inner.maps.borrow().clone()
@@ -630,7 +662,32 @@ impl ControlPlane {
             Proposal::Join(member) => self.add_here(member, true).await,
             Proposal::Add(member) => self.add_here(member, false).await,
             Proposal::Remove(node) => self.remove_here(node).await,
+            Proposal::Leave(node) => self.commit_here(ControlRequest::Leave(node)).await,
+            Proposal::Ready(node, started) => {
+                self.commit_here(ControlRequest::Ready { node, started })
+                    .await
+            }
         }
+    }
+
+    /// Commits one map change; members it dropped (a completed leave) leave the Raft group.
+    async fn commit_here(&self, request: ControlRequest) -> ProposeResult {
+        let before = self.map();
+        let response = self
+            .inner
+            .raft
+            .client_write(request)
+            .await
+            .map_err(write_failure)?;
+        let result = applied(response.data);
+        if let (Some(before), Some(after)) = (before, self.map()) {
+            for node in before.members.keys() {
+                if after.member(*node).is_none() {
+                    self.leave_raft(*node).await?;
+                }
+            }
+        }
+        result
     }
 
     async fn add_here(&self, member: WireMember, join: bool) -> ProposeResult {
@@ -689,6 +746,19 @@ impl ControlPlane {
             // Refused and still a member (the last one): nothing to undo.
             return result;
         }
+        if let Err(e) = self.leave_raft(node).await {
+            if result.is_ok() {
+                return result;
+            }
+            return Err(e);
+        }
+        result
+    }
+
+    /// Takes `node`, no longer in the map, out of the Raft group, and keeps
+    /// [`MAX_VOTERS`] voters while learners that are members remain.
+    async fn leave_raft(&self, node: NodeId) -> Result<(), ProposeFailure> {
+        let raft = &self.inner.raft;
         let membership = raft
             .metrics()
             .borrow()
@@ -708,15 +778,11 @@ impl ControlPlane {
                 // Gone from the map but still in the group: a retried
                 // remove (refused by the map) comes back here and retries.
                 tracing::warn!(node, error = %e, "removed from the map but not from the Raft group");
-                if result.is_ok() {
-                    return result;
-                }
                 return Err(write_failure(e));
             }
         }
-        // Keep MAX_VOTERS voters while learners that are members remain.
         let Some(map) = self.map() else {
-            return result;
+            return Ok(());
         };
         let learners: Vec<NodeId> = raft
             .metrics()
@@ -732,7 +798,7 @@ impl ControlPlane {
                 break;
             }
         }
-        result
+        Ok(())
     }
 
     /// Waits until the leader's replication to `node` has reached the end

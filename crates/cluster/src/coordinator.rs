@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use ringkv_store::Keyspace;
 
 use crate::aae::Trees;
@@ -32,9 +32,10 @@ use crate::exchange::{KIND_AAE_KEYS, KIND_AAE_ROOTS, KIND_AAE_SEGMENTS};
 use crate::hints::Hints;
 use crate::hlc::{self, Hlc};
 use crate::map::ClusterMap;
-use crate::quorum::{Progress, QuorumError, ReadRound, WriteRound};
+use crate::quorum::{ChangeRound, Progress, QuorumError, ReadRound};
 use crate::record::{Body, IncrementError, Record};
 use crate::replica::{Replica, ReplicaError};
+use crate::transfer::{TransferStats, KIND_STREAM};
 use crate::transport::BoxFuture;
 use crate::{key_slot, DecodeError, NodeId};
 
@@ -186,7 +187,19 @@ pub struct DataNode {
     sloppy: SloppyStats,
     /// Anti-entropy's trees of this node's records (`aae.rs`, `exchange.rs`).
     trees: Trees,
+    /// Slot transfers' counters (`transfer.rs`).
+    transfer: TransferStats,
+    /// The map as this node applied it, when it has one: a replica refuses data requests
+    /// for slots it does not keep.
+    map: Option<Arc<MapCell>>,
 }
+
+/// Where a node keeps the map it routes by (the server updates it as the control plane
+/// applies maps).
+pub type MapCell = RwLock<Option<Arc<ClusterMap>>>;
+
+/// How a replica's refusal of a slot it does not keep starts.
+pub const NOT_KEPT: &str = "not a replica of slot";
 
 impl std::fmt::Debug for DataNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,6 +231,43 @@ impl DataNode {
             hints: None,
             sloppy: SloppyStats::default(),
             trees: Trees::new(),
+            transfer: TransferStats::default(),
+            map: None,
+        }
+    }
+
+    /// Refuses data requests for slots `map`'s current map says this node does not keep
+    /// (neither a replica, nor one a change in progress adds): a coordinator that routed by
+    /// an older map then asks the others, and a node that gave a slot away gets no more of
+    /// its keys after it dropped them.
+    pub fn with_map(mut self, map: Arc<MapCell>) -> Self {
+        self.map = Some(map);
+        self
+    }
+
+    /// Slot transfers' counters.
+    pub fn transfer_stats(&self) -> &TransferStats {
+        &self.transfer
+    }
+
+    /// True if gossip finds `node` down.
+    pub(crate) fn is_down(&self, node: NodeId) -> bool {
+        self.peers.is_down(node)
+    }
+
+    /// Refuses `key` if this node does not keep its slot (see [`DataNode::with_map`]).
+    fn check_kept(&self, key: &[u8]) -> Result<(), String> {
+        let Some(cell) = &self.map else {
+            return Ok(());
+        };
+        let guard = cell.read();
+        match guard.as_ref() {
+            Some(map) if !map.keeps(self.me, key_slot(key)) => Err(format!(
+                "{NOT_KEPT} {} at epoch {}",
+                key_slot(key),
+                map.epoch
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -271,7 +321,7 @@ impl DataNode {
         self.me
     }
 
-    fn replica(&self) -> Replica<'_> {
+    pub(crate) fn replica(&self) -> Replica<'_> {
         Replica::new(
             &self.keyspace,
             self.me,
@@ -299,7 +349,10 @@ impl DataNode {
     pub async fn answer(self: &Arc<Self>, kind: u8, payload: Bytes) -> Result<Bytes, String> {
         let engine = self.keyspace.engine();
         // Hints are a rare path with their own database: always off the worker.
-        let off_worker = matches!(kind, KIND_HINT | KIND_HINT_MANY | KIND_AAE_KEYS);
+        let off_worker = matches!(
+            kind,
+            KIND_HINT | KIND_HINT_MANY | KIND_AAE_KEYS | KIND_STREAM
+        );
         let reply = if engine.write_may_wait() || off_worker {
             None
         } else {
@@ -354,10 +407,12 @@ impl DataNode {
         let reply = match kind {
             KIND_READ => {
                 let (db, key) = decode_key(&mut Reader::new(payload)).map_err(|e| e.to_string())?;
+                self.check_kept(key)?;
                 Bytes::from(replica.read(db, key).map_err(text)?.encode())
             }
             KIND_WRITE => {
                 let event = WriteEvent::decode(payload).map_err(|e| e.to_string())?;
+                self.check_kept(&event.key)?;
                 let (existed, record) = self.write_here(&event)?;
                 let mut out = vec![u8::from(existed)];
                 out.extend_from_slice(&record.encode());
@@ -366,6 +421,7 @@ impl DataNode {
             KIND_INCREMENT => {
                 let mut reader = Reader::new(payload);
                 let (db, key) = decode_key(&mut reader).map_err(|e| e.to_string())?;
+                self.check_kept(key)?;
                 let delta = unzigzag(reader.varint().map_err(|e| e.to_string())?);
                 let request_id = reader.u128_le().map_err(|e| e.to_string())?;
                 reader.finish().map_err(|e| e.to_string())?;
@@ -380,6 +436,7 @@ impl DataNode {
             KIND_MERGE => {
                 let mut reader = Reader::new(payload);
                 let (db, key) = decode_key(&mut reader).map_err(|e| e.to_string())?;
+                self.check_kept(key)?;
                 let rest = reader
                     .bytes(reader.remaining())
                     .map_err(|e| e.to_string())?;
@@ -389,6 +446,9 @@ impl DataNode {
             }
             KIND_WRITE_MANY => {
                 let events = decode_write_many(payload).map_err(|e| e.to_string())?;
+                if let Some(first) = events.first() {
+                    self.check_kept(&first.key)?;
+                }
                 let writes: Vec<(&[u8], Body, Option<u64>)> = events
                     .iter()
                     .map(|e| (&e.key[..], e.body.clone(), e.expires_at_ms))
@@ -408,6 +468,9 @@ impl DataNode {
             }
             KIND_MERGE_MANY => {
                 let (db, copies) = decode_merge_many(payload).map_err(|e| e.to_string())?;
+                if let Some((key, _)) = copies.first() {
+                    self.check_kept(key)?;
+                }
                 replica.merge_many(db, &copies).map_err(text)?;
                 Bytes::new()
             }
@@ -438,6 +501,7 @@ impl DataNode {
             KIND_AAE_ROOTS | KIND_AAE_SEGMENTS | KIND_AAE_KEYS => {
                 self.answer_exchange(kind, payload)?
             }
+            KIND_STREAM => self.answer_stream(payload)?,
             other => return Err(format!("unknown data request kind {other}")),
         };
         Ok(reply)
@@ -510,13 +574,17 @@ impl DataNode {
         loop {
             match self.send(node, kind, payload.clone()).await {
                 Ok(reply) => return Ok((node, reply)),
-                Err(error) if error.starts_with(NOT_REACHED) => match candidates.next() {
-                    Some(next) => {
-                        tracing::debug!(node, %error, "event replica unreachable: trying the next");
-                        node = next;
+                // Not run there: unreachable, or a slot it no longer keeps (a change
+                // completed while the request was on its way).
+                Err(error) if error.starts_with(NOT_REACHED) || error.starts_with(NOT_KEPT) => {
+                    match candidates.next() {
+                        Some(next) => {
+                            tracing::debug!(node, %error, "event replica unreachable: trying the next");
+                            node = next;
+                        }
+                        None => return Err(error),
                     }
-                    None => return Err(error),
-                },
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -845,10 +913,13 @@ impl DataNode {
     ) -> Result<Acks, CoordError> {
         let w = quorum.w.clamp(1, replicas.len());
         let pw = quorum.pw.min(replicas.len());
-        let mut round = WriteRound::new(replicas.to_vec(), w);
+        // A membership change moving the slot: its new replicas get the write too, and it
+        // needs W of them as well (docs/cluster.md, "Joins and leaves").
+        let target = map.target_replicas(slot);
+        let mut round = ChangeRound::new(replicas.to_vec(), target.map(<[NodeId]>::to_vec), w);
         let mut strict = 1;
         let mut hinted = 0;
-        if round.on_ack(done) == Progress::Succeeded && replicas.len() == 1 {
+        if round.on_ack(done) == Progress::Succeeded && replicas.len() == 1 && target.is_none() {
             return Ok(Acks {
                 acked: 1,
                 hinted: 0,
@@ -883,16 +954,21 @@ impl DataNode {
                 (node, Delivery::Hinted(hinted))
             })
         };
+        let added = target
+            .into_iter()
+            .flatten()
+            .filter(|node| !replicas.contains(node));
         let mut sending = Merges(
             replicas
                 .iter()
+                .chain(added)
                 .filter(|&&node| node != done && !paused)
                 .map(|&node| deliver(node))
                 .collect(),
         );
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
-        let mut progress = if w <= 1 {
+        let mut progress = if w <= 1 && target.is_none() {
             Progress::Succeeded
         } else {
             Progress::Pending
@@ -943,7 +1019,7 @@ impl DataNode {
                 Err(CoordError::Strict { strict, hinted, pw })
             }
             _ => Ok(Acks {
-                acked: round.acked().len(),
+                acked: round.acked(),
                 hinted,
             }),
         }
@@ -988,6 +1064,11 @@ impl DataNode {
                     continue;
                 }
             };
+            // A hint for a slot its node gave away since is done with: the slot's new
+            // replicas have the write (the write's other replicas were streamed to them).
+            let (batch, moved): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .partition(|hint| map.keeps(target, key_slot(&hint.key)));
             // Until the first failure (the node went again): the rest waits for next pass.
             let mut sends = futures::stream::iter(batch)
                 .map(|hint| {
@@ -1000,7 +1081,7 @@ impl DataNode {
                     async move { (hint, call.await) }
                 })
                 .buffer_unordered(HINTS_IN_FLIGHT);
-            let mut done = Vec::new();
+            let mut done = moved;
             while let Some((hint, result)) = sends.next().await {
                 match result {
                     Ok(_) => done.push(hint),
@@ -1012,6 +1093,9 @@ impl DataNode {
             }
             drop(sends);
             delivered += done.len();
+            if done.is_empty() {
+                continue;
+            }
             off_worker(&hints, move |hints| hints.delivered(&done)).await;
         }
         if delivered > 0 {

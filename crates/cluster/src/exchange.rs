@@ -346,7 +346,7 @@ fn slot_list(slots: &[u16]) -> Bytes {
     Bytes::from(request)
 }
 
-fn read_slot(reader: &mut Reader<'_>) -> Result<u16, String> {
+pub(crate) fn read_slot(reader: &mut Reader<'_>) -> Result<u16, String> {
     let slot = read_u16(reader)?;
     if slot >= SLOT_COUNT {
         return Err(format!("slot {slot} out of range"));

@@ -77,6 +77,7 @@ pub mod plan;
 pub mod quorum;
 pub mod record;
 pub mod replica;
+pub mod transfer;
 pub mod transport;
 
 pub use codec::DecodeError;

@@ -176,6 +176,75 @@ impl WriteRound {
     }
 }
 
+/// A write's round: W acknowledgements among the slot's replicas and, while a membership
+/// change moves the slot (docs/cluster.md, "Joins and leaves"), W (at most the set's size)
+/// among the target's replicas too, so that whichever set reads after the change completes
+/// holds the write.
+#[derive(Debug, Clone)]
+pub struct ChangeRound {
+    current: WriteRound,
+    target: Option<WriteRound>,
+}
+
+impl ChangeRound {
+    /// A round over `current`, and `target` if a change moves the slot, each needing `w`
+    /// (clamped to its size).
+    pub fn new(current: Vec<NodeId>, target: Option<Vec<NodeId>>, w: usize) -> ChangeRound {
+        let wc = w.clamp(1, current.len());
+        ChangeRound {
+            current: WriteRound::new(current, wc),
+            target: target.map(|target| {
+                let wt = w.clamp(1, target.len());
+                WriteRound::new(target, wt)
+            }),
+        }
+    }
+
+    /// `from` stored the write (it counts in each set it is in).
+    pub fn on_ack(&mut self, from: NodeId) -> Progress {
+        let a = self.current.on_ack(from);
+        let b = self.target.as_mut().map(|t| t.on_ack(from));
+        both(a, b)
+    }
+
+    /// `from` refused or failed.
+    pub fn on_failure(&mut self, from: NodeId) -> Progress {
+        let a = self.current.on_failure(from);
+        let b = self.target.as_mut().map(|t| t.on_failure(from));
+        both(a, b)
+    }
+
+    /// The round's time is up.
+    pub fn on_timeout(&mut self) -> Progress {
+        let a = self.current.on_timeout();
+        let b = self.target.as_mut().map(WriteRound::on_timeout);
+        both(a, b)
+    }
+
+    /// Replicas that acknowledged, either set's, without repeats.
+    pub fn acked(&self) -> usize {
+        let mut acked = self.current.acked().len();
+        if let Some(target) = &self.target {
+            acked += target
+                .acked()
+                .iter()
+                .filter(|node| !self.current.acked().contains(node))
+                .count();
+        }
+        acked
+    }
+}
+
+/// Two rounds that must both succeed: failed when either failed.
+fn both(a: Progress, b: Option<Progress>) -> Progress {
+    match (a, b) {
+        (a, None) => a,
+        (Progress::Failed(e), _) | (_, Some(Progress::Failed(e))) => Progress::Failed(e),
+        (Progress::Succeeded, Some(Progress::Succeeded)) => Progress::Succeeded,
+        _ => Progress::Pending,
+    }
+}
+
 /// A read sent to the replicas of a key; succeeds at R copies.
 #[derive(Debug, Clone)]
 pub struct ReadRound {
@@ -338,5 +407,32 @@ mod tests {
     #[should_panic(expected = "a quorum of 4 out of 3 replicas")]
     fn a_quorum_larger_than_the_replicas_is_a_caller_bug() {
         let _ = ReadRound::new(vec![1, 2, 3], 4);
+    }
+
+    #[test]
+    fn a_write_during_a_change_needs_w_in_both_sets() {
+        // Slot on [1, 2, 3] moving to [1, 2, 4]; W = 2.
+        let mut round = ChangeRound::new(vec![1, 2, 3], Some(vec![1, 2, 4]), 2);
+        assert_eq!(round.on_ack(3), Progress::Pending);
+        assert_eq!(round.on_ack(4), Progress::Pending);
+        assert_eq!(round.on_ack(1), Progress::Succeeded, "1 counts in both");
+        assert_eq!(round.acked(), 3);
+
+        // Two acks of the current set alone are not enough.
+        let mut round = ChangeRound::new(vec![1, 2, 3], Some(vec![1, 2, 4]), 2);
+        assert_eq!(round.on_ack(3), Progress::Pending);
+        assert_eq!(round.on_failure(4), Progress::Pending);
+        assert_eq!(round.on_ack(1), Progress::Pending, "the target has only 1");
+        assert!(matches!(round.on_timeout(), Progress::Failed(_)));
+
+        // The target failing past its W fails the write at once.
+        let mut round = ChangeRound::new(vec![1, 2, 3], Some(vec![2, 4, 5]), 2);
+        assert_eq!(round.on_failure(4), Progress::Pending);
+        assert!(matches!(round.on_failure(5), Progress::Failed(_)));
+
+        // No change: a plain W of N.
+        let mut round = ChangeRound::new(vec![1, 2, 3], None, 2);
+        assert_eq!(round.on_ack(2), Progress::Pending);
+        assert_eq!(round.on_ack(3), Progress::Succeeded);
     }
 }

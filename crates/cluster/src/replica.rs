@@ -253,6 +253,11 @@ impl<'a> Replica<'a> {
         Ok(results)
     }
 
+    /// A stored value (as the store lists it) as a record.
+    pub fn record_of_stored(&self, stored: &StoredValue) -> Result<Record, ReplicaError> {
+        self.record_of(Some(stored))
+    }
+
     /// A stored value as a record. A string from before the node was in a
     /// cluster is one sibling with this node's dot and the oldest stamp, so
     /// any write of the cluster wins over it.

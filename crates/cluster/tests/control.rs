@@ -157,11 +157,32 @@ async fn cluster(root: &Path, size: u64) -> Vec<Node> {
     for id in 2..=size {
         let node = start(id, root).await;
         let map = node.plane.join_via(seed, JOIN_TIMEOUT).await.expect("join");
-        assert_eq!(map.epoch, id, "each join commits one epoch");
+        assert_eq!(map.epoch, 2 * id - 2, "each join commits one epoch");
         assert!(map.member(id).is_some());
+        let map = streamed(&node).await;
+        assert_eq!(map.epoch, 2 * id - 1, "and its readiness one more");
         nodes.push(node);
     }
     nodes
+}
+
+/// The joined `node` says it has streamed its slots (a server does after streaming them):
+/// the change completes. Returns the committed map.
+async fn streamed(node: &Node) -> Arc<ClusterMap> {
+    let map = node.plane.map().expect("a map");
+    let change = map.change.as_ref().expect("a change in progress");
+    assert_eq!(map.gainers(), [node.id].into(), "only the new node gains");
+    for slot in map.gains(node.id) {
+        assert!(!map.holds(node.id, slot), "reads stay on the old replicas");
+        assert!(map.keeps(node.id, slot), "writes go to the new one too");
+    }
+    let map = node
+        .plane
+        .ready(node.id, change.started)
+        .await
+        .expect("ready");
+    assert!(map.change.is_none());
+    map
 }
 
 async fn stop_all(nodes: &[Node]) {
@@ -198,15 +219,17 @@ async fn found_then_two_join_with_identical_maps() {
         .wait_for(|map| map.as_ref().is_some_and(|map| map.epoch == 2))
         .await
         .unwrap();
+    assert_eq!(streamed(&second).await.epoch, 3);
     let joined = third
         .plane
         .join_via(first.addr(), JOIN_TIMEOUT)
         .await
         .unwrap();
-    assert_eq!(joined.epoch, 3);
+    assert_eq!(joined.epoch, 4);
+    assert_eq!(streamed(&third).await.epoch, 5);
 
     let nodes = [&first, &second, &third];
-    let map = converged(&nodes, 3).await;
+    let map = converged(&nodes, 5).await;
     assert_eq!(map.members.len(), 3);
     for slot in 0..SLOT_COUNT {
         let mut replicas = map.replicas(slot).to_vec();
@@ -220,13 +243,13 @@ async fn found_then_two_join_with_identical_maps() {
         .join_via(first.addr(), JOIN_TIMEOUT)
         .await
         .unwrap();
-    assert_eq!(again.epoch, 3);
+    assert_eq!(again.epoch, 5);
     let info = map.member(2).unwrap().clone();
     match second.plane.add_member(info).await {
         Err(ControlError::Refused(reason)) => assert!(reason.contains("already"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(first.plane.epoch(), 3);
+    assert_eq!(first.plane.epoch(), 5);
 
     let status = first.plane.status();
     assert!(status
@@ -234,7 +257,7 @@ async fn found_then_two_join_with_identical_maps() {
         .is_some_and(|leader| (1..=3).contains(&leader)));
     assert_eq!(status.voters, [1, 2, 3]);
     assert!(status.learners.is_empty());
-    assert_eq!(status.epoch, 3);
+    assert_eq!(status.epoch, 5);
     stop_all(&[first, second, third]).await;
 }
 
@@ -243,7 +266,7 @@ async fn voters_are_capped_at_five() {
     let root = tempfile::tempdir().unwrap();
     let nodes = cluster(root.path(), 6).await;
     let all: Vec<&Node> = nodes.iter().collect();
-    let map = converged(&all, 6).await;
+    let map = converged(&all, 11).await;
     assert_eq!(map.members.len(), 6);
     for node in &nodes {
         wait_until("the membership everywhere", || {
@@ -259,7 +282,7 @@ async fn voters_are_capped_at_five() {
 
     // Removing a voter promotes the learner.
     let map = nodes[5].plane.remove_member(2).await.unwrap();
-    assert_eq!(map.epoch, 7);
+    assert_eq!(map.epoch, 12);
     assert!(map.member(2).is_none());
     wait_until("the learner promoted", || {
         let status = nodes[0].plane.status();
@@ -273,7 +296,7 @@ async fn voters_are_capped_at_five() {
 async fn a_new_leader_commits_after_the_leader_stops() {
     let root = tempfile::tempdir().unwrap();
     let nodes = cluster(root.path(), 3).await;
-    converged(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    converged(&nodes.iter().collect::<Vec<_>>(), 5).await;
     let leader = nodes[0].plane.status().leader.expect("a leader");
     let (dead, alive): (Vec<&Node>, Vec<&Node>) = nodes.iter().partition(|n| n.id == leader);
     dead[0].stop().await;
@@ -286,10 +309,10 @@ async fn a_new_leader_commits_after_the_leader_stops() {
     })
     .await;
     let map = alive[1].plane.remove_member(leader).await.unwrap();
-    assert_eq!(map.epoch, 4);
+    assert_eq!(map.epoch, 6);
     assert_eq!(map.members.len(), 2);
     assert!(map.member(leader).is_none());
-    let map = converged(&alive, 4).await;
+    let map = converged(&alive, 6).await;
     for slot in 0..SLOT_COUNT {
         assert_eq!(map.replicas(slot).len(), 2, "slot {slot}");
         assert!(!map.holds(leader, slot));
@@ -309,7 +332,7 @@ async fn a_new_leader_commits_after_the_leader_stops() {
 async fn a_restarted_node_keeps_its_map_and_catches_up() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path(), 3).await;
-    converged(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    converged(&nodes.iter().collect::<Vec<_>>(), 5).await;
     let third = nodes.pop().unwrap();
     let before = third.plane.map().unwrap().encode();
     let (id, dir, addr) = (third.id, third.dir.clone(), third.addr());
@@ -322,7 +345,8 @@ async fn a_restarted_node_keeps_its_map_and_catches_up() {
         .join_via(nodes[0].addr(), JOIN_TIMEOUT)
         .await
         .unwrap();
-    assert_eq!(map.epoch, 4);
+    assert_eq!(map.epoch, 6);
+    assert_eq!(streamed(&fourth).await.epoch, 7);
 
     let third = try_start(id, &dir, addr).await.expect("reopen");
     assert_eq!(
@@ -340,13 +364,13 @@ async fn a_restarted_node_keeps_its_map_and_catches_up() {
         .expect("found is a no-op on a restart");
     nodes.push(third);
     nodes.push(fourth);
-    converged(&nodes.iter().collect::<Vec<_>>(), 4).await;
+    converged(&nodes.iter().collect::<Vec<_>>(), 7).await;
 
     // And a change after it is back.
     let map = nodes[0].plane.remove_member(4).await.unwrap();
-    assert_eq!(map.epoch, 5);
+    assert_eq!(map.epoch, 8);
     let fourth = nodes.pop().unwrap();
-    converged(&nodes.iter().collect::<Vec<_>>(), 5).await;
+    converged(&nodes.iter().collect::<Vec<_>>(), 8).await;
     fourth.stop().await;
     stop_all(&nodes).await;
 }
@@ -447,7 +471,7 @@ async fn damaged_files_are_a_clear_error() {
 async fn a_node_joining_after_compaction_gets_the_snapshot() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path(), 2).await;
-    converged(&nodes.iter().collect::<Vec<_>>(), 2).await;
+    converged(&nodes.iter().collect::<Vec<_>>(), 3).await;
     let leader = nodes[0].plane.status().leader.unwrap();
     let leader = nodes.iter().find(|node| node.id == leader).unwrap();
     leader.plane.compact().await.unwrap();
@@ -460,10 +484,11 @@ async fn a_node_joining_after_compaction_gets_the_snapshot() {
         .join_via(nodes[0].addr(), JOIN_TIMEOUT)
         .await
         .unwrap();
-    assert_eq!(map.epoch, 3);
+    assert_eq!(map.epoch, 4);
     assert!(third.dir.join("snapshot").exists(), "no snapshot arrived");
+    assert_eq!(streamed(&third).await.epoch, 5);
     nodes.push(third);
-    converged(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    converged(&nodes.iter().collect::<Vec<_>>(), 5).await;
 
     // And a compacted node restarts from its snapshot and log.
     let third = nodes.pop().unwrap();
@@ -474,9 +499,9 @@ async fn a_node_joining_after_compaction_gets_the_snapshot() {
     assert_eq!(third.plane.map().unwrap().encode(), before.encode());
     nodes.push(third);
     let map = nodes[0].plane.remove_member(2).await.unwrap();
-    assert_eq!(map.epoch, 4);
+    assert_eq!(map.epoch, 6);
     let second = nodes.remove(1);
-    converged(&nodes.iter().collect::<Vec<_>>(), 4).await;
+    converged(&nodes.iter().collect::<Vec<_>>(), 6).await;
     second.stop().await;
     stop_all(&nodes).await;
 }
@@ -511,9 +536,21 @@ async fn concurrent_joins_each_commit_once() {
     }
     let mut nodes = vec![first];
     nodes.extend(joiners);
-    // One epoch per join, no more.
+    // One epoch per join, no more; each join retargets the change in progress.
     let map = converged(&nodes.iter().collect::<Vec<_>>(), 5).await;
     assert_eq!(map.members.len(), 5);
+    let change = map.change.clone().expect("nobody streamed yet");
+    assert_eq!(change.started, 5);
+    for id in map.gainers() {
+        nodes[0].plane.ready(id, change.started).await.unwrap();
+    }
+    let map = converged(
+        &nodes.iter().collect::<Vec<_>>(),
+        5 + map.gainers().len() as u64,
+    )
+    .await;
+    assert!(map.change.is_none());
+    assert!((0..SLOT_COUNT).all(|slot| map.replicas(slot).len() == 3));
     wait_until("five voters", || nodes[0].plane.status().voters.len() == 5).await;
     stop_all(&nodes).await;
 }

@@ -20,7 +20,7 @@ use futures::future::join_all;
 use parking_lot::RwLock;
 use ringkv_cluster::control::{ControlConfig, ControlPlane, CONTROL_KINDS};
 use ringkv_cluster::coordinator::{
-    CoordError, DataNode, Peers, Quorum, WriteEvent, DATA_KINDS, MANY_KEYS_MAX,
+    CoordError, DataNode, Peers, Quorum, WriteEvent, DATA_KINDS, MANY_KEYS_MAX, NOT_REACHED,
 };
 use ringkv_cluster::exchange::ExchangeLimits;
 use ringkv_cluster::frame::ClusterSecret;
@@ -28,6 +28,7 @@ use ringkv_cluster::gossip::{GossipConfig, GossipRuntime, Health, GOSSIP_KIND};
 use ringkv_cluster::hints::{HintLimits, Hints};
 use ringkv_cluster::map::{ClusterMap, MemberInfo, MemberState};
 use ringkv_cluster::record::{Body, IncrementError, Record, Resolved};
+use ringkv_cluster::transfer::TransferLimits;
 use ringkv_cluster::transport::{
     BoxFuture, CallError, Handler, HandlerError, Transport, TransportConfig,
 };
@@ -238,7 +239,8 @@ impl Peers for TransportPeers {
                 .as_ref()
                 .and_then(|m| m.member(node).map(|m| m.cluster_addr.clone()))
                 .and_then(|a| a.parse::<SocketAddr>().ok())
-                .ok_or_else(|| format!("node {node:016x} left the cluster"))?;
+                // It left: the request did not run there (the event may go to another).
+                .ok_or_else(|| format!("{NOT_REACHED}: node {node:016x} left the cluster"))?;
             transport
                 .call(addr, kind, payload, timeout)
                 .await
@@ -359,7 +361,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
             Hints::open(&dir.join(HINTS_DIR), limits, fsync).map_err(std::io::Error::other)?;
         data = data.with_hints(Arc::new(hints));
     }
-    let data = Arc::new(data);
+    let data = Arc::new(data.with_map(map.clone()));
     let me = MemberInfo {
         node: id,
         client_addr: format!("{bind}:{client_port}"),
@@ -470,6 +472,7 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         });
     }
     spawn_anti_entropy(server, &node);
+    spawn_transfers(server, &node, &dir);
     tracing::info!(node = %format!("{id:016x}"), cluster_addr = %node.me.cluster_addr, epoch = node.epoch(), "cluster mode: node started");
     let _ = server.cluster.set(node.clone());
     Ok(node)
@@ -578,6 +581,106 @@ fn spawn_anti_entropy(server: &Arc<Server>, node: &Arc<ClusterNode>) {
         }
     });
 }
+
+/// Joins and leaves (docs/cluster.md, "Joins and leaves"): whenever the map has a change in
+/// progress that gives this node slots, pulls them from their current replicas (resuming
+/// from the progress file after a restart) and tells the control plane it has them; when a
+/// change completes, drops the records of the slots this node no longer keeps, and once more
+/// after the longest a request routed by the old map can take (its copies may still land).
+fn spawn_transfers(server: &Arc<Server>, node: &Arc<ClusterNode>, dir: &Path) {
+    let node = node.clone();
+    let server = server.clone();
+    let dir = dir.join(TRANSFER_DIR);
+    let mut shutdown = server.shutdown.subscribe();
+    tokio::spawn(async move {
+        let mut maps = node.control.watch();
+        // The epoch whose holdings were last swept (0: none yet; a restart sweeps once).
+        let mut swept = 0u64;
+        loop {
+            let current = maps.borrow_and_update().clone();
+            if let Some(map) = current {
+                let me = node.id;
+                let change = map.change.as_ref().map(|c| c.started);
+                if let Some(started) = change.filter(|_| !map.is_ready(me)) {
+                    if !map.gains(me).is_empty() {
+                        let limits = TransferLimits {
+                            bytes_per_second: server.config.read().cluster.stream_rate,
+                        };
+                        let watch = maps.clone();
+                        let still = move || {
+                            watch
+                                .borrow()
+                                .as_ref()
+                                .and_then(|m| m.change.as_ref().map(|c| c.started))
+                                == Some(started)
+                        };
+                        let pulled = tokio::select! {
+                            pulled = node.data.pull_gains(&map, &dir, limits, &still) => pulled,
+                            _ = shutdown.wait_for(|stop| *stop) => break,
+                        };
+                        match pulled {
+                            Ok(Some(started)) => match node.control.ready(me, started).await {
+                                Ok(map) => tracing::info!(
+                                    epoch = map.epoch,
+                                    started,
+                                    "told the cluster this node has its new slots"
+                                ),
+                                Err(error) => {
+                                    tracing::warn!(%error, "could not tell the cluster this node has its new slots");
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
+                            },
+                            Ok(None) => {}
+                            Err(error) => {
+                                tracing::info!(%error, "streaming new slots stopped: trying again");
+                                tokio::select! {
+                                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                    _ = shutdown.wait_for(|stop| *stop) => break,
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                }
+                if map.change.is_none() && map.epoch != swept {
+                    swept = map.epoch;
+                    sweep(&node, &map).await;
+                    // Requests routed by the map before may still land for up to a round.
+                    let later = map.clone();
+                    let wait =
+                        Duration::from_millis(server.config.read().cluster.request_timeout_ms)
+                            .saturating_mul(3);
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        if node.map().is_some_and(|m| m.epoch == later.epoch) {
+                            sweep(&node, &later).await;
+                        }
+                    });
+                }
+            }
+            tokio::select! {
+                changed = maps.changed() => if changed.is_err() { break },
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+    });
+}
+
+/// Drops this node's records of the slots `map` says it does not keep, off the workers.
+async fn sweep(node: &Arc<ClusterNode>, map: &Arc<ClusterMap>) {
+    let data = node.data.clone();
+    let map = map.clone();
+    match tokio::task::spawn_blocking(move || data.drop_unkept(&map)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(dropped)) => tracing::info!(dropped, "records of slots this node gave away dropped"),
+        Ok(Err(error)) => tracing::warn!(%error, "dropping the records of slots given away failed"),
+        Err(error) => tracing::warn!(%error, "the sweep task failed"),
+    }
+}
+
+/// Where a node keeps its slot transfers' progress, under its data directory.
+const TRANSFER_DIR: &str = "transfer";
 
 /// `base`, plus or minus up to a quarter, so that nodes do not fall into step.
 fn jittered(base: Duration) -> Duration {

@@ -294,6 +294,10 @@ settings_table! {
         /// Most siblings a key may have; a write past it is refused.
         sibling_cap: usize = 100;
         "cluster-sibling-cap" { mode: Mode::Live, min: 1 }
+        /// Bytes per second, at most, a node pulls when it streams the slots a join or a
+        /// leave gives it (0: no limit).
+        stream_rate: u64 = 64 << 20;
+        "cluster-stream-rate" { mode: Mode::Live }
         /// Milliseconds a coordinator waits for replicas before answering with how many did.
         request_timeout_ms: u64 = 2000;
         "cluster-request-timeout" { mode: Mode::Live, min: 1 }

@@ -8,10 +8,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::cluster::{cluster_info, own_addresses, Cluster};
+use common::cluster::{
+    cluster_info, holders, own_addresses, slot_table, write_through, wrong_values, Cluster,
+};
 use common::Server;
 use redis::Connection;
 
@@ -20,48 +21,6 @@ fn keys_wanted() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000)
-}
-
-/// Writes `keys` as `key → value:key` through `nodes` (round robin, one pipelined batch of
-/// 500 at a time per node connection, `threads` connections per node).
-fn write_through(nodes: &[Server], keys: &[String], threads: usize) {
-    std::thread::scope(|scope| {
-        let workers = nodes.len() * threads;
-        for worker in 0..workers {
-            let node = &nodes[worker % nodes.len()];
-            scope.spawn(move || {
-                let mut con = node.client();
-                let mine: Vec<&String> = keys.iter().skip(worker).step_by(workers).collect();
-                for batch in mine.chunks(500) {
-                    let mut pipe = redis::pipe();
-                    for key in batch {
-                        pipe.cmd("SET")
-                            .arg(key.as_str())
-                            .arg(format!("value:{key}"))
-                            .ignore();
-                    }
-                    pipe.query::<()>(&mut con).expect("pipelined SETs");
-                }
-            });
-        }
-    });
-}
-
-/// Reads every key through `node` with MGET (batches of 500, keys of many slots each) and
-/// returns the keys whose value is not `value:key`.
-fn wrong_values(node: &Server, keys: &[String]) -> Vec<String> {
-    let mut con = node.client();
-    let mut wrong = Vec::new();
-    for batch in keys.chunks(500) {
-        let values: Vec<Option<String>> =
-            redis::cmd("MGET").arg(batch).query(&mut con).expect("MGET");
-        for (key, value) in batch.iter().zip(values) {
-            if value.as_deref() != Some(&format!("value:{key}")) {
-                wrong.push(key.clone());
-            }
-        }
-    }
-    wrong
 }
 
 #[test]
@@ -108,53 +67,6 @@ fn three_nodes_form_from_a_seed_and_serve_every_key_through_every_node() {
     }
 }
 
-/// Which node positions hold each key (CLUSTER HOLDS on every node).
-fn holders(cluster: &Cluster, keys: &[String]) -> Vec<Vec<usize>> {
-    let mut held = vec![Vec::new(); keys.len()];
-    for (position, node) in cluster.nodes.iter().enumerate() {
-        let mut con = node.client();
-        for (chunk_index, batch) in keys.chunks(500).enumerate() {
-            let flags: Vec<i64> = redis::cmd("CLUSTER")
-                .arg("HOLDS")
-                .arg(batch)
-                .query(&mut con)
-                .expect("CLUSTER HOLDS");
-            for (i, flag) in flags.into_iter().enumerate() {
-                if flag == 1 {
-                    held[chunk_index * 500 + i].push(position);
-                }
-            }
-        }
-    }
-    held
-}
-
-/// The slot table from CLUSTER SLOTS: slot → node ids of its replicas.
-fn slot_table(con: &mut Connection) -> HashMap<u16, Vec<String>> {
-    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(con).unwrap();
-    let mut table = HashMap::new();
-    for range in ranges {
-        let redis::Value::Array(fields) = range else {
-            panic!("slot range {range:?}");
-        };
-        let first: i64 = redis::from_redis_value(&fields[0]).unwrap();
-        let last: i64 = redis::from_redis_value(&fields[1]).unwrap();
-        let ids: Vec<String> = fields[2..]
-            .iter()
-            .map(|node| {
-                let redis::Value::Array(parts) = node else {
-                    panic!("node entry {node:?}");
-                };
-                redis::from_redis_value(&parts[2]).unwrap()
-            })
-            .collect();
-        for slot in first..=last {
-            table.insert(slot as u16, ids.clone());
-        }
-    }
-    table
-}
-
 #[test]
 fn five_nodes_keep_every_key_on_exactly_n_nodes_and_serve_it_through_any() {
     let cluster = Cluster::start(5, &[]);
@@ -165,7 +77,7 @@ fn five_nodes_keep_every_key_on_exactly_n_nodes_and_serve_it_through_any() {
     assert_eq!(table.len(), 16384, "every slot assigned");
     let mut con = cluster.nodes[2].client();
     let mut wrong_placement = Vec::new();
-    for (key, held) in keys.iter().zip(holders(&cluster, &keys)) {
+    for (key, held) in keys.iter().zip(holders(&cluster.nodes, &keys)) {
         let slot: u16 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -605,7 +517,7 @@ fn mset_writes_one_slots_keys_as_one_batch_on_each_replica() {
     }
     mset.query::<()>(&mut con).expect("MSET at W=1");
     // N=3 on three nodes: node 0 is a replica of every slot, so it is the event replica.
-    for (i, held) in holders(&cluster, &batch).into_iter().enumerate() {
+    for (i, held) in holders(&cluster.nodes, &batch).into_iter().enumerate() {
         assert_eq!(held, vec![0], "{}: only the event replica has it", batch[i]);
     }
     assert_eq!(
@@ -624,7 +536,7 @@ fn mset_writes_one_slots_keys_as_one_batch_on_each_replica() {
         .arg("{order:8}x")
         .arg("last");
     mset.query::<()>(&mut con).expect("MSET at W=3");
-    for (i, held) in holders(&cluster, &batch).into_iter().enumerate() {
+    for (i, held) in holders(&cluster.nodes, &batch).into_iter().enumerate() {
         assert_eq!(held, vec![0, 1, 2], "{}: on every replica", batch[i]);
     }
     for other in &cluster.nodes {

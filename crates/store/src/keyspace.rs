@@ -854,27 +854,61 @@ impl Keyspace {
         wanted: &dyn Fn(u16) -> bool,
         each: &mut dyn FnMut(u16, usize, Bytes, StoredValue),
     ) -> Result<()> {
-        for db in 0..DATABASES {
+        self.for_each_in_slots_from(wanted, None, usize::MAX, &mut |slot, db, key, value| {
+            each(slot, db, key, value);
+            true
+        })?;
+        Ok(())
+    }
+
+    /// [`Keyspace::for_each_in_slots`] in chunks: starts after the position `after`
+    /// (database, user key), and stops once `each` returns false or `budget` keys were read
+    /// (those of other slots count: they cost the same). Returns where it stopped, to pass
+    /// as `after` next time, or `None` once every database was read to its end. Positions
+    /// are the same on every node, so a pass may go on against another node's store.
+    pub fn for_each_in_slots_from(
+        &self,
+        wanted: &dyn Fn(u16) -> bool,
+        after: Option<(usize, &[u8])>,
+        budget: usize,
+        each: &mut dyn FnMut(u16, usize, Bytes, StoredValue) -> bool,
+    ) -> Result<Option<(usize, Bytes)>> {
+        let mut read = 0usize;
+        let first_db = after.map_or(0, |(db, _)| db);
+        for db in first_db..DATABASES {
             let ns = self.namespace(db);
+            let resume = match after {
+                Some((after_db, key)) if after_db == db => Some(self.layout.data_key(ns, key)),
+                _ => None,
+            };
             for (start, end) in self.layout.namespace_spans(ns) {
+                let lower = match &resume {
+                    Some(resume) if resume[..] >= end[..] => continue,
+                    Some(resume) if resume[..] >= start[..] => Bound::Excluded(&resume[..]),
+                    _ => Bound::Included(&start[..]),
+                };
                 for item in self
                     .engine()
-                    .range::<[u8], _>((Bound::Included(&start[..]), Bound::Excluded(&end[..])))
+                    .range::<[u8], _>((lower, Bound::Excluded(&end[..])))
                 {
                     let entry = item.map_err(Error::Engine)?;
                     let Some((_, key)) = self.layout.decode_data_key(&entry.key) else {
                         continue;
                     };
+                    read += 1;
                     let slot = keys::key_slot(key);
-                    if !wanted(slot) {
-                        continue;
-                    }
                     let key = Bytes::copy_from_slice(key);
-                    each(slot, db, key, StoredValue::from_entry(entry)?);
+                    if wanted(slot) && !each(slot, db, key.clone(), StoredValue::from_entry(entry)?)
+                    {
+                        return Ok(Some((db, key)));
+                    }
+                    if read >= budget {
+                        return Ok(Some((db, key)));
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// FLUSHDB: points `db` at a fresh namespace at once; the old one's keys are deleted by

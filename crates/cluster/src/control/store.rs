@@ -373,6 +373,12 @@ fn apply_request(
         (ControlRequest::RemoveMember(node), Some(map)) => {
             map.without_member(*node).map_err(|e| e.to_string())
         }
+        (ControlRequest::Leave(node), Some(map)) => {
+            map.with_leaving(*node).map_err(|e| e.to_string())
+        }
+        (ControlRequest::Ready { node, started }, Some(map)) => {
+            map.with_ready(*node, *started).map_err(|e| e.to_string())
+        }
         (_, None) => Err("the cluster is not founded yet".into()),
     }
 }

@@ -26,7 +26,7 @@ use crate::errors::{self, CmdError, CmdResult};
 /// The cluster commands.
 pub(crate) const COMMANDS: &[CommandSpec] = &[
     spec("cluster", -2, &[], 0, 0, 0, &["slow"], "A container for Redis Cluster commands.", "3.0.0", cluster)
-        .syntax("INFO|MYID|KEYSLOT key|NODES|SLOTS|SHARDS|COUNTKEYSINSLOT slot|GETKEYSINSLOT slot count|QUORUM [r w [pw]]|FORGET node-id|HOLDS key [key ...]|HELP"),
+        .syntax("INFO|MYID|KEYSLOT key|NODES|SLOTS|SHARDS|COUNTKEYSINSLOT slot|GETKEYSINSLOT slot count|QUORUM [r w [pw]]|FORGET node-id|LEAVE [node-id]|HOLDS key [key ...]|HELP"),
     spec("vget", 2, &["readonly"], 1, 1, 1, &["read", "string", "slow"], "Returns every sibling of a key and the context that resolves them (cluster mode).", "ringkv", vget)
         .syntax("key"),
     spec("vset", 4, &["write", "denyoom"], 1, 1, 1, &["write", "string", "slow"], "Writes a value that supersedes the siblings a VGET context covers (cluster mode).", "ringkv", vset)
@@ -114,6 +114,7 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 "CLUSTER NODES / SLOTS / SHARDS: the slot table, as Redis Cluster gives it.",
                 "CLUSTER COUNTKEYSINSLOT <slot> / GETKEYSINSLOT <slot> <count>: keys this node holds in a slot.",
                 "CLUSTER FORGET <node-id>: remove a (dead) member from the cluster; its slots go to the others.",
+                "CLUSTER LEAVE [<node-id>]: this member (or the one named) leaves the cluster: its slots are streamed to the others first, then it leaves the map.",
                 "CLUSTER QUORUM [<r> <w> [<pw>]]: this connection's read and write quorums, and how many of W must be the slot's own replicas (not hints).",
                 "CLUSTER HOLDS <key> [<key> ...]: 1 for each key this node's store holds a copy of.",
                 "CLUSTER STATUS: members, their state and liveness, the epoch and slot counts (`ringkv cluster status`).",
@@ -131,8 +132,10 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             let map = map_of(&node)?;
             let quorum = crate::cluster::quorum_of(ctx.server, ctx.client);
             let hints = node.data.hints().map(|h| h.stats()).unwrap_or_default();
+            let transfer = node.data.transfer_stats();
+            use std::sync::atomic::Ordering::Relaxed;
             let text = format!(
-                "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOT_COUNT}\r\ncluster_slots_ok:{SLOT_COUNT}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{}\r\ncluster_my_epoch:{}\r\ncluster_replicas:{}\r\ncluster_read_quorum:{}\r\ncluster_write_quorum:{}\r\ncluster_write_strict_quorum:{}\r\ncluster_my_id:{}\r\ncluster_hints_pending:{}\r\ncluster_hints_delivered:{}\r\ncluster_hints_sent:{}\r\ncluster_aae_ready:{}\r\ncluster_aae_exchanges:{}\r\ncluster_aae_keys_repaired:{}\r\n",
+                "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOT_COUNT}\r\ncluster_slots_ok:{SLOT_COUNT}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{}\r\ncluster_my_epoch:{}\r\ncluster_replicas:{}\r\ncluster_read_quorum:{}\r\ncluster_write_quorum:{}\r\ncluster_write_strict_quorum:{}\r\ncluster_my_id:{}\r\ncluster_hints_pending:{}\r\ncluster_hints_delivered:{}\r\ncluster_hints_sent:{}\r\ncluster_aae_ready:{}\r\ncluster_aae_exchanges:{}\r\ncluster_aae_keys_repaired:{}\r\ncluster_change_in_progress:{}\r\ncluster_change_started:{}\r\ncluster_transfer_slots_wanted:{}\r\ncluster_transfer_slots_done:{}\r\ncluster_transfer_keys_received:{}\r\ncluster_transfer_bytes_received:{}\r\ncluster_transfer_bytes_sent:{}\r\ncluster_transfer_keys_dropped:{}\r\n",
                 map.members.len(),
                 map.members.len(),
                 map.epoch,
@@ -159,6 +162,14 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                     .stats()
                     .keys_repaired
                     .load(std::sync::atomic::Ordering::Relaxed),
+                u8::from(map.change.is_some()),
+                map.change.as_ref().map_or(0, |c| c.started),
+                transfer.slots_wanted.load(Relaxed),
+                transfer.slots_done.load(Relaxed),
+                transfer.keys_received.load(Relaxed),
+                transfer.bytes_received.load(Relaxed),
+                transfer.bytes_sent.load(Relaxed),
+                transfer.keys_dropped.load(Relaxed),
             );
             Ok(Frame::bulk(text))
         }
@@ -338,6 +349,37 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                 }
             }))
         }
+        "leave" => {
+            // A planned leave (docs/cluster.md, "Joins and leaves"): committed through Raft;
+            // the slots are streamed to their new replicas in the background, and the
+            // member leaves the map when they all have them.
+            if args.len() > 3 {
+                return Err(arity());
+            }
+            let node = node_of(ctx)?;
+            let id = match args.get(2) {
+                None => node.id,
+                Some(arg) => {
+                    let text = String::from_utf8_lossy(arg).into_owned();
+                    u64::from_str_radix(&text, 16)
+                        .map_err(|_| CmdError::msg(format!("ERR Unknown node {text}")))?
+                }
+            };
+            if !map_of(&node)?.members.contains_key(&id) {
+                return Err(CmdError::msg(format!("ERR Unknown node {}", node_name(id))));
+            }
+            let control = node.control.clone();
+            tracing::warn!(node = %node_name(id), "CLUSTER LEAVE: a member leaves");
+            Ok(ctx.defer(async move {
+                match control.leave(id).await {
+                    Ok(map) => {
+                        tracing::info!(epoch = map.epoch, "leave committed: streaming its slots");
+                        Frame::ok()
+                    }
+                    Err(error) => Frame::error(format!("ERR {error}")),
+                }
+            }))
+        }
         "holds" => {
             node_of(ctx)?;
             if args.len() < 3 {
@@ -378,6 +420,20 @@ fn status_text(node: &ClusterNode, map: &ClusterMap) -> String {
         map.assignment.replication(),
         node_name(node.id),
     );
+    if let Some(change) = &map.change {
+        let gainers = map.gainers();
+        let transfer = node.data.transfer_stats();
+        use std::sync::atomic::Ordering::Relaxed;
+        text.push_str(&format!(
+            "change: started:{} gaining:{} ready:{} moves:{} mine:{}/{} slots streamed\n",
+            change.started,
+            gainers.len(),
+            gainers.iter().filter(|n| change.ready.contains(n)).count(),
+            change.target.moves_from(&map.assignment),
+            transfer.slots_done.load(Relaxed),
+            transfer.slots_wanted.load(Relaxed),
+        ));
+    }
     for member in map.members.values() {
         let health = match node.health(member.node) {
             _ if member.node == node.id => "alive",
@@ -391,7 +447,7 @@ fn status_text(node: &ClusterNode, map: &ClusterMap) -> String {
             &member.zone
         };
         text.push_str(&format!(
-            "{} client:{} cluster:{} zone:{zone} state:{} health:{health} slots:{} first:{}{}\n",
+            "{} client:{} cluster:{} zone:{zone} state:{} health:{health} slots:{} first:{}{}{}\n",
             node_name(member.node),
             member.client_addr,
             member.cluster_addr,
@@ -402,6 +458,13 @@ fn status_text(node: &ClusterNode, map: &ClusterMap) -> String {
                 " myself"
             } else {
                 ""
+            },
+            match map.gains(member.node).len() {
+                0 => String::new(),
+                gaining => format!(
+                    " gaining:{gaining} ready:{}",
+                    u8::from(map.is_ready(member.node))
+                ),
             },
         ));
     }

@@ -2,7 +2,10 @@
 //! founds the cluster, the others join it through its client port (`--cluster-join`), as an
 //! operator would (docs/cluster.md, "Starting").
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use redis::Connection;
 
 use super::Server;
 
@@ -43,7 +46,8 @@ impl Cluster {
         cluster
     }
 
-    /// Waits until every node's CLUSTER INFO shows `n` known nodes and state ok.
+    /// Waits until every node's CLUSTER INFO shows `n` known nodes, state ok, and no
+    /// membership change in progress (every joiner streamed its slots).
     pub fn wait_known(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         for node in &self.nodes {
@@ -51,6 +55,7 @@ impl Cluster {
                 let info = node.cli(&["CLUSTER", "INFO"]);
                 if info.contains(&format!("cluster_known_nodes:{n}\r"))
                     && info.contains("cluster_state:ok")
+                    && info.contains("cluster_change_in_progress:0\r")
                 {
                     break;
                 }
@@ -102,4 +107,96 @@ pub fn own_addresses(node: &Server) -> Vec<String> {
         "--cluster-port".into(),
         cluster_port,
     ]
+}
+
+/// Writes `keys` as `key → value:key` through `nodes` (round robin, one pipelined batch of
+/// 500 at a time per node connection, `threads` connections per node).
+pub fn write_through(nodes: &[Server], keys: &[String], threads: usize) {
+    std::thread::scope(|scope| {
+        let workers = nodes.len() * threads;
+        for worker in 0..workers {
+            let node = &nodes[worker % nodes.len()];
+            scope.spawn(move || {
+                let mut con = node.client();
+                let mine: Vec<&String> = keys.iter().skip(worker).step_by(workers).collect();
+                for batch in mine.chunks(500) {
+                    let mut pipe = redis::pipe();
+                    for key in batch {
+                        pipe.cmd("SET")
+                            .arg(key.as_str())
+                            .arg(format!("value:{key}"))
+                            .ignore();
+                    }
+                    pipe.query::<()>(&mut con).expect("pipelined SETs");
+                }
+            });
+        }
+    });
+}
+
+/// Reads every key through `node` with MGET (batches of 500, keys of many slots each) and
+/// returns the keys whose value is not `value:key`.
+pub fn wrong_values(node: &Server, keys: &[String]) -> Vec<String> {
+    let mut con = node.client();
+    let mut wrong = Vec::new();
+    for batch in keys.chunks(500) {
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(batch).query(&mut con).expect("MGET");
+        for (key, value) in batch.iter().zip(values) {
+            if value.as_deref() != Some(&format!("value:{key}")) {
+                wrong.push(key.clone());
+            }
+        }
+    }
+    wrong
+}
+
+/// Which node positions hold each key (CLUSTER HOLDS on every node).
+pub fn holders<'a>(
+    nodes: impl IntoIterator<Item = &'a Server>,
+    keys: &[String],
+) -> Vec<Vec<usize>> {
+    let mut held = vec![Vec::new(); keys.len()];
+    for (position, node) in nodes.into_iter().enumerate() {
+        let mut con = node.client();
+        for (chunk_index, batch) in keys.chunks(500).enumerate() {
+            let flags: Vec<i64> = redis::cmd("CLUSTER")
+                .arg("HOLDS")
+                .arg(batch)
+                .query(&mut con)
+                .expect("CLUSTER HOLDS");
+            for (i, flag) in flags.into_iter().enumerate() {
+                if flag == 1 {
+                    held[chunk_index * 500 + i].push(position);
+                }
+            }
+        }
+    }
+    held
+}
+
+/// The slot table from CLUSTER SLOTS: slot → node ids of its replicas.
+pub fn slot_table(con: &mut Connection) -> HashMap<u16, Vec<String>> {
+    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(con).unwrap();
+    let mut table = HashMap::new();
+    for range in ranges {
+        let redis::Value::Array(fields) = range else {
+            panic!("slot range {range:?}");
+        };
+        let first: i64 = redis::from_redis_value(&fields[0]).unwrap();
+        let last: i64 = redis::from_redis_value(&fields[1]).unwrap();
+        let ids: Vec<String> = fields[2..]
+            .iter()
+            .map(|node| {
+                let redis::Value::Array(parts) = node else {
+                    panic!("node entry {node:?}");
+                };
+                redis::from_redis_value(&parts[2]).unwrap()
+            })
+            .collect();
+        for slot in first..=last {
+            table.insert(slot as u16, ids.clone());
+        }
+    }
+    table
 }

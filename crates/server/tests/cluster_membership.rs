@@ -1,0 +1,404 @@
+//! Planned joins and leaves under load with real processes (docs/cluster.md, "Joins and
+//! leaves"). A cluster at N=3, R=2, W=2 holds a preloaded keyspace while client threads
+//! write, read, increment and delete through the members that stay; a node joins (or one
+//! leaves with CLUSTER LEAVE), its slots are streamed with a throttle so that the change
+//! takes seconds of the load, and afterwards:
+//! - no client request failed, and every read saw its worker's last write;
+//! - each replica's own copy of each written key is the last write (read at R=1 through a
+//!   node that holds it, before reads at R=2 could repair it): the writes that landed while
+//!   the slots were streamed reached the new replicas (anti-entropy is off);
+//! - every key is on exactly its N replicas of the new slot table (CLUSTER HOLDS on every
+//!   node, the old owners' copies dropped) and reads right through every member;
+//! - the records streamed are those of the moved slots: at least every preloaded key of the
+//!   slots the new node gained, at most those and the load's keys, not the whole keyspace;
+//! - deletes stay deleted and counters add up exactly across the move.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::cluster::{cluster_info, holders, slot_table, write_through, wrong_values, Cluster};
+use common::Server;
+
+/// Preloaded keys.
+const KEYS: usize = 10_000;
+/// Client threads of the load.
+const WORKERS: usize = 3;
+/// String keys each worker writes and reads back.
+const LOAD_KEYS: usize = 30;
+/// Every node's flags: a gaining node pulls 100 kB/s, so that the change takes a few
+/// seconds of the load; anti-entropy is off, so that what the checks see is the streaming
+/// and the writes to both sets alone.
+const EXTRA: [&str; 4] = [
+    "--cluster-stream-rate",
+    "100000",
+    "--cluster-anti-entropy-interval",
+    "0",
+];
+
+/// What the load did, and every request that failed.
+#[derive(Default)]
+struct Load {
+    ops: u64,
+    failures: Vec<String>,
+    /// Per string key, the last value written.
+    strings: HashMap<String, u64>,
+    /// Per counter, the increments acknowledged.
+    counters: HashMap<String, i64>,
+    /// Keys deleted (never written again).
+    deleted: Vec<String>,
+}
+
+/// One worker: its own keys, through `ports` in turn, until `stop`. Any error is a failure.
+fn work(worker: usize, ports: &[u16], stop: &AtomicBool) -> Load {
+    let mut load = Load::default();
+    let mut cons: Vec<redis::Connection> = ports
+        .iter()
+        .map(|port| {
+            let con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            con.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            con
+        })
+        .collect();
+    let mut value = 0u64;
+    let mut step = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        step += 1;
+        let con = &mut cons[step % ports.len()];
+        let key = format!("load:{worker}:{}", step % LOAD_KEYS);
+        let counter = format!("count:{worker}:{}", step % 3);
+        let op = step % 5;
+        load.ops += 1;
+        let result: redis::RedisResult<()> = match op {
+            0 | 1 => {
+                value += 1;
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(value)
+                    .query::<()>(con)
+                    .map(|()| {
+                        load.strings.insert(key.clone(), value);
+                    })
+            }
+            2 => redis::cmd("GET")
+                .arg(&key)
+                .query::<Option<u64>>(con)
+                .map(|got| {
+                    let want = load.strings.get(&key).copied();
+                    if got != want {
+                        load.failures
+                            .push(format!("GET {key}: {got:?}, last written {want:?}"));
+                    }
+                }),
+            3 => redis::cmd("INCRBY")
+                .arg(&counter)
+                .arg(2)
+                .query::<i64>(con)
+                .map(|_| *load.counters.entry(counter.clone()).or_default() += 2),
+            _ => {
+                let doomed = format!("gone:{worker}:{step}");
+                redis::cmd("SET")
+                    .arg(&doomed)
+                    .arg(1)
+                    .query::<()>(con)
+                    .and_then(|()| redis::cmd("DEL").arg(&doomed).query::<i64>(con))
+                    .map(|removed| {
+                        if removed != 1 {
+                            load.failures
+                                .push(format!("DEL {doomed} removed {removed}, wanted 1"));
+                        }
+                        load.deleted.push(doomed.clone());
+                    })
+            }
+        };
+        if let Err(error) = result {
+            load.failures.push(format!("op {op} on {key}: {error}"));
+        }
+    }
+    load
+}
+
+/// Runs the load through `ports` while `change` runs; returns the merged history.
+fn under_load(ports: &[u16], change: impl FnOnce()) -> Load {
+    let stop = AtomicBool::new(false);
+    let loads = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for worker in 0..WORKERS {
+            let (stop, loads) = (&stop, &loads);
+            scope.spawn(move || {
+                let load = work(worker, ports, stop);
+                loads.lock().unwrap().push(load);
+            });
+        }
+        // Load before, during and after the change.
+        std::thread::sleep(Duration::from_secs(1));
+        change();
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let mut all = Load::default();
+    for load in loads.into_inner().unwrap() {
+        all.ops += load.ops;
+        all.failures.extend(load.failures);
+        all.strings.extend(load.strings);
+        all.counters.extend(load.counters);
+        all.deleted.extend(load.deleted);
+    }
+    all
+}
+
+/// Waits until every node in `nodes` knows `n` members and no change is in progress.
+fn wait_settled(nodes: &[&Server], n: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for node in nodes {
+        while cluster_info(node, "cluster_known_nodes") != n
+            || cluster_info(node, "cluster_change_in_progress") != 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not settle at {n} members:\n{}",
+                node.port,
+                node.cli(&["CLUSTER", "STATUS"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Asserts that every key is on exactly its replicas of the slot table, polling until the
+/// old owners' delayed sweep (3 request timeouts after the change) has run.
+fn assert_exact_placement(nodes: &[&Server], keys: &[String]) {
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|node| node.cli(&["CLUSTER", "MYID"]).trim().to_string())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let table = slot_table(&mut nodes[0].client());
+        let mut con = nodes[0].client();
+        let held = holders(nodes.iter().copied(), keys);
+        let mut wrong = Vec::new();
+        for (key, held) in keys.iter().zip(held) {
+            let slot: u16 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query(&mut con)
+                .unwrap();
+            let mut expected: Vec<&str> = table[&slot].iter().map(String::as_str).collect();
+            expected.sort_unstable();
+            let mut got: Vec<&str> = held.iter().map(|&p| ids[p].as_str()).collect();
+            got.sort_unstable();
+            if got.len() != 3 || got != expected {
+                wrong.push(format!(
+                    "{key} (slot {slot}): on {got:?}, replicas {expected:?}"
+                ));
+            }
+        }
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} keys not on exactly their 3 replicas, e.g. {:?}",
+            wrong.len(),
+            keys.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The history's checks after the change, through every node in `nodes`: first each
+/// replica's own copy (read at R=1 through a node that holds the key, before any read at
+/// R=2 could repair it), then at R=2 through every node.
+fn check_history(load: &Load, nodes: &[&Server]) {
+    assert!(
+        load.failures.is_empty(),
+        "{} of {} client requests failed or read wrong, e.g. {:?}",
+        load.failures.len(),
+        load.ops,
+        &load.failures[..load.failures.len().min(5)]
+    );
+    assert!(load.ops > 100, "the load ran: {} operations", load.ops);
+    let strings: Vec<String> = load.strings.keys().cloned().collect();
+    let mut own_copies = 0;
+    for (position, node) in nodes.iter().enumerate() {
+        let held = holders([*node], &strings);
+        let mut con = node.client();
+        let _: () = redis::cmd("CLUSTER")
+            .arg("QUORUM")
+            .arg(1)
+            .arg(2)
+            .query(&mut con)
+            .unwrap();
+        for (key, held) in strings.iter().zip(held) {
+            if held.is_empty() {
+                continue;
+            }
+            own_copies += 1;
+            let got: Option<u64> = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+            assert_eq!(
+                got,
+                Some(load.strings[key]),
+                "{key}: the copy on node {position} ({}) is not the last write",
+                node.port
+            );
+        }
+    }
+    assert!(own_copies >= strings.len() * 3, "{own_copies} own copies read");
+    for node in nodes {
+        let mut con = node.client();
+        for (key, value) in &load.strings {
+            let got: Option<u64> = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+            assert_eq!(got, Some(*value), "{key} through {}", node.port);
+        }
+        for (key, sum) in &load.counters {
+            let got: i64 = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+            assert_eq!(got, *sum, "{key} through {}", node.port);
+        }
+        for key in load.deleted.iter().step_by(7) {
+            let got: Option<String> = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+            assert_eq!(got, None, "{key} came back through {}", node.port);
+        }
+    }
+}
+
+/// The preloaded keys and the load's string keys and counters.
+fn with_load_keys(keys: &[String], load: &Load) -> Vec<String> {
+    let mut all = keys.to_vec();
+    all.extend(load.strings.keys().cloned());
+    all.extend(load.counters.keys().cloned());
+    all
+}
+
+/// The preloaded keys in the slots `node` holds now.
+fn keys_held_by(node_id: &str, table: &HashMap<u16, Vec<String>>, keys: &[String]) -> u64 {
+    keys.iter()
+        .filter(|key| {
+            table[&ringkv_cluster::key_slot(key.as_bytes())]
+                .iter()
+                .any(|id| id == node_id)
+        })
+        .count() as u64
+}
+
+#[test]
+fn a_join_under_load_fails_no_request_and_streams_only_the_moved_slots() {
+    let mut cluster = Cluster::start(3, &EXTRA);
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("pre:{i}")).collect();
+    write_through(&cluster.nodes, &keys, 1);
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let seed = format!("127.0.0.1:{}", ports[0]);
+
+    let started = Instant::now();
+    let mut joined = None;
+    let load = under_load(&ports, || {
+        let mut args = vec!["--cluster-enabled", "yes", "--cluster-join", &seed];
+        args.extend_from_slice(&EXTRA);
+        let node = Server::start_with(&args);
+        let first = &cluster.nodes[0];
+        assert_eq!(
+            cluster_info(first, "cluster_change_in_progress"),
+            1,
+            "the join is a change in progress while the new node streams"
+        );
+        wait_settled(&[first, &node], 4, Duration::from_secs(120));
+        joined = Some(node);
+    });
+    let took = started.elapsed();
+    cluster.nodes.push(joined.expect("the node joined"));
+    let nodes: Vec<&Server> = cluster.nodes.iter().collect();
+    wait_settled(&nodes, 4, Duration::from_secs(30));
+    eprintln!("join under load: {} operations in {took:?}", load.ops);
+    check_history(&load, &nodes);
+    assert_exact_placement(&nodes, &with_load_keys(&keys, &load));
+    for node in &nodes {
+        let wrong = wrong_values(node, &keys);
+        assert!(
+            wrong.is_empty(),
+            "through {}: {:?}",
+            node.port,
+            &wrong[..wrong.len().min(5)]
+        );
+    }
+
+    // What the new node received is its share, not the keyspace.
+    let new = nodes[3];
+    let table = slot_table(&mut new.client());
+    let new_id = new.cli(&["CLUSTER", "MYID"]).trim().to_string();
+    let share = keys_held_by(&new_id, &table, &keys);
+    let received = cluster_info(new, "cluster_transfer_keys_received");
+    let wanted = cluster_info(new, "cluster_transfer_slots_wanted");
+    let load_keys = (WORKERS * (LOAD_KEYS + 3)) as u64 + load.deleted.len() as u64;
+    eprintln!(
+        "new node: {wanted} slots gained, {share} preloaded keys in them, {received} records received, {} bytes",
+        cluster_info(new, "cluster_transfer_bytes_received")
+    );
+    assert_eq!(cluster_info(new, "cluster_transfer_slots_done"), wanted);
+    assert!(
+        received >= share && received <= share + load_keys,
+        "received {received} records for a share of {share} (+ at most {load_keys} of the load)"
+    );
+    assert!(
+        share < KEYS as u64 * 9 / 10,
+        "a share, not the keyspace: {share}"
+    );
+}
+
+#[test]
+fn a_leave_under_load_fails_no_request_and_leaves_nothing_behind() {
+    let cluster = Cluster::start(4, &EXTRA);
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("pre:{i}")).collect();
+    write_through(&cluster.nodes, &keys, 1);
+    let staying: Vec<&Server> = cluster.nodes[..3].iter().collect();
+    let ports: Vec<u16> = staying.iter().map(|n| n.port).collect();
+    let leaving = &cluster.nodes[3];
+    let leaving_id = leaving.cli(&["CLUSTER", "MYID"]).trim().to_string();
+
+    let load = under_load(&ports, || {
+        assert_eq!(leaving.cli(&["CLUSTER", "LEAVE"]).trim(), "OK");
+        let status = staying[0].cli(&["CLUSTER", "STATUS"]);
+        assert!(
+            status.contains("state:leaving") || !status.contains(&leaving_id),
+            "{status}"
+        );
+        wait_settled(&staying, 3, Duration::from_secs(120));
+    });
+    check_history(&load, &staying);
+    assert_exact_placement(&staying, &with_load_keys(&keys, &load));
+    for node in &staying {
+        let wrong = wrong_values(node, &keys);
+        assert!(
+            wrong.is_empty(),
+            "through {}: {:?}",
+            node.port,
+            &wrong[..wrong.len().min(5)]
+        );
+        assert!(
+            !node.cli(&["CLUSTER", "NODES"]).contains(&leaving_id),
+            "the member left every map"
+        );
+    }
+    // The node that left dropped what it held.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let kept = holders([leaving], &keys)
+            .iter()
+            .filter(|h| !h.is_empty())
+            .count();
+        if kept == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node that left still holds {kept} keys"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
