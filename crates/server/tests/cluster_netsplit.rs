@@ -482,6 +482,7 @@ impl Drop for StopOnDrop<'_> {
 
 #[test]
 fn five_nodes_in_namespaces_keep_every_acknowledged_write_through_dropped_packets() {
+    let test_began = Instant::now();
     let seed = history::seed("CLUSTER_NETSPLIT_SEED");
     let repair = std::env::var("CLUSTER_NETSPLIT_REPAIR").as_deref() != Ok("off");
     let network = Network::create(NODES);
@@ -510,6 +511,7 @@ fn five_nodes_in_namespaces_keep_every_acknowledged_write_through_dropped_packet
         .collect();
     common::binary(); // built first (cargo), so the start is timed alone
     let began = Instant::now();
+    eprintln!("network made in {:?}", test_began.elapsed());
     nodes[0].start();
     eprintln!("node 0 up after {:?}", began.elapsed());
     // Started together, the joiners wait for each other at the Raft leader.

@@ -213,7 +213,13 @@ pub fn check(histories: &[History], nodes: &mut [redis::Connection], converge: D
                 eprintln!("not converged yet: {error}");
                 std::thread::sleep(Duration::from_secs(1));
             }
-            Err(error) => panic!("{error} (still after {converge:?})"),
+            Err(error) => {
+                let key = error.split(':').take(3).collect::<Vec<_>>().join(":");
+                panic!(
+                    "{error} (still after {converge:?}); each node's own copy: {}",
+                    own_copies(nodes, &key)
+                )
+            }
         }
     };
     eprintln!(
@@ -222,6 +228,29 @@ pub fn check(histories: &[History], nodes: &mut [redis::Connection], converge: D
     );
     checked += check_pass(histories, nodes, Pass::Quorum).unwrap_or_else(|e| panic!("{e}"));
     checked
+}
+
+/// Every node's own copy of `key` (R=1; `-` where the node holds none), for a failure's
+/// message.
+fn own_copies(nodes: &mut [redis::Connection], key: &str) -> String {
+    let mut copies = Vec::new();
+    for (position, con) in nodes.iter_mut().enumerate() {
+        let _: redis::RedisResult<Vec<i64>> =
+            redis::cmd("CLUSTER").arg("QUORUM").arg(1).arg(2).query(con);
+        let held: Vec<i64> = redis::cmd("CLUSTER")
+            .arg("HOLDS")
+            .arg(key)
+            .query(con)
+            .unwrap_or_default();
+        let copy = if held.first() == Some(&1) {
+            let value: redis::RedisResult<Option<String>> = redis::cmd("GET").arg(key).query(con);
+            format!("{value:?}")
+        } else {
+            "-".to_string()
+        };
+        copies.push(format!("node {position}: {copy}"));
+    }
+    copies.join(", ")
 }
 
 #[derive(Clone, Copy, PartialEq)]
