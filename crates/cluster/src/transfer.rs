@@ -48,6 +48,8 @@ const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// The progress file, in the transfer directory.
 const PROGRESS_FILE: &str = "progress.json";
+/// How often the progress file is saved while a stream runs (and at each stream's end).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// What a node's transfers have done since it started (CLUSTER INFO, metrics).
 #[derive(Debug, Default)]
@@ -204,9 +206,10 @@ impl DataNode {
                 streams: self.group_by_source(map, &gains, &BTreeSet::new(), None),
             },
         };
-        save_progress(dir, &path, &progress)?;
+        self.persist(dir, &path, &progress).await?;
         let mut avoid: BTreeSet<NodeId> = BTreeSet::new();
         let mut window = (Instant::now(), 0u64);
+        let mut saved = Instant::now();
         loop {
             let done_slots: u64 = progress
                 .streams
@@ -240,11 +243,17 @@ impl DataNode {
                     self.store_chunk(chunk.records).await?;
                     stats.bytes_received.fetch_add(received, Ordering::Relaxed);
                     let entry = &mut progress.streams[at];
+                    let finished = chunk.next.is_none();
                     match chunk.next {
                         Some((db, key)) => entry.after = Some((db, key.to_vec())),
                         None => entry.done = true,
                     }
-                    save_progress(dir, &path, &progress)?;
+                    // The position is saved only over records on disk: the WAL is fsynced
+                    // first. At most once a second, and at each stream's end.
+                    if finished || saved.elapsed() >= PROGRESS_EVERY {
+                        self.persist(dir, &path, &progress).await?;
+                        saved = Instant::now();
+                    }
                     throttle(&mut window, received, limits).await;
                 }
                 Err(error) => {
@@ -255,7 +264,7 @@ impl DataNode {
                     let regrouped =
                         self.group_by_source(map, &stream.slots, &avoid, stream.after.clone());
                     progress.streams.splice(at..=at, regrouped);
-                    save_progress(dir, &path, &progress)?;
+                    self.persist(dir, &path, &progress).await?;
                     tokio::time::sleep(RETRY_PAUSE).await;
                     if avoid.len() >= map.members.len() {
                         avoid.clear();
@@ -263,6 +272,27 @@ impl DataNode {
                 }
             }
         }
+    }
+
+    /// Saves `progress` once every record merged so far is on disk (the WAL fsynced),
+    /// off the tokio workers: a crash then resumes at or before what the disk holds.
+    async fn persist(
+        self: &Arc<Self>,
+        dir: &Path,
+        path: &Path,
+        progress: &Progress,
+    ) -> Result<(), String> {
+        let this = self.clone();
+        let (dir, path, progress) = (dir.to_path_buf(), path.to_path_buf(), progress.clone());
+        tokio::task::spawn_blocking(move || {
+            this.keyspace()
+                .engine()
+                .sync_all()
+                .map_err(|e| format!("syncing the WAL: {e}"))?;
+            save_progress(&dir, &path, &progress)
+        })
+        .await
+        .map_err(|e| format!("saving the transfer progress failed: {e}"))?
     }
 
     /// One chunk of `stream` from `source`.
@@ -475,13 +505,21 @@ fn load_progress(path: &Path) -> Option<Progress> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Writes the progress file atomically (a new file renamed over the old).
+/// Writes the progress file atomically and durably (a new file, fsynced, renamed over the
+/// old, the directory fsynced).
 fn save_progress(dir: &Path, path: &Path, progress: &Progress) -> Result<(), String> {
+    use std::io::Write;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let tmp: PathBuf = dir.join(format!("{PROGRESS_FILE}.tmp"));
     let bytes = serde_json::to_vec(progress).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("renaming {}: {e}", tmp.display()))
+    let failed = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
+    let mut file = std::fs::File::create(&tmp).map_err(failed)?;
+    file.write_all(&bytes).map_err(failed)?;
+    file.sync_all().map_err(failed)?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("syncing {}: {e}", dir.display()))
 }
 
 #[cfg(test)]

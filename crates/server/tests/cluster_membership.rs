@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::cluster::{cluster_info, holders, slot_table, write_through, wrong_values, Cluster};
+use common::cluster::{
+    cluster_info, holders, own_addresses, slot_table, write_through, wrong_values, Cluster,
+};
 use common::Server;
 
 /// Preloaded keys.
@@ -423,5 +425,61 @@ fn a_leave_under_load_fails_no_request_and_leaves_nothing_behind() {
             "the node that left still holds {kept} keys"
         );
         std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A joining node killed with SIGKILL in the middle of streaming comes back on its data
+/// directory and goes on from its progress file: what it receives after the restart is the
+/// rest of its share (and at most the last second's chunks again: the position is saved at
+/// most once a second), not the share from the start; and no key is missing.
+#[test]
+fn a_joining_node_killed_while_streaming_resumes_where_it_stopped() {
+    let cluster = Cluster::start(3, &EXTRA);
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("pre:{i}")).collect();
+    write_through(&cluster.nodes, &keys, 1);
+    let seed = format!("127.0.0.1:{}", cluster.nodes[0].port);
+    let mut args = vec!["--cluster-enabled", "yes", "--cluster-join", &seed];
+    args.extend_from_slice(&EXTRA);
+    let mut node = Server::start_with(&args);
+    let addresses = own_addresses(&node);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        let received = cluster_info(&node, "cluster_transfer_keys_received");
+        if received >= 4_000 {
+            break received;
+        }
+        assert!(Instant::now() < deadline, "the new node streams nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        cluster_info(&node, "cluster_change_in_progress"),
+        1,
+        "killed before it had everything"
+    );
+    node.restart_with(&addresses);
+    let mut nodes: Vec<&Server> = cluster.nodes.iter().collect();
+    nodes.push(&node);
+    wait_settled(&nodes, 4, Duration::from_secs(120));
+    let after = cluster_info(&node, "cluster_transfer_keys_received");
+    let table = slot_table(&mut node.client());
+    let share = keys_held_by(node.cli(&["CLUSTER", "MYID"]).trim(), &table, &keys);
+    eprintln!("share {share}: {before}+ records before the kill, {after} after the restart");
+    assert!(
+        after + before >= share,
+        "{before} before and {after} after do not cover the share of {share}"
+    );
+    assert!(
+        after < share - before / 2,
+        "after the restart it streamed {after} of a share of {share}: it started over"
+    );
+    assert_exact_placement(&nodes, &keys);
+    for node in &nodes {
+        let wrong = wrong_values(node, &keys);
+        assert!(
+            wrong.is_empty(),
+            "through {}: {:?}",
+            node.port,
+            &wrong[..wrong.len().min(5)]
+        );
     }
 }
