@@ -622,7 +622,20 @@ impl DataNode {
         kind: u8,
         payload: Bytes,
     ) -> Result<NodeId, String> {
-        let fallbacks = self.fallbacks(map, slot, map.replicas(slot));
+        let mut fallbacks = self.fallbacks(map, slot, map.replicas(slot));
+        // Each missing replica starts at its own fallback, so that two replicas missing
+        // from one write are hinted to two nodes where there are two (the write's round
+        // counts a fallback once: `replicate`).
+        if !fallbacks.is_empty() {
+            let position = map
+                .replicas(slot)
+                .iter()
+                .chain(map.pending(slot).iter())
+                .position(|&node| node == target)
+                .unwrap_or(0);
+            let by = position % fallbacks.len();
+            fallbacks.rotate_left(by);
+        }
         let hint_kind = if kind == KIND_MERGE_MANY {
             KIND_HINT_MANY
         } else {
@@ -968,6 +981,7 @@ impl DataNode {
         );
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
+        let mut stand_ins: Vec<NodeId> = Vec::new();
         let mut progress = if w <= 1 && target.is_none() {
             Progress::Succeeded
         } else {
@@ -995,10 +1009,21 @@ impl DataNode {
                     tracing::debug!(node, %error, "replicating a write failed");
                     round.on_failure(node)
                 }
-                Some((node, Delivery::Hinted(Ok(fallback)))) => {
+                // A fallback stands in for one replica: a second hint on the same node is
+                // no second acknowledgement (W counts distinct nodes, as Dynamo's does).
+                Some((node, Delivery::Hinted(Ok(fallback)))) if !stand_ins.contains(&fallback) => {
                     tracing::debug!(node, fallback, "a hint stands in for a replica");
+                    stand_ins.push(fallback);
                     hinted += 1;
                     round.on_ack(node)
+                }
+                Some((node, Delivery::Hinted(Ok(fallback)))) => {
+                    tracing::debug!(
+                        node,
+                        fallback,
+                        "a second hint on one fallback does not count"
+                    );
+                    round.on_failure(node)
                 }
                 Some((node, Delivery::Hinted(Err(error)))) => {
                     tracing::debug!(node, %error, "no fallback took the hint");

@@ -580,12 +580,15 @@ fn five_nodes_in_namespaces_keep_every_acknowledged_write_through_dropped_packet
             result.is_err(),
             "a write through the 2-node side reached 3 of its slot's replicas"
         );
-        // Known (reported, not asserted): W=3 without PW is acknowledged here, with the
-        // write on 2 nodes only: the hints for both replicas across the cut land on the same
-        // fallback (the first of the slot's fallbacks not down), and each counts as an
-        // acknowledgement.
+        // Nor W=3 with hints: only 2 distinct nodes can hold the write on this side, and
+        // a fallback stands in for one replica only (two hints on one node were once
+        // counted as two acknowledgements).
         let (result, took) = probe_write(&nodes[first], 3, 0);
         eprintln!("W=3 through node {first} of the 2-node side: {result:?} after {took:?}");
+        assert!(
+            result.is_err(),
+            "a W=3 write through the 2-node side was acknowledged by 2 nodes"
+        );
         pause(&mut chaos, 4000, 2000);
         eprintln!(
             "split {first},{second} | {majority:?} healing after {:?}",
