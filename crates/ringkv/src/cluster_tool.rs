@@ -48,6 +48,7 @@ pub fn run(action: Action) -> anyhow::Result<()> {
                 .query(&mut connection)
                 .with_context(|| format!("CLUSTER STATUS on {}:{}", address.host, address.port))?;
             print!("{}", render_status(&text, &address)?);
+            print!("{}", render_transfers(&text, &address));
             Ok(())
         }
     }
@@ -74,13 +75,23 @@ fn render_status(text: &str, address: &ServerAddress) -> anyhow::Result<String> 
         address.host,
         address.port,
     );
+    if let Some(change) = text.lines().find_map(|l| l.strip_prefix("change: ")) {
+        let change = fields(change);
+        out.push_str(&format!(
+            "a membership change started at epoch {} is in progress: {} of {} gaining nodes have their slots, {} replicas move\n",
+            get(&change, "started"),
+            get(&change, "ready"),
+            get(&change, "gaining"),
+            get(&change, "moves"),
+        ));
+    }
     let columns = [
-        "client", "cluster", "zone", "state", "health", "slots", "first",
+        "client", "cluster", "zone", "state", "health", "slots", "first", "gaining", "ready",
     ];
     let mut rows = vec![std::iter::once("id".to_string())
         .chain(columns.iter().map(|c| c.to_string()))
         .collect::<Vec<_>>()];
-    for line in lines.filter(|line| !line.is_empty()) {
+    for line in lines.filter(|line| !line.is_empty() && !line.starts_with("change: ")) {
         let (id, rest) = line
             .split_once(' ')
             .with_context(|| format!("CLUSTER STATUS: bad member line {line:?}"))?;
@@ -90,7 +101,10 @@ fn render_status(text: &str, address: &ServerAddress) -> anyhow::Result<String> 
         } else {
             id.to_string()
         }];
-        row.extend(columns.iter().map(|c| get(&member, c)));
+        row.extend(columns.iter().map(|c| match get(&member, c) {
+            unknown if unknown == "?" && (*c == "gaining" || *c == "ready") => "-".to_string(),
+            value => value,
+        }));
         rows.push(row);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -107,6 +121,77 @@ fn render_status(text: &str, address: &ServerAddress) -> anyhow::Result<String> 
     }
     out.push_str("(* the node asked)\n");
     Ok(out)
+}
+
+/// For each member still streaming the slots it gains: a progress bar of its slots, from
+/// its own CLUSTER INFO (asked at its client address with the same credentials).
+fn render_transfers(text: &str, address: &ServerAddress) -> String {
+    let mut out = String::new();
+    for line in text.lines().skip(1) {
+        let Some((id, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let member = fields(rest);
+        let value = |key: &str| {
+            member
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        if value("ready") != Some("0") {
+            continue;
+        }
+        let Some((host, port)) = value("client").and_then(|a| a.rsplit_once(':')) else {
+            continue;
+        };
+        let info = port.parse().ok().and_then(|port| {
+            let mut connection = connect(&ServerAddress {
+                host: host.to_string(),
+                port,
+                password: address.password.clone(),
+                user: address.user.clone(),
+            })
+            .ok()?;
+            redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query::<String>(&mut connection)
+                .ok()
+        });
+        let short = &id[id.len().saturating_sub(8)..];
+        match info {
+            None => out.push_str(&format!("{short}  streaming: unreachable\n")),
+            Some(info) => {
+                let field = |key: &str| -> u64 {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                out.push_str(&format!(
+                    "{short}  {} slots, {} records, {} bytes received\n",
+                    bar(
+                        field("cluster_transfer_slots_done"),
+                        field("cluster_transfer_slots_wanted")
+                    ),
+                    field("cluster_transfer_keys_received"),
+                    field("cluster_transfer_bytes_received"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// `[#####-----]  50% 5/10`.
+fn bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 30;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(0).min(WIDTH) as usize;
+    let percent = (done * 100).checked_div(total).unwrap_or(0);
+    format!(
+        "[{}{}] {percent:>3}% {done}/{total}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled)
+    )
 }
 
 /// `key:value` words of a line (addresses keep their own colons: split at the first).
@@ -148,5 +233,35 @@ mod tests {
             "{out}"
         );
         assert_eq!(lines.len(), 5, "{out}");
+    }
+
+    #[test]
+    fn a_change_in_progress_shows_its_gaining_nodes_and_bars() {
+        let text = "epoch:6 members:3 down:0 replicas:2 slots:16384 myself:aa\n\
+                    change: started:5 gaining:1 ready:0 moves:5461 mine:0/0 slots streamed\n\
+                    aa client:127.0.0.1:7001 cluster:127.0.0.1:17001 zone:- state:up health:alive slots:16384 first:8192 myself\n\
+                    cc client:127.0.0.1:7003 cluster:127.0.0.1:17003 zone:- state:up health:alive slots:0 first:0 gaining:5461 ready:0\n";
+        let address = ServerAddress {
+            host: "127.0.0.1".into(),
+            port: 7001,
+            password: None,
+            user: None,
+        };
+        let out = render_status(text, &address).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[1].contains("started at epoch 5") && lines[1].contains("0 of 1 gaining"),
+            "{out}"
+        );
+        assert!(
+            lines[4].starts_with("cc ") && lines[4].contains(" 5461 "),
+            "{out}"
+        );
+        assert_eq!(lines.len(), 6, "{out}");
+        assert_eq!(
+            bar(5, 10),
+            format!("[{}{}]  50% 5/10", "#".repeat(15), "-".repeat(15))
+        );
+        assert_eq!(bar(0, 0), format!("[{}]   0% 0/0", "-".repeat(30)));
     }
 }

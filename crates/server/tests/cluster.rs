@@ -459,7 +459,12 @@ fn ringkv_cluster_status_shows_members_epoch_slot_counts_and_a_dead_member() {
     assert_eq!(rows.len(), 3, "{text}");
     let mut firsts = 0;
     for row in &rows {
-        assert_eq!(row.len(), 8, "{text}");
+        assert_eq!(row.len(), 10, "{text}");
+        assert_eq!(
+            (row[8].as_str(), row[9].as_str()),
+            ("-", "-"),
+            "no change: {text}"
+        );
         assert_eq!(
             (row[4].as_str(), row[5].as_str()),
             ("up", "alive"),

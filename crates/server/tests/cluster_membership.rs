@@ -332,6 +332,22 @@ fn a_join_under_load_fails_no_request_and_streams_only_the_moved_slots() {
             1,
             "the join is a change in progress while the new node streams"
         );
+        // The operator's view: the change, and the new node's progress bar.
+        let output = std::process::Command::new(common::binary())
+            .args(["cluster", "status", "--port", &first.port.to_string()])
+            .output()
+            .expect("run ringkv cluster status");
+        let status = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            status.contains("membership change started at epoch"),
+            "{status}"
+        );
+        assert!(
+            status
+                .lines()
+                .any(|l| l.contains("] ") && l.contains("slots,")),
+            "no progress bar: {status}"
+        );
         wait_settled(&[first, &node], 4, Duration::from_secs(120));
         joined = Some(node);
     });
