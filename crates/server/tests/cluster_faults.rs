@@ -15,8 +15,8 @@
 //!   node.
 //!
 //! The partition is the server's drill: the cut-off node's requests are refused, not dropped
-//! (no timeouts). Not covered here: partitions made in the network (namespaces, a proxy),
-//! joins and leaves under load.
+//! (no timeouts). Partitions made in the network (packets dropped between namespaces) are
+//! `cluster_netsplit.rs`; joins and leaves under load are `cluster_membership.rs`.
 
 mod common;
 
