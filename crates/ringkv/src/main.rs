@@ -8,10 +8,11 @@
 mod backup;
 mod cluster_tool;
 
-// The global allocator, when a feature picks one (default: the system's; see Cargo.toml for
-// why). glibc's malloc took about a quarter of the server's CPU on SET at pipeline 16
-// (malloc, free, malloc_consolidate); mimalloc gave SET and INCR 1.4-1.6x at pipeline 16
-// (docs/BENCHMARKS.md, issue 12). jemalloc wins if both features are on.
+// The global allocator: jemalloc by default (`alloc-jemalloc`), mimalloc or the system's by
+// feature (Cargo.toml says what was measured). glibc's malloc took about a quarter of the
+// server's CPU on SET at pipeline 16 (malloc, free, malloc_consolidate); jemalloc and
+// mimalloc each gave writes 1.1-1.7x, jemalloc with the smaller RSS (docs/BENCHMARKS.md,
+// issue 12). jemalloc wins if both features are on.
 #[cfg(feature = "alloc-jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -211,6 +212,26 @@ fn main() -> anyhow::Result<()> {
         // collects the calling thread's heap and, forced, purges free memory to the OS).
         // Exercised by tests/hostile.rs (RSS after large frees) on a mimalloc build.
         unsafe { libmimalloc_sys::mi_collect(true) }
+    });
+    #[cfg(feature = "alloc-jemalloc")]
+    ringkv_server::set_allocator("jemalloc", || {
+        // "arena.<MALLCTL_ARENAS_ALL>.purge": every arena gives its unused dirty pages back.
+        // jemalloc otherwise returns them only by decay, which advances on allocation
+        // activity (no background threads here): an idle server kept 180 MiB of freed
+        // values (tests/hostile.rs).
+        const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
+        // SAFETY: a NUL-terminated name, no old or new value (null pointers, length 0), as
+        // jemalloc documents for this write-only control; callable from any thread.
+        // Exercised by tests/hostile.rs (RSS after large frees) on a jemalloc build.
+        unsafe {
+            tikv_jemalloc_sys::mallctl(
+                PURGE_ALL.as_ptr().cast(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            );
+        }
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
