@@ -46,7 +46,7 @@ pub const KIND_READ: u8 = 1;
 /// A write event on the event replica: see [`WriteEvent`] → `[u8 existed][record]`.
 pub const KIND_WRITE: u8 = 2;
 /// An increment event: `[varint db][varint key len][key][varint zigzag delta][16 request id]`
-/// → `[u8 applied][8 value][record]`.
+/// `[varint coordinator's HLC]?` → `[u8 applied][8 value][record]`.
 pub const KIND_INCREMENT: u8 = 3;
 /// Merge a copy: `[varint db][varint key len][key][record]` → empty.
 pub const KIND_MERGE: u8 = 4;
@@ -192,6 +192,9 @@ pub struct DataNode {
     /// The map as this node applied it, when it has one: a replica refuses data requests
     /// for slots it does not keep.
     map: Option<Arc<MapCell>>,
+    /// In a deterministic simulation: the seeded randomness, and store work run in place
+    /// rather than on the blocking pool (whose threads would finish in real time).
+    simulated: Option<Mutex<rand::rngs::StdRng>>,
 }
 
 /// Where a node keeps the map it routes by (the server updates it as the control plane
@@ -233,7 +236,41 @@ impl DataNode {
             trees: Trees::new(),
             transfer: TransferStats::default(),
             map: None,
+            simulated: None,
         }
+    }
+
+    /// For a deterministic simulation (docs/testing.md, "Deterministic simulation"): the
+    /// node's randomness comes from `seed`, and its store work runs in place on the task
+    /// instead of the blocking pool, so that a run depends on the seed alone.
+    pub fn simulated(mut self, seed: u64) -> Self {
+        use rand::SeedableRng;
+        self.simulated = Some(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
+        self
+    }
+
+    /// A random number: seeded in a simulation.
+    pub(crate) fn random_u64(&self) -> u64 {
+        use rand::RngCore;
+        match &self.simulated {
+            Some(rng) => rng.lock().next_u64(),
+            None => rand::random(),
+        }
+    }
+
+    /// Runs store work that may wait on the disk: on the blocking pool, or in place in a
+    /// simulation.
+    pub(crate) async fn blocking<T, F>(&self, work: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        if self.simulated.is_some() {
+            return Ok(work());
+        }
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| format!("store task failed: {e}"))
     }
 
     /// Refuses data requests for slots `map`'s current map says this node does not keep
@@ -335,6 +372,28 @@ impl DataNode {
         self.clock.lock().now(self.keyspace.now_ms())
     }
 
+    /// A stamp for an event whose coordinator's clock read `clock`: after it, so that an
+    /// operation comes after what its coordinator saw before it (a delete after the write
+    /// it follows, whatever the replicas' clocks say). A clock too far ahead is ignored.
+    fn stamp_after(&self, clock: Option<Hlc>) -> Hlc {
+        let now_ms = self.keyspace.now_ms();
+        let mut local = self.clock.lock();
+        match clock.map(|remote| local.observe(remote, now_ms)) {
+            Some(Ok(stamp)) => stamp,
+            _ => local.now(now_ms),
+        }
+    }
+
+    /// Moves this node's clock past every version in `record` (a copy it received as a
+    /// coordinator), so that the events it coordinates next are stamped after them.
+    fn observe(&self, record: &Record) {
+        let Some(latest) = record.siblings().map(|s| s.hlc).max() else {
+            return;
+        };
+        let now_ms = self.keyspace.now_ms();
+        let _ = self.clock.lock().observe(latest, now_ms);
+    }
+
     /// Answers one data request (the replica's side). A write's reply waits
     /// until its WAL record is written out as a local write's reply does
     /// (fsynced under `always`), so an acknowledgement is as durable as a
@@ -366,9 +425,7 @@ impl DataNode {
             None => {
                 let this = self.clone();
                 let payload = payload.clone();
-                tokio::task::spawn_blocking(move || this.apply(kind, &payload))
-                    .await
-                    .map_err(|e| format!("replica task failed: {e}"))?
+                self.blocking(move || this.apply(kind, &payload)).await?
             }
         }?;
         if matches!(
@@ -392,9 +449,7 @@ impl DataNode {
         let synced = match engine.try_sync(seq) {
             Some(synced) => synced,
             // Another writer's WAL I/O is in progress: wait for it off the worker.
-            None => tokio::task::spawn_blocking(move || engine.sync(seq))
-                .await
-                .map_err(|e| format!("replica sync task failed: {e}"))?,
+            None => self.blocking(move || engine.sync(seq)).await?,
         };
         synced.map_err(|e| e.to_string())
     }
@@ -411,9 +466,10 @@ impl DataNode {
                 Bytes::from(replica.read(db, key).map_err(text)?.encode())
             }
             KIND_WRITE => {
-                let event = WriteEvent::decode(payload).map_err(|e| e.to_string())?;
+                let (event, clock) =
+                    WriteEvent::decode_stamped(payload).map_err(|e| e.to_string())?;
                 self.check_kept(&event.key)?;
-                let (existed, record) = self.write_here(&event)?;
+                let (existed, record) = self.write_here(&event, clock)?;
                 let mut out = vec![u8::from(existed)];
                 out.extend_from_slice(&record.encode());
                 Bytes::from(out)
@@ -424,9 +480,15 @@ impl DataNode {
                 self.check_kept(key)?;
                 let delta = unzigzag(reader.varint().map_err(|e| e.to_string())?);
                 let request_id = reader.u128_le().map_err(|e| e.to_string())?;
+                // The coordinator's clock, when it sent one.
+                let clock = if reader.remaining() > 0 {
+                    Some(Hlc(reader.varint().map_err(|e| e.to_string())?))
+                } else {
+                    None
+                };
                 reader.finish().map_err(|e| e.to_string())?;
                 let done = replica
-                    .increment(db, key, delta, request_id, self.stamp())
+                    .increment(db, key, delta, request_id, self.stamp_after(clock))
                     .map_err(text)?;
                 let mut out = vec![u8::from(done.applied)];
                 out.extend_from_slice(&done.value.to_be_bytes());
@@ -445,7 +507,7 @@ impl DataNode {
                 Bytes::new()
             }
             KIND_WRITE_MANY => {
-                let events = decode_write_many(payload).map_err(|e| e.to_string())?;
+                let (events, clock) = decode_write_many(payload).map_err(|e| e.to_string())?;
                 if let Some(first) = events.first() {
                     self.check_kept(&first.key)?;
                 }
@@ -455,7 +517,7 @@ impl DataNode {
                     .collect();
                 let db = events.first().map_or(0, |e| e.db);
                 let done = replica
-                    .write_many(db, &writes, self.stamp())
+                    .write_many(db, &writes, self.stamp_after(clock))
                     .map_err(text)?;
                 let mut out = Vec::new();
                 for (record, existed) in done {
@@ -509,7 +571,7 @@ impl DataNode {
 
     /// The write event on this node: (held a live value before, record after), one read
     /// under the key lock.
-    fn write_here(&self, event: &WriteEvent) -> Result<(bool, Record), String> {
+    fn write_here(&self, event: &WriteEvent, clock: Option<Hlc>) -> Result<(bool, Record), String> {
         let (record, existed) = self
             .replica()
             .write_noting_live(
@@ -518,7 +580,7 @@ impl DataNode {
                 event.context.as_ref(),
                 event.body.clone(),
                 event.expires_at_ms,
-                self.stamp(),
+                self.stamp_after(clock),
             )
             .map_err(|e| e.to_string())?;
         Ok((existed, record))
@@ -699,6 +761,8 @@ impl DataNode {
         tokio::pin!(deadline, hedge);
         let progress = loop {
             let (node, copy) = tokio::select! {
+                // In a fixed order: a simulation replays a seed exactly (docs/testing.md).
+                biased;
                 Some(answer) = asking.next() => answer,
                 () = &mut hedge, if next < order.len() => {
                     while next < order.len() {
@@ -729,6 +793,7 @@ impl DataNode {
             Progress::Failed(error) => Err(CoordError::Quorum(error)),
             _ => {
                 let merged = round.merged();
+                self.observe(&merged);
                 for node in round.stale() {
                     self.repair(node, db, key, &merged);
                 }
@@ -772,7 +837,11 @@ impl DataNode {
     ) -> Result<Written, CoordError> {
         let replicas = map.replicas(key_slot(&event.key)).to_vec();
         let (event_node, reply) = self
-            .run_event(&replicas, KIND_WRITE, event.encode())
+            .run_event(
+                &replicas,
+                KIND_WRITE,
+                event.encode_stamped(Some(self.stamp())),
+            )
             .await
             .map_err(CoordError::Event)?;
         let (&existed, record) = reply
@@ -780,6 +849,7 @@ impl DataNode {
             .ok_or_else(|| CoordError::Event("empty write reply".into()))?;
         let record = Record::decode(record)
             .map_err(|e| CoordError::Event(format!("damaged write reply: {e}")))?;
+        self.observe(&record);
         let payload = encode_merge(event.db, &event.key, &record);
         let acks = self
             .replicate(
@@ -818,7 +888,11 @@ impl DataNode {
             .all(|e| e.db == db && key_slot(&e.key) == slot && e.context.is_none()));
         let replicas = map.replicas(slot).to_vec();
         let (event_node, reply) = self
-            .run_event(&replicas, KIND_WRITE_MANY, encode_write_many(&events))
+            .run_event(
+                &replicas,
+                KIND_WRITE_MANY,
+                encode_write_many(&events, Some(self.stamp())),
+            )
             .await
             .map_err(CoordError::Event)?;
         let damaged = |e: DecodeError| CoordError::Event(format!("damaged write reply: {e}"));
@@ -833,6 +907,9 @@ impl DataNode {
             ));
         }
         reader.finish().map_err(damaged)?;
+        for (_, record) in &done {
+            self.observe(record);
+        }
         let copies: Vec<(&[u8], &Record)> = events
             .iter()
             .zip(&done)
@@ -876,6 +953,7 @@ impl DataNode {
         let mut tail = Vec::new();
         put_varint(&mut tail, zigzag(delta));
         tail.extend_from_slice(&request_id.to_le_bytes());
+        put_varint(&mut tail, self.stamp().0);
         payload.put_slice(&tail);
         let (event_node, reply) = self
             .run_event(&replicas, KIND_INCREMENT, payload.freeze())
@@ -893,6 +971,7 @@ impl DataNode {
         let value = i64::from_be_bytes(reply[1..9].try_into().expect("8 bytes"));
         let record = Record::decode(&reply[9..])
             .map_err(|e| CoordError::Event(format!("damaged increment reply: {e}")))?;
+        self.observe(&record);
         let payload = encode_merge(db, key, &record);
         self.replicate(
             map,
@@ -992,6 +1071,8 @@ impl DataNode {
             || (progress == Progress::Succeeded && strict < pw && !sending.0.is_empty())
         {
             let next = tokio::select! {
+                // In a fixed order: a simulation replays a seed exactly (docs/testing.md).
+                biased;
                 next = sending.0.next() => next,
                 () = &mut deadline => {
                     if progress == Progress::Pending {
@@ -1178,13 +1259,21 @@ impl Drop for Merges {
 }
 
 impl WriteEvent {
-    // Format: [varint db][varint key len][key][u8 flags: 1 context, 2 expiry]
-    //   [varint context len][context]? [varint expiry]? [u8 body: 0 tombstone, 1 value, 2 counter][body bytes]
+    // Format: [varint db][varint key len][key][u8 flags: 1 context, 2 expiry, 4 clock]
+    //   [varint context len][context]? [varint expiry]? [varint coordinator's HLC]?
+    //   [u8 body: 0 tombstone, 1 value, 2 counter][body bytes]
     /// The request's encoding.
     pub fn encode(&self) -> Bytes {
+        self.encode_stamped(None)
+    }
+
+    /// The request's encoding with the coordinator's clock: the event replica stamps the
+    /// event after it (docs/cluster.md, "Last writer wins").
+    pub fn encode_stamped(&self, clock: Option<Hlc>) -> Bytes {
         let mut out = encode_key(self.db, &self.key).to_vec();
-        let flags =
-            u8::from(self.context.is_some()) | (u8::from(self.expires_at_ms.is_some()) << 1);
+        let flags = u8::from(self.context.is_some())
+            | (u8::from(self.expires_at_ms.is_some()) << 1)
+            | (u8::from(clock.is_some()) << 2);
         out.push(flags);
         if let Some(context) = &self.context {
             let bytes = context.encode();
@@ -1193,6 +1282,9 @@ impl WriteEvent {
         }
         if let Some(at) = self.expires_at_ms {
             put_varint(&mut out, at);
+        }
+        if let Some(clock) = clock {
+            put_varint(&mut out, clock.0);
         }
         match &self.body {
             Body::Tombstone => out.push(0),
@@ -1210,11 +1302,17 @@ impl WriteEvent {
 
     /// Decodes [`WriteEvent::encode`]'s output. Never panics.
     pub fn decode(input: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_stamped(input).map(|(event, _)| event)
+    }
+
+    /// Decodes [`WriteEvent::encode_stamped`]'s output: the event and the coordinator's
+    /// clock. Never panics.
+    pub fn decode_stamped(input: &[u8]) -> Result<(Self, Option<Hlc>), DecodeError> {
         let mut reader = Reader::new(input);
         let (db, key) = decode_key(&mut reader)?;
         let key = Bytes::copy_from_slice(key);
         let flags = reader.u8()?;
-        if flags & !3 != 0 {
+        if flags & !7 != 0 {
             return Err(DecodeError::Invalid("unknown write flags"));
         }
         let context = if flags & 1 != 0 {
@@ -1228,6 +1326,11 @@ impl WriteEvent {
         } else {
             None
         };
+        let clock = if flags & 4 != 0 {
+            Some(Hlc(reader.varint()?))
+        } else {
+            None
+        };
         let tag = reader.u8()?;
         let rest = Bytes::copy_from_slice(reader.bytes(reader.remaining())?);
         let body = match tag {
@@ -1236,13 +1339,16 @@ impl WriteEvent {
             2 => Body::Counter(rest),
             _ => return Err(DecodeError::Invalid("unknown write body")),
         };
-        Ok(Self {
-            db,
-            key,
-            context,
-            body,
-            expires_at_ms,
-        })
+        Ok((
+            Self {
+                db,
+                key,
+                context,
+                body,
+                expires_at_ms,
+            },
+            clock,
+        ))
     }
 }
 
@@ -1263,11 +1369,11 @@ pub(crate) fn encode_merge(db: usize, key: &[u8], record: &Record) -> Bytes {
     Bytes::from(out)
 }
 
-fn encode_write_many(events: &[WriteEvent]) -> Bytes {
+fn encode_write_many(events: &[WriteEvent], clock: Option<Hlc>) -> Bytes {
     let mut out = Vec::new();
     put_varint(&mut out, events.len() as u64);
     for event in events {
-        let bytes = event.encode();
+        let bytes = event.encode_stamped(clock);
         put_varint(&mut out, bytes.len() as u64);
         out.extend_from_slice(&bytes);
     }
@@ -1276,16 +1382,18 @@ fn encode_write_many(events: &[WriteEvent]) -> Bytes {
 
 /// [`KIND_WRITE_MANY`]'s events: at least one, at most [`MANY_KEYS_MAX`], one database,
 /// distinct keys, no context (blind writes).
-fn decode_write_many(input: &[u8]) -> Result<Vec<WriteEvent>, DecodeError> {
+fn decode_write_many(input: &[u8]) -> Result<(Vec<WriteEvent>, Option<Hlc>), DecodeError> {
     let mut reader = Reader::new(input);
     let count = reader.varint()? as usize;
     if count == 0 || count > MANY_KEYS_MAX {
         return Err(DecodeError::Invalid("write batch size out of range"));
     }
     let mut events: Vec<WriteEvent> = Vec::with_capacity(count);
+    let mut latest: Option<Hlc> = None;
     for _ in 0..count {
         let len = reader.varint()? as usize;
-        let event = WriteEvent::decode(reader.bytes(len)?)?;
+        let (event, clock) = WriteEvent::decode_stamped(reader.bytes(len)?)?;
+        latest = latest.max(clock);
         if event.context.is_some() || events.first().is_some_and(|first| first.db != event.db) {
             return Err(DecodeError::Invalid("write batch of mixed kinds"));
         }
@@ -1296,7 +1404,7 @@ fn decode_write_many(input: &[u8]) -> Result<Vec<WriteEvent>, DecodeError> {
     if distinct.len() != events.len() {
         return Err(DecodeError::Invalid("write batch names a key twice"));
     }
-    Ok(events)
+    Ok((events, latest))
 }
 
 fn encode_merge_many(db: usize, copies: &[(&[u8], &Record)]) -> Bytes {
@@ -1489,9 +1597,19 @@ mod tests {
             context: None,
             body: Body::Tombstone,
             expires_at_ms: None,
-            ..event
+            ..event.clone()
         };
         assert_eq!(WriteEvent::decode(&tombstone.encode()).unwrap(), tombstone);
+        // With the coordinator's clock.
+        let clock = Some(Hlc::new(1_700_000_000_123, 7));
+        assert_eq!(
+            WriteEvent::decode_stamped(&event.encode_stamped(clock)).unwrap(),
+            (event.clone(), clock)
+        );
+        assert_eq!(
+            WriteEvent::decode(&event.encode_stamped(clock)).unwrap(),
+            event
+        );
     }
 
     #[test]
@@ -1504,13 +1622,18 @@ mod tests {
             expires_at_ms: None,
         };
         let events = vec![event(b"{t}a"), event(b"{t}b")];
+        let clock = Some(Hlc::new(1_700_000_000_000, 1));
         assert_eq!(
-            decode_write_many(&encode_write_many(&events)).unwrap(),
-            events
+            decode_write_many(&encode_write_many(&events, clock)).unwrap(),
+            (events.clone(), clock)
+        );
+        assert_eq!(
+            decode_write_many(&encode_write_many(&events, None)).unwrap(),
+            (events, None)
         );
         let twice = vec![event(b"{t}a"), event(b"{t}a")];
-        assert!(decode_write_many(&encode_write_many(&twice)).is_err());
-        assert!(decode_write_many(&encode_write_many(&[])).is_err());
+        assert!(decode_write_many(&encode_write_many(&twice, None)).is_err());
+        assert!(decode_write_many(&encode_write_many(&[], None)).is_err());
         let record = Record::empty();
         let copies = [(&b"x"[..], &record), (&b"y"[..], &record)];
         let encoded = encode_merge_many(3, &copies);

@@ -232,7 +232,7 @@ impl DataNode {
             // A window at a random place: exchanges running at once on several nodes (all
             // repairing one wiped replica) then work on different slots, not the same first
             // ones (measured: 1.67 repairs per key when they all started at slot 0).
-            let start = rand::random::<u64>() as usize % differing.len();
+            let start = self.random_u64() as usize % differing.len();
             differing.rotate_left(start);
             differing.truncate(limits.slots);
             differing.sort_unstable();
@@ -272,9 +272,7 @@ impl DataNode {
             let theirs = decode_key_list(&reply)?;
             let this = self.clone();
             let wanted: BTreeMap<u16, u16> = chunk.iter().copied().collect();
-            let mine = tokio::task::spawn_blocking(move || this.local_keys(&wanted))
-                .await
-                .map_err(|e| e.to_string())??;
+            let mine = self.blocking(move || this.local_keys(&wanted)).await??;
             let mut keys: Vec<(usize, Bytes)> = Vec::new();
             for (key, digest) in &mine {
                 if theirs.get(key) != Some(digest) {
@@ -323,9 +321,9 @@ impl DataNode {
         let this = self.clone();
         let key_here = key.clone();
         let incoming = theirs.clone();
-        let merged = tokio::task::spawn_blocking(move || this.merge_here(db, &key_here, &incoming))
-            .await
-            .map_err(|e| e.to_string())??;
+        let merged = self
+            .blocking(move || this.merge_here(db, &key_here, &incoming))
+            .await??;
         let mut bytes = reply.len() as u64;
         if merged != theirs {
             let payload = encode_merge(db, key, &merged);

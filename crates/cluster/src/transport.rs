@@ -84,6 +84,67 @@ pub struct TransportConfig {
     /// Wraps every connection before the handshake (TLS between nodes,
     /// `tls-cluster`); `None`: plain TCP.
     pub layer: Option<Arc<dyn StreamLayer>>,
+    /// Where connections come from: TCP ([`TcpNetwork`]), or a simulated
+    /// network (docs/testing.md, "Deterministic simulation").
+    pub network: Arc<dyn Network>,
+}
+
+/// How the transport listens and dials: the operating system's TCP
+/// ([`TcpNetwork`]), or another network with TCP's semantics (reliable,
+/// ordered byte streams), such as a deterministic simulation's.
+pub trait Network: Send + Sync + std::fmt::Debug + 'static {
+    /// Listens on `addr`.
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>>;
+    /// Dials `peer`.
+    fn connect(&self, peer: SocketAddr) -> BoxFuture<'static, io::Result<BoxStream>>;
+}
+
+/// A listening socket of a [`Network`].
+pub trait Listener: Send + Sync + 'static {
+    /// The address it is bound to.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+    /// The next connection and its remote address.
+    fn accept(&self) -> BoxFuture<'_, io::Result<(BoxStream, SocketAddr)>>;
+}
+
+/// The operating system's TCP, with Nagle off (requests are small and
+/// latency-bound: do not wait to coalesce).
+#[derive(Debug, Default)]
+pub struct TcpNetwork;
+
+impl Network for TcpNetwork {
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
+        Box::pin(async move {
+            let listener = TcpListener::bind(addr).await?;
+            Ok(Box::new(TcpAccept(listener)) as Box<dyn Listener>)
+        })
+    }
+
+    fn connect(&self, peer: SocketAddr) -> BoxFuture<'static, io::Result<BoxStream>> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(peer).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as BoxStream)
+        })
+    }
+}
+
+struct TcpAccept(TcpListener);
+
+impl Listener for TcpAccept {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn accept(&self) -> BoxFuture<'_, io::Result<(BoxStream, SocketAddr)>> {
+        Box::pin(async move {
+            let (stream, remote) = self.0.accept().await?;
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%remote, %error, "set_nodelay failed");
+            }
+            Ok((Box::new(stream) as BoxStream, remote))
+        })
+    }
 }
 
 /// A byte stream the transport runs on: TCP, or TLS around it.
@@ -101,13 +162,13 @@ pub trait StreamLayer: Send + Sync + std::fmt::Debug + 'static {
     /// The server side of an accepted connection from `remote`.
     fn accept(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: BoxStream,
         remote: SocketAddr,
     ) -> BoxFuture<'static, io::Result<BoxStream>>;
     /// The client side of a connection dialled to `peer`.
     fn connect(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: BoxStream,
         peer: SocketAddr,
     ) -> BoxFuture<'static, io::Result<BoxStream>>;
 }
@@ -124,6 +185,7 @@ impl TransportConfig {
             conns_per_peer: DEFAULT_CONNS_PER_PEER,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             layer: None,
+            network: Arc::new(TcpNetwork),
         }
     }
 
@@ -264,6 +326,8 @@ impl Shared {
         tokio::spawn(async move {
             let _alive = alive;
             tokio::select! {
+                // In a fixed order: a simulation replays a seed exactly (docs/testing.md).
+                biased;
                 () = task => {}
                 _ = shutdown.wait_for(|&stop| stop) => {}
             }
@@ -289,7 +353,7 @@ impl Transport {
         handler: Arc<dyn Handler>,
     ) -> io::Result<Transport> {
         config.validate()?;
-        let listener = TcpListener::bind(addr).await?;
+        let listener = config.network.bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let (alive, all_done) = mpsc::channel(1);
         let shared = Arc::new(Shared {
@@ -326,14 +390,19 @@ impl Transport {
         }
         let shared = &self.shared;
         let epoch = shared.handler.epoch();
-        let attempt = async {
-            let conn = shared.pool.get(peer, shared).await?;
-            conn.call(kind, &payload, epoch, shared.config.max_frame_bytes)
-                .await
+        let deadline = tokio::time::Instant::now() + timeout;
+        let conn = match tokio::time::timeout_at(deadline, shared.pool.get(peer, shared)).await {
+            Ok(conn) => conn?,
+            Err(_) => return Err(CallError::TimedOut),
         };
-        tokio::time::timeout(timeout, attempt)
-            .await
-            .unwrap_or(Err(CallError::TimedOut))
+        conn.call_until(
+            kind,
+            &payload,
+            epoch,
+            shared.config.max_frame_bytes,
+            deadline,
+        )
+        .await
     }
 
     /// Stops listening, closes every connection, and returns once every

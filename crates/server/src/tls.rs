@@ -171,7 +171,7 @@ impl ClusterTls {
 impl ringkv_cluster::transport::StreamLayer for ClusterTls {
     fn accept(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: ringkv_cluster::transport::BoxStream,
         _remote: std::net::SocketAddr,
     ) -> ringkv_cluster::transport::BoxFuture<
         'static,
@@ -186,7 +186,7 @@ impl ringkv_cluster::transport::StreamLayer for ClusterTls {
 
     fn connect(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: ringkv_cluster::transport::BoxStream,
         peer: std::net::SocketAddr,
     ) -> ringkv_cluster::transport::BoxFuture<
         'static,

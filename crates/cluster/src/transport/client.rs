@@ -15,7 +15,6 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::conn::{self, ConnError, FrameReader};
@@ -44,6 +43,9 @@ struct ConnState {
     /// waiting for its timeout.
     waiting: Mutex<Option<Waiters>>,
     closed: AtomicBool,
+    /// Frames read from the peer so far: a request that times out with none
+    /// read since it was sent finds the connection silent.
+    received: AtomicU64,
 }
 
 impl ConnState {
@@ -92,11 +94,12 @@ pub(crate) struct ClientConn {
 impl ClientConn {
     /// Dials `peer` over TCP and runs the handshake.
     async fn connect(peer: SocketAddr, shared: &Arc<Shared>) -> Result<Self, CallError> {
-        let stream = TcpStream::connect(peer)
+        let stream = shared
+            .config
+            .network
+            .connect(peer)
             .await
             .map_err(CallError::ConnectFailed)?;
-        // Requests are small and latency-bound; do not wait to coalesce.
-        stream.set_nodelay(true).map_err(CallError::ConnectFailed)?;
         match shared.config.layer.clone() {
             None => Self::start(stream, peer, shared).await,
             Some(layer) => {
@@ -156,6 +159,7 @@ impl ClientConn {
         let state = Arc::new(ConnState {
             waiting: Mutex::new(Some(HashMap::new())),
             closed: AtomicBool::new(false),
+            received: AtomicU64::new(0),
         });
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE_FRAMES);
         let task = run(
@@ -179,6 +183,36 @@ impl ClientConn {
 
     fn is_closed(&self) -> bool {
         self.state.closed.load(Ordering::Acquire)
+    }
+
+    /// [`ClientConn::call`] until `deadline`. A request that times out on a
+    /// connection that read nothing from the peer in all that time closes
+    /// it: the peer is gone without a word (a crash without a reset, a
+    /// partition), or the stream lost its way, and the next call dials
+    /// afresh instead of queueing on a connection that will never answer.
+    pub(crate) async fn call_until(
+        &self,
+        kind: u8,
+        payload: &[u8],
+        epoch: u64,
+        max_frame_bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<(u8, Bytes), CallError> {
+        let heard = self.state.received.load(Ordering::Acquire);
+        match tokio::time::timeout_at(deadline, self.call(kind, payload, epoch, max_frame_bytes))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                if self.state.received.load(Ordering::Acquire) == heard && !self.is_closed() {
+                    tracing::info!(
+                        "a request timed out and the peer sent nothing meanwhile: closing the connection"
+                    );
+                    self.state.close();
+                }
+                Err(CallError::TimedOut)
+            }
+        }
     }
 
     /// Sends one request and waits for its reply, however long that takes:
@@ -242,6 +276,8 @@ async fn run<R, W>(
 {
     let _close = CloseOnDrop(state.clone());
     let result = tokio::select! {
+        // In a fixed order: a simulation replays a seed exactly (docs/testing.md).
+        biased;
         result = read_replies(reader, &state) => result,
         result = conn::write_loop(writer, queue) => result.map_err(ConnError::Write),
     };
@@ -256,6 +292,7 @@ async fn read_replies<R: AsyncRead + Unpin>(
     state: &ConnState,
 ) -> Result<(), ConnError> {
     while let Some(frame) = reader.next().await? {
+        state.received.fetch_add(1, Ordering::AcqRel);
         let reply = match frame.kind {
             FrameKind::Response => {
                 let Some((&kind, _)) = frame.payload.split_first() else {

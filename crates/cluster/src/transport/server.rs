@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::conn::{self, ConnError, FrameReader};
 use super::{HandlerError, Shared, MAX_ERROR_MESSAGE_BYTES};
 use crate::frame::{Frame, FrameKind, HANDSHAKE_MAX_FRAME_BYTES};
+use crate::transport::Listener;
 use crate::NodeId;
 
 /// Pause after a failed `accept` (out of file descriptors, say), so the
@@ -32,7 +32,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts connections until the transport shuts down (the task is
 /// dropped, and the listener with it), at most `max_connections` at once.
-pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn accept_loop(listener: Box<dyn Listener>, shared: Arc<Shared>) {
     let connections = Arc::new(Semaphore::new(shared.config.max_connections));
     loop {
         let permit = connections
@@ -42,9 +42,6 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             .unwrap_or_else(|_| unreachable!("the connection semaphore is never closed"));
         match listener.accept().await {
             Ok((stream, remote)) => {
-                if let Err(error) = stream.set_nodelay(true) {
-                    tracing::debug!(%remote, %error, "set_nodelay failed");
-                }
                 let shared_task = shared.clone();
                 let task = async move {
                     match shared_task.config.layer.clone() {
@@ -116,6 +113,8 @@ where
     // never holds more than the bound allows.
     let (replies, queue) = mpsc::channel(config.max_in_flight_per_conn);
     let result = tokio::select! {
+        // In a fixed order: a simulation replays a seed exactly (docs/testing.md).
+        biased;
         result = read_requests(reader, replies, node, &shared) => result,
         result = conn::write_loop(write_half, queue) => result.map_err(ConnError::Write),
     };
