@@ -258,6 +258,19 @@ impl DataNode {
         }
     }
 
+    /// Runs `work` on the hints' store off the tokio workers (a hints' write may wait on
+    /// the disk), in place in a simulation.
+    async fn on_hints<T: Send + 'static>(
+        &self,
+        hints: &Arc<Hints>,
+        work: impl FnOnce(&Hints) -> T + Send + 'static,
+    ) -> T {
+        let hints = hints.clone();
+        self.blocking(move || work(&hints))
+            .await
+            .expect("a hints task panicked")
+    }
+
     /// Runs store work that may wait on the disk: on the blocking pool, or in place in a
     /// simulation.
     pub(crate) async fn blocking<T, F>(&self, work: F) -> Result<T, String>
@@ -1142,10 +1155,12 @@ impl DataNode {
             return 0;
         };
         let mut delivered = 0;
-        let targets = off_worker(&hints, |hints| hints.targets()).await;
+        let targets = self.on_hints(&hints, |hints| hints.targets()).await;
         for target in targets {
             if !map.members.contains_key(&target) {
-                let dropped = off_worker(&hints, move |hints| hints.forget(target)).await;
+                let dropped = self
+                    .on_hints(&hints, move |hints| hints.forget(target))
+                    .await;
                 tracing::info!(
                     node = %format!("{target:016x}"),
                     dropped,
@@ -1157,12 +1172,13 @@ impl DataNode {
                 continue;
             }
             let now_ms = self.keyspace.now_ms();
-            let batch = off_worker(&hints, move |hints| {
-                hints
-                    .for_target(target, HINTS_PER_PASS)
-                    .map(|batch| hints.expire_old(batch, now_ms))
-            })
-            .await;
+            let batch = self
+                .on_hints(&hints, move |hints| {
+                    hints
+                        .for_target(target, HINTS_PER_PASS)
+                        .map(|batch| hints.expire_old(batch, now_ms))
+                })
+                .await;
             let batch = match batch {
                 Ok(batch) => batch,
                 Err(error) => {
@@ -1202,24 +1218,14 @@ impl DataNode {
             if done.is_empty() {
                 continue;
             }
-            off_worker(&hints, move |hints| hints.delivered(&done)).await;
+            self.on_hints(&hints, move |hints| hints.delivered(&done))
+                .await;
         }
         if delivered > 0 {
             tracing::info!(delivered, "hints handed off");
         }
         delivered
     }
-}
-
-/// Runs `f` on the hints' store on the blocking pool (the store may wait on the disk).
-async fn off_worker<T: Send + 'static>(
-    hints: &Arc<Hints>,
-    f: impl FnOnce(&Hints) -> T + Send + 'static,
-) -> T {
-    let hints = hints.clone();
-    tokio::task::spawn_blocking(move || f(&hints))
-        .await
-        .expect("a hints task panicked")
 }
 
 /// How a replica got a write: its own merge, or a hint on a fallback (the one that took it).
