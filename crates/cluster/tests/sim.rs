@@ -24,7 +24,8 @@
 //! `generated_runs_hold_the_invariants` makes (default 12; a soak runs thousands by hand).
 //!
 //! A replica a write could not reach gets its copy as a hint on a fallback node (sloppy
-//! quorum), delivered every 500 ms once the replica answers.
+//! quorum), delivered every 500 ms once the replica answers. One in twenty idempotent
+//! requests (merges, hints, increments, reads) is delivered twice (`SimPeers`).
 //!
 //! Not simulated yet (issue 14): the control plane and gossip (the map is fixed: no joins,
 //! leaves or liveness), node crashes and restarts.
@@ -140,10 +141,28 @@ impl Handler for SimHandler {
     }
 }
 
-/// The other nodes, through the transport.
+/// The other nodes, through the transport. Now and then a request is sent twice (the copy
+/// a little later, its reply dropped): the duplicates a retrying network or client makes.
+/// Only the kinds that promise to be idempotent are duplicated: merges and hints (a merge
+/// of what a replica has changes nothing), increments (counted once by request id), reads
+/// and anti-entropy. A write event is never sent twice (the coordinator sends it again only
+/// when the first could not have run).
 struct SimPeers {
     transport: OnceLock<Transport>,
     addrs: BTreeMap<NodeId, SocketAddr>,
+    rng: Mutex<StdRng>,
+    duplicated: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The request kinds a simulation may deliver twice.
+fn idempotent(kind: u8) -> bool {
+    use ringkv_cluster::coordinator::{
+        KIND_HINT, KIND_HINT_MANY, KIND_INCREMENT, KIND_MERGE, KIND_MERGE_MANY, KIND_READ,
+    };
+    matches!(
+        kind,
+        KIND_READ | KIND_INCREMENT | KIND_MERGE | KIND_MERGE_MANY | KIND_HINT | KIND_HINT_MANY
+    )
 }
 
 impl Peers for SimPeers {
@@ -160,6 +179,21 @@ impl Peers for SimPeers {
     ) -> BoxFuture<'static, Result<Bytes, String>> {
         let transport = self.transport.get().cloned();
         let addr = self.addrs.get(&node).copied();
+        let duplicate = idempotent(kind).then(|| {
+            let mut rng = self.rng.lock().unwrap();
+            rng.gen_bool(0.05).then(|| rng.gen_range(0..50))
+        });
+        if let (Some(Some(delay_ms)), Some(transport), Some(addr)) =
+            (duplicate, transport.clone(), addr)
+        {
+            self.duplicated
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                let _ = transport.call(addr, kind, payload, timeout).await;
+            });
+        }
         Box::pin(async move {
             let transport = transport.ok_or("no transport yet")?;
             let addr = addr.ok_or("unknown node")?;
@@ -203,6 +237,8 @@ struct Outcome {
     ops: u64,
     failed: u64,
     hints_delivered: u64,
+    /// Requests delivered twice.
+    duplicated: u64,
 }
 
 type Shared = Arc<Mutex<Outcome>>;
@@ -326,9 +362,12 @@ async fn run_node(
     let addrs = (1..=NODES)
         .map(|n| (n, SocketAddr::new(turmoil::lookup(node_name(n)), PORT)))
         .collect();
+    let duplicated = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let peers = Arc::new(SimPeers {
         transport: OnceLock::new(),
         addrs,
+        rng: Mutex::new(StdRng::seed_from_u64(seed.rotate_left(17))),
+        duplicated: duplicated.clone(),
     });
     let data = Arc::new(
         DataNode::new(
@@ -534,6 +573,7 @@ async fn run_node(
         outcome.roots.insert(me, roots);
         outcome.ops += ops;
         outcome.failed += failed;
+        outcome.duplicated += duplicated.load(std::sync::atomic::Ordering::Relaxed);
     }
     trace(&shared, format!("{name} checked"));
     let end = tokio::time::Instant::now()
@@ -642,17 +682,18 @@ fn generated_runs_hold_the_invariants() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
     let base = seed_from_env().unwrap_or(1);
-    let (mut ops, mut failed, mut cuts, mut hints) = (0, 0, 0, 0);
+    let (mut ops, mut failed, mut cuts, mut hints, mut twice) = (0, 0, 0, 0, 0);
     for run in 0..runs {
         let outcome = run_checked(base + run);
         ops += outcome.ops;
         failed += outcome.failed;
         hints += outcome.hints_delivered;
+        twice += outcome.duplicated;
         cuts += outcome
             .trace
             .iter()
             .filter(|l| l.contains("chaos cut"))
             .count();
     }
-    eprintln!("{runs} runs: {ops} operations ({failed} failed under faults), {cuts} nodes cut off, {hints} hints handed off, every invariant held");
+    eprintln!("{runs} runs: {ops} operations ({failed} failed under faults), {cuts} nodes cut off, {hints} hints handed off, {twice} requests delivered twice, every invariant held");
 }
