@@ -7,7 +7,7 @@
 //! connection from the pool. **Must not touch:** timeouts (the caller in
 //! `transport.rs` wraps the whole call) or what requests mean.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,7 +34,9 @@ enum Reply {
     Error(String),
 }
 
-type Waiters = HashMap<u64, oneshot::Sender<Reply>>;
+/// Ordered: closing a connection wakes its waiters in request order, the same every run
+/// (a simulation replays a seed exactly).
+type Waiters = BTreeMap<u64, oneshot::Sender<Reply>>;
 
 /// State the connection task and the callers share.
 struct ConnState {
@@ -157,7 +159,7 @@ impl ClientConn {
         };
         reader.max_frame_bytes = config.max_frame_bytes;
         let state = Arc::new(ConnState {
-            waiting: Mutex::new(Some(HashMap::new())),
+            waiting: Mutex::new(Some(BTreeMap::new())),
             closed: AtomicBool::new(false),
             received: AtomicU64::new(0),
         });
@@ -339,7 +341,8 @@ struct PeerSlots {
 
 /// Up to `conns_per_peer` connections per peer address, used round-robin.
 pub(crate) struct Pool {
-    peers: Mutex<HashMap<SocketAddr, Arc<PeerSlots>>>,
+    // Ordered: dropped (at shutdown, or a crash) in the same order every run.
+    peers: Mutex<BTreeMap<SocketAddr, Arc<PeerSlots>>>,
     conns_per_peer: usize,
 }
 
@@ -347,7 +350,7 @@ impl Pool {
     pub(crate) fn new(conns_per_peer: usize) -> Self {
         assert!(conns_per_peer > 0);
         Self {
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
             conns_per_peer,
         }
     }
