@@ -295,7 +295,15 @@ fn a_request_from_a_stale_epoch_is_refused_and_retried_after_a_refresh() {
         // Let the write meet the refusal, then move the cluster to the next epoch.
         std::thread::sleep(Duration::from_millis(500));
         let seed = format!("127.0.0.1:{}", cluster.nodes[0].port);
-        let fourth = Server::start_with(&["--cluster-enabled", "yes", "--cluster-join", &seed]);
+        let port = common::cluster::free_port();
+        let fourth = Server::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-join",
+            &seed,
+            "--cluster-port",
+            &port,
+        ]);
         let (reply, took) = write.join().unwrap();
         assert_eq!(
             reply.as_deref(),
@@ -673,7 +681,8 @@ fn a_cluster_over_tls_forms_serves_and_refuses_plain_tcp() {
     // Plain TCP to the internode port: the bytes of a transport handshake frame are not a
     // TLS ClientHello; the node closes the connection and logs why.
     let node = &cluster.nodes[0];
-    let mut plain = std::net::TcpStream::connect(("127.0.0.1", node.port + 10_000)).unwrap();
+    let cluster_port: u16 = own_addresses(node)[3].parse().unwrap();
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", cluster_port)).unwrap();
     plain
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -25,7 +25,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    cluster_info, holders, own_addresses, slot_table, write_through, wrong_values, Cluster,
+    cluster_info, free_port, holders, own_addresses, slot_table, write_through, wrong_values,
+    Cluster,
 };
 use common::Server;
 
@@ -323,7 +324,15 @@ fn a_join_under_load_fails_no_request_and_streams_only_the_moved_slots() {
     let started = Instant::now();
     let mut joined = None;
     let load = under_load(&ports, || {
-        let mut args = vec!["--cluster-enabled", "yes", "--cluster-join", &seed];
+        let port = free_port();
+        let mut args = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-join",
+            &seed,
+            "--cluster-port",
+            &port,
+        ];
         args.extend_from_slice(&EXTRA);
         let node = Server::start_with(&args);
         let first = &cluster.nodes[0];
@@ -454,7 +463,15 @@ fn a_joining_node_killed_while_streaming_resumes_where_it_stopped() {
     let keys: Vec<String> = (0..KEYS).map(|i| format!("pre:{i}")).collect();
     write_through(&cluster.nodes, &keys, 1);
     let seed = format!("127.0.0.1:{}", cluster.nodes[0].port);
-    let mut args = vec!["--cluster-enabled", "yes", "--cluster-join", &seed];
+    let port = free_port();
+    let mut args = vec![
+        "--cluster-enabled",
+        "yes",
+        "--cluster-join",
+        &seed,
+        "--cluster-port",
+        &port,
+    ];
     args.extend_from_slice(&EXTRA);
     let mut node = Server::start_with(&args);
     let addresses = own_addresses(&node);

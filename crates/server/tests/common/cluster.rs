@@ -17,7 +17,8 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes with `extra` flags on each, waits until every node knows all `n`.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
-        let mut first_args = vec!["--cluster-enabled", "yes"];
+        let first_port = free_port();
+        let mut first_args = vec!["--cluster-enabled", "yes", "--cluster-port", &first_port];
         first_args.extend_from_slice(extra);
         let first = Server::start_with(&first_args);
         let seed = format!("127.0.0.1:{}", first.port);
@@ -28,7 +29,15 @@ impl Cluster {
                 .map(|_| {
                     let seed = seed.clone();
                     scope.spawn(move || {
-                        let mut args = vec!["--cluster-enabled", "yes", "--cluster-join", &seed];
+                        let port = free_port();
+                        let mut args = vec![
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-join",
+                            &seed,
+                            "--cluster-port",
+                            &port,
+                        ];
                         args.extend_from_slice(extra);
                         Server::start_with(&args)
                     })
@@ -77,6 +86,17 @@ impl Cluster {
             .map(|node| node.cli(&["CLUSTER", "MYID"]).trim().to_string())
             .collect()
     }
+}
+
+/// A free port on loopback for a node's internode listener. The default, 10000 above the
+/// client port, may belong to another process when the kernel picked the client port, as
+/// it does for the tests'.
+pub fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string()
 }
 
 /// A field of `node`'s CLUSTER INFO, as a number.
