@@ -48,6 +48,8 @@ const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// The progress file, in the transfer directory.
 const PROGRESS_FILE: &str = "progress.json";
+/// Records dropped per batch when a node drops the slots it gave away.
+const DROP_BATCH: usize = 1024;
 /// How often the progress file is saved while a stream runs (and at each stream's end).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -284,15 +286,15 @@ impl DataNode {
     ) -> Result<(), String> {
         let this = self.clone();
         let (dir, path, progress) = (dir.to_path_buf(), path.to_path_buf(), progress.clone());
-        tokio::task::spawn_blocking(move || {
-            this.keyspace()
-                .engine()
-                .sync_all()
-                .map_err(|e| format!("syncing the WAL: {e}"))?;
-            save_progress(&dir, &path, &progress)
-        })
-        .await
-        .map_err(|e| format!("saving the transfer progress failed: {e}"))?
+        this.clone()
+            .blocking(move || {
+                this.keyspace()
+                    .engine()
+                    .sync_all()
+                    .map_err(|e| format!("syncing the WAL: {e}"))?;
+                save_progress(&dir, &path, &progress)
+            })
+            .await?
     }
 
     /// One chunk of `stream` from `source`.
@@ -334,24 +336,25 @@ impl DataNode {
         }
         let count = records.len() as u64;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut by_db: BTreeMap<usize, Vec<(&[u8], Record)>> = BTreeMap::new();
-            for (db, key, record) in &records {
-                by_db
-                    .entry(*db)
-                    .or_default()
-                    .push((&key[..], record.clone()));
-            }
-            let replica = this.replica();
-            for (db, copies) in by_db {
-                for batch in copies.chunks(crate::coordinator::MANY_KEYS_MAX) {
-                    replica.merge_many(db, batch).map_err(|e| e.to_string())?;
+        this.clone()
+            .blocking(move || {
+                let mut by_db: BTreeMap<usize, (Vec<Bytes>, Vec<Record>)> = BTreeMap::new();
+                for (db, key, record) in records {
+                    let (keys, copies) = by_db.entry(db).or_default();
+                    keys.push(key);
+                    copies.push(record);
                 }
-            }
-            Ok::<_, String>(())
-        })
-        .await
-        .map_err(|e| format!("storing a chunk failed: {e}"))??;
+                let replica = this.replica();
+                for (db, (keys, records)) in by_db {
+                    let copies: Vec<(&[u8], Record)> =
+                        keys.iter().map(|key| &key[..]).zip(records).collect();
+                    for batch in copies.chunks(crate::coordinator::MANY_KEYS_MAX) {
+                        replica.merge_many(db, batch).map_err(|e| e.to_string())?;
+                    }
+                }
+                Ok::<_, String>(())
+            })
+            .await??;
         self.transfer_stats()
             .keys_received
             .fetch_add(count, Ordering::Relaxed);
@@ -418,19 +421,26 @@ impl DataNode {
         if !unkept.iter().any(|&u| u) {
             return Ok(0);
         }
-        let mut doomed: Vec<(u16, usize, Bytes, Bytes)> = Vec::new();
-        self.keyspace()
-            .for_each_in_slots(
-                &|slot| unkept[usize::from(slot)],
-                &mut |slot, db, key, stored| {
-                    doomed.push((slot, db, key, stored.raw.clone()));
-                },
-            )
-            .map_err(|e| e.to_string())?;
+        // In batches, each read after the last key of the one before: memory stays bounded
+        // by a batch, whatever this node gave away.
         let mut dropped = 0u64;
-        for batch in doomed.chunks(1024) {
+        let mut after: Option<(usize, Bytes)> = None;
+        loop {
+            let mut batch: Vec<(u16, usize, Bytes, Bytes)> = Vec::with_capacity(DROP_BATCH);
+            let next = self
+                .keyspace()
+                .for_each_in_slots_from(
+                    &|slot| unkept[usize::from(slot)],
+                    after.as_ref().map(|(db, key)| (*db, &key[..])),
+                    usize::MAX,
+                    &mut |slot, db, key, stored| {
+                        batch.push((slot, db, key, stored.raw.clone()));
+                        batch.len() < DROP_BATCH
+                    },
+                )
+                .map_err(|e| e.to_string())?;
             let mut by_db: BTreeMap<usize, Vec<&[u8]>> = BTreeMap::new();
-            for (_, db, key, _) in batch {
+            for (_, db, key, _) in &batch {
                 by_db.entry(*db).or_default().push(&key[..]);
             }
             for (db, keys) in by_db {
@@ -438,10 +448,14 @@ impl DataNode {
                     .delete_many(db, &keys)
                     .map_err(|e| e.to_string())?;
             }
-            for (slot, db, key, raw) in batch {
+            for (slot, db, key, raw) in &batch {
                 self.trees().update(*slot, *db, key, Some(raw), None);
             }
             dropped += batch.len() as u64;
+            match next {
+                Some(position) => after = Some(position),
+                None => break,
+            }
         }
         if dropped > 0 {
             self.transfer_stats()

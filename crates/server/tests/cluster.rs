@@ -11,7 +11,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    cluster_info, holders, own_addresses, slot_table, write_through, wrong_values, Cluster,
+    cluster_info, holders, misplaced, own_addresses, slot_table, write_through, wrong_values,
+    Cluster,
 };
 use common::Server;
 use redis::Connection;
@@ -70,29 +71,12 @@ fn three_nodes_form_from_a_seed_and_serve_every_key_through_every_node() {
 #[test]
 fn five_nodes_keep_every_key_on_exactly_n_nodes_and_serve_it_through_any() {
     let cluster = Cluster::start(5, &[]);
-    let ids = cluster.ids();
     let keys: Vec<String> = (0..5_000).map(|i| format!("five:{i}")).collect();
     write_through(&cluster.nodes, &keys, 1);
     let table = slot_table(&mut cluster.nodes[0].client());
     assert_eq!(table.len(), 16384, "every slot assigned");
-    let mut con = cluster.nodes[2].client();
-    let mut wrong_placement = Vec::new();
-    for (key, held) in keys.iter().zip(holders(&cluster.nodes, &keys)) {
-        let slot: u16 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query(&mut con)
-            .unwrap();
-        let mut expected: Vec<&str> = table[&slot].iter().map(String::as_str).collect();
-        expected.sort_unstable();
-        let mut got: Vec<&str> = held.iter().map(|&p| ids[p].as_str()).collect();
-        got.sort_unstable();
-        if got.len() != 3 || got != expected {
-            wrong_placement.push(format!(
-                "{key} (slot {slot}): on {got:?}, replicas {expected:?}"
-            ));
-        }
-    }
+    let nodes: Vec<&Server> = cluster.nodes.iter().collect();
+    let wrong_placement = misplaced(&nodes, &keys);
     assert!(
         wrong_placement.is_empty(),
         "{} of {} keys not on exactly their 3 replicas, e.g. {:?}",
@@ -295,15 +279,7 @@ fn a_request_from_a_stale_epoch_is_refused_and_retried_after_a_refresh() {
         // Let the write meet the refusal, then move the cluster to the next epoch.
         std::thread::sleep(Duration::from_millis(500));
         let seed = format!("127.0.0.1:{}", cluster.nodes[0].port);
-        let port = common::cluster::free_port();
-        let fourth = Server::start_with(&[
-            "--cluster-enabled",
-            "yes",
-            "--cluster-join",
-            &seed,
-            "--cluster-port",
-            &port,
-        ]);
+        let fourth = common::cluster::start_joining(&seed, &[]);
         let (reply, took) = write.join().unwrap();
         assert_eq!(
             reply.as_deref(),

@@ -25,8 +25,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    cluster_info, free_port, holders, own_addresses, slot_table, write_through, wrong_values,
-    Cluster,
+    cluster_info, holders, misplaced, own_addresses, slot_table, start_joining, write_through,
+    wrong_values, Cluster,
 };
 use common::Server;
 
@@ -196,32 +196,9 @@ fn wait_settled(nodes: &[&Server], n: u64, timeout: Duration) {
 /// Asserts that every key is on exactly its replicas of the slot table, polling until the
 /// old owners' delayed sweep (3 request timeouts after the change) has run.
 fn assert_exact_placement(nodes: &[&Server], keys: &[String]) {
-    let ids: Vec<String> = nodes
-        .iter()
-        .map(|node| node.cli(&["CLUSTER", "MYID"]).trim().to_string())
-        .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let table = slot_table(&mut nodes[0].client());
-        let mut con = nodes[0].client();
-        let held = holders(nodes.iter().copied(), keys);
-        let mut wrong = Vec::new();
-        for (key, held) in keys.iter().zip(held) {
-            let slot: u16 = redis::cmd("CLUSTER")
-                .arg("KEYSLOT")
-                .arg(key)
-                .query(&mut con)
-                .unwrap();
-            let mut expected: Vec<&str> = table[&slot].iter().map(String::as_str).collect();
-            expected.sort_unstable();
-            let mut got: Vec<&str> = held.iter().map(|&p| ids[p].as_str()).collect();
-            got.sort_unstable();
-            if got.len() != 3 || got != expected {
-                wrong.push(format!(
-                    "{key} (slot {slot}): on {got:?}, replicas {expected:?}"
-                ));
-            }
-        }
+        let wrong = misplaced(nodes, keys);
         if wrong.is_empty() {
             return;
         }
@@ -324,17 +301,7 @@ fn a_join_under_load_fails_no_request_and_streams_only_the_moved_slots() {
     let started = Instant::now();
     let mut joined = None;
     let load = under_load(&ports, || {
-        let port = free_port();
-        let mut args = vec![
-            "--cluster-enabled",
-            "yes",
-            "--cluster-join",
-            &seed,
-            "--cluster-port",
-            &port,
-        ];
-        args.extend_from_slice(&EXTRA);
-        let node = Server::start_with(&args);
+        let node = start_joining(&seed, &EXTRA);
         let first = &cluster.nodes[0];
         assert_eq!(
             cluster_info(first, "cluster_change_in_progress"),
@@ -463,17 +430,7 @@ fn a_joining_node_killed_while_streaming_resumes_where_it_stopped() {
     let keys: Vec<String> = (0..KEYS).map(|i| format!("pre:{i}")).collect();
     write_through(&cluster.nodes, &keys, 1);
     let seed = format!("127.0.0.1:{}", cluster.nodes[0].port);
-    let port = free_port();
-    let mut args = vec![
-        "--cluster-enabled",
-        "yes",
-        "--cluster-join",
-        &seed,
-        "--cluster-port",
-        &port,
-    ];
-    args.extend_from_slice(&EXTRA);
-    let mut node = Server::start_with(&args);
+    let mut node = start_joining(&seed, &EXTRA);
     let addresses = own_addresses(&node);
     let deadline = Instant::now() + Duration::from_secs(60);
     let before = loop {

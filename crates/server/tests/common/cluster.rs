@@ -28,19 +28,7 @@ impl Cluster {
             let handles: Vec<_> = (1..n)
                 .map(|_| {
                     let seed = seed.clone();
-                    scope.spawn(move || {
-                        let port = free_port();
-                        let mut args = vec![
-                            "--cluster-enabled",
-                            "yes",
-                            "--cluster-join",
-                            &seed,
-                            "--cluster-port",
-                            &port,
-                        ];
-                        args.extend_from_slice(extra);
-                        Server::start_with(&args)
-                    })
+                    scope.spawn(move || start_joining(&seed, extra))
                 })
                 .collect();
             handles
@@ -86,6 +74,22 @@ impl Cluster {
             .map(|node| node.cli(&["CLUSTER", "MYID"]).trim().to_string())
             .collect()
     }
+}
+
+/// Starts a node that joins the cluster through `seed` (a member's client address), on a
+/// free internode port, with `extra` flags.
+pub fn start_joining(seed: &str, extra: &[&str]) -> Server {
+    let port = free_port();
+    let mut args = vec![
+        "--cluster-enabled",
+        "yes",
+        "--cluster-join",
+        seed,
+        "--cluster-port",
+        &port,
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with(&args)
 }
 
 /// A free port on loopback for a node's internode listener. The default, 10000 above the
@@ -219,4 +223,33 @@ pub fn slot_table(con: &mut Connection) -> HashMap<u16, Vec<String>> {
         }
     }
     table
+}
+
+/// The keys not on exactly their 3 replicas of the slot table (asked of `nodes[0]`), each
+/// described; `nodes` are every member.
+pub fn misplaced(nodes: &[&Server], keys: &[String]) -> Vec<String> {
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|node| node.cli(&["CLUSTER", "MYID"]).trim().to_string())
+        .collect();
+    let table = slot_table(&mut nodes[0].client());
+    let mut con = nodes[0].client();
+    let mut wrong = Vec::new();
+    for (key, held) in keys.iter().zip(holders(nodes.iter().copied(), keys)) {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut con)
+            .unwrap();
+        let mut expected: Vec<&str> = table[&slot].iter().map(String::as_str).collect();
+        expected.sort_unstable();
+        let mut got: Vec<&str> = held.iter().map(|&p| ids[p].as_str()).collect();
+        got.sort_unstable();
+        if got.len() != 3 || got != expected {
+            wrong.push(format!(
+                "{key} (slot {slot}): on {got:?}, replicas {expected:?}"
+            ));
+        }
+    }
+    wrong
 }
