@@ -18,7 +18,10 @@
 //! its error goes back to the proposer.
 
 mod network;
+mod runtime;
 mod store;
+
+pub use runtime::{seed_election_timeouts, RaftRuntime};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -84,6 +87,7 @@ openraft::declare_raft_types!(
         D = ControlRequest,
         R = Applied,
         SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = RaftRuntime,
 );
 
 /// How a control plane starts.
@@ -95,6 +99,9 @@ pub struct ControlConfig {
     pub dir: PathBuf,
     /// N for a map founded here.
     pub replication: usize,
+    /// In a deterministic simulation: the durable state is opened in place on the task
+    /// rather than on the blocking pool (whose thread would finish in real time).
+    pub simulated: bool,
 }
 
 /// Why a control-plane operation failed.
@@ -323,15 +330,20 @@ impl ControlPlane {
         std::fs::create_dir_all(&config.dir)?;
         let dir = config.dir.clone();
         let me = config.me.node;
-        let (log, machine) = tokio::task::spawn_blocking(move || {
+        let open = move || {
             store::claim_dir(&dir, me)?;
             Ok::<_, ControlError>((
                 store::LogStore::open(&dir)?,
                 store::StateMachine::open(&dir)?,
             ))
-        })
-        .await
-        .map_err(|e| ControlError::Raft(format!("opening the control state: {e}")))??;
+        };
+        let (log, machine) = if config.simulated {
+            open()?
+        } else {
+            tokio::task::spawn_blocking(open)
+                .await
+                .map_err(|e| ControlError::Raft(format!("opening the control state: {e}")))??
+        };
         let maps = machine.maps();
         let network = network::Network {
             transport: transport.clone(),

@@ -54,6 +54,10 @@
 //! - [`gossip`] — membership liveness: SWIM with suspicion on `foca`, an
 //!   I/O-free core and its runtime sending datagrams over the transport;
 //!   every node's health (alive, suspect, down) and load.
+//! - [`node`] — one node assembled from all of the above: its transport's
+//!   dispatch by request kind, founding or joining, and its background work
+//!   (handoff, anti-entropy, slot transfers). The server and the
+//!   deterministic simulation both run it.
 //!
 //! The slot function is the same as Redis Cluster's so cluster-aware
 //! clients can route. It lives in the store's key layout (slot-first keys
@@ -73,6 +77,7 @@ pub mod gossip;
 pub mod hints;
 pub mod hlc;
 pub mod map;
+pub mod node;
 pub mod plan;
 pub mod quorum;
 pub mod record;

@@ -95,6 +95,7 @@ async fn try_start(id: NodeId, dir: &Path, addr: SocketAddr) -> Result<Node, Con
         me: member(id, transport.local_addr()),
         dir: dir.to_owned(),
         replication: 3,
+        simulated: false,
     };
     match ControlPlane::open(config, transport.clone()).await {
         Ok(plane) => {

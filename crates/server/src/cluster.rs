@@ -2,8 +2,8 @@
 //! transport, the cluster map it routes by, and [`Coordinated`], the data path that sends
 //! each operation to the key's replicas instead of the local store.
 //!
-//! **Owns:** starting a node (id, ports, founding or joining), dispatching internode
-//! requests to the data plane, and turning operations and records into replies.
+//! **Owns:** starting a node (its id, ports, secret, TLS and settings, given to
+//! `ringkv_cluster::node`, which runs it) and turning operations and records into replies.
 //! **Must not touch:** the quorum rules, records and versions (`ringkv-cluster`), RESP
 //! parsing and the command table (`cmd`): handlers build the same [`Op`]s in both modes.
 
@@ -11,30 +11,25 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use parking_lot::RwLock;
-use ringkv_cluster::control::{ControlConfig, ControlPlane, CONTROL_KINDS};
-use ringkv_cluster::coordinator::{
-    CoordError, DataNode, Peers, Quorum, WriteEvent, DATA_KINDS, MANY_KEYS_MAX, NOT_REACHED,
-};
-use ringkv_cluster::exchange::ExchangeLimits;
+use ringkv_cluster::coordinator::{CoordError, Quorum, WriteEvent, MANY_KEYS_MAX};
 use ringkv_cluster::frame::ClusterSecret;
-use ringkv_cluster::gossip::{GossipConfig, GossipRuntime, Health, GOSSIP_KIND};
+use ringkv_cluster::gossip::GossipConfig;
 use ringkv_cluster::hints::{HintLimits, Hints};
-use ringkv_cluster::map::{ClusterMap, MemberInfo, MemberState};
+use ringkv_cluster::map::ClusterMap;
+use ringkv_cluster::node::{LiveSettings, NodeConfig};
 use ringkv_cluster::record::{Body, IncrementError, Record, Resolved};
-use ringkv_cluster::transfer::TransferLimits;
-use ringkv_cluster::transport::{
-    BoxFuture, CallError, Handler, HandlerError, Transport, TransportConfig,
-};
+use ringkv_cluster::transport::{BoxFuture, TransportConfig};
 use ringkv_cluster::{key_slot, NodeId};
 use ringkv_protocol::Frame;
 use ringkv_store::{encode_value, StoredValue, ValueType};
+
+pub(crate) use ringkv_cluster::node::ClusterNode;
 
 use crate::client::Client;
 use crate::data::{DataPath, Done, Op, Pending};
@@ -46,209 +41,6 @@ const DEFAULT_SECRET: &[u8] = b"ringkv-cluster-default-secret-change-me";
 
 /// File in the data directory holding this node's id (16 hex digits).
 const NODE_ID_FILE: &str = "cluster-node-id";
-
-/// One node of a cluster, as the server runs it.
-pub(crate) struct ClusterNode {
-    pub id: NodeId,
-    pub data: Arc<DataNode>,
-    pub transport: Transport,
-    map: Arc<RwLock<Option<Arc<ClusterMap>>>>,
-    /// This node's entry in the map.
-    pub me: MemberInfo,
-    /// Slot ownership and membership, committed through Raft.
-    pub control: ControlPlane,
-    /// Liveness of the members, by gossip.
-    pub gossip: GossipRuntime,
-    /// Requests coordinated, for INFO.
-    pub coordinated: AtomicU64,
-    /// `DEBUG CLUSTER-FENCE`: the transport answers as if the map were at least this epoch.
-    pub fence: Arc<AtomicU64>,
-    /// `DEBUG CLUSTER-PARTITION`: the nodes whose internode requests this node refuses.
-    pub cut_off: Arc<RwLock<Vec<NodeId>>>,
-}
-
-impl std::fmt::Debug for ClusterNode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterNode")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ClusterNode {
-    /// The map this node routes by.
-    pub fn map(&self) -> Option<Arc<ClusterMap>> {
-        self.map.read().clone()
-    }
-
-    /// The current epoch (0 before the map is known).
-    pub fn epoch(&self) -> u64 {
-        self.map.read().as_ref().map_or(0, |map| map.epoch)
-    }
-
-    /// What gossip says of `node` (this node is always alive).
-    pub fn health(&self, node: NodeId) -> Health {
-        if node == self.id {
-            return Health::Alive;
-        }
-        self.gossip
-            .health()
-            .get(&node)
-            .copied()
-            .unwrap_or(Health::Alive)
-    }
-
-    /// Stops gossip, the control plane and the transport (server shutdown).
-    pub async fn shutdown(&self) {
-        self.gossip.shutdown().await;
-        self.control.shutdown().await;
-        self.transport.shutdown().await;
-    }
-}
-
-/// The transport's handler: data requests to the data plane, control requests to Raft,
-/// gossip to foca.
-struct NodeHandler {
-    node: OnceLock<Weak<ClusterNode>>,
-    control: OnceLock<ControlPlane>,
-    gossip: OnceLock<GossipRuntime>,
-    map: Arc<RwLock<Option<Arc<ClusterMap>>>>,
-    fence: Arc<AtomicU64>,
-    cut_off: Arc<RwLock<Vec<NodeId>>>,
-}
-
-impl Handler for NodeHandler {
-    fn handle(
-        &self,
-        from: NodeId,
-        kind: u8,
-        _epoch: u64,
-        payload: Bytes,
-    ) -> BoxFuture<'static, Result<(u8, Bytes), HandlerError>> {
-        if self.cut_off.read().contains(&from) {
-            // A partition drill: nothing from that node gets through, gossip and Raft included.
-            return Box::pin(async move {
-                Err(HandlerError::new("partitioned (DEBUG CLUSTER-PARTITION)"))
-            });
-        }
-        if kind == GOSSIP_KIND {
-            if let Some(gossip) = self.gossip.get() {
-                gossip.handle(from, payload);
-            }
-            return Box::pin(async move { Ok((kind, Bytes::new())) });
-        }
-        if CONTROL_KINDS.contains(&kind) {
-            let control = self.control.get().cloned();
-            return Box::pin(async move {
-                match control {
-                    Some(control) => control.handle(from, kind, payload).await,
-                    None => Err(HandlerError::new("node is starting")),
-                }
-            });
-        }
-        let node = self.node.get().and_then(Weak::upgrade);
-        Box::pin(async move {
-            let Some(node) = node else {
-                return Err(HandlerError::new("node is starting"));
-            };
-            if DATA_KINDS.contains(&kind) {
-                let reply = node.data.answer(kind, payload).await;
-                return reply.map(|bytes| (kind, bytes)).map_err(HandlerError::new);
-            }
-            Err(HandlerError::new(format!("unknown request kind {kind}")))
-        })
-    }
-
-    fn epoch(&self) -> u64 {
-        let epoch = self.map.read().as_ref().map_or(0, |map| map.epoch);
-        epoch.max(self.fence.load(Ordering::Relaxed))
-    }
-
-    fn fenced(&self, kind: u8) -> bool {
-        kind != GOSSIP_KIND && !CONTROL_KINDS.contains(&kind)
-    }
-}
-
-/// Reaches other members through the transport, by their address in the map. A peer at a
-/// newer epoch refuses the request: this node waits until its own map reaches that epoch
-/// (the control plane applies it), then sends once more with the new map.
-struct TransportPeers {
-    transport: OnceLock<Transport>,
-    control: OnceLock<ControlPlane>,
-    gossip: OnceLock<GossipRuntime>,
-    map: Arc<RwLock<Option<Arc<ClusterMap>>>>,
-}
-
-impl TransportPeers {
-    fn addr_of(&self, node: NodeId) -> Result<SocketAddr, String> {
-        let addr = self
-            .map
-            .read()
-            .as_ref()
-            .and_then(|map| map.member(node).map(|m| m.cluster_addr.clone()))
-            .ok_or_else(|| format!("node {node:016x} is not in the map"))?;
-        addr.parse()
-            .map_err(|_| format!("bad cluster address {addr:?}"))
-    }
-}
-
-impl Peers for TransportPeers {
-    fn is_down(&self, node: NodeId) -> bool {
-        self.gossip
-            .get()
-            .is_some_and(|gossip| gossip.health().get(&node) == Some(&Health::Down))
-    }
-
-    fn call(
-        &self,
-        node: NodeId,
-        kind: u8,
-        payload: Bytes,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<Bytes, String>> {
-        let addr = self.addr_of(node);
-        let transport = self.transport.get().cloned();
-        let control = self.control.get().cloned();
-        let map = self.map.clone();
-        Box::pin(async move {
-            let transport = transport.ok_or("transport not started")?;
-            let first = transport.call(addr?, kind, payload.clone(), timeout).await;
-            let theirs = match first {
-                Err(CallError::StaleEpoch { theirs }) => theirs,
-                other => return other.map(|(_, reply)| reply).map_err(|e| e.to_string()),
-            };
-            let control = control.ok_or("control plane not started")?;
-            let mut watch = control.watch();
-            let caught_up = matches!(
-                tokio::time::timeout(
-                    timeout,
-                    watch.wait_for(|m| m.as_ref().is_some_and(|m| m.epoch >= theirs)),
-                )
-                .await,
-                Ok(Ok(_))
-            );
-            if !caught_up {
-                return Err(format!(
-                    "stale epoch: the peer is at {theirs} and this node did not catch up in time"
-                ));
-            }
-            tracing::info!(node, theirs, "stale epoch: map refreshed, sending again");
-            *map.write() = control.map();
-            let addr = map
-                .read()
-                .as_ref()
-                .and_then(|m| m.member(node).map(|m| m.cluster_addr.clone()))
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-                // It left: the request did not run there (the event may go to another).
-                .ok_or_else(|| format!("{NOT_REACHED}: node {node:016x} left the cluster"))?;
-            transport
-                .call(addr, kind, payload, timeout)
-                .await
-                .map(|(_, reply)| reply)
-                .map_err(|e| e.to_string())
-        })
-    }
-}
 
 /// This node's id: read from the data directory, or drawn and written there the first time.
 fn node_id(dir: &Path) -> std::io::Result<NodeId> {
@@ -308,19 +100,10 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         }
     };
     let secret = ClusterSecret::new(&secret).map_err(std::io::Error::other)?;
-    let map = Arc::new(RwLock::new(None));
-    let handler = Arc::new(NodeHandler {
-        node: OnceLock::new(),
-        control: OnceLock::new(),
-        gossip: OnceLock::new(),
-        map: map.clone(),
-        fence: Arc::new(AtomicU64::new(0)),
-        cut_off: Arc::new(RwLock::new(Vec::new())),
-    });
     let bind_addr: SocketAddr = format!("{bind}:{cluster_port}")
         .parse()
         .map_err(|_| std::io::Error::other(format!("bad cluster bind address {bind}")))?;
-    let mut transport_config = TransportConfig::new(id, secret);
+    let mut transport = TransportConfig::new(id, secret);
     if settings.tls {
         let config = server.config.read();
         let (Some(cert), Some(key), Some(ca)) = (
@@ -333,25 +116,9 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
             ));
         };
         let tls = crate::tls::ClusterTls::load(cert, key, ca).map_err(std::io::Error::other)?;
-        transport_config.layer = Some(Arc::new(tls));
+        transport.layer = Some(Arc::new(tls));
     }
-    let transport = Transport::bind(bind_addr, transport_config, handler.clone()).await?;
-    let peers = Arc::new(TransportPeers {
-        transport: OnceLock::new(),
-        control: OnceLock::new(),
-        gossip: OnceLock::new(),
-        map: map.clone(),
-    });
-    let _ = peers.transport.set(transport.clone());
-    let mut data = DataNode::new(
-        id,
-        server.keyspace.clone(),
-        settings.sibling_cap,
-        settings.tombstone_grace_s.saturating_mul(1000),
-        peers.clone(),
-        Duration::from_millis(settings.request_timeout_ms),
-    );
-    if settings.hinted_handoff {
+    let hints = if settings.hinted_handoff {
         let limits = HintLimits {
             bytes_max: settings.hints_max_bytes,
             age_max_ms: settings.hint_max_age_s.saturating_mul(1000),
@@ -359,349 +126,67 @@ pub(crate) async fn start(server: &Arc<Server>) -> std::io::Result<Arc<ClusterNo
         let fsync = server.keyspace.engine().fsync_policy();
         let hints =
             Hints::open(&dir.join(HINTS_DIR), limits, fsync).map_err(std::io::Error::other)?;
-        data = data.with_hints(Arc::new(hints));
-    }
-    let data = Arc::new(data.with_map(map.clone()));
-    let me = MemberInfo {
-        node: id,
-        client_addr: format!("{bind}:{client_port}"),
-        cluster_addr: transport.local_addr().to_string(),
-        zone: settings.zone.clone(),
-        state: MemberState::Up,
+        Some(Arc::new(hints))
+    } else {
+        None
     };
-    let control = ControlPlane::open(
-        ControlConfig {
-            me: me.clone(),
-            dir: dir.join("cluster"),
-            replication: settings.replicas,
-        },
-        transport.clone(),
-    )
-    .await
-    .map_err(std::io::Error::other)?;
-    let _ = handler.control.set(control.clone());
-    let _ = peers.control.set(control.clone());
-    let gossip = GossipRuntime::start(
-        id,
-        transport.local_addr(),
-        transport.clone(),
-        GossipConfig::default(),
-    );
-    let _ = handler.gossip.set(gossip.clone());
-    let _ = peers.gossip.set(gossip.clone());
-    if control.map().is_none() {
-        match &settings.join {
-            None => {
-                control.found().await.map_err(std::io::Error::other)?;
-                tracing::info!("cluster founded: this node holds every slot");
-            }
-            Some(seed) => {
-                let seed_addr = seed_cluster_addr(seed, JOIN_TIMEOUT).await?;
-                tracing::info!(%seed, %seed_addr, "joining the cluster");
-                let joined = control
-                    .join_via(seed_addr, JOIN_TIMEOUT)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                tracing::info!(
-                    epoch = joined.epoch,
-                    members = joined.members.len(),
-                    "joined the cluster"
-                );
+    // Asked only on a first start (a member's data directory knows its cluster).
+    let join = settings.join.clone().map(|seed| {
+        Box::pin(async move {
+            let seed_addr = seed_cluster_addr(&seed, JOIN_TIMEOUT).await?;
+            tracing::info!(%seed, %seed_addr, "the seed's cluster address");
+            Ok(seed_addr)
+        }) as BoxFuture<'static, std::io::Result<SocketAddr>>
+    });
+    let live = {
+        let server = Arc::downgrade(server);
+        move || {
+            let Some(server) = server.upgrade() else {
+                return LiveSettings {
+                    anti_entropy_interval: Duration::ZERO,
+                    anti_entropy_keys: 0,
+                    stream_rate: 0,
+                    request_timeout: Duration::from_secs(2),
+                };
+            };
+            let config = server.config.read();
+            LiveSettings {
+                anti_entropy_interval: Duration::from_secs(config.cluster.anti_entropy_interval_s),
+                anti_entropy_keys: config.cluster.anti_entropy_keys_per_pass,
+                stream_rate: config.cluster.stream_rate,
+                request_timeout: Duration::from_millis(config.cluster.request_timeout_ms),
             }
         }
-    } else if settings.join.is_some() {
-        tracing::info!(
-            "cluster-join ignored: this node is already a member (its data directory says so)"
-        );
-    }
-    let node = Arc::new(ClusterNode {
+    };
+    let config = NodeConfig {
         id,
-        data,
+        bind: bind_addr,
+        client_addr: format!("{bind}:{client_port}"),
+        zone: settings.zone.clone(),
+        dir: dir.clone(),
+        replication: settings.replicas,
+        sibling_cap: settings.sibling_cap,
+        tombstone_grace_ms: settings.tombstone_grace_s.saturating_mul(1000),
+        request_timeout: Duration::from_millis(settings.request_timeout_ms),
+        hints,
+        join,
+        join_timeout: JOIN_TIMEOUT,
         transport,
-        map: map.clone(),
-        me: me.clone(),
-        control: control.clone(),
-        gossip: gossip.clone(),
-        coordinated: AtomicU64::new(0),
-        fence: handler.fence.clone(),
-        cut_off: handler.cut_off.clone(),
-    });
-    let _ = handler.node.set(Arc::downgrade(&node));
-    // Route by the map as it applies; introduce every member to gossip.
-    let mut changes = control.watch();
-    follow_map(&map, &gossip, id, changes.borrow_and_update().clone());
-    {
-        let map = map.clone();
-        let gossip = gossip.clone();
-        let mut shutdown = server.shutdown.subscribe();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { break },
-                    _ = shutdown.wait_for(|stop| *stop) => break,
-                }
-                let current = changes.borrow_and_update().clone();
-                if let Some(current) = &current {
-                    tracing::info!(
-                        epoch = current.epoch,
-                        members = current.members.len(),
-                        "cluster map applied"
-                    );
-                }
-                follow_map(&map, &gossip, id, current);
-            }
-        });
-    }
-    if node.data.hints().is_some() {
-        let data = node.data.clone();
-        let map = map.clone();
-        let mut shutdown = server.shutdown.subscribe();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(HINT_DELIVERY_INTERVAL) => {}
-                    _ = shutdown.wait_for(|stop| *stop) => break,
-                }
-                let current = map.read().clone();
-                if let Some(current) = current {
-                    // A full pass goes again at once: a backlog drains at the speed of the
-                    // replica, not one pass a second.
-                    while data.deliver_hints(&current).await >= HINT_PASS_FULL {}
-                }
-            }
-        });
-    }
-    spawn_anti_entropy(server, &node);
-    spawn_transfers(server, &node, &dir);
-    tracing::info!(node = %format!("{id:016x}"), cluster_addr = %node.me.cluster_addr, epoch = node.epoch(), "cluster mode: node started");
+        gossip: GossipConfig::default(),
+        hint_interval: HINT_DELIVERY_INTERVAL,
+        live: Arc::new(live),
+        simulation: None,
+        extension: None,
+    };
+    let node = ClusterNode::start(config, server.keyspace.clone()).await?;
     let _ = server.cluster.set(node.clone());
     Ok(node)
 }
-
-/// Routes by `current` from now on, and introduces its members to gossip.
-fn follow_map(
-    map: &RwLock<Option<Arc<ClusterMap>>>,
-    gossip: &GossipRuntime,
-    me: NodeId,
-    current: Option<Arc<ClusterMap>>,
-) {
-    if let Some(current) = &current {
-        for member in current.members.values().filter(|m| m.node != me) {
-            if let Ok(addr) = member.cluster_addr.parse() {
-                gossip.add_peer(addr);
-            }
-        }
-    }
-    *map.write() = current;
-}
-
-/// Anti-entropy (docs/cluster.md, "Anti-entropy"): builds this node's trees from its store,
-/// then every `cluster-anti-entropy-interval` (jittered) exchanges with the next member in
-/// turn that gossip finds alive, and rebuilds the trees from the store about once a day as
-/// a check.
-fn spawn_anti_entropy(server: &Arc<Server>, node: &Arc<ClusterNode>) {
-    let data = node.data.clone();
-    let map = node.map.clone();
-    let gossip = node.gossip.clone();
-    let server = server.clone();
-    let mut shutdown = server.shutdown.subscribe();
-    tokio::spawn(async move {
-        let build = |data: Arc<DataNode>| async move {
-            let started = Instant::now();
-            match tokio::task::spawn_blocking(move || data.build_trees()).await {
-                Ok(Ok(())) => tracing::info!(
-                    millis = started.elapsed().as_millis() as u64,
-                    "anti-entropy trees built from the store"
-                ),
-                Ok(Err(error)) => tracing::warn!(%error, "building the anti-entropy trees failed"),
-                Err(error) => tracing::warn!(%error, "the anti-entropy build task failed"),
-            }
-        };
-        build(data.clone()).await;
-        let mut built = Instant::now();
-        let mut rebuild_after = jittered(AAE_REBUILD_EVERY);
-        let mut turn = 0usize;
-        loop {
-            let (interval_s, keys) = {
-                let config = server.config.read();
-                (
-                    config.cluster.anti_entropy_interval_s,
-                    config.cluster.anti_entropy_keys_per_pass,
-                )
-            };
-            let wait = if interval_s == 0 {
-                Duration::from_secs(1)
-            } else {
-                jittered(Duration::from_secs(interval_s))
-            };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            }
-            if interval_s == 0 {
-                continue;
-            }
-            if built.elapsed() >= rebuild_after {
-                build(data.clone()).await;
-                built = Instant::now();
-                rebuild_after = jittered(AAE_REBUILD_EVERY);
-            }
-            let Some(current) = map.read().clone() else {
-                continue;
-            };
-            let health = gossip.health();
-            let peers: Vec<NodeId> = current
-                .members
-                .keys()
-                .copied()
-                .filter(|&n| n != data.id() && health.get(&n) != Some(&Health::Down))
-                .collect();
-            if peers.is_empty() {
-                continue;
-            }
-            let peer = peers[turn % peers.len()];
-            turn = turn.wrapping_add(1);
-            let limits = ExchangeLimits {
-                keys,
-                ..ExchangeLimits::default()
-            };
-            match data.exchange(&current, peer, limits).await {
-                Ok(done) if done.keys_differing > 0 => tracing::info!(
-                    peer = %format!("{peer:016x}"),
-                    slots = done.slots_compared,
-                    slots_differing = done.slots_differing,
-                    keys_differing = done.keys_differing,
-                    keys_repaired = done.keys_repaired,
-                    bytes = done.bytes,
-                    "anti-entropy exchange repaired keys"
-                ),
-                Ok(done) => tracing::debug!(peer, ?done, "anti-entropy exchange"),
-                Err(error) => tracing::debug!(peer, %error, "anti-entropy exchange failed"),
-            }
-        }
-    });
-}
-
-/// Joins and leaves (docs/cluster.md, "Joins and leaves"): whenever the map has a change in
-/// progress that gives this node slots, pulls them from their current replicas (resuming
-/// from the progress file after a restart) and tells the control plane it has them; when a
-/// change completes, drops the records of the slots this node no longer keeps, and once more
-/// after the longest a request routed by the old map can take (its copies may still land).
-fn spawn_transfers(server: &Arc<Server>, node: &Arc<ClusterNode>, dir: &Path) {
-    let node = node.clone();
-    let server = server.clone();
-    let dir = dir.join(TRANSFER_DIR);
-    let mut shutdown = server.shutdown.subscribe();
-    tokio::spawn(async move {
-        let mut maps = node.control.watch();
-        // The epoch whose holdings were last swept (0: none yet; a restart sweeps once).
-        let mut swept = 0u64;
-        loop {
-            let current = maps.borrow_and_update().clone();
-            if let Some(map) = current {
-                let me = node.id;
-                let change = map.change.as_ref().map(|c| c.started);
-                if let Some(started) = change.filter(|_| !map.is_ready(me)) {
-                    if !map.gains(me).is_empty() {
-                        let limits = TransferLimits {
-                            bytes_per_second: server.config.read().cluster.stream_rate,
-                        };
-                        let watch = maps.clone();
-                        let still = move || {
-                            watch
-                                .borrow()
-                                .as_ref()
-                                .and_then(|m| m.change.as_ref().map(|c| c.started))
-                                == Some(started)
-                        };
-                        let pulled = tokio::select! {
-                            pulled = node.data.pull_gains(&map, &dir, limits, &still) => pulled,
-                            _ = shutdown.wait_for(|stop| *stop) => break,
-                        };
-                        match pulled {
-                            Ok(Some(started)) => match node.control.ready(me, started).await {
-                                Ok(map) => tracing::info!(
-                                    epoch = map.epoch,
-                                    started,
-                                    "told the cluster this node has its new slots"
-                                ),
-                                Err(error) => {
-                                    tracing::warn!(%error, "could not tell the cluster this node has its new slots");
-                                    tokio::time::sleep(Duration::from_secs(1)).await;
-                                }
-                            },
-                            Ok(None) => {}
-                            Err(error) => {
-                                tracing::info!(%error, "streaming new slots stopped: trying again");
-                                tokio::select! {
-                                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                                    _ = shutdown.wait_for(|stop| *stop) => break,
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                }
-                if map.change.is_none() && map.epoch != swept {
-                    swept = map.epoch;
-                    sweep(&node, &map).await;
-                    // Requests routed by the map before may still land for up to a round.
-                    let later = map.clone();
-                    let wait =
-                        Duration::from_millis(server.config.read().cluster.request_timeout_ms)
-                            .saturating_mul(3);
-                    let node = node.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(wait).await;
-                        if node.map().is_some_and(|m| m.epoch == later.epoch) {
-                            sweep(&node, &later).await;
-                        }
-                    });
-                }
-            }
-            tokio::select! {
-                changed = maps.changed() => if changed.is_err() { break },
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            }
-        }
-    });
-}
-
-/// Drops this node's records of the slots `map` says it does not keep, off the workers.
-async fn sweep(node: &Arc<ClusterNode>, map: &Arc<ClusterMap>) {
-    let data = node.data.clone();
-    let map = map.clone();
-    match tokio::task::spawn_blocking(move || data.drop_unkept(&map)).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(dropped)) => tracing::info!(dropped, "records of slots this node gave away dropped"),
-        Ok(Err(error)) => tracing::warn!(%error, "dropping the records of slots given away failed"),
-        Err(error) => tracing::warn!(%error, "the sweep task failed"),
-    }
-}
-
-/// Where a node keeps its slot transfers' progress, under its data directory.
-const TRANSFER_DIR: &str = "transfer";
-
-/// `base`, plus or minus up to a quarter, so that nodes do not fall into step.
-fn jittered(base: Duration) -> Duration {
-    let quarter = base.as_millis() as u64 / 4;
-    let offset = if quarter == 0 {
-        0
-    } else {
-        rand::random::<u64>() % (2 * quarter + 1)
-    };
-    Duration::from_millis(base.as_millis() as u64 - quarter + offset)
-}
-
-/// How often the anti-entropy trees are rebuilt from the store, as a check (jittered).
-const AAE_REBUILD_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// Where a node keeps the hints it holds for others, under its data directory.
 const HINTS_DIR: &str = "hints";
 /// How often a node looks for hints to hand off.
 const HINT_DELIVERY_INTERVAL: Duration = Duration::from_secs(1);
-/// Hints delivered in one pass past which the next pass starts at once.
-const HINT_PASS_FULL: usize = 256;
 
 /// How long a joining node waits for the cluster to take it in.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);

@@ -70,6 +70,23 @@ impl GossipRuntime {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |since| since.as_millis() as u64);
         let seed = generation ^ me.rotate_left(32);
+        Self::start_with(me, my_cluster_addr, transport, config, generation, seed)
+    }
+
+    /// [`GossipRuntime::start`] with the generation and the random seed given: a
+    /// deterministic simulation passes its own clock's milliseconds and a seed of its run.
+    ///
+    /// # Panics
+    ///
+    /// If `config` is invalid ([`GossipConfig::validate`]).
+    pub fn start_with(
+        me: NodeId,
+        my_cluster_addr: SocketAddr,
+        transport: Transport,
+        config: GossipConfig,
+        generation: u64,
+        seed: u64,
+    ) -> GossipRuntime {
         let core = Gossip::new(me, my_cluster_addr, generation, seed, &config)
             .unwrap_or_else(|error| panic!("{error}"));
         let (alive, all_done) = mpsc::channel(1);
@@ -213,6 +230,8 @@ impl Inner {
         tokio::spawn(async move {
             let _alive = alive;
             tokio::select! {
+                // In a fixed order: a simulation replays a seed exactly (docs/testing.md).
+                biased;
                 () = task => {}
                 _ = shutdown.wait_for(|&stop| stop) => {}
             }
@@ -236,6 +255,7 @@ async fn drive(inner: Arc<Inner>) {
             }
         };
         tokio::select! {
+            biased;
             () = inner.wake.notified() => continue,
             () = sleep => {}
         }
