@@ -10,8 +10,10 @@
 //! and the control plane), the coordinator's dual writes (`coordinator.rs`), RESP.
 //!
 //! A pass reads the source's store in key order, one chunk per request, and resumes after
-//! the last key it sent; the position is the same on every node, so a stream whose source
-//! fails goes on from another replica where it stopped. Everything streamed is a merge
+//! the last key it sent. Each gained slot streams from the replica the gaining node
+//! replaces in the slot's set ([`plan_streams`]); if that replica fails, the rest of the
+//! slot comes from every other current replica, merged, from the same position (the
+//! position is the same on every node). Everything streamed is a merge
 //! (idempotent), and writes reach the new replica directly from the change's start, so a
 //! chunk sent twice or a write racing a chunk changes nothing. Tombstones and expiry times
 //! are records like any other and move with them.
@@ -20,7 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -96,6 +100,92 @@ struct Stream {
     /// The last position read: (database, key).
     after: Option<(usize, Vec<u8>)>,
     done: bool,
+    /// The replica streamed from (`None` in a progress file from before sources were
+    /// pinned: any current replica).
+    #[serde(default)]
+    from: Option<NodeId>,
+    /// One of several streams of the same slots from every remaining current replica,
+    /// merged (the replica this node replaces failed, or it replaces none).
+    #[serde(default)]
+    union: bool,
+}
+
+/// The streams that bring `me` the `slots` it gains in `map`'s change. A gaining node
+/// streams each slot from the replica it replaces in the slot's set (the k-th node the
+/// change adds to a slot takes the k-th node it removes, in preference order), as
+/// Cassandra's consistent range movement does: the new set then holds what the old one
+/// held, so a write that reached W replicas of the old set is on W replicas of the new one
+/// (streaming from any replica could copy one that missed it, and the replica it replaces
+/// may have been one of its W). A slot whose change removes no node (a cluster growing to
+/// N) streams from every current replica, merged.
+fn plan_streams(map: &ClusterMap, me: NodeId, slots: &[u16]) -> Vec<Stream> {
+    let mut strict: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
+    let mut merged: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
+    for &slot in slots {
+        match replaced_by(map, me, slot) {
+            Some(source) => strict.entry(source).or_default().push(slot),
+            None => {
+                for &node in map.replicas(slot).iter().filter(|&&n| n != me) {
+                    merged.entry(node).or_default().push(slot);
+                }
+            }
+        }
+    }
+    let stream = |(from, slots): (NodeId, Vec<u16>), union| Stream {
+        slots,
+        after: None,
+        done: false,
+        from: Some(from),
+        union,
+    };
+    let mut streams: Vec<Stream> = strict.into_iter().map(|s| stream(s, false)).collect();
+    streams.extend(merged.into_iter().map(|s| stream(s, true)));
+    streams
+}
+
+/// The current replica of `slot` that `me` replaces in `map`'s change, if it replaces one.
+fn replaced_by(map: &ClusterMap, me: NodeId, slot: u16) -> Option<NodeId> {
+    let current = map.replicas(slot);
+    let target = map.target_replicas(slot)?;
+    let removed: Vec<NodeId> = current
+        .iter()
+        .copied()
+        .filter(|n| !target.contains(n))
+        .collect();
+    let added = target.iter().filter(|n| !current.contains(n));
+    let k = added.clone().position(|&n| n == me)?;
+    removed.get(k).copied()
+}
+
+/// The streams that replace a stream of `slots` from `failed` (the replica this node
+/// replaces), from `after` on: one from every other current replica of each slot, merged.
+fn union_streams(
+    map: &ClusterMap,
+    me: NodeId,
+    slots: &[u16],
+    failed: NodeId,
+    after: Option<(usize, Vec<u8>)>,
+) -> Vec<Stream> {
+    let mut by_source: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
+    for &slot in slots {
+        for &node in map
+            .replicas(slot)
+            .iter()
+            .filter(|&&n| n != me && n != failed)
+        {
+            by_source.entry(node).or_default().push(slot);
+        }
+    }
+    by_source
+        .into_iter()
+        .map(|(from, slots)| Stream {
+            slots,
+            after: after.clone(),
+            done: false,
+            from: Some(from),
+            union: true,
+        })
+        .collect()
 }
 
 /// A chunk as the source sends it.
@@ -205,7 +295,7 @@ impl DataNode {
             Some(progress) if progress.started == change.started => progress,
             _ => Progress {
                 started: change.started,
-                streams: self.group_by_source(map, &gains, &BTreeSet::new(), None),
+                streams: plan_streams(map, self.id(), &gains),
             },
         };
         self.persist(dir, &path, &progress).await?;
@@ -232,7 +322,11 @@ impl DataNode {
                 return Err("the map changed: starting over".into());
             }
             let stream = progress.streams[at].clone();
-            let Some(source) = self.source_for(map, &stream.slots, &avoid) else {
+            let source = match stream.from {
+                Some(source) => Some(source),
+                None => self.source_for(map, &stream.slots, &avoid),
+            };
+            let Some(source) = source else {
                 return Err(format!(
                     "no replica to stream slots {:?} from",
                     &stream.slots[..stream.slots.len().min(4)]
@@ -259,18 +353,31 @@ impl DataNode {
                     throttle(&mut window, received, limits).await;
                 }
                 Err(error) => {
-                    tracing::info!(source = %format!("{source:016x}"), %error, "streaming from a replica failed: trying another");
-                    avoid.insert(source);
-                    // The stream's slots may have different replicas left: regroup them,
-                    // carrying the position.
-                    let regrouped =
-                        self.group_by_source(map, &stream.slots, &avoid, stream.after.clone());
-                    progress.streams.splice(at..=at, regrouped);
-                    self.persist(dir, &path, &progress).await?;
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    if avoid.len() >= map.members.len() {
-                        avoid.clear();
+                    tracing::info!(source = %format!("{source:016x}"), %error, "streaming from a replica failed");
+                    if stream.from.is_some() && !stream.union {
+                        // The replica this node replaces failed: the rest of its slots come
+                        // from every other current replica, merged, from where it stopped.
+                        let union = union_streams(
+                            map,
+                            self.id(),
+                            &stream.slots,
+                            source,
+                            stream.after.clone(),
+                        );
+                        // No other replica holds the slots: wait for this one.
+                        if !union.is_empty() {
+                            progress.streams.splice(at..=at, union);
+                            self.persist(dir, &path, &progress).await?;
+                        }
+                    } else if stream.from.is_none() {
+                        avoid.insert(source);
+                        if avoid.len() >= map.members.len() {
+                            avoid.clear();
+                        }
                     }
+                    // A merged stream waits for its replica: each of them may hold writes
+                    // the others lack.
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
         }
@@ -383,32 +490,6 @@ impl DataNode {
             fallback.get_or_insert(node);
         }
         fallback
-    }
-
-    /// `slots` grouped by the replica each streams from, one stream per source, each
-    /// starting at `after`.
-    fn group_by_source(
-        &self,
-        map: &ClusterMap,
-        slots: &[u16],
-        avoid: &BTreeSet<NodeId>,
-        after: Option<(usize, Vec<u8>)>,
-    ) -> Vec<Stream> {
-        let mut groups: BTreeMap<Option<NodeId>, Vec<u16>> = BTreeMap::new();
-        for &slot in slots {
-            groups
-                .entry(self.source_for(map, &[slot], avoid))
-                .or_default()
-                .push(slot);
-        }
-        groups
-            .into_values()
-            .map(|slots| Stream {
-                slots,
-                after: after.clone(),
-                done: false,
-            })
-            .collect()
     }
 
     /// Drops this node's records of the slots `map` says it does not keep (neither a
@@ -563,6 +644,85 @@ mod tests {
         }
     }
 
+    fn member(node: NodeId) -> crate::map::MemberInfo {
+        crate::map::MemberInfo {
+            node,
+            client_addr: format!("10.0.0.{node}:6379"),
+            cluster_addr: format!("10.0.0.{node}:16379"),
+            zone: "default".into(),
+            state: crate::map::MemberState::Up,
+        }
+    }
+
+    /// A settled map of `nodes` members, N=3.
+    fn settled(nodes: u64) -> ClusterMap {
+        let mut map = ClusterMap::founded_by(member(1), 3).unwrap();
+        for node in 2..=nodes {
+            map = map.with_member(member(node)).unwrap();
+            let started = map.change.as_ref().unwrap().started;
+            for gainer in map.gainers() {
+                map = map.with_ready(gainer, started).unwrap();
+            }
+        }
+        map
+    }
+
+    #[test]
+    fn a_joining_node_streams_each_slot_from_the_replica_it_replaces() {
+        let map = settled(4).with_member(member(5)).unwrap();
+        let gains = map.gains(5);
+        assert!(!gains.is_empty());
+        let streams = plan_streams(&map, 5, &gains);
+        let mut covered: Vec<u16> = streams.iter().flat_map(|s| s.slots.clone()).collect();
+        covered.sort_unstable();
+        assert_eq!(covered, gains, "every gained slot streamed once");
+        for stream in &streams {
+            assert!(!stream.union);
+            let from = stream.from.unwrap();
+            for &slot in &stream.slots {
+                assert!(
+                    map.replicas(slot).contains(&from),
+                    "slot {slot}: a current replica"
+                );
+                let target = map.target_replicas(slot).unwrap();
+                assert!(
+                    !target.contains(&from),
+                    "slot {slot}: the one leaving its set"
+                );
+            }
+        }
+        // The replica it replaces fails: every other current replica, from the same place.
+        let failed = streams[0].from.unwrap();
+        let after = Some((0, b"k".to_vec()));
+        let union = union_streams(&map, 5, &streams[0].slots, failed, after.clone());
+        for &slot in &streams[0].slots {
+            let sources: Vec<NodeId> = union
+                .iter()
+                .filter(|s| s.slots.contains(&slot))
+                .map(|s| s.from.unwrap())
+                .collect();
+            let mut others: Vec<NodeId> = map
+                .replicas(slot)
+                .iter()
+                .copied()
+                .filter(|&n| n != failed)
+                .collect();
+            others.sort_unstable();
+            assert_eq!(sources, others, "slot {slot}");
+        }
+        assert!(union.iter().all(|s| s.union && s.after == after));
+    }
+
+    #[test]
+    fn a_cluster_growing_to_n_streams_from_every_current_replica() {
+        let map = settled(1).with_member(member(2)).unwrap();
+        let gains = map.gains(2);
+        assert_eq!(gains.len(), usize::from(SLOT_COUNT));
+        let streams = plan_streams(&map, 2, &gains);
+        assert_eq!(streams.len(), 1);
+        assert!(streams[0].union && streams[0].from == Some(1));
+    }
+
     #[test]
     fn progress_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -573,6 +733,8 @@ mod tests {
                 slots: vec![1, 2],
                 after: Some((0, b"k".to_vec())),
                 done: false,
+                from: Some(3),
+                union: false,
             }],
         };
         save_progress(dir.path(), &path, &progress).unwrap();

@@ -1,71 +1,91 @@
-//! Deterministic simulation of the data plane (docs/testing.md, "Deterministic simulation").
+//! Deterministic simulation of the cluster (docs/testing.md, "Deterministic simulation").
 //!
-//! `turmoil` runs five node processes, each the real coordinator and replica (`DataNode`
-//! over a real `Keyspace` in a temporary directory) answering through the real internode
-//! transport (handshake, framing, pooling, timeouts) over turmoil's simulated TCP, with
-//! time simulated: every node's clock is the simulation's plus a skew of up to ±400 ms, and
-//! messages take 1 to 25 ms. Five clients, each on its own host, write, read, delete and
-//! increment their own keys through their node's coordinator (`KIND_CLIENT`; N=3, R=2,
-//! W=2), while faults come one at a time from the seed: a node cut off from the others (its
-//! packets dropped), a node crashed (its process gone, its store reopened from disk on
-//! restart: what it wrote out survives, as after a SIGKILL) and restarted, or a link's
-//! messages held and released (delay, and reordering between connections). Every read
-//! that succeeds during the load must hold its client's last acknowledged write. Then every
-//! node is up and healed, runs anti-entropy exchanges with every other, and the history is
-//! checked again:
+//! `turmoil` runs seven node processes, each the real node the server runs
+//! (`ringkv_cluster::node::ClusterNode`: the internode transport, the control plane on
+//! openraft, gossip on foca, the coordinator and replica over a real `Keyspace`, hinted
+//! handoff, anti-entropy and slot transfers), over turmoil's simulated TCP, with time
+//! simulated: every node's clock is the simulation's plus a skew of up to ±400 ms, and
+//! messages take 1 to 25 ms. Each node's store sits on the engine's simulated file system
+//! (`sim_fs`), with every write fsynced before it is acknowledged.
+//!
+//! Five of the nodes found the cluster (n1 founds it, n2 to n5 join it through Raft, N=3);
+//! n6 and n7 are spares. Five clients, each on its own host, write, read, delete and
+//! increment their own keys through a node's coordinator (`KIND_CLIENT`, R=2, W=2; a
+//! client whose node fails it moves on to the next node), while faults come from the seed:
+//! - at most one node unreachable at a time: cut off from the others (its packets
+//!   dropped), crashed and restarted (what it wrote survives, as after a SIGKILL), or
+//!   powered off and restarted (its disk keeps only what was fsynced; unsynced writes are
+//!   torn and unsynced renames reordered);
+//! - a link's messages held and released (delay, and reordering between connections);
+//! - one in twenty idempotent requests (merges, hints, reads) delivered twice;
+//! - joins (a spare joins: the cluster streams it its slots) and leaves (a member hands its
+//!   slots over and leaves), each through the control plane, under the load and the faults.
+//!
+//! Every read that succeeds during the load must hold its client's last acknowledged write.
+//! Then every node is up and healed, the membership settles (no change in progress, every
+//! member at the same epoch), every member runs anti-entropy exchanges with every other,
+//! and the history is checked again:
 //! - every acknowledged write is readable at R=2: the key's record holds the last
 //!   acknowledged value, or a later one its writer attempted (a failed write may land);
 //! - every counter lies between its acknowledged and its attempted increments;
 //! - no key whose delete was acknowledged comes back;
-//! - every slot's anti-entropy roots are equal on all its replicas.
+//! - every slot's anti-entropy roots are equal on its N replicas.
 //!
 //! Everything a run does comes from its seed: turmoil's RNG, the workload's, the chaos's,
-//! the clocks' skews and the nodes' own randomness (`DataNode::simulated`). The trace (each
-//! operation and its outcome at its simulated time) of a seed run twice must be identical:
-//! a leak of nondeterminism (a HashMap's order, the wall clock, a thread's timing) shows as
-//! a difference. `SIM_SEED=n` replays one seed; `SIM_RUNS=n` sets how many generated runs
-//! `generated_runs_hold_the_invariants` makes (default 12; a soak runs thousands by hand).
+//! the clocks' skews, Raft's election timeouts (`control::seed_election_timeouts`) and the
+//! nodes' own randomness (`node::Simulation`). The trace (each operation and its outcome,
+//! each fault, each map a node applies, at its simulated time) of a seed run twice must be
+//! identical: a leak of nondeterminism (a HashMap's order, the wall clock, a thread's
+//! timing) shows as a difference. `SIM_SEED=n` replays one seed; `SIM_RUNS=n` sets how
+//! many generated runs `generated_runs_hold_the_invariants` makes (default 12; a soak runs
+//! thousands by hand).
 //!
-//! A replica a write could not reach gets its copy as a hint on a fallback node (sloppy
-//! quorum), delivered every 500 ms once the replica answers. One in twenty idempotent
-//! requests (merges, hints, reads) is delivered twice (`SimPeers`).
-//!
-//! Not simulated yet (issue 14): the control plane and gossip (the map is fixed: no joins,
-//! leaves or liveness), and power loss (turmoil's file system is not the engine's).
+//! Not simulated: power loss of the control plane's, the hints' and the transfers' files
+//! (they are on the real file system of the test, so a power-off keeps them as a crash
+//! does); the engine's own background threads run in real time (their work is the same
+//! whatever the timing: what a run observes does not depend on it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ringkv_cluster::coordinator::{DataNode, Peers, Quorum, WriteEvent};
+use ringkv_cluster::coordinator::{Quorum, WriteEvent};
 use ringkv_cluster::frame::ClusterSecret;
+use ringkv_cluster::gossip::GossipConfig;
 use ringkv_cluster::hints::{HintLimits, Hints};
-use ringkv_cluster::map::{ClusterMap, MemberInfo, MemberState};
+use ringkv_cluster::node::{ClusterNode, LiveSettings, NodeConfig, Simulation};
 use ringkv_cluster::record::{Body, Record, Resolved};
 use ringkv_cluster::transport::{
     BoxFuture, BoxStream, Handler, HandlerError, Listener, Network, Transport, TransportConfig,
 };
 use ringkv_cluster::{NodeId, SLOT_COUNT};
+use ringkv_engine::sim_fs::{PowerCut, SimFs};
 use ringkv_engine::{Clock, Db, FsyncPolicy, Options};
 use ringkv_store::Keyspace;
 
-const NODES: u64 = 5;
+/// Node hosts: n1 to n5 found the cluster, n6 and n7 are spares.
+const HOSTS: u64 = 7;
+const FOUNDERS: u64 = 5;
+const CLIENTS: u64 = 5;
 const PORT: u16 = 9000;
 /// 2026-01-01, the simulation's Unix time at its start.
 const EPOCH_MS: u64 = 1_767_225_600_000;
-/// Until then clients run and the chaos acts (simulated time).
-const LOAD_UNTIL: Duration = Duration::from_secs(8);
-/// Anti-entropy rounds after the heal, and the final check at.
-const CHECK_AT: Duration = Duration::from_secs(14);
-/// Every node stays up until then.
-const END_AT: Duration = Duration::from_secs(16);
+/// By then the founders have formed the cluster; the load and the chaos start.
+const LOAD_FROM: Duration = Duration::from_secs(6);
+/// Until then clients run and the chaos acts.
+const LOAD_UNTIL: Duration = Duration::from_secs(18);
+/// By then the membership must have settled after the heal.
+const SETTLE_BY: Duration = Duration::from_secs(60);
+/// The simulation fails past this.
+const SIMULATION_MAX: Duration = Duration::from_secs(120);
 const STRING_KEYS: u64 = 6;
+const REPLICAS: usize = 3;
 const QUORUM: Quorum = Quorum { r: 2, w: 2, pw: 0 };
 
 /// A node's clock: the simulation's time plus its skew.
@@ -81,15 +101,19 @@ impl Clock for SimClock {
     }
 }
 
-/// turmoil's simulated TCP as the transport's network.
+/// turmoil's simulated TCP as the transport's network. Listeners bind every address
+/// (turmoil's rule) and report the host's own, which is what the map publishes.
 #[derive(Debug)]
-struct SimNetwork;
+struct SimNetwork {
+    host: IpAddr,
+}
 
 impl Network for SimNetwork {
     fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
+        let host = self.host;
         Box::pin(async move {
             let listener = turmoil::net::TcpListener::bind(addr).await?;
-            Ok(Box::new(SimListener(listener)) as Box<dyn Listener>)
+            Ok(Box::new(SimListener(listener, host)) as Box<dyn Listener>)
         })
     }
 
@@ -101,11 +125,11 @@ impl Network for SimNetwork {
     }
 }
 
-struct SimListener(turmoil::net::TcpListener);
+struct SimListener(turmoil::net::TcpListener, IpAddr);
 
 impl Listener for SimListener {
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        Ok(SocketAddr::new(self.1, self.0.local_addr()?.port()))
     }
 
     fn accept(&self) -> BoxFuture<'_, io::Result<(BoxStream, SocketAddr)>> {
@@ -116,16 +140,7 @@ impl Listener for SimListener {
     }
 }
 
-/// A node's transport handler: data requests to its `DataNode`, and its client's operations
-/// ([`KIND_CLIENT`]), run by its coordinator.
-struct SimHandler {
-    /// Weak: the data node holds the transport (through its peers) that holds this handler;
-    /// a strong reference would keep a crashed node's store, and its directory lock, alive.
-    data: std::sync::Weak<DataNode>,
-    map: Arc<ClusterMap>,
-}
-
-/// A client's operation on its node: `[u8 op][varint key len][key]` then the op's arguments.
+/// A client's operation on a node: `[u8 op][u8 key len][key]` then the op's arguments.
 const KIND_CLIENT: u8 = 100;
 const OP_SET: u8 = 1;
 const OP_DEL: u8 = 2;
@@ -133,8 +148,19 @@ const OP_INCR: u8 = 3;
 const OP_GET: u8 = 4;
 const OP_AAE: u8 = 5;
 const OP_ROOTS: u8 = 6;
+const OP_STATUS: u8 = 7;
 
-impl Handler for SimHandler {
+/// How a node refuses a client when it is no member (a spare, or a node that left).
+const NOT_A_MEMBER: &str = "not a member";
+
+/// The node's handler for the kinds it does not know itself: its client's operations,
+/// run by its coordinator.
+struct ClientOps {
+    /// Weak: the node holds the transport that holds this handler.
+    node: OnceLock<Weak<ClusterNode>>,
+}
+
+impl Handler for ClientOps {
     fn handle(
         &self,
         _from: NodeId,
@@ -142,34 +168,75 @@ impl Handler for SimHandler {
         _epoch: u64,
         payload: Bytes,
     ) -> BoxFuture<'static, Result<(u8, Bytes), HandlerError>> {
-        let (data, map) = (self.data.upgrade(), self.map.clone());
+        let node = self.node.get().and_then(Weak::upgrade);
         Box::pin(async move {
-            let data = data.ok_or_else(|| HandlerError::new("the node is stopping"))?;
-            let reply = if kind == KIND_CLIENT {
-                client_op(&data, &map, &payload).await
-            } else {
-                data.answer(kind, payload).await
-            };
-            reply.map(|reply| (kind, reply)).map_err(HandlerError::new)
+            if kind != KIND_CLIENT {
+                return Err(HandlerError::new(format!("unknown request kind {kind}")));
+            }
+            let node = node.ok_or_else(|| HandlerError::new("the node is starting"))?;
+            client_op(&node, &payload)
+                .await
+                .map(|reply| (kind, reply))
+                .map_err(HandlerError::new)
         })
     }
 
     fn epoch(&self) -> u64 {
-        self.map.epoch
+        0
+    }
+}
+
+/// What a node's status says: its map's epoch, whether a change is in progress, its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Status {
+    epoch: u64,
+    changing: bool,
+    members: Vec<NodeId>,
+}
+
+impl Status {
+    fn encode(&self) -> Bytes {
+        let mut out = self.epoch.to_le_bytes().to_vec();
+        out.push(u8::from(self.changing));
+        out.extend(self.members.iter().map(|&m| m as u8));
+        Bytes::from(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Status> {
+        let epoch = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+        Some(Status {
+            epoch,
+            changing: *bytes.get(8)? == 1,
+            members: bytes[9..].iter().map(|&m| NodeId::from(m)).collect(),
+        })
+    }
+
+    /// Whether `node` is a member and no change is in progress.
+    fn settled_with(&self, node: NodeId) -> bool {
+        !self.changing && self.members.contains(&node)
     }
 }
 
 /// Runs one client operation through this node's coordinator.
-async fn client_op(
-    data: &Arc<DataNode>,
-    map: &Arc<ClusterMap>,
-    payload: &[u8],
-) -> Result<Bytes, String> {
+async fn client_op(node: &Arc<ClusterNode>, payload: &[u8]) -> Result<Bytes, String> {
     let (&op, rest) = payload.split_first().ok_or("empty operation")?;
     let (key, rest) = match rest.split_first() {
         Some((&len, rest)) if rest.len() >= usize::from(len) => rest.split_at(usize::from(len)),
         _ => return Err("bad key".into()),
     };
+    let map = node.map().ok_or("no map yet")?;
+    if op == OP_STATUS {
+        return Ok(Status {
+            epoch: map.epoch,
+            changing: map.change.is_some(),
+            members: map.members.keys().copied().collect(),
+        }
+        .encode());
+    }
+    if !map.members.contains_key(&node.id) {
+        return Err(NOT_A_MEMBER.into());
+    }
+    let data = &node.data;
     let key = Bytes::copy_from_slice(key);
     let event = |body| WriteEvent {
         db: 0,
@@ -182,13 +249,13 @@ async fn client_op(
     match op {
         OP_SET => {
             let value = Bytes::copy_from_slice(rest);
-            data.write(map, event(Body::Value(value)), QUORUM)
+            data.write(&map, event(Body::Value(value)), QUORUM)
                 .await
                 .map_err(failed)?;
             Ok(Bytes::new())
         }
         OP_DEL => {
-            data.write(map, event(Body::Tombstone), QUORUM)
+            data.write(&map, event(Body::Tombstone), QUORUM)
                 .await
                 .map_err(failed)?;
             Ok(Bytes::new())
@@ -196,19 +263,19 @@ async fn client_op(
         OP_INCR => {
             let id = u128::from_le_bytes(rest.try_into().map_err(|_| "bad request id")?);
             let now = data
-                .increment(map, 0, &key, 3, id, QUORUM)
+                .increment(&map, 0, &key, 3, id, QUORUM)
                 .await
                 .map_err(failed)?;
             Ok(Bytes::from(now.to_le_bytes().to_vec()))
         }
         OP_GET => {
-            let record = data.read(map, 0, &key, QUORUM).await.map_err(failed)?;
+            let record = data.read(&map, 0, &key, QUORUM).await.map_err(failed)?;
             Ok(Bytes::from(record.encode()))
         }
         OP_AAE => {
             let mut repaired = 0u64;
-            for peer in map.members.keys().copied().filter(|&n| n != data.id()) {
-                if let Ok(done) = data.exchange(map, peer, Default::default()).await {
+            for peer in map.members.keys().copied().filter(|&n| n != node.id) {
+                if let Ok(done) = data.exchange(&map, peer, Default::default()).await {
                     repaired += done.keys_repaired as u64;
                 }
             }
@@ -216,7 +283,7 @@ async fn client_op(
         }
         OP_ROOTS => {
             let mut out = Vec::new();
-            for slot in (0..SLOT_COUNT).filter(|&slot| map.holds(data.id(), slot)) {
+            for slot in (0..SLOT_COUNT).filter(|&slot| map.replicas(slot).contains(&node.id)) {
                 out.extend_from_slice(&slot.to_le_bytes());
                 out.extend_from_slice(&data.trees().root(slot).to_le_bytes());
             }
@@ -226,171 +293,125 @@ async fn client_op(
     }
 }
 
-/// The other nodes, through the transport. Now and then a request is sent twice (the copy
-/// a little later, its reply dropped): the duplicates a retrying network makes. Only the
-/// kinds that are idempotent are duplicated: merges and hints (a merge of what a replica
-/// has changes nothing) and reads. A write event is never sent twice (the coordinator sends
-/// it again only when the first could not have run); an increment event sent twice counts
-/// twice when the copy reaches a replica the first one skipped before its merge did
-/// (docs/cluster.md, "Retries count once": found here, seed 1541 of an earlier version).
-struct SimPeers {
-    transport: OnceLock<Transport>,
-    addrs: BTreeMap<NodeId, SocketAddr>,
-    rng: Mutex<StdRng>,
-    duplicated: Arc<std::sync::atomic::AtomicU64>,
-}
-
-/// The request kinds a simulation may deliver twice.
-fn idempotent(kind: u8) -> bool {
-    use ringkv_cluster::coordinator::{
-        KIND_HINT, KIND_HINT_MANY, KIND_MERGE, KIND_MERGE_MANY, KIND_READ,
-    };
-    matches!(
-        kind,
-        KIND_READ | KIND_MERGE | KIND_MERGE_MANY | KIND_HINT | KIND_HINT_MANY
-    )
-}
-
-impl Peers for SimPeers {
-    fn is_down(&self, _node: NodeId) -> bool {
-        false
-    }
-
-    fn call(
-        &self,
-        node: NodeId,
-        kind: u8,
-        payload: Bytes,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<Bytes, String>> {
-        let transport = self.transport.get().cloned();
-        let addr = self.addrs.get(&node).copied();
-        let duplicate = idempotent(kind).then(|| {
-            let mut rng = self.rng.lock().unwrap();
-            rng.gen_bool(0.05).then(|| rng.gen_range(0..50))
-        });
-        if let (Some(Some(delay_ms)), Some(transport), Some(addr)) =
-            (duplicate, transport.clone(), addr)
-        {
-            self.duplicated
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let payload = payload.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                let _ = transport.call(addr, kind, payload, timeout).await;
-            });
-        }
-        Box::pin(async move {
-            let transport = transport.ok_or("no transport yet")?;
-            let addr = addr.ok_or("unknown node")?;
-            transport
-                .call(addr, kind, payload, timeout)
-                .await
-                .map(|(_, reply)| reply)
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
-/// The fixed map: five members, N=3, every slot on its three replicas.
-fn cluster_map() -> ClusterMap {
-    let member = |node: NodeId| MemberInfo {
-        node,
-        client_addr: format!("n{node}:6379"),
-        cluster_addr: format!("n{node}:{PORT}"),
-        zone: "default".into(),
-        state: MemberState::Up,
-    };
-    let mut map = ClusterMap::founded_by(member(1), 3).unwrap();
-    for node in 2..=NODES {
-        map = map.with_member(member(node)).unwrap();
-        let started = map.change.as_ref().unwrap().started;
-        for gainer in map.gainers() {
-            map = map.with_ready(gainer, started).unwrap();
-        }
-    }
-    assert!(map.change.is_none());
-    map
-}
-
 /// What one run leaves: the trace, and the invariants it broke.
 #[derive(Default)]
 struct Outcome {
     trace: Vec<String>,
     violations: Vec<String>,
-    /// Per node, its anti-entropy root of every slot it holds.
+    /// Per member at the end, its anti-entropy root of every slot it replicates.
     roots: BTreeMap<NodeId, BTreeMap<u16, u64>>,
     ops: u64,
     failed: u64,
     hints_delivered: u64,
     /// Requests delivered twice.
     duplicated: u64,
+    /// Membership changes the nodes saw complete (maps applied with a change, then without).
+    joins: u64,
+    leaves: u64,
 }
 
-type Shared = Arc<Mutex<Outcome>>;
+/// What the harness shares between the chaos (outside the simulation) and the hosts.
+#[derive(Default)]
+struct Harness {
+    outcome: Outcome,
+    /// Each node host's disk (the engine's simulated file system).
+    disks: BTreeMap<NodeId, SimFs>,
+    /// The node hosts that run a node: the founders, and spares once told to join.
+    running: BTreeSet<NodeId>,
+    /// The members as the chaos made them (a leave is issued once, a join once).
+    members: BTreeSet<NodeId>,
+    /// Nodes told to leave: their host asks its control plane until it is out.
+    leaving: BTreeSet<NodeId>,
+    /// The checker ran anti-entropy after the heal: the clients check their histories.
+    repaired: bool,
+    /// Node hosts' transports are closed and the load has ended.
+    load_over: bool,
+}
+
+type Shared = Arc<Mutex<Harness>>;
 
 fn node_name(node: NodeId) -> String {
     format!("n{node}")
 }
 
+fn node_addr(node: NodeId) -> SocketAddr {
+    SocketAddr::new(turmoil::lookup(node_name(node)), PORT)
+}
+
 /// A fault the run injects, from its seed.
 #[derive(Debug, Clone)]
 enum Fault {
-    /// A node cut off from every other node (its packets dropped), then healed.
-    Cut(usize),
-    /// A node crashed (its process gone; what it wrote out stays on disk), then restarted.
-    Crash(usize),
+    /// A node cut off from every other host (its packets dropped), then healed.
+    Cut(NodeId),
+    /// A node crashed (its process gone; what it wrote stays on disk), then restarted.
+    Crash(NodeId),
+    /// A node powered off (its disk keeps what was fsynced), then restarted.
+    PowerOff(NodeId),
     /// One link's messages held, then released.
-    Hold(usize, usize),
+    Hold(NodeId, NodeId),
 }
 
-/// One run of the simulation from `seed`, its data under `dir`.
+/// One run of the simulation from `seed`, its files under `dir`.
 fn run(seed: u64, dir: &Path) -> Outcome {
-    let shared: Shared = Arc::new(Mutex::new(Outcome::default()));
-    let map = Arc::new(cluster_map());
+    let shared: Shared = Arc::new(Mutex::new(Harness::default()));
+    {
+        let mut harness = shared.lock().unwrap();
+        for node in 1..=HOSTS {
+            harness.disks.insert(node, SimFs::new(seed ^ node));
+        }
+        harness.running = (1..=FOUNDERS).collect();
+        harness.members = (1..=FOUNDERS).collect();
+    }
+    ringkv_cluster::control::seed_election_timeouts(seed);
     let mut chaos = StdRng::seed_from_u64(seed);
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
-        .simulation_duration(END_AT + Duration::from_secs(5))
+        .simulation_duration(SIMULATION_MAX)
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(25))
         .build();
-    let names: Vec<String> = (1..=NODES).map(node_name).collect();
-    for node in 1..=NODES {
+    for node in 1..=HOSTS {
         let skew_ms: i64 = chaos.gen_range(-400..=400);
         let node_seed = seed ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let (shared, map, dir) = (shared.clone(), map.clone(), dir.join(node_name(node)));
+        let (shared, dir) = (shared.clone(), dir.join(node_name(node)));
         sim.host(node_name(node), move || {
-            let (shared, map, dir) = (shared.clone(), map.clone(), dir.clone());
-            async move { node_host(node, node_seed, skew_ms, map, &dir, shared).await }
+            let (shared, dir) = (shared.clone(), dir.clone());
+            async move { node_host(node, node_seed, skew_ms, dir, shared).await }
         });
     }
-    for node in 1..=NODES {
+    for client in 1..=CLIENTS {
         let shared = shared.clone();
-        let client_seed = seed ^ node.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        sim.client(format!("c{node}"), async move {
-            run_client(node, client_seed, shared).await
+        let client_seed = seed ^ client.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        sim.client(format!("c{client}"), async move {
+            run_client(client, client_seed, shared).await
         });
     }
-    // The faults, one at a time: at most one node unreachable (cut off or crashed).
+    // The faults, one at a time: at most one node unreachable (cut off, crashed or powered
+    // off). Joins and leaves come on their own schedule, whatever fault is on.
     let mut faults = Vec::new();
-    let mut at = Duration::from_millis(chaos.gen_range(200..600));
+    let mut at = LOAD_FROM + Duration::from_millis(chaos.gen_range(200..600));
     while at < LOAD_UNTIL {
-        let fault = match chaos.gen_range(0..3) {
-            0 => Fault::Cut(chaos.gen_range(0..names.len())),
-            1 => Fault::Crash(chaos.gen_range(0..names.len())),
-            _ => {
-                let a = chaos.gen_range(0..names.len());
-                Fault::Hold(a, (a + chaos.gen_range(1..names.len())) % names.len())
-            }
+        let node = chaos.gen_range(1..=HOSTS);
+        let fault = match chaos.gen_range(0..4) {
+            0 => Fault::Cut(node),
+            1 => Fault::Crash(node),
+            2 => Fault::PowerOff(node),
+            _ => Fault::Hold(node, (node + chaos.gen_range(0..HOSTS - 1)) % HOSTS + 1),
         };
         let lasts = Duration::from_millis(chaos.gen_range(100..1500));
         let end = (at + lasts).min(LOAD_UNTIL);
         faults.push((at, end, fault));
         at = end + Duration::from_millis(chaos.gen_range(100..600));
     }
+    let mut changes: Vec<Duration> = Vec::new();
+    let mut at = LOAD_FROM + Duration::from_millis(chaos.gen_range(500..3000));
+    while at < LOAD_UNTIL - Duration::from_secs(2) {
+        changes.push(at);
+        at += Duration::from_millis(chaos.gen_range(2000..6000));
+    }
     let mut next = 0;
+    let mut next_change = 0;
     let mut active: Option<(Duration, Fault)> = None;
     let result = loop {
         let done = match sim.step() {
@@ -400,14 +421,28 @@ fn run(seed: u64, dir: &Path) -> Outcome {
         let now = sim.elapsed();
         if let Some((end, fault)) = active.clone() {
             if now >= end {
-                match fault {
+                match &fault {
                     Fault::Cut(n) => {
-                        for other in names.iter().filter(|o| **o != names[n]) {
-                            sim.repair(names[n].as_str(), other.as_str());
+                        for other in 1..=HOSTS + CLIENTS {
+                            let other = host_name(other);
+                            if other != node_name(*n) {
+                                sim.repair(node_name(*n), other);
+                            }
                         }
                     }
-                    Fault::Crash(n) => sim.bounce(names[n].as_str()),
-                    Fault::Hold(a, b) => sim.release(names[a].as_str(), names[b].as_str()),
+                    Fault::Crash(n) => sim.bounce(node_name(*n)),
+                    Fault::PowerOff(n) => {
+                        let mut harness = shared.lock().unwrap();
+                        let disk = harness.disks.get_mut(n).unwrap();
+                        let cut = PowerCut {
+                            tear_writes: true,
+                            reorder_metadata: true,
+                        };
+                        *disk = disk.power_cut(cut, seed ^ now.as_millis() as u64);
+                        drop(harness);
+                        sim.bounce(node_name(*n));
+                    }
+                    Fault::Hold(a, b) => sim.release(node_name(*a), node_name(*b)),
                 }
                 trace_at(&shared, now, format!("chaos ends {fault:?}"));
                 active = None;
@@ -416,44 +451,83 @@ fn run(seed: u64, dir: &Path) -> Outcome {
         if active.is_none() && next < faults.len() && now >= faults[next].0 {
             let (_, end, fault) = faults[next].clone();
             next += 1;
-            match fault {
+            match &fault {
                 Fault::Cut(n) => {
-                    for other in names.iter().filter(|o| **o != names[n]) {
-                        sim.partition(names[n].as_str(), other.as_str());
+                    for other in 1..=HOSTS + CLIENTS {
+                        let other = host_name(other);
+                        if other != node_name(*n) {
+                            sim.partition(node_name(*n), other);
+                        }
                     }
                 }
-                Fault::Crash(n) => sim.crash(names[n].as_str()),
-                Fault::Hold(a, b) => sim.hold(names[a].as_str(), names[b].as_str()),
+                Fault::Crash(n) | Fault::PowerOff(n) => sim.crash(node_name(*n)),
+                Fault::Hold(a, b) => sim.hold(node_name(*a), node_name(*b)),
             }
             trace_at(&shared, now, format!("chaos starts {fault:?}"));
             active = Some((end, fault));
+        }
+        if next_change < changes.len() && now >= changes[next_change] {
+            next_change += 1;
+            let mut harness = shared.lock().unwrap();
+            let spare = (1..=HOSTS).find(|n| !harness.running.contains(n));
+            let line = match spare {
+                Some(spare) if harness.members.len() < 6 && chaos.gen_bool(0.6) => {
+                    harness.running.insert(spare);
+                    harness.members.insert(spare);
+                    format!("chaos: n{spare} joins")
+                }
+                _ if harness.members.len() > 4 => {
+                    let members: Vec<NodeId> = harness.members.iter().copied().collect();
+                    let leaver = members[chaos.gen_range(0..members.len())];
+                    harness.members.remove(&leaver);
+                    harness.leaving.insert(leaver);
+                    format!("chaos: n{leaver} leaves")
+                }
+                _ => "chaos: no change".to_string(),
+            };
+            drop(harness);
+            trace_at(&shared, now, line);
+        }
+        if now >= LOAD_UNTIL {
+            shared.lock().unwrap().load_over = true;
         }
         if done {
             break Ok(());
         }
     };
+    let mut harness = shared.lock().unwrap();
     if let Err(error) = result {
-        shared
-            .lock()
-            .unwrap()
+        harness
+            .outcome
             .violations
             .push(format!("the simulation failed: {error}"));
     }
-    let mut outcome = std::mem::take(&mut *shared.lock().unwrap());
-    // Every slot's roots agree across its replicas.
+    let mut outcome = std::mem::take(&mut harness.outcome);
+    // Every slot's roots agree across its N replicas.
+    let mut by_slot: BTreeMap<u16, Vec<(NodeId, u64)>> = BTreeMap::new();
+    for (&node, roots) in &outcome.roots {
+        for (&slot, &root) in roots {
+            by_slot.entry(slot).or_default().push((node, root));
+        }
+    }
     for slot in 0..SLOT_COUNT {
-        let roots: Vec<(NodeId, u64)> = map
-            .replicas(slot)
-            .iter()
-            .filter_map(|node| Some((*node, *outcome.roots.get(node)?.get(&slot)?)))
-            .collect();
-        if roots.windows(2).any(|pair| pair[0].1 != pair[1].1) {
+        let roots = by_slot.remove(&slot).unwrap_or_default();
+        if roots.len() != REPLICAS || roots.windows(2).any(|pair| pair[0].1 != pair[1].1) {
             outcome.violations.push(format!(
-                "slot {slot}: anti-entropy roots differ after healing: {roots:?}"
+                "slot {slot}: anti-entropy roots of its replicas after healing: {roots:?}"
             ));
         }
     }
     outcome
+}
+
+/// Hosts by number: node hosts first, then client hosts.
+fn host_name(n: u64) -> String {
+    if n <= HOSTS {
+        node_name(n)
+    } else {
+        format!("c{}", n - HOSTS)
+    }
 }
 
 fn trace(shared: &Shared, line: String) {
@@ -464,133 +538,255 @@ fn trace_at(shared: &Shared, at: Duration, line: String) {
     shared
         .lock()
         .unwrap()
+        .outcome
         .trace
         .push(format!("{:>6} {line}", at.as_millis()));
 }
 
-/// One node's process: its store (reopened from `dir` after a crash), its transport and
-/// data node, and hinted handoff; it serves until the simulation ends or it crashes.
-async fn node_host(
-    me: NodeId,
-    seed: u64,
-    skew_ms: i64,
-    map: Arc<ClusterMap>,
-    dir: &Path,
-    shared: Shared,
-) -> turmoil::Result {
-    let options = || Options {
-        clock: Arc::new(SimClock { skew_ms }),
-        fsync: FsyncPolicy::EverySec,
-        ..Options::default()
-    };
-    // After a crash the store's threads may hold the directory's lock a moment longer:
-    // wait for them in real time (the simulation's time does not move meanwhile).
+/// Retries `open` in real time while a crashed run's threads still hold what it opens
+/// (the simulation's time does not move meanwhile).
+fn opened<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> io::Result<T> {
     let mut tries = 0;
-    let db = loop {
-        match Db::open(dir, options()) {
-            Ok(db) => break db,
-            Err(error) if tries < 200 => {
-                tries += 1;
-                let _ = error;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(error) => return Err(error.into()),
-        }
-    };
-    let keyspace = Arc::new(Keyspace::open(db, false, None)?);
-    let addrs = (1..=NODES)
-        .map(|n| (n, SocketAddr::new(turmoil::lookup(node_name(n)), PORT)))
-        .collect();
-    let duplicated = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let peers = Arc::new(SimPeers {
-        transport: OnceLock::new(),
-        addrs,
-        rng: Mutex::new(StdRng::seed_from_u64(seed.rotate_left(17))),
-        duplicated: duplicated.clone(),
-    });
-    let hints = loop {
-        match Hints::open(
-            &dir.join("hints"),
-            HintLimits {
-                bytes_max: 64 << 20,
-                age_max_ms: 3_600_000,
-            },
-            FsyncPolicy::EverySec,
-        ) {
-            Ok(hints) => break hints,
-            Err(_) if tries < 200 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(error) => return Err(error.into()),
-        }
-    };
-    let data = Arc::new(
-        DataNode::new(
-            me,
-            keyspace,
-            100,
-            3_600_000,
-            peers.clone(),
-            Duration::from_millis(500),
-        )
-        .simulated(seed)
-        .with_hints(Arc::new(hints)),
-    );
-    data.build_trees()?;
-    let handler = Arc::new(SimHandler {
-        data: Arc::downgrade(&data),
-        map: map.clone(),
-    });
-    let secret = ClusterSecret::new(b"simulated cluster secret").unwrap();
-    let mut config = TransportConfig::new(me, secret);
-    config.network = Arc::new(SimNetwork);
-    let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT);
-    let transport = Transport::bind(bind, config, handler).await?;
-    let _ = peers.transport.set(transport);
-    trace(&shared, format!("n{me} up"));
-    // Hinted handoff: every 500 ms, hints to the nodes they are for.
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let delivered = data.deliver_hints(&map).await;
-        let mut outcome = shared.lock().unwrap();
-        outcome.duplicated += duplicated.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if delivered > 0 {
-            outcome.hints_delivered += delivered as u64;
-            drop(outcome);
-            trace(&shared, format!("n{me} handed off {delivered} hints"));
+        match open() {
+            Ok(opened) => return Ok(opened),
+            Err(_) if tries < 300 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => return Err(io::Error::other(error.to_string())),
         }
     }
 }
 
-/// Node `me`'s client: its own keys through its node, until the load ends; anti-entropy
-/// after the heal; then the check of its history.
-async fn run_client(me: NodeId, seed: u64, shared: Shared) -> turmoil::Result {
+/// One node host's process: waits until it is to run (a spare until told to join), then
+/// opens its store and runs the node (founding, joining, or rejoining from its files after
+/// a restart) until the simulation ends or the host crashes; leaves when told to.
+async fn node_host(
+    me: NodeId,
+    seed: u64,
+    skew_ms: i64,
+    dir: PathBuf,
+    shared: Shared,
+) -> turmoil::Result {
+    while !shared.lock().unwrap().running.contains(&me) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let clock = Arc::new(SimClock { skew_ms });
+    let disk = shared.lock().unwrap().disks[&me].clone();
+    let options = || Options {
+        clock: clock.clone(),
+        fsync: FsyncPolicy::Always,
+        memtable_bytes_max: 1 << 20,
+        storage: if std::env::var("SIM_STDFS").is_ok_and(|v| !v.is_empty()) {
+            Arc::new(ringkv_engine::StdStorage) as Arc<dyn ringkv_engine::Storage>
+        } else {
+            Arc::new(disk.clone())
+        },
+        ..Options::default()
+    };
+    let db = opened(|| Db::open(dir.join("db"), options()))?;
+    let keyspace = Arc::new(Keyspace::open(db, false, None)?);
+    let limits = HintLimits {
+        bytes_max: 64 << 20,
+        age_max_ms: 3_600_000,
+    };
+    let hints = opened(|| Hints::open(&dir.join("hints"), limits, FsyncPolicy::Always))?;
+    let hints = Arc::new(hints);
+    let ops = Arc::new(ClientOps {
+        node: OnceLock::new(),
+    });
+    let secret = ClusterSecret::new(b"simulated cluster secret").unwrap();
+    let mut transport = TransportConfig::new(me, secret);
+    let host = turmoil::lookup(node_name(me));
+    transport.network = Arc::new(SimNetwork { host });
+    // The first member the chaos knows, other than this node, to join through.
+    let seed_node = {
+        let harness = shared.lock().unwrap();
+        let members = harness.members.iter().copied();
+        members
+            .filter(|&n| n != me && !harness.leaving.contains(&n))
+            .min()
+    };
+    let join = (me != 1).then(|| {
+        let seed_addr = node_addr(seed_node.unwrap_or(1));
+        Box::pin(async move { Ok(seed_addr) }) as BoxFuture<'static, io::Result<SocketAddr>>
+    });
+    let now_ms = clock.now_ms();
+    let config = NodeConfig {
+        id: me,
+        bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT),
+        client_addr: format!("{host}:6379"),
+        zone: "default".into(),
+        dir: dir.clone(),
+        replication: REPLICAS,
+        sibling_cap: 100,
+        tombstone_grace_ms: 3_600_000,
+        request_timeout: Duration::from_millis(500),
+        hints: Some(hints.clone()),
+        join,
+        join_timeout: Duration::from_secs(60),
+        transport,
+        gossip: GossipConfig::default(),
+        hint_interval: Duration::from_millis(500),
+        live: Arc::new(|| LiveSettings {
+            // The checker runs anti-entropy itself, after the heal.
+            anti_entropy_interval: Duration::ZERO,
+            anti_entropy_keys: 10_000,
+            stream_rate: 0,
+            request_timeout: Duration::from_millis(500),
+        }),
+        simulation: Some(Simulation {
+            seed: seed ^ now_ms,
+            generation: now_ms,
+            duplicate_one_in: 20,
+        }),
+        extension: Some(ops.clone()),
+    };
+    let node = ClusterNode::start(config, keyspace).await?;
+    let _ = ops.node.set(Arc::downgrade(&node));
+    trace(&shared, format!("n{me} up at epoch {}", node.epoch()));
+    let (mut delivered, mut duplicated) = (0, 0);
+    let mut seen: Option<(u64, bool)> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let map = node.map();
+        let now = map.as_ref().map(|m| (m.epoch, m.change.is_some()));
+        if now != seen {
+            if let Some(map) = &map {
+                let members: Vec<NodeId> = map.members.keys().copied().collect();
+                trace(
+                    &shared,
+                    format!(
+                        "n{me} applied epoch {} members {members:?}{}",
+                        map.epoch,
+                        if map.change.is_some() {
+                            " (changing)"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                // The changes as the founder sees them complete.
+                if me == 1 && seen.is_some_and(|(_, changing)| changing) && map.change.is_none() {
+                    let mut harness = shared.lock().unwrap();
+                    if members.len() as u64
+                        > harness.outcome.joins + FOUNDERS - harness.outcome.leaves
+                    {
+                        harness.outcome.joins += 1;
+                    } else {
+                        harness.outcome.leaves += 1;
+                    }
+                }
+            }
+            seen = now;
+        }
+        let stats = hints.stats();
+        {
+            let mut harness = shared.lock().unwrap();
+            harness.outcome.hints_delivered += stats.delivered - delivered;
+            harness.outcome.duplicated += node.duplicated() - duplicated;
+        }
+        (delivered, duplicated) = (stats.delivered, node.duplicated());
+        let told = {
+            let harness = shared.lock().unwrap();
+            harness.leaving.contains(&me) && !harness.load_over
+        };
+        if told
+            && map.is_some_and(|m| {
+                m.member(me)
+                    .is_some_and(|m| m.state == ringkv_cluster::map::MemberState::Up)
+            })
+        {
+            match node.control.leave(me).await {
+                Ok(map) => trace(&shared, format!("n{me} leaving at epoch {}", map.epoch)),
+                Err(error) => trace(&shared, format!("n{me} could not leave yet: {error}")),
+            }
+        }
+    }
+}
+
+/// Client `me`'s operation on `node`.
+async fn call(
+    transport: &Transport,
+    node: NodeId,
+    op: u8,
+    key: &str,
+    args: Vec<u8>,
+) -> Result<Bytes, String> {
+    let mut payload = vec![op, key.len() as u8];
+    payload.extend_from_slice(key.as_bytes());
+    payload.extend_from_slice(&args);
+    transport
+        .call(
+            node_addr(node),
+            KIND_CLIENT,
+            Bytes::from(payload),
+            Duration::from_secs(2),
+        )
+        .await
+        .map(|(_, reply)| reply)
+        .map_err(|e| e.to_string())
+}
+
+/// The statuses of every node host that answers.
+async fn statuses(transport: &Transport) -> BTreeMap<NodeId, Status> {
+    let mut all = BTreeMap::new();
+    for node in 1..=HOSTS {
+        if let Ok(reply) = call(transport, node, OP_STATUS, "", Vec::new()).await {
+            if let Some(status) = Status::decode(&reply) {
+                all.insert(node, status);
+            }
+        }
+    }
+    all
+}
+
+/// Whether every member the newest map names is at that map, with no change in progress.
+fn settled(all: &BTreeMap<NodeId, Status>) -> Option<Vec<NodeId>> {
+    let newest = all.values().max_by_key(|s| s.epoch)?;
+    let agree = !newest.changing
+        && newest
+            .members
+            .iter()
+            .all(|m| all.get(m).is_some_and(|s| s == newest));
+    agree.then(|| newest.members.clone())
+}
+
+/// Client `me`: its own keys through a node (its own at first, the next one after a
+/// failure), from the moment the cluster formed until the load ends; then (client 1) the
+/// wait for the membership to settle and anti-entropy among the members; then the check of
+/// its history, and (client 1) the members' anti-entropy roots.
+async fn run_client(me: u64, seed: u64, shared: Shared) -> turmoil::Result {
     let secret = ClusterSecret::new(b"simulated cluster secret").unwrap();
     let mut config = TransportConfig::new(1000 + me, secret);
-    config.network = Arc::new(SimNetwork);
+    let host = turmoil::lookup(format!("c{me}"));
+    config.network = Arc::new(SimNetwork { host });
     let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT);
     let transport = Transport::bind(bind, config, Arc::new(NoRequests)).await?;
-    let node = SocketAddr::new(turmoil::lookup(node_name(me)), PORT);
-    let call = |op: u8, key: &str, args: Vec<u8>| {
-        let mut payload = vec![op, key.len() as u8];
-        payload.extend_from_slice(key.as_bytes());
-        payload.extend_from_slice(&args);
-        let transport = transport.clone();
-        async move {
-            transport
-                .call(
-                    node,
-                    KIND_CLIENT,
-                    Bytes::from(payload),
-                    Duration::from_secs(2),
-                )
-                .await
-                .map(|(_, reply)| reply)
-                .map_err(|e| e.to_string())
-        }
-    };
     let name = format!("c{me}");
+    let mut violations = Vec::new();
+
+    // The founders form the cluster.
+    loop {
+        let formed = match call(&transport, me, OP_STATUS, "", Vec::new()).await {
+            Ok(reply) => Status::decode(&reply)
+                .is_some_and(|s| s.settled_with(me) && s.members.len() as u64 == FOUNDERS),
+            Err(_) => false,
+        };
+        if formed {
+            break;
+        }
+        if turmoil::sim_elapsed().unwrap_or_default() >= LOAD_FROM {
+            violations.push(format!("{name}: the cluster did not form by {LOAD_FROM:?}"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    trace(&shared, format!("{name} sees the cluster formed"));
+    tokio::time::sleep(LOAD_FROM.saturating_sub(turmoil::sim_elapsed().unwrap_or_default())).await;
+
+    let mut via = me;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut last_acked: BTreeMap<String, u64> = BTreeMap::new();
     let mut attempted: BTreeMap<String, u64> = BTreeMap::new();
@@ -600,23 +796,31 @@ async fn run_client(me: NodeId, seed: u64, shared: Shared) -> turmoil::Result {
     let mut value = 0u64;
     let mut request = 0u128;
     let (mut ops, mut failed) = (0u64, 0u64);
-    let mut violations = Vec::new();
     while turmoil::sim_elapsed().unwrap_or_default() < LOAD_UNTIL {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(5..60))).await;
         let key = format!("k{me}-{}", rng.gen_range(0..STRING_KEYS));
         ops += 1;
+        let mut ok = true;
         let line = match rng.gen_range(0..10) {
             0..=4 if !deleted.contains(&key) => {
                 value += 1;
                 attempted.insert(key.clone(), value);
-                match call(OP_SET, &key, value.to_string().into_bytes()).await {
+                match call(
+                    &transport,
+                    via,
+                    OP_SET,
+                    &key,
+                    value.to_string().into_bytes(),
+                )
+                .await
+                {
                     Ok(_) => {
                         last_acked.insert(key.clone(), value);
-                        format!("{name} set {key} {value} ok")
+                        format!("{name} set {key} {value} via n{via} ok")
                     }
                     Err(error) => {
-                        failed += 1;
-                        format!("{name} set {key} {value} failed: {error}")
+                        ok = false;
+                        format!("{name} set {key} {value} via n{via} failed: {error}")
                     }
                 }
             }
@@ -624,76 +828,113 @@ async fn run_client(me: NodeId, seed: u64, shared: Shared) -> turmoil::Result {
                 tried += 3;
                 request += 1;
                 let id = (u128::from(me) << 64) | request;
-                match call(OP_INCR, &counter, id.to_le_bytes().to_vec()).await {
+                match call(
+                    &transport,
+                    via,
+                    OP_INCR,
+                    &counter,
+                    id.to_le_bytes().to_vec(),
+                )
+                .await
+                {
                     Ok(reply) => {
                         counted += 3;
                         let now = i64::from_le_bytes(reply[..8].try_into().unwrap_or([0; 8]));
-                        format!("{name} incr {counter} -> {now}")
+                        format!("{name} incr {counter} via n{via} -> {now}")
                     }
                     Err(error) => {
-                        failed += 1;
-                        format!("{name} incr {counter} failed: {error}")
+                        ok = false;
+                        format!("{name} incr {counter} via n{via} failed: {error}")
                     }
                 }
             }
-            7..=8 => match call(OP_GET, &key, Vec::new()).await {
+            7..=8 => match call(&transport, via, OP_GET, &key, Vec::new()).await {
                 Ok(reply) => {
                     let record = Record::decode(&reply)?;
                     // A read that succeeds sees this client's last acknowledged write.
                     if let Some(problem) = misses(&record, &key, &last_acked, &attempted, &deleted)
                     {
                         violations.push(format!(
-                            "{name} at {:?}: {problem}",
+                            "{name} at {:?} via n{via}: {problem}",
                             turmoil::sim_elapsed().unwrap_or_default()
                         ));
                     }
-                    format!("{name} get {key} -> {:?}", resolved(&record, 0))
+                    format!("{name} get {key} via n{via} -> {:?}", resolved(&record, 0))
                 }
                 Err(error) => {
-                    failed += 1;
-                    format!("{name} get {key} failed: {error}")
+                    ok = false;
+                    format!("{name} get {key} via n{via} failed: {error}")
                 }
             },
             _ if !deleted.contains(&key) && attempted.contains_key(&key) => {
                 // Never written again, acknowledged or not.
                 deleted.push(key.clone());
-                match call(OP_DEL, &key, Vec::new()).await {
-                    Ok(_) => format!("{name} del {key} ok"),
+                match call(&transport, via, OP_DEL, &key, Vec::new()).await {
+                    Ok(_) => format!("{name} del {key} via n{via} ok"),
                     Err(error) => {
-                        failed += 1;
+                        ok = false;
                         last_acked.remove(&key);
                         deleted.pop();
                         attempted.remove(&key);
-                        format!("{name} del {key} failed: {error}")
+                        format!("{name} del {key} via n{via} failed: {error}")
                     }
                 }
             }
             _ => format!("{name} idle"),
         };
+        if !ok {
+            failed += 1;
+            via = via % HOSTS + 1;
+        }
         trace(&shared, line);
     }
 
-    // After the heal (every node back up): anti-entropy with every other node, a few rounds.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    for round in 0..3 {
-        match call(OP_AAE, "", Vec::new()).await {
-            Ok(reply) => trace(
-                &shared,
-                format!(
-                    "{name} aae round {round}: {} keys repaired",
-                    u64::from_le_bytes(reply[..8].try_into().unwrap_or([0; 8]))
-                ),
-            ),
-            Err(error) => trace(&shared, format!("{name} aae round {round} failed: {error}")),
+    // After the heal: the membership settles, then anti-entropy among the members.
+    if me == 1 {
+        let members = loop {
+            let all = statuses(&transport).await;
+            if let Some(members) = settled(&all) {
+                break members;
+            }
+            if turmoil::sim_elapsed().unwrap_or_default() >= SETTLE_BY {
+                violations.push(format!(
+                    "the membership did not settle by {SETTLE_BY:?}: {all:?}"
+                ));
+                break all
+                    .values()
+                    .max_by_key(|s| s.epoch)
+                    .map(|s| s.members.clone())
+                    .unwrap_or_default();
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        trace(&shared, format!("{name}: settled, members {members:?}"));
+        for round in 0..3 {
+            for &node in &members {
+                let line = match call(&transport, node, OP_AAE, "", Vec::new()).await {
+                    Ok(reply) => format!(
+                        "{name} aae round {round} on n{node}: {} keys repaired",
+                        u64::from_le_bytes(reply[..8].try_into().unwrap_or([0; 8]))
+                    ),
+                    Err(error) => format!("{name} aae round {round} on n{node} failed: {error}"),
+                };
+                trace(&shared, line);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        shared.lock().unwrap().repaired = true;
     }
-    let wait = CHECK_AT.saturating_sub(turmoil::sim_elapsed().unwrap_or_default());
-    tokio::time::sleep(wait).await;
+    while !shared.lock().unwrap().repaired {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
-    // The check of this client's history.
+    // The check of this client's history, through a member.
+    let all = statuses(&transport).await;
+    via = settled(&all)
+        .and_then(|members| members.first().copied())
+        .unwrap_or(via);
     for key in (0..STRING_KEYS).map(|i| format!("k{me}-{i}")) {
-        match call(OP_GET, &key, Vec::new()).await {
+        match call(&transport, via, OP_GET, &key, Vec::new()).await {
             Ok(reply) => {
                 let record = Record::decode(&reply)?;
                 if let Some(problem) = misses(&record, &key, &last_acked, &attempted, &deleted) {
@@ -705,7 +946,7 @@ async fn run_client(me: NodeId, seed: u64, shared: Shared) -> turmoil::Result {
             }
         }
     }
-    match call(OP_GET, &counter, Vec::new()).await {
+    match call(&transport, via, OP_GET, &counter, Vec::new()).await {
         Ok(reply) => {
             let record = Record::decode(&reply)?;
             let value = match record.resolve(0) {
@@ -724,27 +965,31 @@ async fn run_client(me: NodeId, seed: u64, shared: Shared) -> turmoil::Result {
         }
         Err(error) => violations.push(format!("{name}: {counter} unreadable: {error}")),
     }
-    let roots = match call(OP_ROOTS, "", Vec::new()).await {
-        Ok(reply) => reply
-            .chunks_exact(10)
-            .map(|c| {
-                (
-                    u16::from_le_bytes([c[0], c[1]]),
-                    u64::from_le_bytes(c[2..10].try_into().unwrap()),
-                )
-            })
-            .collect(),
-        Err(error) => {
-            violations.push(format!("{name}: no roots from n{me}: {error}"));
-            BTreeMap::new()
+    if me == 1 {
+        let members = settled(&all).unwrap_or_default();
+        for node in members {
+            match call(&transport, node, OP_ROOTS, "", Vec::new()).await {
+                Ok(reply) => {
+                    let roots = reply
+                        .chunks_exact(10)
+                        .map(|c| {
+                            (
+                                u16::from_le_bytes([c[0], c[1]]),
+                                u64::from_le_bytes(c[2..10].try_into().unwrap()),
+                            )
+                        })
+                        .collect();
+                    shared.lock().unwrap().outcome.roots.insert(node, roots);
+                }
+                Err(error) => violations.push(format!("{name}: no roots from n{node}: {error}")),
+            }
         }
-    };
+    }
     {
-        let mut outcome = shared.lock().unwrap();
-        outcome.violations.extend(violations);
-        outcome.roots.insert(me, roots);
-        outcome.ops += ops;
-        outcome.failed += failed;
+        let mut harness = shared.lock().unwrap();
+        harness.outcome.violations.extend(violations);
+        harness.outcome.ops += ops;
+        harness.outcome.failed += failed;
     }
     trace(&shared, format!("{name} checked"));
     Ok(())
@@ -845,6 +1090,29 @@ fn run_checked(seed: u64) -> Outcome {
 #[test]
 #[ignore = "run by one_seed_run_twice_gives_the_same_trace"]
 fn trace_of_one_seed() {
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        // The nodes' own logs, each line at its simulated time: `SIM_LOG=debug` and a diff
+        // of two runs' logs finds where a leak of nondeterminism starts.
+        struct SimTime;
+        impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+            fn format_time(
+                &self,
+                w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+            ) -> std::fmt::Result {
+                write!(
+                    w,
+                    "{:>6}",
+                    turmoil::sim_elapsed().unwrap_or_default().as_millis()
+                )
+            }
+        }
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_timer(SimTime)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let seed = seed_from_env().unwrap_or(20261203);
     let outcome = run_checked(seed);
     let path = std::env::var("SIM_TRACE_OUT").expect("SIM_TRACE_OUT");
@@ -866,6 +1134,7 @@ fn one_seed_run_twice_gives_the_same_trace() {
                 .args(["trace_of_one_seed", "--exact", "--ignored", "--nocapture"])
                 .env("SIM_SEED", seed.to_string())
                 .env("SIM_TRACE_OUT", &out)
+                .env("SIM_STDFS", std::env::var("SIM_STDFS").unwrap_or_default())
                 .status()
                 .expect("run the simulation in a process of its own");
             assert!(status.success(), "seed {seed}: run {i} failed");
@@ -902,16 +1171,24 @@ fn generated_runs_hold_the_invariants() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
     let base = seed_from_env().unwrap_or(1);
-    let (mut ops, mut failed, mut cuts, mut crashes, mut hints, mut twice) = (0, 0, 0, 0, 0, 0);
+    let mut totals = BTreeMap::<&str, u64>::new();
     for run in 0..runs {
         let outcome = run_checked(base + run);
-        ops += outcome.ops;
-        failed += outcome.failed;
-        hints += outcome.hints_delivered;
-        twice += outcome.duplicated;
-        let started = |what: &str| outcome.trace.iter().filter(|l| l.contains(what)).count();
-        cuts += started("chaos starts Cut");
-        crashes += started("chaos starts Crash");
+        let started = |what: &str| outcome.trace.iter().filter(|l| l.contains(what)).count() as u64;
+        for (what, count) in [
+            ("operations", outcome.ops),
+            ("failed under faults", outcome.failed),
+            ("nodes cut off", started("chaos starts Cut")),
+            ("crashes", started("chaos starts Crash")),
+            ("power-offs", started("chaos starts PowerOff")),
+            ("links held", started("chaos starts Hold")),
+            ("joins", outcome.joins),
+            ("leaves", outcome.leaves),
+            ("hints handed off", outcome.hints_delivered),
+            ("requests delivered twice", outcome.duplicated),
+        ] {
+            *totals.entry(what).or_default() += count;
+        }
     }
-    eprintln!("{runs} runs: {ops} operations ({failed} failed under faults), {cuts} nodes cut off, {crashes} crashed and restarted, {hints} hints handed off, {twice} requests delivered twice, every invariant held");
+    eprintln!("{runs} runs, every invariant held: {totals:?}");
 }

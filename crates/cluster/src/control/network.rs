@@ -85,8 +85,13 @@ impl Connection {
             .await;
         let (_, body) = match reply {
             Ok(reply) => reply,
-            Err(e @ (CallError::ConnectFailed(_) | CallError::ShutDown)) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&e)))
+            // Not `Unreachable`, whose backoff waits in an unbiased `select!` (random, so a
+            // simulation would not replay): a peer that cannot be reached is tried again
+            // at the next heartbeat.
+            Err(CallError::ShutDown) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &CallError::ShutDown,
+                )))
             }
             Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
         };
