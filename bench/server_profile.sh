@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Profiles ringkv (perf, cpu-clock with call graphs) under redis-benchmark's
 # SET and GET at pipeline 16, the workloads of bench/server_vs_redis.sh, and
-# prints the top self-time functions of each.
+# prints the top self-time functions of each (WORKLOADS picks others, e.g.
+# "incr mset").
 #
 # Usage:
 #   bench/server_profile.sh
@@ -9,6 +10,7 @@
 #
 # Environment (all optional): KEYSPACE (1000000), CLIENTS (50), VALUE_BYTES
 # (100), PIPELINE (16), SECONDS_PER_PROFILE (15), TOP (25 lines per report),
+# WORKLOADS ("set get": redis-benchmark -t names),
 # OUT_DIR (keeps perf.data files and full reports; default: removed at exit),
 # RINGKV_BIN, BENCH_DIR as for server_vs_redis.sh.
 set -euo pipefail
@@ -20,6 +22,7 @@ PIPELINE=${PIPELINE:-16}
 SECONDS_PER_PROFILE=${SECONDS_PER_PROFILE:-15}
 TOP=${TOP:-25}
 OUT_DIR=${OUT_DIR:-}
+WORKLOADS=${WORKLOADS:-"set get"}
 
 source "$(dirname "$0")/server_lib.sh"
 
@@ -37,7 +40,7 @@ log "ringkv $RINGKV_REVISION pid $pid port $port; loading $KEYSPACE keys"
 load_keys "$port" "$KEYSPACE" x
 wait_idle "$pid" 120
 
-for workload in set get; do
+for workload in $WORKLOADS; do
     # Enough requests to outlast the profile; the benchmark is stopped after it.
     redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -P "$PIPELINE" -d "$VALUE_BYTES" \
         -r "$KEYSPACE" -n 100000000 -t "$workload" -q >"$WORK/bench-$workload.out" 2>&1 &
