@@ -670,6 +670,13 @@ impl ControlPlane {
             other => return Err(ProposeFailure::NotLeader(other)),
         }
         let _changes = self.inner.changes.lock().await;
+        if !self.is_voter() {
+            // A leader that took itself out of the group runs until it steps down; it
+            // takes no more changes (see `leave_raft`).
+            return Err(ProposeFailure::Failed(
+                "the leader is leaving the Raft group: ask again".into(),
+            ));
+        }
         match proposal {
             Proposal::Join(member) => self.add_here(member, true).await,
             Proposal::Add(member) => self.add_here(member, false).await,
@@ -768,7 +775,11 @@ impl ControlPlane {
     }
 
     /// Takes `node`, no longer in the map, out of the Raft group, and keeps
-    /// [`MAX_VOTERS`] voters while learners that are members remain.
+    /// [`MAX_VOTERS`] voters while learners that are members remain: a voter
+    /// leaves and learners take its place in one membership change. That
+    /// matters when the leader removes itself: it stays leader, outside the
+    /// group, until it steps down, and openraft must not be asked for another
+    /// membership change meanwhile (openraft#923; a debug build asserts).
     async fn leave_raft(&self, node: NodeId) -> Result<(), ProposeFailure> {
         let raft = &self.inner.raft;
         let membership = raft
@@ -777,9 +788,19 @@ impl ControlPlane {
             .membership_config
             .membership()
             .clone();
-        let is_voter = membership.voter_ids().any(|id| id == node);
-        let change = if is_voter {
-            Some(ChangeMembers::RemoveVoters(BTreeSet::from([node])))
+        let map = self.map();
+        let is_member = |id: &NodeId| map.as_ref().is_some_and(|map| map.member(*id).is_some());
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let change = if voters.contains(&node) {
+            let mut next: BTreeSet<NodeId> =
+                voters.iter().copied().filter(|&id| id != node).collect();
+            for learner in membership.learner_ids().filter(|id| is_member(id)) {
+                if next.len() >= MAX_VOTERS {
+                    break;
+                }
+                next.insert(learner);
+            }
+            Some(ChangeMembers::ReplaceAllVoters(next))
         } else if membership.get_node(&node).is_some() {
             Some(ChangeMembers::RemoveNodes(BTreeSet::from([node])))
         } else {
@@ -793,16 +814,17 @@ impl ControlPlane {
                 return Err(write_failure(e));
             }
         }
-        let Some(map) = self.map() else {
+        if !self.is_voter() {
+            // This leader took itself out: the next one promotes.
             return Ok(());
-        };
+        }
         let learners: Vec<NodeId> = raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
             .learner_ids()
-            .filter(|learner| map.member(*learner).is_some())
+            .filter(|learner| is_member(learner))
             .collect();
         for learner in learners {
             if let Err(e) = self.promote_if_room(learner).await {
@@ -811,6 +833,19 @@ impl ControlPlane {
             }
         }
         Ok(())
+    }
+
+    /// Whether this node is a voter in its Raft membership.
+    fn is_voter(&self) -> bool {
+        let me = self.inner.me.node;
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == me)
     }
 
     /// Waits until the leader's replication to `node` has reached the end

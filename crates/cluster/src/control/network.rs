@@ -85,13 +85,11 @@ impl Connection {
             .await;
         let (_, body) = match reply {
             Ok(reply) => reply,
-            // Not `Unreachable`, whose backoff waits in an unbiased `select!` (random, so a
-            // simulation would not replay): a peer that cannot be reached is tried again
-            // at the next heartbeat.
-            Err(CallError::ShutDown) => {
-                return Err(RPCError::Unreachable(Unreachable::new(
-                    &CallError::ShutDown,
-                )))
+            // Unreachable: openraft backs off (500 ms) before trying again; a network
+            // error would be retried at once, a busy loop of connects to a dead peer
+            // (the simulation ran out of ports).
+            Err(e @ (CallError::ConnectFailed(_) | CallError::ShutDown)) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
             Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
         };
