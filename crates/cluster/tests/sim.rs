@@ -788,10 +788,7 @@ async fn run_client(me: u64, seed: u64, shared: Shared) -> turmoil::Result {
 
     let mut via = me;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut last_acked: BTreeMap<String, u64> = BTreeMap::new();
-    let mut attempted: BTreeMap<String, u64> = BTreeMap::new();
-    let mut deleted: Vec<String> = Vec::new();
-    let mut indeterminate: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut history = History::default();
     let (mut counted, mut tried) = (0i64, 0i64);
     let counter = format!("c{me}");
     let mut value = 0u64;
@@ -803,9 +800,9 @@ async fn run_client(me: u64, seed: u64, shared: Shared) -> turmoil::Result {
         ops += 1;
         let mut ok = true;
         let line = match rng.gen_range(0..10) {
-            0..=4 if !deleted.contains(&key) => {
+            0..=4 if history.writable(&key) => {
                 value += 1;
-                attempted.insert(key.clone(), value);
+                history.attempted.insert(key.clone(), value);
                 match call(
                     &transport,
                     via,
@@ -816,12 +813,12 @@ async fn run_client(me: u64, seed: u64, shared: Shared) -> turmoil::Result {
                 .await
                 {
                     Ok(_) => {
-                        last_acked.insert(key.clone(), value);
+                        history.last_acked.insert(key.clone(), value);
                         format!("{name} set {key} {value} via n{via} ok")
                     }
                     Err(error) => {
                         ok = false;
-                        indeterminate.entry(key.clone()).or_default().insert(value);
+                        history.failed.entry(key.clone()).or_default().insert(value);
                         format!("{name} set {key} {value} via n{via} failed: {error}")
                     }
                 }
@@ -854,14 +851,7 @@ async fn run_client(me: u64, seed: u64, shared: Shared) -> turmoil::Result {
                 Ok(reply) => {
                     let record = Record::decode(&reply)?;
                     // A read that succeeds sees this client's last acknowledged write.
-                    if let Some(problem) = misses(
-                        &record,
-                        &key,
-                        &last_acked,
-                        &attempted,
-                        &deleted,
-                        &indeterminate,
-                    ) {
+                    if let Some(problem) = history.misses(&record, &key) {
                         violations.push(format!(
                             "{name} at {:?} via n{via}: {problem}",
                             turmoil::sim_elapsed().unwrap_or_default()
@@ -874,16 +864,16 @@ async fn run_client(me: u64, seed: u64, shared: Shared) -> turmoil::Result {
                     format!("{name} get {key} via n{via} failed: {error}")
                 }
             },
-            _ if !deleted.contains(&key) && attempted.contains_key(&key) => {
+            _ if history.writable(&key) && history.attempted.contains_key(&key) => {
                 // Never written again, acknowledged or not.
-                deleted.push(key.clone());
                 match call(&transport, via, OP_DEL, &key, Vec::new()).await {
-                    Ok(_) => format!("{name} del {key} via n{via} ok"),
+                    Ok(_) => {
+                        history.deleted.insert(key.clone());
+                        format!("{name} del {key} via n{via} ok")
+                    }
                     Err(error) => {
                         ok = false;
-                        last_acked.remove(&key);
-                        deleted.pop();
-                        attempted.remove(&key);
+                        history.delete_failed.insert(key.clone());
                         format!("{name} del {key} via n{via} failed: {error}")
                     }
                 }
@@ -945,14 +935,7 @@ async fn run_client(me: u64, seed: u64, shared: Shared) -> turmoil::Result {
         match call(&transport, via, OP_GET, &key, Vec::new()).await {
             Ok(reply) => {
                 let record = Record::decode(&reply)?;
-                if let Some(problem) = misses(
-                    &record,
-                    &key,
-                    &last_acked,
-                    &attempted,
-                    &deleted,
-                    &indeterminate,
-                ) {
+                if let Some(problem) = history.misses(&record, &key) {
                     violations.push(format!("{name} after healing: {problem}"));
                 }
             }
@@ -1029,44 +1012,63 @@ impl Handler for NoRequests {
     }
 }
 
-/// What is wrong with `record` as the copy of `key` this client reads: a deleted key that
-/// came back, or an acknowledged write it does not hold (as a value or a sibling, or a later
-/// value this client attempted).
-///
-/// A write that failed is indeterminate: it may have landed on some replica and spread
-/// later, and then it takes effect whenever its version wins, which under last-writer-wins
-/// with skewed clocks can be after a later write or delete of the same client through
-/// another coordinator (as Jepsen models an indeterminate operation). Its value is
-/// therefore allowed anywhere after it was attempted (`failed`); an acknowledged value
-/// never comes back after a later acknowledged write or delete.
-fn misses(
-    record: &ringkv_cluster::record::Record,
-    key: &str,
-    last_acked: &BTreeMap<String, u64>,
-    attempted: &BTreeMap<String, u64>,
-    deleted: &[String],
-    failed: &BTreeMap<String, BTreeSet<u64>>,
-) -> Option<String> {
-    let live = resolved(record, 0);
-    let indeterminate = |v: u64| failed.get(key).is_some_and(|f| f.contains(&v));
-    if deleted.iter().any(|d| d == key) {
-        let late = live.parse().is_ok_and(indeterminate);
-        return (live != "absent" && !late)
-            .then(|| format!("{key} was deleted and came back: {live}"));
+/// One client's history of its own keys, as the checks need it.
+#[derive(Default)]
+struct History {
+    /// Each key's last acknowledged value.
+    last_acked: BTreeMap<String, u64>,
+    /// Each key's last attempted value.
+    attempted: BTreeMap<String, u64>,
+    /// Keys whose delete was acknowledged (never written again).
+    deleted: BTreeSet<String>,
+    /// Keys whose delete failed (never written again either).
+    delete_failed: BTreeSet<String>,
+    /// Each key's values whose write failed.
+    failed: BTreeMap<String, BTreeSet<u64>>,
+}
+
+impl History {
+    /// Whether `key` may still be written.
+    fn writable(&self, key: &str) -> bool {
+        !self.deleted.contains(key) && !self.delete_failed.contains(key)
     }
-    let acked = *last_acked.get(key)?;
-    let newest = attempted[key];
-    let values: Vec<u64> = record
-        .siblings()
-        .filter_map(|s| match &s.body {
-            Body::Value(v) => std::str::from_utf8(v).ok()?.parse().ok(),
-            _ => None,
+
+    /// What is wrong with `record` as the copy of `key` this client reads: a deleted key
+    /// that came back, or an acknowledged write it does not hold (as a value or a sibling,
+    /// or a later value this client attempted).
+    ///
+    /// A write or delete that failed is indeterminate: it may have landed on some replica
+    /// and spread later, and then it takes effect whenever its version wins, which under
+    /// last-writer-wins with skewed clocks can be after a later write or delete of the same
+    /// client through another coordinator (Jepsen models an indeterminate operation the
+    /// same way). So a failed write's value is allowed anywhere after it was attempted, and
+    /// a key whose delete failed may be absent; an acknowledged value never comes back after
+    /// a later acknowledged write or delete.
+    fn misses(&self, record: &Record, key: &str) -> Option<String> {
+        let live = resolved(record, 0);
+        let indeterminate = |v: u64| self.failed.get(key).is_some_and(|f| f.contains(&v));
+        if self.deleted.contains(key) {
+            let late = live.parse().is_ok_and(indeterminate);
+            return (live != "absent" && !late)
+                .then(|| format!("{key} was deleted and came back: {live}"));
+        }
+        if live == "absent" && self.delete_failed.contains(key) {
+            return None;
+        }
+        let acked = *self.last_acked.get(key)?;
+        let newest = self.attempted[key];
+        let values: Vec<u64> = record
+            .siblings()
+            .filter_map(|s| match &s.body {
+                Body::Value(v) => std::str::from_utf8(v).ok()?.parse().ok(),
+                _ => None,
+            })
+            .collect();
+        let holds = |v: u64| (v >= acked && v <= newest) || indeterminate(v);
+        (!values.iter().any(|&v| holds(v))).then(|| {
+            format!("{key} lost its acknowledged write {acked} (siblings {values:?}, last attempted {newest})")
         })
-        .collect();
-    let holds = |v: u64| (v >= acked && v <= newest) || indeterminate(v);
-    (!values.iter().any(|&v| holds(v))).then(|| {
-        format!("{key} lost its acknowledged write {acked} (siblings {values:?}, last attempted {newest})")
-    })
+    }
 }
 
 fn resolved(record: &ringkv_cluster::record::Record, now_ms: u64) -> String {
