@@ -256,7 +256,25 @@ fn a_request_from_a_stale_epoch_is_refused_and_retried_after_a_refresh() {
             .and_then(|v| v.trim().parse().ok())
             .expect("epoch in CLUSTER INFO")
     };
-    let now = epoch(&cluster.nodes[0]);
+    // Every node at the same epoch with no change in progress: a readiness still on its
+    // way would move the cluster past the fence by itself (seen once: no refusal met).
+    let settled_at = Instant::now() + Duration::from_secs(30);
+    let now = loop {
+        let epochs: Vec<u64> = cluster.nodes.iter().map(|node| epoch(node)).collect();
+        let changing = cluster.nodes.iter().any(|node| {
+            !node
+                .cli(&["CLUSTER", "INFO"])
+                .contains("cluster_change_in_progress:0\r")
+        });
+        if !changing && epochs.windows(2).all(|pair| pair[0] == pair[1]) {
+            break epochs[0];
+        }
+        assert!(
+            Instant::now() < settled_at,
+            "the cluster did not settle: {epochs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     // Node 1 answers as if it were one epoch ahead: node 0's requests to it are refused.
     let fenced = &cluster.nodes[1];
     assert_eq!(
