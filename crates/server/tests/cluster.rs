@@ -260,7 +260,7 @@ fn a_request_from_a_stale_epoch_is_refused_and_retried_after_a_refresh() {
     // way would move the cluster past the fence by itself (seen once: no refusal met).
     let settled_at = Instant::now() + Duration::from_secs(30);
     let now = loop {
-        let epochs: Vec<u64> = cluster.nodes.iter().map(|node| epoch(node)).collect();
+        let epochs: Vec<u64> = cluster.nodes.iter().map(&epoch).collect();
         let changing = cluster.nodes.iter().any(|node| {
             !node
                 .cli(&["CLUSTER", "INFO"])
