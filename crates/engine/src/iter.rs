@@ -144,6 +144,39 @@ pub struct Entry {
     pub expires_at_ms: Option<u64>,
 }
 
+/// What a live key holds, without its value or key: what a write needs to
+/// know of the entry it replaces ([`crate::Db::head`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryHead {
+    /// Sequence number of the write that set it: the key's version.
+    pub version: u64,
+    /// Absolute expiry in Unix ms, if any.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// [`live_parts`] without building the entry: the head of a stored value
+/// if it is live at `now_ms`.
+pub(crate) fn live_head(
+    kind: Kind,
+    version: u64,
+    stored: &[u8],
+    now_ms: u64,
+) -> Option<Result<EntryHead, &'static str>> {
+    if kind == Kind::Delete {
+        return None;
+    }
+    let Some((_, expires_at_ms)) = format::decode_value(kind, stored) else {
+        return Some(Err("expiring value shorter than its expiry"));
+    };
+    if matches!(expires_at_ms, Some(at) if at <= now_ms) {
+        return None;
+    }
+    Some(Ok(EntryHead {
+        version,
+        expires_at_ms,
+    }))
+}
+
 /// Turns a stored (internal key, value) into an [`Entry`] if it is live at
 /// `now_ms`; `None` for deletes and expired puts.
 /// `user_key` makes the entry's key only when it is live, so point reads

@@ -56,7 +56,7 @@ pub use changelog::{decode_log_batch, LogBatch, LogOp, LogRead};
 pub use db::{without_waiting, Db, Recovery, Snapshot, Stats};
 pub use error::{Error, Result};
 pub use faults::Faults;
-pub use iter::{Entry, RangeIter};
+pub use iter::{Entry, EntryHead, RangeIter};
 pub use options::{
     Clock, Compression, FsyncPolicy, Options, SystemClock, KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };

@@ -23,7 +23,7 @@
 //! pretend otherwise.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -253,6 +253,9 @@ pub(crate) struct Wal {
     syncs: AtomicU64,
     sync_micros_total: AtomicU64,
     poisoned: Mutex<Option<String>>,
+    /// Set once the log is ever poisoned or suspended, never cleared: lets
+    /// every write skip the two locks above while nothing ever went wrong.
+    troubled: AtomicBool,
     /// Set while a full disk holds buffered records back.
     suspended: Mutex<Option<String>>,
     /// Injected failures (tests and drills).
@@ -300,9 +303,16 @@ impl Wal {
             syncs: AtomicU64::new(0),
             sync_micros_total: AtomicU64::new(0),
             poisoned: Mutex::new(None),
+            troubled: AtomicBool::new(false),
             suspended: Mutex::new(None),
             faults,
         })
+    }
+
+    /// False while the log was never poisoned nor suspended: then
+    /// [`Wal::poisoned`] and [`Wal::suspended`] are `None` without asking.
+    pub fn troubled(&self) -> bool {
+        self.troubled.load(Ordering::Acquire)
     }
 
     /// The first failure, if the log is poisoned.
@@ -461,6 +471,7 @@ impl Wal {
             tracing::error!(%error, "write-ahead log out of space; writes suspended until space returns");
         }
         *suspended = Some(reason.clone());
+        self.troubled.store(true, Ordering::Release);
         Error::DiskFull { reason }
     }
 
@@ -470,6 +481,7 @@ impl Wal {
             tracing::error!(%error, "write-ahead log failed; refusing writes until restart");
             *poisoned = Some(error.to_string());
         }
+        self.troubled.store(true, Ordering::Release);
         error
     }
 

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, ReentrantMutex, ReentrantMutexGuard, RwLock};
-use ringkv_engine::{Clock, Db, Entry, WriteBatch};
+use ringkv_engine::{Clock, Db, Entry, EntryHead, WriteBatch};
 
 use crate::error::{Error, Result};
 use crate::layout::{self as keys, EngineKey, Layout, Namespace};
@@ -74,6 +74,30 @@ pub enum RenameOutcome {
     NoSuchKey,
     /// RENAMENX: the destination exists.
     DestinationExists,
+}
+
+/// What a write needs to know of the live entry it replaces or removes: that there is one
+/// (the count) and its expiry (the index entry that goes with it). A write that does not
+/// look at the old value reads only this ([`Keyspace::head`]).
+#[derive(Debug, Clone, Copy)]
+struct Prior {
+    expires_at_ms: Option<u64>,
+}
+
+impl From<&Entry> for Prior {
+    fn from(entry: &Entry) -> Prior {
+        Prior {
+            expires_at_ms: entry.expires_at_ms,
+        }
+    }
+}
+
+impl From<EntryHead> for Prior {
+    fn from(head: EntryHead) -> Prior {
+        Prior {
+            expires_at_ms: head.expires_at_ms,
+        }
+    }
 }
 
 /// A write being assembled: the engine batch plus the count changes it makes.
@@ -130,7 +154,7 @@ impl Change {
     }
 
     /// Removes the key whose live entry is `old`.
-    fn remove(&mut self, ns: Namespace, key: &[u8], old: &Entry) {
+    fn remove(&mut self, ns: Namespace, key: &[u8], old: Prior) {
         self.stripes.push(Keyspace::epoch_slot(ns, key));
         self.batch.delete(self.layout.data_key(ns, key));
         if let Some(at) = old.expires_at_ms {
@@ -144,7 +168,7 @@ impl Change {
         &mut self,
         ns: Namespace,
         key: &[u8],
-        old: Option<&Entry>,
+        old: Option<Prior>,
         raw: Bytes,
         expires_at_ms: Option<u64>,
     ) {
@@ -484,6 +508,16 @@ impl Keyspace {
         })
     }
 
+    /// The version and expiry of `key` if it is live, without its value (`Db::head`): what a
+    /// write that does not look at the old value needs (SET, MSET, DEL), and EXISTS and WATCH.
+    fn head(&self, ns: Namespace, key: &[u8]) -> Result<Option<EntryHead>> {
+        DATA_KEY.with(|buffer| {
+            let mut data_key = buffer.borrow_mut();
+            self.layout.write_data_key(&mut data_key, ns, key);
+            Ok(self.engine.read().head(&data_key)?)
+        })
+    }
+
     fn commit(&self, change: Change) -> Result<u64> {
         if change.batch.is_empty() {
             return Ok(0);
@@ -569,9 +603,9 @@ impl Keyspace {
         let _guard = self.lock_keys(&[key]);
         let _mapped = self.remap.read();
         let ns = self.namespace(db);
-        let old = self.read(ns, key)?;
+        let old = self.head(ns, key)?.map(Prior::from);
         let mut change = Change::new(self.layout);
-        self.put_or_expire(&mut change, ns, key, old.as_ref(), raw, expires_at_ms);
+        self.put_or_expire(&mut change, ns, key, old, raw, expires_at_ms);
         self.commit(change)
     }
 
@@ -580,7 +614,7 @@ impl Keyspace {
         change: &mut Change,
         ns: Namespace,
         key: &[u8],
-        old: Option<&Entry>,
+        old: Option<Prior>,
         raw: Bytes,
         expires_at_ms: Option<u64>,
     ) {
@@ -611,12 +645,12 @@ impl Keyspace {
             if last[&key[..]] != i {
                 continue;
             }
-            let old = self.read(ns, key)?;
+            let old = self.head(ns, key)?.map(Prior::from);
             self.put_or_expire(
                 &mut change,
                 ns,
                 key,
-                old.as_ref(),
+                old,
                 encode_value(ValueType::String, data),
                 *expires_at_ms,
             );
@@ -641,8 +675,8 @@ impl Keyspace {
             if !seen.insert(key) {
                 continue;
             }
-            if let Some(old) = self.read(ns, key)? {
-                change.remove(ns, key, &old);
+            if let Some(old) = self.head(ns, key)? {
+                change.remove(ns, key, old.into());
                 deleted += 1;
             }
         }
@@ -652,7 +686,7 @@ impl Keyspace {
 
     /// True if `key` holds a live value.
     pub fn exists(&self, db: usize, key: &[u8]) -> Result<bool> {
-        Ok(self.read(self.namespace(db), key)?.is_some())
+        Ok(self.head(self.namespace(db), key)?.is_some())
     }
 
     fn epoch_slot(ns: Namespace, key: &[u8]) -> usize {
@@ -672,7 +706,7 @@ impl Keyspace {
 
     /// The engine version of `key` (None when absent or expired): what WATCH remembers.
     pub fn version(&self, db: usize, key: &[u8]) -> Result<Option<u64>> {
-        Ok(self.read(self.namespace(db), key)?.map(|e| e.version))
+        Ok(self.head(self.namespace(db), key)?.map(|e| e.version))
     }
 
     /// Changes the expiry of a live key (None = persist). An expiry not in the future deletes
@@ -698,7 +732,7 @@ impl Keyspace {
             &mut change,
             ns,
             key,
-            Some(&old),
+            Some(Prior::from(&old)),
             old.value.clone(),
             expires_at_ms,
         );
@@ -732,11 +766,11 @@ impl Keyspace {
             return Ok(RenameOutcome::DestinationExists);
         }
         let mut change = Change::new(self.layout);
-        change.remove(ns, from, &source);
+        change.remove(ns, from, Prior::from(&source));
         change.put(
             ns,
             to,
-            target.as_ref(),
+            target.as_ref().map(Prior::from),
             source.value.clone(),
             source.expires_at_ms,
         );
@@ -768,7 +802,7 @@ impl Keyspace {
         change.put(
             to_ns,
             to,
-            target.as_ref(),
+            target.as_ref().map(Prior::from),
             source.value.clone(),
             source.expires_at_ms,
         );
@@ -790,7 +824,7 @@ impl Keyspace {
             return Ok(false);
         }
         let mut change = Change::new(self.layout);
-        change.remove(from_ns, key, &source);
+        change.remove(from_ns, key, Prior::from(&source));
         change.put(to_ns, key, None, source.value.clone(), source.expires_at_ms);
         self.commit(change)?;
         Ok(true)
@@ -1195,7 +1229,14 @@ impl Keyspace {
             return Ok((result, 0));
         };
         let mut change = Change::new(self.layout);
-        self.put_or_expire(&mut change, ns, key, old_entry.as_ref(), raw, expires_at_ms);
+        self.put_or_expire(
+            &mut change,
+            ns,
+            key,
+            old_entry.as_ref().map(Prior::from),
+            raw,
+            expires_at_ms,
+        );
         Ok((result, self.commit(change).map_err(E::from)?))
     }
 
@@ -1238,7 +1279,14 @@ impl Keyspace {
             let (write, result) = decide(i, old.as_ref())?;
             results.push(result);
             if let Some((raw, expires_at_ms)) = write {
-                self.put_or_expire(&mut change, ns, key, old_entry.as_ref(), raw, expires_at_ms);
+                self.put_or_expire(
+                    &mut change,
+                    ns,
+                    key,
+                    old_entry.as_ref().map(Prior::from),
+                    raw,
+                    expires_at_ms,
+                );
             }
         }
         Ok((results, self.commit(change).map_err(E::from)?))
