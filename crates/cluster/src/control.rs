@@ -700,10 +700,17 @@ impl ControlPlane {
             .map_err(write_failure)?;
         let result = applied(response.data);
         if let (Some(before), Some(after)) = (before, self.map()) {
-            for node in before.members.keys() {
-                if after.member(*node).is_none() {
-                    self.leave_raft(*node).await?;
-                }
+            // This leader last: once out of the group it changes nothing more.
+            let me = self.inner.me.node;
+            let mut gone: Vec<NodeId> = before
+                .members
+                .keys()
+                .copied()
+                .filter(|node| after.member(*node).is_none())
+                .collect();
+            gone.sort_by_key(|&node| node == me);
+            for node in gone {
+                self.leave_raft(node).await?;
             }
         }
         result
@@ -781,6 +788,11 @@ impl ControlPlane {
     /// group, until it steps down, and openraft must not be asked for another
     /// membership change meanwhile (openraft#923; a debug build asserts).
     async fn leave_raft(&self, node: NodeId) -> Result<(), ProposeFailure> {
+        if !self.is_voter() {
+            return Err(ProposeFailure::Failed(
+                "the leader is leaving the Raft group: ask again".into(),
+            ));
+        }
         let raft = &self.inner.raft;
         let membership = raft
             .metrics()
