@@ -1261,6 +1261,10 @@ fn generated_runs_hold_the_invariants() {
             let (what, count) = line.split_once('\t').unwrap();
             *totals.entry(what.to_string()).or_default() += count.parse::<u64>().unwrap();
         }
+        let done = seed - base + 1;
+        if done.is_multiple_of(50) && done < runs {
+            eprintln!("{done} runs (seeds {base} to {seed}), every invariant held: {totals:?}");
+        }
     }
     eprintln!("{runs} runs, every invariant held: {totals:?}");
 }
