@@ -120,26 +120,24 @@ struct Stream {
 /// N) streams from every current replica, merged.
 fn plan_streams(map: &ClusterMap, me: NodeId, slots: &[u16]) -> Vec<Stream> {
     let mut strict: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
-    let mut merged: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
+    let mut replacing_none = Vec::new();
     for &slot in slots {
         match replaced_by(map, me, slot) {
             Some(source) => strict.entry(source).or_default().push(slot),
-            None => {
-                for &node in map.replicas(slot).iter().filter(|&&n| n != me) {
-                    merged.entry(node).or_default().push(slot);
-                }
-            }
+            None => replacing_none.push(slot),
         }
     }
-    let stream = |(from, slots): (NodeId, Vec<u16>), union| Stream {
-        slots,
-        after: None,
-        done: false,
-        from: Some(from),
-        union,
-    };
-    let mut streams: Vec<Stream> = strict.into_iter().map(|s| stream(s, false)).collect();
-    streams.extend(merged.into_iter().map(|s| stream(s, true)));
+    let mut streams: Vec<Stream> = strict
+        .into_iter()
+        .map(|(from, slots)| Stream {
+            slots,
+            after: None,
+            done: false,
+            from: Some(from),
+            union: false,
+        })
+        .collect();
+    streams.extend(union_streams(map, me, &replacing_none, None, None));
     streams
 }
 
@@ -157,13 +155,13 @@ fn replaced_by(map: &ClusterMap, me: NodeId, slot: u16) -> Option<NodeId> {
     removed.get(k).copied()
 }
 
-/// The streams that replace a stream of `slots` from `failed` (the replica this node
-/// replaces), from `after` on: one from every other current replica of each slot, merged.
+/// `slots` from every current replica of each (but this node and `failed`, the replica
+/// this node replaces when it failed), merged, each stream from `after` on.
 fn union_streams(
     map: &ClusterMap,
     me: NodeId,
     slots: &[u16],
-    failed: NodeId,
+    failed: Option<NodeId>,
     after: Option<(usize, Vec<u8>)>,
 ) -> Vec<Stream> {
     let mut by_source: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
@@ -171,7 +169,7 @@ fn union_streams(
         for &node in map
             .replicas(slot)
             .iter()
-            .filter(|&&n| n != me && n != failed)
+            .filter(|&&n| n != me && Some(n) != failed)
         {
             by_source.entry(node).or_default().push(slot);
         }
@@ -361,7 +359,7 @@ impl DataNode {
                             map,
                             self.id(),
                             &stream.slots,
-                            source,
+                            Some(source),
                             stream.after.clone(),
                         );
                         // No other replica holds the slots: wait for this one.
@@ -694,7 +692,7 @@ mod tests {
         // The replica it replaces fails: every other current replica, from the same place.
         let failed = streams[0].from.unwrap();
         let after = Some((0, b"k".to_vec()));
-        let union = union_streams(&map, 5, &streams[0].slots, failed, after.clone());
+        let union = union_streams(&map, 5, &streams[0].slots, Some(failed), after.clone());
         for &slot in &streams[0].slots {
             let sources: Vec<NodeId> = union
                 .iter()
