@@ -33,7 +33,7 @@ use crate::hints::Hints;
 use crate::hlc::{self, Hlc};
 use crate::map::ClusterMap;
 use crate::quorum::{ChangeRound, Progress, QuorumError, ReadRound};
-use crate::record::{Body, IncrementError, Record};
+use crate::record::{Body, IncrementError, Record, Resolved};
 use crate::replica::{Replica, ReplicaError};
 use crate::transfer::{TransferStats, KIND_STREAM};
 use crate::transport::BoxFuture;
@@ -885,6 +885,39 @@ impl DataNode {
             acked: acks.acked,
             hinted: acks.hinted,
         })
+    }
+
+    /// A delete (DEL of one key): the key read at R, then, if it holds a live value, a
+    /// tombstone written under the context of what the read merged. Whether a live value
+    /// was deleted.
+    ///
+    /// The read is what makes an acknowledged delete stay one. A tombstone written blind
+    /// supersedes only what its event replica holds; an event replica that missed the last
+    /// write (W of N) meets it later as a concurrent sibling, and last-writer-wins then
+    /// brings the write back whenever its coordinator's clock was ahead (the simulation's
+    /// seed 101504; docs/cluster.md, "Last writer wins"). The read at R meets every write
+    /// acknowledged at W (R + W > N), its context covers them, and the coordinator's clock
+    /// moves past their stamps.
+    pub async fn delete(
+        self: &Arc<Self>,
+        map: &Arc<ClusterMap>,
+        db: usize,
+        key: &Bytes,
+        quorum: Quorum,
+    ) -> Result<bool, CoordError> {
+        let record = self.read(map, db, key, quorum).await?;
+        if matches!(record.resolve(self.keyspace.now_ms()), Ok(Resolved::Absent)) {
+            return Ok(false);
+        }
+        let event = WriteEvent {
+            db,
+            key: key.clone(),
+            context: Some(record.context()),
+            body: Body::Tombstone,
+            expires_at_ms: None,
+        };
+        self.write(map, event, quorum).await?;
+        Ok(true)
     }
 
     /// Blind writes of several distinct keys of one slot (MSET within a slot): one event on

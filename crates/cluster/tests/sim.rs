@@ -255,9 +255,7 @@ async fn client_op(node: &Arc<ClusterNode>, payload: &[u8]) -> Result<Bytes, Str
             Ok(Bytes::new())
         }
         OP_DEL => {
-            data.write(&map, event(Body::Tombstone), QUORUM)
-                .await
-                .map_err(failed)?;
+            data.delete(&map, 0, &key, QUORUM).await.map_err(failed)?;
             Ok(Bytes::new())
         }
         OP_INCR => {

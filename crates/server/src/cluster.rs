@@ -491,22 +491,12 @@ impl Run {
             Op::Delete(mut keys) => {
                 keys.sort();
                 keys.dedup();
-                let this = &self;
-                let deletes = keys.into_iter().map(|key| async move {
-                    let record = this.read(&key).await?;
-                    let live = record
-                        .resolve(this.now_ms())
-                        .map_err(|e| CmdError::Message(format!("ERR {e}").into()))?;
-                    if live == Resolved::Absent {
-                        return Ok::<_, CmdError>(0);
-                    }
-                    this.write(key, Some(record.context()), Body::Tombstone, None)
-                        .await?;
-                    Ok(1)
-                });
+                let map = self.map()?;
+                let (data, db, quorum) = (&self.node.data, self.db, self.quorum);
+                let deletes = keys.iter().map(|key| data.delete(&map, db, key, quorum));
                 let mut count = 0;
                 for deleted in join_all(deletes).await {
-                    count += deleted?;
+                    count += i64::from(deleted.map_err(coord_error)?);
                 }
                 Done::Count(count)
             }
