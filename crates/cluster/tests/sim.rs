@@ -11,7 +11,9 @@
 //! Five of the nodes found the cluster (n1 founds it, n2 to n5 join it through Raft, N=3);
 //! n6 and n7 are spares. Five clients, each on its own host, write, read, delete and
 //! increment their own keys through a node's coordinator (`KIND_CLIENT`, R=2, W=2; a
-//! client whose node fails it moves on to the next node), while faults come from the seed:
+//! client whose node fails it moves on to the next node; a write is blind, as `SET` is,
+//! and a delete reads first, as `DEL` is: `DataNode::delete`), while faults come from the
+//! seed:
 //! - at most one node unreachable at a time: cut off from the others (its packets
 //!   dropped), crashed and restarted (what it wrote survives, as after a SIGKILL), or
 //!   powered off and restarted (its disk keeps only what was fsynced; unsynced writes are
