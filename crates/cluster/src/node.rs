@@ -143,6 +143,34 @@ impl std::fmt::Debug for ClusterNode {
     }
 }
 
+/// Founds the cluster (`join` is `None`) or joins it through the member `join` finds.
+async fn enter(
+    control: &ControlPlane,
+    join: Option<BoxFuture<'static, std::io::Result<SocketAddr>>>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    match join {
+        None => {
+            control.found().await.map_err(std::io::Error::other)?;
+            tracing::info!("cluster founded: this node holds every slot");
+        }
+        Some(seed) => {
+            let seed = seed.await?;
+            tracing::info!(%seed, "joining the cluster");
+            let joined = control
+                .join_via(seed, timeout)
+                .await
+                .map_err(std::io::Error::other)?;
+            tracing::info!(
+                epoch = joined.epoch,
+                members = joined.members.len(),
+                "joined the cluster"
+            );
+        }
+    }
+    Ok(())
+}
+
 impl ClusterNode {
     /// Starts a node over `keyspace`: binds the internode listener, opens the control plane
     /// (founding a cluster or joining one on first start), starts gossip, and spawns the
@@ -203,7 +231,7 @@ impl ClusterNode {
             zone: config.zone,
             state: MemberState::Up,
         };
-        let control = ControlPlane::open(
+        let control = match ControlPlane::open(
             ControlConfig {
                 me: me.clone(),
                 dir: config.dir.join(CONTROL_DIR),
@@ -213,7 +241,13 @@ impl ClusterNode {
             transport.clone(),
         )
         .await
-        .map_err(std::io::Error::other)?;
+        {
+            Ok(control) => control,
+            Err(error) => {
+                transport.shutdown().await;
+                return Err(std::io::Error::other(error));
+            }
+        };
         let _ = handler.control.set(control.clone());
         let _ = peers.control.set(control.clone());
         let gossip = match config.simulation {
@@ -232,24 +266,13 @@ impl ClusterNode {
         let _ = handler.gossip.set(gossip.clone());
         let _ = peers.gossip.set(gossip.clone());
         if control.map().is_none() {
-            match config.join {
-                None => {
-                    control.found().await.map_err(std::io::Error::other)?;
-                    tracing::info!("cluster founded: this node holds every slot");
-                }
-                Some(seed) => {
-                    let seed = seed.await?;
-                    tracing::info!(%seed, "joining the cluster");
-                    let joined = control
-                        .join_via(seed, config.join_timeout)
-                        .await
-                        .map_err(std::io::Error::other)?;
-                    tracing::info!(
-                        epoch = joined.epoch,
-                        members = joined.members.len(),
-                        "joined the cluster"
-                    );
-                }
+            // A node that could not found or join stops what it started (the listener,
+            // Raft, gossip) before it reports it: the caller may try again in-process.
+            if let Err(error) = enter(&control, config.join, config.join_timeout).await {
+                gossip.shutdown().await;
+                control.shutdown().await;
+                transport.shutdown().await;
+                return Err(error);
             }
         } else if config.join.is_some() {
             tracing::info!(
@@ -758,5 +781,61 @@ impl Peers for TransportPeers {
                 .map(|(_, reply)| reply)
                 .map_err(|e| e.to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ringkv_engine::{Db, Options};
+
+    use super::*;
+    use crate::frame::ClusterSecret;
+
+    /// A node that cannot join stops what it started: its internode port is free again,
+    /// so a caller can try again in the same process.
+    #[tokio::test]
+    async fn a_node_that_cannot_join_releases_its_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyspace = Keyspace::open(
+            Db::open(&dir.path().join("data"), Options::default()).unwrap(),
+            false,
+            None,
+        )
+        .unwrap();
+        let free = |addr: SocketAddr| std::net::TcpListener::bind(addr).map(|l| l.local_addr());
+        let bind = free("127.0.0.1:0".parse().unwrap()).unwrap().unwrap();
+        // A member address where nothing listens.
+        let nobody = free("127.0.0.1:0".parse().unwrap()).unwrap().unwrap();
+        let secret = ClusterSecret::new(b"a secret for the join test").unwrap();
+        let config = NodeConfig {
+            id: 7,
+            bind,
+            client_addr: "127.0.0.1:6379".into(),
+            zone: "default".into(),
+            dir: dir.path().to_path_buf(),
+            replication: 3,
+            sibling_cap: 100,
+            tombstone_grace_ms: 60_000,
+            request_timeout: Duration::from_millis(200),
+            hints: None,
+            join: Some(Box::pin(async move { Ok(nobody) })),
+            join_timeout: Duration::from_millis(500),
+            transport: TransportConfig::new(7, secret),
+            gossip: GossipConfig::default(),
+            hint_interval: Duration::from_millis(500),
+            live: Arc::new(|| LiveSettings {
+                anti_entropy_interval: Duration::ZERO,
+                anti_entropy_keys: 100,
+                stream_rate: 0,
+                request_timeout: Duration::from_millis(200),
+            }),
+            simulation: None,
+            extension: None,
+        };
+        let error = ClusterNode::start(config, Arc::new(keyspace))
+            .await
+            .expect_err("no member to join through");
+        assert!(!error.to_string().is_empty());
+        free(bind).expect("the internode port is released after a failed join");
     }
 }
