@@ -797,15 +797,16 @@ mod tests {
     async fn a_node_that_cannot_join_releases_its_port() {
         let dir = tempfile::tempdir().unwrap();
         let keyspace = Keyspace::open(
-            Db::open(&dir.path().join("data"), Options::default()).unwrap(),
+            Db::open(dir.path().join("data"), Options::default()).unwrap(),
             false,
             None,
         )
         .unwrap();
-        let free = |addr: SocketAddr| std::net::TcpListener::bind(addr).map(|l| l.local_addr());
-        let bind = free("127.0.0.1:0".parse().unwrap()).unwrap().unwrap();
+        let free =
+            |addr: SocketAddr| std::net::TcpListener::bind(addr).and_then(|l| l.local_addr());
+        let bind = free("127.0.0.1:0".parse().unwrap()).unwrap();
         // A member address where nothing listens.
-        let nobody = free("127.0.0.1:0".parse().unwrap()).unwrap().unwrap();
+        let nobody = free("127.0.0.1:0".parse().unwrap()).unwrap();
         let secret = ClusterSecret::new(b"a secret for the join test").unwrap();
         let config = NodeConfig {
             id: 7,
