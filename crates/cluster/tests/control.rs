@@ -293,6 +293,67 @@ async fn voters_are_capped_at_five() {
     stop_all(&nodes).await;
 }
 
+/// The leader removed from the cluster hands its seat to the learner in the same
+/// membership change, and the next changes commit through the next leader: a leader out of
+/// the group refuses changes and the proposer asks again (docs/cluster.md, "Voters and
+/// learners"). The race that made this matter (a change reaching the removed leader while
+/// it still leads: openraft#923's assertion) is timing-bound and rare here; the
+/// simulation found it (docs/testing.md, seeds 1000 and 100273) and replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_removed_hands_its_seat_to_a_learner_and_the_next_change_commits() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = cluster(root.path(), 6).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    converged(&all, 11).await;
+    wait_until("five voters and a learner", || {
+        let status = nodes[1].plane.status();
+        status.voters.len() == 5 && status.learners == [6]
+    })
+    .await;
+    let leader = nodes[1].plane.status().leader.expect("a leader");
+    let other = |not: &[NodeId]| {
+        nodes
+            .iter()
+            .find(|n| !not.contains(&n.id) && n.id != leader)
+            .unwrap()
+    };
+    let asker = other(&[6]);
+    let map = asker.plane.remove_member(leader).await.unwrap();
+    assert!(map.member(leader).is_none());
+    wait_until("the learner in the removed leader's seat", || {
+        let status = asker.plane.status();
+        status.voters.len() == 5 && status.voters.contains(&6) && !status.voters.contains(&leader)
+    })
+    .await;
+    // At once, while the removed leader may still lead: another removal.
+    let second = other(&[6, asker.id]).id;
+    let map = nodes[5].plane.remove_member(second).await.unwrap();
+    assert!(map.member(second).is_none() && map.member(leader).is_none());
+    let rest: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.id != leader && n.id != second)
+        .collect();
+    converged(&rest, map.epoch).await;
+    wait_until(
+        "the learner a voter, the two removed out of the group",
+        || {
+            rest.iter().all(|node| {
+                let status = node.plane.status();
+                status.learners.is_empty()
+                    && status.voters.len() == 4
+                    && status.voters.contains(&6)
+                    && !status.voters.contains(&leader)
+                    && !status.voters.contains(&second)
+            })
+        },
+    )
+    .await;
+    // And the group still commits.
+    let map = nodes[5].plane.remove_member(asker.id).await.unwrap();
+    assert!(map.member(asker.id).is_none());
+    stop_all(&nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_commits_after_the_leader_stops() {
     let root = tempfile::tempdir().unwrap();
