@@ -22,43 +22,67 @@ pub(crate) trait Source: Send {
     fn next(&mut self) -> Result<()>;
 }
 
-/// A cursor over a memtable. Each step is a skip-list seek from the last
-/// key, so the cursor owns no borrow of the table.
+/// A cursor over a memtable. It owns no borrow of the table: it reads runs of
+/// [`MEM_RUN`] entries under one lock and one descent ([`Memtable::run_after`]) and
+/// steps through them, so a scan pays a seek per run, not per entry. Entries
+/// inserted after a run was read are not seen by it; a scan reads at a snapshot
+/// sequence, and every entry at or below it was inserted before the scan began.
 pub(crate) struct MemSource {
     table: Arc<Memtable>,
-    current: Option<(Bytes, Bytes)>,
+    run: std::collections::VecDeque<(Bytes, Bytes)>,
+    /// Whether the run ends where the table does (no more to read after it).
+    exhausted: bool,
 }
+
+/// Entries a memtable cursor reads at a time: enough to spread a descent's
+/// cost, few enough that a short range read does not copy much it will not use.
+const MEM_RUN: usize = 64;
 
 impl MemSource {
     pub fn new(table: Arc<Memtable>) -> MemSource {
         MemSource {
             table,
-            current: None,
+            run: std::collections::VecDeque::with_capacity(MEM_RUN),
+            exhausted: true,
         }
+    }
+
+    /// Starts over with `run` as the entries read so far; `exhausted` when the table has
+    /// none after them.
+    fn restart(&mut self, exhausted: bool) {
+        self.exhausted = exhausted || self.run.is_empty();
     }
 }
 
 impl Source for MemSource {
     fn seek(&mut self, target: &[u8]) -> Result<()> {
-        self.current = self.table.seek(target, true);
+        self.run.clear();
+        self.run.extend(self.table.seek(target, true));
+        self.restart(false);
         Ok(())
     }
     fn seek_to_first(&mut self) -> Result<()> {
-        self.current = self.table.first();
+        self.run.clear();
+        self.table.run_after(None, MEM_RUN, &mut self.run);
+        self.restart(self.run.len() < MEM_RUN);
         Ok(())
     }
     fn valid(&self) -> bool {
-        self.current.is_some()
+        !self.run.is_empty()
     }
     fn key(&self) -> &[u8] {
-        &self.current.as_ref().expect("valid cursor").0
+        &self.run.front().expect("valid cursor").0
     }
     fn value(&self) -> Bytes {
-        self.current.as_ref().expect("valid cursor").1.clone()
+        self.run.front().expect("valid cursor").1.clone()
     }
     fn next(&mut self) -> Result<()> {
-        if let Some((key, _)) = self.current.take() {
-            self.current = self.table.seek(&key, false);
+        let Some((key, _)) = self.run.pop_front() else {
+            return Ok(());
+        };
+        if self.run.is_empty() && !self.exhausted {
+            self.table.run_after(Some(&key), MEM_RUN, &mut self.run);
+            self.exhausted = self.run.len() < MEM_RUN;
         }
         Ok(())
     }
@@ -356,5 +380,57 @@ impl Iterator for RangeIter {
                 Some(Err(error))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(source: &mut MemSource) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        while source.valid() {
+            keys.push(format::user_key(source.key()).to_vec());
+            source.next().unwrap();
+        }
+        keys
+    }
+
+    /// A memtable cursor across several runs: every entry once, in order, from the start
+    /// or from a seek, and nothing after a seek past the end.
+    #[test]
+    fn a_memtable_cursor_reads_in_runs_and_misses_nothing() {
+        let table = Arc::new(Memtable::new(1));
+        let key = |i: usize| format!("k{i:04}").into_bytes();
+        let total = 3 * MEM_RUN + 5;
+        for i in 0..total {
+            table.insert(&key(i), i as u64 + 1, Kind::Put, Bytes::from_static(b"v"));
+        }
+        let mut source = MemSource::new(table.clone());
+        assert!(!source.valid(), "not positioned before a seek");
+        source.seek_to_first().unwrap();
+        assert_eq!(
+            collect(&mut source),
+            (0..total).map(key).collect::<Vec<_>>()
+        );
+
+        let from = MEM_RUN - 1;
+        source
+            .seek(&format::seek_key(&key(from), u64::MAX >> 8))
+            .unwrap();
+        assert_eq!(
+            collect(&mut source),
+            (from..total).map(key).collect::<Vec<_>>()
+        );
+
+        source.seek(&format::seek_key(b"z", u64::MAX >> 8)).unwrap();
+        assert!(!source.valid(), "a seek past the last key finds nothing");
+        source.next().unwrap();
+        assert!(!source.valid());
+
+        let empty = Arc::new(Memtable::new(2));
+        let mut source = MemSource::new(empty);
+        source.seek_to_first().unwrap();
+        assert!(!source.valid());
     }
 }

@@ -164,11 +164,25 @@ impl Memtable {
         Some((key.bytes.clone(), value.clone()))
     }
 
-    /// The first entry of the table.
-    pub fn first(&self) -> Option<(Bytes, Bytes)> {
+    /// Up to `limit` entries in order into `out`: from the first (`from` is `None`), or
+    /// after `from` (an internal key, excluded). One lock and one descent for the run, where
+    /// [`Memtable::seek`] per entry pays both each time (a scan's cursor, `iter::MemSource`).
+    pub fn run_after(
+        &self,
+        from: Option<&[u8]>,
+        limit: usize,
+        out: &mut std::collections::VecDeque<(Bytes, Bytes)>,
+    ) {
+        let start = match from {
+            Some(key) => Bound::Excluded(InternalKey::new(Bytes::copy_from_slice(key))),
+            None => Bound::Unbounded,
+        };
         let map = self.map.read();
-        let (key, value) = map.first_key_value()?;
-        Some((key.bytes.clone(), value.clone()))
+        out.extend(
+            map.range((start, Bound::Unbounded))
+                .take(limit)
+                .map(|(key, value)| (key.bytes.clone(), value.clone())),
+        );
     }
 
     /// Calls `f` on every entry in order (for flushing a frozen memtable),
@@ -217,7 +231,16 @@ mod tests {
             format::user_key(&table.seek(&past_a, false).unwrap().0),
             b"ab"
         );
-        assert_eq!(format::user_key(&table.first().unwrap().0), b"a");
+        // Runs: from the start, then after a key, bounded by the limit.
+        let mut run = std::collections::VecDeque::new();
+        table.run_after(None, 2, &mut run);
+        let seqs: Vec<u64> = run.iter().map(|(k, _)| format::key_seq(k)).collect();
+        assert_eq!(seqs, [5, 1], "a's versions, newest first");
+        let after = run.pop_back().unwrap().0;
+        run.clear();
+        table.run_after(Some(&after), 10, &mut run);
+        assert_eq!(run.len(), 1);
+        assert_eq!(format::user_key(&run[0].0), b"ab");
         let mut seen = Vec::new();
         table
             .try_for_each(|k, _| {
