@@ -95,9 +95,22 @@ pub fn key_kind_byte(internal_key: &[u8]) -> u8 {
 
 /// Orders internal keys: user key ascending, then trailer descending.
 pub fn compare_internal(a: &[u8], b: &[u8]) -> Ordering {
-    user_key(a)
-        .cmp(user_key(b))
-        .then_with(|| key_trailer(b).cmp(&key_trailer(a)))
+    compare_user_keys(user_key(a), user_key(b)).then_with(|| key_trailer(b).cmp(&key_trailer(a)))
+}
+
+/// Orders user keys as byte strings (`<[u8]>::cmp`), deciding most pairs by their first
+/// eight bytes as one big-endian integer: keys that differ there (most neighbours in a
+/// merge of sources) cost no `memcmp` call, the merge's largest cost in a scan (issue 12,
+/// docs/BENCHMARKS.md).
+#[inline]
+pub fn compare_user_keys(a: &[u8], b: &[u8]) -> Ordering {
+    if let (Some(head_a), Some(head_b)) = (a.first_chunk::<8>(), b.first_chunk::<8>()) {
+        let order = u64::from_be_bytes(*head_a).cmp(&u64::from_be_bytes(*head_b));
+        if order.is_ne() {
+            return order;
+        }
+    }
+    a.cmp(b)
 }
 
 /// The internal key that sorts first among all versions of `user_key`
@@ -174,6 +187,22 @@ mod tests {
         assert_eq!(compare_internal(&seek_key(b"a", 1), &a2), Ordering::Greater);
         assert_eq!(key_seq(&a2), 2);
         assert_eq!(user_key(&ab), b"ab");
+    }
+
+    proptest::proptest! {
+        /// The fast path orders exactly as the byte strings do: short keys, shared
+        /// prefixes of eight bytes and more, and high bytes (no sign in the integer).
+        #[test]
+        fn user_keys_order_as_byte_strings(
+            prefix in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+        ) {
+            let a = [prefix.as_slice(), &a].concat();
+            let b = [prefix.as_slice(), &b].concat();
+            proptest::prop_assert_eq!(compare_user_keys(&a, &b), a.cmp(&b));
+            proptest::prop_assert_eq!(compare_user_keys(&a, &a), Ordering::Equal);
+        }
     }
 
     #[test]
