@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::client::Client;
 use crate::cmd::{self, Access, Deferred};
-use crate::exec::{self, Outcome};
+use crate::exec::{self, Outcome, WriteRun};
 use crate::server::{ClientHandle, Server};
 
 /// Replies buffered before they are written out even if more requests are waiting, so a long
@@ -67,6 +67,8 @@ where
     // Cluster mode: a pipeline's data commands on distinct keys run at once (`Pipeline`).
     let concurrent = server.cluster.get().is_some();
     let mut pipeline = Pipeline::default();
+    // Single node: consecutive plain SETs and INCRs run as one write (`exec::WriteRun`).
+    let mut run = WriteRun::default();
     loop {
         // Read in large steps: a big bulk argument arrives in few reads, not 64-byte ones.
         if input.capacity() - input.len() < INPUT_BUFFER_BYTES / 2 {
@@ -114,20 +116,41 @@ where
         loop {
             match parser.parse(&mut input, &limits) {
                 Ok(Some(args)) => {
-                    if concurrent
-                        && !pipeline.admits(&args)
-                        && !pipeline
-                            .drain(&mut out, &mut client, &mut writer, &handle)
-                            .await
-                    {
-                        return;
-                    }
-                    let keys = if concurrent {
-                        pipeline.keys_of(&args)
+                    let (keys, outcome) = if concurrent {
+                        if !pipeline.admits(&args)
+                            && !pipeline
+                                .drain(&mut out, &mut client, &mut writer, &handle)
+                                .await
+                        {
+                            return;
+                        }
+                        let keys = pipeline.keys_of(&args);
+                        (keys, exec::execute(&server, &mut client, args).await)
                     } else {
-                        Vec::new()
+                        // A plain SET or an INCR joins the write run; anything else runs after it.
+                        let admission = cmd::admit(&server, &mut client, args);
+                        let Some(admission) = run.join(&server, &client, admission) else {
+                            if run.is_full()
+                                && !commit_run(
+                                    &server,
+                                    &mut client,
+                                    &mut run,
+                                    &mut out,
+                                    &mut writer,
+                                )
+                                .await
+                            {
+                                return;
+                            }
+                            continue;
+                        };
+                        if !commit_run(&server, &mut client, &mut run, &mut out, &mut writer).await
+                        {
+                            return;
+                        }
+                        let outcome = exec::execute_admitted(&server, &mut client, admission).await;
+                        (Vec::new(), outcome)
                     };
-                    let outcome = exec::execute(&server, &mut client, args).await;
                     let silent = client.no_reply;
                     match outcome {
                         Outcome::Nothing => {}
@@ -165,6 +188,9 @@ where
                 }
                 Ok(None) => break,
                 Err(error) => {
+                    if !commit_run(&server, &mut client, &mut run, &mut out, &mut writer).await {
+                        return;
+                    }
                     // The stream cannot be resynchronised: answer and close, as Redis does.
                     server
                         .stats
@@ -180,6 +206,9 @@ where
                     break;
                 }
             }
+        }
+        if !commit_run(&server, &mut client, &mut run, &mut out, &mut writer).await {
+            return;
         }
         if !pipeline
             .drain(&mut out, &mut client, &mut writer, &handle)
@@ -224,6 +253,26 @@ where
         }
     }
     let _ = writer.shutdown().await;
+}
+
+/// Runs the write run, if it holds any command, and delivers each command's reply. False if the
+/// connection must close.
+async fn commit_run<W: AsyncWrite + Unpin>(
+    server: &Arc<Server>,
+    client: &mut Client,
+    run: &mut WriteRun,
+    out: &mut Output,
+    writer: &mut W,
+) -> bool {
+    if run.is_empty() {
+        return true;
+    }
+    for reply in run.commit(server, client).await {
+        if !out.deliver(client, writer, reply, false).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// Where a connection's replies collect before they are written out.

@@ -92,6 +92,14 @@ impl From<&Entry> for Prior {
     }
 }
 
+impl From<&StoredValue> for Prior {
+    fn from(value: &StoredValue) -> Prior {
+        Prior {
+            expires_at_ms: value.expires_at_ms,
+        }
+    }
+}
+
 impl From<EntryHead> for Prior {
     fn from(head: EntryHead) -> Prior {
         Prior {
@@ -609,6 +617,7 @@ impl Keyspace {
         self.commit(change)
     }
 
+    /// Puts `raw`, or removes the key when the expiry is not in the future. True if it put.
     fn put_or_expire(
         &self,
         change: &mut Change,
@@ -617,14 +626,18 @@ impl Keyspace {
         old: Option<Prior>,
         raw: Bytes,
         expires_at_ms: Option<u64>,
-    ) {
+    ) -> bool {
         match expires_at_ms {
             Some(at) if at <= self.now_ms() => {
                 if let Some(old) = old {
                     change.remove(ns, key, old);
                 }
+                false
             }
-            _ => change.put(ns, key, old, raw, expires_at_ms),
+            _ => {
+                change.put(ns, key, old, raw, expires_at_ms);
+                true
+            }
         }
     }
 
@@ -1290,6 +1303,120 @@ impl Keyspace {
             }
         }
         Ok((results, self.commit(change).map_err(E::from)?))
+    }
+}
+
+/// Writes of several commands on one database that commit as one engine batch
+/// ([`Keyspace::batch`]): a write run of one connection's pipeline (issue 12). Each step reads
+/// the key as the steps before it left it, so the steps behave as if each had committed alone;
+/// counts and the expiry index change as they would have, step by step.
+pub struct Batch<'a> {
+    keyspace: &'a Keyspace,
+    ns: Namespace,
+    change: Change,
+    /// What the steps wrote so far, per key (`None`: removed), read by later steps instead of
+    /// the engine. A value here has version 0: sequences are given when the batch commits.
+    written: std::collections::HashMap<Bytes, Option<StoredValue>>,
+}
+
+impl Keyspace {
+    /// Runs `steps` on database `db` with `keys` locked, then commits what they wrote as one
+    /// engine batch. Every key a step touches must be among `keys`. Returns what `steps`
+    /// returned and the commit's result (the batch's sequence, 0 if nothing was written); a
+    /// commit that fails wrote none of the steps.
+    pub fn batch<T>(
+        &self,
+        db: usize,
+        keys: &[&[u8]],
+        steps: impl FnOnce(&mut Batch<'_>) -> T,
+    ) -> (T, Result<u64>) {
+        let _guard = self.lock_keys(keys);
+        let _mapped = self.remap.read();
+        let mut batch = Batch {
+            keyspace: self,
+            ns: self.namespace(db),
+            change: Change::new(self.layout),
+            written: std::collections::HashMap::new(),
+        };
+        let result = steps(&mut batch);
+        (result, self.commit(batch.change))
+    }
+}
+
+impl Batch<'_> {
+    /// What an earlier step left at `key`: `Some(None)` when it removed it or the value it
+    /// wrote has expired since, `None` when no step wrote it.
+    fn written(&self, key: &[u8]) -> Option<Option<&StoredValue>> {
+        let value = self.written.get(key)?;
+        let now_ms = self.keyspace.now_ms();
+        Some(
+            value
+                .as_ref()
+                .filter(|v| v.expires_at_ms.is_none_or(|at| at > now_ms)),
+        )
+    }
+
+    /// [`Keyspace::set_raw`] as a step: sets `key` to `raw` whatever it held.
+    pub fn set(&mut self, key: &Bytes, raw: Bytes, expires_at_ms: Option<u64>) -> Result<()> {
+        let old = match self.written(key) {
+            Some(value) => value.map(Prior::from),
+            None => self.keyspace.head(self.ns, key)?.map(Prior::from),
+        };
+        self.write(key, old, raw, expires_at_ms)
+    }
+
+    /// [`Keyspace::update`] as a step: `decide` sees the key as the earlier steps left it.
+    pub fn update<R, E: From<Error>>(
+        &mut self,
+        key: &Bytes,
+        decide: impl FnOnce(
+            Option<&StoredValue>,
+        ) -> std::result::Result<(Option<(Bytes, Option<u64>)>, R), E>,
+    ) -> std::result::Result<R, E> {
+        let old = match self.written(key) {
+            Some(value) => value.cloned(),
+            None => self
+                .keyspace
+                .read(self.ns, key)?
+                .map(StoredValue::from_entry)
+                .transpose()?,
+        };
+        let (write, result) = decide(old.as_ref())?;
+        if let Some((raw, expires_at_ms)) = write {
+            self.write(key, old.as_ref().map(Prior::from), raw, expires_at_ms)?;
+        }
+        Ok(result)
+    }
+
+    fn write(
+        &mut self,
+        key: &Bytes,
+        old: Option<Prior>,
+        raw: Bytes,
+        expires_at_ms: Option<u64>,
+    ) -> Result<()> {
+        let put = self.keyspace.put_or_expire(
+            &mut self.change,
+            self.ns,
+            key,
+            old,
+            raw.clone(),
+            expires_at_ms,
+        );
+        let value = if put {
+            let decoded = crate::value::decode_value(&raw)?;
+            Some(StoredValue {
+                value_type: decoded.value_type,
+                raw,
+                payload_at: decoded.payload_at,
+                expires_at_ms,
+                version: 0,
+            })
+        } else {
+            None
+        };
+        self.written.insert(key.clone(), value);
+        Ok(())
     }
 }
 

@@ -25,6 +25,6 @@ pub mod value;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
-pub use keyspace::{KeyGuard, Keyspace, RenameOutcome, DATABASES};
+pub use keyspace::{Batch, KeyGuard, Keyspace, RenameOutcome, DATABASES};
 pub use layout::{key_slot, Layout, Namespace, SLOT_COUNT};
 pub use value::{encode_value, Envelope, StoredValue, StrValue, ValueType};

@@ -596,12 +596,40 @@ pub(crate) fn invoke(
     spec: &CommandSpec,
     args: &[Bytes],
 ) -> (Frame, Option<Deferred>) {
+    invoke_with(server, client, index, spec, args, None)
+}
+
+/// [`invoke`] on the data path `data`: a write run's batch (`exec.rs`), whose operations
+/// answer at once.
+pub(crate) fn invoke_on(
+    server: &Arc<Server>,
+    client: &mut Client,
+    index: usize,
+    spec: &CommandSpec,
+    args: &[Bytes],
+    data: &dyn DataPath,
+) -> Frame {
+    let (reply, deferred) = invoke_with(server, client, index, spec, args, Some(data));
+    debug_assert!(deferred.is_none(), "{} deferred in a write run", spec.name);
+    reply
+}
+
+fn invoke_with(
+    server: &Arc<Server>,
+    client: &mut Client,
+    index: usize,
+    spec: &CommandSpec,
+    args: &[Bytes],
+    given: Option<&dyn DataPath>,
+) -> (Frame, Option<Deferred>) {
     let started = Instant::now();
     let keyspace = &server.keyspace;
     let local = Local(keyspace);
     let spawned;
     let coordinated;
-    let data: &dyn DataPath = if let Some(node) = server.cluster.get() {
+    let data: &dyn DataPath = if let Some(given) = given {
+        given
+    } else if let Some(node) = server.cluster.get() {
         coordinated = crate::cluster::Coordinated::new(server, client, node.clone());
         &coordinated
     } else if server.deferred_data_path.load(Ordering::Relaxed) {
@@ -653,11 +681,17 @@ pub(crate) fn invoke(
     }
     let seq = ctx.last_write_seq;
     client.pending_sync_seq = client.pending_sync_seq.max(seq);
-    let stats = &server.command_stats[index];
-    stats.calls.fetch_add(1, Ordering::Relaxed);
+    count_call(server, index, failed);
     if deferred.is_none() {
         record_timing(server, index, args, started.elapsed(), || peer(client));
     }
+    (reply, deferred)
+}
+
+/// Counts one call of command `index` (INFO commandstats, errorstats).
+fn count_call(server: &Server, index: usize, failed: bool) {
+    let stats = &server.command_stats[index];
+    stats.calls.fetch_add(1, Ordering::Relaxed);
     if failed {
         stats.failed_calls.fetch_add(1, Ordering::Relaxed);
         server
@@ -665,7 +699,18 @@ pub(crate) fn invoke(
             .total_error_replies
             .fetch_add(1, Ordering::Relaxed);
     }
-    (reply, deferred)
+}
+
+/// Counts as failed a call [`invoke_on`] counted as a success: a write run's command whose
+/// batch then failed to commit (`exec.rs`).
+pub(crate) fn count_failure(server: &Server, index: usize) {
+    server.command_stats[index]
+        .failed_calls
+        .fetch_add(1, Ordering::Relaxed);
+    server
+        .stats
+        .total_error_replies
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 /// Takes back the counts of a call that is run again (`exec.rs`: a write the engine refused
