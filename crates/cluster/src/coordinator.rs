@@ -72,6 +72,9 @@ pub const NOT_REACHED: &str = "connect failed";
 const HINTS_PER_PASS: usize = 1024;
 /// Hint deliveries in flight to one node.
 const HINTS_IN_FLIGHT: usize = 32;
+/// Times one write follows its slot to a newer placement before it gives up (each is a
+/// committed membership change during the write).
+const PLACEMENT_RETRIES: usize = 4;
 
 /// Most keys in one [`KIND_WRITE_MANY`] or [`KIND_MERGE_MANY`] request.
 pub const MANY_KEYS_MAX: usize = 4096;
@@ -873,7 +876,6 @@ impl DataNode {
             .replicate(
                 map,
                 key_slot(&event.key),
-                &replicas,
                 event_node,
                 KIND_MERGE,
                 payload,
@@ -971,7 +973,6 @@ impl DataNode {
             .replicate(
                 map,
                 slot,
-                &replicas,
                 event_node,
                 KIND_MERGE_MANY,
                 payload,
@@ -1027,7 +1028,6 @@ impl DataNode {
         self.replicate(
             map,
             key_slot(key),
-            &replicas,
             event_node,
             KIND_MERGE,
             payload,
@@ -1043,24 +1043,79 @@ impl DataNode {
     /// node instead, and the hint counts as its acknowledgement (sloppy
     /// quorum), unless the request's PW asks for more of the slot's own
     /// replicas than answered. docs/cluster.md, "Sloppy quorum and hinted handoff".
-    #[allow(clippy::too_many_arguments)]
+    ///
+    /// The acknowledgements count against the newest map this node knows when the round
+    /// ends. A coordinator whose map was behind (a peer refused its epoch and the map was
+    /// refreshed meanwhile, or a change applied during the round) gathered them under a
+    /// placement that may be gone: the event replica and the replicas that answered may no
+    /// longer hold the slot, and a later read at R from the new replicas would miss the
+    /// write. So when the slot's placement moved, the record goes again to the new
+    /// replicas (and target), and `done` counts only if it is one of them (the simulation's
+    /// seed 201309: a delete through a node held behind a join was acknowledged by itself,
+    /// no longer a replica, and a hint; docs/cluster.md, "Joins and leaves").
     async fn replicate(
         self: &Arc<Self>,
         map: &Arc<ClusterMap>,
         slot: u16,
-        replicas: &[NodeId],
         done: NodeId,
         kind: u8,
         payload: Bytes,
         quorum: Quorum,
     ) -> Result<Acks, CoordError> {
+        let mut map = map.clone();
+        for _ in 0..PLACEMENT_RETRIES {
+            let acks = self
+                .replicate_once(&map, slot, done, kind, payload.clone(), quorum)
+                .await?;
+            match self.newer_placement(&map, slot) {
+                Some(newer) => {
+                    tracing::debug!(
+                        slot,
+                        from = map.epoch,
+                        to = newer.epoch,
+                        "the slot moved during a write: replicating again under the new map"
+                    );
+                    map = newer;
+                }
+                None => return Ok(acks),
+            }
+        }
+        Err(CoordError::Event(format!(
+            "slot {slot} moved {PLACEMENT_RETRIES} times during one write"
+        )))
+    }
+
+    /// This node's current map, if it is newer than `map` and places `slot` elsewhere
+    /// (other replicas, or another change in progress).
+    fn newer_placement(&self, map: &ClusterMap, slot: u16) -> Option<Arc<ClusterMap>> {
+        let now = self.map.as_ref()?.read().clone()?;
+        let moved = now.epoch > map.epoch
+            && (now.replicas(slot) != map.replicas(slot)
+                || now.target_replicas(slot) != map.target_replicas(slot));
+        moved.then_some(now)
+    }
+
+    /// One round of [`DataNode::replicate`] under `map`.
+    async fn replicate_once(
+        self: &Arc<Self>,
+        map: &Arc<ClusterMap>,
+        slot: u16,
+        done: NodeId,
+        kind: u8,
+        payload: Bytes,
+        quorum: Quorum,
+    ) -> Result<Acks, CoordError> {
+        let replicas = map.replicas(slot);
         let w = quorum.w.clamp(1, replicas.len());
         let pw = quorum.pw.min(replicas.len());
         // A membership change moving the slot: its new replicas get the write too, and it
         // needs W of them as well (docs/cluster.md, "Joins and leaves").
         let target = map.target_replicas(slot);
         let mut round = ChangeRound::new(replicas.to_vec(), target.map(<[NodeId]>::to_vec), w);
-        let mut strict = 1;
+        // The event replica, if it is one of the slot's (after a placement moved, it may not be).
+        let mut strict = usize::from(
+            replicas.contains(&done) || target.is_some_and(|target| target.contains(&done)),
+        );
         let mut hinted = 0;
         if round.on_ack(done) == Progress::Succeeded && replicas.len() == 1 && target.is_none() {
             return Ok(Acks {
