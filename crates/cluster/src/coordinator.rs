@@ -750,7 +750,36 @@ impl DataNode {
     /// replicas not asked are brought up to date by writes, read repair of
     /// later reads and anti-entropy. Replicas that answered with an older copy
     /// get the merge (read repair). docs/cluster.md, "Reads".
+    ///
+    /// As a write's acknowledgements do ([`DataNode::replicate`]), the copies count
+    /// against the newest map: when the key's slot moved while the round ran, the read
+    /// goes again to the new replicas (the copy of a node that no longer holds the slot
+    /// may miss writes acknowledged by the new ones).
     pub async fn read(
+        self: &Arc<Self>,
+        map: &ClusterMap,
+        db: usize,
+        key: &Bytes,
+        quorum: Quorum,
+    ) -> Result<Record, CoordError> {
+        let slot = key_slot(key);
+        let mut record = self.read_once(map, db, key, quorum).await?;
+        let mut seen = self.newer_placement(map, slot);
+        for _ in 0..PLACEMENT_RETRIES {
+            let Some(newer) = seen else {
+                return Ok(record);
+            };
+            // What the old replicas answered is kept: merging it in loses nothing.
+            record = record.merge(&self.read_once(&newer, db, key, quorum).await?);
+            seen = self.newer_placement(&newer, slot);
+        }
+        Err(CoordError::Event(format!(
+            "slot {slot} moved {PLACEMENT_RETRIES} times during one read"
+        )))
+    }
+
+    /// One round of [`DataNode::read`] under `map`.
+    async fn read_once(
         self: &Arc<Self>,
         map: &ClusterMap,
         db: usize,
