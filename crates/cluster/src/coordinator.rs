@@ -999,14 +999,7 @@ impl DataNode {
             .collect();
         let payload = encode_merge_many(db, &copies);
         let acks = self
-            .replicate(
-                map,
-                slot,
-                event_node,
-                KIND_MERGE_MANY,
-                payload,
-                quorum,
-            )
+            .replicate(map, slot, event_node, KIND_MERGE_MANY, payload, quorum)
             .await?;
         Ok(done
             .into_iter()
@@ -1054,15 +1047,8 @@ impl DataNode {
             .map_err(|e| CoordError::Event(format!("damaged increment reply: {e}")))?;
         self.observe(&record);
         let payload = encode_merge(db, key, &record);
-        self.replicate(
-            map,
-            key_slot(key),
-            event_node,
-            KIND_MERGE,
-            payload,
-            quorum,
-        )
-        .await?;
+        self.replicate(map, key_slot(key), event_node, KIND_MERGE, payload, quorum)
+            .await?;
         Ok(value)
     }
 
