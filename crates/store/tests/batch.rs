@@ -52,7 +52,7 @@ fn key(index: u8) -> Bytes {
 
 /// The value to set: a number most of the time (so INCR works), else text.
 fn value(value: u8) -> Bytes {
-    let text = if value % 4 == 0 {
+    let text = if value.is_multiple_of(4) {
         format!("text{value}")
     } else {
         value.to_string()
@@ -104,8 +104,11 @@ fn key_of(step: &Step) -> u8 {
     }
 }
 
+/// A key's value and expiry, if it is there.
+type Held = Option<(Bytes, Option<u64>)>;
+
 /// Every key's (value, expiry) and DBSIZE.
-fn state(keyspace: &Keyspace) -> (Vec<Option<(Bytes, Option<u64>)>>, i64) {
+fn state(keyspace: &Keyspace) -> (Vec<Held>, i64) {
     let values = (0..4)
         .map(|i| {
             keyspace
