@@ -207,6 +207,11 @@ pub type MapCell = RwLock<Option<Arc<ClusterMap>>>;
 /// How a replica's refusal of a slot it does not keep starts.
 pub const NOT_KEPT: &str = "not a replica of slot";
 
+/// The error of a member that is in the map but has not finished starting (a joining node
+/// between its map and its data plane): it answers in a moment, so a write's merge asks it
+/// again until the request's timeout rather than counting it failed.
+pub const STARTING: &str = "node is starting";
+
 impl std::fmt::Debug for DataNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataNode")
@@ -1150,9 +1155,19 @@ impl DataNode {
             let hint = hinting
                 .clone()
                 .map(|map| (self.clone(), map, payload.clone()));
+            let again = (self.clone(), payload.clone());
             Box::pin(async move {
-                if let Some(direct) = direct {
-                    match direct.await {
+                if let Some(mut direct) = direct {
+                    let until = tokio::time::Instant::now() + again.0.timeout;
+                    let mut result = direct.await;
+                    while matches!(&result, Err(e) if e.contains(STARTING))
+                        && tokio::time::Instant::now() < until
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        direct = again.0.send(node, kind, again.1.clone());
+                        result = direct.await;
+                    }
+                    match result {
                         Ok(_) => return (node, Delivery::Direct(Ok(()))),
                         Err(error) if hint.is_none() => {
                             return (node, Delivery::Direct(Err(error)))

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::control::{ControlConfig, ControlPlane, CONTROL_KINDS};
 use crate::coordinator::{
     DataNode, MapCell, Peers, DATA_KINDS, KIND_HINT, KIND_HINT_MANY, KIND_MERGE, KIND_MERGE_MANY,
-    KIND_READ, NOT_REACHED,
+    KIND_READ, NOT_REACHED, STARTING,
 };
 use crate::exchange::ExchangeLimits;
 use crate::gossip::{GossipConfig, GossipRuntime, Health, GOSSIP_KIND};
@@ -640,7 +640,7 @@ impl Handler for NodeHandler {
             return Box::pin(async move {
                 match control {
                     Some(control) => control.handle(from, kind, payload).await,
-                    None => Err(HandlerError::new("node is starting")),
+                    None => Err(HandlerError::new(STARTING)),
                 }
             });
         }
@@ -655,7 +655,7 @@ impl Handler for NodeHandler {
         let node = self.node.get().and_then(Weak::upgrade);
         Box::pin(async move {
             let Some(node) = node else {
-                return Err(HandlerError::new("node is starting"));
+                return Err(HandlerError::new(STARTING));
             };
             let reply = node.data.answer(kind, payload).await;
             reply.map(|bytes| (kind, bytes)).map_err(HandlerError::new)
