@@ -4,40 +4,14 @@
 //! order; DBSIZE, expiry, MULTI, WATCH, ACL refusals, statistics, a restart and a replica see
 //! every command as if it had run alone, and concurrent pipelined INCRs lose no update.
 //!
-//! Each pipeline is sent in one write, so the server reads it in one batch and the SETs
-//! between the other commands form runs.
+//! Each pipeline is sent in one write (`Raw::check_pipelined`), so the server reads it in one
+//! batch and the SETs and INCRs between the other commands form runs.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{q, render, resp, Server};
-
-/// Sends every command of `pipeline` in one write, then reads one reply per command and
-/// compares its rendering; `a|b` accepts either (a TTL may tick down by a second).
-fn check_pipeline(raw: &mut common::Raw, pipeline: &[(&str, &str)]) {
-    let mut request = Vec::new();
-    for (line, _) in pipeline {
-        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
-        request.extend_from_slice(&resp(&args));
-    }
-    raw.send(&request);
-    let mut failures = Vec::new();
-    for (line, expected) in pipeline {
-        let got = render(&raw.read_frame());
-        if !expected.split('|').any(|alternative| alternative == got) {
-            failures.push(format!(
-                "{line}\n    expected {expected}\n    got      {got}"
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-}
 
 #[test]
 fn pipelined_sets_between_commands_on_the_same_keys_answer_as_redis() {
@@ -47,64 +21,58 @@ fn pipelined_sets_between_commands_on_the_same_keys_answer_as_redis() {
     let set_long = format!("SET {long_key} long");
     let get_long = format!("GET {long_key}");
     // Replies as Redis 7 gives them for the same pipeline.
-    check_pipeline(
-        &mut raw,
-        &[
-            ("SET a 1", "+OK"),
-            ("SET a 2", "+OK"),
-            ("GET a", "\"2\""),
-            ("SET n 5", "+OK"),
-            ("INCR n", ":6"),
-            ("SET n 10", "+OK"),
-            ("SET n 20", "+OK"),
-            ("INCRBY n 2", ":22"),
-            ("SET e v", "+OK"),
-            ("EXPIRE e 100", ":1"),
-            ("TTL e", ":100|:99"),
-            ("SET e w", "+OK"),
-            ("TTL e", ":-1"),
-            ("GET e", "\"w\""),
-            ("SET d x", "+OK"),
-            ("DEL d", ":1"),
-            ("EXISTS d", ":0"),
-            ("SET d y", "+OK"),
-            ("SET x 1 PX 100000", "+OK"),
-            ("SET x 2", "+OK"),
-            ("PTTL x", ":-1"),
-            ("SET m a", "+OK"),
-            ("APPEND m b", ":2"),
-            ("SET w 1", "+OK"),
-            ("SET w", "-ERR wrong number of arguments for 'set' command"),
-            ("SET w 2", "+OK"),
-            ("GET w", "\"2\""),
-            ("SET t 1", "+OK"),
-            (
-                "NOSUCHCMD t x",
-                "-ERR unknown command 'NOSUCHCMD', with args beginning with: 't' 'x' ",
-            ),
-            ("SET t 2", "+OK"),
-            (&set_long, "+OK"),
-            ("SET after-long 1", "+OK"),
-            (&get_long, "\"long\""),
-            ("SET u 1", "+OK"),
-            ("SELECT 1", "+OK"),
-            ("SET u 2", "+OK"),
-            ("SELECT 0", "+OK"),
-            ("GET u", "\"1\""),
-            ("SET g 1", "+OK"),
-            ("GETDEL g", "\"1\""),
-            ("SET g 2", "+OK"),
-            ("SET g 3", "+OK"),
-            // a, n, e, d, x, m, w, t, the long key, after-long, u, g.
-            ("DBSIZE", ":12"),
-            ("GET g", "\"3\""),
-            ("GET m", "\"ab\""),
-        ],
-    );
-    check_pipeline(
-        &mut raw,
-        &[("SELECT 1", "+OK"), ("DBSIZE", ":1"), ("GET u", "\"2\"")],
-    );
+    raw.check_pipelined(&[
+        ("SET a 1", "+OK"),
+        ("SET a 2", "+OK"),
+        ("GET a", "\"2\""),
+        ("SET n 5", "+OK"),
+        ("INCR n", ":6"),
+        ("SET n 10", "+OK"),
+        ("SET n 20", "+OK"),
+        ("INCRBY n 2", ":22"),
+        ("SET e v", "+OK"),
+        ("EXPIRE e 100", ":1"),
+        ("TTL e", ":100|:99"),
+        ("SET e w", "+OK"),
+        ("TTL e", ":-1"),
+        ("GET e", "\"w\""),
+        ("SET d x", "+OK"),
+        ("DEL d", ":1"),
+        ("EXISTS d", ":0"),
+        ("SET d y", "+OK"),
+        ("SET x 1 PX 100000", "+OK"),
+        ("SET x 2", "+OK"),
+        ("PTTL x", ":-1"),
+        ("SET m a", "+OK"),
+        ("APPEND m b", ":2"),
+        ("SET w 1", "+OK"),
+        ("SET w", "-ERR wrong number of arguments for 'set' command"),
+        ("SET w 2", "+OK"),
+        ("GET w", "\"2\""),
+        ("SET t 1", "+OK"),
+        (
+            "NOSUCHCMD t x",
+            "-ERR unknown command 'NOSUCHCMD', with args beginning with: 't' 'x' ",
+        ),
+        ("SET t 2", "+OK"),
+        (&set_long, "+OK"),
+        ("SET after-long 1", "+OK"),
+        (&get_long, "\"long\""),
+        ("SET u 1", "+OK"),
+        ("SELECT 1", "+OK"),
+        ("SET u 2", "+OK"),
+        ("SELECT 0", "+OK"),
+        ("GET u", "\"1\""),
+        ("SET g 1", "+OK"),
+        ("GETDEL g", "\"1\""),
+        ("SET g 2", "+OK"),
+        ("SET g 3", "+OK"),
+        // a, n, e, d, x, m, w, t, the long key, after-long, u, g.
+        ("DBSIZE", ":12"),
+        ("GET g", "\"3\""),
+        ("GET m", "\"ab\""),
+    ]);
+    raw.check_pipelined(&[("SELECT 1", "+OK"), ("DBSIZE", ":1"), ("GET u", "\"2\"")]);
 }
 
 #[test]
@@ -161,19 +129,16 @@ fn sets_around_multi_and_a_watch_elsewhere() {
     let mut watcher = server.raw();
     watcher.check(&[("SET k 0", "+OK"), ("WATCH k", "+OK")]);
     let mut raw = server.raw();
-    check_pipeline(
-        &mut raw,
-        &[
-            ("SET a 1", "+OK"),
-            ("MULTI", "+OK"),
-            ("SET a 2", "+QUEUED"),
-            ("GET a", "+QUEUED"),
-            ("EXEC", "[+OK, \"2\"]"),
-            ("SET a 3", "+OK"),
-            ("SET k 1", "+OK"),
-            ("GET a", "\"3\""),
-        ],
-    );
+    raw.check_pipelined(&[
+        ("SET a 1", "+OK"),
+        ("MULTI", "+OK"),
+        ("SET a 2", "+QUEUED"),
+        ("GET a", "+QUEUED"),
+        ("EXEC", "[+OK, \"2\"]"),
+        ("SET a 3", "+OK"),
+        ("SET k 1", "+OK"),
+        ("GET a", "\"3\""),
+    ]);
     // The SET of k in a run touched the watched key: the transaction fails, as in Redis.
     watcher.check(&[
         ("MULTI", "+OK"),
@@ -189,17 +154,14 @@ fn a_set_refused_in_the_middle_of_a_run_fails_alone() {
     let mut admin = server.raw();
     admin.check(&[("ACL SETUSER writer on >pw ~allowed:* +@all", "+OK")]);
     let mut raw = server.raw();
-    check_pipeline(
-        &mut raw,
-        &[
-            ("AUTH writer pw", "+OK"),
-            ("SET allowed:1 a", "+OK"),
-            ("SET other b", "-NOPERM No permissions to access a key"),
-            ("SET allowed:2 c", "+OK"),
-            ("GET allowed:1", "\"a\""),
-            ("GET allowed:2", "\"c\""),
-        ],
-    );
+    raw.check_pipelined(&[
+        ("AUTH writer pw", "+OK"),
+        ("SET allowed:1 a", "+OK"),
+        ("SET other b", "-NOPERM No permissions to access a key"),
+        ("SET allowed:2 c", "+OK"),
+        ("GET allowed:1", "\"a\""),
+        ("GET allowed:2", "\"c\""),
+    ]);
     admin.check(&[("EXISTS other", ":0"), ("DBSIZE", ":2")]);
 }
 
@@ -243,42 +205,39 @@ fn a_replica_gets_every_set_of_a_run() {
 fn pipelined_increments_read_what_the_run_wrote_before_them() {
     let server = Server::start();
     let mut raw = server.raw();
-    check_pipeline(
-        &mut raw,
-        &[
-            ("SET a 1", "+OK"),
-            ("INCR a", ":2"),
-            ("INCR a", ":3"),
-            ("SET a x", "+OK"),
-            ("INCR a", "-ERR value is not an integer or out of range"),
-            ("INCRBY b 5", ":5"),
-            ("DECR b", ":4"),
-            ("DECRBY b x", "-ERR value is not an integer or out of range"),
-            ("SET c 9223372036854775807", "+OK"),
-            ("INCR c", "-ERR increment or decrement would overflow"),
-            ("DECR new", ":-1"),
-            ("INCR new", ":0"),
-            ("GET a", "\"x\""),
-            ("GET b", "\"4\""),
-            ("SET e 1", "+OK"),
-            ("EXPIRE e 100", ":1"),
-            ("INCR e", ":2"),
-            ("INCR e", ":3"),
-            // INCR keeps the expiry, SET clears it.
-            ("TTL e", ":100|:99"),
-            ("SET e 5", "+OK"),
-            ("INCR e", ":6"),
-            ("TTL e", ":-1"),
-            ("SET x 1 PX 100000", "+OK"),
-            ("INCR x", ":2"),
-            ("INCR x", ":3"),
-            ("SET x 7", "+OK"),
-            ("INCR x", ":8"),
-            ("PTTL x", ":-1"),
-            // a, b, c, new, e, x.
-            ("DBSIZE", ":6"),
-        ],
-    );
+    raw.check_pipelined(&[
+        ("SET a 1", "+OK"),
+        ("INCR a", ":2"),
+        ("INCR a", ":3"),
+        ("SET a x", "+OK"),
+        ("INCR a", "-ERR value is not an integer or out of range"),
+        ("INCRBY b 5", ":5"),
+        ("DECR b", ":4"),
+        ("DECRBY b x", "-ERR value is not an integer or out of range"),
+        ("SET c 9223372036854775807", "+OK"),
+        ("INCR c", "-ERR increment or decrement would overflow"),
+        ("DECR new", ":-1"),
+        ("INCR new", ":0"),
+        ("GET a", "\"x\""),
+        ("GET b", "\"4\""),
+        ("SET e 1", "+OK"),
+        ("EXPIRE e 100", ":1"),
+        ("INCR e", ":2"),
+        ("INCR e", ":3"),
+        // INCR keeps the expiry, SET clears it.
+        ("TTL e", ":100|:99"),
+        ("SET e 5", "+OK"),
+        ("INCR e", ":6"),
+        ("TTL e", ":-1"),
+        ("SET x 1 PX 100000", "+OK"),
+        ("INCR x", ":2"),
+        ("INCR x", ":3"),
+        ("SET x 7", "+OK"),
+        ("INCR x", ":8"),
+        ("PTTL x", ":-1"),
+        // a, b, c, new, e, x.
+        ("DBSIZE", ":6"),
+    ]);
     let mut con = server.client();
     let stats: String = q(&mut con, &["INFO", "commandstats"]);
     for expected in [

@@ -690,14 +690,11 @@ fn invoke_with(
 
 /// Counts one call of command `index` (INFO commandstats, errorstats).
 fn count_call(server: &Server, index: usize, failed: bool) {
-    let stats = &server.command_stats[index];
-    stats.calls.fetch_add(1, Ordering::Relaxed);
+    server.command_stats[index]
+        .calls
+        .fetch_add(1, Ordering::Relaxed);
     if failed {
-        stats.failed_calls.fetch_add(1, Ordering::Relaxed);
-        server
-            .stats
-            .total_error_replies
-            .fetch_add(1, Ordering::Relaxed);
+        count_failure(server, index);
     }
 }
 

@@ -372,21 +372,21 @@ impl Raw {
     /// Runs every `(command, expected rendering)` pair in order; reports all mismatches.
     /// `a|b` accepts either rendering (a TTL may tick down by a second on a slow machine).
     pub fn check(&mut self, cases: &[(&str, &str)]) {
-        let mut failures = Vec::new();
-        for (line, expected) in cases {
-            let got = self.cmd(line);
-            if !expected.split('|').any(|alternative| alternative == got) {
-                failures.push(format!(
-                    "{line}\n    expected {expected}\n    got      {got}"
-                ));
-            }
+        let got: Vec<String> = cases.iter().map(|(line, _)| self.cmd(line)).collect();
+        assert_renderings(cases, &got);
+    }
+
+    /// [`Raw::check`] with every command sent in one write before any reply is read, so the
+    /// server reads them as one pipelined batch.
+    pub fn check_pipelined(&mut self, cases: &[(&str, &str)]) {
+        let mut request = Vec::new();
+        for (line, _) in cases {
+            let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+            request.extend_from_slice(&resp(&args));
         }
-        assert!(
-            failures.is_empty(),
-            "{} mismatches:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
+        self.send(&request);
+        let got: Vec<String> = cases.iter().map(|_| render(&self.read_frame())).collect();
+        assert_renderings(cases, &got);
     }
 
     /// Reads whatever arrives until the server closes the connection (or the timeout).
@@ -401,6 +401,25 @@ impl Raw {
             }
         }
     }
+}
+
+/// Asserts each reply rendering in `got` against its `(command, expected)` case (`a|b`
+/// accepts either); reports all mismatches.
+fn assert_renderings(cases: &[(&str, &str)], got: &[String]) {
+    let mut failures = Vec::new();
+    for ((line, expected), got) in cases.iter().zip(got) {
+        if !expected.split('|').any(|alternative| alternative == got) {
+            failures.push(format!(
+                "{line}\n    expected {expected}\n    got      {got}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Encodes a command as a RESP array of bulk strings.
