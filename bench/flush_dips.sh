@@ -38,7 +38,7 @@ prepare_ringkv
 run_side() {
     local kind=$1 port pid sampler
     port=$(free_port)
-    start_server "$kind" "$WORK/$kind" "$port"
+    start_server "$kind" "$WORK/run-$kind" "$port"
     pid=$SERVER_PID
     wait_pong "$port"
     python3 "$HERE/throughput_windows.py" sample "$port" "$WORK/$kind.csv" &

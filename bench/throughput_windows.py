@@ -96,12 +96,13 @@ def windows(path):
         ops = (int(after["commands"]) - int(before["commands"])) / span
         delta = lambda k: (int(after[k]) - int(before[k])) if after[k] and before[k] else 0
         out.append((float(before["seconds"]), ops, delta("flushes"), delta("compactions")))
-    # The run: from the first window with traffic to the last (the sampler's
-    # own INFO calls are a few commands a window).
+    # The run: the windows with traffic (the sampler's own INFO calls are a
+    # few commands a window), less the first and the last, which the load
+    # starts or stops inside of.
     busy = [i for i, w in enumerate(out) if w[1] > 1000]
-    if not busy:
+    if len(busy) < 3:
         return []
-    run = out[busy[0] : busy[-1] + 1]
+    run = out[busy[0] + 1 : busy[-1]]
     t0 = run[0][0]
     return [(t - t0, ops, fl, co) for t, ops, fl, co in run]
 
