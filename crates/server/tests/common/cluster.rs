@@ -17,10 +17,14 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes with `extra` flags on each, waits until every node knows all `n`.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
-        let first_port = free_port();
-        let mut first_args = vec!["--cluster-enabled", "yes", "--cluster-port", &first_port];
-        first_args.extend_from_slice(extra);
-        let first = Server::start_with(&first_args);
+        let first = Server::start_retrying_ports(|| {
+            let mut args: Vec<String> = ["--cluster-enabled", "yes", "--cluster-port"]
+                .map(String::from)
+                .to_vec();
+            args.push(free_port());
+            args.extend(extra.iter().map(|a| a.to_string()));
+            args
+        });
         let seed = format!("127.0.0.1:{}", first.port);
         // Joins go one at a time through the Raft leader anyway; started together they wait
         // for each other there rather than here.
@@ -79,17 +83,14 @@ impl Cluster {
 /// Starts a node that joins the cluster through `seed` (a member's client address), on a
 /// free internode port, with `extra` flags.
 pub fn start_joining(seed: &str, extra: &[&str]) -> Server {
-    let port = free_port();
-    let mut args = vec![
-        "--cluster-enabled",
-        "yes",
-        "--cluster-join",
-        seed,
-        "--cluster-port",
-        &port,
-    ];
-    args.extend_from_slice(extra);
-    Server::start_with(&args)
+    Server::start_retrying_ports(|| {
+        let mut args: Vec<String> = ["--cluster-enabled", "yes", "--cluster-join", seed]
+            .map(String::from)
+            .to_vec();
+        args.extend(["--cluster-port".to_string(), free_port()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    })
 }
 
 /// A free port on loopback for a node's internode listener. The default, 10000 above the

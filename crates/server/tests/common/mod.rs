@@ -162,13 +162,46 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("ringkv did not start; log:\n{log}");
+        }
+    }
+
+    /// Starts the process; its log if it did not start.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let (mut child, port) = launch(&self.data_dir(), &self.extra_args, self.log.clone());
         let Some(port) = port else {
             let _ = child.kill();
-            panic!("ringkv did not start; log:\n{}", self.log.lock().unwrap());
+            let _ = child.wait();
+            return Err(self.log.lock().unwrap().clone());
         };
         self.port = port;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// [`Server::start_with`] with the flags `args()` gives, tried again with new ones (at most
+    /// five times) while the process fails to bind a port it was given: a port a test
+    /// picked free (a cluster node's internode port) can be taken by another test before
+    /// the process binds it.
+    pub fn start_retrying_ports(args: impl Fn() -> Vec<String>) -> Server {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut server = Server {
+                child: None,
+                port: 0,
+                dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+                extra_args: args(),
+                log: Arc::new(Mutex::new(String::new())),
+                data: None,
+            };
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => last = log,
+                Err(log) => panic!("ringkv did not start; log:\n{log}"),
+            }
+        }
+        panic!("ringkv did not start: its ports were taken five times; log:\n{last}");
     }
 
     /// `redis://127.0.0.1:port/`.
