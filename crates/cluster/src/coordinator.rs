@@ -762,25 +762,16 @@ impl DataNode {
     /// may miss writes acknowledged by the new ones).
     pub async fn read(
         self: &Arc<Self>,
-        map: &ClusterMap,
+        map: &Arc<ClusterMap>,
         db: usize,
         key: &Bytes,
         quorum: Quorum,
     ) -> Result<Record, CoordError> {
-        let slot = key_slot(key);
-        let mut record = self.read_once(map, db, key, quorum).await?;
-        let mut seen = self.newer_placement(map, slot);
-        for _ in 0..PLACEMENT_RETRIES {
-            let Some(newer) = seen else {
-                return Ok(record);
-            };
-            // What the old replicas answered is kept: merging it in loses nothing.
-            record = record.merge(&self.read_once(&newer, db, key, quorum).await?);
-            seen = self.newer_placement(&newer, slot);
-        }
-        Err(CoordError::Event(format!(
-            "slot {slot} moved {PLACEMENT_RETRIES} times during one read"
-        )))
+        // What the old replicas answered is kept: merging it in loses nothing.
+        let round =
+            |map: Arc<ClusterMap>| async move { self.read_once(&map, db, key, quorum).await };
+        self.on_newest_placement(map, key_slot(key), "read", round, |a, b| a.merge(&b))
+            .await
     }
 
     /// One round of [`DataNode::read`] under `map`.
@@ -1082,27 +1073,54 @@ impl DataNode {
         payload: Bytes,
         quorum: Quorum,
     ) -> Result<Acks, CoordError> {
-        let mut map = map.clone();
-        for _ in 0..PLACEMENT_RETRIES {
-            let acks = self
-                .replicate_once(&map, slot, done, kind, payload.clone(), quorum)
-                .await?;
-            match self.newer_placement(&map, slot) {
-                Some(newer) => {
-                    tracing::debug!(
-                        slot,
-                        from = map.epoch,
-                        to = newer.epoch,
-                        "the slot moved during a write: replicating again under the new map"
-                    );
-                    map = newer;
-                }
-                None => return Ok(acks),
+        // Only the last round's acknowledgements count: they are against the newest map.
+        let round = |map: Arc<ClusterMap>| {
+            let payload = payload.clone();
+            async move {
+                self.replicate_once(&map, slot, done, kind, payload, quorum)
+                    .await
             }
+        };
+        self.on_newest_placement(map, slot, "write", round, |_, last| last)
+            .await
+    }
+
+    /// Runs `round` under `map`, then again under each newer map this node has applied
+    /// meanwhile that places `slot` elsewhere, folding the results with `fold` (at most
+    /// [`PLACEMENT_RETRIES`] more rounds): what [`DataNode::replicate`] and
+    /// [`DataNode::read`] count against.
+    async fn on_newest_placement<T, F, Fut>(
+        &self,
+        map: &Arc<ClusterMap>,
+        slot: u16,
+        what: &str,
+        mut round: F,
+        fold: impl Fn(T, T) -> T,
+    ) -> Result<T, CoordError>
+    where
+        F: FnMut(Arc<ClusterMap>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CoordError>>,
+    {
+        let mut result = round(map.clone()).await?;
+        let mut under = map.clone();
+        let mut retries = 0;
+        while let Some(newer) = self.newer_placement(&under, slot) {
+            if retries == PLACEMENT_RETRIES {
+                return Err(CoordError::Event(format!(
+                    "slot {slot} moved {PLACEMENT_RETRIES} times during one {what}"
+                )));
+            }
+            retries += 1;
+            tracing::debug!(
+                slot,
+                from = under.epoch,
+                to = newer.epoch,
+                "the slot moved during a {what}: running it again under the new map"
+            );
+            result = fold(result, round(newer.clone()).await?);
+            under = newer;
         }
-        Err(CoordError::Event(format!(
-            "slot {slot} moved {PLACEMENT_RETRIES} times during one write"
-        )))
+        Ok(result)
     }
 
     /// This node's current map, if it is newer than `map` and places `slot` elsewhere
