@@ -171,6 +171,9 @@ pub struct SloppyStats {
     pub hints_sent: AtomicU64,
     /// Writes refused for too few strict acknowledgements (PW).
     pub strict_refused: AtomicU64,
+    /// Write events this node (as event replica) refused for arriving after their
+    /// coordinator's timeout ([`STALE_EVENT`]).
+    pub stale_events: AtomicU64,
 }
 
 /// One node's data plane: its store seen as records, its clock, and the way
@@ -211,6 +214,17 @@ pub const NOT_KEPT: &str = "not a replica of slot";
 /// between its map and its data plane): it answers in a moment, so a write's merge asks it
 /// again until the request's timeout rather than counting it failed.
 pub const STARTING: &str = "node is starting";
+
+/// How a write event's refusal starts when it reached its event replica later than its
+/// coordinator can still be waiting for it ([`DataNode::stamp_after`]).
+pub const STALE_EVENT: &str = "stale write event";
+
+/// How far apart the nodes' clocks may be, beyond the request timeout, before an event
+/// replica takes a write event for stale: an event whose coordinator stamped it more than
+/// the request timeout plus this before the replica's clock is refused (docs/cluster.md,
+/// "Late events"). NTP keeps clocks within milliseconds; the simulation skews them by up
+/// to 800 ms between two nodes.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for DataNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -379,6 +393,12 @@ impl DataNode {
         self.me
     }
 
+    /// This node's own copy of `key` in `db`, as stored (no quorum, no repair): what
+    /// `DEBUG CLUSTER-RECORD` shows, dots and stamps included, to explain a failed check.
+    pub fn local_record(&self, db: usize, key: &[u8]) -> Result<Record, String> {
+        self.replica().read(db, key).map_err(|e| e.to_string())
+    }
+
     pub(crate) fn replica(&self) -> Replica<'_> {
         Replica::new(
             &self.keyspace,
@@ -396,13 +416,31 @@ impl DataNode {
     /// A stamp for an event whose coordinator's clock read `clock`: after it, so that an
     /// operation comes after what its coordinator saw before it (a delete after the write
     /// it follows, whatever the replicas' clocks say). A clock too far ahead is ignored.
-    fn stamp_after(&self, clock: Option<Hlc>) -> Hlc {
+    ///
+    /// An event stamped longer ago than the request timeout plus [`MAX_CLOCK_SKEW`] is
+    /// refused ([`STALE_EVENT`]): its coordinator has given up on it and answered its
+    /// client, who may have written the key again since. Run now, it would be stamped now
+    /// and, blind, supersede those later writes with the older value. Such a request is
+    /// one that sat in a socket's send queue through a partition and was delivered when it
+    /// healed (docs/cluster.md, "Late events").
+    fn stamp_after(&self, clock: Option<Hlc>) -> Result<Hlc, String> {
         let now_ms = self.keyspace.now_ms();
+        if let Some(sent) = clock {
+            let age_ms = now_ms.saturating_sub(sent.physical_ms());
+            let bound = self.timeout + MAX_CLOCK_SKEW;
+            if age_ms > bound.as_millis() as u64 {
+                self.sloppy.stale_events.fetch_add(1, Ordering::Relaxed);
+                return Err(format!(
+                    "{STALE_EVENT}: its coordinator stamped it {age_ms} ms ago, past the \
+                     request timeout and clock skew allowance ({bound:?})"
+                ));
+            }
+        }
         let mut local = self.clock.lock();
-        match clock.map(|remote| local.observe(remote, now_ms)) {
+        Ok(match clock.map(|remote| local.observe(remote, now_ms)) {
             Some(Ok(stamp)) => stamp,
             _ => local.now(now_ms),
-        }
+        })
     }
 
     /// Moves this node's clock past every version in `record` (a copy it received as a
@@ -514,7 +552,7 @@ impl DataNode {
                 };
                 reader.finish().map_err(|e| e.to_string())?;
                 let done = replica
-                    .increment(db, key, delta, request_id, self.stamp_after(clock))
+                    .increment(db, key, delta, request_id, self.stamp_after(clock)?)
                     .map_err(text)?;
                 let mut out = vec![u8::from(done.applied)];
                 out.extend_from_slice(&done.value.to_be_bytes());
@@ -543,7 +581,7 @@ impl DataNode {
                     .collect();
                 let db = events.first().map_or(0, |e| e.db);
                 let done = replica
-                    .write_many(db, &writes, self.stamp_after(clock))
+                    .write_many(db, &writes, self.stamp_after(clock)?)
                     .map_err(text)?;
                 let mut out = Vec::new();
                 for (record, existed) in done {
@@ -606,7 +644,7 @@ impl DataNode {
                 event.context.as_ref(),
                 event.body.clone(),
                 event.expires_at_ms,
-                self.stamp_after(clock),
+                self.stamp_after(clock)?,
             )
             .map_err(|e| e.to_string())?;
         Ok((existed, record))
@@ -644,12 +682,14 @@ impl DataNode {
 
     /// Runs a write event on the event replica; if it cannot be reached at all (the
     /// connection was refused: the event cannot have run), on the next replica that
-    /// gossip does not find down. The replica that ran it and its reply.
+    /// gossip does not find down. The replica that ran it and its reply. `encode` makes
+    /// the request with this node's clock as each attempt is sent: the event replica
+    /// refuses an event stamped too long ago ([`DataNode::stamp_after`]).
     async fn run_event(
         self: &Arc<Self>,
         replicas: &[NodeId],
         kind: u8,
-        payload: Bytes,
+        encode: impl Fn(Hlc) -> Bytes,
     ) -> Result<(NodeId, Bytes), String> {
         let first = self.event_replica(replicas);
         let mut candidates = std::iter::once(first).chain(
@@ -660,7 +700,7 @@ impl DataNode {
         );
         let mut node = candidates.next().expect("a slot has a replica");
         loop {
-            match self.send(node, kind, payload.clone()).await {
+            match self.send(node, kind, encode(self.stamp())).await {
                 Ok(reply) => return Ok((node, reply)),
                 // Not run there: unreachable, or a slot it no longer keeps (a change
                 // completed while the request was on its way).
@@ -883,11 +923,9 @@ impl DataNode {
     ) -> Result<Written, CoordError> {
         let replicas = map.replicas(key_slot(&event.key)).to_vec();
         let (event_node, reply) = self
-            .run_event(
-                &replicas,
-                KIND_WRITE,
-                event.encode_stamped(Some(self.stamp())),
-            )
+            .run_event(&replicas, KIND_WRITE, |stamp| {
+                event.encode_stamped(Some(stamp))
+            })
             .await
             .map_err(CoordError::Event)?;
         let (&existed, record) = reply
@@ -966,11 +1004,9 @@ impl DataNode {
             .all(|e| e.db == db && key_slot(&e.key) == slot && e.context.is_none()));
         let replicas = map.replicas(slot).to_vec();
         let (event_node, reply) = self
-            .run_event(
-                &replicas,
-                KIND_WRITE_MANY,
-                encode_write_many(&events, Some(self.stamp())),
-            )
+            .run_event(&replicas, KIND_WRITE_MANY, |stamp| {
+                encode_write_many(&events, Some(stamp))
+            })
             .await
             .map_err(CoordError::Event)?;
         let damaged = |e: DecodeError| CoordError::Event(format!("damaged write reply: {e}"));
@@ -1019,14 +1055,17 @@ impl DataNode {
         quorum: Quorum,
     ) -> Result<i64, CoordError> {
         let replicas = map.replicas(key_slot(key)).to_vec();
-        let mut payload = BytesMut::from(&encode_key(db, key)[..]);
-        let mut tail = Vec::new();
-        put_varint(&mut tail, zigzag(delta));
-        tail.extend_from_slice(&request_id.to_le_bytes());
-        put_varint(&mut tail, self.stamp().0);
-        payload.put_slice(&tail);
+        let encode = |stamp: Hlc| {
+            let mut payload = BytesMut::from(&encode_key(db, key)[..]);
+            let mut tail = Vec::new();
+            put_varint(&mut tail, zigzag(delta));
+            tail.extend_from_slice(&request_id.to_le_bytes());
+            put_varint(&mut tail, stamp.0);
+            payload.put_slice(&tail);
+            payload.freeze()
+        };
         let (event_node, reply) = self
-            .run_event(&replicas, KIND_INCREMENT, payload.freeze())
+            .run_event(&replicas, KIND_INCREMENT, encode)
             .await
             .map_err(|message| {
                 if message == IncrementError::NotInteger.to_string() {
@@ -1684,7 +1723,7 @@ mod tests {
             expires_at_ms: None,
         };
         let (ran_on, _) = coordinator
-            .run_event(&[2, 4], KIND_WRITE, event.encode())
+            .run_event(&[2, 4], KIND_WRITE, |_| event.encode())
             .await
             .expect("the next replica runs it");
         assert_eq!(ran_on, 4);
@@ -1693,11 +1732,57 @@ mod tests {
 
         peers.asked.lock().clear();
         let error = coordinator
-            .run_event(&[3, 4], KIND_WRITE, event.encode())
+            .run_event(&[3, 4], KIND_WRITE, |_| event.encode())
             .await
             .expect_err("a timed-out event replica is not replaced");
         assert!(error.contains("timed out"), "{error}");
         assert_eq!(*peers.asked.lock(), vec![3]);
+    }
+
+    /// Late events (docs/cluster.md): a write event that reaches its event replica after its
+    /// coordinator's timeout plus the clock skew allowance is refused and changes nothing; one
+    /// within them runs. The cluster_netsplit test once saw a SET held in a socket through a
+    /// partition run 19 s late, blind, and replace the value acknowledged after it.
+    #[tokio::test]
+    async fn a_write_event_stamped_before_the_timeout_and_skew_allowance_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = data_node(dir.path(), 4, Arc::new(NoPeers));
+        let bound_ms = (Duration::from_secs(1) + MAX_CLOCK_SKEW).as_millis() as u64;
+        let now_ms = node.keyspace.now_ms();
+        let stale = Hlc::new(now_ms - bound_ms - 500, 0);
+        let fresh = Hlc::new(now_ms - bound_ms + 500, 0);
+        let event = |key: &'static [u8]| WriteEvent {
+            db: 0,
+            key: Bytes::from_static(key),
+            context: None,
+            body: Body::Value(Bytes::from_static(b"late")),
+            expires_at_ms: None,
+        };
+
+        let error = node
+            .answer(KIND_WRITE, event(b"k").encode_stamped(Some(stale)))
+            .await
+            .expect_err("a stale event is refused");
+        assert!(error.starts_with(STALE_EVENT), "{error}");
+        let batch = encode_write_many(&[event(b"a"), event(b"b")], Some(stale));
+        let error = node
+            .answer(KIND_WRITE_MANY, batch)
+            .await
+            .expect_err("a stale batch is refused");
+        assert!(error.starts_with(STALE_EVENT), "{error}");
+        for key in [&b"k"[..], b"a", b"b"] {
+            assert_eq!(node.replica().read(0, key).unwrap(), Record::empty());
+        }
+        assert_eq!(node.sloppy_stats().stale_events.load(Ordering::Relaxed), 2);
+
+        node.answer(KIND_WRITE, event(b"k").encode_stamped(Some(fresh)))
+            .await
+            .expect("an event within the allowance runs");
+        assert_eq!(node.replica().read(0, b"k").unwrap().sibling_count(), 1);
+        // Unstamped requests (none are sent any more) are not judged.
+        node.answer(KIND_WRITE, event(b"a").encode())
+            .await
+            .expect("an unstamped event runs");
     }
 
     struct NoPeers;

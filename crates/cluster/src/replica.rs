@@ -179,7 +179,7 @@ impl<'a> Replica<'a> {
     pub fn merge_many(&self, db: usize, copies: &[(&[u8], Record)]) -> Result<(), ReplicaError> {
         let keys: Vec<&[u8]> = copies.iter().map(|(key, _)| *key).collect();
         self.events(db, &keys, |i, local| {
-            let merged = local.merge(&copies[i].1);
+            let merged = self.merged(copies[i].0, local, &copies[i].1);
             let write = (&merged != local).then_some(merged);
             Ok((write, ()))
         })?;
@@ -190,10 +190,34 @@ impl<'a> Replica<'a> {
     /// event, read repair, handoff). Returns the merged record.
     pub fn merge(&self, db: usize, key: &[u8], incoming: &Record) -> Result<Record, ReplicaError> {
         self.event(db, key, |local| {
-            let merged = local.merge(incoming);
+            let merged = self.merged(key, local, incoming);
             let write = (&merged != local).then(|| merged.clone());
             Ok((write, merged))
         })
+    }
+
+    /// `local` merged with `incoming`. A copy from elsewhere that knows more of this node's
+    /// own events on the key than its local copy does means this node's store no longer
+    /// has events it issued: writes lost (a power cut under `everysec`), or a record
+    /// dropped after its tombstone grace while another replica still held it. Its next
+    /// event on the key may then have reused one of their dots, which merging cannot tell
+    /// apart. Logged, as the sign of such a loss (docs/cluster.md, "Records").
+    fn merged(&self, key: &[u8], local: &Record, incoming: &Record) -> Record {
+        let (mine, known) = (
+            local.context().get(self.node),
+            incoming.context().get(self.node),
+        );
+        if known > mine {
+            tracing::warn!(
+                key = %String::from_utf8_lossy(key),
+                held = mine,
+                known,
+                ?local,
+                ?incoming,
+                "a copy knows events of this node that its own copy lost"
+            );
+        }
+        local.merge(incoming)
     }
 
     /// Reads the record at `key`, lets `change` decide, and stores what it

@@ -108,7 +108,10 @@ pub trait Listener: Send + Sync + 'static {
 }
 
 /// The operating system's TCP, with Nagle off (requests are small and
-/// latency-bound: do not wait to coalesce).
+/// latency-bound: do not wait to coalesce). A dialled connection lingers for
+/// nothing when closed: requests it had not delivered are dropped with it (a
+/// reset) instead of being sent whenever the peer can be reached again, after
+/// their callers gave up on them (docs/cluster.md, "Late events").
 #[derive(Debug, Default)]
 pub struct TcpNetwork;
 
@@ -124,6 +127,7 @@ impl Network for TcpNetwork {
         Box::pin(async move {
             let stream = tokio::net::TcpStream::connect(peer).await?;
             stream.set_nodelay(true)?;
+            stream.set_zero_linger()?;
             Ok(Box::new(stream) as BoxStream)
         })
     }

@@ -792,6 +792,13 @@ fn cluster_metrics(server: &Server, o: &mut String) {
         "Writes answered NOQUORUM for reaching fewer of the slot's own replicas than their PW.",
         sloppy.strict_refused.load(Ordering::Relaxed),
     );
+    single(
+        o,
+        "ringkv_cluster_stale_events_refused_total",
+        "counter",
+        "Write events this node refused as their event replica for arriving after their coordinator's request timeout (a request held in the network).",
+        sloppy.stale_events.load(Ordering::Relaxed),
+    );
     let aae = node.data.trees().stats();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     single(

@@ -487,7 +487,15 @@ fn five_nodes_in_namespaces_keep_every_acknowledged_write_through_dropped_packet
     let repair = std::env::var("CLUSTER_NETSPLIT_REPAIR").as_deref() != Ok("off");
     let network = Network::create(NODES);
     // Not loopback: protected mode would refuse the joins and the test's clients.
-    let mut cluster_args = vec!["--cluster-enabled", "yes", "--protected-mode", "no"];
+    // DEBUG from the test's namespace: a failed check prints each node's stored record.
+    let mut cluster_args = vec![
+        "--cluster-enabled",
+        "yes",
+        "--protected-mode",
+        "no",
+        "--enable-debug-command",
+        "yes",
+    ];
     cluster_args.extend([
         "--cluster-secret",
         "netsplit-test-secret",

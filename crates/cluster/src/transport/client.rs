@@ -48,14 +48,21 @@ struct ConnState {
     /// Frames read from the peer so far: a request that times out with none
     /// read since it was sent finds the connection silent.
     received: AtomicU64,
+    /// Wakes the connection task to drop the socket.
+    shut: tokio::sync::Notify,
 }
 
 impl ConnState {
-    /// Marks the connection closed and fails every waiting request (the
-    /// dropped senders wake their callers with `ConnectionLost`).
+    /// Marks the connection closed, fails every waiting request (the dropped
+    /// senders wake their callers with `ConnectionLost`) and has the connection
+    /// task drop the socket. Dialled sockets linger for nothing
+    /// ([`crate::transport::TcpNetwork`]): what they have not delivered yet is
+    /// thrown away, not sent when a partition heals, long after its caller gave
+    /// up (docs/cluster.md, "Late events").
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.waiting.lock().take();
+        self.shut.notify_one();
     }
 }
 
@@ -162,6 +169,7 @@ impl ClientConn {
             waiting: Mutex::new(Some(BTreeMap::new())),
             closed: AtomicBool::new(false),
             received: AtomicU64::new(0),
+            shut: tokio::sync::Notify::new(),
         });
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE_FRAMES);
         let task = run(
@@ -280,6 +288,7 @@ async fn run<R, W>(
     let result = tokio::select! {
         // In a fixed order: a simulation replays a seed exactly (docs/testing.md).
         biased;
+        () = state.shut.notified() => Ok(()),
         result = read_replies(reader, &state) => result,
         result = conn::write_loop(writer, queue) => result.map_err(ConnError::Write),
     };

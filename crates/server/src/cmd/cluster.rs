@@ -135,7 +135,7 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             let transfer = node.data.transfer_stats();
             use std::sync::atomic::Ordering::Relaxed;
             let text = format!(
-                "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOT_COUNT}\r\ncluster_slots_ok:{SLOT_COUNT}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{}\r\ncluster_my_epoch:{}\r\ncluster_replicas:{}\r\ncluster_read_quorum:{}\r\ncluster_write_quorum:{}\r\ncluster_write_strict_quorum:{}\r\ncluster_my_id:{}\r\ncluster_hints_pending:{}\r\ncluster_hints_delivered:{}\r\ncluster_hints_sent:{}\r\ncluster_aae_ready:{}\r\ncluster_aae_exchanges:{}\r\ncluster_aae_keys_repaired:{}\r\ncluster_change_in_progress:{}\r\ncluster_change_started:{}\r\ncluster_transfer_slots_wanted:{}\r\ncluster_transfer_slots_done:{}\r\ncluster_transfer_keys_received:{}\r\ncluster_transfer_bytes_received:{}\r\ncluster_transfer_bytes_sent:{}\r\ncluster_transfer_keys_dropped:{}\r\n",
+                "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOT_COUNT}\r\ncluster_slots_ok:{SLOT_COUNT}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{}\r\ncluster_my_epoch:{}\r\ncluster_replicas:{}\r\ncluster_read_quorum:{}\r\ncluster_write_quorum:{}\r\ncluster_write_strict_quorum:{}\r\ncluster_my_id:{}\r\ncluster_hints_pending:{}\r\ncluster_hints_delivered:{}\r\ncluster_hints_sent:{}\r\ncluster_stale_events_refused:{}\r\ncluster_aae_ready:{}\r\ncluster_aae_exchanges:{}\r\ncluster_aae_keys_repaired:{}\r\ncluster_change_in_progress:{}\r\ncluster_change_started:{}\r\ncluster_transfer_slots_wanted:{}\r\ncluster_transfer_slots_done:{}\r\ncluster_transfer_keys_received:{}\r\ncluster_transfer_bytes_received:{}\r\ncluster_transfer_bytes_sent:{}\r\ncluster_transfer_keys_dropped:{}\r\n",
                 map.members.len(),
                 map.members.len(),
                 map.epoch,
@@ -151,6 +151,7 @@ fn cluster_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
                     .sloppy_stats()
                     .hints_sent
                     .load(std::sync::atomic::Ordering::Relaxed),
+                node.data.sloppy_stats().stale_events.load(Relaxed),
                 u8::from(node.data.trees().is_ready()),
                 node.data
                     .trees()

@@ -374,6 +374,16 @@ fn debug_run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
             *node.cut_off.write() = ids;
             Ok(Frame::ok())
         }
+        "cluster-record" if args.len() == 3 => {
+            // A debug view: this node's own copy of a key as stored, every sibling with its
+            // dot and stamp (what a quorum read merges), in the selected database.
+            let node = cluster_node(ctx)?;
+            let record = node
+                .data
+                .local_record(ctx.db(), &args[2])
+                .map_err(|e| CmdError::msg(format!("ERR {e}")))?;
+            Ok(Frame::Bulk(Bytes::from(format!("{record:?}"))))
+        }
         "cluster-fence" if args.len() == 3 => {
             // A drill: this node refuses internode data requests from below this epoch, as if
             // its map were that new (the stale-epoch path end to end).

@@ -216,8 +216,9 @@ pub fn check(histories: &[History], nodes: &mut [redis::Connection], converge: D
             Err(error) => {
                 let key = error.split(':').take(3).collect::<Vec<_>>().join(":");
                 panic!(
-                    "{error} (still after {converge:?}); each node's own copy: {}",
-                    own_copies(nodes, &key)
+                    "{error} (still after {converge:?}); each node's own copy: {}; stored: {}",
+                    own_copies(nodes, &key),
+                    stored_records(nodes, &key)
                 )
             }
         }
@@ -226,8 +227,28 @@ pub fn check(histories: &[History], nodes: &mut [redis::Connection], converge: D
         "every replica's own copy holds the history after {:?}",
         began.elapsed()
     );
-    checked += check_pass(histories, nodes, Pass::Quorum).unwrap_or_else(|e| panic!("{e}"));
+    checked += check_pass(histories, nodes, Pass::Quorum).unwrap_or_else(|error| {
+        let key = error.split(':').take(3).collect::<Vec<_>>().join(":");
+        panic!(
+            "{error}; each node's stored record: {}",
+            stored_records(nodes, &key)
+        )
+    });
     checked
+}
+
+/// Every node's stored record of `key` (`DEBUG CLUSTER-RECORD`: siblings with their dots and
+/// stamps), for a failure's message: what the failed read merged.
+fn stored_records(nodes: &mut [redis::Connection], key: &str) -> String {
+    let mut records = Vec::new();
+    for (position, con) in nodes.iter_mut().enumerate() {
+        let record: redis::RedisResult<String> = redis::cmd("DEBUG")
+            .arg("CLUSTER-RECORD")
+            .arg(key)
+            .query(con);
+        records.push(format!("\n  node {position}: {record:?}"));
+    }
+    records.concat()
 }
 
 /// Every node's own copy of `key` (R=1; `-` where the node holds none), for a failure's
