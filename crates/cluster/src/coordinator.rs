@@ -1388,7 +1388,14 @@ impl DataNode {
                 match result {
                     Ok(_) => done.push(hint),
                     Err(error) => {
-                        tracing::debug!(target, %error, "delivering a hint failed");
+                        // Info: gossip finds the node alive, so a failure here is worth a line
+                        // (a hint that never goes shows why in the log).
+                        tracing::info!(
+                            node = %format!("{target:016x}"),
+                            key = %String::from_utf8_lossy(&hint.key),
+                            %error,
+                            "delivering a hint failed; the rest wait for the next pass"
+                        );
                         break;
                     }
                 }
