@@ -245,6 +245,8 @@ impl Flags {
             block_restart_interval: self.block_restart_interval,
             bloom_bits_per_key: self.bloom_bits,
             compression: self.compression,
+            // RocksDB's --compression_type is every level's, level 0 included.
+            level0_compression: self.compression,
             l0_compaction_trigger: self.level0_file_num_compaction_trigger,
             l0_slowdown_trigger: self.level0_slowdown_writes_trigger,
             l0_stop_trigger: self.level0_stop_writes_trigger,
@@ -378,9 +380,10 @@ fn read_random_work() -> Box<Work> {
 fn read_seq_work() -> Box<Work> {
     Box::new(|db, thread, flags| {
         let mut result = ThreadResult::default();
-        for entry in db.iter().take(flags.reads() as usize) {
-            let entry = entry.map_err(|e| format!("iterate: {e}"))?;
-            result.bytes += (entry.key.len() + entry.value.len()) as u64;
+        // Borrowed key and value, as RocksDB's db_bench reads them (`iter->key()`).
+        let mut iter = db.iter();
+        while result.ops < flags.reads() && iter.advance().map_err(|e| format!("iterate: {e}"))? {
+            result.bytes += (iter.key().len() + iter.value().len()) as u64;
             result.ops += 1;
             progress(thread, result.ops);
         }

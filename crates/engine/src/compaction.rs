@@ -170,6 +170,9 @@ impl Source for TableSource {
     fn value(&self) -> bytes::Bytes {
         self.0.value()
     }
+    fn value_ref(&self) -> &[u8] {
+        self.0.value_ref()
+    }
     fn next(&mut self) -> Result<()> {
         self.0.next()
     }

@@ -343,7 +343,7 @@ impl Db {
         )?;
         // Write what the WAL held to a level-0 table, so the new manifest
         // can retire every old segment.
-        let table_options = TableOptions::from_options(&options);
+        let table_options = TableOptions::for_flush(&options);
         if !mem.is_empty() {
             // What was replayed may be only in the page cache (a process crash under `everysec`
             // or `no`): make it durable before a table holds it, or a power cut before the new
@@ -1301,7 +1301,7 @@ impl Inner {
                 &self.dir,
                 number,
                 &mem,
-                &TableOptions::from_options(&self.options),
+                &TableOptions::for_flush(&self.options),
             )?;
             self.counters.flushes.fetch_add(1, Ordering::Relaxed);
             self.counters
@@ -1947,6 +1947,9 @@ impl Source for LevelSource {
     }
     fn value(&self) -> Bytes {
         self.iter.as_ref().expect("valid cursor").value()
+    }
+    fn value_ref(&self) -> &[u8] {
+        self.iter.as_ref().expect("valid cursor").value_ref()
     }
     fn next(&mut self) -> Result<()> {
         if let Some(iter) = &mut self.iter {

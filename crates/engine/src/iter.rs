@@ -19,6 +19,8 @@ pub(crate) trait Source: Send {
     fn valid(&self) -> bool;
     fn key(&self) -> &[u8];
     fn value(&self) -> Bytes;
+    /// The value, borrowed until the cursor moves (no reference count taken).
+    fn value_ref(&self) -> &[u8];
     fn next(&mut self) -> Result<()>;
 }
 
@@ -76,6 +78,9 @@ impl Source for MemSource {
     fn value(&self) -> Bytes {
         self.run.front().expect("valid cursor").1.clone()
     }
+    fn value_ref(&self) -> &[u8] {
+        &self.run.front().expect("valid cursor").1
+    }
     fn next(&mut self) -> Result<()> {
         let Some((key, _)) = self.run.pop_front() else {
             return Ok(());
@@ -90,10 +95,14 @@ impl Source for MemSource {
 
 /// Merges sources into one ordered stream. Sources are few (memtables,
 /// level-0 tables, one per deeper level), so the smallest is found by a
-/// linear scan.
+/// linear scan; and the runner-up (the smallest of the others) is kept, so a
+/// step that leaves the current source still ahead of it, as most steps of a
+/// scan do (one source holds most keys), costs one comparison.
 pub(crate) struct MergingIter {
     sources: Vec<Box<dyn Source>>,
     current: Option<usize>,
+    /// The smallest valid source other than `current` (ties to the lower index).
+    runner_up: Option<usize>,
 }
 
 impl MergingIter {
@@ -101,21 +110,37 @@ impl MergingIter {
         MergingIter {
             sources,
             current: None,
+            runner_up: None,
         }
     }
 
+    /// True when source `a` comes before source `b`: by internal key, ties to the lower
+    /// index (the order the sources were given in).
+    fn before(&self, a: usize, b: usize) -> bool {
+        let order = compare_internal(self.sources[a].key(), self.sources[b].key());
+        order.is_lt() || (order.is_eq() && a < b)
+    }
+
     fn pick(&mut self) {
-        let mut best: Option<usize> = None;
-        for (i, source) in self.sources.iter().enumerate() {
-            if !source.valid() {
+        let (mut best, mut second): (Option<usize>, Option<usize>) = (None, None);
+        for i in 0..self.sources.len() {
+            if !self.sources[i].valid() {
                 continue;
             }
-            best = match best {
-                Some(b) if compare_internal(self.sources[b].key(), source.key()).is_le() => Some(b),
-                _ => Some(i),
-            };
+            match best {
+                Some(b) if self.before(b, i) => {
+                    if second.is_none_or(|s| self.before(i, s)) {
+                        second = Some(i);
+                    }
+                }
+                _ => {
+                    second = best;
+                    best = Some(i);
+                }
+            }
         }
         self.current = best;
+        self.runner_up = second;
     }
 
     pub fn seek(&mut self, target: &[u8]) -> Result<()> {
@@ -146,9 +171,18 @@ impl MergingIter {
         self.sources[self.current.expect("valid iterator")].value()
     }
 
+    /// The value, borrowed until the iterator moves.
+    pub fn value_ref(&self) -> &[u8] {
+        self.sources[self.current.expect("valid iterator")].value_ref()
+    }
+
     pub fn next(&mut self) -> Result<()> {
         if let Some(i) = self.current {
             self.sources[i].next()?;
+            // The others did not move: the runner-up is still the smallest of them.
+            if self.sources[i].valid() && self.runner_up.is_none_or(|r| self.before(i, r)) {
+                return Ok(());
+            }
             self.pick();
         }
         Ok(())
@@ -251,6 +285,11 @@ pub(crate) fn live_parts(
 }
 
 /// Ordered iterator over live keys in a range, at a snapshot.
+///
+/// Two ways to read it: as an [`Iterator`] of owned [`Entry`]s, or by
+/// [`RangeIter::advance`] and then [`RangeIter::key`] and [`RangeIter::value`],
+/// borrowed until the next step (RocksDB's `Iterator::key()`/`value()`): a
+/// scan that only looks at each entry copies and counts nothing per entry.
 pub struct RangeIter {
     merge: MergingIter,
     snapshot_seq: u64,
@@ -259,8 +298,15 @@ pub struct RangeIter {
     start: Bound<Vec<u8>>,
     started: bool,
     done: bool,
-    /// The user key being skipped past (reused between steps).
+    /// The user key of the entry the iterator is on (reused between steps).
     current_key: Vec<u8>,
+    /// True when the merge sits on the current entry (its newest version visible at
+    /// the snapshot): the next step first skips the key's older versions.
+    positioned: bool,
+    version: u64,
+    expires_at_ms: Option<u64>,
+    /// Where the user value starts in the stored value (after an expiry).
+    value_start: usize,
     /// Keeps the snapshot registered (and its files alive) while iterating.
     _guard: Option<Arc<dyn Send + Sync>>,
 }
@@ -283,6 +329,10 @@ impl RangeIter {
             started: false,
             done: false,
             current_key: Vec::new(),
+            positioned: false,
+            version: 0,
+            expires_at_ms: None,
+            value_start: 0,
             _guard: guard,
         }
     }
@@ -315,50 +365,104 @@ impl RangeIter {
         }
     }
 
-    fn step(&mut self) -> Result<Option<Entry>> {
+    /// Moves to the next live key in the range: true when there is one, whose
+    /// [`RangeIter::key`], [`RangeIter::value`], [`RangeIter::version`] and
+    /// [`RangeIter::expires_at_ms`] hold until the next call; false at the end (and
+    /// after an error, which ends the iteration).
+    pub fn advance(&mut self) -> Result<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        let found = self.seek_live();
+        if !matches!(found, Ok(true)) {
+            self.done = true;
+            self.positioned = false;
+        }
+        found
+    }
+
+    fn seek_live(&mut self) -> Result<bool> {
         if !self.started {
             self.begin()?;
         }
-        let mut current_key = std::mem::take(&mut self.current_key);
-        let result = self.step_with(&mut current_key);
-        self.current_key = current_key;
-        result
-    }
-
-    fn step_with(&mut self, current_key: &mut Vec<u8>) -> Result<Option<Entry>> {
+        if self.positioned {
+            self.positioned = false;
+            self.skip_versions()?;
+        }
         while self.merge.valid() {
             let internal_key = self.merge.key();
             let user_key = format::user_key(internal_key);
             if self.past_end(user_key) {
-                return Ok(None);
+                return Ok(false);
             }
-            if format::key_seq(internal_key) > self.snapshot_seq {
+            let seq = format::key_seq(internal_key);
+            if seq > self.snapshot_seq {
                 self.merge.next()?;
                 continue;
             }
             // The newest version of this key visible at the snapshot.
-            current_key.clear();
-            current_key.extend_from_slice(user_key);
-            let found = live_entry(internal_key, self.merge.value(), self.now_ms, || {
-                Bytes::copy_from_slice(user_key)
-            });
-            loop {
-                self.merge.next()?;
-                if !self.merge.valid()
-                    || format::user_key(self.merge.key()) != current_key.as_slice()
-                {
-                    break;
+            let corrupt = |what| crate::Error::corruption("<iterator>", 0, what);
+            let kind = Kind::from_u8(format::key_kind_byte(internal_key))
+                .ok_or(corrupt("unknown entry kind"))?;
+            self.current_key.clear();
+            self.current_key.extend_from_slice(user_key);
+            if kind != Kind::Delete {
+                let (start, expires_at_ms) = format::decode_value(kind, self.merge.value_ref())
+                    .ok_or(corrupt("expiring value shorter than its expiry"))?;
+                if !matches!(expires_at_ms, Some(at) if at <= self.now_ms) {
+                    self.version = seq;
+                    self.expires_at_ms = expires_at_ms;
+                    self.value_start = start;
+                    self.positioned = true;
+                    return Ok(true);
                 }
             }
-            match found {
-                None => continue,
-                Some(Ok(entry)) => return Ok(Some(entry)),
-                Some(Err(what)) => {
-                    return Err(crate::Error::corruption("<iterator>", 0, what));
-                }
+            self.skip_versions()?;
+        }
+        Ok(false)
+    }
+
+    /// Moves the merge past every version of the current key.
+    fn skip_versions(&mut self) -> Result<()> {
+        loop {
+            self.merge.next()?;
+            if !self.merge.valid() || format::user_key(self.merge.key()) != self.current_key {
+                return Ok(());
             }
         }
-        Ok(None)
+    }
+
+    /// The current entry's user key; only after [`RangeIter::advance`] returned true.
+    pub fn key(&self) -> &[u8] {
+        debug_assert!(self.positioned);
+        &self.current_key
+    }
+
+    /// The current entry's value, borrowed; only after [`RangeIter::advance`] returned
+    /// true.
+    pub fn value(&self) -> &[u8] {
+        debug_assert!(self.positioned);
+        &self.merge.value_ref()[self.value_start..]
+    }
+
+    /// The current entry's version (the sequence of the write that set it).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The current entry's absolute expiry in Unix ms, if any.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        self.expires_at_ms
+    }
+
+    /// The current entry, owned.
+    fn entry(&self) -> Entry {
+        Entry {
+            key: Bytes::copy_from_slice(&self.current_key),
+            value: self.merge.value().slice(self.value_start..),
+            version: self.version,
+            expires_at_ms: self.expires_at_ms,
+        }
     }
 }
 
@@ -366,19 +470,10 @@ impl Iterator for RangeIter {
     type Item = Result<Entry>;
 
     fn next(&mut self) -> Option<Result<Entry>> {
-        if self.done {
-            return None;
-        }
-        match self.step() {
-            Ok(Some(entry)) => Some(Ok(entry)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(error) => {
-                self.done = true;
-                Some(Err(error))
-            }
+        match self.advance() {
+            Ok(true) => Some(Ok(self.entry())),
+            Ok(false) => None,
+            Err(error) => Some(Err(error)),
         }
     }
 }
@@ -394,6 +489,42 @@ mod tests {
             source.next().unwrap();
         }
         keys
+    }
+
+    /// The merge hands out every source's entries in internal-key order, whichever source
+    /// holds the next one: long runs from one source (the runner-up shortcut) and keys that
+    /// alternate between sources alike, ties to the first source given.
+    #[test]
+    fn a_merge_of_sources_yields_every_entry_in_order() {
+        let tables: Vec<Arc<Memtable>> = (0..4).map(|i| Arc::new(Memtable::new(i))).collect();
+        let mut all = Vec::new();
+        let mut state = 7u64;
+        for i in 0..3_000u64 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Runs of keys from one table, then switches; some user keys in several tables.
+            let table = ((i / 50 + (state >> 60)) % 4) as usize;
+            let key = format!("k{:05}", (state >> 33) % 2_000).into_bytes();
+            let seq = i + 1;
+            tables[table].insert(&key, seq, Kind::Put, Bytes::from(format!("v{seq}")));
+            all.push((format::internal_key(&key, seq, Kind::Put), table));
+        }
+        all.sort_by(|a, b| compare_internal(&a.0, &b.0));
+        let sources: Vec<Box<dyn Source>> = tables
+            .iter()
+            .map(|t| Box::new(MemSource::new(t.clone())) as Box<dyn Source>)
+            .collect();
+        let mut merge = MergingIter::new(sources);
+        merge.seek_to_first().unwrap();
+        let mut seen = Vec::new();
+        while merge.valid() {
+            assert_eq!(merge.value_ref(), &merge.value()[..]);
+            seen.push(merge.key().to_vec());
+            merge.next().unwrap();
+        }
+        let expected: Vec<Vec<u8>> = all.into_iter().map(|(key, _)| key).collect();
+        assert_eq!(seen, expected);
     }
 
     /// A memtable cursor across several runs: every entry once, in order, from the start

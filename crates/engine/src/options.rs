@@ -107,8 +107,13 @@ pub struct Options {
     pub block_restart_interval: usize,
     /// Bloom filter bits per key (10 gives about 1% false positives).
     pub bloom_bits_per_key: usize,
-    /// Block compression.
+    /// Block compression of the tables compaction writes (level 1 and deeper).
     pub compression: Compression,
+    /// Block compression of the level-0 tables a memtable flush writes. None by
+    /// default, as RocksDB setups commonly run level 0: a flush runs beside the
+    /// writes and its LZ4 pass took their CPU (issue 12), while its tables live
+    /// only until the next compaction into level 1, which compresses.
+    pub level0_compression: Compression,
     /// Level-0 table count that starts a compaction into level 1.
     pub l0_compaction_trigger: usize,
     /// Level-0 table count from which every write is delayed a little.
@@ -151,6 +156,7 @@ impl Default for Options {
             block_restart_interval: 16,
             bloom_bits_per_key: 10,
             compression: Compression::Lz4,
+            level0_compression: Compression::None,
             l0_compaction_trigger: 4,
             l0_slowdown_trigger: 12,
             l0_stop_trigger: 20,

@@ -437,3 +437,89 @@ fn without_waiting_refuses_a_write_that_would_stall_and_changes_nothing() {
     db.put(&refused_at.to_be_bytes(), &value, None).unwrap();
     assert!(db.get(&refused_at.to_be_bytes()).unwrap().is_some());
 }
+
+/// Level 0 is written as it is and deeper levels compressed (`Options::level0_compression`,
+/// issue 12: a flush's LZ4 pass ran beside the writes and took their CPU, for tables that
+/// live only until the next compaction).
+#[test]
+fn flushes_write_level_0_uncompressed_and_compaction_compresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let value = vec![b'x'; 200];
+    for i in 0..2_000u32 {
+        db.put(format!("key{i:06}").as_bytes(), &value, None)
+            .unwrap();
+    }
+    db.flush().unwrap();
+    let flushed = db.stats().level_bytes[0];
+    assert!(
+        flushed > 2_000 * 200,
+        "level 0 holds the values as they are: {flushed} bytes"
+    );
+    db.compact().unwrap();
+    let levels = db.stats().level_bytes;
+    assert_eq!(levels[0], 0);
+    let compacted: u64 = levels.iter().sum();
+    assert!(
+        compacted * 4 < flushed,
+        "compaction compresses: {compacted} bytes from {flushed}"
+    );
+}
+
+/// The borrowing scan (`RangeIter::advance`, `key`, `value`) sees what the owned one does:
+/// the newest live version of each key in the range, deletes and expired keys left out,
+/// across memtables and tables.
+#[test]
+fn a_borrowing_scan_reads_what_the_owned_scan_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000)));
+    let db = Db::open(dir.path(), small(clock.clone())).unwrap();
+    for round in 0..3u32 {
+        for i in 0..3_000u32 {
+            let key = format!("key{:05}", (i * 7 + round * 13) % 4_000);
+            match i % 10 {
+                0 => db.delete(key.as_bytes()).map(|_| ()).unwrap(),
+                1 => db
+                    .put(key.as_bytes(), b"short-lived", Some(2_000))
+                    .map(|_| ())
+                    .unwrap(),
+                _ => db
+                    .put(key.as_bytes(), format!("{round}:{i}").as_bytes(), None)
+                    .map(|_| ())
+                    .unwrap(),
+            }
+        }
+        if round < 2 {
+            db.flush().unwrap();
+        }
+    }
+    clock.0.store(3_000, Ordering::SeqCst);
+    type Bounds<'a> = (std::ops::Bound<&'a [u8]>, std::ops::Bound<&'a [u8]>);
+    let ranges: [Bounds<'_>; 3] = [
+        (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+        (
+            std::ops::Bound::Included(b"key01000"),
+            std::ops::Bound::Excluded(b"key02000"),
+        ),
+        (
+            std::ops::Bound::Excluded(b"key00500"),
+            std::ops::Bound::Included(b"key03999"),
+        ),
+    ];
+    for range in ranges {
+        let owned: Vec<(Vec<u8>, Vec<u8>, u64)> = db
+            .range::<[u8], _>(range)
+            .map(|e| e.unwrap())
+            .map(|e| (e.key.to_vec(), e.value.to_vec(), e.version))
+            .collect();
+        let mut borrowed = Vec::new();
+        let mut iter = db.range::<[u8], _>(range);
+        while iter.advance().unwrap() {
+            borrowed.push((iter.key().to_vec(), iter.value().to_vec(), iter.version()));
+        }
+        assert!(!iter.advance().unwrap(), "the end stays the end");
+        assert!(owned.len() > 100, "the scan found {} keys", owned.len());
+        assert!(owned.iter().all(|(_, value, _)| value != b"short-lived"));
+        assert_eq!(borrowed, owned);
+    }
+}

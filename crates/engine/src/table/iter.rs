@@ -107,6 +107,12 @@ impl TableIter {
         self.data_iter.value()
     }
 
+    /// The current stored value, borrowed from the cached block.
+    pub fn value_ref(&self) -> &[u8] {
+        debug_assert!(self.valid());
+        self.data_iter.value_bytes()
+    }
+
     /// Moves to the next entry; only when valid.
     pub fn next(&mut self) -> Result<()> {
         debug_assert!(self.valid());

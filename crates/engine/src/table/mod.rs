@@ -240,6 +240,15 @@ impl TableOptions {
             compression: options.compression,
         }
     }
+
+    /// The settings of the level-0 tables a memtable flush writes
+    /// ([`crate::Options::level0_compression`]).
+    pub fn for_flush(options: &crate::options::Options) -> TableOptions {
+        TableOptions {
+            compression: options.level0_compression,
+            ..TableOptions::from_options(options)
+        }
+    }
 }
 
 /// Properties of a finished table, also stored in its properties block.
