@@ -403,12 +403,12 @@ impl RangeIter {
             // The newest version of this key visible at the snapshot.
             let corrupt = |what| crate::Error::corruption("<iterator>", 0, what);
             let kind = Kind::from_u8(format::key_kind_byte(internal_key))
-                .ok_or(corrupt("unknown entry kind"))?;
+                .ok_or_else(|| corrupt("unknown entry kind"))?;
             self.current_key.clear();
             self.current_key.extend_from_slice(user_key);
             if kind != Kind::Delete {
                 let (start, expires_at_ms) = format::decode_value(kind, self.merge.value_ref())
-                    .ok_or(corrupt("expiring value shorter than its expiry"))?;
+                    .ok_or_else(|| corrupt("expiring value shorter than its expiry"))?;
                 if !matches!(expires_at_ms, Some(at) if at <= self.now_ms) {
                     self.version = seq;
                     self.expires_at_ms = expires_at_ms;
