@@ -109,10 +109,12 @@ pub struct Options {
     pub bloom_bits_per_key: usize,
     /// Block compression of the tables compaction writes (level 1 and deeper).
     pub compression: Compression,
-    /// Block compression of the level-0 tables a memtable flush writes. None by
-    /// default, as RocksDB setups commonly run level 0: a flush runs beside the
-    /// writes and its LZ4 pass took their CPU (issue 12), while its tables live
-    /// only until the next compaction into level 1, which compresses.
+    /// Block compression of the level-0 tables a memtable flush writes. LZ4 by
+    /// default, as deeper levels; None spares the flush (which runs beside the
+    /// writes) its LZ4 pass for tables that live only until the next compaction,
+    /// as RocksDB setups often run level 0. Measured on a SET load, None made no
+    /// difference beyond this machine's noise (docs/BENCHMARKS.md, issue 12), so
+    /// the default stays.
     pub level0_compression: Compression,
     /// Level-0 table count that starts a compaction into level 1.
     pub l0_compaction_trigger: usize,
@@ -156,7 +158,7 @@ impl Default for Options {
             block_restart_interval: 16,
             bloom_bits_per_key: 10,
             compression: Compression::Lz4,
-            level0_compression: Compression::None,
+            level0_compression: Compression::Lz4,
             l0_compaction_trigger: 4,
             l0_slowdown_trigger: 12,
             l0_stop_trigger: 20,
