@@ -15,6 +15,7 @@
 #   SYNC        0: no fsync per write (default); 1: fsync every write
 #   RUNS        times each side runs, alternating ringkv/RocksDB (default 1)
 #   BENCH_DIR   parent of the temporary database directories (default /tmp)
+#   ROW_CACHE_SIZE   row cache bytes on both sides (default 256 MiB, ringkv's default; 0: none)
 #   RINGKV_EXTRA, ROCKSDB_EXTRA   extra flags for one side only
 #   RINGKV_DB_BENCH  a prebuilt ringkv db_bench to run instead of building this tree's
 #
@@ -65,6 +66,11 @@ COMMON=(
     --sync="$SYNC"                 # 0: WAL written to the OS per write, never fsynced
                                    #    (ringkv FsyncPolicy::No); 1: fsync per write (Always)
     --cache_size=268435456         # 256 MiB block cache (ringkv's default; RocksDB's is 8 MiB)
+    --row_cache_size="${ROW_CACHE_SIZE:-268435456}"  # 256 MiB row cache (ringkv's default;
+                                   # db_bench's is none). ringkv's is written through by every
+                                   # write, RocksDB's filled by reads only: after fillrandom,
+                                   # ringkv's readrandom hits it and reads no block, so its
+                                   # readseq that follows starts with a cold block cache.
     --bloom_bits=10                # ~1% false positives, whole-key filter per table
     --write_buffer_size=67108864   # 64 MiB memtable (both defaults)
     --max_write_buffer_number=3    # RocksDB counts the active memtable: 1 active + 2 frozen,

@@ -58,6 +58,7 @@ struct Flags {
     db: PathBuf,
     use_existing_db: bool,
     cache_size: usize,
+    row_cache_size: usize,
     compression: Compression,
     compression_ratio: f64,
     bloom_bits: usize,
@@ -98,6 +99,7 @@ impl Default for Flags {
             db: std::env::temp_dir().join("ringkv-db_bench"),
             use_existing_db: false,
             cache_size: engine.block_cache_bytes,
+            row_cache_size: engine.row_cache_bytes,
             compression: engine.compression,
             compression_ratio: 0.5,
             bloom_bits: engine.bloom_bits_per_key,
@@ -125,7 +127,7 @@ usage: db_bench [--flag=value ...]   (flags as RocksDB's db_bench)
   --num=1000000 --reads=<num> --key_size=16 --value_size=100 --threads=1
   --sync=0|1 (1: fsync every write) --disable_wal=0 (1 is not supported)
   --db=DIR --use_existing_db=0|1
-  --cache_size=BYTES --compression_type=none|lz4 --compression_ratio=0.5
+  --cache_size=BYTES --row_cache_size=BYTES --compression_type=none|lz4 --compression_ratio=0.5
   --bloom_bits=10 --write_buffer_size=BYTES --max_write_buffer_number=3
   --block_size=4096 --block_restart_interval=16
   --level0_file_num_compaction_trigger=4 --level0_slowdown_writes_trigger=12
@@ -200,6 +202,7 @@ fn apply_flag(flags: &mut Flags, name: &str, value: &str) -> Result<(), String> 
         "db" => flags.db = PathBuf::from(value),
         "use_existing_db" => flags.use_existing_db = boolean(value)?,
         "cache_size" => flags.cache_size = num(value)?,
+        "row_cache_size" => flags.row_cache_size = num(value)?,
         "compression_type" => {
             flags.compression = match value {
                 "none" => Compression::None,
@@ -240,6 +243,7 @@ impl Flags {
             memtable_bytes_max: self.write_buffer_size,
             frozen_memtables_max: self.max_write_buffer_number - 1,
             block_cache_bytes: self.cache_size,
+            row_cache_bytes: self.row_cache_size,
             open_files_max: self.open_files,
             block_bytes: self.block_size,
             block_restart_interval: self.block_restart_interval,
