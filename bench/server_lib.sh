@@ -86,14 +86,15 @@ free_port() {
 # start_server KIND DIR PORT: starts redis or ringkv in the background and sets
 # SERVER_PID. Equivalent durability: Redis appends every write to its AOF and
 # fsyncs it once a second, with no RDB snapshots; ringkv appends every write to
-# its WAL and fsyncs it once a second.
+# its WAL and fsyncs it once a second. APPENDFSYNC=always (or no) sets both to
+# that policy instead.
 start_server() {
     local kind=$1 dir=$2 port=$3
     mkdir -p "$dir"
     case $kind in
         redis)
             redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" \
-                --appendonly yes --appendfsync everysec --save "" \
+                --appendonly yes --appendfsync "${APPENDFSYNC:-everysec}" --save "" \
                 --enable-debug-command local --daemonize no \
                 --logfile "$dir/redis.log" >>"$dir/redis.stdout" 2>&1 &
             ;;
@@ -101,7 +102,7 @@ start_server() {
             # RINGKV_EXTRA_ARGS: more flags for ringkv (e.g. a memory budget).
             # shellcheck disable=SC2086
             "$RINGKV" --port "$port" --bind 127.0.0.1 --dir "$dir/data" --no-admin \
-                --appendfsync everysec --loglevel warn ${RINGKV_EXTRA_ARGS:-} >>"$dir/ringkv.log" 2>&1 &
+                --appendfsync "${APPENDFSYNC:-everysec}" --loglevel warn ${RINGKV_EXTRA_ARGS:-} >>"$dir/ringkv.log" 2>&1 &
             ;;
         *) log "unknown server kind $kind"; exit 1 ;;
     esac
