@@ -501,15 +501,21 @@ impl DataNode {
     /// first, so the others append their records before whoever syncs first.
     async fn sync(&self) -> Result<(), String> {
         let engine = self.keyspace.engine();
-        let seq = self.keyspace.last_sequence();
+        let seq = self.keyspace.last_written_sequence();
         if self.simulated.is_some() {
             // Whether the WAL is written out yet depends on the engine's own threads (real
             // time): a simulation must not let that change its scheduling.
             return engine.sync(seq).map_err(|e| e.to_string());
         }
-        if !engine.is_synced(seq) {
-            tokio::task::yield_now().await;
+        if engine.is_synced(seq) {
+            return Ok(());
         }
+        if engine.fsync_policy() == ringkv_engine::FsyncPolicy::Always {
+            // The write was made on the worker without waiting for its fsync: the engine's
+            // group-commit thread fsyncs for every waiter at once.
+            return engine.synced(seq).await.map_err(|e| e.to_string());
+        }
+        tokio::task::yield_now().await;
         let synced = match engine.try_sync(seq) {
             Some(synced) => synced,
             // Another writer's WAL I/O is in progress: wait for it off the worker.

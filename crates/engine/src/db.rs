@@ -22,6 +22,7 @@ use crate::changelog::{ChangeLog, LogRead};
 use crate::compaction::{self, Compaction, RunContext};
 use crate::error::{Error, Result};
 use crate::format::{self, Kind};
+use crate::group_commit::GroupCommit;
 use crate::iter::{self, Entry, EntryHead, MemSource, MergingIter, RangeIter, Source};
 use crate::memtable::Memtable;
 use crate::options::{FsyncPolicy, Options};
@@ -134,6 +135,10 @@ pub(crate) struct Inner {
     recovery: Recovery,
     /// Latest state of hot keys for [`Db::get`] (`None` when turned off).
     row_cache: Option<RowCache>,
+    /// The last sequence written (visible or waiting for its fsync under `always`).
+    written_seq: AtomicU64,
+    /// Writes under `always` waiting for their fsync without a thread each.
+    group_commit: Arc<GroupCommit>,
 }
 
 /// What happened at open.
@@ -153,31 +158,53 @@ pub struct Recovery {
     pub duration_ms: u64,
 }
 
+/// What [`without_waiting`] notes for the work it runs.
+#[derive(Debug, Clone, Copy, Default)]
+struct NoWait {
+    /// This thread's writes may not wait.
+    on: bool,
+    /// A write (or a read of an unsynced key) was refused: nothing may change after it.
+    refused: bool,
+    /// A write under `always` was made without waiting for its fsync: later reads of an
+    /// unsynced key read it as written (the caller's reply waits for that fsync anyway).
+    deferred: bool,
+}
+
 thread_local! {
-    /// Set inside [`without_waiting`]: (whether this thread's writes may not wait, whether
-    /// one was refused for it).
-    static NO_WAIT: std::cell::Cell<(bool, bool)> = const { std::cell::Cell::new((false, false)) };
+    /// Set inside [`without_waiting`].
+    static NO_WAIT: std::cell::Cell<NoWait> = const {
+        std::cell::Cell::new(NoWait { on: false, refused: false, deferred: false })
+    };
 }
 
 /// Runs `f` with this thread's writes refusing to wait: a write that would be slowed down
-/// or stalled (flushes or level-0 compaction behind), or that would wait for an fsync
-/// (`always`), returns [`Error::WouldBlock`] before changing anything, and a WAL write-out
-/// that would wait for another writer's I/O is left to the next sync. Returns `f`'s result
-/// and whether a write was refused, so the caller (an async server, whose worker threads
-/// must not block) can run the work again where waiting is allowed.
+/// or stalled (flushes or level-0 compaction behind) returns [`Error::WouldBlock`] before
+/// changing anything, and a WAL write-out that would wait for another writer's I/O is left
+/// to the next sync. Under `always` a write returns without waiting for its fsync, invisible
+/// until then: the caller awaits [`Db::synced`] before it answers; a read of a key whose
+/// write is still waiting for its fsync is refused the same way (unless `f` wrote already),
+/// and once anything was refused every later write is too. Returns `f`'s result and whether
+/// something was refused, so the caller (an async server, whose worker threads must not
+/// block) can run the work again where waiting is allowed.
 pub fn without_waiting<T>(f: impl FnOnce() -> T) -> (T, bool) {
-    let outer = NO_WAIT.with(|c| c.replace((true, false)));
+    let outer = NO_WAIT.with(|c| {
+        c.replace(NoWait {
+            on: true,
+            ..NoWait::default()
+        })
+    });
     let result = f();
-    let (_, refused) = NO_WAIT.with(|c| c.replace(outer));
-    (result, refused)
+    let inner = NO_WAIT.with(|c| c.replace(outer));
+    (result, inner.refused)
 }
 
 /// Inside [`without_waiting`]: notes the refusal and returns the error to give.
 fn refuse_wait() -> Option<Error> {
     NO_WAIT.with(|c| {
-        let (no_wait, _) = c.get();
-        no_wait.then(|| {
-            c.set((true, true));
+        let mut state = c.get();
+        state.on.then(|| {
+            state.refused = true;
+            c.set(state);
             Error::WouldBlock
         })
     })
@@ -185,7 +212,33 @@ fn refuse_wait() -> Option<Error> {
 
 /// True inside [`without_waiting`].
 fn waiting_forbidden() -> bool {
-    NO_WAIT.with(|c| c.get().0)
+    NO_WAIT.with(|c| c.get().on)
+}
+
+/// Inside [`without_waiting`], once something was refused: nothing may change any more.
+fn refused_already() -> bool {
+    NO_WAIT.with(|c| {
+        let state = c.get();
+        state.on && state.refused
+    })
+}
+
+/// Notes inside [`without_waiting`] that a write under `always` was made without waiting.
+fn note_deferred() {
+    NO_WAIT.with(|c| {
+        let mut state = c.get();
+        state.deferred = true;
+        c.set(state);
+    })
+}
+
+/// Where a read of one key looks.
+enum ReadAt {
+    /// The last visible write, through the row cache.
+    Visible(u64),
+    /// Every write made, fsynced or not: inside [`without_waiting`] after the work wrote
+    /// under `always`, for a key written since (its reply waits for that fsync anyway).
+    Written(u64),
 }
 
 /// An open database. Cheap to clone; `Send + Sync`, shared by many threads.
@@ -446,6 +499,8 @@ impl Db {
             counters: Counters::default(),
             recovery,
             row_cache,
+            written_seq: AtomicU64::new(last_seq),
+            group_commit: Arc::new(GroupCommit::new(last_seq)),
             options,
         });
         tracing::info!(
@@ -474,12 +529,26 @@ impl Db {
         threads.push(spawn("ringkv-flush", flush_step));
         threads.push(spawn("ringkv-compact", compaction_step));
         threads.push(spawn("ringkv-wal-sync", wal_sync_step));
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let commit = self.inner.group_commit.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("ringkv-group-commit".into())
+                .spawn(move || group_commit_loop(weak, commit))
+                .expect("spawn background thread"),
+        );
     }
 
     /// The live value of `key`, or `None` when absent, deleted or expired.
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         let inner = &self.inner;
-        let seq = inner.visible_seq.load(Ordering::Acquire);
+        let seq = match inner.read_at(key)? {
+            ReadAt::Visible(seq) => seq,
+            ReadAt::Written(seq) => {
+                let current = inner.current.read().clone();
+                return inner.get_at(&current, key, seq);
+            }
+        };
         let Some(cache) = &inner.row_cache else {
             let current = inner.current.read().clone();
             return inner.get_at(&current, key, seq);
@@ -515,13 +584,16 @@ impl Db {
     /// (the caller is about to write the key, and the write sets the row).
     pub fn head(&self, key: &[u8]) -> Result<Option<EntryHead>> {
         let inner = &self.inner;
-        let seq = inner.visible_seq.load(Ordering::Acquire);
+        let (seq, cached) = match inner.read_at(key)? {
+            ReadAt::Visible(seq) => (seq, true),
+            ReadAt::Written(seq) => (seq, false),
+        };
         let answer = |kind, version, stored: &[u8]| {
             iter::live_head(kind, version, stored, inner.options.clock.now_ms())
                 .transpose()
                 .map_err(|what| Error::corruption(&inner.dir, 0, what))
         };
-        if let Some(cache) = &inner.row_cache {
+        if let Some(cache) = inner.row_cache.as_ref().filter(|_| cached) {
             if let Some(cached) = cache.peek(key, seq, answer) {
                 return cached;
             }
@@ -558,6 +630,12 @@ impl Db {
     /// Applies `batch` atomically and waits until it is durable under the
     /// fsync policy. Returns the sequence of its last operation.
     pub fn write(&self, batch: WriteBatch) -> Result<u64> {
+        if self.fsync_policy() == FsyncPolicy::Always && !batch.is_empty() {
+            // It waits for its fsync below, which `without_waiting` forbids.
+            if let Some(refused) = refuse_wait() {
+                return Err(refused);
+            }
+        }
         let seq = self.write_deferred(batch)?;
         self.sync(seq)?;
         Ok(seq)
@@ -571,20 +649,21 @@ impl Db {
     /// (servers sync once per pipeline of requests, so one write(2) covers
     /// many writes). Under `always` it returns once the WAL record is
     /// fsynced, the write being visible only then: concurrent writers share
-    /// one fsync (group commit: the first to take the log's I/O lock writes
+    /// one fsync (group commit: the first to find the log's I/O free writes
     /// and fsyncs every record buffered, the others find theirs covered),
     /// and a write whose fsync fails is answered with an error and is never
     /// visible (RocksDB's write group). The [`Db::sync`] after it is then free.
+    /// Inside [`without_waiting`], under `always`, it returns before the
+    /// fsync, the write still invisible: await [`Db::synced`] before
+    /// answering, which fails if the fsync does.
     pub fn write_deferred(&self, batch: WriteBatch) -> Result<u64> {
         self.inner.check_writable()?;
         self.validate(&batch)?;
-        let inner = &self.inner;
-        if inner.fsync_policy() == FsyncPolicy::Always && !batch.ops.is_empty() {
-            // It will wait for its group's fsync before it returns.
-            if let Some(refused) = refuse_wait() {
-                return Err(refused);
-            }
+        if refused_already() {
+            // A read of this work was refused: it runs again, so nothing of it may be written.
+            return Err(Error::WouldBlock);
         }
+        let inner = &self.inner;
         let mut state = inner.write.lock();
         let current = inner.make_room(&mut state)?;
         if !batch.expectations.is_empty() {
@@ -636,6 +715,11 @@ impl Db {
         }
         let must_write = inner.wal.append(&record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, &record);
+        if inner.fsync_policy() == FsyncPolicy::Always {
+            for op in &batch.ops {
+                inner.group_commit.mark(op.key(), last_seq);
+            }
+        }
         state.record = record;
         drop(state);
         inner.finish_write(last_seq, must_write)?;
@@ -678,6 +762,11 @@ impl Db {
         }
         let must_write = inner.wal.append(record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, record);
+        if inner.fsync_policy() == FsyncPolicy::Always {
+            for op in &ops {
+                inner.group_commit.mark(op.key, last_seq);
+            }
+        }
         drop(state);
         inner.finish_write(last_seq, must_write)?;
         Ok(last_seq)
@@ -727,23 +816,46 @@ impl Db {
     }
 
     /// True when a write now may wait long: writes are being slowed down or
-    /// stalled for flushes and level-0 compaction, every write waits for its
-    /// fsync (`always`), or the WAL buffer is filling while its I/O is busy.
+    /// stalled for flushes and level-0 compaction, or the WAL buffer is
+    /// filling while its I/O is busy. (Under `always`, a write inside
+    /// [`without_waiting`] does not wait for its fsync: see [`Db::synced`].)
     /// A hint, cheap to ask before each write: callers that must not block
     /// (an async server) run such writes where waiting is allowed, and run
     /// the others inside [`without_waiting`], which refuses the few that the
     /// hint missed.
     pub fn write_may_wait(&self) -> bool {
-        self.inner.write_pressure.load(Ordering::Relaxed)
-            || self.inner.fsync_policy() == FsyncPolicy::Always
-            || self.inner.wal.appender_may_wait()
+        self.inner.write_pressure.load(Ordering::Relaxed) || self.inner.wal.appender_may_wait()
     }
 
     /// True when [`Db::sync`] of `seq` has nothing left to do under the
     /// current policy (another caller's sync already covered it).
     pub fn is_synced(&self, seq: u64) -> bool {
         let fsync = self.fsync_policy() == FsyncPolicy::Always;
-        self.inner.wal.covered(seq, fsync)
+        if !self.inner.wal.covered(seq, fsync) {
+            return false;
+        }
+        // Under `always` a write is visible once fsynced: make sure it is before its writer
+        // is answered (the group's fsync may have ended a moment ago, not yet published).
+        self.inner.publish_synced();
+        true
+    }
+
+    /// Waits, without a thread, until every write up to `seq` is fsynced and visible: what
+    /// a write made inside [`without_waiting`] under `always` awaits before it is
+    /// acknowledged. Fails if the fsync does (the write then never becomes visible) or the
+    /// disk is full. One thread fsyncs for every waiter at once (group commit; see
+    /// docs/durability.md).
+    pub fn synced(&self, seq: u64) -> SyncWait {
+        SyncWait {
+            inner: self.inner.clone(),
+            seq,
+        }
+    }
+
+    /// The last sequence written: [`Db::last_sequence`] and, under `always`, the writes still
+    /// waiting for their fsync. What a writer syncs to before it answers.
+    pub fn last_written_sequence(&self) -> u64 {
+        self.inner.written_seq.load(Ordering::Acquire)
     }
 
     /// fsyncs the WAL up to the last write, whatever the policy.
@@ -828,6 +940,11 @@ impl Db {
     pub fn set_fsync_policy(&self, policy: FsyncPolicy) -> Result<()> {
         if policy == FsyncPolicy::Always {
             self.sync_all()?;
+        }
+        if self.fsync_policy() == FsyncPolicy::Always && policy != FsyncPolicy::Always {
+            // Writes waiting for their group's fsync become visible with it.
+            self.inner.fsync.store(policy as u8, Ordering::Release);
+            return self.sync_all();
         }
         self.inner.fsync.store(policy as u8, Ordering::Release);
         Ok(())
@@ -1027,6 +1144,7 @@ impl Db {
         let synced = self.sync_all();
         self.inner.closed.store(true, Ordering::Release);
         self.inner.background.signal(|f| f.shutdown = true);
+        self.inner.group_commit.shutdown();
         let threads = std::mem::take(&mut *self.inner.threads.lock());
         for thread in threads {
             let _ = thread.join();
@@ -1054,6 +1172,7 @@ impl Inner {
     /// so a pipeline reads its own writes before the one write(2) for all.
     fn publish(&self, state: &mut WriteState, first_seq: u64, last_seq: u64, record: &[u8]) {
         state.last_seq = last_seq;
+        self.written_seq.store(last_seq, Ordering::Release);
         if self.fsync_policy() != FsyncPolicy::Always {
             self.visible_seq.fetch_max(last_seq, Ordering::AcqRel);
         }
@@ -1069,6 +1188,11 @@ impl Inner {
     /// buffer out if it grew past its bound.
     fn finish_write(&self, last_seq: u64, must_write: bool) -> Result<()> {
         if self.fsync_policy() == FsyncPolicy::Always {
+            if waiting_forbidden() {
+                // The caller awaits `Db::synced`; the group-commit thread fsyncs.
+                note_deferred();
+                return Ok(());
+            }
             self.wal.sync_to(last_seq, true)?;
             self.publish_synced();
         } else if must_write {
@@ -1088,10 +1212,48 @@ impl Inner {
     /// `always`, the only publication of a write). Every sequence the WAL
     /// holds is already in a memtable: writers insert before appending.
     fn publish_synced(&self) {
-        if self.fsync_policy() == FsyncPolicy::Always {
-            let synced = self.wal.stats().synced_seq;
-            self.visible_seq.fetch_max(synced, Ordering::AcqRel);
+        // Under `everysec` and `no` every write is visible at once: this changes nothing.
+        let synced = self.wal.stats().synced_seq;
+        self.visible_seq.fetch_max(synced, Ordering::AcqRel);
+    }
+
+    /// Where a read of `key` looks: see [`ReadAt`]. A key with a write waiting for its
+    /// fsync (under `always`) is read once that fsync is done, or inside [`without_waiting`]
+    /// refused, or read as written when the work wrote already.
+    fn read_at(&self, key: &[u8]) -> Result<ReadAt> {
+        let visible = self.visible_seq.load(Ordering::Acquire);
+        let Some(unsynced) = self.group_commit.unsynced(key, visible) else {
+            return Ok(ReadAt::Visible(visible));
+        };
+        if waiting_forbidden() {
+            if NO_WAIT.with(|c| c.get().deferred) {
+                return Ok(ReadAt::Written(self.written_seq.load(Ordering::Acquire)));
+            }
+            return Err(refuse_wait().expect("inside without_waiting"));
         }
+        // Its writer is not answered before this fsync either; a failed one leaves the key
+        // as it was visible.
+        if self.wal.sync_to(unsynced, true).is_ok() {
+            self.publish_synced();
+        }
+        Ok(ReadAt::Visible(self.visible_seq.load(Ordering::Acquire)))
+    }
+
+    /// What [`Db::synced`] answers now for `seq`, if it can.
+    fn sync_outcome(&self, seq: u64) -> Option<Result<()>> {
+        if self.wal.covered(seq, true) {
+            self.publish_synced();
+            return Some(Ok(()));
+        }
+        if self.wal.troubled() {
+            if let Some(reason) = self.wal.poisoned() {
+                return Some(Err(Error::Poisoned { reason }));
+            }
+            if let Some(reason) = self.wal.suspended() {
+                return Some(Err(Error::DiskFull { reason }));
+            }
+        }
+        None
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -1588,6 +1750,48 @@ fn compaction_step(inner: &Inner, _background: &Background) -> bool {
         Err(error) => {
             inner.record_failure("compaction", &error);
             false
+        }
+    }
+}
+
+/// The `ringkv-group-commit` thread: whenever a [`SyncWait`] waits for a write not yet
+/// fsynced, writes out and fsyncs everything buffered, publishes it and wakes the waiters.
+fn group_commit_loop(weak: Weak<Inner>, commit: Arc<GroupCommit>) {
+    while commit.wait_for_work(|| weak.strong_count() > 0) {
+        let Some(inner) = weak.upgrade() else { return };
+        let target = inner.written_seq.load(Ordering::Acquire);
+        let result = inner.wal.sync_to(target, true);
+        if let Err(error) = &result {
+            tracing::error!(%error, "WAL fsync of a commit group failed");
+        }
+        inner.publish_synced();
+        commit.finish_round(inner.wal.stats().synced_seq, result.is_err());
+    }
+}
+
+/// The future of [`Db::synced`].
+#[derive(Debug)]
+pub struct SyncWait {
+    inner: Arc<Inner>,
+    seq: u64,
+}
+
+impl std::future::Future for SyncWait {
+    type Output = Result<()>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        use std::task::Poll;
+        if let Some(outcome) = self.inner.sync_outcome(self.seq) {
+            return Poll::Ready(outcome);
+        }
+        self.inner.group_commit.register(self.seq, cx.waker());
+        // The round may have ended between the check and the registration.
+        match self.inner.sync_outcome(self.seq) {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
         }
     }
 }

@@ -420,18 +420,14 @@ async fn flush<W: AsyncWrite + Unpin>(
         // `always` is the policy when the connection opened; CONFIG SET appendfsync may have
         // changed it since (the engine's sync follows the live policy either way).
         let synced = if engine.is_synced(seq) {
-            // Under `always` a write returns once its group's fsync covered it (issue 12: the
-            // hop to the blocking pool for a sync with nothing left to do cost each batch a
-            // thread wake-up and a task wake-up).
+            // Under `always` a write made off the worker (EXEC, a stall) returns once its
+            // group's fsync covered it.
             Ok(())
         } else if always || engine.fsync_policy() == FsyncPolicy::Always {
-            tokio::task::spawn_blocking(move || engine.sync(seq))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(ringkv_engine::Error::Poisoned {
-                        reason: e.to_string(),
-                    })
-                })
+            // A write made on the worker waits for its group's fsync here, without a thread:
+            // the engine's group-commit thread fsyncs for every connection at once (issue 12;
+            // docs/durability.md, "Group commit without a thread per writer").
+            engine.synced(seq).await
         } else {
             if !engine.is_synced(seq) {
                 // Let the other connections that are ready run their commands first: their WAL

@@ -155,7 +155,7 @@ impl DataPath for Spawned {
                 // write came later, so it is synced here, before the reply, as a replica syncs
                 // before it acknowledges.
                 if writes {
-                    keyspace.engine().sync(keyspace.last_sequence())?;
+                    keyspace.engine().sync(keyspace.last_written_sequence())?;
                 }
                 Ok(done)
             })

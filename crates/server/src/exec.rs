@@ -14,12 +14,16 @@
 //!    is an `.await`: it never parks a worker thread, and connection-only
 //!    commands (PING, CLIENT, INFO, …) never wait for it.
 //! 2. **Long work off the workers.** A command that may run long (EXEC, a
-//!    write while the engine stalls writers or under `always`, KEYS over many
-//!    keys, checkpoints) runs under `block_in_place`: the worker hands its
-//!    other tasks to a new thread first. Everything else runs on the worker
-//!    inside `ringkv_engine::without_waiting`, where a write that would wait
-//!    after all is refused before it changes anything and runs again under
-//!    `block_in_place`. A worker that blocks in place would also stop the
+//!    write while the engine stalls writers, KEYS over many keys, checkpoints)
+//!    runs under `block_in_place`: the worker hands its other tasks to a new
+//!    thread first. Everything else runs on the worker inside
+//!    `ringkv_engine::without_waiting`, where a write that would wait after
+//!    all (or, under `always`, a read of a key whose write still waits for its
+//!    fsync) is refused before it changes anything and runs again under
+//!    `block_in_place`. Under `always` a write on the worker does not wait
+//!    for its fsync: the connection awaits it before the reply
+//!    (`Db::synced`; docs/durability.md, "Group commit without a thread per
+//!    writer"). A worker that blocks in place would also stop the
 //!    I/O driver when it is the one polling it: on two cores the whole
 //!    server would freeze, not only that client.
 //! 3. **Waits are futures.** WAIT and DEBUG SLEEP return a deferred reply

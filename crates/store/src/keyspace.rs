@@ -466,6 +466,12 @@ impl Keyspace {
         self.engine.read().last_sequence()
     }
 
+    /// The last sequence written, visible or (under `always`) waiting for its fsync
+    /// (`Db::last_written_sequence`): what a writer syncs to before it answers.
+    pub fn last_written_sequence(&self) -> u64 {
+        self.engine.read().last_written_sequence()
+    }
+
     /// Current Unix time in ms, from the same clock the engine expires with.
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()

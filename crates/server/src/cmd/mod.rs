@@ -677,7 +677,7 @@ fn invoke_with(
     // closed by a sync of other clients' writes that can no longer succeed.
     let failed = matches!(reply, Frame::Error(_));
     if spec.has_flag("write") && !failed {
-        ctx.wrote(keyspace.last_sequence());
+        ctx.wrote(keyspace.last_written_sequence());
     }
     let seq = ctx.last_write_seq;
     client.pending_sync_seq = client.pending_sync_seq.max(seq);

@@ -97,8 +97,9 @@ fn wait(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     if timeout_ms < 0 {
         return Frame::error("ERR timeout is negative");
     }
-    // Everything committed so far, this connection's writes included.
-    let seq = ctx.keyspace.engine().last_sequence();
+    // Everything committed so far, this connection's writes included (under `always`, those
+    // still waiting for their fsync too).
+    let seq = ctx.keyspace.last_written_sequence();
     let wanted = wanted.max(0) as usize;
     let deadline =
         (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));

@@ -576,7 +576,7 @@ fn debug_populate(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult<Frame> {
         }
         Ok(())
     })?;
-    ctx.wrote(ctx.keyspace.last_sequence());
+    ctx.wrote(ctx.keyspace.last_written_sequence());
     Ok(Frame::ok())
 }
 
