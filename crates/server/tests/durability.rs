@@ -656,7 +656,7 @@ fn increments_and_reads_under_always_from_many_connections_lose_nothing() {
     for thread in threads {
         thread.join().unwrap();
     }
-    let expected = (connections * rounds) as i64;
+    let expected = connections * rounds;
     let check = |con: &mut redis::Connection| {
         for c in 0..counters {
             let total: i64 = redis::cmd("GET")
@@ -670,7 +670,7 @@ fn increments_and_reads_under_always_from_many_connections_lose_nothing() {
                 .arg(format!("own-counter:{t}"))
                 .query(con)
                 .unwrap();
-            assert_eq!(own, rounds as i64, "own-counter:{t}");
+            assert_eq!(own, rounds, "own-counter:{t}");
         }
     };
     let mut con = server.client();
