@@ -471,10 +471,13 @@ impl DataNode {
             kind,
             KIND_HINT | KIND_HINT_MANY | KIND_AAE_KEYS | KIND_STREAM
         );
+        let mut unsynced_read = 0;
         let reply = if engine.write_may_wait() || off_worker {
             None
         } else {
-            match ringkv_engine::without_waiting(|| self.apply(kind, &payload)) {
+            let ran = ringkv_engine::without_waiting(|| self.apply(kind, &payload));
+            unsynced_read = ringkv_engine::take_unsynced_read();
+            match ran {
                 (_, true) => None,
                 (reply, false) => Some(reply),
             }
@@ -487,10 +490,13 @@ impl DataNode {
                 self.blocking(move || this.apply(kind, &payload)).await?
             }
         }?;
-        if matches!(
-            kind,
-            KIND_WRITE | KIND_INCREMENT | KIND_MERGE | KIND_WRITE_MANY | KIND_MERGE_MANY
-        ) {
+        // A write, or (under `always`) a read of a write not yet fsynced: answered once it is.
+        if unsynced_read > 0
+            || matches!(
+                kind,
+                KIND_WRITE | KIND_INCREMENT | KIND_MERGE | KIND_WRITE_MANY | KIND_MERGE_MANY
+            )
+        {
             self.sync().await?;
         }
         Ok(reply)

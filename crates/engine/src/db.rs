@@ -163,30 +163,32 @@ pub struct Recovery {
 struct NoWait {
     /// This thread's writes may not wait.
     on: bool,
-    /// A write (or a read of an unsynced key) was refused: nothing may change after it.
+    /// A write was refused: nothing may change after it.
     refused: bool,
-    /// A write under `always` was made without waiting for its fsync: later reads of an
-    /// unsynced key read it as written (the caller's reply waits for that fsync anyway).
-    deferred: bool,
 }
 
 thread_local! {
     /// Set inside [`without_waiting`].
     static NO_WAIT: std::cell::Cell<NoWait> = const {
-        std::cell::Cell::new(NoWait { on: false, refused: false, deferred: false })
+        std::cell::Cell::new(NoWait { on: false, refused: false })
     };
+    /// The highest sequence a read inside [`without_waiting`] read as written, not yet fsynced
+    /// ([`take_unsynced_read`]).
+    static UNSYNCED_READ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Runs `f` with this thread's writes refusing to wait: a write that would be slowed down
 /// or stalled (flushes or level-0 compaction behind) returns [`Error::WouldBlock`] before
 /// changing anything, and a WAL write-out that would wait for another writer's I/O is left
 /// to the next sync. Under `always` a write returns without waiting for its fsync, invisible
-/// until then: the caller awaits [`Db::synced`] before it answers; a read of a key whose
-/// write is still waiting for its fsync is refused the same way (unless `f` wrote already),
-/// and once anything was refused every later write is too. Returns `f`'s result and whether
-/// something was refused, so the caller (an async server, whose worker threads must not
-/// block) can run the work again where waiting is allowed.
+/// until then: the caller awaits [`Db::synced`] before it answers. A read of a key whose
+/// write still waits for its fsync reads it as written: the caller must then not answer
+/// before [`take_unsynced_read`]'s sequence is fsynced either. Once a write was refused
+/// every later write is too. Returns `f`'s result and whether something was refused, so the
+/// caller (an async server, whose worker threads must not block) can run the work again
+/// where waiting is allowed.
 pub fn without_waiting<T>(f: impl FnOnce() -> T) -> (T, bool) {
+    UNSYNCED_READ.with(|c| c.set(0));
     let outer = NO_WAIT.with(|c| {
         c.replace(NoWait {
             on: true,
@@ -223,21 +225,19 @@ fn refused_already() -> bool {
     })
 }
 
-/// Notes inside [`without_waiting`] that a write under `always` was made without waiting.
-fn note_deferred() {
-    NO_WAIT.with(|c| {
-        let mut state = c.get();
-        state.deferred = true;
-        c.set(state);
-    })
+/// After [`without_waiting`], on its thread: the sequence its reads saw written but not yet
+/// fsynced (under `always`), which the caller syncs to before it answers them (0: none).
+/// Reading it clears it.
+pub fn take_unsynced_read() -> u64 {
+    UNSYNCED_READ.with(|c| c.replace(0))
 }
 
 /// Where a read of one key looks.
 enum ReadAt {
     /// The last visible write, through the row cache.
     Visible(u64),
-    /// Every write made, fsynced or not: inside [`without_waiting`] after the work wrote
-    /// under `always`, for a key written since (its reply waits for that fsync anyway).
+    /// Every write made, fsynced or not: inside [`without_waiting`], for a key whose write
+    /// waits for its fsync (the caller's reply waits for it too: [`take_unsynced_read`]).
     Written(u64),
 }
 
@@ -1190,7 +1190,6 @@ impl Inner {
         if self.fsync_policy() == FsyncPolicy::Always {
             if waiting_forbidden() {
                 // The caller awaits `Db::synced`; the group-commit thread fsyncs.
-                note_deferred();
                 return Ok(());
             }
             self.wal.sync_to(last_seq, true)?;
@@ -1219,17 +1218,18 @@ impl Inner {
 
     /// Where a read of `key` looks: see [`ReadAt`]. A key with a write waiting for its
     /// fsync (under `always`) is read once that fsync is done, or inside [`without_waiting`]
-    /// refused, or read as written when the work wrote already.
+    /// read as written, the caller answering only once that is fsynced
+    /// ([`take_unsynced_read`]): a read-modify-write then builds on the write before it,
+    /// as in Redis, instead of waiting for its fsync.
     fn read_at(&self, key: &[u8]) -> Result<ReadAt> {
         let visible = self.visible_seq.load(Ordering::Acquire);
         let Some(unsynced) = self.group_commit.unsynced(key, visible) else {
             return Ok(ReadAt::Visible(visible));
         };
         if waiting_forbidden() {
-            if NO_WAIT.with(|c| c.get().deferred) {
-                return Ok(ReadAt::Written(self.written_seq.load(Ordering::Acquire)));
-            }
-            return Err(refuse_wait().expect("inside without_waiting"));
+            let written = self.written_seq.load(Ordering::Acquire);
+            UNSYNCED_READ.with(|c| c.set(c.get().max(written)));
+            return Ok(ReadAt::Written(written));
         }
         // Its writer is not answered before this fsync either; a failed one leaves the key
         // as it was visible.
@@ -1765,7 +1765,11 @@ fn group_commit_loop(weak: Weak<Inner>, commit: Arc<GroupCommit>) {
             tracing::error!(%error, "WAL fsync of a commit group failed");
         }
         inner.publish_synced();
-        commit.finish_round(inner.wal.stats().synced_seq, result.is_err());
+        let synced = inner.wal.stats().synced_seq;
+        // Let go of the database before waking the waiters: one of them may drop the last
+        // handle and reopen it, which needs its lock file released.
+        drop(inner);
+        commit.finish_round(synced, result.is_err());
     }
 }
 

@@ -54,7 +54,7 @@ mod wal;
 
 pub use batch::{BatchOp, WriteBatch};
 pub use changelog::{decode_log_batch, LogBatch, LogOp, LogRead};
-pub use db::{without_waiting, Db, Recovery, Snapshot, Stats, SyncWait};
+pub use db::{take_unsynced_read, without_waiting, Db, Recovery, Snapshot, Stats, SyncWait};
 pub use error::{Error, Result};
 pub use faults::Faults;
 pub use iter::{Entry, EntryHead, RangeIter};

@@ -148,6 +148,11 @@ where
                         {
                             return;
                         }
+                        if matches!(&admission, cmd::Admission::Run(_, spec, _)
+                            if spec.access() == Access::Global || spec.name == "exec")
+                        {
+                            own_writes_visible(&server, &client).await;
+                        }
                         let outcome = exec::execute_admitted(&server, &mut client, admission).await;
                         (Vec::new(), outcome)
                     };
@@ -253,6 +258,23 @@ where
         }
     }
     let _ = writer.shutdown().await;
+}
+
+/// Under `always`, waits until this connection's writes are fsynced, so visible: before a
+/// command that reads beyond named keys (SCAN, KEYS, RANGE, DBSIZE, …) or an EXEC, which
+/// read the published view. A read of a named key needs no wait here: the engine makes a
+/// read of a key whose write waits for its fsync wait for it too (docs/durability.md,
+/// "Group commit without a thread per writer"). A failed fsync is answered where the
+/// replies are written out ([`flush`]).
+async fn own_writes_visible(server: &Server, client: &Client) {
+    let seq = client.pending_sync_seq;
+    if seq == 0 {
+        return;
+    }
+    let engine = server.keyspace.engine();
+    if engine.fsync_policy() == FsyncPolicy::Always && !engine.is_synced(seq) {
+        let _ = engine.synced(seq).await;
+    }
 }
 
 /// Runs the write run, if it holds any command, and delivers each command's reply. False if the

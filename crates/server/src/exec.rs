@@ -105,6 +105,10 @@ pub(crate) async fn execute_admitted(
         // changes anything (`without_waiting`): the command then runs again off the worker.
         let (ran, refused) =
             ringkv_engine::without_waiting(|| cmd::invoke(server, client, index, spec, &args));
+        // Under `always`, what it read of writes not yet fsynced is answered once they are.
+        client.pending_sync_seq = client
+            .pending_sync_seq
+            .max(ringkv_engine::take_unsynced_read());
         if refused {
             cmd::uncount(server, index, matches!(ran.0, Frame::Error(_)));
             crate::data::blocking(|| cmd::invoke(server, client, index, spec, &args))
@@ -232,6 +236,9 @@ impl WriteRun {
         } else {
             let (replies, refused) =
                 ringkv_engine::without_waiting(|| run_batch(server, client, &commands));
+            client.pending_sync_seq = client
+                .pending_sync_seq
+                .max(ringkv_engine::take_unsynced_read());
             if refused {
                 for ((index, _, _), reply) in commands.iter().zip(&replies) {
                     cmd::uncount(server, *index, matches!(reply, Frame::Error(_)));

@@ -743,6 +743,23 @@ fn a_dead_replicas_writes_are_hinted_and_handed_off_when_it_returns() {
     // Its addresses, to come back on (the map names a member by them).
     let addresses = own_addresses(&cluster.nodes[3]);
     cluster.nodes[3].kill();
+    // Until gossip notices, node 3 may still be a key's event replica: a SET sent to it on a
+    // connection that the kill then closed fails with "connection lost" (it may have run
+    // there before the kill, so it is not run again elsewhere; the client is told, as for
+    // any write whose outcome is unknown). This test is about a replica known dead.
+    let dead = format!(":{}@", cluster.nodes[3].port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.nodes[0]
+        .cli(&["CLUSTER", "NODES"])
+        .lines()
+        .any(|line| line.contains(&dead) && line.contains("fail"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "gossip never marked the killed node"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // W=3 with a replica dead: every write succeeds, a hint standing in for it.
     for key in &keys {

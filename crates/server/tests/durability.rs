@@ -619,8 +619,8 @@ fn key_counts_rebuilt_after_a_kill_stay_exact_under_writes_during_the_rebuild() 
 /// Under `always`, writes on the workers wait for their group's fsync without a thread
 /// (docs/durability.md, "Group commit without a thread per writer"): a key written and not
 /// yet fsynced must still be read right by an INCR on another connection (no lost update)
-/// and by the writer's own next command in the same pipeline, and every acknowledged write
-/// must survive a SIGKILL.
+/// and by the writer's own next commands in the same pipeline (a GET of the key, a KEYS over
+/// the database), and every acknowledged write must survive a SIGKILL.
 #[test]
 fn increments_and_reads_under_always_from_many_connections_lose_nothing() {
     let mut server = Server::start_with(&["--appendfsync", "always"]);
@@ -640,8 +640,26 @@ fn increments_and_reads_under_always_from_many_connections_lose_nothing() {
                     pipe.cmd("SET").arg(format!("own:{t}")).arg(i);
                     pipe.cmd("GET").arg(format!("own:{t}"));
                     pipe.cmd("INCR").arg(format!("own-counter:{t}"));
-                    let (a, b, c, set, got, own): (i64, i64, i64, String, i64, i64) =
-                        pipe.query(&mut con).unwrap();
+                    // A new key, then a scan of the database for it: KEYS reads the published
+                    // view, so it runs once this connection's writes are fsynced.
+                    // (Deleted again, so the database stays small for KEYS.)
+                    pipe.cmd("SET").arg(format!("fresh:{t}")).arg(i);
+                    pipe.cmd("KEYS").arg(format!("fresh:{t}"));
+                    pipe.cmd("DEL").arg(format!("fresh:{t}"));
+                    #[allow(clippy::type_complexity)]
+                    let (a, b, c, set, got, own, _, listed, deleted): (
+                        i64,
+                        i64,
+                        i64,
+                        String,
+                        i64,
+                        i64,
+                        String,
+                        Vec<String>,
+                        i64,
+                    ) = pipe.query(&mut con).unwrap();
+                    assert_eq!(listed, vec![format!("fresh:{t}")], "KEYS after SET");
+                    assert_eq!(deleted, 1);
                     for (slot, seen) in [a, b, c].into_iter().enumerate() {
                         assert!(seen > last[slot], "counter:{slot} went back to {seen}");
                         last[slot] = seen;
