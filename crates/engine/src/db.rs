@@ -660,7 +660,7 @@ impl Db {
         self.inner.check_writable()?;
         self.validate(&batch)?;
         if refused_already() {
-            // A read of this work was refused: it runs again, so nothing of it may be written.
+            // A write of this work was refused: it runs again, so nothing of it may be written.
             return Err(Error::WouldBlock);
         }
         let inner = &self.inner;
@@ -715,11 +715,7 @@ impl Db {
         }
         let must_write = inner.wal.append(&record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, &record);
-        if inner.fsync_policy() == FsyncPolicy::Always {
-            for op in &batch.ops {
-                inner.group_commit.mark(op.key(), last_seq);
-            }
-        }
+        inner.mark_unsynced(batch.ops.iter().map(|op| &op.key()[..]), last_seq);
         state.record = record;
         drop(state);
         inner.finish_write(last_seq, must_write)?;
@@ -762,11 +758,7 @@ impl Db {
         }
         let must_write = inner.wal.append(record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, record);
-        if inner.fsync_policy() == FsyncPolicy::Always {
-            for op in &ops {
-                inner.group_commit.mark(op.key, last_seq);
-            }
-        }
+        inner.mark_unsynced(ops.iter().map(|op| op.key), last_seq);
         drop(state);
         inner.finish_write(last_seq, must_write)?;
         Ok(last_seq)
@@ -1237,6 +1229,16 @@ impl Inner {
             self.publish_synced();
         }
         Ok(ReadAt::Visible(self.visible_seq.load(Ordering::Acquire)))
+    }
+
+    /// Under `always`, marks the keys of a batch published up to `last_seq` as waiting for
+    /// its fsync (caller holds the write lock), for [`Inner::read_at`].
+    fn mark_unsynced<'k>(&self, keys: impl Iterator<Item = &'k [u8]>, last_seq: u64) {
+        if self.fsync_policy() == FsyncPolicy::Always {
+            for key in keys {
+                self.group_commit.mark(key, last_seq);
+            }
+        }
     }
 
     /// What [`Db::synced`] answers now for `seq`, if it can.

@@ -12,8 +12,9 @@
 //!
 //! Until its fsync, a key written this way is *unsynced*: it is marked here,
 //! by hash, so that a reader of it (a read-modify-write on another connection,
-//! the writer's own next command) waits for that fsync, or inside
-//! `without_waiting` is refused and runs again where it may wait.
+//! the writer's own next command) does not read the published view: inside
+//! `without_waiting` it reads the key as written and its caller answers only
+//! after that fsync (`take_unsynced_read`); elsewhere it waits for the fsync.
 //!
 //! **Owns:** the waiters, the wish of the syncer thread and the unsynced-key
 //! marks. **Must not touch:** the WAL's files (the thread calls
