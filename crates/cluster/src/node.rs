@@ -703,7 +703,9 @@ impl TransportPeers {
             .read()
             .as_ref()
             .and_then(|map| map.member(node).map(|m| m.cluster_addr.clone()))
-            .ok_or_else(|| format!("node {node:016x} is not in the map"))?;
+            // Not sent: a change removed the node since the caller picked it (the request
+            // may go to the next replica, as for a connection refused).
+            .ok_or_else(|| format!("{NOT_REACHED}: node {node:016x} is not in the map"))?;
         addr.parse()
             .map_err(|_| format!("bad cluster address {addr:?}"))
     }
