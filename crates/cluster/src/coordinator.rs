@@ -854,6 +854,7 @@ impl DataNode {
             next += 1;
         }
         let mut round = ReadRound::new(replicas, r);
+        let mut last_failure = None;
         let deadline = tokio::time::sleep(self.timeout);
         let hedge = tokio::time::sleep(self.hedge_delay());
         tokio::pin!(deadline, hedge);
@@ -876,6 +877,7 @@ impl DataNode {
                 Ok(copy) => round.on_reply(node, copy),
                 Err(error) => {
                     tracing::debug!(node, %error, "read from a replica failed");
+                    last_failure = Some(format!("{node:016x}: {error}"));
                     if next < order.len() {
                         asking.push(ask(order[next]));
                         next += 1;
@@ -888,7 +890,7 @@ impl DataNode {
             }
         };
         match progress {
-            Progress::Failed(error) => Err(CoordError::Quorum(error)),
+            Progress::Failed(error) => Err(CoordError::Quorum(error.with_cause(last_failure))),
             _ => {
                 let merged = round.merged();
                 self.observe(&merged);
@@ -1139,7 +1141,9 @@ impl DataNode {
     /// Runs `round` under `map`, then again under each newer map this node has applied
     /// meanwhile that places `slot` elsewhere, folding the results with `fold` (at most
     /// [`PLACEMENT_RETRIES`] more rounds): what [`DataNode::replicate`] and
-    /// [`DataNode::read`] count against.
+    /// [`DataNode::read`] count against. A round that failed under a map since replaced is
+    /// not final (its replicas may have refused a slot they no longer keep): the round under
+    /// the newer map decides.
     async fn on_newest_placement<T, F, Fut>(
         &self,
         map: &Arc<ClusterMap>,
@@ -1152,7 +1156,7 @@ impl DataNode {
         F: FnMut(Arc<ClusterMap>) -> Fut,
         Fut: std::future::Future<Output = Result<T, CoordError>>,
     {
-        let mut result = round(map.clone()).await?;
+        let mut result = round(map.clone()).await;
         let mut under = map.clone();
         let mut retries = 0;
         while let Some(newer) = self.newer_placement(&under, slot) {
@@ -1168,10 +1172,17 @@ impl DataNode {
                 to = newer.epoch,
                 "the slot moved during a {what}: running it again under the new map"
             );
-            result = fold(result, round(newer.clone()).await?);
+            let again = round(newer.clone()).await;
+            result = match (result, again) {
+                (Ok(before), Ok(again)) => Ok(fold(before, again)),
+                // The replicas of the old placement may refuse a slot they no longer keep:
+                // the round under the new one decides.
+                (Err(_), again) => again,
+                (Ok(_), Err(error)) => Err(error),
+            };
             under = newer;
         }
-        Ok(result)
+        result
     }
 
     /// This node's current map, if it is newer than `map` and places `slot` elsewhere
@@ -1266,6 +1277,7 @@ impl DataNode {
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
         let mut stand_ins: Vec<NodeId> = Vec::new();
+        let mut last_failure = None;
         let mut progress = if w <= 1 && target.is_none() {
             Progress::Succeeded
         } else {
@@ -1293,6 +1305,7 @@ impl DataNode {
                 }
                 Some((node, Delivery::Direct(Err(error)))) => {
                     tracing::debug!(node, %error, "replicating a write failed");
+                    last_failure = Some(format!("{node:016x}: {error}"));
                     round.on_failure(node)
                 }
                 // A fallback stands in for one replica: a second hint on the same node is
@@ -1313,6 +1326,7 @@ impl DataNode {
                 }
                 Some((node, Delivery::Hinted(Err(error)))) => {
                     tracing::debug!(node, %error, "no fallback took the hint");
+                    last_failure = Some(format!("{node:016x}, no fallback: {error}"));
                     round.on_failure(node)
                 }
                 None => round.on_timeout(),
@@ -1324,7 +1338,7 @@ impl DataNode {
         // The merges not waited for finish on their own task (`Merges`' drop).
         drop(sending);
         match progress {
-            Progress::Failed(error) => Err(CoordError::Quorum(error)),
+            Progress::Failed(error) => Err(CoordError::Quorum(error.with_cause(last_failure))),
             _ if strict < pw => {
                 self.sloppy.strict_refused.fetch_add(1, Ordering::Relaxed);
                 Err(CoordError::Strict { strict, hinted, pw })

@@ -35,6 +35,17 @@ pub struct QuorumError {
     pub asked: usize,
     /// Whether the round ran out of time (else replicas refused or failed).
     pub timed_out: bool,
+    /// The last refusal or failure a replica answered with, if any: what an operator needs
+    /// to tell a down node from, say, a map that moved under the request.
+    pub cause: Option<String>,
+}
+
+impl QuorumError {
+    /// The error with `cause` (the last failure seen) attached.
+    pub fn with_cause(mut self, cause: Option<String>) -> QuorumError {
+        self.cause = cause;
+        self
+    }
 }
 
 impl fmt::Display for QuorumError {
@@ -46,7 +57,11 @@ impl fmt::Display for QuorumError {
             self.asked,
             if self.timed_out { " in time" } else { "" },
             self.needed
-        )
+        )?;
+        match &self.cause {
+            Some(cause) => write!(f, " (last failure: {cause})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -108,6 +123,7 @@ impl Tally {
             needed: self.needed,
             asked: self.asked.len(),
             timed_out,
+            cause: None,
         }
     }
 
@@ -317,6 +333,7 @@ mod tests {
             needed: 2,
             asked: 3,
             timed_out,
+            cause: None,
         })
     }
 

@@ -213,16 +213,36 @@ fn assert_exact_placement(nodes: &[&Server], keys: &[String]) {
     }
 }
 
+/// The last warnings and debug lines of each node's log (debug lines are there when the run
+/// sets `RINGKV_TEST_RUST_LOG`, see `common::launch`): what a failed request's message needs.
+fn warnings(nodes: &[&Server]) -> String {
+    let mut out = String::new();
+    for node in nodes {
+        let log = node.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("DEBUG"))
+            .collect();
+        out += &format!("node {} log:\n", node.port);
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            out += line;
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The history's checks after the change, through every node in `nodes`: first each
 /// replica's own copy (read at R=1 through a node that holds the key, before any read at
 /// R=2 could repair it), then at R=2 through every node.
 fn check_history(load: &Load, nodes: &[&Server]) {
     assert!(
         load.failures.is_empty(),
-        "{} of {} client requests failed or read wrong, e.g. {:?}",
+        "{} of {} client requests failed or read wrong, e.g. {:?}\n{}",
         load.failures.len(),
         load.ops,
-        &load.failures[..load.failures.len().min(5)]
+        &load.failures[..load.failures.len().min(5)],
+        warnings(nodes)
     );
     assert!(load.ops > 100, "the load ran: {} operations", load.ops);
     let strings: Vec<String> = load.strings.keys().cloned().collect();
@@ -387,6 +407,9 @@ fn a_leave_under_load_fails_no_request_and_leaves_nothing_behind() {
         );
         wait_settled(&staying, 3, Duration::from_secs(120));
     });
+    if !load.failures.is_empty() {
+        eprintln!("the node that left, {}", warnings(&[leaving]));
+    }
     check_history(&load, &staying);
     assert_exact_placement(&staying, &with_load_keys(&keys, &load));
     for node in &staying {

@@ -55,7 +55,8 @@ pub fn launch(
     extra_args: &[String],
     log: Arc<Mutex<String>>,
 ) -> (Child, Option<u16>) {
-    let mut child = Command::new(binary())
+    let mut command = Command::new(binary());
+    command
         .args([
             "--port",
             "0",
@@ -69,7 +70,13 @@ pub fn launch(
         .args(admin_args(extra_args))
         .args(extra_args)
         .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
+        .env_remove("RUST_LOG");
+    // A filter for the servers' logs when a failure needs them (e.g.
+    // `RINGKV_TEST_RUST_LOG=info,ringkv_cluster::coordinator=debug`); else `--loglevel`.
+    if let Ok(filter) = std::env::var("RINGKV_TEST_RUST_LOG") {
+        command.env("RUST_LOG", filter);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
