@@ -704,15 +704,16 @@ impl Db {
         // Into the memtable first, then the WAL buffer: whatever a WAL write covers is then in
         // the memtable, so publishing the sequences it covers never shows a half-applied batch.
         // Entries above `visible_seq` stay invisible to readers until published.
-        let mem = &current.mem;
-        for (i, op) in batch.ops.iter().enumerate() {
-            let (kind, stored) = stored_value(op);
-            let seq = first_seq + i as u64;
-            if let Some(cache) = &inner.row_cache {
-                cache.write(op.key(), seq, kind, &stored);
-            }
-            mem.insert(op.key(), seq, kind, stored);
-        }
+        current
+            .mem
+            .insert_all(batch.ops.iter().enumerate().map(|(i, op)| {
+                let (kind, stored) = stored_value(op);
+                let seq = first_seq + i as u64;
+                if let Some(cache) = &inner.row_cache {
+                    cache.write(op.key(), seq, kind, &stored);
+                }
+                (&op.key()[..], seq, kind, stored)
+            }));
         let must_write = inner.wal.append(&record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, &record);
         inner.mark_unsynced(batch.ops.iter().map(|op| &op.key()[..]), last_seq);
