@@ -1772,6 +1772,108 @@ mod tests {
         assert_eq!(*peers.asked.lock(), vec![3]);
     }
 
+    /// Peers for a map that moves under a read: node 2, the only replica under the first
+    /// map, refuses the slot and (as a refreshed node would) this node applies the second
+    /// map meanwhile; node 4, the replica under it, answers as `node` would.
+    struct MovingPeers {
+        node: Arc<DataNode>,
+        cell: Arc<MapCell>,
+        newer: Arc<ClusterMap>,
+    }
+
+    impl Peers for MovingPeers {
+        fn call(
+            &self,
+            node: NodeId,
+            kind: u8,
+            payload: Bytes,
+            _timeout: Duration,
+        ) -> BoxFuture<'static, Result<Bytes, String>> {
+            let answering = self.node.clone();
+            if node == 2 {
+                *self.cell.write() = Some(self.newer.clone());
+            }
+            Box::pin(async move {
+                match node {
+                    2 => Err(format!("{NOT_KEPT} 0 at epoch 2")),
+                    _ => answering.answer(kind, payload).await,
+                }
+            })
+        }
+    }
+
+    /// docs/cluster.md, "Epochs": a round that failed under a map this node has since
+    /// replaced is not the answer; the round under the newer map is (a leave under load
+    /// once failed a GET with "0 of 3 replicas answered" before this). A NOQUORUM names the
+    /// last failure.
+    #[tokio::test]
+    async fn a_read_refused_under_a_replaced_map_is_asked_again_under_the_new_one() {
+        let member = |node: NodeId| crate::map::MemberInfo {
+            node,
+            client_addr: format!("127.0.0.1:{}", 7000 + node),
+            cluster_addr: format!("127.0.0.1:{}", 17000 + node),
+            zone: "z".into(),
+            state: crate::map::MemberState::Up,
+        };
+        let older = Arc::new(ClusterMap::founded_by(member(2), 1).unwrap());
+        let mut newer = ClusterMap::founded_by(member(4), 1).unwrap();
+        newer.epoch = older.epoch + 1;
+        let newer = Arc::new(newer);
+        let (moved, unmoved) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let there = tempfile::tempdir().unwrap();
+        let answering = data_node(there.path(), 4, Arc::new(NoPeers));
+        let key = Bytes::from_static(b"k");
+        let stored = WriteEvent {
+            db: 0,
+            key: key.clone(),
+            context: None,
+            body: Body::Value(Bytes::from_static(b"v")),
+            expires_at_ms: None,
+        };
+        answering.answer(KIND_WRITE, stored.encode()).await.unwrap();
+        let quorum = Quorum { r: 1, w: 1, pw: 0 };
+        let coordinator = |here: &std::path::Path, cell: &Arc<MapCell>, newer: &Arc<ClusterMap>| {
+            let peers = MovingPeers {
+                node: answering.clone(),
+                cell: cell.clone(),
+                newer: newer.clone(),
+            };
+            let db = ringkv_engine::Db::open(here, ringkv_engine::Options::default());
+            let keyspace = Arc::new(Keyspace::open(db.unwrap(), false, None).unwrap());
+            Arc::new(
+                DataNode::new(
+                    1,
+                    keyspace,
+                    10,
+                    1000,
+                    Arc::new(peers),
+                    Duration::from_secs(1),
+                )
+                .with_map(cell.clone()),
+            )
+        };
+
+        let cell: Arc<MapCell> = Arc::new(RwLock::new(Some(older.clone())));
+        let node = coordinator(moved.path(), &cell, &newer);
+        let record = node.read(&older, 0, &key, quorum).await.unwrap();
+        assert_eq!(
+            record.sibling_count(),
+            1,
+            "node 4's copy, read under the new map"
+        );
+
+        // Without a newer map, the refusal is the answer, and says what it was.
+        let cell: Arc<MapCell> = Arc::new(RwLock::new(Some(older.clone())));
+        let node = coordinator(unmoved.path(), &cell, &older);
+        let error = node.read(&older, 0, &key, quorum).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("last failure: {:016x}: {NOT_KEPT}", 2)),
+            "{error}"
+        );
+    }
+
     /// Late events (docs/cluster.md): a write event that reaches its event replica after its
     /// coordinator's timeout plus the clock skew allowance is refused and changes nothing; one
     /// within them runs. The cluster_netsplit test once saw a SET held in a socket through a
