@@ -600,7 +600,25 @@ fn follow_map(map: &MapCell, gossip: &GossipRuntime, me: NodeId, current: Option
             }
         }
     }
-    *map.write() = current;
+    advance(map, current);
+}
+
+/// Routes by `newer` unless the cell already holds a map of a later epoch. Two writers
+/// set the cell, the task following the control plane and a request that caught up after
+/// a peer refused its epoch (`TransportPeers::call`): the follower, reading epoch 10 and
+/// writing it after the request had set 11, put the node back a step, and the request's
+/// resend went out stale again (a leave under load failed a SET with "stale epoch: the
+/// peer is at epoch 11" that way in CI). Epochs only rise.
+fn advance(map: &MapCell, newer: Option<Arc<ClusterMap>>) {
+    let mut cell = map.write();
+    let older = match (cell.as_ref(), newer.as_ref()) {
+        (Some(held), Some(newer)) => newer.epoch < held.epoch,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if !older {
+        *cell = newer;
+    }
 }
 
 /// The transport's handler: data requests to the data plane, control requests to Raft,
@@ -769,7 +787,7 @@ impl Peers for TransportPeers {
                 ));
             }
             tracing::info!(node, theirs, "stale epoch: map refreshed, sending again");
-            *map.write() = control.map();
+            advance(&map, control.map());
             let addr = map
                 .read()
                 .as_ref()
@@ -792,6 +810,35 @@ mod tests {
 
     use super::*;
     use crate::frame::ClusterSecret;
+
+    /// A map cell only moves forward: the control plane's follower applying epoch 10 late
+    /// must not undo a request's catch-up to 11 (its resend would be refused again).
+    #[test]
+    fn the_map_cell_never_goes_back_an_epoch() {
+        use crate::map::{MemberInfo, MemberState};
+        let at = |epoch: u64| {
+            let founder = MemberInfo {
+                node: 1,
+                client_addr: "127.0.0.1:7001".into(),
+                cluster_addr: "127.0.0.1:17001".into(),
+                zone: "z".into(),
+                state: MemberState::Up,
+            };
+            let mut map = ClusterMap::founded_by(founder, 1).unwrap();
+            map.epoch = epoch;
+            Some(Arc::new(map))
+        };
+        let epoch = |cell: &MapCell| cell.read().as_ref().map(|m| m.epoch);
+        let cell: MapCell = RwLock::new(None);
+        advance(&cell, at(11));
+        assert_eq!(epoch(&cell), Some(11));
+        advance(&cell, at(10));
+        assert_eq!(epoch(&cell), Some(11), "an older map is ignored");
+        advance(&cell, None);
+        assert_eq!(epoch(&cell), Some(11), "a known map is never dropped");
+        advance(&cell, at(12));
+        assert_eq!(epoch(&cell), Some(12));
+    }
 
     /// A node that cannot join stops what it started: its internode port is free again,
     /// so a caller can try again in the same process.
