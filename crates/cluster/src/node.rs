@@ -603,6 +603,9 @@ fn follow_map(map: &MapCell, gossip: &GossipRuntime, me: NodeId, current: Option
     advance(map, current);
 }
 
+/// How many times a request refused for its epoch is sent again after catching up.
+const STALE_EPOCH_RESENDS: usize = 3;
+
 /// Routes by `newer` unless the cell already holds a map of a later epoch. Two writers
 /// set the cell, the task following the control plane and a request that caught up after
 /// a peer refused its epoch (`TransportPeers::call`): the follower, reading epoch 10 and
@@ -766,40 +769,43 @@ impl Peers for TransportPeers {
         }
         Box::pin(async move {
             let transport = transport.ok_or("transport not started")?;
-            let first = transport.call(addr?, kind, payload.clone(), timeout).await;
-            let theirs = match first {
-                Err(CallError::StaleEpoch { theirs }) => theirs,
-                other => return other.map(|(_, reply)| reply).map_err(|e| e.to_string()),
-            };
-            let control = control.ok_or("control plane not started")?;
-            let mut watch = control.watch();
-            let caught_up = matches!(
-                tokio::time::timeout(
-                    timeout,
-                    watch.wait_for(|m| m.as_ref().is_some_and(|m| m.epoch >= theirs)),
-                )
-                .await,
-                Ok(Ok(_))
-            );
-            if !caught_up {
-                return Err(format!(
-                    "stale epoch: the peer is at {theirs} and this node did not catch up in time"
-                ));
+            let mut answer = transport.call(addr?, kind, payload.clone(), timeout).await;
+            // A refusal for the epoch means the request did not run there: catch up and send
+            // again. A join or leave commits several epochs within moments, so the peer may
+            // have moved on again by the resend (CI: a SET during a leave failed with "the
+            // peer is at epoch 11" after one catch-up): a few rounds, each bounded.
+            for _ in 0..STALE_EPOCH_RESENDS {
+                let theirs = match answer {
+                    Err(CallError::StaleEpoch { theirs }) => theirs,
+                    other => return other.map(|(_, reply)| reply).map_err(|e| e.to_string()),
+                };
+                let control = control.as_ref().ok_or("control plane not started")?;
+                let mut watch = control.watch();
+                let caught_up = matches!(
+                    tokio::time::timeout(
+                        timeout,
+                        watch.wait_for(|m| m.as_ref().is_some_and(|m| m.epoch >= theirs)),
+                    )
+                    .await,
+                    Ok(Ok(_))
+                );
+                if !caught_up {
+                    return Err(format!(
+                        "stale epoch: the peer is at {theirs} and this node did not catch up in time"
+                    ));
+                }
+                tracing::info!(node, theirs, "stale epoch: map refreshed, sending again");
+                advance(&map, control.map());
+                let addr = map
+                    .read()
+                    .as_ref()
+                    .and_then(|m| m.member(node).map(|m| m.cluster_addr.clone()))
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                    // It left: the request did not run there (the event may go to another).
+                    .ok_or_else(|| format!("{NOT_REACHED}: node {node:016x} left the cluster"))?;
+                answer = transport.call(addr, kind, payload.clone(), timeout).await;
             }
-            tracing::info!(node, theirs, "stale epoch: map refreshed, sending again");
-            advance(&map, control.map());
-            let addr = map
-                .read()
-                .as_ref()
-                .and_then(|m| m.member(node).map(|m| m.cluster_addr.clone()))
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-                // It left: the request did not run there (the event may go to another).
-                .ok_or_else(|| format!("{NOT_REACHED}: node {node:016x} left the cluster"))?;
-            transport
-                .call(addr, kind, payload, timeout)
-                .await
-                .map(|(_, reply)| reply)
-                .map_err(|e| e.to_string())
+            answer.map(|(_, reply)| reply).map_err(|e| e.to_string())
         })
     }
 }
