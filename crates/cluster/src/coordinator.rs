@@ -1724,16 +1724,14 @@ mod tests {
     }
 
     fn data_node(dir: &std::path::Path, me: NodeId, peers: Arc<dyn Peers>) -> Arc<DataNode> {
+        Arc::new(node_at(dir, me, peers))
+    }
+
+    /// A data node on a fresh store in `dir` (1 s request timeout), for the caller to wrap.
+    fn node_at(dir: &std::path::Path, me: NodeId, peers: Arc<dyn Peers>) -> DataNode {
         let db = ringkv_engine::Db::open(dir, ringkv_engine::Options::default()).unwrap();
         let keyspace = Arc::new(Keyspace::open(db, false, None).unwrap());
-        Arc::new(DataNode::new(
-            me,
-            keyspace,
-            10,
-            1000,
-            peers,
-            Duration::from_secs(1),
-        ))
+        DataNode::new(me, keyspace, 10, 1000, peers, Duration::from_secs(1))
     }
 
     /// The event replica rule (docs/cluster.md, "Liveness"): an event replica that cannot
@@ -1838,19 +1836,7 @@ mod tests {
                 cell: cell.clone(),
                 newer: newer.clone(),
             };
-            let db = ringkv_engine::Db::open(here, ringkv_engine::Options::default());
-            let keyspace = Arc::new(Keyspace::open(db.unwrap(), false, None).unwrap());
-            Arc::new(
-                DataNode::new(
-                    1,
-                    keyspace,
-                    10,
-                    1000,
-                    Arc::new(peers),
-                    Duration::from_secs(1),
-                )
-                .with_map(cell.clone()),
-            )
+            Arc::new(node_at(here, 1, Arc::new(peers)).with_map(cell.clone()))
         };
 
         let cell: Arc<MapCell> = Arc::new(RwLock::new(Some(older.clone())));

@@ -749,14 +749,13 @@ impl Db {
                 state.last_seq + 1
             )));
         }
-        let mem = &current.mem;
-        for op in &ops {
+        current.mem.insert_all(ops.iter().map(|op| {
             let stored = Bytes::copy_from_slice(op.stored_value);
             if let Some(cache) = &inner.row_cache {
                 cache.write(op.key, op.seq, op.kind, &stored);
             }
-            mem.insert(op.key, op.seq, op.kind, stored);
-        }
+            (op.key, op.seq, op.kind, stored)
+        }));
         let must_write = inner.wal.append(record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, record);
         inner.mark_unsynced(ops.iter().map(|op| op.key), last_seq);

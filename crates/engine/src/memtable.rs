@@ -117,15 +117,7 @@ impl Memtable {
 
     /// Inserts one entry; `stored_value` is already encoded (see [`format`]).
     pub fn insert(&self, user_key: &[u8], seq: u64, kind: Kind, stored_value: Bytes) {
-        let key = format::internal_key(user_key, seq, kind);
-        self.bytes.fetch_add(
-            key.len() + stored_value.len() + ENTRY_OVERHEAD_BYTES,
-            AtomicOrdering::Relaxed,
-        );
-        self.map
-            .write()
-            .insert(InternalKey::new(Bytes::from(key)), stored_value);
-        self.max_seq.fetch_max(seq, AtomicOrdering::Release);
+        self.insert_all(std::iter::once((user_key, seq, kind, stored_value)));
     }
 
     /// Inserts a batch's entries under one write lock (issue 12): per entry, a reader
