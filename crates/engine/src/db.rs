@@ -1816,9 +1816,12 @@ fn wal_sync_step(inner: &Inner, _background: &Background) -> bool {
     if policy == FsyncPolicy::Always {
         return false;
     }
-    let seq = inner.wal.appended_seq();
-    let fsync = policy == FsyncPolicy::EverySec;
-    if let Err(error) = inner.wal.sync_to(seq, fsync) {
+    let synced = if policy == FsyncPolicy::EverySec {
+        inner.wal.fsync_behind()
+    } else {
+        inner.wal.sync_to(inner.wal.appended_seq(), false)
+    };
+    if let Err(error) = synced {
         tracing::error!(%error, "background WAL sync failed");
     }
     false

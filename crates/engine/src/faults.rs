@@ -58,6 +58,11 @@ impl Faults {
         self.wal_fsync_delays.store(count, Ordering::SeqCst);
     }
 
+    /// WAL fsync delays still armed (a delayed fsync takes its delay as it starts).
+    pub fn wal_fsync_delays_armed(&self) -> u64 {
+        self.wal_fsync_delays.load(Ordering::SeqCst)
+    }
+
     /// Consumes one armed fsync delay: how long to wait before syncing, if one was armed.
     pub(crate) fn take_wal_fsync_delay(&self) -> Option<Duration> {
         if self.wal_fsync_delays.load(Ordering::Relaxed) == 0 {

@@ -406,6 +406,44 @@ impl Wal {
         }
     }
 
+    /// The background fsync under `everysec`: makes every record handed to the OS so far
+    /// durable without holding the I/O lock during the fsync, so writers keep handing their
+    /// records to the OS meanwhile and never wait for the disk (Redis fsyncs its AOF on a
+    /// background thread the same way; docs/durability.md, "Under `everysec` no reply waits
+    /// for the disk"). Under the lock the
+    /// buffer is written out (one `write(2)`) and the segments that may hold records written
+    /// but not fsynced are noted: the current one, and any rotated away since the last
+    /// write-out (a write-out fsyncs the rotated segments it finds). Those are fsynced after
+    /// the lock is released, and only what was written before is claimed synced.
+    pub fn fsync_behind(&self) -> Result<()> {
+        let (segments, written) = {
+            let _io = IoGuard::new(self, self.io.lock());
+            let appended = self.pending.lock().last_seq;
+            if !self.covered(appended, false) {
+                self.write_out(false)?;
+            }
+            let written = self.written_seq.load(Ordering::Acquire);
+            if self.covered(written, true) {
+                return Ok(());
+            }
+            let pending = self.pending.lock();
+            let mut segments: Vec<Arc<Segment>> = pending
+                .retired
+                .iter()
+                .map(|(segment, _)| segment.clone())
+                .collect();
+            segments.push(pending.segment.clone());
+            (segments, written)
+        };
+        for segment in &segments {
+            if let Err(error) = self.fsync_file(segment) {
+                return Err(self.poison(error));
+            }
+        }
+        self.synced_seq.fetch_max(written, Ordering::AcqRel);
+        Ok(())
+    }
+
     pub(crate) fn covered(&self, seq: u64, fsync: bool) -> bool {
         let done = if fsync {
             &self.synced_seq
@@ -668,6 +706,39 @@ mod tests {
         );
         assert_eq!(wal.stats().syncs, 2);
         assert_eq!(wal.stats().synced_seq, 2);
+    }
+
+    #[test]
+    fn the_background_fsync_lets_writers_hand_records_to_the_os_while_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let wal =
+            Arc::new(Wal::create(Arc::new(StdStorage), dir.path(), 1, 0, faults.clone()).unwrap());
+        // The one fsync takes 3 s: a disk busy with a flush and a compaction.
+        faults.delay_wal_fsyncs(Duration::from_secs(3), 1);
+        wal.append(&record(1, b"a", b"1"), 1);
+        let syncer = {
+            let wal = wal.clone();
+            std::thread::spawn(move || wal.fsync_behind())
+        };
+        while faults.wal_fsync_delays_armed() > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The fsync is under way (its delay taken). A writer's record reaches the OS now,
+        // not after the disk.
+        wal.append(&record(2, b"b", b"2"), 2);
+        wal.sync_to(2, false).unwrap();
+        assert!(!syncer.is_finished(), "the write-out waited for the fsync");
+        assert_eq!(wal.stats().written_seq, 2);
+        assert_eq!(wal.stats().synced_seq, 0);
+        syncer.join().unwrap().unwrap();
+        // Only what was written before the fsync began is claimed durable.
+        assert_eq!(wal.stats().synced_seq, 1);
+        wal.fsync_behind().unwrap();
+        assert_eq!(wal.stats().synced_seq, 2);
+        assert_eq!(wal.stats().syncs, 2);
+        let read = read_segment(&StdStorage, &segment_path(dir.path(), 1)).unwrap();
+        assert_eq!(read.payloads.len(), 2);
     }
 
     #[test]
