@@ -1453,8 +1453,12 @@ impl Inner {
         // As RocksDB's `SyncClosedLogs`: the memtable's WAL records are on disk before its
         // table is. Otherwise (under `everysec`/`no`, or an `always` write still waiting for its
         // group's fsync) a power cut between the table and its manifest edit leaves an orphan
-        // table holding writes no WAL has, which the open must refuse as a lost edit.
-        self.wal.sync_to(mem.max_seq(), true)?;
+        // table holding writes no WAL has, which the open must refuse as a lost edit. The fsync
+        // runs outside the WAL's I/O lock, so writers are not held up by it (docs/durability.md,
+        // "Under `everysec` no reply waits for the disk").
+        if !self.wal.covered(mem.max_seq(), true) {
+            self.wal.fsync_behind()?;
+        }
         self.publish_synced();
         let number = self.next_file.fetch_add(1, Ordering::AcqRel);
         let table = if mem.is_empty() {

@@ -406,7 +406,8 @@ impl Wal {
         }
     }
 
-    /// The background fsync under `everysec`: makes every record handed to the OS so far
+    /// The background fsync under `everysec`, and a flush's fsync of its memtable's records:
+    /// makes every record handed to the OS so far
     /// durable without holding the I/O lock during the fsync, so writers keep handing their
     /// records to the OS meanwhile and never wait for the disk (Redis fsyncs its AOF on a
     /// background thread the same way; docs/durability.md, "Under `everysec` no reply waits
