@@ -407,15 +407,14 @@ impl Wal {
     }
 
     /// The background fsync under `everysec`, and a flush's fsync of its memtable's records:
-    /// makes every record handed to the OS so far
-    /// durable without holding the I/O lock during the fsync, so writers keep handing their
-    /// records to the OS meanwhile and never wait for the disk (Redis fsyncs its AOF on a
-    /// background thread the same way; docs/durability.md, "Under `everysec` no reply waits
-    /// for the disk"). Under the lock the
-    /// buffer is written out (one `write(2)`) and the segments that may hold records written
-    /// but not fsynced are noted: the current one, and any rotated away since the last
-    /// write-out (a write-out fsyncs the rotated segments it finds). Those are fsynced after
-    /// the lock is released, and only what was written before is claimed synced.
+    /// makes every record handed to the OS so far durable without holding the I/O lock during
+    /// the fsync, so writers keep handing their records to the OS meanwhile and never wait for
+    /// the disk (Redis fsyncs its AOF on a background thread the same way; docs/durability.md,
+    /// "Under `everysec` no reply waits for the disk"). Under the lock the buffer is written
+    /// out (one `write(2)`) and the segments that may hold records written but not fsynced are
+    /// noted: the current one, and any rotated away since the last write-out (a write-out
+    /// fsyncs the rotated segments it finds). Those are fsynced after the lock is released,
+    /// and only what was written before is claimed synced.
     pub fn fsync_behind(&self) -> Result<()> {
         let (segments, written) = {
             let _io = IoGuard::new(self, self.io.lock());
