@@ -75,6 +75,18 @@ fn render_status(text: &str, address: &ServerAddress) -> anyhow::Result<String> 
         address.host,
         address.port,
     );
+    if let Some(control) = text.lines().find_map(|l| l.strip_prefix("control: ")) {
+        let control = fields(control);
+        out.push_str(&format!(
+            "control plane: this node is {} at term {}, leader {}, {} voters and {} learners, log applied to {}\n",
+            get(&control, "role"),
+            get(&control, "term"),
+            get(&control, "leader"),
+            get(&control, "voters"),
+            get(&control, "learners"),
+            get(&control, "applied"),
+        ));
+    }
     if let Some(change) = text.lines().find_map(|l| l.strip_prefix("change: ")) {
         let change = fields(change);
         out.push_str(&format!(
@@ -91,7 +103,9 @@ fn render_status(text: &str, address: &ServerAddress) -> anyhow::Result<String> 
     let mut rows = vec![std::iter::once("id".to_string())
         .chain(columns.iter().map(|c| c.to_string()))
         .collect::<Vec<_>>()];
-    for line in lines.filter(|line| !line.is_empty() && !line.starts_with("change: ")) {
+    for line in lines.filter(|line| {
+        !line.is_empty() && !line.starts_with("change: ") && !line.starts_with("control: ")
+    }) {
         let (id, rest) = line
             .split_once(' ')
             .with_context(|| format!("CLUSTER STATUS: bad member line {line:?}"))?;
@@ -209,6 +223,7 @@ mod tests {
     #[test]
     fn status_renders_one_row_per_member_with_the_asked_node_marked() {
         let text = "epoch:4 members:2 down:1 replicas:2 slots:16384 myself:aa\n\
+                    control: role:leader term:2 leader:aa voters:2 learners:0 applied:9\n\
                     aa client:127.0.0.1:7001 cluster:127.0.0.1:17001 zone:- state:up health:alive slots:16384 first:8192 myself\n\
                     bb client:127.0.0.1:7002 cluster:127.0.0.1:17002 zone:b state:up health:down slots:16384 first:8192\n";
         let address = ServerAddress {
@@ -223,16 +238,21 @@ mod tests {
             lines[0].starts_with("cluster at epoch 4: 2 members, 1 down, 2 replicas"),
             "{out}"
         );
-        assert!(lines[1].starts_with("id "), "{out}");
+        assert_eq!(
+            lines[1],
+            "control plane: this node is leader at term 2, leader aa, 2 voters and 0 learners, log applied to 9",
+            "{out}"
+        );
+        assert!(lines[2].starts_with("id "), "{out}");
         assert!(
-            lines[2].starts_with("aa* ") && lines[2].contains("127.0.0.1:17001"),
+            lines[3].starts_with("aa* ") && lines[3].contains("127.0.0.1:17001"),
             "{out}"
         );
         assert!(
-            lines[3].contains(" down ") && lines[3].contains(" b "),
+            lines[4].contains(" down ") && lines[4].contains(" b "),
             "{out}"
         );
-        assert_eq!(lines.len(), 5, "{out}");
+        assert_eq!(lines.len(), 6, "{out}");
     }
 
     #[test]

@@ -415,7 +415,7 @@ fn a_pipeline_runs_in_request_order_per_key_and_answers_in_order() {
 }
 
 /// `ringkv cluster status`'s member rows, split into their columns (id, client, cluster,
-/// zone, state, health, slots, first), after its summary and header lines.
+/// zone, state, health, slots, first), after its summary, control plane and header lines.
 fn cluster_status(port: u16) -> (String, Vec<Vec<String>>) {
     let output = std::process::Command::new(common::binary())
         .args(["cluster", "status", "--port", &port.to_string()])
@@ -429,6 +429,7 @@ fn cluster_status(port: u16) -> (String, Vec<Vec<String>>) {
     );
     let rows = text
         .lines()
+        .filter(|line| !line.starts_with("control plane: "))
         .skip(2)
         .filter(|line| !line.starts_with('('))
         .map(|line| line.split_whitespace().map(str::to_string).collect())

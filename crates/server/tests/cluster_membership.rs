@@ -496,3 +496,60 @@ fn a_joining_node_killed_while_streaming_resumes_where_it_stopped() {
         );
     }
 }
+
+/// Two changes at once, one of them the control plane's own leader going: the founding
+/// member (the Raft leader since the cluster began; nothing here makes it lose an election)
+/// leaves with CLUSTER LEAVE while a new node joins through another member, under load. The
+/// changes commit one after the other through whichever member leads; no client request
+/// fails, and afterwards every key is on exactly its 3 replicas among the 4 members left.
+#[test]
+fn the_founder_leaves_while_a_node_joins_under_load() {
+    let cluster = Cluster::start(4, &EXTRA);
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("pre:{i}")).collect();
+    write_through(&cluster.nodes, &keys, 1);
+    let founder = &cluster.nodes[0];
+    let founder_id = founder.cli(&["CLUSTER", "MYID"]).trim().to_string();
+    let status = founder.cli(&["CLUSTER", "STATUS"]);
+    assert!(
+        status.contains("control: role:leader ")
+            && status.contains(&format!(" leader:{founder_id} ")),
+        "the founder leads the control plane: {status}"
+    );
+    let staying: Vec<&Server> = cluster.nodes[1..].iter().collect();
+    let ports: Vec<u16> = staying.iter().map(|n| n.port).collect();
+    let seed = format!("127.0.0.1:{}", ports[0]);
+
+    let mut joined = None;
+    let load = under_load(&ports, || {
+        std::thread::scope(|scope| {
+            let leave = scope.spawn(|| founder.cli(&["CLUSTER", "LEAVE"]));
+            let node = start_joining(&seed, &EXTRA);
+            assert_eq!(leave.join().unwrap().trim(), "OK");
+            let mut settled = staying.clone();
+            settled.push(&node);
+            wait_settled(&settled, 4, Duration::from_secs(180));
+            joined = Some(node);
+        });
+    });
+    let joined = joined.expect("the node joined");
+    let mut nodes = staying.clone();
+    nodes.push(&joined);
+    if !load.failures.is_empty() {
+        eprintln!("the founder, {}", warnings(&[founder]));
+    }
+    check_history(&load, &nodes);
+    assert_exact_placement(&nodes, &with_load_keys(&keys, &load));
+    for node in &nodes {
+        let wrong = wrong_values(node, &keys);
+        assert!(
+            wrong.is_empty(),
+            "through {}: {:?}",
+            node.port,
+            &wrong[..wrong.len().min(5)]
+        );
+        assert!(
+            !node.cli(&["CLUSTER", "NODES"]).contains(&founder_id),
+            "the founder left every map"
+        );
+    }
+}

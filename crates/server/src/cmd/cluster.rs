@@ -421,6 +421,20 @@ fn status_text(node: &ClusterNode, map: &ClusterMap) -> String {
         map.assignment.replication(),
         node_name(node.id),
     );
+    // The control plane as this node sees it: which member leads the Raft group that commits
+    // every map (docs/cluster.md, "Control plane"), and this node's part in it.
+    let control = node.control.status();
+    text.push_str(&format!(
+        "control: role:{} term:{} leader:{} voters:{} learners:{} applied:{}\n",
+        control.role,
+        control.term,
+        control.leader.map_or_else(|| "-".to_string(), node_name),
+        control.voters.len(),
+        control.learners.len(),
+        control
+            .last_applied
+            .map_or_else(|| "-".to_string(), |i| i.to_string()),
+    ));
     if let Some(change) = &map.change {
         let gainers = map.gainers();
         let transfer = node.data.transfer_stats();
