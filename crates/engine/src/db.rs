@@ -354,12 +354,7 @@ impl Db {
             for (_, payload) in &read.payloads {
                 let ops = wal::decode_payload(payload).expect("validated by read_segment");
                 for op in ops {
-                    mem.insert(
-                        op.key,
-                        op.seq,
-                        op.kind,
-                        Bytes::copy_from_slice(op.stored_value),
-                    );
+                    mem.insert(op.key, op.seq, op.kind, op.stored_value);
                     last_seq = last_seq.max(op.seq);
                     replayed_min_seq = Some(replayed_min_seq.map_or(op.seq, |m| m.min(op.seq)));
                     replayed_max_seq = replayed_max_seq.max(op.seq);

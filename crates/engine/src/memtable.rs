@@ -7,15 +7,24 @@
 //! and cache misses per lookup than a skip list (the skip list this
 //! replaced spent ~40% of a SET-heavy server's time searching), and keys
 //! carry an inline head so most comparisons stay inside the node
-//! ([`InternalKey`]).
+//! ([`Entry`]).
+//!
+//! Each entry's internal key and value sit side by side in the memtable's
+//! arena: chunks of [`ARENA_CHUNK_BYTES`] filled in order and shared by
+//! reference count (issue 12, docs/BENCHMARKS.md). An insert copies its key
+//! and value in and allocates nothing of its own, and a flushed memtable is
+//! given back a chunk at a time instead of two heap blocks per entry, which
+//! the flush thread freed one by one into the writers' allocator caches.
+//! What a lookup hands out is a slice of a chunk: it keeps that chunk alive,
+//! so a caller that keeps a value long copies it.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 
-use bytes::Bytes;
-use parking_lot::RwLock;
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
 
 use crate::format::{self, compare_internal, Kind};
 
@@ -23,12 +32,20 @@ use crate::format::{self, compare_internal, Kind};
 /// the key's allocation.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 
-/// Bytes of the user key kept inline in an [`InternalKey`].
+/// Bytes of the user key kept inline in an [`Entry`].
 const HEAD_BYTES: usize = 32;
 
-/// An internal key ordered by [`compare_internal`], with the first
-/// [`HEAD_BYTES`] of its user key kept inline (big-endian words, zero-padded),
-/// and the user key's length and the trailer beside them.
+/// Size of one arena chunk.
+const ARENA_CHUNK_BYTES: usize = 128 * 1024;
+
+/// Entries larger than this get an allocation of their own, so a large value neither
+/// starts a chunk it mostly fills nor leaves the rest of the current one unused.
+const ARENA_ENTRY_BYTES_MAX: usize = ARENA_CHUNK_BYTES / 8;
+
+/// One version of a key: its internal key followed by its stored value in one slice of
+/// the arena (`bytes`), ordered by [`compare_internal`] on the internal key, with the
+/// first [`HEAD_BYTES`] of the user key kept inline (big-endian words, zero-padded), and
+/// the user key's length and the trailer beside them.
 ///
 /// Searching the tree compares the target with a handful of keys per node.
 /// With the key bytes behind a pointer, every comparison was a cache miss
@@ -46,17 +63,19 @@ const HEAD_BYTES: usize = 32;
 /// (`counter:000000NNNNNN`, `key:000000NNNNNN`) tied on their heads and
 /// every INCR descent compared through the pointers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct InternalKey {
+pub(crate) struct Entry {
     head: [u64; HEAD_BYTES / 8],
     trailer: u64,
     user_len: u32,
     bytes: Bytes,
 }
 
-impl InternalKey {
-    fn new(bytes: Bytes) -> InternalKey {
-        debug_assert!(bytes.len() >= format::TRAILER_LEN);
-        let user_key = format::user_key(&bytes);
+impl Entry {
+    /// An entry whose internal key is `bytes[..key_len]` and whose value is the rest.
+    fn new(bytes: Bytes, key_len: usize) -> Entry {
+        debug_assert!(key_len >= format::TRAILER_LEN && key_len <= bytes.len());
+        let key = &bytes[..key_len];
+        let user_key = format::user_key(key);
         let mut padded = [0u8; HEAD_BYTES];
         let n = user_key.len().min(HEAD_BYTES);
         padded[..n].copy_from_slice(&user_key[..n]);
@@ -64,16 +83,40 @@ impl InternalKey {
         for (word, chunk) in head.iter_mut().zip(padded.chunks_exact(8)) {
             *word = u64::from_be_bytes(chunk.try_into().expect("8 bytes"));
         }
-        InternalKey {
+        Entry {
             head,
-            trailer: format::key_trailer(&bytes),
+            trailer: format::key_trailer(key),
             user_len: u32::try_from(user_key.len()).expect("keys are far below 4 GiB"),
             bytes,
         }
     }
+
+    /// A search target: an internal key and no value.
+    fn target(internal_key: Bytes) -> Entry {
+        let len = internal_key.len();
+        Entry::new(internal_key, len)
+    }
+
+    fn key_len(&self) -> usize {
+        self.user_len as usize + format::TRAILER_LEN
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len()]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.bytes[self.key_len()..]
+    }
+
+    /// The internal key and the value, as slices sharing the entry's memory.
+    fn to_pair(&self) -> (Bytes, Bytes) {
+        let key_len = self.key_len();
+        (self.bytes.slice(..key_len), self.bytes.slice(key_len..))
+    }
 }
 
-impl Ord for InternalKey {
+impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
         self.head.cmp(&other.head).then_with(|| {
             let inline = HEAD_BYTES as u32;
@@ -82,22 +125,53 @@ impl Ord for InternalKey {
                     .cmp(&other.user_len)
                     .then_with(|| other.trailer.cmp(&self.trailer))
             } else {
-                compare_internal(&self.bytes, &other.bytes)
+                compare_internal(self.key(), other.key())
             }
         })
     }
 }
 
-impl PartialOrd for InternalKey {
+impl PartialOrd for Entry {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
+    }
+}
+
+/// Where entries are copied in: the unused rest of the current chunk.
+#[derive(Debug)]
+struct Arena {
+    free: BytesMut,
+}
+
+impl Arena {
+    /// Copies an entry's internal key (`user_key` and its trailer) and value in, as one slice.
+    fn push(&mut self, user_key: &[u8], seq: u64, kind: Kind, value: &[u8]) -> Bytes {
+        let len = user_key.len() + format::TRAILER_LEN + value.len();
+        let trailer = format::trailer(seq, kind).to_be_bytes();
+        if len > ARENA_ENTRY_BYTES_MAX {
+            let mut own = Vec::with_capacity(len);
+            own.extend_from_slice(user_key);
+            own.extend_from_slice(&trailer);
+            own.extend_from_slice(value);
+            return Bytes::from(own);
+        }
+        if self.free.capacity() < len {
+            self.free = BytesMut::with_capacity(ARENA_CHUNK_BYTES);
+        }
+        // Within the capacity checked above: no reallocation, so every slice handed out
+        // keeps pointing into the chunk it was written to.
+        self.free.extend_from_slice(user_key);
+        self.free.extend_from_slice(&trailer);
+        self.free.extend_from_slice(value);
+        self.free.split().freeze()
     }
 }
 
 /// An ordered in-memory table.
 #[derive(Debug)]
 pub(crate) struct Memtable {
-    map: RwLock<BTreeMap<InternalKey, Bytes>>,
+    map: RwLock<BTreeSet<Entry>>,
+    arena: Mutex<Arena>,
     bytes: AtomicUsize,
     /// Highest sequence inserted.
     max_seq: AtomicU64,
@@ -108,7 +182,10 @@ pub(crate) struct Memtable {
 impl Memtable {
     pub fn new(wal_number: u64) -> Memtable {
         Memtable {
-            map: RwLock::new(BTreeMap::new()),
+            map: RwLock::new(BTreeSet::new()),
+            arena: Mutex::new(Arena {
+                free: BytesMut::new(),
+            }),
             bytes: AtomicUsize::new(0),
             max_seq: AtomicU64::new(0),
             wal_number,
@@ -116,28 +193,35 @@ impl Memtable {
     }
 
     /// Inserts one entry; `stored_value` is already encoded (see [`format`]).
-    pub fn insert(&self, user_key: &[u8], seq: u64, kind: Kind, stored_value: Bytes) {
+    pub fn insert(&self, user_key: &[u8], seq: u64, kind: Kind, stored_value: impl AsRef<[u8]>) {
         self.insert_all(std::iter::once((user_key, seq, kind, stored_value)));
     }
 
     /// Inserts a batch's entries under one write lock (issue 12): per entry, a reader
     /// waiting for the tree and the writer waiting for readers spun and yielded the CPU (a
-    /// third of the server's `sched_yield` calls under INCR at pipeline 16). The keys are
-    /// built before the lock is taken.
-    pub fn insert_all<'k>(&self, entries: impl Iterator<Item = (&'k [u8], u64, Kind, Bytes)>) {
+    /// third of the server's `sched_yield` calls under INCR at pipeline 16). The entries are
+    /// copied into the arena before the lock is taken.
+    pub fn insert_all<'k, V: AsRef<[u8]>>(
+        &self,
+        entries: impl Iterator<Item = (&'k [u8], u64, Kind, V)>,
+    ) {
         let mut built = Vec::with_capacity(entries.size_hint().0);
         let mut bytes = 0;
         let mut max_seq = 0;
-        for (user_key, seq, kind, stored_value) in entries {
-            let key = format::internal_key(user_key, seq, kind);
-            bytes += key.len() + stored_value.len() + ENTRY_OVERHEAD_BYTES;
-            max_seq = max_seq.max(seq);
-            built.push((InternalKey::new(Bytes::from(key)), stored_value));
+        {
+            let mut arena = self.arena.lock();
+            for (user_key, seq, kind, stored_value) in entries {
+                let value = stored_value.as_ref();
+                let key_len = user_key.len() + format::TRAILER_LEN;
+                bytes += key_len + value.len() + ENTRY_OVERHEAD_BYTES;
+                max_seq = max_seq.max(seq);
+                built.push(Entry::new(arena.push(user_key, seq, kind, value), key_len));
+            }
         }
         self.bytes.fetch_add(bytes, AtomicOrdering::Relaxed);
         let mut map = self.map.write();
-        for (key, value) in built {
-            map.insert(key, value);
+        for entry in built {
+            map.insert(entry);
         }
         drop(map);
         self.max_seq.fetch_max(max_seq, AtomicOrdering::Release);
@@ -151,32 +235,32 @@ impl Memtable {
     /// The newest entry for `user_key` with a sequence ≤ `seq`:
     /// (internal key, stored value).
     pub fn get(&self, user_key: &[u8], seq: u64) -> Option<(Bytes, Bytes)> {
-        // The search key is an owned `InternalKey` (its inline head is what makes the search
+        // The search key is an owned `Entry` (its inline head is what makes the search
         // cheap), so it is built straight into its own allocation.
         let mut target = Vec::with_capacity(user_key.len() + format::TRAILER_LEN);
         target.extend_from_slice(user_key);
         // The highest kind byte sorts first among equal sequences.
         target.extend_from_slice(&((seq << 8) | 0xff).to_be_bytes());
-        let target = InternalKey::new(Bytes::from(target));
+        let target = Entry::target(Bytes::from(target));
         let map = self.map.read();
-        let (key, value) = map
+        let entry = map
             .range((Bound::Included(target), Bound::Unbounded))
             .next()?;
-        (format::user_key(&key.bytes) == user_key).then(|| (key.bytes.clone(), value.clone()))
+        (format::user_key(entry.key()) == user_key).then(|| entry.to_pair())
     }
 
     /// The first entry at or after `target` (an internal key), or after it
     /// when `inclusive` is false.
     pub fn seek(&self, target: &[u8], inclusive: bool) -> Option<(Bytes, Bytes)> {
-        let target = InternalKey::new(Bytes::copy_from_slice(target));
+        let target = Entry::target(Bytes::copy_from_slice(target));
         let start = if inclusive {
             Bound::Included(target)
         } else {
             Bound::Excluded(target)
         };
         let map = self.map.read();
-        let (key, value) = map.range((start, Bound::Unbounded)).next()?;
-        Some((key.bytes.clone(), value.clone()))
+        let entry = map.range((start, Bound::Unbounded)).next()?;
+        Some(entry.to_pair())
     }
 
     /// Up to `limit` entries in order into `out`: from the first (`from` is `None`), or
@@ -189,14 +273,14 @@ impl Memtable {
         out: &mut std::collections::VecDeque<(Bytes, Bytes)>,
     ) {
         let start = match from {
-            Some(key) => Bound::Excluded(InternalKey::new(Bytes::copy_from_slice(key))),
+            Some(key) => Bound::Excluded(Entry::target(Bytes::copy_from_slice(key))),
             None => Bound::Unbounded,
         };
         let map = self.map.read();
         out.extend(
             map.range((start, Bound::Unbounded))
                 .take(limit)
-                .map(|(key, value)| (key.bytes.clone(), value.clone())),
+                .map(Entry::to_pair),
         );
     }
 
@@ -207,8 +291,8 @@ impl Memtable {
         mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let map = self.map.read();
-        for (key, value) in map.iter() {
-            f(&key.bytes, value)?;
+        for entry in map.iter() {
+            f(entry.key(), entry.value())?;
         }
         Ok(())
     }
@@ -266,6 +350,58 @@ mod tests {
         assert_eq!(seen, vec![5, 1, 3]);
     }
 
+    #[test]
+    fn entries_keep_their_bytes_across_arena_chunks_and_large_values_stand_alone() {
+        let table = Memtable::new(1);
+        // Sizes that fill chunks unevenly, cross from one chunk to the next, and exceed
+        // what the arena takes (those get an allocation of their own).
+        let value_of = |i: usize| -> Vec<u8> {
+            let len = match i % 7 {
+                0 => ARENA_ENTRY_BYTES_MAX + 1 + i % 3,
+                1 => ARENA_ENTRY_BYTES_MAX - 40,
+                _ => (i * 37) % 900,
+            };
+            (0..len).map(|j| (i + j) as u8).collect()
+        };
+        let n = 2_000;
+        for i in 0..n {
+            table.insert(
+                format!("k{i:05}").as_bytes(),
+                i as u64 + 1,
+                Kind::Put,
+                value_of(i),
+            );
+        }
+        assert!(
+            table.approximate_bytes() > 4 * ARENA_CHUNK_BYTES,
+            "the entries span many chunks"
+        );
+        for i in 0..n {
+            let (key, value) = table
+                .get(format!("k{i:05}").as_bytes(), format::SEQ_MAX)
+                .unwrap();
+            assert_eq!(format::key_seq(&key), i as u64 + 1);
+            assert_eq!(value, value_of(i), "entry {i}");
+        }
+        let mut seen = 0;
+        table
+            .try_for_each(|key, value| {
+                let i: usize = std::str::from_utf8(&format::user_key(key)[1..])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert_eq!(value, value_of(i).as_slice());
+                seen += 1;
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(seen, n);
+        // A slice handed out stays valid after the memtable is gone.
+        let (_, kept) = table.get(b"k00003", format::SEQ_MAX).unwrap();
+        drop(table);
+        assert_eq!(kept, value_of(3));
+    }
+
     proptest::proptest! {
         /// The inline head never changes the order: keys with zero bytes, common prefixes
         /// and lengths around the head's 32 bytes order exactly as `compare_internal` orders
@@ -285,7 +421,7 @@ mod tests {
             let ka = format::internal_key(&a, seq_a, Kind::Put);
             let kb = format::internal_key(&b, seq_b, Kind::Put);
             let full = compare_internal(&ka, &kb);
-            let with_heads = InternalKey::new(Bytes::from(ka)).cmp(&InternalKey::new(Bytes::from(kb)));
+            let with_heads = Entry::target(Bytes::from(ka)).cmp(&Entry::target(Bytes::from(kb)));
             proptest::prop_assert_eq!(full, with_heads);
         }
     }
