@@ -744,12 +744,17 @@ impl Db {
                 state.last_seq + 1
             )));
         }
+        // The memtable copies the value into its arena; only the row cache needs it owned.
         current.mem.insert_all(ops.iter().map(|op| {
-            let stored = Bytes::copy_from_slice(op.stored_value);
             if let Some(cache) = &inner.row_cache {
-                cache.write(op.key, op.seq, op.kind, &stored);
+                cache.write(
+                    op.key,
+                    op.seq,
+                    op.kind,
+                    &Bytes::copy_from_slice(op.stored_value),
+                );
             }
-            (op.key, op.seq, op.kind, stored)
+            (op.key, op.seq, op.kind, op.stored_value)
         }));
         let must_write = inner.wal.append(record, last_seq);
         inner.publish(&mut state, first_seq, last_seq, record);

@@ -62,7 +62,7 @@ const ARENA_ENTRY_BYTES_MAX: usize = ARENA_CHUNK_BYTES / 8;
 /// namespace) left 13 bytes of the user key, so redis-benchmark's keys
 /// (`counter:000000NNNNNN`, `key:000000NNNNNN`) tied on their heads and
 /// every INCR descent compared through the pointers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Entry {
     head: [u64; HEAD_BYTES / 8],
     trailer: u64,
@@ -131,6 +131,16 @@ impl Ord for Entry {
     }
 }
 
+/// Equal as the tree orders them: by internal key, whatever the values (a derived `Eq` would
+/// compare the value bytes too, and disagree with [`Ord`]).
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Entry {}
+
 impl PartialOrd for Entry {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
@@ -171,6 +181,8 @@ impl Arena {
 #[derive(Debug)]
 pub(crate) struct Memtable {
     map: RwLock<BTreeSet<Entry>>,
+    /// Only writers take it, and they already hold the database's write lock: it is never
+    /// contended, and keeps the copies out of the tree's lock.
     arena: Mutex<Arena>,
     bytes: AtomicUsize,
     /// Highest sequence inserted.
@@ -396,6 +408,17 @@ mod tests {
             })
             .unwrap();
         assert_eq!(seen, n);
+        // Small entries sit side by side in one chunk: the next entry's key starts where the
+        // previous entry's value ends (no allocation of their own).
+        let small = Memtable::new(2);
+        small.insert(b"x1", 1, Kind::Put, b"one");
+        small.insert(b"x2", 2, Kind::Put, b"two");
+        let (_, first_value) = small.get(b"x1", format::SEQ_MAX).unwrap();
+        let (second_key, _) = small.get(b"x2", format::SEQ_MAX).unwrap();
+        assert_eq!(
+            first_value.as_ptr().wrapping_add(first_value.len()),
+            second_key.as_ptr()
+        );
         // A slice handed out stays valid after the memtable is gone.
         let (_, kept) = table.get(b"k00003", format::SEQ_MAX).unwrap();
         drop(table);

@@ -742,6 +742,28 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_background_fsync_claims_nothing_and_poisons_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let wal = Wal::create(Arc::new(StdStorage), dir.path(), 1, 0, faults.clone()).unwrap();
+        wal.append(&record(1, b"a", b"1"), 1);
+        faults.fail_wal_fsyncs(1);
+        assert!(wal.fsync_behind().is_err());
+        assert_eq!(
+            wal.stats().written_seq,
+            1,
+            "the write-out before the fsync stands"
+        );
+        assert_eq!(wal.stats().synced_seq, 0, "nothing is claimed durable");
+        assert!(wal.poisoned().is_some());
+        // A failed fsync may have dropped dirty pages: no later write or fsync is trusted.
+        wal.append(&record(2, b"b", b"2"), 2);
+        assert!(wal.sync_to(2, false).is_err());
+        assert!(wal.fsync_behind().is_err());
+        assert_eq!(wal.stats().synced_seq, 0);
+    }
+
+    #[test]
     fn records_round_trip_and_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::create(Arc::new(StdStorage), dir.path(), 1, 0, Arc::default()).unwrap();

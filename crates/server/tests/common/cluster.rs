@@ -176,6 +176,19 @@ pub fn wrong_values(node: &Server, keys: &[String]) -> Vec<String> {
     wrong
 }
 
+/// Asserts that every key reads `value:key` through `node` ([`wrong_values`]).
+pub fn assert_right_values(node: &Server, keys: &[String]) {
+    let wrong = wrong_values(node, keys);
+    assert!(
+        wrong.is_empty(),
+        "through {}: {} of {} keys wrong, e.g. {:?}",
+        node.port,
+        wrong.len(),
+        keys.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
 /// Which node positions hold each key (CLUSTER HOLDS on every node).
 pub fn holders<'a>(
     nodes: impl IntoIterator<Item = &'a Server>,
